@@ -1,0 +1,66 @@
+//! CORS decisions for the signaling endpoints, as the original makes them.
+//!
+//! Only the decision lives here; the HTTP layer turns a yes into headers. A request without an
+//! `Origin` header is not a CORS request and gets no headers. An empty allowlist reflects every
+//! origin (the original's default, so a page on any origin can place calls); otherwise the origin
+//! must be listed exactly, or the list must hold `*`. The allowed origin is always echoed, never a
+//! literal `*`. A refused origin gets no CORS headers, so the browser blocks the page from reading
+//! the response; the server does not answer 403, as the original does not.
+
+/// Decides whether `origin` may read responses, given the configured allowlist.
+pub fn origin_allowed(origin: &str, allowlist: &[String]) -> bool {
+    if origin.is_empty() {
+        return false;
+    }
+    allowlist.is_empty() || allowlist.iter().any(|a| a == "*" || a == origin)
+}
+
+/// `Access-Control-Allow-Methods` for the signaling endpoints.
+pub const ALLOW_METHODS: &str = "POST, OPTIONS";
+
+/// `Access-Control-Allow-Headers` for the signaling endpoints.
+pub const ALLOW_HEADERS: &str = "Content-Type";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn decisions() {
+        let cases: &[(&str, &[&str], bool)] = &[
+            // Empty allowlist reflects any origin.
+            ("https://a.example", &[], true),
+            ("null", &[], true),
+            // Exact match only: scheme, host and port all count.
+            ("https://a.example", &["https://a.example"], true),
+            ("http://a.example", &["https://a.example"], false),
+            ("https://a.example:8443", &["https://a.example"], false),
+            (
+                "https://evil.example",
+                &["https://a.example", "https://b.example"],
+                false,
+            ),
+            (
+                "https://b.example",
+                &["https://a.example", "https://b.example"],
+                true,
+            ),
+            // A `*` entry allows everyone.
+            ("https://evil.example", &["https://a.example", "*"], true),
+            // No Origin header means no CORS at all.
+            ("", &[], false),
+            ("", &["*"], false),
+        ];
+        for (origin, allow, want) in cases {
+            assert_eq!(
+                origin_allowed(origin, &list(allow)),
+                *want,
+                "{origin:?} vs {allow:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,332 @@
+//! The `media.ice_servers` spec string: STUN and TURN servers for the server's own gathering.
+//!
+//! The format is the original's: comma-separated entries `scheme:host[:port][?k=v&k=v]` with
+//! `stun:`, `turn:` or `turns:` (lowercase), whitespace and empty entries ignored, `username` and
+//! `credential` taken from the query (keys case-insensitive, last one wins, values verbatim).
+//! Two deliberate differences: `?transport=udp|tcp` is kept on TURN entries (the original dropped
+//! it, so TURN over TCP could not be configured), and an entry that can never work is refused at
+//! startup with its text (credentials redacted) instead of failing later at gathering time:
+//! a missing host, a bad port, an unknown transport, or a TURN entry without credentials.
+//! Credentials on a `stun:` entry are ignored, since STUN binding needs none.
+
+/// How to reach a TURN server, from `?transport=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IceTransport {
+    /// `transport=udp`.
+    Udp,
+    /// `transport=tcp`.
+    Tcp,
+}
+
+/// One STUN or TURN server, ready to hand to the WebRTC stack.
+#[derive(Clone, PartialEq, Eq)]
+pub struct IceServer {
+    /// The URL without credentials, e.g. `turn:turn.example.com:3478?transport=tcp`.
+    pub url: String,
+    /// TURN username; empty for STUN.
+    pub username: String,
+    /// TURN credential; empty for STUN.
+    pub credential: String,
+    /// The transport asked for, if any.
+    pub transport: Option<IceTransport>,
+}
+
+impl std::fmt::Debug for IceServer {
+    // Credentials never reach a log line, even through `{:?}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IceServer")
+            .field("url", &self.url)
+            .field("username", &redact(&self.username))
+            .field("credential", &redact(&self.credential))
+            .finish()
+    }
+}
+
+fn redact(s: &str) -> &'static str {
+    if s.is_empty() { "" } else { "***" }
+}
+
+/// Why an entry was refused. Each variant carries the entry with its query redacted.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IceSpecError {
+    /// The entry does not start with `stun:`, `turn:` or `turns:`.
+    #[error("ice server {0:?}: scheme must be stun:/turn:/turns:")]
+    Scheme(String),
+    /// Nothing after the scheme.
+    #[error("ice server {0:?}: missing host")]
+    Host(String),
+    /// The port is not a number from 1 to 65535.
+    #[error("ice server {0:?}: port must be a number from 1 to 65535")]
+    Port(String),
+    /// `transport` is something other than `udp` or `tcp`, or was given on a STUN entry.
+    #[error("ice server {0:?}: transport must be udp or tcp, and only on turn:/turns:")]
+    Transport(String),
+    /// A TURN entry without `username` and `credential`.
+    #[error("ice server {0:?}: turn:/turns: needs ?username=...&credential=...")]
+    Credentials(String),
+}
+
+/// Parses the spec string. Empty or blank means no servers.
+pub fn parse_ice_servers(spec: &str) -> Result<Vec<IceServer>, IceSpecError> {
+    spec.split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(parse_entry)
+        .collect()
+}
+
+fn parse_entry(raw: &str) -> Result<IceServer, IceSpecError> {
+    let (url_part, query) = match raw.split_once('?') {
+        Some((u, q)) => (u, Some(q)),
+        None => (raw, None),
+    };
+    // The entry as it may appear in an error: never the credentials.
+    let shown = || match query {
+        Some(_) => format!("{url_part}?***"),
+        None => url_part.to_owned(),
+    };
+
+    let (scheme, rest) = if let Some(r) = url_part.strip_prefix("stun:") {
+        ("stun", r)
+    } else if let Some(r) = url_part.strip_prefix("turns:") {
+        ("turns", r)
+    } else if let Some(r) = url_part.strip_prefix("turn:") {
+        ("turn", r)
+    } else {
+        return Err(IceSpecError::Scheme(shown()));
+    };
+    check_host_port(rest).map_err(|e| match e {
+        HostPort::Host => IceSpecError::Host(shown()),
+        HostPort::Port => IceSpecError::Port(shown()),
+    })?;
+
+    let mut username = String::new();
+    let mut credential = String::new();
+    let mut transport = None;
+    for pair in query.unwrap_or("").split('&') {
+        let Some((key, value)) = pair.split_once('=') else {
+            continue;
+        };
+        if key.eq_ignore_ascii_case("username") {
+            username = value.to_owned();
+        } else if key.eq_ignore_ascii_case("credential") {
+            credential = value.to_owned();
+        } else if key.eq_ignore_ascii_case("transport") {
+            transport = Some(match value.to_ascii_lowercase().as_str() {
+                "udp" => IceTransport::Udp,
+                "tcp" => IceTransport::Tcp,
+                _ => return Err(IceSpecError::Transport(shown())),
+            });
+        }
+    }
+
+    let mut url = format!("{scheme}:{rest}");
+    if scheme == "stun" {
+        if transport.is_some() {
+            return Err(IceSpecError::Transport(shown()));
+        }
+        username.clear();
+        credential.clear();
+    } else {
+        if username.is_empty() || credential.is_empty() {
+            return Err(IceSpecError::Credentials(shown()));
+        }
+        if let Some(t) = transport {
+            url.push_str(match t {
+                IceTransport::Udp => "?transport=udp",
+                IceTransport::Tcp => "?transport=tcp",
+            });
+        }
+    }
+    Ok(IceServer {
+        url,
+        username,
+        credential,
+        transport,
+    })
+}
+
+enum HostPort {
+    Host,
+    Port,
+}
+
+/// Checks `host[:port]`, where host may be a bracketed IPv6 literal.
+fn check_host_port(rest: &str) -> Result<(), HostPort> {
+    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+        let (h, after) = v6.split_once(']').ok_or(HostPort::Host)?;
+        match after {
+            "" => (h, None),
+            p => (h, Some(p.strip_prefix(':').ok_or(HostPort::Port)?)),
+        }
+    } else {
+        match rest.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (rest, None),
+        }
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'_'));
+    if !host_ok {
+        return Err(HostPort::Host);
+    }
+    if let Some(p) = port {
+        match p.parse::<u16>() {
+            Ok(n) if n > 0 => {}
+            _ => return Err(HostPort::Port),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stun_only() {
+        let got = parse_ice_servers("stun:stun.l.google.com:19302").unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].url, "stun:stun.l.google.com:19302");
+        assert_eq!(got[0].username, "");
+        assert_eq!(got[0].credential, "");
+        assert_eq!(got[0].transport, None);
+    }
+
+    #[test]
+    fn turn_with_credentials() {
+        let got = parse_ice_servers("turn:turn.example.com:3478?username=alice&credential=secret")
+            .unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].url, "turn:turn.example.com:3478");
+        assert_eq!(got[0].username, "alice");
+        assert_eq!(got[0].credential, "secret");
+    }
+
+    #[test]
+    fn mixed_with_whitespace_and_empty_entries() {
+        let got = parse_ice_servers(
+            " stun:s.example:19302 , turns:t.example:5349?username=u&credential=c ,, ",
+        )
+        .unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].url, "stun:s.example:19302");
+        assert_eq!(got[1].url, "turns:t.example:5349");
+        assert_eq!(
+            (got[1].username.as_str(), got[1].credential.as_str()),
+            ("u", "c")
+        );
+    }
+
+    #[test]
+    fn empty_spec_means_no_servers() {
+        assert_eq!(parse_ice_servers("").unwrap(), vec![]);
+        assert_eq!(parse_ice_servers("   ").unwrap(), vec![]);
+        assert_eq!(parse_ice_servers(" , ,").unwrap(), vec![]);
+    }
+
+    #[test]
+    fn rejects_bad_scheme_naming_the_entry() {
+        let err = parse_ice_servers("stun:ok.example, http://nope").unwrap_err();
+        assert_eq!(err, IceSpecError::Scheme("http://nope".into()));
+        assert!(err.to_string().contains("http://nope"));
+        // Schemes are lowercase only, as in the original.
+        assert!(matches!(
+            parse_ice_servers("STUN:s.example"),
+            Err(IceSpecError::Scheme(_))
+        ));
+    }
+
+    #[test]
+    fn transport_is_kept_on_turn() {
+        let got = parse_ice_servers(
+            "turn:t.example:3478?transport=tcp&username=u&credential=c, turns:t.example?Transport=UDP&username=u&credential=c",
+        )
+        .unwrap();
+        assert_eq!(got[0].url, "turn:t.example:3478?transport=tcp");
+        assert_eq!(got[0].transport, Some(IceTransport::Tcp));
+        assert_eq!(got[1].url, "turns:t.example?transport=udp");
+        assert_eq!(got[1].transport, Some(IceTransport::Udp));
+    }
+
+    #[test]
+    fn bad_transport_is_refused() {
+        assert!(matches!(
+            parse_ice_servers("turn:t.example?transport=sctp&username=u&credential=c"),
+            Err(IceSpecError::Transport(_))
+        ));
+        assert!(matches!(
+            parse_ice_servers("stun:s.example?transport=tcp"),
+            Err(IceSpecError::Transport(_))
+        ));
+    }
+
+    #[test]
+    fn query_rules_follow_the_original() {
+        // Keys are case-insensitive, the last occurrence wins, values keep '=' and are verbatim,
+        // pairs without '=' are ignored.
+        let got = parse_ice_servers("turn:t.example?USERNAME=a&username=b&flag&credential=x=y%20z")
+            .unwrap();
+        assert_eq!(got[0].username, "b");
+        assert_eq!(got[0].credential, "x=y%20z");
+    }
+
+    #[test]
+    fn stun_credentials_are_dropped() {
+        let got = parse_ice_servers("stun:s.example:19302?username=u&credential=c").unwrap();
+        assert_eq!(got[0].url, "stun:s.example:19302");
+        assert_eq!(got[0].username, "");
+        assert_eq!(got[0].credential, "");
+    }
+
+    #[test]
+    fn turn_without_credentials_is_refused() {
+        assert!(matches!(
+            parse_ice_servers("turn:t.example:3478"),
+            Err(IceSpecError::Credentials(_))
+        ));
+        assert!(matches!(
+            parse_ice_servers("turn:t.example:3478?username=u"),
+            Err(IceSpecError::Credentials(_))
+        ));
+    }
+
+    #[test]
+    fn host_and_port_are_checked() {
+        for bad in ["stun:", "stun::3478", "stun:a b.example"] {
+            assert!(
+                matches!(parse_ice_servers(bad), Err(IceSpecError::Host(_))),
+                "{bad}"
+            );
+        }
+        for bad in [
+            "stun:s.example:0",
+            "stun:s.example:70000",
+            "stun:s.example:x",
+            "stun:[::1]x",
+        ] {
+            assert!(
+                matches!(parse_ice_servers(bad), Err(IceSpecError::Port(_))),
+                "{bad}"
+            );
+        }
+        assert!(parse_ice_servers("stun:[2001:db8::1]:3478").is_ok());
+        assert!(parse_ice_servers("stun:192.0.2.1").is_ok());
+    }
+
+    #[test]
+    fn errors_and_debug_never_show_credentials() {
+        let err = parse_ice_servers("turn:t.example?username=alice&credential=hunter2&transport=x")
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            !text.contains("hunter2") && !text.contains("alice"),
+            "{text}"
+        );
+        let ok = parse_ice_servers("turn:t.example?username=alice&credential=hunter2").unwrap();
+        let dbg = format!("{ok:?}");
+        assert!(!dbg.contains("hunter2") && !dbg.contains("alice"), "{dbg}");
+    }
+}

@@ -1,0 +1,17 @@
+//! voicegate's pure cores.
+//!
+//! Everything that can be computed without a socket or a clock lives here, as plain functions
+//! and state machines that take time as an argument. The actor layer owns the I/O and calls in.
+//! This crate depends on neither tokio, actix nor webrtc; keep it that way, so every rule here is
+//! tested deterministically and fast, and can run under `catch_unwind`.
+
+pub mod call_id;
+pub mod codec;
+pub mod cors;
+pub mod ice;
+pub mod jitter;
+pub mod pacer;
+pub mod pcm;
+pub mod sdp;
+pub mod timeline;
+pub mod tone;

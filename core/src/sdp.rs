@@ -1,0 +1,370 @@
+//! Checks on the caller's SDP offer, and the one edit we make to our answer.
+//!
+//! The offer is checked before any actor or WebRTC object sees it, so a developer gets a `400`
+//! that says what is wrong ("no audio section", "audio offers no Opus") instead of an opaque
+//! negotiation failure. Only what we rely on is checked (RFC 8866 line syntax, RFC 8829 shape):
+//! a session description, ICE credentials and a DTLS fingerprint, and an active audio section
+//! whose payload list includes Opus at 48 kHz (RFC 7587). Everything else is the WebRTC stack's
+//! business.
+//!
+//! [`advertise_public_ips`] rewrites our host candidates for NAT 1:1 (`media.public_ips`),
+//! because the WebRTC stack in use does not apply that setting itself.
+
+use std::net::IpAddr;
+
+/// What the offer turned out to contain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfferSummary {
+    /// Payload type the caller uses for Opus.
+    pub opus_pt: u8,
+    /// Payload type of `telephone-event/8000` (RFC 4733 DTMF), if offered.
+    pub telephone_event_pt: Option<u8>,
+    /// How many `a=candidate` lines the offer carries (0 for a trickle-style offer).
+    pub candidates: usize,
+}
+
+/// Why an offer cannot be negotiated. The text is what the developer reads in the `400`.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SdpError {
+    /// Does not start with `v=0`.
+    #[error("sdp is not a session description (it must start with \"v=0\")")]
+    NotSdp,
+    /// No `m=audio` section, or only rejected ones (port 0).
+    #[error("sdp has no active audio section (m=audio); add an audio track or transceiver")]
+    NoAudio,
+    /// Audio is there but Opus/48000 is not among its payload types.
+    #[error(
+        "the audio section offers no Opus (a=rtpmap:<pt> opus/48000/2); voicegate speaks Opus only"
+    )]
+    NoOpus,
+    /// No `a=ice-ufrag` / `a=ice-pwd`.
+    #[error(
+        "sdp has no ICE credentials (a=ice-ufrag, a=ice-pwd); it must come from RTCPeerConnection.createOffer"
+    )]
+    NoIce,
+    /// No `a=fingerprint`.
+    #[error(
+        "sdp has no DTLS fingerprint (a=fingerprint); it must come from RTCPeerConnection.createOffer"
+    )]
+    NoFingerprint,
+}
+
+/// Checks an offer and summarises what we need from it.
+pub fn check_offer(sdp: &str) -> Result<OfferSummary, SdpError> {
+    let mut lines = sdp.lines().map(|l| l.trim_end_matches('\r'));
+    if lines.next().map(str::trim) != Some("v=0") {
+        return Err(SdpError::NotSdp);
+    }
+
+    let mut ufrag = false;
+    let mut pwd = false;
+    let mut fingerprint = false;
+    let mut candidates = 0;
+    let mut saw_audio = false;
+    // The first active audio section decides; later ones are the stack's business.
+    let mut audio: Option<(u8, Option<u8>)> = None;
+    let mut current: Option<AudioSection> = None;
+
+    for line in lines {
+        if let Some(m) = line.strip_prefix("m=") {
+            if let Some(done) = current.take() {
+                audio = audio.or(done.finish());
+            }
+            current = AudioSection::start(m);
+            saw_audio |= current.is_some();
+            continue;
+        }
+        let Some(attr) = line.strip_prefix("a=") else {
+            continue;
+        };
+        if attr.starts_with("ice-ufrag:") {
+            ufrag = true;
+        } else if attr.starts_with("ice-pwd:") {
+            pwd = true;
+        } else if attr.starts_with("fingerprint:") {
+            fingerprint = true;
+        } else if attr.starts_with("candidate:") {
+            candidates += 1;
+        } else if let (Some(sec), Some(map)) = (current.as_mut(), attr.strip_prefix("rtpmap:")) {
+            sec.rtpmap(map);
+        }
+    }
+    if let Some(done) = current.take() {
+        audio = audio.or(done.finish());
+    }
+
+    let (opus_pt, telephone_event_pt) = match audio {
+        Some(found) => found,
+        None if saw_audio => return Err(SdpError::NoOpus),
+        None => return Err(SdpError::NoAudio),
+    };
+    if !(ufrag && pwd) {
+        return Err(SdpError::NoIce);
+    }
+    if !fingerprint {
+        return Err(SdpError::NoFingerprint);
+    }
+    Ok(OfferSummary {
+        opus_pt,
+        telephone_event_pt,
+        candidates,
+    })
+}
+
+/// An active `m=audio` section being read.
+struct AudioSection {
+    /// Payload types listed on the m-line.
+    formats: Vec<u8>,
+    opus: Option<u8>,
+    telephone_event: Option<u8>,
+}
+
+impl AudioSection {
+    /// Starts a section from the text after `m=`; `None` unless it is active audio over RTP.
+    fn start(m: &str) -> Option<Self> {
+        let mut parts = m.split_ascii_whitespace();
+        if parts.next()? != "audio" {
+            return None;
+        }
+        let port = parts.next()?.split('/').next()?;
+        let proto = parts.next()?;
+        if port == "0" || !proto.contains("RTP/") {
+            return None;
+        }
+        Some(AudioSection {
+            formats: parts.filter_map(|f| f.parse().ok()).collect(),
+            opus: None,
+            telephone_event: None,
+        })
+    }
+
+    /// Reads `<pt> <encoding>/<clock>[/<channels>]`.
+    fn rtpmap(&mut self, map: &str) {
+        let Some((pt, encoding)) = map.split_once(' ') else {
+            return;
+        };
+        let Ok(pt) = pt.parse::<u8>() else {
+            return;
+        };
+        if !self.formats.contains(&pt) {
+            return;
+        }
+        let mut enc = encoding.trim().split('/');
+        let name = enc.next().unwrap_or("");
+        let clock = enc.next().unwrap_or("");
+        if name.eq_ignore_ascii_case("opus") && clock == "48000" {
+            self.opus.get_or_insert(pt);
+        } else if name.eq_ignore_ascii_case("telephone-event") && clock == "8000" {
+            self.telephone_event.get_or_insert(pt);
+        }
+    }
+
+    fn finish(self) -> Option<(u8, Option<u8>)> {
+        Some((self.opus?, self.telephone_event))
+    }
+}
+
+/// Rewrites the address of every host candidate in `answer` to the configured public addresses
+/// (NAT 1:1: a container or cloud VM whose public address is not on any interface).
+///
+/// Each host candidate is replaced by one candidate per public address of the same family,
+/// with the priority lowered by one per copy so the copies stay distinct; candidates whose
+/// family has no public address are kept as they are. The `c=` lines take the first public
+/// address. With no public addresses the answer is returned unchanged.
+pub fn advertise_public_ips(answer: &str, public_ips: &[IpAddr]) -> String {
+    if public_ips.is_empty() {
+        return answer.to_owned();
+    }
+    let mut out = String::with_capacity(answer.len() + 128);
+    for line in answer.split_inclusive('\n') {
+        let body = line.trim_end_matches(['\r', '\n']);
+        let eol = &line[body.len()..];
+        if let Some(c) = body.strip_prefix("a=candidate:") {
+            if let Some(rewritten) = rewrite_candidate(c, public_ips) {
+                for cand in rewritten {
+                    out.push_str("a=candidate:");
+                    out.push_str(&cand);
+                    out.push_str(if eol.is_empty() { "\r\n" } else { eol });
+                }
+                continue;
+            }
+        } else if let Some(rest) = body.strip_prefix("c=IN ") {
+            let family = if public_ips[0].is_ipv4() {
+                "IP4"
+            } else {
+                "IP6"
+            };
+            if rest.starts_with("IP4 ") || rest.starts_with("IP6 ") {
+                out.push_str(&format!("c=IN {family} {}", public_ips[0]));
+                out.push_str(eol);
+                continue;
+            }
+        }
+        out.push_str(line);
+    }
+    out
+}
+
+/// `foundation component transport priority address port typ host ...` → copies with the
+/// address replaced, or `None` to keep the line.
+fn rewrite_candidate(c: &str, public_ips: &[IpAddr]) -> Option<Vec<String>> {
+    let fields: Vec<&str> = c.split(' ').collect();
+    if fields.len() < 8 || fields[6] != "typ" || fields[7] != "host" {
+        return None;
+    }
+    let addr: IpAddr = fields[4].parse().ok()?;
+    let priority: u32 = fields[3].parse().ok()?;
+    let same_family: Vec<&IpAddr> = public_ips
+        .iter()
+        .filter(|ip| ip.is_ipv4() == addr.is_ipv4())
+        .collect();
+    if same_family.is_empty() {
+        return None;
+    }
+    Some(
+        same_family
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| {
+                let mut f: Vec<String> = fields.iter().map(|s| s.to_string()).collect();
+                f[3] = priority.saturating_sub(i as u32).to_string();
+                f[4] = ip.to_string();
+                f.join(" ")
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A trimmed Chrome offer: audio with Opus 111, red, G.722, PCMU, telephone-event.
+    const CHROME: &str = "v=0\r\n\
+o=- 4611731400430051336 2 IN IP4 127.0.0.1\r\n\
+s=-\r\n\
+t=0 0\r\n\
+a=group:BUNDLE 0\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126\r\n\
+c=IN IP4 0.0.0.0\r\n\
+a=candidate:1 1 udp 2113937151 127.0.0.1 54321 typ host generation 0\r\n\
+a=ice-ufrag:abcd\r\n\
+a=ice-pwd:aaaaaaaaaaaaaaaaaaaaaaaa\r\n\
+a=fingerprint:sha-256 00:11:22\r\n\
+a=setup:actpass\r\n\
+a=mid:0\r\n\
+a=sendrecv\r\n\
+a=rtpmap:111 opus/48000/2\r\n\
+a=fmtp:111 minptime=10;useinbandfec=1\r\n\
+a=rtpmap:63 red/48000/2\r\n\
+a=rtpmap:9 G722/8000\r\n\
+a=rtpmap:0 PCMU/8000\r\n\
+a=rtpmap:8 PCMA/8000\r\n\
+a=rtpmap:13 CN/8000\r\n\
+a=rtpmap:110 telephone-event/48000\r\n\
+a=rtpmap:126 telephone-event/8000\r\n";
+
+    #[test]
+    fn chrome_offer_is_accepted() {
+        let s = check_offer(CHROME).unwrap();
+        assert_eq!(s.opus_pt, 111);
+        assert_eq!(s.telephone_event_pt, Some(126));
+        assert_eq!(s.candidates, 1);
+    }
+
+    #[test]
+    fn lf_only_line_endings_work() {
+        let lf = CHROME.replace("\r\n", "\n");
+        assert_eq!(check_offer(&lf).unwrap().opus_pt, 111);
+    }
+
+    #[test]
+    fn refusals() {
+        let video_only = CHROME
+            .replace(
+                "m=audio 9 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126",
+                "m=video 9 UDP/TLS/RTP/SAVPF 96",
+            )
+            .replace("a=rtpmap:111 opus/48000/2\r\n", "a=rtpmap:96 VP8/90000\r\n");
+        let rejected_audio = CHROME.replace("m=audio 9 ", "m=audio 0 ");
+        let no_opus = CHROME.replace("a=rtpmap:111 opus/48000/2", "a=rtpmap:111 L16/48000/2");
+        let opus_not_listed = CHROME.replace("SAVPF 111 63", "SAVPF 63");
+        let opus_wrong_clock = CHROME.replace("opus/48000/2", "opus/16000");
+        let no_ice = CHROME.replace("a=ice-pwd:aaaaaaaaaaaaaaaaaaaaaaaa\r\n", "");
+        let no_fp = CHROME.replace("a=fingerprint:sha-256 00:11:22\r\n", "");
+        let cases: Vec<(&str, &str, SdpError)> = vec![
+            ("empty", "", SdpError::NotSdp),
+            ("json", "{\"sdp\":1}", SdpError::NotSdp),
+            (
+                "session only",
+                "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\n",
+                SdpError::NoAudio,
+            ),
+            ("video only", &video_only, SdpError::NoAudio),
+            ("audio rejected", &rejected_audio, SdpError::NoAudio),
+            ("no opus", &no_opus, SdpError::NoOpus),
+            ("opus not in m-line", &opus_not_listed, SdpError::NoOpus),
+            ("opus wrong clock", &opus_wrong_clock, SdpError::NoOpus),
+            ("no ice", &no_ice, SdpError::NoIce),
+            ("no fingerprint", &no_fp, SdpError::NoFingerprint),
+        ];
+        for (name, sdp, want) in cases {
+            assert_eq!(check_offer(sdp), Err(want), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_second_audio_section_with_opus_is_enough() {
+        let two = CHROME.replacen(
+            "m=audio 9 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126",
+            "m=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=rtpmap:0 PCMU/8000\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126",
+            1,
+        );
+        assert_eq!(check_offer(&two).unwrap().opus_pt, 111);
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        for s in [
+            "v=0\r\nm=",
+            "v=0\r\nm=audio",
+            "v=0\r\nm=audio x",
+            "v=0\r\nm=audio 9 RTP/AVP 300\r\na=rtpmap:300 opus/48000",
+            "v=0\r\nm=audio 9 RTP/AVP 1\r\na=rtpmap:",
+            "v=0\r\nm=audio 9 RTP/AVP 1\r\na=rtpmap:1",
+            "v=0\r\nm=audio 9 RTP/AVP 1\r\na=rtpmap:1 ",
+            "v=0\r\n\u{0}\u{ffff}",
+        ] {
+            let _ = check_offer(s);
+        }
+    }
+
+    const ANSWER: &str = "v=0\r\n\
+c=IN IP4 10.0.0.5\r\n\
+a=candidate:1 1 udp 2130706431 10.0.0.5 50000 typ host\r\n\
+a=candidate:2 1 udp 2130706431 fd00::5 50000 typ host\r\n\
+a=candidate:3 1 udp 1694498815 198.51.100.7 50000 typ srflx raddr 10.0.0.5 rport 50000\r\n\
+a=end-of-candidates\r\n";
+
+    #[test]
+    fn public_ips_replace_host_candidates_of_their_family() {
+        let ips: Vec<IpAddr> = vec![
+            "203.0.113.9".parse().unwrap(),
+            "203.0.113.10".parse().unwrap(),
+        ];
+        let out = advertise_public_ips(ANSWER, &ips);
+        assert!(out.contains("c=IN IP4 203.0.113.9\r\n"));
+        assert!(out.contains("a=candidate:1 1 udp 2130706431 203.0.113.9 50000 typ host\r\n"));
+        assert!(out.contains("a=candidate:1 1 udp 2130706430 203.0.113.10 50000 typ host\r\n"));
+        assert!(!out.contains(" 10.0.0.5 50000 typ host"));
+        // No IPv6 public address: the IPv6 host candidate stays; srflx is untouched.
+        assert!(out.contains("fd00::5 50000 typ host"));
+        assert!(out.contains("198.51.100.7 50000 typ srflx raddr 10.0.0.5"));
+        assert!(out.ends_with("a=end-of-candidates\r\n"));
+    }
+
+    #[test]
+    fn no_public_ips_changes_nothing() {
+        assert_eq!(advertise_public_ips(ANSWER, &[]), ANSWER);
+    }
+}
