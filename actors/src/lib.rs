@@ -1,1 +1,13 @@
-//! placeholder
+//! voicegate's supervision tree.
+//!
+//! A [`supervisor::Supervisor`] owns the call registry and spawns one [`call::CallActor`] per
+//! call on a media worker ([`workers`]); the call actor owns the peer connection and an
+//! [`codec::AudioCodec`] child. Actors exchange typed messages; children report to parents
+//! through `Recipient`s. A failure inside one call ends (or, later, restarts) that call only.
+//! Every message between actors can be traced ([`trace`]).
+
+pub mod call;
+pub mod codec;
+pub mod supervisor;
+pub mod trace;
+pub mod workers;

@@ -12,6 +12,7 @@ pub mod ice;
 pub mod jitter;
 pub mod pacer;
 pub mod pcm;
+pub mod random;
 pub mod sdp;
 pub mod timeline;
 pub mod tone;

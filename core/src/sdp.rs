@@ -7,10 +7,10 @@
 //! whose payload list includes Opus at 48 kHz (RFC 7587). Everything else is the WebRTC stack's
 //! business.
 //!
-//! [`advertise_public_ips`] rewrites our host candidates for NAT 1:1 (`media.public_ips`),
-//! because the WebRTC stack in use does not apply that setting itself.
+//! [`rewrite_host_candidates`] points our answer's host candidates at the shared media port and
+//! the advertised addresses (see the media crate's mux for why the stack cannot do it itself).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// What the offer turned out to contain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,71 +164,63 @@ impl AudioSection {
     }
 }
 
-/// Rewrites the address of every host candidate in `answer` to the configured public addresses
-/// (NAT 1:1: a container or cloud VM whose public address is not on any interface).
+/// Rewrites our answer's host candidates that name `placeholder` (the address the WebRTC stack
+/// believes it is bound to) so they name the shared media port on each address in `to` (the
+/// bound address, every interface, or the configured public addresses for NAT 1:1).
 ///
-/// Each host candidate is replaced by one candidate per public address of the same family,
-/// with the priority lowered by one per copy so the copies stay distinct; candidates whose
-/// family has no public address are kept as they are. The `c=` lines take the first public
-/// address. With no public addresses the answer is returned unchanged.
-pub fn advertise_public_ips(answer: &str, public_ips: &[IpAddr]) -> String {
-    if public_ips.is_empty() {
-        return answer.to_owned();
-    }
-    let mut out = String::with_capacity(answer.len() + 128);
+/// Each matching candidate becomes one candidate per address, in order, with the priority lowered
+/// by one and the foundation suffixed per copy so the copies stay distinct (RFC 8445 §5.1.1.3).
+/// Other lines are kept byte for byte.
+pub fn rewrite_host_candidates(answer: &str, placeholder: SocketAddr, to: &[SocketAddr]) -> String {
+    let mut out = String::with_capacity(answer.len() + 96 * to.len());
     for line in answer.split_inclusive('\n') {
         let body = line.trim_end_matches(['\r', '\n']);
-        let eol = &line[body.len()..];
-        if let Some(c) = body.strip_prefix("a=candidate:") {
-            if let Some(rewritten) = rewrite_candidate(c, public_ips) {
-                for cand in rewritten {
+        let eol = if line.len() > body.len() {
+            &line[body.len()..]
+        } else {
+            "\r\n"
+        };
+        match body
+            .strip_prefix("a=candidate:")
+            .and_then(|c| rewrite_candidate(c, placeholder, to))
+        {
+            Some(copies) => {
+                for c in copies {
                     out.push_str("a=candidate:");
-                    out.push_str(&cand);
-                    out.push_str(if eol.is_empty() { "\r\n" } else { eol });
+                    out.push_str(&c);
+                    out.push_str(eol);
                 }
-                continue;
             }
-        } else if let Some(rest) = body.strip_prefix("c=IN ") {
-            let family = if public_ips[0].is_ipv4() {
-                "IP4"
-            } else {
-                "IP6"
-            };
-            if rest.starts_with("IP4 ") || rest.starts_with("IP6 ") {
-                out.push_str(&format!("c=IN {family} {}", public_ips[0]));
-                out.push_str(eol);
-                continue;
-            }
+            None => out.push_str(line),
         }
-        out.push_str(line);
     }
     out
 }
 
-/// `foundation component transport priority address port typ host ...` → copies with the
-/// address replaced, or `None` to keep the line.
-fn rewrite_candidate(c: &str, public_ips: &[IpAddr]) -> Option<Vec<String>> {
+/// `foundation component transport priority address port typ host ...` naming `placeholder`
+/// → the copies, or `None` to keep the line.
+fn rewrite_candidate(c: &str, placeholder: SocketAddr, to: &[SocketAddr]) -> Option<Vec<String>> {
     let fields: Vec<&str> = c.split(' ').collect();
-    if fields.len() < 8 || fields[6] != "typ" || fields[7] != "host" {
+    if fields.len() < 8 || fields[6] != "typ" || fields[7] != "host" || to.is_empty() {
         return None;
     }
     let addr: IpAddr = fields[4].parse().ok()?;
-    let priority: u32 = fields[3].parse().ok()?;
-    let same_family: Vec<&IpAddr> = public_ips
-        .iter()
-        .filter(|ip| ip.is_ipv4() == addr.is_ipv4())
-        .collect();
-    if same_family.is_empty() {
+    let port: u16 = fields[5].parse().ok()?;
+    if SocketAddr::new(addr, port) != placeholder {
         return None;
     }
+    let priority: u32 = fields[3].parse().ok()?;
     Some(
-        same_family
-            .iter()
+        to.iter()
             .enumerate()
-            .map(|(i, ip)| {
+            .map(|(i, target)| {
                 let mut f: Vec<String> = fields.iter().map(|s| s.to_string()).collect();
+                if i > 0 {
+                    f[0] = format!("{}{i}", fields[0]);
+                }
                 f[3] = priority.saturating_sub(i as u32).to_string();
-                f[4] = ip.to_string();
+                f[4] = target.ip().to_string();
+                f[5] = target.port().to_string();
                 f.join(" ")
             })
             .collect(),
@@ -340,31 +332,56 @@ a=rtpmap:126 telephone-event/8000\r\n";
     }
 
     const ANSWER: &str = "v=0\r\n\
-c=IN IP4 10.0.0.5\r\n\
-a=candidate:1 1 udp 2130706431 10.0.0.5 50000 typ host\r\n\
-a=candidate:2 1 udp 2130706431 fd00::5 50000 typ host\r\n\
-a=candidate:3 1 udp 1694498815 198.51.100.7 50000 typ srflx raddr 10.0.0.5 rport 50000\r\n\
+c=IN IP4 0.0.0.0\r\n\
+a=candidate:2693830880 1 udp 2130706431 127.0.0.1 45762 typ host\r\n\
+a=candidate:2693830880 2 udp 2130706431 127.0.0.1 45762 typ host\r\n\
+a=candidate:77 1 udp 1694498815 198.51.100.7 45762 typ srflx raddr 127.0.0.1 rport 45762\r\n\
 a=end-of-candidates\r\n";
 
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
     #[test]
-    fn public_ips_replace_host_candidates_of_their_family() {
-        let ips: Vec<IpAddr> = vec![
-            "203.0.113.9".parse().unwrap(),
-            "203.0.113.10".parse().unwrap(),
-        ];
-        let out = advertise_public_ips(ANSWER, &ips);
-        assert!(out.contains("c=IN IP4 203.0.113.9\r\n"));
-        assert!(out.contains("a=candidate:1 1 udp 2130706431 203.0.113.9 50000 typ host\r\n"));
-        assert!(out.contains("a=candidate:1 1 udp 2130706430 203.0.113.10 50000 typ host\r\n"));
-        assert!(!out.contains(" 10.0.0.5 50000 typ host"));
-        // No IPv6 public address: the IPv6 host candidate stays; srflx is untouched.
-        assert!(out.contains("fd00::5 50000 typ host"));
-        assert!(out.contains("198.51.100.7 50000 typ srflx raddr 10.0.0.5"));
+    fn placeholder_candidates_point_at_the_shared_port() {
+        let out = rewrite_host_candidates(ANSWER, sa("127.0.0.1:45762"), &[sa("10.0.0.5:50000")]);
+        assert!(
+            out.contains("a=candidate:2693830880 1 udp 2130706431 10.0.0.5 50000 typ host\r\n")
+        );
+        assert!(
+            out.contains("a=candidate:2693830880 2 udp 2130706431 10.0.0.5 50000 typ host\r\n")
+        );
+        assert!(!out.contains("45762 typ host"));
+        // Other candidates and lines are untouched.
+        assert!(out.contains("198.51.100.7 45762 typ srflx raddr 127.0.0.1 rport 45762"));
+        assert!(out.starts_with("v=0\r\nc=IN IP4 0.0.0.0\r\n"));
         assert!(out.ends_with("a=end-of-candidates\r\n"));
     }
 
     #[test]
-    fn no_public_ips_changes_nothing() {
-        assert_eq!(advertise_public_ips(ANSWER, &[]), ANSWER);
+    fn several_addresses_give_distinct_copies() {
+        let to = [sa("203.0.113.9:50000"), sa("203.0.113.10:50000")];
+        let out = rewrite_host_candidates(ANSWER, sa("127.0.0.1:45762"), &to);
+        assert!(
+            out.contains("a=candidate:2693830880 1 udp 2130706431 203.0.113.9 50000 typ host\r\n")
+        );
+        assert!(
+            out.contains(
+                "a=candidate:26938308801 1 udp 2130706430 203.0.113.10 50000 typ host\r\n"
+            )
+        );
+        assert_eq!(out.matches("typ host").count(), 4);
+    }
+
+    #[test]
+    fn other_addresses_are_left_alone() {
+        assert_eq!(
+            rewrite_host_candidates(ANSWER, sa("127.0.0.1:1"), &[sa("10.0.0.5:50000")]),
+            ANSWER
+        );
+        assert_eq!(
+            rewrite_host_candidates(ANSWER, sa("127.0.0.1:45762"), &[]),
+            ANSWER
+        );
     }
 }

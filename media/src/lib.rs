@@ -1,1 +1,31 @@
-//! placeholder
+//! voicegate's WebRTC shell.
+//!
+//! The thin layer between the pure cores and webrtc-rs 0.21: the one UDP port all calls share
+//! ([`mux`]), and a call's peer connection with its RTP in and out ([`peer`]). It knows nothing of
+//! actors: events leave through a callback, and every method is a plain future the actor layer
+//! runs on a call's media worker.
+
+pub mod mux;
+pub mod peer;
+
+pub use peer::{MediaPlane, Peer, PeerError, PeerEvent, PeerEvents, PeerState, RtpWriter};
+pub use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+use voicegate_core::ice::IceServer;
+
+/// Settings of the media plane, validated.
+#[derive(Debug, Clone)]
+pub struct MediaSettings {
+    /// Address of the shared UDP socket.
+    pub bind: SocketAddr,
+    /// Addresses advertised instead of the bound one (NAT 1:1).
+    pub public_ips: Vec<IpAddr>,
+    /// STUN/TURN servers for our own gathering.
+    pub ice_servers: Vec<IceServer>,
+    /// Media worker threads.
+    pub workers: usize,
+    /// Longest wait for ICE gathering.
+    pub gather_timeout: Duration,
+}

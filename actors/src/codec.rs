@@ -1,0 +1,391 @@
+//! `AudioCodec`: a call's audio, both ways, on the call's media worker.
+//!
+//! Uplink: it drains the caller's remote track continuously (the track's queue drops RTP when
+//! nobody reads it), puts packets in order, decodes Opus to PCM at the call's rate with FEC
+//! recovery and concealment ([`voicegate_core::codec::UplinkDecoder`]). In echo mode the PCM goes
+//! straight to the playout queue.
+//!
+//! Downlink: the playout queue ([`voicegate_core::pcm::Playout`]) is drained one 20 ms frame per
+//! slot of the self-correcting pacer ([`voicegate_core::pacer::Pacer`]), encoded to Opus and
+//! written as RTP with our own sequence numbers and timestamps
+//! ([`voicegate_core::timeline::Timeline`]): silence is not sent, and the next talkspurt starts
+//! with the marker bit and a timestamp that covers the gap. The pacer only runs while audio is
+//! queued, so an idle call costs no wake-ups.
+//!
+//! Failure: a codec error or a panic in here ends this actor only; its drop guard reports
+//! [`CodecEvent::Failed`] to the call, which decides what to do. RTP silence longer than the
+//! configured timeout is reported as [`CodecEvent::RtpTimeout`].
+
+use crate::trace_msg;
+use actix::prelude::*;
+use bytes::Bytes;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use voicegate_core::call_id::CallId;
+use voicegate_core::codec::{
+    DownlinkEncoder, EncoderSettings, UplinkDecoder, UplinkSettings, UplinkStats,
+};
+use voicegate_core::pacer::Pacer;
+use voicegate_core::pcm::Playout;
+use voicegate_core::random;
+use voicegate_core::timeline::Timeline;
+use voicegate_media::peer::OPUS_PT;
+use voicegate_media::{RtpWriter, TrackRemote, TrackRemoteEvent};
+
+/// Length of a frame everywhere in the call.
+pub const FRAME: Duration = Duration::from_millis(20);
+/// The RTP clock of Opus (RFC 7587 §4.1).
+const RTP_CLOCK: u32 = 48_000;
+/// How often RTP silence is checked.
+const RTP_WATCH: Duration = Duration::from_millis(500);
+
+/// What the codec needs to know.
+#[derive(Debug, Clone)]
+pub struct CodecSettings {
+    /// Decoder side.
+    pub uplink: UplinkSettings,
+    /// Encoder side.
+    pub encoder: EncoderSettings,
+    /// Pacer catch-up limit.
+    pub max_catch_up: u32,
+    /// Playout queue bound.
+    pub max_queue_frames: usize,
+    /// Frames queued before a talkspurt starts.
+    pub prebuffer_frames: usize,
+    /// Send the caller's audio back.
+    pub echo: bool,
+    /// Report when no RTP arrived for this long.
+    pub rtp_timeout: Duration,
+}
+
+/// Reports to the call.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub enum CodecEvent {
+    /// The codec stopped working; the detail says how.
+    Failed(String),
+    /// No RTP from the caller for the configured time.
+    RtpTimeout,
+}
+
+/// Stop now (the call is ending).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+/// Counters of the call's audio.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CodecStats {
+    /// The uplink's counters.
+    pub uplink: UplinkStats,
+    /// RTP packets written to the browser.
+    pub sent: u64,
+    /// Writes the connection refused.
+    pub write_errors: u64,
+    /// Playout frames dropped for capacity.
+    pub dropped: u64,
+}
+
+/// Ask for the counters.
+#[derive(Debug, Message)]
+#[rtype(result = "CodecStats")]
+pub struct GetStats;
+
+/// The actor.
+pub struct AudioCodec {
+    /// The call's id, for message tracing.
+    call_id: CallId,
+    /// The call's span.
+    span: tracing::Span,
+    /// Reorder, decode, FEC, PLC.
+    uplink: UplinkDecoder<Bytes>,
+    /// Opus encoder for the downlink.
+    encoder: DownlinkEncoder,
+    /// PCM waiting for the pacer.
+    playout: Playout,
+    /// The 20 ms clock.
+    pacer: Pacer,
+    /// Sequence numbers and timestamps.
+    timeline: Timeline,
+    /// Where packets go.
+    writer: RtpWriter,
+    /// The call actor.
+    parent: Recipient<CodecEvent>,
+    /// Scratch frame for the downlink.
+    frame: Vec<i16>,
+    /// Echo mode.
+    echo: bool,
+    /// When the last RTP packet arrived.
+    last_rtp: Instant,
+    /// RTP silence limit.
+    rtp_timeout: Duration,
+    /// The pending pacer wake-up.
+    tick: Option<SpawnHandle>,
+    /// The pending reorder-release wake-up.
+    release: Option<SpawnHandle>,
+    /// Packets written.
+    sent: u64,
+    /// Writes refused.
+    write_errors: u64,
+    /// Set when stopped on purpose; the drop guard reports anything else.
+    stopped_cleanly: bool,
+}
+
+impl AudioCodec {
+    /// Builds the codec and starts draining `track`. Runs inside `AudioCodec::create`, so the
+    /// actor lives on the caller's worker.
+    pub fn new(
+        call_id: CallId,
+        span: tracing::Span,
+        settings: CodecSettings,
+        track: Arc<dyn TrackRemote>,
+        writer: RtpWriter,
+        parent: Recipient<CodecEvent>,
+        ctx: &mut Context<Self>,
+    ) -> Self {
+        let stream =
+            futures_util::stream::unfold(
+                track,
+                |t| async move { t.poll().await.map(|ev| (ev, t)) },
+            );
+        ctx.add_stream(stream);
+        let frame_samples = (settings.uplink.pcm_rate / 50) as usize;
+        let (uplink, encoder) = match (
+            UplinkDecoder::new(settings.uplink),
+            DownlinkEncoder::new(settings.encoder),
+        ) {
+            (Ok(u), Ok(e)) => (u, e),
+            (Err(e), _) | (_, Err(e)) => {
+                // Settings were validated at startup; libopus refusing them is a bug. Report it
+                // and stop; the call ends with a reason.
+                parent.do_send(CodecEvent::Failed(format!("codec setup: {e}")));
+                ctx.stop();
+                // A placeholder that never runs: build with the safest settings there are.
+                let u = UplinkDecoder::new(UplinkSettings {
+                    pcm_rate: 16_000,
+                    ..settings.uplink
+                })
+                .expect("libopus accepts a 16 kHz mono decoder");
+                let e = DownlinkEncoder::new(EncoderSettings {
+                    pcm_rate: 16_000,
+                    ..settings.encoder
+                })
+                .expect("libopus accepts a 16 kHz mono encoder");
+                (u, e)
+            }
+        };
+        AudioCodec {
+            call_id,
+            span,
+            uplink,
+            encoder,
+            playout: Playout::new(
+                frame_samples,
+                settings.prebuffer_frames,
+                settings.max_queue_frames,
+            ),
+            pacer: Pacer::new(FRAME, settings.max_catch_up),
+            timeline: Timeline::new(FRAME, RTP_CLOCK, random::u16(), random::u32()),
+            writer,
+            parent,
+            frame: vec![0; frame_samples],
+            echo: settings.echo,
+            last_rtp: Instant::now(),
+            rtp_timeout: settings.rtp_timeout,
+            tick: None,
+            release: None,
+            sent: 0,
+            write_errors: 0,
+            stopped_cleanly: false,
+        }
+    }
+
+    fn stats(&self) -> CodecStats {
+        CodecStats {
+            uplink: self.uplink.stats(),
+            sent: self.sent,
+            write_errors: self.write_errors,
+            dropped: self.playout.dropped(),
+        }
+    }
+}
+
+impl Actor for AudioCodec {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(RTP_WATCH, |act, ctx| {
+            if act.last_rtp.elapsed() > act.rtp_timeout {
+                trace_msg!(act.call_id, "codec" => "call", "CodecEvent::RtpTimeout");
+                act.parent.do_send(CodecEvent::RtpTimeout);
+                // Report once; the call ends this actor.
+                act.last_rtp = Instant::now() + Duration::from_secs(3600);
+            }
+            let _ = ctx;
+        });
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        let s = self.stats();
+        let _e = self.span.enter();
+        tracing::info!(
+            received = s.uplink.reorder.received,
+            lost = s.uplink.reorder.lost,
+            late = s.uplink.reorder.late,
+            recovered = s.uplink.recovered,
+            concealed = s.uplink.concealed,
+            corrupt = s.uplink.corrupt,
+            sent = s.sent,
+            write_errors = s.write_errors,
+            dropped = s.dropped,
+            "call audio"
+        );
+    }
+}
+
+impl Drop for AudioCodec {
+    fn drop(&mut self) {
+        if !self.stopped_cleanly {
+            let why = if std::thread::panicking() {
+                "panicked"
+            } else {
+                "stopped unexpectedly"
+            };
+            self.parent
+                .do_send(CodecEvent::Failed(format!("audio codec {why}")));
+        }
+    }
+}
+
+impl StreamHandler<TrackRemoteEvent> for AudioCodec {
+    fn handle(&mut self, event: TrackRemoteEvent, ctx: &mut Self::Context) {
+        if let TrackRemoteEvent::OnRtpPacket(p) = event {
+            let now = Instant::now();
+            self.last_rtp = now;
+            if p.header.payload_type != OPUS_PT {
+                return;
+            }
+            let AudioCodec {
+                uplink,
+                playout,
+                echo,
+                ..
+            } = self;
+            uplink.push(
+                p.header.sequence_number,
+                p.payload,
+                now,
+                &mut |pcm: &[i16], _| {
+                    if *echo {
+                        playout.push(pcm);
+                    }
+                },
+            );
+            self.after_uplink(now, ctx);
+        }
+    }
+
+    fn finished(&mut self, _ctx: &mut Self::Context) {
+        // The track ended with the connection; the call actor learns that from the connection.
+        let _e = self.span.enter();
+        tracing::debug!("caller's track ended");
+    }
+}
+
+impl Handler<Stop> for AudioCodec {
+    type Result = ();
+
+    fn handle(&mut self, _: Stop, ctx: &mut Self::Context) {
+        trace_msg!(self.call_id, "call" => "codec", "Stop");
+        self.stopped_cleanly = true;
+        ctx.stop();
+    }
+}
+
+impl Handler<GetStats> for AudioCodec {
+    type Result = MessageResult<GetStats>;
+
+    fn handle(&mut self, _: GetStats, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.stats())
+    }
+}
+
+impl AudioCodec {
+    /// After uplink work: arm the reorder release timer, start a talkspurt if audio is ready.
+    fn after_uplink(&mut self, now: Instant, ctx: &mut Context<Self>) {
+        if let Some(deadline) = self.uplink.next_deadline() {
+            if let Some(h) = self.release.take() {
+                ctx.cancel_future(h);
+            }
+            self.release = Some(ctx.run_later(
+                deadline.saturating_duration_since(now),
+                |act, ctx| {
+                    act.release = None;
+                    let now = Instant::now();
+                    let AudioCodec {
+                        uplink,
+                        playout,
+                        echo,
+                        ..
+                    } = act;
+                    uplink.release(now, &mut |pcm: &[i16], _| {
+                        if *echo {
+                            playout.push(pcm);
+                        }
+                    });
+                    act.after_uplink(now, ctx);
+                },
+            ));
+        }
+        if !self.pacer.is_running() && self.playout.ready_to_start() {
+            self.pacer.start(now);
+            self.tick(ctx);
+        }
+    }
+
+    /// One pacer wake-up: send what is due, then sleep until the next slot.
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        self.tick = None;
+        let now = Instant::now();
+        let due = self.pacer.poll(now);
+        self.timeline.skip(due.skipped);
+        for _ in 0..due.send {
+            if !self.playout.pop(&mut self.frame) {
+                // Ran dry: the talkspurt ends; the next one is marked and its timestamp jumps.
+                self.pacer.stop();
+                self.timeline.end_talkspurt();
+                return;
+            }
+            let payload = match self.encoder.encode(&self.frame) {
+                Ok(p) => Bytes::copy_from_slice(p),
+                Err(e) => {
+                    self.parent
+                        .do_send(CodecEvent::Failed(format!("encode: {e}")));
+                    ctx.stop();
+                    return;
+                }
+            };
+            let stamp = self.timeline.stamp(now);
+            let writer = self.writer.clone();
+            // `wait` keeps packets in order and applies the connection's back-pressure.
+            ctx.wait(
+                async move { writer.write(stamp, payload).await }
+                    .into_actor(self)
+                    .map(|res, act, _| match res {
+                        Ok(()) => act.sent += 1,
+                        Err(e) => {
+                            act.write_errors += 1;
+                            if act.write_errors == 1 {
+                                let _e = act.span.enter();
+                                tracing::debug!(error = %e, "RTP write refused");
+                            }
+                        }
+                    }),
+            );
+        }
+        if let Some(next) = self.pacer.next_due() {
+            let delay = next.saturating_duration_since(Instant::now());
+            self.tick = Some(ctx.run_later(delay, |act, ctx| act.tick(ctx)));
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! The supervisor: the call registry, and the one place calls are created and ended.
+//!
+//! It lives on the main arbiter. For each offer it mints an unguessable call id, picks the least
+//! loaded media worker, starts a [`CallActor`] there and asks it to answer; answering runs on the
+//! worker, so the supervisor keeps taking messages meanwhile. Hangups are routed by call id;
+//! a call's [`CallEvent::Ended`] removes it from the registry. On shutdown it ends every call with
+//! `shutdown` and waits (bounded) until each is released.
+//!
+//! Failure: a call that dies without reporting (its worker panicked mid-teardown) would stay in
+//! the registry; the registry therefore also drops entries whose actor is no longer alive when
+//! it is read.
+
+use crate::call::{CallActor, CallEvent, CallMode, CallSettings, End, EndReason, Negotiate, Offer};
+use crate::trace_msg;
+use crate::workers::Workers;
+use actix::prelude::*;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use voicegate_core::call_id::CallId;
+use voicegate_media::{MediaPlane, PeerError};
+
+/// Longest a shutdown waits for calls to release.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+
+/// The actor.
+pub struct Supervisor {
+    /// Per-call settings.
+    settings: Arc<CallSettings>,
+    /// The shared media plane.
+    plane: Arc<MediaPlane>,
+    /// Where calls run.
+    workers: Workers,
+    /// Live calls.
+    calls: HashMap<CallId, Addr<CallActor>>,
+    /// No new calls once set.
+    shutting_down: bool,
+}
+
+impl Supervisor {
+    /// A supervisor with `workers` media workers. Must run inside an actix system.
+    pub fn new(settings: CallSettings, plane: Arc<MediaPlane>, workers: usize) -> Self {
+        Supervisor {
+            settings: Arc::new(settings),
+            plane,
+            workers: Workers::start(workers),
+            calls: HashMap::new(),
+            shutting_down: false,
+        }
+    }
+}
+
+/// A call's answer.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The new call's id.
+    pub call_id: CallId,
+    /// Our SDP answer with candidates.
+    pub sdp: String,
+}
+
+/// Why an offer did not become a call.
+#[derive(Debug, thiserror::Error)]
+pub enum PlaceCallError {
+    /// The WebRTC stack refused the offer.
+    #[error("{0}")]
+    Negotiation(String),
+    /// Not taking calls.
+    #[error("shutting down")]
+    ShuttingDown,
+    /// Our side failed.
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Start a call from a validated offer.
+#[derive(Message)]
+#[rtype(result = "Result<Answer, PlaceCallError>")]
+pub struct PlaceCall {
+    /// The offer.
+    pub offer: Offer,
+}
+
+/// End a call if it exists. Resolves once it is released.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct HangUp {
+    /// Which call.
+    pub call_id: CallId,
+    /// Why.
+    pub reason: EndReason,
+}
+
+/// End every call and stop taking new ones. Resolves once they are released (bounded).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+/// What is running, for tests and operators.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Ids of live calls.
+    pub calls: Vec<CallId>,
+    /// Calls per media worker.
+    pub worker_loads: Vec<usize>,
+}
+
+/// Ask for a [`Snapshot`].
+#[derive(Debug, Message)]
+#[rtype(result = "Snapshot")]
+pub struct GetSnapshot;
+
+impl Actor for Supervisor {
+    type Context = Context<Self>;
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.workers.stop();
+    }
+}
+
+impl Handler<PlaceCall> for Supervisor {
+    type Result = ResponseActFuture<Self, Result<Answer, PlaceCallError>>;
+
+    fn handle(&mut self, msg: PlaceCall, ctx: &mut Self::Context) -> Self::Result {
+        if self.shutting_down {
+            return Box::pin(fut::ready(Err(PlaceCallError::ShuttingDown)));
+        }
+        let call_id = match CallId::generate(&self.settings.id_prefix) {
+            Ok(id) => id,
+            Err(e) => {
+                return Box::pin(fut::ready(Err(PlaceCallError::Internal(format!(
+                    "no randomness for a call id: {e}"
+                )))));
+            }
+        };
+        let span = tracing::info_span!("call", call_id = %call_id);
+        {
+            let _e = span.enter();
+            tracing::info!(
+                mode = ?msg.offer.mode,
+                client = %msg.offer.client.addr,
+                user_agent = msg.offer.client.user_agent.as_deref().unwrap_or(""),
+                candidates = msg.offer.summary.candidates,
+                "offer received"
+            );
+        }
+        let (arbiter, lease) = self.workers.pick();
+        let settings = self.settings.clone();
+        let plane = self.plane.clone();
+        let parent = ctx.address().recipient();
+        let mode: CallMode = msg.offer.mode;
+        let id = call_id.clone();
+        let call = CallActor::start_in_arbiter(&arbiter, move |_| {
+            CallActor::new(id, span, settings, plane, parent, mode, lease)
+        });
+        self.calls.insert(call_id.clone(), call.clone());
+        trace_msg!(call_id, "supervisor" => "call", "Negotiate");
+        let fut = call.send(Negotiate { offer: msg.offer });
+        Box::pin(fut.into_actor(self).map(move |res, _act, _ctx| match res {
+            Ok(Ok(sdp)) => Ok(Answer { call_id, sdp }),
+            Ok(Err(PeerError::Negotiation(reason))) => Err(PlaceCallError::Negotiation(reason)),
+            Ok(Err(PeerError::Internal(detail))) => Err(PlaceCallError::Internal(detail)),
+            Err(e) => Err(PlaceCallError::Internal(format!("call actor: {e}"))),
+        }))
+    }
+}
+
+impl Handler<HangUp> for Supervisor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, msg: HangUp, _ctx: &mut Self::Context) -> Self::Result {
+        // Removing first makes a repeated hangup a no-op at once.
+        let Some(call) = self.calls.remove(&msg.call_id) else {
+            tracing::debug!(call_id = %msg.call_id, "hangup for an unknown or ended call");
+            return Box::pin(async {});
+        };
+        trace_msg!(msg.call_id, "supervisor" => "call", "End", "{}", msg.reason);
+        Box::pin(async move {
+            // Resolves when the call handled it; the mailbox closing (the call stopped) is the
+            // same outcome.
+            let _ = call.send(End { reason: msg.reason }).await;
+            // The call stops after releasing; wait until it has.
+            while call.connected() {
+                actix_rt::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    }
+}
+
+impl Handler<CallEvent> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: CallEvent, _ctx: &mut Self::Context) {
+        match msg {
+            CallEvent::Ended { call_id, reason } => {
+                trace_msg!(call_id, "call" => "supervisor", "CallEvent::Ended", "{reason}");
+                self.calls.remove(&call_id);
+                tracing::debug!(%call_id, %reason, live = self.calls.len(), "call removed");
+            }
+        }
+    }
+}
+
+impl Handler<Shutdown> for Supervisor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: Shutdown, _ctx: &mut Self::Context) -> Self::Result {
+        self.shutting_down = true;
+        let calls: Vec<Addr<CallActor>> = self.calls.drain().map(|(_, a)| a).collect();
+        tracing::info!(calls = calls.len(), "ending all calls");
+        Box::pin(async move {
+            let ends = calls.iter().map(|c| {
+                c.send(End {
+                    reason: EndReason::Shutdown,
+                })
+            });
+            let _ = futures_util::future::join_all(ends).await;
+            let deadline = tokio::time::Instant::now() + SHUTDOWN_WAIT;
+            while calls.iter().any(|c| c.connected()) && tokio::time::Instant::now() < deadline {
+                actix_rt::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    }
+}
+
+impl Handler<GetSnapshot> for Supervisor {
+    type Result = MessageResult<GetSnapshot>;
+
+    fn handle(&mut self, _: GetSnapshot, _ctx: &mut Self::Context) -> Self::Result {
+        self.calls.retain(|_, a| a.connected());
+        MessageResult(Snapshot {
+            calls: self.calls.keys().cloned().collect(),
+            worker_loads: self.workers.loads(),
+        })
+    }
+}

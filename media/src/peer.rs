@@ -1,0 +1,463 @@
+//! One call's peer connection: built on the shared port, answered non-trickle, closed for sure.
+//!
+//! The answer flow is the one that works with webrtc 0.21: set the remote offer, add our local
+//! track, create and set the answer, wait for gathering with a bounded timeout, then read the
+//! local description and rewrite its host candidates to the shared port and the advertised
+//! addresses. Only Opus is registered (PT 111, 48000/2, `minptime=10;useinbandfec=1`, with
+//! `transport-cc` and `nack` feedback), with RTCP reports, NACK and TWCC interceptors; mDNS is
+//! off (a server has real addresses; browsers' `.local` candidates still connect as
+//! peer-reflexive).
+//!
+//! Events from the connection's driver (state changes, the remote track) leave through the
+//! [`PeerEvents`] callback, which must not block: it runs on the driver task.
+
+use crate::mux::{MuxRuntime, UdpMux};
+use bytes::Bytes;
+use rtc::ice::mdns::MulticastDnsMode;
+use rtc::interceptor::Registry;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::interceptor_registry::{
+    configure_nack, configure_rtcp_reports, configure_twcc,
+};
+use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MediaEngine};
+use rtc::peer_connection::transport::RTCDtlsTransportState;
+use rtc::rtp;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
+    RTCRtpEncodingParameters, RtpCodecKind,
+};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use voicegate_core::random;
+use voicegate_core::timeline::Stamp;
+use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_remote::TrackRemote;
+use webrtc::peer_connection::{
+    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
+    RTCIceGatheringState, RTCIceServer, RTCPeerConnectionState, RTCSessionDescription,
+    SettingEngineBuilder,
+};
+use webrtc::rtp_transceiver::RtpSender;
+
+/// The payload type we register for Opus; browsers offer 111 too.
+pub const OPUS_PT: u8 = 111;
+
+/// ICE: no inbound traffic for this long → disconnected (a Wi-Fi blip is shorter).
+const ICE_DISCONNECTED: Duration = Duration::from_secs(4);
+/// ICE: disconnected this long → failed, and the call ends.
+const ICE_FAILED: Duration = Duration::from_secs(8);
+/// ICE: consent/keepalive interval while idle.
+const ICE_KEEPALIVE: Duration = Duration::from_secs(1);
+/// ICE: pause between connectivity checks (the 200 ms default alone made connects take 210 ms).
+const ICE_CHECK_INTERVAL: Duration = Duration::from_millis(50);
+/// ICE: checks per candidate pair, keeping the default 1.4 s of trying.
+const ICE_MAX_CHECKS: u16 = 28;
+/// The placeholder the driver binds; the mux replaces the socket (see [`crate::mux`]).
+const PLACEHOLDER_BIND: &str = "127.0.0.1:0";
+
+/// What a peer connection reports to its owner.
+#[derive(Clone)]
+pub enum PeerEvent {
+    /// The connection state changed.
+    State(PeerState),
+    /// The caller's audio track arrived; drain it with [`TrackRemote::poll`].
+    Track(Arc<dyn TrackRemote>),
+}
+
+impl std::fmt::Debug for PeerEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PeerEvent::State(s) => write!(f, "State({s:?})"),
+            PeerEvent::Track(_) => f.write_str("Track"),
+        }
+    }
+}
+
+/// The connection states we act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerState {
+    /// ICE/DTLS in progress.
+    Connecting,
+    /// Media can flow.
+    Connected,
+    /// No traffic for a while; may recover.
+    Disconnected,
+    /// Gave up; the call must end.
+    Failed,
+    /// Closed.
+    Closed,
+}
+
+/// The callback that receives [`PeerEvent`]s; called on the driver task, must not block.
+pub type PeerEvents = Arc<dyn Fn(PeerEvent) + Send + Sync>;
+
+/// Why a peer connection could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// The offer was refused by the WebRTC stack (a malformed or unsupported offer).
+    #[error("{0}")]
+    Negotiation(String),
+    /// Our side failed.
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Everything a call's peer connections share: the port, the advertised addresses, ICE servers.
+pub struct MediaPlane {
+    mux: Arc<UdpMux>,
+    /// Addresses put into our host candidates.
+    advertised: Vec<IpAddr>,
+    ice_servers: Vec<RTCIceServer>,
+    gather_timeout: Duration,
+}
+
+impl MediaPlane {
+    /// Binds the shared port and works out which addresses to advertise.
+    pub fn start(settings: &crate::MediaSettings) -> std::io::Result<Arc<Self>> {
+        let mux = UdpMux::bind(settings.bind)?;
+        let advertised = advertised_addresses(settings.bind.ip(), &settings.public_ips);
+        let ice_servers = settings
+            .ice_servers
+            .iter()
+            .map(|s| RTCIceServer {
+                urls: vec![s.url.clone()],
+                username: s.username.clone(),
+                credential: s.credential.clone(),
+            })
+            .collect();
+        Ok(Arc::new(MediaPlane {
+            mux,
+            advertised,
+            ice_servers,
+            gather_timeout: settings.gather_timeout,
+        }))
+    }
+
+    /// The shared UDP socket.
+    pub fn mux(&self) -> &Arc<UdpMux> {
+        &self.mux
+    }
+
+    /// Where the host candidates point: the advertised addresses with the shared port.
+    pub fn candidate_addresses(&self) -> Vec<SocketAddr> {
+        let port = self.mux.local_addr().port();
+        self.advertised
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, port))
+            .collect()
+    }
+}
+
+/// `public_ips` if given; else the bound address, or every usable interface for a wildcard
+/// bind (loopback when nothing else is up).
+fn advertised_addresses(bind: IpAddr, public_ips: &[IpAddr]) -> Vec<IpAddr> {
+    if !public_ips.is_empty() {
+        return public_ips.to_vec();
+    }
+    if !bind.is_unspecified() {
+        return vec![bind];
+    }
+    let mut out: Vec<IpAddr> = rtc::shared::ifaces::ifaces()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|i| i.addr.map(|a| a.ip()))
+        .filter(|ip| ip.is_ipv4() == bind.is_ipv4())
+        .filter(|ip| !ip.is_loopback() && !ip.is_unspecified() && !is_link_local(ip))
+        .collect();
+    out.dedup();
+    if out.is_empty() {
+        out.push(if bind.is_ipv4() {
+            IpAddr::from([127, 0, 0, 1])
+        } else {
+            IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
+        });
+    }
+    out
+}
+
+fn is_link_local(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    }
+}
+
+/// One call's connection, answered and ready for media.
+pub struct Peer {
+    pc: Arc<dyn PeerConnection>,
+    sender: Arc<dyn RtpSender>,
+    track: Arc<TrackLocalStaticRTP>,
+    ssrc: u32,
+    /// Keeps the connection's mux route alive with the connection.
+    _runtime: Arc<MuxRuntime>,
+}
+
+/// The driver's callbacks, forwarded.
+struct Handler {
+    events: PeerEvents,
+    gathering: watch::Sender<bool>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            let _ = self.gathering.send(true);
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        let s = match state {
+            RTCPeerConnectionState::Connected => PeerState::Connected,
+            RTCPeerConnectionState::Disconnected => PeerState::Disconnected,
+            RTCPeerConnectionState::Failed => PeerState::Failed,
+            RTCPeerConnectionState::Closed => PeerState::Closed,
+            _ => PeerState::Connecting,
+        };
+        (self.events)(PeerEvent::State(s));
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        (self.events)(PeerEvent::Track(track));
+    }
+}
+
+impl Peer {
+    /// Answers `offer_sdp`. Returns the connection and the answer SDP with its candidates.
+    pub async fn answer(
+        engine: &MediaPlane,
+        offer_sdp: &str,
+        events: PeerEvents,
+    ) -> Result<(Peer, String), PeerError> {
+        let internal =
+            |what: &str, e: webrtc::error::Error| PeerError::Internal(format!("{what}: {e}"));
+        let (ufrag, pwd) = ice_credentials();
+        let runtime = engine.mux.connection_runtime(&ufrag);
+        let (media, registry) = media_engine().map_err(|e| internal("media engine", e))?;
+        let settings = SettingEngineBuilder::new()
+            .with_multicast_dns_mode(MulticastDnsMode::Disabled)
+            .with_ice_timeouts(
+                Some(ICE_DISCONNECTED),
+                Some(ICE_FAILED),
+                Some(ICE_KEEPALIVE),
+            )
+            .with_ice_connection_attempts(Some(ICE_CHECK_INTERVAL), Some(ICE_MAX_CHECKS))
+            .with_ice_credentials(ufrag, pwd)
+            .build();
+        let (gathering_tx, mut gathering_rx) = watch::channel(false);
+        let handler = Arc::new(Handler {
+            events,
+            gathering: gathering_tx,
+        });
+        let pc = PeerConnectionBuilder::new()
+            .with_configuration(
+                RTCConfigurationBuilder::new()
+                    .with_ice_servers(engine.ice_servers.clone())
+                    .build(),
+            )
+            .with_media_engine(media)
+            .with_interceptor_registry(registry)
+            .with_setting_engine(settings)
+            .with_handler(handler)
+            .with_udp_addrs(vec![PLACEHOLDER_BIND])
+            .with_runtime(runtime.clone())
+            .build()
+            .await
+            .map_err(|e| internal("build peer connection", e))?;
+        let pc: Arc<dyn PeerConnection> = Arc::new(pc);
+
+        // From here on, every failure closes the connection before returning.
+        let result = async {
+            let offer = RTCSessionDescription::offer(offer_sdp.to_owned())
+                .map_err(|e| PeerError::Negotiation(format!("offer: {e}")))?;
+            pc.set_remote_description(offer)
+                .await
+                .map_err(|e| PeerError::Negotiation(format!("offer: {e}")))?;
+
+            let ssrc = random::u32();
+            let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+                "voicegate".to_owned(),
+                format!("voicegate-audio-{ssrc:08x}"),
+                "voicegate-audio".to_owned(),
+                RtpCodecKind::Audio,
+                vec![RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        ssrc: Some(ssrc),
+                        ..Default::default()
+                    },
+                    codec: opus_codec(),
+                    ..Default::default()
+                }],
+            )));
+            let sender = pc
+                .add_track(track.clone() as Arc<dyn TrackLocal>)
+                .await
+                .map_err(|e| internal("add track", e))?;
+            let answer = pc
+                .create_answer(None)
+                .await
+                .map_err(|e| PeerError::Negotiation(format!("answer: {e}")))?;
+            pc.set_local_description(answer)
+                .await
+                .map_err(|e| internal("set local description", e))?;
+
+            // Non-trickle: the answer carries every candidate, so wait for gathering, bounded
+            // (an unreachable STUN server must not hold the offer for 10 s).
+            let gathered =
+                tokio::time::timeout(engine.gather_timeout, gathering_rx.wait_for(|done| *done))
+                    .await
+                    .is_ok();
+            if !gathered {
+                tracing::warn!(
+                    timeout_ms = engine.gather_timeout.as_millis() as u64,
+                    "ICE gathering incomplete; answering with the candidates found so far"
+                );
+            }
+            let local = pc.local_description().await.ok_or_else(|| {
+                PeerError::Internal("no local description after answering".into())
+            })?;
+            let placeholder = runtime
+                .placeholder_addr()
+                .ok_or_else(|| PeerError::Internal("the connection bound no UDP socket".into()))?;
+            let answer = voicegate_core::sdp::rewrite_host_candidates(
+                &local.sdp,
+                placeholder,
+                &engine.candidate_addresses(),
+            );
+            Ok((sender, track, ssrc, answer))
+        }
+        .await;
+
+        match result {
+            Ok((sender, track, ssrc, answer)) => Ok((
+                Peer {
+                    pc,
+                    sender,
+                    track,
+                    ssrc,
+                    _runtime: runtime,
+                },
+                answer,
+            )),
+            Err(e) => {
+                let _ = pc.close().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The RTP writer for our audio, once negotiation has bound the track.
+    pub async fn writer(&self) -> Result<RtpWriter, PeerError> {
+        let params = self
+            .sender
+            .get_parameters()
+            .await
+            .map_err(|e| PeerError::Internal(format!("sender parameters: {e}")))?;
+        let pt = params
+            .rtp_parameters
+            .codecs
+            .iter()
+            .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(MIME_TYPE_OPUS))
+            .map(|c| c.payload_type)
+            .unwrap_or(OPUS_PT);
+        Ok(RtpWriter {
+            track: self.track.clone(),
+            ssrc: self.ssrc,
+            payload_type: pt,
+        })
+    }
+
+    /// Whether the browser closed the connection (DTLS close_notify). The connection state does
+    /// not change on close_notify, and ICE would take seconds to notice; this reads within ~10 ms
+    /// of the browser's `close()`.
+    pub async fn transport_closed(&self) -> bool {
+        match self.sender.transport().await {
+            Ok(Some(t)) => matches!(
+                t.state().await,
+                Ok(RTCDtlsTransportState::Closed | RTCDtlsTransportState::Failed)
+            ),
+            _ => false,
+        }
+    }
+
+    /// Closes the connection: its driver task ends and its mux route is removed.
+    pub async fn close(&self) {
+        if let Err(e) = self.pc.close().await {
+            tracing::debug!(error = %e, "peer connection close reported an error");
+        }
+    }
+}
+
+/// Sends our RTP packets with the negotiated payload type and our SSRC.
+#[derive(Clone)]
+pub struct RtpWriter {
+    track: Arc<TrackLocalStaticRTP>,
+    ssrc: u32,
+    payload_type: u8,
+}
+
+impl RtpWriter {
+    /// Writes one packet. Waits only when the driver's queue is full (back-pressure).
+    pub async fn write(&self, stamp: Stamp, payload: Bytes) -> Result<(), PeerError> {
+        let packet = rtp::Packet {
+            header: rtp::header::Header {
+                version: 2,
+                marker: stamp.marker,
+                payload_type: self.payload_type,
+                sequence_number: stamp.seq,
+                timestamp: stamp.timestamp,
+                ssrc: self.ssrc,
+                ..Default::default()
+            },
+            payload,
+        };
+        self.track
+            .write_rtp(packet)
+            .await
+            .map_err(|e| PeerError::Internal(format!("write rtp: {e}")))
+    }
+}
+
+fn opus_codec() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: MIME_TYPE_OPUS.to_owned(),
+        clock_rate: 48_000,
+        channels: 2,
+        sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+        // Feedback goes on the codec itself: configure_nack() only adds nack to video codecs.
+        rtcp_feedback: vec![
+            RTCPFeedback {
+                typ: "transport-cc".into(),
+                parameter: String::new(),
+            },
+            RTCPFeedback {
+                typ: "nack".into(),
+                parameter: String::new(),
+            },
+        ],
+    }
+}
+
+fn media_engine() -> webrtc::error::Result<(MediaEngine, Registry)> {
+    let mut media = MediaEngine::default();
+    media.register_codec(
+        RTCRtpCodecParameters {
+            rtp_codec: opus_codec(),
+            payload_type: OPUS_PT,
+        },
+        RtpCodecKind::Audio,
+    )?;
+    let registry = Registry::new();
+    let registry = configure_nack(registry, &mut media);
+    let registry = configure_rtcp_reports(registry);
+    let registry = configure_twcc(registry, &mut media)?;
+    Ok((media, registry))
+}
+
+/// Random ICE credentials (RFC 8445 §5.3: ufrag ≥ 24 bits, password ≥ 128 bits).
+fn ice_credentials() -> (String, String) {
+    (random::alphanumeric(16), random::alphanumeric(32))
+}

@@ -1,0 +1,65 @@
+//! API errors: one status code and one short JSON body each; details are logged once, here.
+
+use super::api::ErrorBody;
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use voicegate_actors::supervisor::PlaceCallError;
+
+/// Everything the HTTP API can answer with besides success.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request is unusable; the text says why.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Wrong method for the path.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// No such path.
+    #[error("not found")]
+    NotFound,
+    /// We cannot take calls now (shutting down).
+    #[error("{0}")]
+    Unavailable(String),
+    /// Our fault; the detail is logged, not sent.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl From<PlaceCallError> for ApiError {
+    fn from(e: PlaceCallError) -> Self {
+        match e {
+            PlaceCallError::Negotiation(reason) => {
+                ApiError::BadRequest(format!("offer cannot be negotiated: {reason}"))
+            }
+            PlaceCallError::ShuttingDown => ApiError::Unavailable("server is shutting down".into()),
+            PlaceCallError::Internal(detail) => ApiError::Internal(detail),
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        match self {
+            ApiError::Internal(detail) => tracing::error!(%detail, "request failed"),
+            ApiError::BadRequest(reason) => tracing::info!(%reason, "request refused"),
+            _ => {}
+        }
+        let mut res = HttpResponse::build(self.status_code());
+        if matches!(self, ApiError::MethodNotAllowed) {
+            res.insert_header((actix_web::http::header::ALLOW, "POST, OPTIONS"));
+        }
+        res.json(ErrorBody {
+            error: &self.to_string(),
+        })
+    }
+}

@@ -1,0 +1,89 @@
+//! The HTTP edge: signaling (`/webrtc/v1/offer`, `/webrtc/v1/hangup`), health, and the page.
+//!
+//! Only this module knows the JSON of the HTTP API. Requests are validated here (body size, JSON
+//! shape, `type`, an SDP with Opus audio) and turned into domain types before any actor sees
+//! them; actor errors come back as [`error::ApiError`], which picks the status code and the
+//! short JSON body. [`routes`] is the one route table, used by `main` and by the tests.
+
+pub mod api;
+pub mod error;
+mod handlers;
+mod web_page;
+
+use actix::Addr;
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::middleware::{Next, from_fn};
+use actix_web::{Error, web};
+use std::sync::Arc;
+use voicegate_actors::supervisor::Supervisor;
+use voicegate_core::cors;
+
+/// What the handlers share.
+pub struct HttpState {
+    /// The call supervisor.
+    pub supervisor: Addr<Supervisor>,
+    /// CORS allowlist (empty: reflect every origin).
+    pub allowed_origins: Arc<Vec<String>>,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+}
+
+/// The route table.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    use actix_web::http::Method;
+    cfg.service(web::resource("/health").route(web::get().to(handlers::health)))
+        .service(
+            web::scope("/webrtc/v1")
+                .wrap(from_fn(cors_headers))
+                .service(
+                    web::resource("/offer")
+                        .route(web::post().to(handlers::offer))
+                        .route(web::method(Method::OPTIONS).to(handlers::preflight))
+                        .default_service(web::to(handlers::method_not_allowed)),
+                )
+                .service(
+                    web::resource("/hangup")
+                        .route(web::post().to(handlers::hangup))
+                        .route(web::method(Method::OPTIONS).to(handlers::preflight))
+                        .default_service(web::to(handlers::method_not_allowed)),
+                )
+                .default_service(web::to(handlers::not_found)),
+        )
+        .service(web::resource("/").route(web::get().to(web_page::index)))
+        .service(web::resource("/voicegate.js").route(web::get().to(web_page::client_js)))
+        .default_service(web::to(handlers::not_found));
+}
+
+/// Adds the CORS headers the original sends, when the request's origin is allowed
+/// ([`cors::origin_allowed`]). A refused origin gets no headers; the request is still served.
+async fn cors_headers(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+        .map(str::to_owned);
+    let allowed = match (&origin, req.app_data::<web::Data<HttpState>>()) {
+        (Some(o), Some(state)) => cors::origin_allowed(o, &state.allowed_origins),
+        _ => false,
+    };
+    let mut res = next.call(req).await?;
+    if allowed && let Some(origin) = origin.and_then(|o| HeaderValue::from_str(&o).ok()) {
+        let h = res.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static(cors::ALLOW_METHODS),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static(cors::ALLOW_HEADERS),
+        );
+        h.append(header::VARY, HeaderValue::from_static("Origin"));
+    }
+    Ok(res)
+}

@@ -1,0 +1,430 @@
+//! Configuration: the serde shape of `config/default.toml`, loaded in layers and validated once.
+//!
+//! Layers, later wins: the built-in `config/default.toml`, an optional `--config <file>`, then
+//! `VOICEGATE__<SECTION>__<KEY>` environment variables. Unknown keys are refused, so a typo is a
+//! startup error rather than a silently ignored setting. [`Settings::load`] returns raw values;
+//! [`Settings::validate`] turns them into the domain types the rest of the service uses, and
+//! names the key at fault when one cannot work.
+
+use serde::Deserialize;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+use voicegate_actors::call::CallSettings;
+use voicegate_core::call_id;
+use voicegate_core::codec::EncoderSettings;
+use voicegate_core::ice::{self, IceServer};
+use voicegate_media::MediaSettings;
+
+/// The built-in defaults; also the documentation of every key.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Keys whose environment value is a comma-separated list.
+const LIST_KEYS: &[&str] = &["http.allowed_origins", "media.public_ips"];
+
+/// Everything in the configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// `[http]`
+    pub http: Http,
+    /// `[media]`
+    pub media: Media,
+    /// `[calls]`
+    pub calls: Calls,
+    /// `[echo]`
+    pub echo: Echo,
+    /// `[log]`
+    pub log: Log,
+}
+
+/// `[http]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http {
+    /// Listen address.
+    pub bind: String,
+    /// CORS allowlist.
+    pub allowed_origins: Vec<String>,
+    /// Largest accepted body.
+    pub max_body_bytes: usize,
+    /// Worker threads (0 = cores).
+    pub workers: usize,
+}
+
+/// `[media]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Media {
+    /// IP of the shared UDP socket.
+    pub bind_ip: String,
+    /// Port of the shared UDP socket.
+    pub udp_port: u16,
+    /// NAT 1:1 addresses.
+    pub public_ips: Vec<String>,
+    /// STUN/TURN spec string.
+    pub ice_servers: String,
+    /// Media worker threads (0 = cores).
+    pub workers: usize,
+    /// Gathering wait.
+    pub gather_timeout_ms: u64,
+    /// PCM rate.
+    pub pcm_rate: u32,
+    /// Reorder depth.
+    pub reorder_depth: usize,
+    /// Reorder wait.
+    pub reorder_wait_ms: u64,
+    /// PLC limit.
+    pub max_conceal_frames: u64,
+    /// Pacer catch-up limit.
+    pub max_catch_up_frames: u32,
+    /// Playout queue bound.
+    pub max_queue_frames: usize,
+    /// `[media.opus]`
+    pub opus: Opus,
+}
+
+/// `[media.opus]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Opus {
+    /// Encoder complexity.
+    pub complexity: i32,
+    /// Bitrate.
+    pub bitrate: i32,
+    /// In-band FEC.
+    pub fec: bool,
+    /// FEC sizing.
+    pub expected_loss_percent: i32,
+}
+
+/// `[calls]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Calls {
+    /// Call id prefix.
+    pub id_prefix: String,
+    /// Connect deadline.
+    pub connect_timeout_ms: u64,
+    /// RTP silence deadline.
+    pub rtp_timeout_ms: u64,
+}
+
+/// `[echo]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Echo {
+    /// Extra echo delay.
+    pub delay_ms: u64,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    /// Filter directives.
+    pub filter: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A configuration that cannot work, naming the key.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The layers could not be read or merged, or a value has the wrong type.
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    /// A value has the right type but cannot work.
+    #[error("configuration key {key}: {reason}")]
+    Invalid {
+        /// Dotted key.
+        key: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn invalid(key: &'static str, reason: impl ToString) -> SettingsError {
+    SettingsError::Invalid {
+        key,
+        reason: reason.to_string(),
+    }
+}
+
+/// The validated configuration, in the types the service runs on.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    /// HTTP listen address.
+    pub http_bind: SocketAddr,
+    /// CORS allowlist.
+    pub allowed_origins: Vec<String>,
+    /// Body limit.
+    pub max_body_bytes: usize,
+    /// HTTP workers (resolved, at least 1).
+    pub http_workers: usize,
+    /// Media plane settings.
+    pub media: MediaSettings,
+    /// Per-call settings.
+    pub calls: CallSettings,
+    /// Log settings.
+    pub log: Log,
+}
+
+impl Settings {
+    /// Loads the layers: built-in defaults, `file` if given, then the environment.
+    pub fn load(file: Option<&str>) -> Result<Settings, SettingsError> {
+        Self::load_with_env(file, None)
+    }
+
+    /// As [`load`](Self::load), with the environment given explicitly (for tests).
+    pub fn load_with_env(
+        file: Option<&str>,
+        env: Option<std::collections::HashMap<String, String>>,
+    ) -> Result<Settings, SettingsError> {
+        use config::{Config, Environment, File, FileFormat};
+        let mut b = Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
+        if let Some(path) = file {
+            b = b.add_source(File::new(path, FileFormat::Toml).required(true));
+        }
+        let mut envsrc = Environment::with_prefix("VOICEGATE")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .list_separator(",");
+        for k in LIST_KEYS {
+            envsrc = envsrc.with_list_parse_key(k);
+        }
+        if let Some(map) = env {
+            envsrc = envsrc.source(Some(map.into_iter().collect()));
+        }
+        Ok(b.add_source(envsrc).build()?.try_deserialize()?)
+    }
+
+    /// Checks every value and converts to domain types.
+    pub fn validate(&self) -> Result<Validated, SettingsError> {
+        let http_bind: SocketAddr = self.http.bind.parse().map_err(|e| {
+            invalid(
+                "http.bind",
+                format!("{:?}: {e} (want ip:port)", self.http.bind),
+            )
+        })?;
+        let allowed_origins: Vec<String> = self
+            .http
+            .allowed_origins
+            .iter()
+            .map(|o| o.trim().trim_end_matches('/').to_owned())
+            .filter(|o| !o.is_empty())
+            .collect();
+        if self.http.max_body_bytes < 1024 {
+            return Err(invalid("http.max_body_bytes", "must be at least 1024"));
+        }
+
+        let bind_ip: IpAddr = self
+            .media
+            .bind_ip
+            .parse()
+            .map_err(|e| invalid("media.bind_ip", format!("{:?}: {e}", self.media.bind_ip)))?;
+        let public_ips = self
+            .media
+            .public_ips
+            .iter()
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<IpAddr>()
+                    .map_err(|e| invalid("media.public_ips", format!("{s:?}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let ice_servers: Vec<IceServer> = ice::parse_ice_servers(&self.media.ice_servers)
+            .map_err(|e| invalid("media.ice_servers", e))?;
+        if !matches!(self.media.pcm_rate, 8000 | 12000 | 16000 | 24000 | 48000) {
+            return Err(invalid(
+                "media.pcm_rate",
+                "must be 8000, 12000, 16000, 24000 or 48000",
+            ));
+        }
+        if !(1..=32).contains(&self.media.reorder_depth) {
+            return Err(invalid("media.reorder_depth", "must be 1 to 32"));
+        }
+        if !(0..=10).contains(&self.media.opus.complexity) {
+            return Err(invalid("media.opus.complexity", "must be 0 to 10"));
+        }
+        if !(6000..=510_000).contains(&self.media.opus.bitrate) {
+            return Err(invalid("media.opus.bitrate", "must be 6000 to 510000"));
+        }
+        call_id::validate_prefix(&self.calls.id_prefix)
+            .map_err(|e| invalid("calls.id_prefix", e))?;
+        if self.media.gather_timeout_ms == 0 {
+            return Err(invalid("media.gather_timeout_ms", "must be above 0"));
+        }
+        if self.calls.rtp_timeout_ms < 1000 {
+            return Err(invalid("calls.rtp_timeout_ms", "must be at least 1000"));
+        }
+
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let workers = |n: usize| if n == 0 { cores } else { n };
+        let media = MediaSettings {
+            bind: SocketAddr::new(bind_ip, self.media.udp_port),
+            public_ips,
+            ice_servers,
+            workers: workers(self.media.workers),
+            gather_timeout: Duration::from_millis(self.media.gather_timeout_ms),
+        };
+        let frame = 20;
+        let calls = CallSettings {
+            id_prefix: self.calls.id_prefix.clone(),
+            connect_timeout: Duration::from_millis(self.calls.connect_timeout_ms),
+            rtp_timeout: Duration::from_millis(self.calls.rtp_timeout_ms),
+            pcm_rate: self.media.pcm_rate,
+            reorder_depth: self.media.reorder_depth,
+            reorder_wait: Duration::from_millis(self.media.reorder_wait_ms),
+            max_conceal: self.media.max_conceal_frames,
+            max_catch_up: self.media.max_catch_up_frames,
+            max_queue_frames: self.media.max_queue_frames,
+            encoder: EncoderSettings {
+                pcm_rate: self.media.pcm_rate,
+                complexity: self.media.opus.complexity,
+                bitrate: self.media.opus.bitrate,
+                fec: self.media.opus.fec,
+                expected_loss_percent: self.media.opus.expected_loss_percent,
+            },
+            echo_delay_frames: (self.echo.delay_ms / frame) as usize,
+        };
+        Ok(Validated {
+            http_bind,
+            allowed_origins,
+            max_body_bytes: self.http.max_body_bytes,
+            http_workers: workers(self.http.workers),
+            media,
+            calls,
+            log: self.log.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
+        Some(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let s = Settings::load_with_env(None, env(&[])).unwrap();
+        assert_eq!(s.http.bind, "127.0.0.1:8080");
+        assert!(s.http.allowed_origins.is_empty());
+        assert_eq!(s.media.bind_ip, "0.0.0.0");
+        assert_eq!(s.media.udp_port, 50000);
+        assert!(s.media.public_ips.is_empty());
+        assert_eq!(s.media.ice_servers, "");
+        assert_eq!(s.calls.id_prefix, "wrtc");
+        let v = s.validate().unwrap();
+        assert_eq!(v.media.bind.port(), 50000);
+        assert!(v.media.workers >= 1);
+    }
+
+    #[test]
+    fn environment_overrides_with_lists_and_nesting() {
+        let s = Settings::load_with_env(
+            None,
+            env(&[
+                ("VOICEGATE__HTTP__BIND", "0.0.0.0:9000"),
+                (
+                    "VOICEGATE__HTTP__ALLOWED_ORIGINS",
+                    "https://a.example,https://b.example",
+                ),
+                ("VOICEGATE__MEDIA__PUBLIC_IPS", "203.0.113.7"),
+                ("VOICEGATE__MEDIA__OPUS__COMPLEXITY", "3"),
+                ("VOICEGATE__MEDIA__ICE_SERVERS", "stun:s.example:3478"),
+                ("VOICEGATE__CALLS__ID_PREFIX", "test"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.http.bind, "0.0.0.0:9000");
+        assert_eq!(
+            s.http.allowed_origins,
+            vec!["https://a.example", "https://b.example"]
+        );
+        assert_eq!(s.media.public_ips, vec!["203.0.113.7"]);
+        assert_eq!(s.media.opus.complexity, 3);
+        let v = s.validate().unwrap();
+        assert_eq!(v.media.ice_servers.len(), 1);
+        assert_eq!(v.calls.id_prefix, "test");
+    }
+
+    #[test]
+    fn a_file_overrides_defaults() {
+        let dir = std::env::temp_dir().join(format!("vg-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("over.toml");
+        std::fs::write(&path, "[echo]\ndelay_ms = 200\n[media]\nudp_port = 50100\n").unwrap();
+        let s = Settings::load_with_env(Some(path.to_str().unwrap()), env(&[])).unwrap();
+        assert_eq!(s.echo.delay_ms, 200);
+        assert_eq!(s.media.udp_port, 50100);
+        assert_eq!(s.validate().unwrap().calls.echo_delay_frames, 10);
+    }
+
+    #[test]
+    fn typos_and_bad_values_name_the_key() {
+        let err =
+            Settings::load_with_env(None, env(&[("VOICEGATE__HTTP__BINDD", "x")])).unwrap_err();
+        assert!(err.to_string().contains("bindd"), "{err}");
+
+        let cases: &[(&str, &str, &str)] = &[
+            ("VOICEGATE__HTTP__BIND", "localhost", "http.bind"),
+            ("VOICEGATE__MEDIA__BIND_IP", "nope", "media.bind_ip"),
+            (
+                "VOICEGATE__MEDIA__PUBLIC_IPS",
+                "1.2.3.4,bad",
+                "media.public_ips",
+            ),
+            (
+                "VOICEGATE__MEDIA__ICE_SERVERS",
+                "http://x",
+                "media.ice_servers",
+            ),
+            ("VOICEGATE__MEDIA__PCM_RATE", "22050", "media.pcm_rate"),
+            ("VOICEGATE__CALLS__ID_PREFIX", "a b", "calls.id_prefix"),
+            (
+                "VOICEGATE__MEDIA__OPUS__COMPLEXITY",
+                "11",
+                "media.opus.complexity",
+            ),
+        ];
+        for (k, v, key) in cases {
+            let err = Settings::load_with_env(None, env(&[(k, v)]))
+                .unwrap()
+                .validate()
+                .unwrap_err();
+            assert!(err.to_string().contains(key), "{k}={v}: {err}");
+        }
+        let err =
+            Settings::load_with_env(None, env(&[("VOICEGATE__MEDIA__ICE_SERVERS", "http://x")]))
+                .unwrap()
+                .validate()
+                .unwrap_err();
+        assert!(err.to_string().contains("http://x"), "{err}");
+    }
+
+    #[test]
+    fn missing_config_file_is_an_error() {
+        assert!(Settings::load_with_env(Some("/nonexistent/voicegate.toml"), env(&[])).is_err());
+    }
+}

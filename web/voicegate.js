@@ -1,0 +1,166 @@
+// voicegate browser client: one voice call to a voicegate server.
+//
+// A plain ES module with no dependencies and no build step. It wraps the whole signaling dance:
+// getUserMedia, an RTCPeerConnection with one audio transceiver, the offer (waiting for ICE
+// gathering so the offer carries its candidates: voicegate does not trickle), the POST to
+// /webrtc/v1/offer, the answer, and the hangup. Works against a server on another origin when
+// that server's CORS allowlist lets the page's origin in.
+//
+//   import { VoicegateCall } from "./voicegate.js";
+//   const call = new VoicegateCall({ server: "https://voice.example.com", mode: "echo" });
+//   call.addEventListener("state", (e) => console.log(e.detail.state));
+//   call.addEventListener("track", (e) => (audioElement.srcObject = e.detail.stream));
+//   await call.start();
+//   ...
+//   await call.hangup();
+
+/** Call states, in the order a successful call goes through them. */
+export const States = Object.freeze({
+  IDLE: "idle",
+  MICROPHONE: "microphone", // asking for the microphone
+  CONNECTING: "connecting", // offer sent, waiting for media
+  CONNECTED: "connected",
+  ENDED: "ended", // hung up (by us or the server) or lost
+  FAILED: "failed", // could not be set up
+});
+
+/** Error raised when the server refuses the offer; `status` and `reason` come from its reply. */
+export class OfferError extends Error {
+  constructor(status, reason) {
+    super(`offer refused (${status}): ${reason}`);
+    this.name = "OfferError";
+    this.status = status;
+    this.reason = reason;
+  }
+}
+
+export class VoicegateCall extends EventTarget {
+  /**
+   * @param {object} [options]
+   * @param {string} [options.server] Base URL of the voicegate server; "" means the page's origin.
+   * @param {string} [options.mode] "echo" for an echo test call; omit for a normal call.
+   * @param {any} [options.payload] Any JSON value, handed to the dialog app.
+   * @param {RTCIceServer[]} [options.iceServers] STUN/TURN servers for the browser's gathering.
+   * @param {number} [options.gatherTimeoutMs] Longest wait for ICE gathering before sending the offer.
+   * @param {MediaTrackConstraints|boolean} [options.audio] getUserMedia audio constraints.
+   */
+  constructor(options = {}) {
+    super();
+    this.server = (options.server || "").replace(/\/+$/, "");
+    this.mode = options.mode || "";
+    this.payload = options.payload;
+    this.iceServers = options.iceServers || [];
+    this.gatherTimeoutMs = options.gatherTimeoutMs ?? 3000;
+    this.audio = options.audio ?? { echoCancellation: true, noiseSuppression: true, autoGainControl: true };
+    this.state = States.IDLE;
+    this.callId = null;
+    this.pc = null;
+    this.localStream = null;
+    this.remoteStream = null;
+    this._ownsStream = false;
+  }
+
+  /**
+   * Places the call. Resolves once the answer is applied (media connects shortly after;
+   * watch the "state" event for "connected").
+   * @param {MediaStream} [stream] A microphone stream to use instead of calling getUserMedia.
+   */
+  async start(stream) {
+    if (this.state !== States.IDLE) throw new Error(`call already ${this.state}`);
+    try {
+      this._setState(States.MICROPHONE);
+      this._ownsStream = !stream;
+      this.localStream = stream || (await navigator.mediaDevices.getUserMedia({ audio: this.audio }));
+
+      const pc = new RTCPeerConnection({ iceServers: this.iceServers, bundlePolicy: "max-bundle" });
+      this.pc = pc;
+      for (const track of this.localStream.getAudioTracks()) pc.addTrack(track, this.localStream);
+      if (this.localStream.getAudioTracks().length === 0) pc.addTransceiver("audio", { direction: "recvonly" });
+      pc.addEventListener("track", (e) => {
+        this.remoteStream = e.streams[0] || new MediaStream([e.track]);
+        this.dispatchEvent(new CustomEvent("track", { detail: { stream: this.remoteStream } }));
+      });
+      pc.addEventListener("connectionstatechange", () => this._onConnectionState());
+
+      this._setState(States.CONNECTING);
+      await pc.setLocalDescription(await pc.createOffer());
+      await waitForGathering(pc, this.gatherTimeoutMs);
+
+      const body = { type: "offer", sdp: pc.localDescription.sdp };
+      if (this.payload !== undefined) body.payload = this.payload;
+      const query = this.mode ? `?mode=${encodeURIComponent(this.mode)}` : "";
+      const res = await fetch(`${this.server}/webrtc/v1/offer${query}`, {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify(body),
+      });
+      const reply = await res.json().catch(() => ({}));
+      if (!res.ok) throw new OfferError(res.status, reply.error || res.statusText);
+      this.callId = reply.call_id;
+      this.dispatchEvent(new CustomEvent("answer", { detail: { callId: this.callId } }));
+      if (this.state !== States.CONNECTING) return; // hung up while the offer was in flight
+      await pc.setRemoteDescription({ type: "answer", sdp: reply.sdp });
+    } catch (err) {
+      this._teardown();
+      this._setState(States.FAILED, { error: err });
+      throw err;
+    }
+  }
+
+  /** Ends the call: tells the server (idempotent there) and closes the connection. */
+  async hangup() {
+    if (this.state === States.ENDED || this.state === States.FAILED) return;
+    const callId = this.callId;
+    this._teardown();
+    this._setState(States.ENDED, { reason: "local-hangup" });
+    if (callId) {
+      try {
+        await fetch(`${this.server}/webrtc/v1/hangup?call_id=${encodeURIComponent(callId)}`, {
+          method: "POST",
+          keepalive: true,
+        });
+      } catch {
+        // The server ends the call by itself once the connection is gone.
+      }
+    }
+  }
+
+  _onConnectionState() {
+    const s = this.pc && this.pc.connectionState;
+    if (s === "connected") this._setState(States.CONNECTED);
+    else if ((s === "failed" || s === "closed") && this.state !== States.ENDED) {
+      this._teardown();
+      this._setState(States.ENDED, { reason: `connection-${s}` });
+    }
+  }
+
+  _teardown() {
+    if (this.pc) {
+      this.pc.close();
+    }
+    if (this.localStream && this._ownsStream) {
+      for (const t of this.localStream.getTracks()) t.stop();
+    }
+  }
+
+  _setState(state, extra = {}) {
+    if (this.state === state) return;
+    this.state = state;
+    this.dispatchEvent(new CustomEvent("state", { detail: { state, callId: this.callId, ...extra } }));
+  }
+}
+
+/** Resolves when ICE gathering completes, or after `timeoutMs` with what was gathered so far. */
+export function waitForGathering(pc, timeoutMs) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      pc.removeEventListener("icegatheringstatechange", check);
+      resolve();
+    };
+    const check = () => pc.iceGatheringState === "complete" && done();
+    const timer = setTimeout(done, timeoutMs);
+    pc.addEventListener("icegatheringstatechange", check);
+  });
+}
