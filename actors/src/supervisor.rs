@@ -20,6 +20,9 @@ use std::time::Duration;
 use voicegate_core::call_id::CallId;
 use voicegate_media::{MediaPlane, PeerError};
 
+/// How many recently ended calls the registry remembers, with their reasons.
+const RECENT_ENDS: usize = 256;
+
 /// Longest a shutdown waits for calls to release.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 
@@ -33,6 +36,8 @@ pub struct Supervisor {
     workers: Workers,
     /// Live calls.
     calls: HashMap<CallId, Addr<CallActor>>,
+    /// The last calls that ended and why, newest last.
+    recent_ends: std::collections::VecDeque<(CallId, String)>,
     /// No new calls once set.
     shutting_down: bool,
 }
@@ -45,6 +50,7 @@ impl Supervisor {
             plane,
             workers: Workers::start(workers),
             calls: HashMap::new(),
+            recent_ends: std::collections::VecDeque::with_capacity(RECENT_ENDS),
             shutting_down: false,
         }
     }
@@ -103,6 +109,8 @@ pub struct Snapshot {
     pub calls: Vec<CallId>,
     /// Calls per media worker.
     pub worker_loads: Vec<usize>,
+    /// Recently ended calls and their end reasons, oldest first.
+    pub recent_ends: Vec<(CallId, String)>,
 }
 
 /// Ask for a [`Snapshot`].
@@ -196,6 +204,11 @@ impl Handler<CallEvent> for Supervisor {
                 trace_msg!(call_id, "call" => "supervisor", "CallEvent::Ended", "{reason}");
                 self.calls.remove(&call_id);
                 tracing::debug!(%call_id, %reason, live = self.calls.len(), "call removed");
+                if self.recent_ends.len() == RECENT_ENDS {
+                    self.recent_ends.pop_front();
+                }
+                self.recent_ends
+                    .push_back((call_id, reason.as_str().to_owned()));
             }
         }
     }
@@ -231,6 +244,7 @@ impl Handler<GetSnapshot> for Supervisor {
         MessageResult(Snapshot {
             calls: self.calls.keys().cloned().collect(),
             worker_loads: self.workers.loads(),
+            recent_ends: self.recent_ends.iter().cloned().collect(),
         })
     }
 }

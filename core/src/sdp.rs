@@ -47,6 +47,16 @@ pub enum SdpError {
         "sdp has no DTLS fingerprint (a=fingerprint); it must come from RTCPeerConnection.createOffer"
     )]
     NoFingerprint,
+    /// ICE credentials of the wrong length or alphabet (RFC 8839 §5.4).
+    #[error(
+        "sdp has malformed ICE credentials (ice-ufrag must be 4-256 and ice-pwd 22-256 ice-chars)"
+    )]
+    BadIce,
+    /// A fingerprint that no DTLS handshake can match (RFC 8122 §5).
+    #[error(
+        "sdp has a malformed DTLS fingerprint (want a=fingerprint:sha-256 AB:CD:... with a known hash)"
+    )]
+    BadFingerprint,
 }
 
 /// Checks an offer and summarises what we need from it.
@@ -77,11 +87,20 @@ pub fn check_offer(sdp: &str) -> Result<OfferSummary, SdpError> {
         let Some(attr) = line.strip_prefix("a=") else {
             continue;
         };
-        if attr.starts_with("ice-ufrag:") {
+        if let Some(v) = attr.strip_prefix("ice-ufrag:") {
+            if !ice_chars(v.trim(), 4) {
+                return Err(SdpError::BadIce);
+            }
             ufrag = true;
-        } else if attr.starts_with("ice-pwd:") {
+        } else if let Some(v) = attr.strip_prefix("ice-pwd:") {
+            if !ice_chars(v.trim(), 22) {
+                return Err(SdpError::BadIce);
+            }
             pwd = true;
-        } else if attr.starts_with("fingerprint:") {
+        } else if let Some(v) = attr.strip_prefix("fingerprint:") {
+            if !fingerprint_ok(v.trim()) {
+                return Err(SdpError::BadFingerprint);
+            }
             fingerprint = true;
         } else if attr.starts_with("candidate:") {
             candidates += 1;
@@ -109,6 +128,33 @@ pub fn check_offer(sdp: &str) -> Result<OfferSummary, SdpError> {
         telephone_event_pt,
         candidates,
     })
+}
+
+/// `ice-char` = ALPHA / DIGIT / "+" / "/" (RFC 8839 §5.4), `min..=256` of them.
+fn ice_chars(v: &str, min: usize) -> bool {
+    (min..=256).contains(&v.len())
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+}
+
+/// `<hash-func> <HEX:HEX:...>` with as many bytes as the hash has (RFC 8122 §5).
+fn fingerprint_ok(v: &str) -> bool {
+    let Some((hash, value)) = v.split_once(' ') else {
+        return false;
+    };
+    let bytes = match hash.to_ascii_lowercase().as_str() {
+        "sha-1" => 20,
+        "sha-224" => 28,
+        "sha-256" => 32,
+        "sha-384" => 48,
+        "sha-512" => 64,
+        _ => return false,
+    };
+    let parts: Vec<&str> = value.trim().split(':').collect();
+    parts.len() == bytes
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// An active `m=audio` section being read.
@@ -242,7 +288,7 @@ c=IN IP4 0.0.0.0\r\n\
 a=candidate:1 1 udp 2113937151 127.0.0.1 54321 typ host generation 0\r\n\
 a=ice-ufrag:abcd\r\n\
 a=ice-pwd:aaaaaaaaaaaaaaaaaaaaaaaa\r\n\
-a=fingerprint:sha-256 00:11:22\r\n\
+a=fingerprint:sha-256 D1:22:F7:0F:B0:14:ED:8B:D2:B5:E0:9F:AD:4A:85:0D:30:39:B3:75:3A:80:35:69:0E:B8:26:66:BA:65:A2:4B\r\n\
 a=setup:actpass\r\n\
 a=mid:0\r\n\
 a=sendrecv\r\n\
@@ -283,7 +329,19 @@ a=rtpmap:126 telephone-event/8000\r\n";
         let opus_not_listed = CHROME.replace("SAVPF 111 63", "SAVPF 63");
         let opus_wrong_clock = CHROME.replace("opus/48000/2", "opus/16000");
         let no_ice = CHROME.replace("a=ice-pwd:aaaaaaaaaaaaaaaaaaaaaaaa\r\n", "");
-        let no_fp = CHROME.replace("a=fingerprint:sha-256 00:11:22\r\n", "");
+        let fp_line = CHROME
+            .lines()
+            .find(|l| l.starts_with("a=fingerprint:"))
+            .unwrap();
+        let no_fp = CHROME.replace(&format!("{fp_line}\r\n"), "");
+        let fp_short = CHROME.replace(fp_line, "a=fingerprint:sha-256 D1:22:F7");
+        let fp_hash = CHROME.replace("a=fingerprint:sha-256", "a=fingerprint:md5");
+        let fp_hex = CHROME.replace("a=fingerprint:sha-256 D1", "a=fingerprint:sha-256 ZZ");
+        let ufrag_short = CHROME.replace("a=ice-ufrag:abcd", "a=ice-ufrag:ab");
+        let pwd_bad = CHROME.replace(
+            "a=ice-pwd:aaaaaaaaaaaaaaaaaaaaaaaa",
+            "a=ice-pwd:aaaaaaaaaaaaaaaaaaaaaa!a",
+        );
         let cases: Vec<(&str, &str, SdpError)> = vec![
             ("empty", "", SdpError::NotSdp),
             ("json", "{\"sdp\":1}", SdpError::NotSdp),
@@ -299,6 +357,11 @@ a=rtpmap:126 telephone-event/8000\r\n";
             ("opus wrong clock", &opus_wrong_clock, SdpError::NoOpus),
             ("no ice", &no_ice, SdpError::NoIce),
             ("no fingerprint", &no_fp, SdpError::NoFingerprint),
+            ("short fingerprint", &fp_short, SdpError::BadFingerprint),
+            ("unknown hash", &fp_hash, SdpError::BadFingerprint),
+            ("non-hex fingerprint", &fp_hex, SdpError::BadFingerprint),
+            ("short ufrag", &ufrag_short, SdpError::BadIce),
+            ("bad pwd char", &pwd_bad, SdpError::BadIce),
         ];
         for (name, sdp, want) in cases {
             assert_eq!(check_offer(sdp), Err(want), "{name}");

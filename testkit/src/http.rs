@@ -77,9 +77,20 @@ pub async fn request(
 }
 
 /// POSTs JSON.
-pub async fn post_json(addr: SocketAddr, path: &str, body: &serde_json::Value) -> std::io::Result<Response> {
+pub async fn post_json(
+    addr: SocketAddr,
+    path: &str,
+    body: &serde_json::Value,
+) -> std::io::Result<Response> {
     let bytes = serde_json::to_vec(body).expect("a Value always serializes");
-    request(addr, "POST", path, &[("Content-Type", "application/json")], &bytes).await
+    request(
+        addr,
+        "POST",
+        path,
+        &[("Content-Type", "application/json")],
+        &bytes,
+    )
+    .await
 }
 
 fn parse(buf: &[u8]) -> std::io::Result<Response> {
@@ -107,14 +118,26 @@ fn parse(buf: &[u8]) -> std::io::Result<Response> {
     if chunked {
         body = dechunk(&body).ok_or_else(|| bad("bad chunked body"))?;
     }
-    Ok(Response { status, headers, body })
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
 }
 
 fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     loop {
         let eol = b.windows(2).position(|w| w == b"\r\n")?;
-        let size = usize::from_str_radix(std::str::from_utf8(&b[..eol]).ok()?.split(';').next()?.trim(), 16).ok()?;
+        let size = usize::from_str_radix(
+            std::str::from_utf8(&b[..eol])
+                .ok()?
+                .split(';')
+                .next()?
+                .trim(),
+            16,
+        )
+        .ok()?;
         b = &b[eol + 2..];
         if size == 0 {
             return Some(out);

@@ -1,1 +1,8 @@
-//! placeholder
+//! Test and benchmark equipment: a real WebRTC client peer (the browser's stand-in), a minimal
+//! HTTP client for the signaling API, and audio measurement. No mocks: the peer speaks real
+//! ICE/DTLS/SRTP and Opus to the server under test.
+
+pub mod http;
+pub mod peer;
+
+pub use peer::{ClientPeer, Received};

@@ -1,0 +1,370 @@
+//! A WebRTC client peer that behaves like a browser towards voicegate: it offers Opus (PT 111,
+//! with in-band FEC, plus `telephone-event` as Chrome does), waits for its ICE gathering, posts
+//! the offer to the real HTTP API, applies the answer and then sends and receives real Opus RTP.
+//! Every received packet is recorded with its arrival time, so tests can count frames, decode the
+//! audio and measure timing.
+
+use crate::http;
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use rtc::ice::mdns::MulticastDnsMode;
+use rtc::interceptor::Registry;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::interceptor_registry::{
+    configure_rtcp_reports, configure_twcc,
+};
+use rtc::peer_connection::configuration::media_engine::{
+    MIME_TYPE_OPUS, MIME_TYPE_TELEPHONE_EVENT, MediaEngine,
+};
+use rtc::rtp;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
+    RTCRtpEncodingParameters, RtpCodecKind,
+};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use voicegate_core::codec::{DownlinkEncoder, EncoderSettings, UplinkDecoder, UplinkSettings};
+use voicegate_core::random;
+use voicegate_core::tone::Tone;
+use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
+    RTCIceGatheringState, RTCPeerConnectionState, RTCSessionDescription, SettingEngineBuilder,
+};
+
+/// One received RTP packet.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// When it arrived.
+    pub at: Instant,
+    /// Sequence number.
+    pub seq: u16,
+    /// RTP timestamp.
+    pub timestamp: u32,
+    /// Marker bit.
+    pub marker: bool,
+    /// Payload type.
+    pub payload_type: u8,
+    /// Opus payload.
+    pub payload: Bytes,
+}
+
+struct Handler {
+    gathering: watch::Sender<bool>,
+    state: watch::Sender<RTCPeerConnectionState>,
+    received: Arc<Mutex<Vec<Received>>>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_gathering_state_change(&self, s: RTCIceGatheringState) {
+        if s == RTCIceGatheringState::Complete {
+            let _ = self.gathering.send(true);
+        }
+    }
+
+    async fn on_connection_state_change(&self, s: RTCPeerConnectionState) {
+        let _ = self.state.send(s);
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let received = self.received.clone();
+        // Drain continuously on a task of its own; the callback must not block the driver.
+        tokio::spawn(async move {
+            while let Some(ev) = track.poll().await {
+                if let TrackRemoteEvent::OnRtpPacket(p) = ev {
+                    received
+                        .lock()
+                        .expect("no panics while holding")
+                        .push(Received {
+                            at: Instant::now(),
+                            seq: p.header.sequence_number,
+                            timestamp: p.header.timestamp,
+                            marker: p.header.marker,
+                            payload_type: p.header.payload_type,
+                            payload: p.payload,
+                        });
+                }
+            }
+        });
+    }
+}
+
+/// The client side of one call.
+pub struct ClientPeer {
+    pc: Arc<dyn PeerConnection>,
+    track: Arc<TrackLocalStaticRTP>,
+    ssrc: u32,
+    state: watch::Receiver<RTCPeerConnectionState>,
+    received: Arc<Mutex<Vec<Received>>>,
+    /// Next (sequence number, timestamp) to send; continuous for the whole call.
+    next: Mutex<(u16, u32)>,
+    /// The offer we made.
+    pub offer: String,
+    /// The call id the server gave us.
+    pub call_id: String,
+    /// The server's answer.
+    pub answer: String,
+    /// Time from the offer POST to its reply.
+    pub answer_time: Duration,
+    /// When the offer was posted.
+    pub offered_at: Instant,
+}
+
+impl ClientPeer {
+    /// Builds a peer bound to 127.0.0.1 and makes a gathered offer (not yet sent).
+    pub async fn offer() -> anyhow::Result<(
+        Arc<dyn PeerConnection>,
+        Arc<TrackLocalStaticRTP>,
+        u32,
+        watch::Receiver<RTCPeerConnectionState>,
+        Arc<Mutex<Vec<Received>>>,
+        String,
+    )> {
+        let (media, registry) = media_engine()?;
+        let settings = SettingEngineBuilder::new()
+            .with_multicast_dns_mode(MulticastDnsMode::Disabled)
+            .with_ice_connection_attempts(Some(Duration::from_millis(50)), Some(28))
+            .build();
+        let (gathering_tx, mut gathering_rx) = watch::channel(false);
+        let (state_tx, state_rx) = watch::channel(RTCPeerConnectionState::New);
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let pc = PeerConnectionBuilder::new()
+            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_media_engine(media)
+            .with_interceptor_registry(registry)
+            .with_setting_engine(settings)
+            .with_handler(Arc::new(Handler {
+                gathering: gathering_tx,
+                state: state_tx,
+                received: received.clone(),
+            }))
+            .with_udp_addrs(vec!["127.0.0.1:0"])
+            .build()
+            .await?;
+        let pc: Arc<dyn PeerConnection> = Arc::new(pc);
+        let ssrc = random::u32();
+        let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+            "client".into(),
+            format!("client-audio-{ssrc:08x}"),
+            "client-audio".into(),
+            RtpCodecKind::Audio,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                // No codec here: it would become a codec preference and strip telephone-event.
+                ..Default::default()
+            }],
+        )));
+        pc.add_track(track.clone() as Arc<dyn TrackLocal>).await?;
+        let offer = pc.create_offer(None).await?;
+        pc.set_local_description(offer).await?;
+        tokio::time::timeout(Duration::from_secs(5), gathering_rx.wait_for(|d| *d))
+            .await
+            .context("client ICE gathering timed out")??;
+        let offer = pc
+            .local_description()
+            .await
+            .context("no local description")?
+            .sdp;
+        Ok((pc, track, ssrc, state_rx, received, offer))
+    }
+
+    /// Places a call against the server at `addr` through `POST {path}` (e.g.
+    /// `/webrtc/v1/offer?mode=echo`), applies the answer and returns the peer (not yet
+    /// necessarily connected).
+    pub async fn call(addr: SocketAddr, path: &str) -> anyhow::Result<ClientPeer> {
+        let (pc, track, ssrc, state, received, offer) = Self::offer().await?;
+        let offered_at = Instant::now();
+        let res = http::post_json(
+            addr,
+            path,
+            &serde_json::json!({"type": "offer", "sdp": offer}),
+        )
+        .await?;
+        let answer_time = offered_at.elapsed();
+        if res.status != 200 {
+            let _ = pc.close().await;
+            bail!("offer refused: {} {}", res.status, res.text());
+        }
+        let body = res.json();
+        let answer = body["sdp"]
+            .as_str()
+            .context("answer without sdp")?
+            .to_owned();
+        let call_id = body["call_id"]
+            .as_str()
+            .context("answer without call_id")?
+            .to_owned();
+        anyhow::ensure!(body["type"] == "answer", "reply type is {}", body["type"]);
+        pc.set_remote_description(RTCSessionDescription::answer(answer.clone())?)
+            .await?;
+        Ok(ClientPeer {
+            pc,
+            track,
+            ssrc,
+            state,
+            received,
+            next: Mutex::new((random::u16(), random::u32())),
+            offer,
+            call_id,
+            answer,
+            answer_time,
+            offered_at,
+        })
+    }
+
+    /// Waits until connected; returns the time from the offer POST.
+    pub async fn wait_connected(&self, within: Duration) -> anyhow::Result<Duration> {
+        let mut state = self.state.clone();
+        tokio::time::timeout(
+            within,
+            state.wait_for(|s| *s == RTCPeerConnectionState::Connected),
+        )
+        .await
+        .context("client did not connect in time")??;
+        Ok(self.offered_at.elapsed())
+    }
+
+    /// The connection state now.
+    pub fn state(&self) -> RTCPeerConnectionState {
+        *self.state.borrow()
+    }
+
+    /// Sends one Opus packet as the next 20 ms frame.
+    pub async fn send(&self, payload: Bytes) -> anyhow::Result<()> {
+        let (seq, ts) = {
+            let mut n = self.next.lock().expect("no panics while holding");
+            let cur = *n;
+            *n = (cur.0.wrapping_add(1), cur.1.wrapping_add(960));
+            cur
+        };
+        self.send_raw(seq, ts, payload).await
+    }
+
+    /// Sends one packet with explicit numbering (for reordering and loss tests).
+    pub async fn send_raw(&self, seq: u16, timestamp: u32, payload: Bytes) -> anyhow::Result<()> {
+        let packet = rtp::Packet {
+            header: rtp::header::Header {
+                version: 2,
+                payload_type: 111,
+                sequence_number: seq,
+                timestamp,
+                ssrc: self.ssrc,
+                ..Default::default()
+            },
+            payload,
+        };
+        self.track.write_rtp(packet).await?;
+        Ok(())
+    }
+
+    /// Sends `frames` 20 ms frames of a `freq` Hz tone, Opus-encoded, paced in real time.
+    pub async fn send_tone(&self, freq: f64, frames: usize) -> anyhow::Result<()> {
+        let packets = opus_tone(freq, frames);
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        for p in packets {
+            tick.tick().await;
+            self.send(p).await?;
+        }
+        Ok(())
+    }
+
+    /// Everything received so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.received
+            .lock()
+            .expect("no panics while holding")
+            .clone()
+    }
+
+    /// How many packets were received so far.
+    pub fn received_count(&self) -> usize {
+        self.received.lock().expect("no panics while holding").len()
+    }
+
+    /// Closes the connection (the browser's `pc.close()`).
+    pub async fn close(&self) {
+        let _ = self.pc.close().await;
+    }
+}
+
+/// `frames` Opus packets of a `freq` Hz tone at 48 kHz, as a browser would send them.
+pub fn opus_tone(freq: f64, frames: usize) -> Vec<Bytes> {
+    let mut enc = DownlinkEncoder::new(EncoderSettings {
+        pcm_rate: 48_000,
+        complexity: 5,
+        bitrate: 32_000,
+        fec: true,
+        expected_loss_percent: 10,
+    })
+    .expect("a 48 kHz mono encoder is always available");
+    let mut tone = Tone::new(48_000, freq, 8_000.0);
+    let mut pcm = vec![0i16; 960];
+    (0..frames)
+        .map(|_| {
+            tone.fill(&mut pcm);
+            Bytes::copy_from_slice(enc.encode(&pcm).expect("a 20 ms frame encodes"))
+        })
+        .collect()
+}
+
+/// Decodes received Opus packets to 16 kHz PCM, in sequence order.
+pub fn decode(packets: &[Received]) -> Vec<i16> {
+    let mut dec = UplinkDecoder::new(UplinkSettings {
+        pcm_rate: 16_000,
+        reorder_depth: 3,
+        reorder_wait: Duration::from_millis(60),
+        max_conceal: 5,
+    })
+    .expect("a 16 kHz decoder is always available");
+    let mut pcm = Vec::new();
+    for p in packets.iter().filter(|p| p.payload_type == 111) {
+        dec.push(p.seq, p.payload.clone(), p.at, &mut |chunk: &[i16], _| {
+            pcm.extend_from_slice(chunk)
+        });
+    }
+    pcm
+}
+
+fn media_engine() -> anyhow::Result<(MediaEngine, Registry)> {
+    let mut media = MediaEngine::default();
+    media.register_codec(
+        RTCRtpCodecParameters {
+            rtp_codec: RTCRtpCodec {
+                mime_type: MIME_TYPE_OPUS.to_owned(),
+                clock_rate: 48_000,
+                channels: 2,
+                sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+                rtcp_feedback: vec![RTCPFeedback {
+                    typ: "transport-cc".into(),
+                    parameter: String::new(),
+                }],
+            },
+            payload_type: 111,
+        },
+        RtpCodecKind::Audio,
+    )?;
+    media.register_codec(
+        RTCRtpCodecParameters {
+            rtp_codec: RTCRtpCodec {
+                mime_type: MIME_TYPE_TELEPHONE_EVENT.to_owned(),
+                clock_rate: 8000,
+                channels: 0,
+                sdp_fmtp_line: "0-16".to_owned(),
+                rtcp_feedback: vec![],
+            },
+            payload_type: 126,
+        },
+        RtpCodecKind::Audio,
+    )?;
+    let registry = configure_rtcp_reports(Registry::new());
+    let registry = configure_twcc(registry, &mut media)?;
+    Ok((media, registry))
+}

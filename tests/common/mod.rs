@@ -1,0 +1,159 @@
+//! The real service on free ports, in a thread of its own, for integration tests.
+
+#![allow(dead_code)]
+
+use actix::Addr;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use voicegate::server;
+use voicegate::settings::Settings;
+use voicegate_actors::supervisor::{GetSnapshot, Snapshot, Supervisor};
+use voicegate_media::MediaPlane;
+
+/// A running voicegate.
+pub struct TestServer {
+    /// HTTP address.
+    pub http: SocketAddr,
+    /// Media socket address.
+    pub media: SocketAddr,
+    /// The supervisor, to inspect the registry.
+    pub supervisor: Addr<Supervisor>,
+    /// The media plane, to inspect the shared port's routes.
+    pub plane: Arc<MediaPlane>,
+    system: actix::System,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Starts with the defaults plus `overrides` (dotted keys), on 127.0.0.1 and free ports.
+    pub fn start(overrides: &[(&str, &str)]) -> TestServer {
+        let env: HashMap<String, String> = [
+            ("http.bind", "127.0.0.1:0"),
+            ("media.bind_ip", "127.0.0.1"),
+            ("media.udp_port", "0"),
+            ("media.workers", "2"),
+            ("log.filter", "warn"),
+        ]
+        .iter()
+        .chain(overrides.iter())
+        .map(|(k, v)| {
+            (
+                format!("VOICEGATE__{}", k.to_uppercase().replace('.', "__")),
+                v.to_string(),
+            )
+        })
+        .collect();
+        let cfg = Settings::load_with_env(None, Some(env))
+            .expect("test settings load")
+            .validate()
+            .expect("test settings are valid");
+        init_logs();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let system = actix::System::new();
+            system.block_on(async move {
+                let running = server::start(&cfg).expect("test server starts");
+                tx.send((
+                    running.http_addr,
+                    running.media_addr,
+                    running.supervisor.clone(),
+                    running.plane.clone(),
+                    actix::System::current(),
+                ))
+                .expect("test is waiting");
+                actix::spawn(running.server);
+            });
+            // Runs until the test's drop stops the system.
+            let _ = system.run();
+        });
+        let (http, media, supervisor, plane, system) =
+            rx.recv().expect("server thread reports its addresses");
+        TestServer {
+            http,
+            media,
+            supervisor,
+            plane,
+            system,
+            thread: Some(thread),
+        }
+    }
+
+    /// What the supervisor holds now.
+    pub async fn snapshot(&self) -> Snapshot {
+        self.supervisor
+            .send(GetSnapshot)
+            .await
+            .expect("supervisor alive")
+    }
+
+    /// Waits until no call is registered and no route is left on the shared port.
+    pub async fn wait_released(&self, within: Duration) -> Result<Duration, String> {
+        let t0 = Instant::now();
+        loop {
+            let snap = self.snapshot().await;
+            let tables = self.plane.mux().tables();
+            if snap.calls.is_empty() && tables.conns == 0 && tables.ufrags == 0 && tables.addrs == 0
+            {
+                return Ok(t0.elapsed());
+            }
+            if t0.elapsed() > within {
+                return Err(format!(
+                    "not released after {within:?}: calls {:?}, routes {tables:?}",
+                    snap.calls
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The end reason recorded for `call_id`, waiting for it to end.
+    pub async fn end_reason(&self, call_id: &str, within: Duration) -> Option<String> {
+        let t0 = Instant::now();
+        while t0.elapsed() < within {
+            let snap = self.snapshot().await;
+            if let Some((_, r)) = snap
+                .recent_ends
+                .iter()
+                .find(|(id, _)| id.as_str() == call_id)
+            {
+                return Some(r.clone());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        None
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.system.stop();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn init_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+/// Polls `f` until it returns true or `within` passes.
+pub async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < within {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    f()
+}
