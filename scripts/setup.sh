@@ -1,23 +1,29 @@
 #!/usr/bin/env bash
-# Installs the Debian packages that building and testing voicegate need, and the npm packages of the
-# browser end-to-end test. Safe to run again: it installs only what is missing.
+# Installs what building voicegate needs from Debian (and, with --test, what its tests need:
+# chromium for the browser test and the test's npm packages). Safe to run again: it installs
+# only what is missing. Needs root or sudo for apt.
+#
+#   scripts/setup.sh          build and run
+#   scripts/setup.sh --test   build, run and test
 set -euo pipefail
-
 cd "$(dirname "$0")/.."
 
-# Build: libopus for the codec, pkg-config and clang-free C toolchain pieces the -sys crates use.
-# Tests: chromium for the browser end-to-end test, sox/iproute2/util-linux for test fixtures and the
-# loopback-only network namespace.
-packages=(
-  pkg-config
-  libopus-dev
-  chromium
-  iproute2
-  util-linux
-)
+# Keep in step with the Dockerfile's build and runtime stages.
+build_packages=(pkg-config libopus-dev)
+test_packages=(chromium iproute2 util-linux nodejs npm)
+
+want=("${build_packages[@]}")
+if [ "${1:-}" = "--test" ]; then
+  want+=("${test_packages[@]}")
+fi
 
 missing=()
-for p in "${packages[@]}"; do
+for p in "${want[@]}"; do
+  # node and npm may come from outside Debian (the machine's own toolchain): that is enough.
+  case "$p" in
+    nodejs) command -v node >/dev/null 2>&1 && continue ;;
+    npm) command -v npm >/dev/null 2>&1 && continue ;;
+  esac
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
     missing+=("$p")
   fi
@@ -32,8 +38,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
   $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# The browser test drives Debian's chromium with playwright-core; never download a browser.
-if [ ! -d web-tests/node_modules/playwright-core ]; then
-  echo "setup: installing npm packages for the browser test"
+if [ "${1:-}" = "--test" ] && [ ! -d web-tests/node_modules/playwright-core ]; then
+  echo "setup: installing the browser test's npm packages"
+  # playwright-core drives Debian's chromium; it never downloads a browser.
   (cd web-tests && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
 fi

@@ -285,3 +285,24 @@ async fn answer_advertises_opus_with_fec_on_the_shared_port() {
     );
     peer.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_delay_holds_the_audio_back() {
+    let server = TestServer::start(&[("echo.delay_ms", "400")]);
+    let peer = ClientPeer::call(server.http, ECHO).await.unwrap();
+    peer.wait_connected(Duration::from_secs(5)).await.unwrap();
+    let started = std::time::Instant::now();
+    peer.send_tone(440.0, 50).await.unwrap();
+    assert!(eventually(Duration::from_secs(2), || peer.received_count() >= 45).await);
+    let first = peer.received()[0].at.duration_since(started);
+    // 400 ms configured plus the 40 ms jitter margin, less a frame of timer slack.
+    assert!(
+        first >= Duration::from_millis(420),
+        "first echo after {first:?}"
+    );
+    assert!(
+        first < Duration::from_millis(700),
+        "first echo after {first:?}"
+    );
+    peer.close().await;
+}

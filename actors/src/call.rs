@@ -99,6 +99,8 @@ pub enum EndReason {
     ConnectTimeout,
     /// The service is shutting down.
     Shutdown,
+    /// The offer could not be answered (the call never started).
+    NegotiationFailed,
     /// Something inside the call failed; the detail is logged.
     Internal,
 }
@@ -113,6 +115,7 @@ impl EndReason {
             EndReason::RtpTimeout => "rtp-timeout",
             EndReason::ConnectTimeout => "connect-timeout",
             EndReason::Shutdown => "shutdown",
+            EndReason::NegotiationFailed => "negotiation-failed",
             EndReason::Internal => "internal-error",
         }
     }

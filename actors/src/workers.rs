@@ -69,3 +69,69 @@ impl Workers {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The isolation the call design rests on: a panic inside one actor's handler ends that
+    //! actor only; the worker thread and the other actors on it carry on, and a drop guard in
+    //! the actor sees the panic (this is how `AudioCodec` reports one to its call).
+    use super::*;
+    use std::sync::Mutex;
+
+    struct Fragile {
+        log: Arc<Mutex<Vec<String>>>,
+        name: &'static str,
+    }
+
+    impl Actor for Fragile {
+        type Context = Context<Self>;
+    }
+
+    impl Drop for Fragile {
+        fn drop(&mut self) {
+            let how = if std::thread::panicking() {
+                "panicked"
+            } else {
+                "dropped"
+            };
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("{} {how}", self.name));
+        }
+    }
+
+    #[derive(Message)]
+    #[rtype(result = "String")]
+    struct Poke {
+        explode: bool,
+    }
+
+    impl Handler<Poke> for Fragile {
+        type Result = String;
+        fn handle(&mut self, msg: Poke, _: &mut Self::Context) -> String {
+            assert!(!msg.explode, "test-induced panic");
+            self.name.to_owned()
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_panicking_actor_does_not_take_its_worker_down() {
+        let workers = Workers::start(1);
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (arbiter, _lease) = workers.pick();
+        let (l1, l2) = (log.clone(), log.clone());
+        let a = Fragile::start_in_arbiter(&arbiter, move |_| Fragile { log: l1, name: "a" });
+        let b = Fragile::start_in_arbiter(&arbiter, move |_| Fragile { log: l2, name: "b" });
+        assert_eq!(a.send(Poke { explode: false }).await.unwrap(), "a");
+        assert!(
+            a.send(Poke { explode: true }).await.is_err(),
+            "the panicking actor is gone"
+        );
+        // Same thread, other actor: still served.
+        assert_eq!(b.send(Poke { explode: false }).await.unwrap(), "b");
+        assert!(!a.connected());
+        assert_eq!(log.lock().unwrap().as_slice(), ["a panicked"]);
+        workers.stop();
+    }
+}

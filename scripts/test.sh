@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need, then runs everything.
+#   1. lint: rustfmt and clippy (set VOICEGATE_SKIP_LINT=1 to skip)
+#   2. unit and integration tests (real server, real WebRTC peers, real Opus)
+#   3. the browser end-to-end test (headless chromium in a loopback-only network namespace)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh --test
+
+if [ "${VOICEGATE_SKIP_LINT:-0}" != "1" ]; then
+  echo "== lint"
+  cargo fmt --all -- --check
+  cargo clippy --workspace --all-targets --locked -- -D warnings
+fi
+
+echo "== unit and integration tests"
+cargo test --workspace --locked
+
+echo "== browser end-to-end"
+cargo build --locked --bin voicegate
+scripts/e2e.sh target/debug/voicegate

@@ -1,0 +1,159 @@
+// Shared equipment for the browser end-to-end tests: a voicegate process on free ports, Debian's
+// chromium launched through playwright-core with a WAV file as its microphone, and WAV writing.
+//
+// The tests are meant to run in a loopback-only network namespace (scripts/e2e.sh does that), so
+// every candidate is 127.0.0.1 and nothing leaves the machine.
+
+import { spawn } from "node:child_process";
+import { mkdtempSync, writeFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createServer } from "node:net";
+import { chromium } from "playwright-core";
+
+export const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
+
+/** A free TCP port on 127.0.0.1 (UDP ports of the same number are free in practice). */
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/**
+ * Starts voicegate (the binary in $VOICEGATE_BIN) on free ports bound to 127.0.0.1 and resolves
+ * once it logs "listening on". `env` adds VOICEGATE__... overrides.
+ */
+export async function startVoicegate(env = {}) {
+  const bin = process.env.VOICEGATE_BIN;
+  if (!bin) throw new Error("set VOICEGATE_BIN to the voicegate binary");
+  const httpPort = await freePort();
+  const udpPort = await freePort();
+  const child = spawn(bin, [], {
+    env: {
+      ...process.env,
+      RUST_LOG: process.env.RUST_LOG || "info",
+      VOICEGATE__HTTP__BIND: `127.0.0.1:${httpPort}`,
+      VOICEGATE__MEDIA__BIND_IP: "127.0.0.1",
+      VOICEGATE__MEDIA__UDP_PORT: String(udpPort),
+      ...env,
+    },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let log = "";
+  const onData = (d) => {
+    log += d.toString();
+    if (process.env.E2E_VERBOSE) process.stderr.write(d);
+  };
+  child.stdout.on("data", onData);
+  child.stderr.on("data", onData);
+  await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`voicegate did not start:\n${log}`)), 15000);
+    const check = () => {
+      if (log.includes("listening on")) {
+        clearTimeout(timer);
+        resolve();
+      }
+    };
+    child.stdout.on("data", check);
+    child.stderr.on("data", check);
+    child.once("exit", (code) => reject(new Error(`voicegate exited with ${code}:\n${log}`)));
+  });
+  return {
+    url: `http://127.0.0.1:${httpPort}`,
+    get log() {
+      return log;
+    },
+    async stop() {
+      if (child.exitCode !== null) return child.exitCode;
+      child.kill("SIGTERM");
+      return await new Promise((resolve) => child.once("exit", resolve));
+    },
+  };
+}
+
+/** Writes 16-bit PCM mono `samples` (Int16Array) at `rate` Hz as a WAV file. */
+export function writeWav(path, samples, rate) {
+  const data = Buffer.alloc(samples.length * 2);
+  samples.forEach((s, i) => data.writeInt16LE(s, i * 2));
+  const header = Buffer.alloc(44);
+  header.write("RIFF", 0);
+  header.writeUInt32LE(36 + data.length, 4);
+  header.write("WAVE", 8);
+  header.write("fmt ", 12);
+  header.writeUInt32LE(16, 16);
+  header.writeUInt16LE(1, 20); // PCM
+  header.writeUInt16LE(1, 22); // mono
+  header.writeUInt32LE(rate, 24);
+  header.writeUInt32LE(rate * 2, 28);
+  header.writeUInt16LE(2, 32);
+  header.writeUInt16LE(16, 34);
+  header.write("data", 36);
+  header.writeUInt32LE(data.length, 40);
+  writeFileSync(path, Buffer.concat([header, data]));
+}
+
+/**
+ * Tone bursts: `freq` Hz for `onMs`, silence for `offMs`, repeated for `seconds`. Bursts rather
+ * than a steady tone, because the browser's noise suppression learns a steady tone as noise.
+ */
+export function toneBursts(freq, seconds, rate = 48000, onMs = 400, offMs = 100, amplitude = 12000) {
+  const n = Math.round(seconds * rate);
+  const out = new Int16Array(n);
+  const period = ((onMs + offMs) * rate) / 1000;
+  const on = (onMs * rate) / 1000;
+  for (let i = 0; i < n; i++) {
+    const inBurst = i % period < on;
+    out[i] = inBurst ? Math.round(Math.sin((2 * Math.PI * freq * i) / rate) * amplitude) : 0;
+  }
+  return out;
+}
+
+/** Launches headless chromium with `wav` as its microphone. Returns { context, page, close }. */
+export async function launchBrowser(wav) {
+  const profile = mkdtempSync(join(tmpdir(), "vg-chromium-"));
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: [
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+      "--use-fake-ui-for-media-stream",
+      "--use-fake-device-for-media-stream",
+      `--use-file-for-fake-audio-capture=${wav}`,
+      "--autoplay-policy=no-user-gesture-required",
+      "--allow-loopback-in-peer-connection",
+    ],
+  });
+  const page = context.pages()[0] || (await context.newPage());
+  return {
+    context,
+    page,
+    async close() {
+      await context.close();
+      rmSync(profile, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Polls `fn` until it returns a truthy value or `ms` pass; returns the last value. */
+export async function until(ms, fn, every = 100) {
+  const end = Date.now() + ms;
+  let v;
+  while (Date.now() < end) {
+    v = await fn();
+    if (v) return v;
+    await new Promise((r) => setTimeout(r, every));
+  }
+  return v;
+}
