@@ -408,7 +408,7 @@ impl CallActor {
         }
         self.phase = Phase::Ending;
         let _e = self.span.clone().entered();
-        tracing::info!(%reason, duration_s = self.created.elapsed().as_secs_f64(), "call ending");
+        tracing::info!(%reason, duration_ms = self.created.elapsed().as_millis() as u64, "call ending");
         if let Some(codec) = self.codec.take() {
             trace_msg!(self.call_id, "call" => "codec", "Stop");
             codec.do_send(crate::codec::Stop);

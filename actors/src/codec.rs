@@ -119,6 +119,8 @@ pub struct AudioCodec {
     last_rtp: Instant,
     /// RTP silence limit.
     rtp_timeout: Duration,
+    /// The silence was reported already.
+    rtp_timeout_reported: bool,
     /// The pending pacer wake-up.
     tick: Option<SpawnHandle>,
     /// The pending reorder-release wake-up.
@@ -192,6 +194,7 @@ impl AudioCodec {
             echo: settings.echo,
             last_rtp: Instant::now(),
             rtp_timeout: settings.rtp_timeout,
+            rtp_timeout_reported: false,
             tick: None,
             release: None,
             sent: 0,
@@ -214,14 +217,13 @@ impl Actor for AudioCodec {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.run_interval(RTP_WATCH, |act, ctx| {
-            if act.last_rtp.elapsed() > act.rtp_timeout {
+        ctx.run_interval(RTP_WATCH, |act, _ctx| {
+            if !act.rtp_timeout_reported && act.last_rtp.elapsed() > act.rtp_timeout {
                 trace_msg!(act.call_id, "codec" => "call", "CodecEvent::RtpTimeout");
                 act.parent.do_send(CodecEvent::RtpTimeout);
                 // Report once; the call ends this actor.
-                act.last_rtp = Instant::now() + Duration::from_secs(3600);
+                act.rtp_timeout_reported = true;
             }
-            let _ = ctx;
         });
     }
 
