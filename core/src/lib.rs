@@ -8,11 +8,13 @@
 pub mod call_id;
 pub mod codec;
 pub mod cors;
+pub mod dialog;
 pub mod ice;
 pub mod jitter;
 pub mod pacer;
 pub mod pcm;
 pub mod random;
 pub mod sdp;
+pub mod text;
 pub mod timeline;
 pub mod tone;

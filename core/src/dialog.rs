@@ -1,0 +1,559 @@
+//! The dialog WebSocket's wire protocol (compatible with the original) and its dial URL.
+//!
+//! voicegate is the client: one WebSocket per call to the dialog app. Every message is one JSON
+//! object in a text frame. Events go out ([`Event::to_json`]); commands come in
+//! ([`parse_command`]). Only this module knows that JSON.
+//!
+//! Differences from the original, all compatible: `ok`, `fatal` and `end` are always present on
+//! the events that carry them (the original omitted `false`, so apps already treat a missing
+//! value as false); a malformed or unknown command is reported as an error value for logging,
+//! never acted on.
+
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+/// Longest `payload` accepted, in bytes: it travels in the dial URL's query.
+pub const MAX_PAYLOAD_BYTES: usize = 4096;
+
+/// An event for the dialog app.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Media is up and the dialog socket connected.
+    CallStarted {
+        /// Caller address and user agent.
+        from: String,
+        /// PCM rate inside the call.
+        pcm_hz: u32,
+    },
+    /// Interim recognition.
+    AsrPartial {
+        /// Text so far.
+        text: String,
+    },
+    /// A finished user utterance.
+    AsrFinal {
+        /// The text.
+        text: String,
+    },
+    /// The recognizer failed.
+    AsrError {
+        /// What happened.
+        message: String,
+        /// Recognition is off for the rest of the call.
+        fatal: bool,
+    },
+    /// The first audio of an utterance left voicegate.
+    TtsStarted {
+        /// The utterance.
+        utterance_id: String,
+    },
+    /// An utterance is over: played out (`ok`), or interrupted, failed or dropped.
+    TtsEnded {
+        /// The utterance.
+        utterance_id: String,
+        /// Played completely.
+        ok: bool,
+    },
+    /// The call ended.
+    CallEnded {
+        /// Why.
+        reason: String,
+    },
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    call_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    from: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    to: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    codec: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pcm_hz: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fatal: Option<bool>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    utterance_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ok: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+}
+
+impl Event {
+    /// The event's `type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::CallStarted { .. } => "call.started",
+            Event::AsrPartial { .. } => "asr.partial",
+            Event::AsrFinal { .. } => "asr.final",
+            Event::AsrError { .. } => "asr.error",
+            Event::TtsStarted { .. } => "tts.started",
+            Event::TtsEnded { .. } => "tts.ended",
+            Event::CallEnded { .. } => "call.ended",
+        }
+    }
+
+    /// The event as its wire JSON for call `call_id`.
+    pub fn to_json(&self, call_id: &str) -> String {
+        let mut e = Envelope {
+            kind: self.kind(),
+            call_id,
+            from: None,
+            to: None,
+            codec: None,
+            pcm_hz: None,
+            text: None,
+            message: None,
+            fatal: None,
+            utterance_id: "",
+            ok: None,
+            reason: None,
+        };
+        match self {
+            Event::CallStarted { from, pcm_hz } => {
+                e.from = Some(from);
+                e.to = Some("webrtc");
+                e.codec = Some("opus");
+                e.pcm_hz = Some(*pcm_hz);
+            }
+            Event::AsrPartial { text } | Event::AsrFinal { text } => e.text = Some(text),
+            Event::AsrError { message, fatal } => {
+                e.message = Some(message);
+                e.fatal = Some(*fatal);
+            }
+            Event::TtsStarted { utterance_id } => e.utterance_id = utterance_id,
+            Event::TtsEnded { utterance_id, ok } => {
+                e.utterance_id = utterance_id;
+                e.ok = Some(*ok);
+            }
+            Event::CallEnded { reason } => e.reason = Some(reason),
+        }
+        serde_json::to_string(&e).expect("the envelope holds only strings, numbers and bools")
+    }
+}
+
+/// Metadata a dialog app may attach to speech commands (kept for logs and metrics).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct Meta {
+    /// The model that produced the text.
+    #[serde(default, rename = "llmModel")]
+    pub llm_model: Option<String>,
+    /// LLM time to first token, ms.
+    #[serde(default, rename = "llmFirstMs")]
+    pub llm_first_ms: Option<f64>,
+    /// LLM total time, ms.
+    #[serde(default, rename = "llmWallMs")]
+    pub llm_wall_ms: Option<f64>,
+    /// The user text the answer is for.
+    #[serde(default, rename = "userText")]
+    pub user_text: Option<String>,
+}
+
+/// A command from the dialog app.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// `tts.speak`: say `text` as one utterance, after what is queued.
+    Speak {
+        /// The utterance (may be empty).
+        utterance_id: String,
+        /// What to say.
+        text: String,
+        /// Metadata.
+        meta: Option<Meta>,
+    },
+    /// `tts.stream` / `tts.stream.end`: a chunk of an utterance.
+    Stream {
+        /// The utterance (never empty).
+        utterance_id: String,
+        /// The chunk (may be empty).
+        text: String,
+        /// The stream is complete.
+        end: bool,
+        /// Metadata.
+        meta: Option<Meta>,
+    },
+    /// `tts.interrupt`: stop now and drop the queue.
+    Interrupt,
+    /// `hangup`: end the call.
+    Hangup {
+        /// The reason given, or `dialog-hangup`.
+        reason: String,
+    },
+}
+
+impl Command {
+    /// The command's `type`, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::Speak { .. } => "tts.speak",
+            Command::Stream { end: false, .. } => "tts.stream",
+            Command::Stream { end: true, .. } => "tts.stream.end",
+            Command::Interrupt => "tts.interrupt",
+            Command::Hangup { .. } => "hangup",
+        }
+    }
+}
+
+/// Why a message is not a command for this call. Each is logged and ignored.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CommandError {
+    /// Not a JSON object of the command shape.
+    #[error("malformed command: {0}")]
+    Malformed(String),
+    /// A `type` we do not know.
+    #[error("unknown command type {0:?}")]
+    Unknown(String),
+    /// Addressed to another call.
+    #[error("command for another call {0:?}")]
+    OtherCall(String),
+    /// `tts.stream` without an `utterance_id`.
+    #[error("{0} needs an utterance_id")]
+    MissingUtteranceId(&'static str),
+}
+
+#[derive(Deserialize)]
+struct RawCommand {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    call_id: Option<String>,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    utterance_id: Option<String>,
+    #[serde(default)]
+    stream_end: Option<bool>,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    meta: Option<Meta>,
+}
+
+/// Parses one text frame from the dialog app, for call `call_id`.
+pub fn parse_command(frame: &str, call_id: &str) -> Result<Command, CommandError> {
+    let raw: RawCommand =
+        serde_json::from_str(frame).map_err(|e| CommandError::Malformed(e.to_string()))?;
+    if let Some(target) = raw.call_id.as_deref().map(str::trim)
+        && !target.is_empty()
+        && target != call_id
+    {
+        return Err(CommandError::OtherCall(target.to_owned()));
+    }
+    let utterance_id = raw.utterance_id.unwrap_or_default().trim().to_owned();
+    let text = raw.text.unwrap_or_default();
+    match raw.kind.as_str() {
+        "tts.speak" => Ok(Command::Speak {
+            utterance_id,
+            text,
+            meta: raw.meta,
+        }),
+        kind @ ("tts.stream" | "tts.stream.end") => {
+            if utterance_id.is_empty() {
+                return Err(CommandError::MissingUtteranceId(if kind == "tts.stream" {
+                    "tts.stream"
+                } else {
+                    "tts.stream.end"
+                }));
+            }
+            Ok(Command::Stream {
+                utterance_id,
+                text,
+                end: kind == "tts.stream.end" || raw.stream_end.unwrap_or(false),
+                meta: raw.meta,
+            })
+        }
+        "tts.interrupt" => Ok(Command::Interrupt),
+        "hangup" => Ok(Command::Hangup {
+            reason: raw
+                .reason
+                .map(|r| r.trim().to_owned())
+                .filter(|r| !r.is_empty())
+                .unwrap_or_else(|| "dialog-hangup".to_owned()),
+        }),
+        other => Err(CommandError::Unknown(other.to_owned())),
+    }
+}
+
+/// What the offer contributes to the dial URL.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct DialParams {
+    /// The raw JSON text of `payload`, trimmed.
+    pub payload: Option<String>,
+    /// `apiKey`.
+    pub api_key: Option<String>,
+    /// `apiSecret`.
+    pub api_secret: Option<String>,
+    /// `agentId`.
+    pub agent_id: Option<String>,
+}
+
+impl std::fmt::Debug for DialParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let r = |o: &Option<String>| o.as_ref().map(|_| "***");
+        f.debug_struct("DialParams")
+            .field("payload", &r(&self.payload))
+            .field("api_key", &r(&self.api_key))
+            .field("api_secret", &r(&self.api_secret))
+            .field("agent_id", &self.agent_id)
+            .finish()
+    }
+}
+
+/// Why the offer's dialog parameters are refused (a `400` at offer time).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DialParamsError {
+    /// `payload` is not JSON.
+    #[error("payload is not valid JSON: {0}")]
+    InvalidPayload(String),
+    /// `payload` is too large to travel in a URL.
+    #[error("payload is {0} bytes; the limit is {MAX_PAYLOAD_BYTES}")]
+    PayloadTooLarge(usize),
+}
+
+impl DialParams {
+    /// The original's precedence: a `payload` that is present and neither blank nor `null` is
+    /// used alone; otherwise each non-blank credential is used.
+    pub fn from_offer(
+        payload: Option<&str>,
+        api_key: Option<&str>,
+        api_secret: Option<&str>,
+        agent_id: Option<&str>,
+    ) -> Result<DialParams, DialParamsError> {
+        let payload = payload.map(str::trim).filter(|p| !p.is_empty() && *p != "null");
+        if let Some(p) = payload {
+            serde_json::from_str::<serde::de::IgnoredAny>(p)
+                .map_err(|e| DialParamsError::InvalidPayload(e.to_string()))?;
+            if p.len() > MAX_PAYLOAD_BYTES {
+                return Err(DialParamsError::PayloadTooLarge(p.len()));
+            }
+            return Ok(DialParams {
+                payload: Some(p.to_owned()),
+                ..Default::default()
+            });
+        }
+        let keep = |v: Option<&str>| v.map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned);
+        Ok(DialParams {
+            payload: None,
+            api_key: keep(api_key),
+            api_secret: keep(api_secret),
+            agent_id: keep(agent_id),
+        })
+    }
+}
+
+/// The URL to dial for `call_id`: `base` with `call_id` and the offer's parameters set in its
+/// query (overwriting any already there; other parameters are kept).
+pub fn dial_url(base: &Url, call_id: &str, params: &DialParams) -> Url {
+    let mut set: Vec<(&str, &str)> = vec![("call_id", call_id)];
+    for (k, v) in [
+        ("payload", &params.payload),
+        ("apiKey", &params.api_key),
+        ("apiSecret", &params.api_secret),
+        ("agentId", &params.agent_id),
+    ] {
+        if let Some(v) = v {
+            set.push((k, v));
+        }
+    }
+    let mut pairs: Vec<(String, String)> = base
+        .query_pairs()
+        .filter(|(k, _)| !set.iter().any(|(s, _)| s == k))
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    pairs.extend(set.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    // Sorted like Go's url.Values.Encode, so URLs read the same as the original's.
+    pairs.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut url = base.clone();
+    url.query_pairs_mut().clear().extend_pairs(pairs);
+    url
+}
+
+/// The URL as it may appear in logs: `apiKey`, `apiSecret`, `payload` and any password are
+/// `***`.
+pub fn redact(url: &Url) -> String {
+    let mut u = url.clone();
+    if u.password().is_some() {
+        let _ = u.set_password(Some("***"));
+    }
+    if u.query().is_some() {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                let secret = matches!(k.as_ref(), "apiKey" | "apiSecret" | "payload") && !v.is_empty();
+                (k.into_owned(), if secret { "***".to_owned() } else { v.into_owned() })
+            })
+            .collect();
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    u.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Url {
+        Url::parse("ws://dialog.example/ws?call_id=old&keep=1&apiKey=stale").unwrap()
+    }
+
+    fn query(u: &Url) -> Vec<(String, String)> {
+        u.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
+    }
+
+    #[test]
+    fn payload_wins_over_credentials() {
+        let p = DialParams::from_offer(Some(r#" {"user": "a b", "n": 1} "#), Some("k"), Some("s"), Some("agent")).unwrap();
+        assert_eq!(p.payload.as_deref(), Some(r#"{"user": "a b", "n": 1}"#));
+        assert_eq!((p.api_key.as_deref(), p.api_secret.as_deref(), p.agent_id.as_deref()), (None, None, None));
+        let u = dial_url(&base(), "wrtc-1", &p);
+        // Parameters already in the configured URL stay unless the offer sets them.
+        assert_eq!(
+            query(&u),
+            vec![
+                ("apiKey".into(), "stale".into()),
+                ("call_id".into(), "wrtc-1".into()),
+                ("keep".into(), "1".into()),
+                ("payload".into(), r#"{"user": "a b", "n": 1}"#.into()),
+            ]
+        );
+        // Any JSON value counts as a payload.
+        assert!(DialParams::from_offer(Some("42"), None, None, None).unwrap().payload.is_some());
+        assert!(DialParams::from_offer(Some("\"text\""), None, None, None).unwrap().payload.is_some());
+    }
+
+    #[test]
+    fn blank_or_null_payload_falls_back_to_credentials() {
+        for payload in [None, Some(""), Some("  "), Some("null"), Some(" null ")] {
+            let p = DialParams::from_offer(payload, Some(" k "), Some(""), Some("agent")).unwrap();
+            assert_eq!(p.payload, None, "{payload:?}");
+            assert_eq!(p.api_key.as_deref(), Some("k"));
+            assert_eq!(p.api_secret, None, "blank credentials are left out");
+            assert_eq!(p.agent_id.as_deref(), Some("agent"));
+        }
+        let p = DialParams::from_offer(None, Some("k"), Some("s"), None).unwrap();
+        let u = dial_url(&base(), "wrtc-2", &p);
+        assert_eq!(
+            query(&u),
+            vec![
+                ("apiKey".into(), "k".into()),
+                ("apiSecret".into(), "s".into()),
+                ("call_id".into(), "wrtc-2".into()),
+                ("keep".into(), "1".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn call_id_is_overwritten_on_every_dial() {
+        let p = DialParams::default();
+        let first = dial_url(&base(), "wrtc-a", &p);
+        let again = dial_url(&first, "wrtc-b", &p);
+        assert_eq!(again.query_pairs().filter(|(k, _)| k == "call_id").count(), 1);
+        assert!(query(&again).contains(&("call_id".into(), "wrtc-b".into())));
+    }
+
+    #[test]
+    fn invalid_or_huge_payload_is_refused() {
+        assert!(matches!(
+            DialParams::from_offer(Some("{not json"), None, None, None),
+            Err(DialParamsError::InvalidPayload(_))
+        ));
+        let huge = format!("\"{}\"", "x".repeat(MAX_PAYLOAD_BYTES));
+        assert!(matches!(
+            DialParams::from_offer(Some(&huge), None, None, None),
+            Err(DialParamsError::PayloadTooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn redaction_hides_secrets_only() {
+        let p = DialParams::from_offer(None, Some("sekrit-key"), Some("sekrit-secret"), Some("agent-7")).unwrap();
+        let u = dial_url(&Url::parse("wss://user:pw@dialog.example/ws").unwrap(), "wrtc-3", &p);
+        let shown = redact(&u);
+        assert!(!shown.contains("sekrit") && !shown.contains(":pw@"), "{shown}");
+        assert!(shown.contains("agentId=agent-7") && shown.contains("call_id=wrtc-3"), "{shown}");
+        assert!(shown.contains("apiKey=***") || shown.contains("apiKey=%2A%2A%2A"), "{shown}");
+        let p = DialParams::from_offer(Some(r#"{"token":"sekrit"}"#), None, None, None).unwrap();
+        let shown = redact(&dial_url(&base(), "wrtc-4", &p));
+        assert!(!shown.contains("sekrit"), "{shown}");
+        assert!(!format!("{p:?}").contains("sekrit"));
+    }
+
+    #[test]
+    fn commands_parse() {
+        let id = "wrtc-1";
+        assert_eq!(
+            parse_command(r#"{"type":"tts.speak","text":"Hi","utterance_id":"u1","meta":{"llmModel":"m","llmFirstMs":12}}"#, id),
+            Ok(Command::Speak {
+                utterance_id: "u1".into(),
+                text: "Hi".into(),
+                meta: Some(Meta { llm_model: Some("m".into()), llm_first_ms: Some(12.0), ..Default::default() }),
+            })
+        );
+        assert_eq!(
+            parse_command(r#"{"type":"tts.stream","call_id":"wrtc-1","text":"a","utterance_id":"u2"}"#, id),
+            Ok(Command::Stream { utterance_id: "u2".into(), text: "a".into(), end: false, meta: None })
+        );
+        assert_eq!(
+            parse_command(r#"{"type":"tts.stream","text":"","utterance_id":"u2","stream_end":true}"#, id),
+            Ok(Command::Stream { utterance_id: "u2".into(), text: "".into(), end: true, meta: None })
+        );
+        assert_eq!(
+            parse_command(r#"{"type":"tts.stream.end","utterance_id":"u2"}"#, id),
+            Ok(Command::Stream { utterance_id: "u2".into(), text: "".into(), end: true, meta: None })
+        );
+        assert_eq!(parse_command(r#"{"type":"tts.interrupt"}"#, id), Ok(Command::Interrupt));
+        assert_eq!(parse_command(r#"{"type":"hangup"}"#, id), Ok(Command::Hangup { reason: "dialog-hangup".into() }));
+        assert_eq!(parse_command(r#"{"type":"hangup","reason":"bye"}"#, id), Ok(Command::Hangup { reason: "bye".into() }));
+        // Unknown fields are ignored.
+        assert_eq!(parse_command(r#"{"type":"tts.interrupt","extra":[1,2]}"#, id), Ok(Command::Interrupt));
+    }
+
+    #[test]
+    fn bad_commands_are_errors_not_actions() {
+        let id = "wrtc-1";
+        assert!(matches!(parse_command("not json", id), Err(CommandError::Malformed(_))));
+        assert!(matches!(parse_command("[]", id), Err(CommandError::Malformed(_))));
+        assert!(matches!(parse_command(r#"{"text":"no type"}"#, id), Err(CommandError::Malformed(_))));
+        assert!(matches!(parse_command(r#"{"type":"tts.speak","text":5}"#, id), Err(CommandError::Malformed(_))));
+        assert_eq!(parse_command(r#"{"type":"transfer"}"#, id), Err(CommandError::Unknown("transfer".into())));
+        assert_eq!(
+            parse_command(r#"{"type":"hangup","call_id":"wrtc-2"}"#, id),
+            Err(CommandError::OtherCall("wrtc-2".into()))
+        );
+        assert_eq!(
+            parse_command(r#"{"type":"tts.stream","text":"x","utterance_id":"  "}"#, id),
+            Err(CommandError::MissingUtteranceId("tts.stream"))
+        );
+    }
+
+    #[test]
+    fn events_serialize_like_the_original() {
+        let j = |e: Event| serde_json::from_str::<serde_json::Value>(&e.to_json("wrtc-1")).unwrap();
+        assert_eq!(
+            j(Event::CallStarted { from: "1.2.3.4:5 ua=\"x\"".into(), pcm_hz: 16000 }),
+            serde_json::json!({"type":"call.started","call_id":"wrtc-1","from":"1.2.3.4:5 ua=\"x\"","to":"webrtc","codec":"opus","pcm_hz":16000})
+        );
+        assert_eq!(j(Event::TtsStarted { utterance_id: "u".into() }), serde_json::json!({"type":"tts.started","call_id":"wrtc-1","utterance_id":"u"}));
+        assert_eq!(j(Event::TtsStarted { utterance_id: "".into() }), serde_json::json!({"type":"tts.started","call_id":"wrtc-1"}));
+        assert_eq!(
+            j(Event::TtsEnded { utterance_id: "u".into(), ok: false }),
+            serde_json::json!({"type":"tts.ended","call_id":"wrtc-1","utterance_id":"u","ok":false})
+        );
+        assert_eq!(j(Event::CallEnded { reason: "client-hangup".into() }), serde_json::json!({"type":"call.ended","call_id":"wrtc-1","reason":"client-hangup"}));
+        assert_eq!(j(Event::AsrFinal { text: "hi".into() }), serde_json::json!({"type":"asr.final","call_id":"wrtc-1","text":"hi"}));
+        assert_eq!(
+            j(Event::AsrError { message: "m".into(), fatal: false }),
+            serde_json::json!({"type":"asr.error","call_id":"wrtc-1","message":"m","fatal":false})
+        );
+    }
+}
