@@ -332,6 +332,7 @@ impl Handler<CodecEvent> for CallActor {
                 self.end(EndReason::Internal, ctx);
             }
             CodecEvent::RtpTimeout => self.end(EndReason::RtpTimeout, ctx),
+            CodecEvent::Playback { .. } => {}
         }
     }
 }
@@ -362,7 +363,7 @@ impl CallActor {
                     let call_id = act.call_id.clone();
                     let span = act.span.clone();
                     act.codec = Some(AudioCodec::create(move |c| {
-                        AudioCodec::new(call_id, span, settings, track, writer, parent, c)
+                        AudioCodec::new(call_id, span, settings, Some(track), writer, parent, c)
                     }));
                 }
                 Err(e) => {

@@ -26,7 +26,7 @@ use voicegate_core::codec::{
     DownlinkEncoder, EncoderSettings, UplinkDecoder, UplinkSettings, UplinkStats,
 };
 use voicegate_core::pacer::Pacer;
-use voicegate_core::pcm::Playout;
+use voicegate_core::pcm::{Playout, Tag};
 use voicegate_core::random;
 use voicegate_core::timeline::Timeline;
 use voicegate_media::peer::OPUS_PT;
@@ -66,7 +66,47 @@ pub enum CodecEvent {
     Failed(String),
     /// No RTP from the caller for the configured time.
     RtpTimeout,
+    /// A tag's first or last frame left voicegate.
+    Playback {
+        /// The tag (a speech segment).
+        tag: Tag,
+        /// Its first frame went out.
+        first: bool,
+        /// Its last frame went out.
+        last: bool,
+    },
 }
+
+/// The tag the echo path plays under.
+const ECHO_TAG: Tag = 0;
+
+/// Queue PCM for playout under `tag`.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Play {
+    /// A speech segment.
+    pub tag: Tag,
+    /// Samples at the call's PCM rate.
+    pub pcm: Vec<i16>,
+}
+
+/// No more audio for `tag`.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct EndTag {
+    /// The tag.
+    pub tag: Tag,
+}
+
+/// Drop everything queued for playout now (an interrupt).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Flush;
+
+/// Start draining the caller's track (it may arrive after the codec started).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AttachTrack(pub Arc<dyn TrackRemote>);
 
 /// Stop now (the call is ending).
 #[derive(Debug, Message)]
@@ -140,17 +180,14 @@ impl AudioCodec {
         call_id: CallId,
         span: tracing::Span,
         settings: CodecSettings,
-        track: Arc<dyn TrackRemote>,
+        track: Option<Arc<dyn TrackRemote>>,
         writer: RtpWriter,
         parent: Recipient<CodecEvent>,
         ctx: &mut Context<Self>,
     ) -> Self {
-        let stream =
-            futures_util::stream::unfold(
-                track,
-                |t| async move { t.poll().await.map(|ev| (ev, t)) },
-            );
-        ctx.add_stream(stream);
+        if let Some(track) = track {
+            attach(track, ctx);
+        }
         let frame_samples = (settings.uplink.pcm_rate / 50) as usize;
         let (uplink, encoder) = match (
             UplinkDecoder::new(settings.uplink),
@@ -279,7 +316,7 @@ impl StreamHandler<TrackRemoteEvent> for AudioCodec {
                 now,
                 &mut |pcm: &[i16], _| {
                     if *echo {
-                        playout.push(pcm);
+                        playout.push(ECHO_TAG, pcm);
                     }
                 },
             );
@@ -302,6 +339,59 @@ impl Handler<Stop> for AudioCodec {
         self.stopped_cleanly = true;
         ctx.stop();
     }
+}
+
+impl Handler<Play> for AudioCodec {
+    type Result = ();
+
+    fn handle(&mut self, msg: Play, ctx: &mut Self::Context) {
+        trace_msg!(self.call_id, "speaker" => "codec", "Play", "tag {} {} samples", msg.tag, msg.pcm.len());
+        self.playout.push(msg.tag, &msg.pcm);
+        self.maybe_start(Instant::now(), ctx);
+    }
+}
+
+impl Handler<EndTag> for AudioCodec {
+    type Result = ();
+
+    fn handle(&mut self, msg: EndTag, ctx: &mut Self::Context) {
+        trace_msg!(self.call_id, "speaker" => "codec", "EndTag", "tag {}", msg.tag);
+        if let Some(done) = self.playout.end(msg.tag) {
+            self.parent.do_send(CodecEvent::Playback {
+                tag: done.tag,
+                first: false,
+                last: true,
+            });
+        }
+        self.maybe_start(Instant::now(), ctx);
+    }
+}
+
+impl Handler<Flush> for AudioCodec {
+    type Result = ();
+
+    fn handle(&mut self, _: Flush, _ctx: &mut Self::Context) {
+        trace_msg!(self.call_id, "speaker" => "codec", "Flush");
+        // The pacer finds nothing at its next slot and ends the talkspurt: silence within a
+        // frame.
+        self.playout.clear();
+    }
+}
+
+impl Handler<AttachTrack> for AudioCodec {
+    type Result = ();
+
+    fn handle(&mut self, AttachTrack(track): AttachTrack, ctx: &mut Self::Context) {
+        trace_msg!(self.call_id, "call" => "codec", "AttachTrack");
+        attach(track, ctx);
+    }
+}
+
+/// Drains `track` into this actor as a stream.
+fn attach(track: Arc<dyn TrackRemote>, ctx: &mut Context<AudioCodec>) {
+    let stream =
+        futures_util::stream::unfold(track, |t| async move { t.poll().await.map(|ev| (ev, t)) });
+    ctx.add_stream(stream);
 }
 
 impl Handler<GetStats> for AudioCodec {
@@ -332,13 +422,18 @@ impl AudioCodec {
                     } = act;
                     uplink.release(now, &mut |pcm: &[i16], _| {
                         if *echo {
-                            playout.push(pcm);
+                            playout.push(ECHO_TAG, pcm);
                         }
                     });
                     act.after_uplink(now, ctx);
                 },
             ));
         }
+        self.maybe_start(now, ctx);
+    }
+
+    /// Starts a talkspurt if the pacer is idle and audio is ready.
+    fn maybe_start(&mut self, now: Instant, ctx: &mut Context<Self>) {
         if !self.pacer.is_running() && self.playout.ready_to_start() {
             self.pacer.start(now);
             self.tick(ctx);
@@ -352,11 +447,18 @@ impl AudioCodec {
         let due = self.pacer.poll(now);
         self.timeline.skip(due.skipped);
         for _ in 0..due.send {
-            if !self.playout.pop(&mut self.frame) {
+            let Some(frame) = self.playout.pop(&mut self.frame) else {
                 // Ran dry: the talkspurt ends; the next one is marked and its timestamp jumps.
                 self.pacer.stop();
                 self.timeline.end_talkspurt();
                 return;
+            };
+            if (frame.first || frame.last) && frame.tag != ECHO_TAG {
+                self.parent.do_send(CodecEvent::Playback {
+                    tag: frame.tag,
+                    first: frame.first,
+                    last: frame.last,
+                });
             }
             let payload = match self.encoder.encode(&self.frame) {
                 Ok(p) => Bytes::copy_from_slice(p),

@@ -328,7 +328,9 @@ impl DialParams {
         api_secret: Option<&str>,
         agent_id: Option<&str>,
     ) -> Result<DialParams, DialParamsError> {
-        let payload = payload.map(str::trim).filter(|p| !p.is_empty() && *p != "null");
+        let payload = payload
+            .map(str::trim)
+            .filter(|p| !p.is_empty() && *p != "null");
         if let Some(p) = payload {
             serde_json::from_str::<serde::de::IgnoredAny>(p)
                 .map_err(|e| DialParamsError::InvalidPayload(e.to_string()))?;
@@ -340,7 +342,11 @@ impl DialParams {
                 ..Default::default()
             });
         }
-        let keep = |v: Option<&str>| v.map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned);
+        let keep = |v: Option<&str>| {
+            v.map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        };
         Ok(DialParams {
             payload: None,
             api_key: keep(api_key),
@@ -388,8 +394,16 @@ pub fn redact(url: &Url) -> String {
         let pairs: Vec<(String, String)> = url
             .query_pairs()
             .map(|(k, v)| {
-                let secret = matches!(k.as_ref(), "apiKey" | "apiSecret" | "payload") && !v.is_empty();
-                (k.into_owned(), if secret { "***".to_owned() } else { v.into_owned() })
+                let secret =
+                    matches!(k.as_ref(), "apiKey" | "apiSecret" | "payload") && !v.is_empty();
+                (
+                    k.into_owned(),
+                    if secret {
+                        "***".to_owned()
+                    } else {
+                        v.into_owned()
+                    },
+                )
             })
             .collect();
         u.query_pairs_mut().clear().extend_pairs(pairs);
@@ -406,14 +420,29 @@ mod tests {
     }
 
     fn query(u: &Url) -> Vec<(String, String)> {
-        u.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
+        u.query_pairs()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect()
     }
 
     #[test]
     fn payload_wins_over_credentials() {
-        let p = DialParams::from_offer(Some(r#" {"user": "a b", "n": 1} "#), Some("k"), Some("s"), Some("agent")).unwrap();
+        let p = DialParams::from_offer(
+            Some(r#" {"user": "a b", "n": 1} "#),
+            Some("k"),
+            Some("s"),
+            Some("agent"),
+        )
+        .unwrap();
         assert_eq!(p.payload.as_deref(), Some(r#"{"user": "a b", "n": 1}"#));
-        assert_eq!((p.api_key.as_deref(), p.api_secret.as_deref(), p.agent_id.as_deref()), (None, None, None));
+        assert_eq!(
+            (
+                p.api_key.as_deref(),
+                p.api_secret.as_deref(),
+                p.agent_id.as_deref()
+            ),
+            (None, None, None)
+        );
         let u = dial_url(&base(), "wrtc-1", &p);
         // Parameters already in the configured URL stay unless the offer sets them.
         assert_eq!(
@@ -426,8 +455,18 @@ mod tests {
             ]
         );
         // Any JSON value counts as a payload.
-        assert!(DialParams::from_offer(Some("42"), None, None, None).unwrap().payload.is_some());
-        assert!(DialParams::from_offer(Some("\"text\""), None, None, None).unwrap().payload.is_some());
+        assert!(
+            DialParams::from_offer(Some("42"), None, None, None)
+                .unwrap()
+                .payload
+                .is_some()
+        );
+        assert!(
+            DialParams::from_offer(Some("\"text\""), None, None, None)
+                .unwrap()
+                .payload
+                .is_some()
+        );
     }
 
     #[test]
@@ -457,7 +496,10 @@ mod tests {
         let p = DialParams::default();
         let first = dial_url(&base(), "wrtc-a", &p);
         let again = dial_url(&first, "wrtc-b", &p);
-        assert_eq!(again.query_pairs().filter(|(k, _)| k == "call_id").count(), 1);
+        assert_eq!(
+            again.query_pairs().filter(|(k, _)| k == "call_id").count(),
+            1
+        );
         assert!(query(&again).contains(&("call_id".into(), "wrtc-b".into())));
     }
 
@@ -476,12 +518,31 @@ mod tests {
 
     #[test]
     fn redaction_hides_secrets_only() {
-        let p = DialParams::from_offer(None, Some("sekrit-key"), Some("sekrit-secret"), Some("agent-7")).unwrap();
-        let u = dial_url(&Url::parse("wss://user:pw@dialog.example/ws").unwrap(), "wrtc-3", &p);
+        let p = DialParams::from_offer(
+            None,
+            Some("sekrit-key"),
+            Some("sekrit-secret"),
+            Some("agent-7"),
+        )
+        .unwrap();
+        let u = dial_url(
+            &Url::parse("wss://user:pw@dialog.example/ws").unwrap(),
+            "wrtc-3",
+            &p,
+        );
         let shown = redact(&u);
-        assert!(!shown.contains("sekrit") && !shown.contains(":pw@"), "{shown}");
-        assert!(shown.contains("agentId=agent-7") && shown.contains("call_id=wrtc-3"), "{shown}");
-        assert!(shown.contains("apiKey=***") || shown.contains("apiKey=%2A%2A%2A"), "{shown}");
+        assert!(
+            !shown.contains("sekrit") && !shown.contains(":pw@"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("agentId=agent-7") && shown.contains("call_id=wrtc-3"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("apiKey=***") || shown.contains("apiKey=%2A%2A%2A"),
+            "{shown}"
+        );
         let p = DialParams::from_offer(Some(r#"{"token":"sekrit"}"#), None, None, None).unwrap();
         let shown = redact(&dial_url(&base(), "wrtc-4", &p));
         assert!(!shown.contains("sekrit"), "{shown}");
@@ -492,46 +553,108 @@ mod tests {
     fn commands_parse() {
         let id = "wrtc-1";
         assert_eq!(
-            parse_command(r#"{"type":"tts.speak","text":"Hi","utterance_id":"u1","meta":{"llmModel":"m","llmFirstMs":12}}"#, id),
+            parse_command(
+                r#"{"type":"tts.speak","text":"Hi","utterance_id":"u1","meta":{"llmModel":"m","llmFirstMs":12}}"#,
+                id
+            ),
             Ok(Command::Speak {
                 utterance_id: "u1".into(),
                 text: "Hi".into(),
-                meta: Some(Meta { llm_model: Some("m".into()), llm_first_ms: Some(12.0), ..Default::default() }),
+                meta: Some(Meta {
+                    llm_model: Some("m".into()),
+                    llm_first_ms: Some(12.0),
+                    ..Default::default()
+                }),
             })
         );
         assert_eq!(
-            parse_command(r#"{"type":"tts.stream","call_id":"wrtc-1","text":"a","utterance_id":"u2"}"#, id),
-            Ok(Command::Stream { utterance_id: "u2".into(), text: "a".into(), end: false, meta: None })
+            parse_command(
+                r#"{"type":"tts.stream","call_id":"wrtc-1","text":"a","utterance_id":"u2"}"#,
+                id
+            ),
+            Ok(Command::Stream {
+                utterance_id: "u2".into(),
+                text: "a".into(),
+                end: false,
+                meta: None
+            })
         );
         assert_eq!(
-            parse_command(r#"{"type":"tts.stream","text":"","utterance_id":"u2","stream_end":true}"#, id),
-            Ok(Command::Stream { utterance_id: "u2".into(), text: "".into(), end: true, meta: None })
+            parse_command(
+                r#"{"type":"tts.stream","text":"","utterance_id":"u2","stream_end":true}"#,
+                id
+            ),
+            Ok(Command::Stream {
+                utterance_id: "u2".into(),
+                text: "".into(),
+                end: true,
+                meta: None
+            })
         );
         assert_eq!(
             parse_command(r#"{"type":"tts.stream.end","utterance_id":"u2"}"#, id),
-            Ok(Command::Stream { utterance_id: "u2".into(), text: "".into(), end: true, meta: None })
+            Ok(Command::Stream {
+                utterance_id: "u2".into(),
+                text: "".into(),
+                end: true,
+                meta: None
+            })
         );
-        assert_eq!(parse_command(r#"{"type":"tts.interrupt"}"#, id), Ok(Command::Interrupt));
-        assert_eq!(parse_command(r#"{"type":"hangup"}"#, id), Ok(Command::Hangup { reason: "dialog-hangup".into() }));
-        assert_eq!(parse_command(r#"{"type":"hangup","reason":"bye"}"#, id), Ok(Command::Hangup { reason: "bye".into() }));
+        assert_eq!(
+            parse_command(r#"{"type":"tts.interrupt"}"#, id),
+            Ok(Command::Interrupt)
+        );
+        assert_eq!(
+            parse_command(r#"{"type":"hangup"}"#, id),
+            Ok(Command::Hangup {
+                reason: "dialog-hangup".into()
+            })
+        );
+        assert_eq!(
+            parse_command(r#"{"type":"hangup","reason":"bye"}"#, id),
+            Ok(Command::Hangup {
+                reason: "bye".into()
+            })
+        );
         // Unknown fields are ignored.
-        assert_eq!(parse_command(r#"{"type":"tts.interrupt","extra":[1,2]}"#, id), Ok(Command::Interrupt));
+        assert_eq!(
+            parse_command(r#"{"type":"tts.interrupt","extra":[1,2]}"#, id),
+            Ok(Command::Interrupt)
+        );
     }
 
     #[test]
     fn bad_commands_are_errors_not_actions() {
         let id = "wrtc-1";
-        assert!(matches!(parse_command("not json", id), Err(CommandError::Malformed(_))));
-        assert!(matches!(parse_command("[]", id), Err(CommandError::Malformed(_))));
-        assert!(matches!(parse_command(r#"{"text":"no type"}"#, id), Err(CommandError::Malformed(_))));
-        assert!(matches!(parse_command(r#"{"type":"tts.speak","text":5}"#, id), Err(CommandError::Malformed(_))));
-        assert_eq!(parse_command(r#"{"type":"transfer"}"#, id), Err(CommandError::Unknown("transfer".into())));
+        assert!(matches!(
+            parse_command("not json", id),
+            Err(CommandError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_command("[]", id),
+            Err(CommandError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_command(r#"{"text":"no type"}"#, id),
+            Err(CommandError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_command(r#"{"type":"tts.speak","text":5}"#, id),
+            Err(CommandError::Malformed(_))
+        ));
+        assert_eq!(
+            parse_command(r#"{"type":"transfer"}"#, id),
+            Err(CommandError::Unknown("transfer".into()))
+        );
         assert_eq!(
             parse_command(r#"{"type":"hangup","call_id":"wrtc-2"}"#, id),
             Err(CommandError::OtherCall("wrtc-2".into()))
         );
         assert_eq!(
-            parse_command(r#"{"type":"tts.stream","text":"x","utterance_id":"  "}"#, id),
+            parse_command(
+                r#"{"type":"tts.stream","text":"x","utterance_id":"  "}"#,
+                id
+            ),
             Err(CommandError::MissingUtteranceId("tts.stream"))
         );
     }
@@ -540,19 +663,46 @@ mod tests {
     fn events_serialize_like_the_original() {
         let j = |e: Event| serde_json::from_str::<serde_json::Value>(&e.to_json("wrtc-1")).unwrap();
         assert_eq!(
-            j(Event::CallStarted { from: "1.2.3.4:5 ua=\"x\"".into(), pcm_hz: 16000 }),
+            j(Event::CallStarted {
+                from: "1.2.3.4:5 ua=\"x\"".into(),
+                pcm_hz: 16000
+            }),
             serde_json::json!({"type":"call.started","call_id":"wrtc-1","from":"1.2.3.4:5 ua=\"x\"","to":"webrtc","codec":"opus","pcm_hz":16000})
         );
-        assert_eq!(j(Event::TtsStarted { utterance_id: "u".into() }), serde_json::json!({"type":"tts.started","call_id":"wrtc-1","utterance_id":"u"}));
-        assert_eq!(j(Event::TtsStarted { utterance_id: "".into() }), serde_json::json!({"type":"tts.started","call_id":"wrtc-1"}));
         assert_eq!(
-            j(Event::TtsEnded { utterance_id: "u".into(), ok: false }),
+            j(Event::TtsStarted {
+                utterance_id: "u".into()
+            }),
+            serde_json::json!({"type":"tts.started","call_id":"wrtc-1","utterance_id":"u"})
+        );
+        assert_eq!(
+            j(Event::TtsStarted {
+                utterance_id: "".into()
+            }),
+            serde_json::json!({"type":"tts.started","call_id":"wrtc-1"})
+        );
+        assert_eq!(
+            j(Event::TtsEnded {
+                utterance_id: "u".into(),
+                ok: false
+            }),
             serde_json::json!({"type":"tts.ended","call_id":"wrtc-1","utterance_id":"u","ok":false})
         );
-        assert_eq!(j(Event::CallEnded { reason: "client-hangup".into() }), serde_json::json!({"type":"call.ended","call_id":"wrtc-1","reason":"client-hangup"}));
-        assert_eq!(j(Event::AsrFinal { text: "hi".into() }), serde_json::json!({"type":"asr.final","call_id":"wrtc-1","text":"hi"}));
         assert_eq!(
-            j(Event::AsrError { message: "m".into(), fatal: false }),
+            j(Event::CallEnded {
+                reason: "client-hangup".into()
+            }),
+            serde_json::json!({"type":"call.ended","call_id":"wrtc-1","reason":"client-hangup"})
+        );
+        assert_eq!(
+            j(Event::AsrFinal { text: "hi".into() }),
+            serde_json::json!({"type":"asr.final","call_id":"wrtc-1","text":"hi"})
+        );
+        assert_eq!(
+            j(Event::AsrError {
+                message: "m".into(),
+                fatal: false
+            }),
             serde_json::json!({"type":"asr.error","call_id":"wrtc-1","message":"m","fatal":false})
         );
     }

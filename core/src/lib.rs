@@ -15,6 +15,7 @@ pub mod pacer;
 pub mod pcm;
 pub mod random;
 pub mod sdp;
+pub mod speech;
 pub mod text;
 pub mod timeline;
 pub mod tone;

@@ -1,94 +1,176 @@
-//! The downlink's playout queue: PCM waiting for the pacer, in whole frames.
+//! The downlink's playout queue: PCM waiting for the pacer, in whole frames, tagged by segment.
 //!
-//! Producers (the echo path now, speech synthesis later) push PCM of any length; the pacer pops
-//! exactly one frame per slot. Samples live in one ring buffer that is allocated once, so the
-//! per-frame path does not allocate. The queue starts a talkspurt only once `prebuffer` frames
-//! are waiting, which absorbs the jitter of a real-time producer (the echo path is fed at the
-//! caller's packet rate); a producer that runs ahead of real time fills it at once. `max_frames`
-//! bounds latency: when a real-time producer runs slightly faster than our clock, the oldest
-//! audio is dropped and counted rather than letting delay grow for the whole call.
+//! Producers push PCM of any length under a tag (speech segments; the echo path uses one
+//! never-ending tag); the pacer pops exactly one frame per slot. Samples live in one ring buffer
+//! that grows to the largest backlog and is then reused, so the per-frame path does not
+//! allocate. Ending a tag pads its last frame with silence, so a frame never holds two tags, and
+//! [`Playout::pop`] says when a tag's first and last frames go out: that is how speech events
+//! are tied to the audio that actually left.
+//!
+//! The queue starts a talkspurt only once `prebuffer` frames are waiting (or the front tag has
+//! ended), which absorbs the jitter of a real-time producer such as the echo path. `max_frames`
+//! bounds latency for such producers: the oldest audio of an open tag is dropped and counted
+//! rather than letting delay grow. Ended tags are never dropped (their end must be reported);
+//! speech is bounded upstream by synthesis prefetch.
 
 use std::collections::VecDeque;
+
+/// A producer's tag.
+pub type Tag = u64;
+
+#[derive(Debug)]
+struct Span {
+    tag: Tag,
+    /// Samples of this tag still queued.
+    len: usize,
+    /// No more audio will come for it.
+    ended: bool,
+    /// Its first frame went out.
+    started: bool,
+}
+
+/// What a popped frame was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frame {
+    /// Whose audio it is.
+    pub tag: Tag,
+    /// The tag's first frame.
+    pub first: bool,
+    /// The tag's last frame (the tag had ended).
+    pub last: bool,
+}
 
 /// PCM queued for playout.
 #[derive(Debug)]
 pub struct Playout {
     samples: VecDeque<i16>,
+    spans: VecDeque<Span>,
     frame: usize,
     prebuffer: usize,
     max_frames: usize,
     /// Frames dropped because the queue was full.
     dropped: u64,
-    /// The producer said no more audio follows for now: a short last frame may be padded.
-    ending: bool,
 }
 
 impl Playout {
     /// A queue of `frame`-sample frames that starts after `prebuffer` frames and holds at most
-    /// `max_frames`.
+    /// `max_frames` of open audio.
     pub fn new(frame: usize, prebuffer: usize, max_frames: usize) -> Self {
         let max_frames = max_frames.max(prebuffer).max(1);
         Playout {
-            samples: VecDeque::with_capacity(frame * (max_frames + 1)),
+            samples: VecDeque::with_capacity(frame * (prebuffer.max(1) + 1)),
+            spans: VecDeque::new(),
             frame,
             prebuffer: prebuffer.max(1),
             max_frames,
             dropped: 0,
-            ending: false,
         }
     }
 
-    /// Appends PCM. When over capacity the oldest whole frames are dropped.
-    pub fn push(&mut self, pcm: &[i16]) {
-        self.ending = false;
+    /// Appends PCM for `tag`. When over capacity the oldest whole frames of an open front tag
+    /// are dropped.
+    pub fn push(&mut self, tag: Tag, pcm: &[i16]) {
+        if pcm.is_empty() {
+            return;
+        }
+        match self.spans.back_mut() {
+            Some(s) if s.tag == tag && !s.ended => s.len += pcm.len(),
+            _ => self.spans.push_back(Span {
+                tag,
+                len: pcm.len(),
+                ended: false,
+                started: false,
+            }),
+        }
         self.samples.extend(pcm.iter().copied());
         let cap = self.frame * self.max_frames;
-        if self.samples.len() > cap {
-            let excess = self.samples.len() - cap;
-            let frames = excess.div_ceil(self.frame);
-            let drop = (frames * self.frame).min(self.samples.len());
-            self.samples.drain(..drop);
-            self.dropped += frames as u64;
+        while self.samples.len() > cap {
+            let Some(front) = self.spans.front_mut() else {
+                break;
+            };
+            if front.ended || front.len < self.frame {
+                break;
+            }
+            front.len -= self.frame;
+            self.samples.drain(..self.frame);
+            self.dropped += 1;
         }
     }
 
-    /// Marks the end of the current stream of audio: a trailing partial frame is played,
-    /// padded with silence, instead of waiting for more.
-    pub fn finish(&mut self) {
-        self.ending = true;
+    /// No more audio for `tag`: its last frame is padded with silence. Returns the tag's last
+    /// frame event at once when none of its audio is left to play (it never had any, or all of
+    /// it was already sent).
+    pub fn end(&mut self, tag: Tag) -> Option<Frame> {
+        let Some(i) = self.spans.iter().position(|s| s.tag == tag && !s.ended) else {
+            return Some(Frame {
+                tag,
+                first: false,
+                last: true,
+            });
+        };
+        let pad = (self.frame - self.spans[i].len % self.frame) % self.frame;
+        if pad > 0 {
+            let at: usize = self.spans.iter().take(i + 1).map(|s| s.len).sum();
+            if at == self.samples.len() {
+                self.samples.extend(std::iter::repeat_n(0, pad));
+            } else {
+                for _ in 0..pad {
+                    self.samples.insert(at, 0);
+                }
+            }
+            self.spans[i].len += pad;
+        }
+        self.spans[i].ended = true;
+        if self.spans[i].len == 0 {
+            self.spans.remove(i);
+            return Some(Frame {
+                tag,
+                first: false,
+                last: true,
+            });
+        }
+        None
     }
 
     /// Drops everything queued (an interrupt).
     pub fn clear(&mut self) {
         self.samples.clear();
-        self.ending = false;
+        self.spans.clear();
     }
 
     /// Whether a stopped pacer should start a talkspurt now.
     pub fn ready_to_start(&self) -> bool {
         self.samples.len() >= self.prebuffer * self.frame
-            || (self.ending && !self.samples.is_empty())
+            || self.spans.front().is_some_and(|s| s.ended && s.len > 0)
     }
 
-    /// Moves the next frame into `out` (which must be one frame long). Returns false when there
-    /// is not a whole frame (or, after [`finish`](Self::finish), nothing at all).
-    pub fn pop(&mut self, out: &mut [i16]) -> bool {
+    /// Moves the next frame into `out` (one frame long). `None` when no whole frame is ready.
+    pub fn pop(&mut self, out: &mut [i16]) -> Option<Frame> {
         debug_assert_eq!(out.len(), self.frame);
-        let n = self.samples.len();
-        if n >= self.frame {
-            for (o, s) in out.iter_mut().zip(self.samples.drain(..self.frame)) {
-                *o = s;
+        // Skip spans that hold nothing and are still open (their producer paused).
+        while let Some(s) = self.spans.front() {
+            if s.len == 0 && !s.ended && self.spans.len() > 1 {
+                self.spans.pop_front();
+            } else {
+                break;
             }
-            true
-        } else if self.ending && n > 0 {
-            for (i, o) in out.iter_mut().enumerate() {
-                *o = if i < n { self.samples[i] } else { 0 };
-            }
-            self.samples.clear();
-            true
-        } else {
-            false
         }
+        let front = self.spans.front_mut()?;
+        if front.len < self.frame {
+            return None;
+        }
+        for (o, s) in out.iter_mut().zip(self.samples.drain(..self.frame)) {
+            *o = s;
+        }
+        front.len -= self.frame;
+        let first = !front.started;
+        front.started = true;
+        let last = front.ended && front.len == 0;
+        let tag = front.tag;
+        if last {
+            self.spans.pop_front();
+        }
+        Some(Frame { tag, first, last })
     }
 
     /// Whole frames waiting.
@@ -106,62 +188,167 @@ impl Playout {
 mod tests {
     use super::*;
 
+    fn pop(q: &mut Playout, n: usize) -> Option<(Vec<i16>, Frame)> {
+        let mut f = vec![0; n];
+        q.pop(&mut f).map(|fr| (f, fr))
+    }
+
     #[test]
     fn reframes_any_chunk_sizes() {
         let mut q = Playout::new(4, 1, 100);
-        q.push(&[1, 2, 3]);
-        let mut f = [0; 4];
+        q.push(0, &[1, 2, 3]);
         assert!(!q.ready_to_start());
-        assert!(!q.pop(&mut f));
-        q.push(&[4, 5, 6, 7, 8, 9]);
-        assert!(q.pop(&mut f));
+        assert!(pop(&mut q, 4).is_none());
+        q.push(0, &[4, 5, 6, 7, 8, 9]);
+        let (f, fr) = pop(&mut q, 4).unwrap();
         assert_eq!(f, [1, 2, 3, 4]);
-        assert!(q.pop(&mut f));
+        assert_eq!(
+            fr,
+            Frame {
+                tag: 0,
+                first: true,
+                last: false
+            }
+        );
+        let (f, fr) = pop(&mut q, 4).unwrap();
         assert_eq!(f, [5, 6, 7, 8]);
-        assert!(!q.pop(&mut f));
+        assert!(!fr.first);
+        assert!(pop(&mut q, 4).is_none());
         assert_eq!(q.frames(), 0);
     }
 
     #[test]
     fn prebuffer_delays_the_start() {
         let mut q = Playout::new(2, 3, 100);
-        q.push(&[1, 1, 2, 2]);
+        q.push(0, &[1, 1, 2, 2]);
         assert!(!q.ready_to_start());
-        q.push(&[3, 3]);
+        q.push(0, &[3, 3]);
         assert!(q.ready_to_start());
     }
 
     #[test]
-    fn finish_pads_the_last_partial_frame() {
+    fn ending_a_tag_pads_and_reports_first_and_last_frames() {
         let mut q = Playout::new(4, 5, 100);
-        q.push(&[1, 2, 3, 4, 5]);
-        q.finish();
-        assert!(q.ready_to_start());
-        let mut f = [9; 4];
-        assert!(q.pop(&mut f));
-        assert_eq!(f, [1, 2, 3, 4]);
-        assert!(q.pop(&mut f));
-        assert_eq!(f, [5, 0, 0, 0]);
-        assert!(!q.pop(&mut f));
+        q.push(7, &[1, 2, 3, 4, 5]);
+        assert!(!q.ready_to_start());
+        assert_eq!(q.end(7), None);
+        assert!(
+            q.ready_to_start(),
+            "an ended tag plays without waiting for the prebuffer"
+        );
+        q.push(8, &[6, 6]);
+        assert_eq!(q.end(8), None);
+        let (f, fr) = pop(&mut q, 4).unwrap();
+        assert_eq!(
+            (f, fr),
+            (
+                vec![1, 2, 3, 4],
+                Frame {
+                    tag: 7,
+                    first: true,
+                    last: false
+                }
+            )
+        );
+        let (f, fr) = pop(&mut q, 4).unwrap();
+        assert_eq!(
+            (f, fr),
+            (
+                vec![5, 0, 0, 0],
+                Frame {
+                    tag: 7,
+                    first: false,
+                    last: true
+                }
+            )
+        );
+        let (f, fr) = pop(&mut q, 4).unwrap();
+        assert_eq!(
+            (f, fr),
+            (
+                vec![6, 6, 0, 0],
+                Frame {
+                    tag: 8,
+                    first: true,
+                    last: true
+                }
+            )
+        );
+        assert!(pop(&mut q, 4).is_none());
     }
 
     #[test]
-    fn overflow_drops_the_oldest_frames() {
+    fn ending_a_tag_with_nothing_left_reports_at_once() {
+        let mut q = Playout::new(2, 1, 100);
+        assert_eq!(
+            q.end(3),
+            Some(Frame {
+                tag: 3,
+                first: false,
+                last: true
+            }),
+            "never had audio"
+        );
+        q.push(4, &[1, 1]);
+        assert!(pop(&mut q, 2).unwrap().1.first);
+        assert_eq!(
+            q.end(4),
+            Some(Frame {
+                tag: 4,
+                first: false,
+                last: true
+            }),
+            "all of it already sent"
+        );
+    }
+
+    #[test]
+    fn a_producer_that_pauses_resumes_in_the_same_tag() {
+        let mut q = Playout::new(2, 1, 100);
+        q.push(1, &[1, 1]);
+        assert!(pop(&mut q, 2).unwrap().1.first);
+        assert!(pop(&mut q, 2).is_none());
+        q.push(1, &[2, 2]);
+        let (_, fr) = pop(&mut q, 2).unwrap();
+        assert_eq!(
+            fr,
+            Frame {
+                tag: 1,
+                first: false,
+                last: false
+            }
+        );
+    }
+
+    #[test]
+    fn overflow_drops_the_oldest_open_audio_only() {
         let mut q = Playout::new(2, 1, 2);
-        q.push(&[1, 1, 2, 2, 3, 3]);
+        q.push(0, &[1, 1, 2, 2, 3, 3]);
         assert_eq!(q.dropped(), 1);
-        let mut f = [0; 2];
-        assert!(q.pop(&mut f));
-        assert_eq!(f, [2, 2]);
+        assert_eq!(pop(&mut q, 2).unwrap().0, [2, 2]);
+        // Ended audio is never dropped, even over capacity.
+        let mut q = Playout::new(2, 1, 1);
+        q.push(5, &[1, 1]);
+        q.end(5);
+        q.push(6, &[2, 2, 3, 3]);
+        assert_eq!(q.dropped(), 0);
+        assert_eq!(
+            pop(&mut q, 2).unwrap().1,
+            Frame {
+                tag: 5,
+                first: true,
+                last: true
+            }
+        );
     }
 
     #[test]
     fn clear_empties() {
         let mut q = Playout::new(2, 1, 10);
-        q.push(&[1, 1, 2, 2]);
+        q.push(1, &[1, 1, 2, 2]);
         q.clear();
         assert_eq!(q.frames(), 0);
-        let mut f = [0; 2];
-        assert!(!q.pop(&mut f));
+        assert!(pop(&mut q, 2).is_none());
+        assert!(!q.ready_to_start());
     }
 }

@@ -44,7 +44,10 @@ fn strip_line_markup(line: &str) -> String {
     let mut s = line.trim_start();
     loop {
         let before = s;
-        s = s.trim_start_matches('#').trim_start_matches('>').trim_start();
+        s = s
+            .trim_start_matches('#')
+            .trim_start_matches('>')
+            .trim_start();
         for marker in ["- ", "* ", "+ ", "• "] {
             if let Some(rest) = s.strip_prefix(marker) {
                 s = rest.trim_start();
@@ -93,7 +96,8 @@ fn strip_inline_markup(text: &str) -> String {
         }
         match c {
             '*' | '_' | '`' | '~' => {}
-            '\u{feff}' | '\u{200b}' | '\u{200c}' | '\u{200d}' | '\u{2060}' | '\u{fe0e}' | '\u{fe0f}' => {}
+            '\u{feff}' | '\u{200b}' | '\u{200c}' | '\u{200d}' | '\u{2060}' | '\u{fe0e}'
+            | '\u{fe0f}' => {}
             '\u{2018}' | '\u{2019}' | '\u{201a}' | '\u{2032}' => out.push('\''),
             '\u{201c}' | '\u{201d}' | '\u{201e}' | '\u{2033}' => out.push('"'),
             '\u{2026}' => out.push_str("..."),
@@ -115,7 +119,8 @@ fn link_at(chars: &[char], open: usize) -> Option<(usize, usize)> {
     if chars[label_end] != ']' || chars.get(label_end + 1) != Some(&'(') {
         return None;
     }
-    let url_end = (label_end + 2..chars.len()).find(|&j| chars[j] == ')' || chars[j].is_whitespace())?;
+    let url_end =
+        (label_end + 2..chars.len()).find(|&j| chars[j] == ')' || chars[j].is_whitespace())?;
     (chars[url_end] == ')').then_some((label_end, url_end))
 }
 
@@ -125,7 +130,9 @@ fn tag_end(chars: &[char], i: usize) -> Option<usize> {
     if !(first.is_ascii_alphabetic() || first == '/' || first == '!') {
         return None;
     }
-    (i + 1..chars.len().min(i + 256)).find(|&j| chars[j] == '>').filter(|&j| !chars[i + 1..j].contains(&'<'))
+    (i + 1..chars.len().min(i + 256))
+        .find(|&j| chars[j] == '>')
+        .filter(|&j| !chars[i + 1..j].contains(&'<'))
 }
 
 /// Pictographs, emoji and their modifiers (not letters, digits or CJK).
@@ -193,7 +200,9 @@ pub struct Segmenter {
 const SENTENCE_END: &[char] = &['.', '!', '?', '。', '！', '？', '\n'];
 const PAUSE: &[char] = &[',', ';', ':', '，', '、', '；', '：'];
 const CLOSERS: &[char] = &['"', '\'', ')', ']', '”', '’', '」', '』', '）'];
-const ABBREVIATIONS: &[&str] = &["mr", "mrs", "ms", "dr", "st", "vs", "etc", "e.g", "i.e", "no", "jr", "sr", "prof"];
+const ABBREVIATIONS: &[&str] = &[
+    "mr", "mrs", "ms", "dr", "st", "vs", "etc", "e.g", "i.e", "no", "jr", "sr", "prof",
+];
 
 impl Segmenter {
     /// A segmenter for one utterance.
@@ -311,7 +320,11 @@ impl Segmenter {
 
     /// A `.` right after a digit may be a decimal point.
     fn ambiguous(&self, i: usize, c: char) -> bool {
-        c == '.' && self.buffer[..i].chars().next_back().is_some_and(|p| p.is_ascii_digit())
+        c == '.'
+            && self.buffer[..i]
+                .chars()
+                .next_back()
+                .is_some_and(|p| p.is_ascii_digit())
     }
 
     /// `Dr.`, `e.g.`: a `.` that ends a known abbreviation is not a sentence end.
@@ -346,10 +359,16 @@ mod tests {
         let cases: &[(&str, &str)] = &[
             // Markdown.
             ("**Sure**, I can hear you.", "Sure, I can hear you."),
-            ("## Title\n- item one\n- item two", "Title\nitem one\nitem two"),
+            (
+                "## Title\n- item one\n- item two",
+                "Title\nitem one\nitem two",
+            ),
             ("1. First\n2) Second", "First\nSecond"),
             ("> quoted *text*", "quoted text"),
-            ("See [the docs](https://x.example/a_b) now", "See the docs now"),
+            (
+                "See [the docs](https://x.example/a_b) now",
+                "See the docs now",
+            ),
             ("Look ![a cat](cat.png) here", "Look here"),
             ("Run `ls -l` please", "Run ls -l please"),
             ("Code:\n```rust\nfn main() {}\n```\nDone.", "Code:\nDone."),
@@ -377,8 +396,14 @@ mod tests {
             ("안녕하세요", "안녕하세요"),
             // Control characters, BOM, zero-width, smart punctuation, whitespace.
             ("\u{feff}Hi\u{0007} there\u{200b}!", "Hi there!"),
-            ("Say \u{201c}Quoted\u{201d} \u{2018}x\u{2019}\u{2026}", "Say \"Quoted\" 'x'..."),
-            ("  lots   of\t\tspace  \n\n\n\nnext  ", "lots of space\n\nnext"),
+            (
+                "Say \u{201c}Quoted\u{201d} \u{2018}x\u{2019}\u{2026}",
+                "Say \"Quoted\" 'x'...",
+            ),
+            (
+                "  lots   of\t\tspace  \n\n\n\nnext  ",
+                "lots of space\n\nnext",
+            ),
             ("", ""),
         ];
         for (input, want) in cases {
@@ -388,7 +413,22 @@ mod tests {
 
     #[test]
     fn sanitizer_never_panics_on_odd_input() {
-        for s in ["[", "![", "[a](", "<", "<a", "</", "```", "\u{0}", "1.", "#", ">", "[x]", "<<<>>>", "\u{10ffff}"] {
+        for s in [
+            "[",
+            "![",
+            "[a](",
+            "<",
+            "<a",
+            "</",
+            "```",
+            "\u{0}",
+            "1.",
+            "#",
+            ">",
+            "[x]",
+            "<<<>>>",
+            "\u{10ffff}",
+        ] {
             let _ = sanitize(s);
         }
     }
@@ -417,9 +457,15 @@ mod tests {
     #[test]
     fn first_segment_rules() {
         // A sentence end makes the first segment at once.
-        assert_eq!(live(L, &["Hi! How are", " you?"]), vec![vec!["Hi!"], vec!["How are you?"]]);
+        assert_eq!(
+            live(L, &["Hi! How are", " you?"]),
+            vec![vec!["Hi!"], vec!["How are you?"]]
+        );
         // A pause mark counts once the segment has the minimum length...
-        assert_eq!(live(L, &["Well, okay then, let me see"]), vec![vec!["Well, okay then,"]]);
+        assert_eq!(
+            live(L, &["Well, okay then, let me see"]),
+            vec![vec!["Well, okay then,"]]
+        );
         // ...not before.
         assert_eq!(live(L, &["So, what"]), vec![Vec::<String>::new()]);
         // No punctuation: cut at a word boundary beyond the maximum.
@@ -427,14 +473,29 @@ mod tests {
         let got = live(L, &[long]);
         assert_eq!(got[0], vec!["this is a long first sentence without"]);
         // CJK pause marks need no space.
-        assert_eq!(live(L, &["你好，我是小智。"]), vec![vec!["你好，我是小智。"]]);
-        assert_eq!(seg(SegmentLimits { first_min_chars: 2, ..L }, &["你好，", "我是小智。"]), vec!["你好，", "我是小智。"]);
+        assert_eq!(
+            live(L, &["你好，我是小智。"]),
+            vec![vec!["你好，我是小智。"]]
+        );
+        assert_eq!(
+            seg(
+                SegmentLimits {
+                    first_min_chars: 2,
+                    ..L
+                },
+                &["你好，", "我是小智。"]
+            ),
+            vec!["你好，", "我是小智。"]
+        );
     }
 
     #[test]
     fn later_segments_are_whole_sentences() {
         let got = live(L, &["First one. Then", ", a pause", " and more. Last"]);
-        assert_eq!(got, vec![vec!["First one."], vec![], vec!["Then, a pause and more."]]);
+        assert_eq!(
+            got,
+            vec![vec!["First one."], vec![], vec!["Then, a pause and more."]]
+        );
         assert_eq!(
             seg(L, &["One. Two, three. Four"]),
             vec!["One.", "Two, three.", "Four"]
@@ -457,9 +518,18 @@ mod tests {
 
     #[test]
     fn decimal_numbers_and_abbreviations_do_not_end_sentences() {
-        assert_eq!(seg(L, &["The price is 3.", "14 dollars today. Thanks"]), vec!["The price is 3.14 dollars today.", "Thanks"]);
-        assert_eq!(seg(L, &["Version 2.5 is out. Yes"]), vec!["Version 2.5 is out.", "Yes"]);
-        assert_eq!(seg(L, &["Ask Dr. Smith, e.g. tomorrow. Ok"]), vec!["Ask Dr. Smith,", "e.g. tomorrow.", "Ok"]);
+        assert_eq!(
+            seg(L, &["The price is 3.", "14 dollars today. Thanks"]),
+            vec!["The price is 3.14 dollars today.", "Thanks"]
+        );
+        assert_eq!(
+            seg(L, &["Version 2.5 is out. Yes"]),
+            vec!["Version 2.5 is out.", "Yes"]
+        );
+        assert_eq!(
+            seg(L, &["Ask Dr. Smith, e.g. tomorrow. Ok"]),
+            vec!["Ask Dr. Smith,", "e.g. tomorrow.", "Ok"]
+        );
         // A digit-dot at the very end waits, and the end of the stream settles it.
         assert_eq!(live(L, &["It costs 3."]), vec![Vec::<String>::new()]);
         assert_eq!(seg(L, &["It costs 3."]), vec!["It costs 3."]);
@@ -467,7 +537,10 @@ mod tests {
 
     #[test]
     fn stream_end_flushes_and_quotes_stay_with_their_sentence() {
-        assert_eq!(seg(L, &["He said \"stop.\" Then", " left"]), vec!["He said \"stop.\"", "Then left"]);
+        assert_eq!(
+            seg(L, &["He said \"stop.\" Then", " left"]),
+            vec!["He said \"stop.\"", "Then left"]
+        );
         assert_eq!(seg(L, &["no punctuation"]), vec!["no punctuation"]);
         assert_eq!(seg(L, &["   "]), Vec::<String>::new());
         let mut s = Segmenter::new(L);
