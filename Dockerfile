@@ -6,11 +6,12 @@
 #
 # All calls share one UDP port, so publishing that one port is all the media needs. Inside a
 # container the bound address is not the one browsers reach: set media.public_ips (NAT 1:1).
-# Debian packages here match scripts/setup.sh: libopus-dev to build, libopus0 to run.
+# Debian packages here match scripts/setup.sh: libopus-dev and libespeak-ng-dev to build, their
+# runtime libraries (and espeak-ng-data, the voices) to run.
 
 FROM rust:1.95-bookworm AS build
 RUN apt-get update \
- && apt-get install -y --no-install-recommends pkg-config libopus-dev \
+ && apt-get install -y --no-install-recommends pkg-config libopus-dev libespeak-ng-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -18,7 +19,7 @@ RUN cargo build --release --locked --bin voicegate
 
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libopus0 ca-certificates \
+ && apt-get install -y --no-install-recommends libopus0 libespeak-ng1 espeak-ng-data ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --no-create-home voicegate
 COPY --from=build /src/target/release/voicegate /usr/local/bin/voicegate

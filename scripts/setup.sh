@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Keep in step with the Dockerfile's build and runtime stages.
-build_packages=(pkg-config libopus-dev)
+build_packages=(pkg-config libopus-dev libespeak-ng-dev)
 test_packages=(chromium iproute2 util-linux nodejs npm)
 
 want=("${build_packages[@]}")

@@ -10,4 +10,5 @@ pub mod call;
 pub mod codec;
 pub mod supervisor;
 pub mod trace;
+pub mod tts;
 pub mod workers;

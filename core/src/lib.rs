@@ -14,6 +14,7 @@ pub mod jitter;
 pub mod pacer;
 pub mod pcm;
 pub mod random;
+pub mod resample;
 pub mod sdp;
 pub mod speech;
 pub mod text;

@@ -1,0 +1,381 @@
+//! The embedded espeak-ng engine (Debian `libespeak-ng`), offline.
+//!
+//! libespeak-ng keeps global state and synthesizes one text at a time, so one worker thread owns
+//! it and takes jobs from a queue; calls share it. It runs in synchronous mode with short
+//! buffers: the callback receives audio every few tens of milliseconds and hands each chunk to
+//! the requesting call at once, so the first frame can be on the wire before the sentence is
+//! done. The callback returns "abort" as soon as the requester dropped its stream (an interrupt),
+//! so a cancelled synthesis stops within one chunk. espeak-ng runs tens of times faster than
+//! real time; a long segment holds the queue for a fraction of its playing time.
+
+use super::{SynthStream, TtsEngine, TtsError, TtsFactory};
+use std::ffi::{CString, c_char, c_int, c_uint, c_void};
+use std::rc::Rc;
+use std::sync::mpsc as std_mpsc;
+use tokio::sync::mpsc;
+
+const ENGINE: &str = "espeak";
+/// Milliseconds of audio per callback: small, so audio streams out as it is made.
+const BUFFER_MS: c_int = 40;
+
+mod ffi {
+    use super::*;
+
+    pub const AUDIO_OUTPUT_SYNCHRONOUS: c_int = 2;
+    pub const INITIALIZE_DONT_EXIT: c_int = 0x8000;
+    pub const CHARS_UTF8: c_uint = 1;
+    pub const POS_CHARACTER: c_int = 1;
+    pub const RATE: c_int = 1;
+    pub const EE_OK: c_int = 0;
+
+    pub type SynthCallback = unsafe extern "C" fn(*mut i16, c_int, *mut c_void) -> c_int;
+
+    #[link(name = "espeak-ng")]
+    unsafe extern "C" {
+        pub fn espeak_Initialize(
+            output: c_int,
+            buflength: c_int,
+            path: *const c_char,
+            options: c_int,
+        ) -> c_int;
+        pub fn espeak_SetSynthCallback(cb: SynthCallback);
+        pub fn espeak_SetVoiceByName(name: *const c_char) -> c_int;
+        pub fn espeak_SetParameter(parameter: c_int, value: c_int, relative: c_int) -> c_int;
+        pub fn espeak_Synth(
+            text: *const c_void,
+            size: usize,
+            position: c_uint,
+            position_type: c_int,
+            end_position: c_uint,
+            flags: c_uint,
+            unique_identifier: *mut c_uint,
+            user_data: *mut c_void,
+        ) -> c_int;
+    }
+}
+
+/// Settings of the espeak-ng engine.
+#[derive(Debug, Clone)]
+pub struct EspeakSettings {
+    /// Voice name, e.g. `en-us`.
+    pub voice: String,
+    /// Speaking rate in words per minute (80-450).
+    pub rate_wpm: u32,
+}
+
+/// A request for the worker.
+enum Job {
+    /// Synthesize `text` with `voice` at `wpm`, streaming audio to `out`.
+    Synth {
+        text: CString,
+        voice: CString,
+        wpm: c_int,
+        out: mpsc::UnboundedSender<Vec<i16>>,
+        done: mpsc::UnboundedSender<Result<(), String>>,
+    },
+    /// Check that `voice` exists.
+    Check {
+        voice: CString,
+        reply: std_mpsc::Sender<bool>,
+    },
+}
+
+thread_local! {
+    /// The job the worker is synthesizing; read by the callback on the same thread.
+    static CURRENT: std::cell::RefCell<Option<mpsc::UnboundedSender<Vec<i16>>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Called by libespeak-ng on the worker thread with each chunk of audio.
+unsafe extern "C" fn on_audio(wav: *mut i16, samples: c_int, _events: *mut c_void) -> c_int {
+    CURRENT.with(|cur| {
+        let cur = cur.borrow();
+        let Some(out) = cur.as_ref() else {
+            return 1;
+        };
+        if out.is_closed() {
+            // The call dropped its stream: abort this synthesis.
+            return 1;
+        }
+        if !wav.is_null() && samples > 0 {
+            // SAFETY: libespeak-ng passes `samples` valid samples at `wav` for this call only;
+            // they are copied out before returning.
+            let chunk = unsafe { std::slice::from_raw_parts(wav, samples as usize) }.to_vec();
+            if out.send(chunk).is_err() {
+                return 1;
+            }
+        }
+        0
+    })
+}
+
+/// The process's one espeak-ng worker: its queue and the library's sample rate.
+static WORKER: std::sync::OnceLock<Result<(std_mpsc::Sender<Job>, u32), String>> =
+    std::sync::OnceLock::new();
+
+/// Starts the worker thread (once per process: libespeak-ng has global state).
+fn worker() -> Result<(std_mpsc::Sender<Job>, u32), String> {
+    WORKER
+        .get_or_init(|| {
+            let (jobs_tx, jobs_rx) = std_mpsc::channel::<Job>();
+            let (ready_tx, ready_rx) = std_mpsc::channel::<Result<u32, String>>();
+            std::thread::Builder::new()
+                .name("vg-espeak".into())
+                .spawn(move || run_worker(jobs_rx, ready_tx))
+                .map_err(|e| format!("cannot start the espeak-ng thread: {e}"))?;
+            let rate = ready_rx
+                .recv()
+                .map_err(|_| "the espeak-ng thread died".to_owned())??;
+            Ok((jobs_tx, rate))
+        })
+        .clone()
+}
+
+fn run_worker(jobs: std_mpsc::Receiver<Job>, ready: std_mpsc::Sender<Result<u32, String>>) {
+    // SAFETY: libespeak-ng is initialized and used only on this thread.
+    let rate = unsafe {
+        ffi::espeak_Initialize(
+            ffi::AUDIO_OUTPUT_SYNCHRONOUS,
+            BUFFER_MS,
+            std::ptr::null(),
+            ffi::INITIALIZE_DONT_EXIT,
+        )
+    };
+    if rate <= 0 {
+        let _ = ready.send(Err(
+            "espeak-ng could not initialize (is espeak-ng-data installed?)".into(),
+        ));
+        return;
+    }
+    // SAFETY: as above.
+    unsafe { ffi::espeak_SetSynthCallback(on_audio) };
+    let _ = ready.send(Ok(rate as u32));
+    let mut current: Option<(CString, c_int)> = None;
+    for job in jobs {
+        match job {
+            Job::Check { voice, reply } => {
+                // SAFETY: as above; `voice` outlives the call.
+                let ok = unsafe { ffi::espeak_SetVoiceByName(voice.as_ptr()) } == ffi::EE_OK;
+                current = None;
+                let _ = reply.send(ok);
+            }
+            Job::Synth {
+                text,
+                voice,
+                wpm,
+                out,
+                done,
+            } => {
+                if out.is_closed() {
+                    continue; // cancelled while queued
+                }
+                if current.as_ref() != Some(&(voice.clone(), wpm)) {
+                    // SAFETY: as above.
+                    unsafe {
+                        ffi::espeak_SetVoiceByName(voice.as_ptr());
+                        ffi::espeak_SetParameter(ffi::RATE, wpm, 0);
+                    }
+                    current = Some((voice, wpm));
+                }
+                CURRENT.with(|c| *c.borrow_mut() = Some(out));
+                let bytes = text.as_bytes_with_nul();
+                // SAFETY: `bytes` is a NUL-terminated UTF-8 string alive for the call; in
+                // synchronous mode espeak_Synth returns when synthesis finished or the callback
+                // aborted it.
+                let code = unsafe {
+                    ffi::espeak_Synth(
+                        bytes.as_ptr().cast(),
+                        bytes.len(),
+                        0,
+                        ffi::POS_CHARACTER,
+                        0,
+                        ffi::CHARS_UTF8,
+                        std::ptr::null_mut(),
+                        std::ptr::null_mut(),
+                    )
+                };
+                CURRENT.with(|c| *c.borrow_mut() = None);
+                let result = if code == ffi::EE_OK {
+                    Ok(())
+                } else {
+                    Err(format!("espeak_Synth failed with code {code}"))
+                };
+                let _ = done.send(result);
+            }
+        }
+    }
+}
+
+/// The engine factory.
+pub struct Espeak {
+    jobs: std_mpsc::Sender<Job>,
+    rate: u32,
+    voice: CString,
+    wpm: c_int,
+}
+
+impl Espeak {
+    /// Starts (or joins) the espeak-ng worker and checks the voice. Fails if the library, its
+    /// data or the voice is missing.
+    pub fn start(settings: &EspeakSettings) -> Result<Espeak, String> {
+        let voice = CString::new(settings.voice.clone())
+            .map_err(|_| "voice name has a NUL byte".to_owned())?;
+        let (jobs, rate) = worker()?;
+        let (reply_tx, reply_rx) = std_mpsc::channel();
+        jobs.send(Job::Check {
+            voice: voice.clone(),
+            reply: reply_tx,
+        })
+        .map_err(|_| "the espeak-ng thread died".to_owned())?;
+        if !reply_rx
+            .recv()
+            .map_err(|_| "the espeak-ng thread died".to_owned())?
+        {
+            return Err(format!("espeak-ng has no voice {:?}", settings.voice));
+        }
+        Ok(Espeak {
+            jobs,
+            rate,
+            voice,
+            wpm: settings.rate_wpm.clamp(80, 450) as c_int,
+        })
+    }
+}
+
+impl TtsFactory for Espeak {
+    fn for_call(&self) -> Rc<dyn TtsEngine> {
+        Rc::new(EspeakEngine {
+            jobs: self.jobs.clone(),
+            rate: self.rate,
+            voice: self.voice.clone(),
+            wpm: self.wpm,
+        })
+    }
+}
+
+/// A call's handle on the shared worker.
+struct EspeakEngine {
+    jobs: std_mpsc::Sender<Job>,
+    rate: u32,
+    voice: CString,
+    wpm: c_int,
+}
+
+impl TtsEngine for EspeakEngine {
+    fn name(&self) -> &'static str {
+        ENGINE
+    }
+
+    fn sample_rate(&self) -> u32 {
+        self.rate
+    }
+
+    fn synthesize(&self, text: &str) -> SynthStream {
+        let err = |detail: String| -> SynthStream {
+            Box::pin(futures_util::stream::iter([Err(TtsError {
+                engine: ENGINE,
+                detail,
+            })]))
+        };
+        let Ok(text) = CString::new(text.replace('\0', " ")) else {
+            return err("text has a NUL byte".into());
+        };
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let job = Job::Synth {
+            text,
+            voice: self.voice.clone(),
+            wpm: self.wpm,
+            out: out_tx,
+            done: done_tx,
+        };
+        if self.jobs.send(job).is_err() {
+            return err("the espeak-ng worker is gone".into());
+        }
+        // Audio chunks first, then the worker's verdict.
+        Box::pin(futures_util::stream::unfold(
+            (out_rx, Some(done_rx)),
+            |(mut out, done)| async move {
+                if let Some(chunk) = out.recv().await {
+                    return Some((Ok(chunk), (out, done)));
+                }
+                let mut done = done?;
+                match done.recv().await {
+                    Some(Ok(())) | None => None,
+                    Some(Err(detail)) => Some((
+                        Err(TtsError {
+                            engine: ENGINE,
+                            detail,
+                        }),
+                        (out, None),
+                    )),
+                }
+            },
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+
+    #[actix_rt::test]
+    async fn speaks_a_sentence_in_several_chunks_at_its_rate() {
+        let espeak = Espeak::start(&EspeakSettings {
+            voice: "en-us".into(),
+            rate_wpm: 175,
+        })
+        .expect("espeak-ng is installed by scripts/setup.sh");
+        let engine = espeak.for_call();
+        assert_eq!(engine.sample_rate(), 22_050);
+        let chunks: Vec<_> = engine
+            .synthesize("Hello world, this is a test of the speech engine.")
+            .collect()
+            .await;
+        assert!(chunks.iter().all(|c| c.is_ok()));
+        let samples: usize = chunks.iter().map(|c| c.as_ref().map_or(0, Vec::len)).sum();
+        let secs = samples as f64 / 22_050.0;
+        assert!((1.5..6.0).contains(&secs), "{secs} s of speech");
+        assert!(
+            chunks.len() > 10,
+            "audio streams in chunks, got {}",
+            chunks.len()
+        );
+        let pcm: Vec<i16> = chunks.into_iter().flatten().flatten().collect();
+        assert!(voicegate_core::tone::rms(&pcm) > 500.0, "it is not silence");
+    }
+
+    #[actix_rt::test]
+    async fn dropping_the_stream_stops_the_worker_for_the_next_job() {
+        let espeak = Espeak::start(&EspeakSettings {
+            voice: "en-us".into(),
+            rate_wpm: 175,
+        })
+        .unwrap();
+        let engine = espeak.for_call();
+        let long = "This is a very long sentence that goes on and on. ".repeat(40);
+        let mut s = engine.synthesize(&long);
+        let first = s.next().await;
+        assert!(matches!(first, Some(Ok(_))));
+        drop(s);
+        // The next job is served promptly: the long one was aborted, not finished.
+        let t = std::time::Instant::now();
+        let n = engine.synthesize("Next.").count().await;
+        assert!(n > 0);
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(2),
+            "waited {:?}",
+            t.elapsed()
+        );
+    }
+
+    #[test]
+    fn unknown_voice_is_a_startup_error() {
+        let err = Espeak::start(&EspeakSettings {
+            voice: "no-such-voice-xx".into(),
+            rate_wpm: 175,
+        })
+        .err();
+        assert!(err.is_some_and(|e| e.contains("no voice")));
+    }
+}

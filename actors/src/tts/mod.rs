@@ -1,0 +1,47 @@
+//! Speech synthesis engines behind one trait, chosen per call by configuration.
+//!
+//! An engine turns one segment of text into a stream of PCM chunks at its native rate; dropping
+//! the stream cancels the synthesis (the espeak-ng worker stops at its next chunk, an HTTP
+//! request is aborted). Engines live on the call's media worker, so they need not be `Send`.
+//! The [`TtsFactory`] is built once at startup (that is where a missing library or a bad
+//! setting is reported) and hands each call its engine.
+//!
+//! Engines (`tts.engine`): `espeak` (embedded espeak-ng, offline, the default) and `openai` (an
+//! OpenAI-compatible `POST /v1/audio/speech`, streamed PCM).
+
+pub mod espeak;
+pub mod openai;
+
+use futures_util::Stream;
+use std::pin::Pin;
+use std::rc::Rc;
+
+/// A synthesis in progress: PCM chunks (mono i16 at the engine's rate), then the end of the
+/// stream; an `Err` item ends it as failed.
+pub type SynthStream = Pin<Box<dyn Stream<Item = Result<Vec<i16>, TtsError>>>>;
+
+/// Why a synthesis failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{engine}: {detail}")]
+pub struct TtsError {
+    /// The engine's name.
+    pub engine: &'static str,
+    /// What happened.
+    pub detail: String,
+}
+
+/// One call's speech engine.
+pub trait TtsEngine {
+    /// The engine's name, for logs.
+    fn name(&self) -> &'static str;
+    /// The rate of the PCM it produces.
+    fn sample_rate(&self) -> u32;
+    /// Starts synthesizing `text`.
+    fn synthesize(&self, text: &str) -> SynthStream;
+}
+
+/// Makes each call's engine.
+pub trait TtsFactory: Send + Sync {
+    /// The engine for a new call; runs on the call's worker.
+    fn for_call(&self) -> Rc<dyn TtsEngine>;
+}

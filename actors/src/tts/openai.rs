@@ -1,0 +1,196 @@
+//! An OpenAI-compatible speech engine: `POST {base_url}/v1/audio/speech`, streamed PCM.
+//!
+//! The request asks for `response_format: "pcm"` (16-bit little-endian mono at the server's rate,
+//! 24 kHz for OpenAI) and the body is read as it arrives, so audio plays while the server is
+//! still producing it. Many self-hosted servers speak the same API. Dropping the stream aborts the
+//! request. A non-2xx status or a transport error ends the stream with an error.
+
+use super::{SynthStream, TtsEngine, TtsError, TtsFactory};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use std::rc::Rc;
+use std::time::Duration;
+
+const ENGINE: &str = "openai";
+
+/// Settings of the HTTP engine.
+#[derive(Clone)]
+pub struct OpenAiTtsSettings {
+    /// Base URL, e.g. `https://api.openai.com`.
+    pub base_url: String,
+    /// Bearer token; empty sends no Authorization header.
+    pub api_key: String,
+    /// Model, e.g. `gpt-4o-mini-tts`.
+    pub model: String,
+    /// Voice, e.g. `alloy`.
+    pub voice: String,
+    /// The rate the server's PCM comes at.
+    pub sample_rate: u32,
+    /// Longest wait for the response to start.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for OpenAiTtsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenAiTtsSettings")
+            .field("base_url", &self.base_url)
+            .field("api_key", &if self.api_key.is_empty() { "" } else { "***" })
+            .field("model", &self.model)
+            .field("voice", &self.voice)
+            .field("sample_rate", &self.sample_rate)
+            .finish()
+    }
+}
+
+/// The factory.
+pub struct OpenAiTts {
+    settings: OpenAiTtsSettings,
+}
+
+impl OpenAiTts {
+    /// A factory for `settings`.
+    pub fn new(settings: OpenAiTtsSettings) -> Self {
+        OpenAiTts { settings }
+    }
+}
+
+impl TtsFactory for OpenAiTts {
+    fn for_call(&self) -> Rc<dyn TtsEngine> {
+        let s = self.settings.clone();
+        // The HTTP client is per call: it lives on the call's worker thread.
+        let client = awc::Client::builder().timeout(s.timeout).finish();
+        Rc::new(OpenAiEngine {
+            settings: s,
+            client,
+        })
+    }
+}
+
+struct OpenAiEngine {
+    settings: OpenAiTtsSettings,
+    client: awc::Client,
+}
+
+impl TtsEngine for OpenAiEngine {
+    fn name(&self) -> &'static str {
+        ENGINE
+    }
+
+    fn sample_rate(&self) -> u32 {
+        self.settings.sample_rate
+    }
+
+    fn synthesize(&self, text: &str) -> SynthStream {
+        let s = &self.settings;
+        let url = format!("{}/v1/audio/speech", s.base_url.trim_end_matches('/'));
+        let mut req = self
+            .client
+            .post(url.clone())
+            .insert_header(("Accept", "audio/pcm"));
+        if !s.api_key.is_empty() {
+            req = req.bearer_auth(&s.api_key);
+        }
+        let body = serde_json::json!({
+            "model": s.model,
+            "input": text,
+            "voice": s.voice,
+            "response_format": "pcm",
+        });
+        let send = req.send_json(&body);
+        let err = |detail: String| TtsError {
+            engine: ENGINE,
+            detail,
+        };
+        Box::pin(
+            futures_util::stream::once(async move {
+                let res = send.await.map_err(|e| err(format!("{url}: {e}")))?;
+                let status = res.status();
+                if !status.is_success() {
+                    let mut res = res;
+                    let body = res.body().limit(512).await.unwrap_or_default();
+                    return Err(err(format!(
+                        "{url}: HTTP {status}: {}",
+                        String::from_utf8_lossy(&body).trim()
+                    )));
+                }
+                Ok(res)
+            })
+            .map(move |res| match res {
+                Ok(res) => pcm_chunks(res).boxed_local(),
+                Err(e) => futures_util::stream::iter([Err(e)]).boxed_local(),
+            })
+            .flatten(),
+        )
+    }
+}
+
+/// The response body as i16 chunks, carrying an odd byte over to the next chunk.
+fn pcm_chunks<S, E>(body: S) -> impl futures_util::Stream<Item = Result<Vec<i16>, TtsError>>
+where
+    S: futures_util::Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    futures_util::stream::unfold(
+        (body, None::<u8>, false),
+        |(mut body, carry, done)| async move {
+            if done {
+                return None;
+            }
+            match body.next().await {
+                None => None,
+                Some(Err(e)) => Some((
+                    Err(TtsError {
+                        engine: ENGINE,
+                        detail: format!("reading audio: {e}"),
+                    }),
+                    (body, None, true),
+                )),
+                Some(Ok(bytes)) => {
+                    let mut data: Vec<u8> = Vec::with_capacity(bytes.len() + 1);
+                    data.extend(carry);
+                    data.extend_from_slice(&bytes);
+                    let next_carry = (data.len() % 2 == 1).then(|| data[data.len() - 1]);
+                    // A lone byte yields an empty chunk and waits in `carry` for its partner.
+                    let samples: Vec<i16> = data
+                        .chunks_exact(2)
+                        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+                        .collect();
+                    Some((Ok(samples), (body, next_carry, false)))
+                }
+            }
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[actix_rt::test]
+    async fn odd_byte_chunks_reassemble() {
+        let chunks: Vec<Result<Bytes, String>> = vec![
+            Ok(Bytes::from_static(&[1, 0, 2])),
+            Ok(Bytes::from_static(&[0, 3])),
+            Ok(Bytes::from_static(&[0])),
+        ];
+        let out: Vec<i16> = pcm_chunks(futures_util::stream::iter(chunks))
+            .map(|r| r.unwrap())
+            .collect::<Vec<_>>()
+            .await
+            .concat();
+        assert_eq!(out, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn debug_hides_the_key() {
+        let s = OpenAiTtsSettings {
+            base_url: "http://x".into(),
+            api_key: "sk-secret".into(),
+            model: "m".into(),
+            voice: "v".into(),
+            sample_rate: 24_000,
+            timeout: Duration::from_secs(1),
+        };
+        assert!(!format!("{s:?}").contains("sk-secret"));
+    }
+}
