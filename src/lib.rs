@@ -4,6 +4,7 @@
 //! ([`http`]), and startup ([`server`]). The supervision tree lives in `voicegate-actors`, the
 //! WebRTC shell in `voicegate-media`, and the pure cores in `voicegate-core`.
 
+pub mod demo;
 pub mod http;
 pub mod server;
 pub mod settings;

@@ -37,7 +37,11 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let cfg = Settings::load(config.as_deref())?.validate()?;
-    init_tracing(&cfg.log.filter, cfg.log.format);
+    let mut filter = cfg.log.filter.clone();
+    if cfg.trace_messages {
+        filter.push_str(",voicegate::messages=trace");
+    }
+    init_tracing(&filter, cfg.log.format);
 
     actix::System::new().block_on(async move {
         let running = server::start(&cfg)?;

@@ -3,12 +3,16 @@
 //! Used by `main` and by the integration tests, so tests run the real service on free ports.
 
 use crate::http::{self, HttpState};
-use crate::settings::Validated;
+use crate::settings::{DialogTarget, TtsChoice, Validated};
 use actix::{Actor, Addr};
 use actix_web::{App, HttpServer, web};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use voicegate_actors::call::CallServices;
 use voicegate_actors::supervisor::Supervisor;
+use voicegate_actors::tts::TtsFactory;
+use voicegate_actors::tts::espeak::Espeak;
+use voicegate_actors::tts::openai::OpenAiTts;
 use voicegate_media::MediaPlane;
 
 /// A running service.
@@ -44,16 +48,41 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The speech engine could not start.
+    #[error("tts.engine: {0}")]
+    Tts(String),
 }
 
 /// Starts everything. Must run inside an actix system.
 pub fn start(cfg: &Validated) -> Result<Running, StartError> {
+    // HTTP is bound first: the embedded demo dialog app is reached on the bound address.
+    let http_err = |source| StartError::Http {
+        addr: cfg.http_bind,
+        source,
+    };
+    let listener = std::net::TcpListener::bind(cfg.http_bind).map_err(http_err)?;
+    let http_addr = listener.local_addr().map_err(http_err)?;
     let plane = MediaPlane::start(&cfg.media).map_err(|source| StartError::Media {
         addr: cfg.media.bind,
         source,
     })?;
     let media_addr = plane.mux().local_addr();
-    let supervisor = Supervisor::new(cfg.calls.clone(), plane.clone(), cfg.media.workers).start();
+    let tts: Arc<dyn TtsFactory> = match &cfg.tts {
+        TtsChoice::Espeak(s) => Arc::new(Espeak::start(s).map_err(StartError::Tts)?),
+        TtsChoice::OpenAi(s) => Arc::new(OpenAiTts::new(s.clone())),
+    };
+    let mut dialog = cfg.dialog.clone();
+    dialog.url = match &cfg.dialog_target {
+        DialogTarget::Demo => demo_url(http_addr),
+        DialogTarget::Url(u) => u.clone(),
+    };
+    let dialog_shown = voicegate_core::dialog::redact(&dialog.url);
+    let services = CallServices {
+        plane: plane.clone(),
+        tts,
+        dialog: Arc::new(dialog),
+    };
+    let supervisor = Supervisor::new(cfg.calls.clone(), services, cfg.media.workers).start();
     let state = web::Data::new(HttpState {
         supervisor: supervisor.clone(),
         allowed_origins: Arc::new(cfg.allowed_origins.clone()),
@@ -65,17 +94,14 @@ pub fn start(cfg: &Validated) -> Result<Running, StartError> {
             // Signals are handled by main, which ends the calls before stopping HTTP.
             .disable_signals()
             .shutdown_timeout(5)
-            .bind(cfg.http_bind)
-            .map_err(|source| StartError::Http {
-                addr: cfg.http_bind,
-                source,
-            })?;
-    let http_addr = server.addrs().first().copied().unwrap_or(cfg.http_bind);
-    let server = server.run();
+            .listen(listener)
+            .map_err(http_err)?
+            .run();
     tracing::info!(
         media = %media_addr,
         advertised = ?plane.candidate_addresses(),
         media_workers = cfg.media.workers,
+        dialog = %dialog_shown,
         "listening on {http_addr}"
     );
     Ok(Running {
@@ -85,4 +111,20 @@ pub fn start(cfg: &Validated) -> Result<Running, StartError> {
         plane,
         server,
     })
+}
+
+/// The embedded demo app's URL on this server (loopback when bound to every interface).
+fn demo_url(http: SocketAddr) -> url::Url {
+    let ip = if http.ip().is_unspecified() {
+        if http.is_ipv4() {
+            std::net::IpAddr::from([127, 0, 0, 1])
+        } else {
+            std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
+        }
+    } else {
+        http.ip()
+    };
+    let host = SocketAddr::new(ip, http.port());
+    url::Url::parse(&format!("ws://{host}/dialog/demo"))
+        .expect("a socket address makes a valid URL")
 }

@@ -9,10 +9,15 @@
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
-use voicegate_actors::call::CallSettings;
+use voicegate_actors::call::{CallSettings, HoldPrompts};
+use voicegate_actors::dialog::DialogSettings;
+use voicegate_actors::tts::espeak::EspeakSettings;
+use voicegate_actors::tts::openai::OpenAiTtsSettings;
 use voicegate_core::call_id;
 use voicegate_core::codec::EncoderSettings;
 use voicegate_core::ice::{self, IceServer};
+use voicegate_core::speech::PlayerSettings;
+use voicegate_core::text::SegmentLimits;
 use voicegate_media::MediaSettings;
 
 /// The built-in defaults; also the documentation of every key.
@@ -31,10 +36,149 @@ pub struct Settings {
     pub media: Media,
     /// `[calls]`
     pub calls: Calls,
+    /// `[dialog]`
+    pub dialog: Dialog,
+    /// `[tts]`
+    pub tts: Tts,
+    /// `[supervision]`
+    pub supervision: Supervision,
     /// `[echo]`
     pub echo: Echo,
     /// `[log]`
     pub log: Log,
+    /// `[tracing]`
+    pub tracing: Tracing,
+}
+
+/// `[dialog]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dialog {
+    /// URL or `demo`.
+    pub url: String,
+    /// Dial timeout.
+    pub connect_timeout_ms: u64,
+    /// Ping interval.
+    pub ping_interval_ms: u64,
+    /// Silence tolerated after a ping.
+    pub pong_timeout_ms: u64,
+    /// Reconnect attempts.
+    pub reconnect_attempts: u32,
+    /// First reconnect delay.
+    pub reconnect_initial_ms: u64,
+    /// Reconnect delay cap.
+    pub reconnect_max_ms: u64,
+    /// Events kept while disconnected.
+    pub event_buffer: usize,
+    /// Hold prompt on loss.
+    pub hold_first: String,
+    /// Hold prompt per retry.
+    pub hold_retry: String,
+    /// Prompt when giving up.
+    pub hold_give_up: String,
+}
+
+/// `[tts]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tts {
+    /// `espeak` or `openai`.
+    pub engine: String,
+    /// Synthesis prefetch.
+    pub prefetch_segments: usize,
+    /// `[tts.segment]`
+    pub segment: TtsSegment,
+    /// `[tts.espeak]`
+    pub espeak: TtsEspeak,
+    /// `[tts.openai]`
+    pub openai: TtsOpenAi,
+}
+
+/// `[tts.segment]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TtsSegment {
+    /// First segment minimum before a pause mark.
+    pub first_min_chars: usize,
+    /// First segment maximum.
+    pub first_max_chars: usize,
+    /// Later segment maximum.
+    pub max_chars: usize,
+}
+
+/// `[tts.espeak]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TtsEspeak {
+    /// Voice.
+    pub voice: String,
+    /// Words per minute.
+    pub rate_wpm: u32,
+}
+
+/// `[tts.openai]`
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TtsOpenAi {
+    /// Base URL.
+    pub base_url: String,
+    /// API key.
+    pub api_key: String,
+    /// Model.
+    pub model: String,
+    /// Voice.
+    pub voice: String,
+    /// PCM rate of the responses.
+    pub sample_rate: u32,
+    /// Response timeout.
+    pub timeout_ms: u64,
+}
+
+impl std::fmt::Debug for TtsOpenAi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TtsOpenAi")
+            .field("base_url", &self.base_url)
+            .field("api_key", &if self.api_key.is_empty() { "" } else { "***" })
+            .field("model", &self.model)
+            .field("voice", &self.voice)
+            .finish()
+    }
+}
+
+/// `[supervision]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Supervision {
+    /// Restarts allowed in the window.
+    pub max_restarts: usize,
+    /// The window.
+    pub window_ms: u64,
+}
+
+/// `[tracing]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tracing {
+    /// Log every actor message.
+    pub messages: bool,
+}
+
+/// Which speech engine, validated.
+#[derive(Debug, Clone)]
+pub enum TtsChoice {
+    /// Embedded espeak-ng.
+    Espeak(EspeakSettings),
+    /// OpenAI-compatible HTTP.
+    OpenAi(OpenAiTtsSettings),
+}
+
+/// Where the dialog app is.
+#[derive(Debug, Clone)]
+pub enum DialogTarget {
+    /// The embedded demo app on this server's HTTP address.
+    Demo,
+    /// An external app.
+    Url(url::Url),
 }
 
 /// `[http]`
@@ -175,8 +319,16 @@ pub struct Validated {
     pub media: MediaSettings,
     /// Per-call settings.
     pub calls: CallSettings,
+    /// The speech engine.
+    pub tts: TtsChoice,
+    /// The dialog app.
+    pub dialog_target: DialogTarget,
+    /// The dialog connection (its URL is set once the target is resolved).
+    pub dialog: DialogSettings,
     /// Log settings.
     pub log: Log,
+    /// Log every actor message.
+    pub trace_messages: bool,
 }
 
 impl Settings {
@@ -270,6 +422,78 @@ impl Settings {
             return Err(invalid("calls.rtp_timeout_ms", "must be at least 1000"));
         }
 
+        let d = &self.dialog;
+        let dialog_target = match d.url.trim() {
+            "demo" => DialogTarget::Demo,
+            raw => {
+                let url = url::Url::parse(raw).map_err(|e| {
+                    invalid(
+                        "dialog.url",
+                        format!("{e} (want ws://, wss:// or \"demo\")"),
+                    )
+                })?;
+                if !matches!(url.scheme(), "ws" | "wss") {
+                    return Err(invalid("dialog.url", "must be ws://, wss:// or \"demo\""));
+                }
+                DialogTarget::Url(url)
+            }
+        };
+        if d.ping_interval_ms < 100 || d.connect_timeout_ms == 0 {
+            return Err(invalid(
+                "dialog.ping_interval_ms",
+                "must be at least 100 (and connect_timeout_ms above 0)",
+            ));
+        }
+        let dialog = DialogSettings {
+            url: url::Url::parse("ws://127.0.0.1/").expect("a constant URL parses"),
+            connect_timeout: Duration::from_millis(d.connect_timeout_ms),
+            ping_interval: Duration::from_millis(d.ping_interval_ms),
+            pong_timeout: Duration::from_millis(d.pong_timeout_ms),
+            reconnect_attempts: d.reconnect_attempts,
+            reconnect_initial: Duration::from_millis(d.reconnect_initial_ms.max(1)),
+            reconnect_max: Duration::from_millis(
+                d.reconnect_max_ms.max(d.reconnect_initial_ms.max(1)),
+            ),
+            event_buffer: d.event_buffer.max(1),
+        };
+        let tts = match self.tts.engine.trim() {
+            "espeak" => TtsChoice::Espeak(EspeakSettings {
+                voice: self.tts.espeak.voice.clone(),
+                rate_wpm: self.tts.espeak.rate_wpm,
+            }),
+            "openai" => {
+                let o = &self.tts.openai;
+                url::Url::parse(&o.base_url).map_err(|e| invalid("tts.openai.base_url", e))?;
+                if !matches!(o.sample_rate, 8000..=48000) {
+                    return Err(invalid("tts.openai.sample_rate", "must be 8000 to 48000"));
+                }
+                TtsChoice::OpenAi(OpenAiTtsSettings {
+                    base_url: o.base_url.clone(),
+                    api_key: o.api_key.clone(),
+                    model: o.model.clone(),
+                    voice: o.voice.clone(),
+                    sample_rate: o.sample_rate,
+                    timeout: Duration::from_millis(o.timeout_ms.max(1)),
+                })
+            }
+            other => {
+                return Err(invalid(
+                    "tts.engine",
+                    format!("{other:?}: want \"espeak\" or \"openai\""),
+                ));
+            }
+        };
+        let seg = &self.tts.segment;
+        if seg.first_min_chars == 0
+            || seg.first_max_chars < seg.first_min_chars
+            || seg.max_chars < 20
+        {
+            return Err(invalid(
+                "tts.segment",
+                "want first_min_chars >= 1, first_max_chars >= first_min_chars, max_chars >= 20",
+            ));
+        }
+
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let workers = |n: usize| if n == 0 { cores } else { n };
         let media = MediaSettings {
@@ -298,6 +522,21 @@ impl Settings {
                 expected_loss_percent: self.media.opus.expected_loss_percent,
             },
             echo_delay_frames: (self.echo.delay_ms / frame) as usize,
+            player: PlayerSettings {
+                limits: SegmentLimits {
+                    first_min_chars: seg.first_min_chars,
+                    first_max_chars: seg.first_max_chars,
+                    max_chars: seg.max_chars,
+                },
+                prefetch: self.tts.prefetch_segments.max(1),
+            },
+            max_restarts: self.supervision.max_restarts,
+            restart_window: Duration::from_millis(self.supervision.window_ms),
+            hold: HoldPrompts {
+                first: d.hold_first.clone(),
+                retry: d.hold_retry.clone(),
+                give_up: d.hold_give_up.clone(),
+            },
         };
         Ok(Validated {
             http_bind,
@@ -306,7 +545,11 @@ impl Settings {
             http_workers: workers(self.http.workers),
             media,
             calls,
+            tts,
+            dialog_target,
+            dialog,
             log: self.log.clone(),
+            trace_messages: self.tracing.messages,
         })
     }
 }
@@ -335,7 +578,11 @@ mod tests {
         assert!(s.media.public_ips.is_empty());
         assert_eq!(s.media.ice_servers, "");
         assert_eq!(s.calls.id_prefix, "wrtc");
+        assert_eq!(s.dialog.url, "demo");
+        assert_eq!(s.tts.engine, "espeak");
         let v = s.validate().unwrap();
+        assert!(matches!(v.dialog_target, DialogTarget::Demo));
+        assert!(matches!(v.tts, TtsChoice::Espeak(_)));
         assert_eq!(v.media.bind.port(), 50000);
         assert!(v.media.workers >= 1);
     }

@@ -19,6 +19,8 @@
 use crate::trace_msg;
 use actix::prelude::*;
 use bytes::Bytes;
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use voicegate_core::call_id::CallId;
@@ -27,15 +29,12 @@ use voicegate_core::codec::{
 };
 use voicegate_core::pacer::Pacer;
 use voicegate_core::pcm::{Playout, Tag};
-use voicegate_core::random;
 use voicegate_core::timeline::Timeline;
 use voicegate_media::peer::OPUS_PT;
 use voicegate_media::{RtpWriter, TrackRemote, TrackRemoteEvent};
 
 /// Length of a frame everywhere in the call.
 pub const FRAME: Duration = Duration::from_millis(20);
-/// The RTP clock of Opus (RFC 7587 §4.1).
-const RTP_CLOCK: u32 = 48_000;
 /// How often RTP silence is checked.
 const RTP_WATCH: Duration = Duration::from_millis(500);
 
@@ -131,6 +130,24 @@ pub struct CodecStats {
 #[rtype(result = "CodecStats")]
 pub struct GetStats;
 
+/// What a codec is built from.
+pub struct CodecSetup {
+    /// The call's id.
+    pub call_id: CallId,
+    /// The call's span.
+    pub span: tracing::Span,
+    /// Settings.
+    pub settings: CodecSettings,
+    /// The caller's track, if it already arrived.
+    pub track: Option<Arc<dyn TrackRemote>>,
+    /// Where our RTP goes.
+    pub writer: RtpWriter,
+    /// Our RTP numbering, shared with the call.
+    pub timeline: Rc<RefCell<Timeline>>,
+    /// The call actor.
+    pub parent: Recipient<CodecEvent>,
+}
+
 /// The actor.
 pub struct AudioCodec {
     /// The call's id, for message tracing.
@@ -145,8 +162,8 @@ pub struct AudioCodec {
     playout: Playout,
     /// The 20 ms clock.
     pacer: Pacer,
-    /// Sequence numbers and timestamps.
-    timeline: Timeline,
+    /// Sequence numbers and timestamps; shared with the call so a restarted codec continues them.
+    timeline: Rc<RefCell<Timeline>>,
     /// Where packets go.
     writer: RtpWriter,
     /// The call actor.
@@ -155,8 +172,9 @@ pub struct AudioCodec {
     frame: Vec<i16>,
     /// Echo mode.
     echo: bool,
-    /// When the last RTP packet arrived.
-    last_rtp: Instant,
+    /// When the last RTP packet arrived; `None` before the first (a caller without a microphone
+    /// sends none, and is not timed out for it: ICE and DTLS notice a browser that is gone).
+    last_rtp: Option<Instant>,
     /// RTP silence limit.
     rtp_timeout: Duration,
     /// The silence was reported already.
@@ -174,17 +192,18 @@ pub struct AudioCodec {
 }
 
 impl AudioCodec {
-    /// Builds the codec and starts draining `track`. Runs inside `AudioCodec::create`, so the
-    /// actor lives on the caller's worker.
-    pub fn new(
-        call_id: CallId,
-        span: tracing::Span,
-        settings: CodecSettings,
-        track: Option<Arc<dyn TrackRemote>>,
-        writer: RtpWriter,
-        parent: Recipient<CodecEvent>,
-        ctx: &mut Context<Self>,
-    ) -> Self {
+    /// Builds the codec and starts draining the caller's track. Runs inside
+    /// `AudioCodec::create`, so the actor lives on the caller's worker.
+    pub fn new(setup: CodecSetup, ctx: &mut Context<Self>) -> Self {
+        let CodecSetup {
+            call_id,
+            span,
+            settings,
+            track,
+            writer,
+            timeline,
+            parent,
+        } = setup;
         if let Some(track) = track {
             attach(track, ctx);
         }
@@ -224,12 +243,12 @@ impl AudioCodec {
                 settings.max_queue_frames,
             ),
             pacer: Pacer::new(FRAME, settings.max_catch_up),
-            timeline: Timeline::new(FRAME, RTP_CLOCK, random::u16(), random::u32()),
+            timeline,
             writer,
             parent,
             frame: vec![0; frame_samples],
             echo: settings.echo,
-            last_rtp: Instant::now(),
+            last_rtp: None,
             rtp_timeout: settings.rtp_timeout,
             rtp_timeout_reported: false,
             tick: None,
@@ -255,7 +274,9 @@ impl Actor for AudioCodec {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(RTP_WATCH, |act, _ctx| {
-            if !act.rtp_timeout_reported && act.last_rtp.elapsed() > act.rtp_timeout {
+            if !act.rtp_timeout_reported
+                && act.last_rtp.is_some_and(|t| t.elapsed() > act.rtp_timeout)
+            {
                 trace_msg!(act.call_id, "codec" => "call", "CodecEvent::RtpTimeout");
                 act.parent.do_send(CodecEvent::RtpTimeout);
                 // Report once; the call ends this actor.
@@ -300,7 +321,7 @@ impl StreamHandler<TrackRemoteEvent> for AudioCodec {
     fn handle(&mut self, event: TrackRemoteEvent, ctx: &mut Self::Context) {
         if let TrackRemoteEvent::OnRtpPacket(p) = event {
             let now = Instant::now();
-            self.last_rtp = now;
+            self.last_rtp = Some(now);
             if p.header.payload_type != OPUS_PT {
                 return;
             }
@@ -394,6 +415,21 @@ fn attach(track: Arc<dyn TrackRemote>, ctx: &mut Context<AudioCodec>) {
     ctx.add_stream(stream);
 }
 
+/// Test-only fault injection: the codec panics in a handler, as a bug would.
+#[cfg(feature = "test-hooks")]
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct InjectPanic;
+
+#[cfg(feature = "test-hooks")]
+impl Handler<InjectPanic> for AudioCodec {
+    type Result = ();
+
+    fn handle(&mut self, _: InjectPanic, _ctx: &mut Self::Context) {
+        panic!("injected codec fault (test hook)");
+    }
+}
+
 impl Handler<GetStats> for AudioCodec {
     type Result = MessageResult<GetStats>;
 
@@ -445,12 +481,12 @@ impl AudioCodec {
         self.tick = None;
         let now = Instant::now();
         let due = self.pacer.poll(now);
-        self.timeline.skip(due.skipped);
+        self.timeline.borrow_mut().skip(due.skipped);
         for _ in 0..due.send {
             let Some(frame) = self.playout.pop(&mut self.frame) else {
                 // Ran dry: the talkspurt ends; the next one is marked and its timestamp jumps.
                 self.pacer.stop();
-                self.timeline.end_talkspurt();
+                self.timeline.borrow_mut().end_talkspurt();
                 return;
             };
             if (frame.first || frame.last) && frame.tag != ECHO_TAG {
@@ -469,7 +505,7 @@ impl AudioCodec {
                     return;
                 }
             };
-            let stamp = self.timeline.stamp(now);
+            let stamp = self.timeline.borrow_mut().stamp(now);
             let writer = self.writer.clone();
             // `wait` keeps packets in order and applies the connection's back-pressure.
             ctx.wait(

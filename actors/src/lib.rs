@@ -8,6 +8,8 @@
 
 pub mod call;
 pub mod codec;
+pub mod dialog;
+pub mod speaker;
 pub mod supervisor;
 pub mod trace;
 pub mod tts;

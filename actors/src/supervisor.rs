@@ -10,7 +10,9 @@
 //! the registry; the registry therefore also drops entries whose actor is no longer alive when
 //! it is read.
 
-use crate::call::{CallActor, CallEvent, CallMode, CallSettings, End, EndReason, Negotiate, Offer};
+use crate::call::{
+    CallActor, CallEvent, CallServices, CallSettings, End, EndReason, Negotiate, Offer,
+};
 use crate::trace_msg;
 use crate::workers::Workers;
 use actix::prelude::*;
@@ -18,7 +20,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use voicegate_core::call_id::CallId;
-use voicegate_media::{MediaPlane, PeerError};
+use voicegate_media::PeerError;
 
 /// How many recently ended calls the registry remembers, with their reasons.
 const RECENT_ENDS: usize = 256;
@@ -30,8 +32,8 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 pub struct Supervisor {
     /// Per-call settings.
     settings: Arc<CallSettings>,
-    /// The shared media plane.
-    plane: Arc<MediaPlane>,
+    /// What calls share.
+    services: CallServices,
     /// Where calls run.
     workers: Workers,
     /// Live calls.
@@ -44,10 +46,10 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// A supervisor with `workers` media workers. Must run inside an actix system.
-    pub fn new(settings: CallSettings, plane: Arc<MediaPlane>, workers: usize) -> Self {
+    pub fn new(settings: CallSettings, services: CallServices, workers: usize) -> Self {
         Supervisor {
             settings: Arc::new(settings),
-            plane,
+            services,
             workers: Workers::start(workers),
             calls: HashMap::new(),
             recent_ends: std::collections::VecDeque::with_capacity(RECENT_ENDS),
@@ -154,16 +156,19 @@ impl Handler<PlaceCall> for Supervisor {
         }
         let (arbiter, lease) = self.workers.pick();
         let settings = self.settings.clone();
-        let plane = self.plane.clone();
+        let services = self.services.clone();
         let parent = ctx.address().recipient();
-        let mode: CallMode = msg.offer.mode;
         let id = call_id.clone();
+        let mut offer = msg.offer;
+        let sdp = std::mem::take(&mut offer.sdp);
+        let call_offer = offer.clone();
         let call = CallActor::start_in_arbiter(&arbiter, move |_| {
-            CallActor::new(id, span, settings, plane, parent, mode, lease)
+            CallActor::new(id, span, settings, services, parent, call_offer, lease)
         });
         self.calls.insert(call_id.clone(), call.clone());
         trace_msg!(call_id, "supervisor" => "call", "Negotiate");
-        let fut = call.send(Negotiate { offer: msg.offer });
+        offer.sdp = sdp;
+        let fut = call.send(Negotiate { offer });
         Box::pin(fut.into_actor(self).map(move |res, _act, _ctx| match res {
             Ok(Ok(sdp)) => Ok(Answer { call_id, sdp }),
             Ok(Err(PeerError::Negotiation(reason))) => Err(PlaceCallError::Negotiation(reason)),
@@ -245,6 +250,35 @@ impl Handler<GetSnapshot> for Supervisor {
             calls: self.calls.keys().cloned().collect(),
             worker_loads: self.workers.loads(),
             recent_ends: self.recent_ends.iter().cloned().collect(),
+        })
+    }
+}
+
+/// Test-only: make a child of a call panic. Resolves to whether the call and child existed.
+#[cfg(feature = "test-hooks")]
+#[derive(Debug, Message)]
+#[rtype(result = "bool")]
+pub struct InjectFault {
+    /// Which call.
+    pub call_id: CallId,
+    /// Which child.
+    pub fault: crate::call::Fault,
+}
+
+#[cfg(feature = "test-hooks")]
+impl Handler<InjectFault> for Supervisor {
+    type Result = ResponseFuture<bool>;
+
+    fn handle(&mut self, msg: InjectFault, _ctx: &mut Self::Context) -> Self::Result {
+        let call = self.calls.get(&msg.call_id).cloned();
+        Box::pin(async move {
+            match call {
+                Some(c) => c
+                    .send(crate::call::InjectFault(msg.fault))
+                    .await
+                    .unwrap_or(false),
+                None => false,
+            }
         })
     }
 }

@@ -15,6 +15,7 @@ pub mod pacer;
 pub mod pcm;
 pub mod random;
 pub mod resample;
+pub mod restart;
 pub mod sdp;
 pub mod speech;
 pub mod text;

@@ -9,6 +9,7 @@ use futures_util::StreamExt;
 use voicegate_actors::call::{CallMode, ClientInfo, EndReason, Offer};
 use voicegate_actors::supervisor::{HangUp, PlaceCall};
 use voicegate_core::call_id::CallId;
+use voicegate_core::dialog::DialParams;
 use voicegate_core::sdp;
 
 /// `GET /health`
@@ -113,11 +114,11 @@ async fn read_body(
 
 /// Checks the offer's fields and SDP and builds the domain [`Offer`].
 fn validate_offer(
-    req: OfferRequest,
+    mut req: OfferRequest,
     mode: Option<&str>,
     client: ClientInfo,
 ) -> Result<Offer, ApiError> {
-    let sdp = req.sdp.unwrap_or_default();
+    let sdp = req.sdp.take().unwrap_or_default();
     if sdp.trim().is_empty() {
         return Err(ApiError::BadRequest(
             "sdp is missing or empty: expected {\"sdp\": \"v=0...\", \"type\": \"offer\"}".into(),
@@ -137,20 +138,29 @@ fn validate_offer(
         }
     }
     let mode = match mode.map(str::trim) {
-        // Until the dialog plane lands, every call is an echo call.
-        None | Some("") | Some("echo") => CallMode::Echo,
+        None | Some("") => CallMode::Dialog,
+        Some("echo") => CallMode::Echo,
         Some(other) => {
             return Err(ApiError::BadRequest(format!(
-                "unknown mode {other:?}: use mode=echo or leave it out"
+                "unknown mode {other:?}: use mode=echo, or leave it out for a call with the dialog app"
             )));
         }
     };
     let summary = sdp::check_offer(&sdp).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    // Checked now, before any media is set up.
+    let dialog = DialParams::from_offer(
+        req.payload.as_deref().map(|p| p.get()),
+        req.api_key.as_deref(),
+        req.api_secret.as_deref(),
+        req.agent_id.as_deref(),
+    )
+    .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     Ok(Offer {
         sdp,
         summary,
         mode,
         client,
+        dialog,
     })
 }
 

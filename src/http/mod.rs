@@ -51,6 +51,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 )
                 .default_service(web::to(handlers::not_found)),
         )
+        .service(web::resource("/dialog/demo").route(web::get().to(crate::demo::connect)))
         .service(web::resource("/").route(web::get().to(web_page::index)))
         .service(web::resource("/voicegate.js").route(web::get().to(web_page::client_js)))
         .default_service(web::to(handlers::not_found));

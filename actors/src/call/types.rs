@@ -1,0 +1,166 @@
+//! A call's domain types: what a validated offer carries, call settings, end reasons.
+
+use crate::dialog::DialogSettings;
+use crate::tts::TtsFactory;
+use std::sync::Arc;
+use std::time::Duration;
+use voicegate_core::codec::EncoderSettings;
+use voicegate_core::dialog::DialParams;
+use voicegate_core::sdp::OfferSummary;
+use voicegate_core::speech::PlayerSettings;
+use voicegate_media::MediaPlane;
+
+/// Per-call settings, from configuration.
+#[derive(Debug, Clone)]
+pub struct CallSettings {
+    /// Call id prefix.
+    pub id_prefix: String,
+    /// Media must connect within this after the answer.
+    pub connect_timeout: Duration,
+    /// A connected call ends after this long without RTP.
+    pub rtp_timeout: Duration,
+    /// PCM rate between codec and the rest of the call.
+    pub pcm_rate: u32,
+    /// Uplink reorder depth.
+    pub reorder_depth: usize,
+    /// Uplink reorder wait.
+    pub reorder_wait: Duration,
+    /// PLC limit.
+    pub max_conceal: u64,
+    /// Pacer catch-up limit.
+    pub max_catch_up: u32,
+    /// Playout queue bound for the echo path, frames.
+    pub max_queue_frames: usize,
+    /// Downlink encoder.
+    pub encoder: EncoderSettings,
+    /// Echo mode's added delay, frames.
+    pub echo_delay_frames: usize,
+    /// Speech out.
+    pub player: PlayerSettings,
+    /// Restarts of a failing child allowed within `restart_window`.
+    pub max_restarts: usize,
+    /// The window of `max_restarts`.
+    pub restart_window: Duration,
+    /// Prompts spoken while the dialog app is away.
+    pub hold: HoldPrompts,
+}
+
+/// What the caller hears while the dialog connection is being re-established (empty: silence).
+#[derive(Debug, Clone, Default)]
+pub struct HoldPrompts {
+    /// When the connection is first lost.
+    pub first: String,
+    /// Before each further attempt.
+    pub retry: String,
+    /// When voicegate gives up (played before the call ends).
+    pub give_up: String,
+}
+
+/// What every call shares: the media plane and the engines.
+#[derive(Clone)]
+pub struct CallServices {
+    /// The shared UDP port and ICE configuration.
+    pub plane: Arc<MediaPlane>,
+    /// Makes each call's speech engine.
+    pub tts: Arc<dyn TtsFactory>,
+    /// The dialog connection's settings.
+    pub dialog: Arc<DialogSettings>,
+}
+
+/// What kind of call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallMode {
+    /// The caller hears their own audio back through the whole media path.
+    Echo,
+    /// The caller talks with the dialog app.
+    Dialog,
+}
+
+/// Who is calling, for logs and the dialog app.
+#[derive(Debug, Clone, Default)]
+pub struct ClientInfo {
+    /// `X-Forwarded-For` or the peer address.
+    pub addr: String,
+    /// The browser's user agent.
+    pub user_agent: Option<String>,
+}
+
+impl ClientInfo {
+    /// The `from` of `call.started`: the address, then ` ua="<agent>"` (as the original).
+    pub fn describe(&self) -> String {
+        match &self.user_agent {
+            Some(ua) => format!("{} ua={ua:?}", self.addr),
+            None => self.addr.clone(),
+        }
+    }
+}
+
+/// A validated offer.
+#[derive(Debug, Clone)]
+pub struct Offer {
+    /// The SDP as received.
+    pub sdp: String,
+    /// What the SDP check found.
+    pub summary: OfferSummary,
+    /// Call kind.
+    pub mode: CallMode,
+    /// Caller.
+    pub client: ClientInfo,
+    /// What the offer adds to the dialog URL.
+    pub dialog: DialParams,
+}
+
+/// Why a call ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndReason {
+    /// `POST /webrtc/v1/hangup`.
+    ClientHangup,
+    /// The browser closed its peer connection.
+    PeerClosed,
+    /// ICE lost the browser for good.
+    IceFailed,
+    /// Connected, then no RTP for `rtp_timeout`.
+    RtpTimeout,
+    /// Answered, but media never connected within `connect_timeout`.
+    ConnectTimeout,
+    /// The dialog app sent `hangup` (with this reason, default `dialog-hangup`).
+    DialogHangup(String),
+    /// The dialog app closed its WebSocket normally.
+    DialogClosed,
+    /// The dialog app could not be reached at call start.
+    DialogUnreachable,
+    /// The dialog connection was lost and not recovered.
+    DialogLost,
+    /// The service is shutting down.
+    Shutdown,
+    /// The offer could not be answered (the call never started).
+    NegotiationFailed,
+    /// Something inside the call failed; the detail is logged.
+    Internal,
+}
+
+impl EndReason {
+    /// The reason as it appears in logs and in `call.ended`.
+    pub fn as_str(&self) -> &str {
+        match self {
+            EndReason::ClientHangup => "client-hangup",
+            EndReason::PeerClosed => "peer-closed",
+            EndReason::IceFailed => "ice-failed",
+            EndReason::RtpTimeout => "rtp-timeout",
+            EndReason::ConnectTimeout => "connect-timeout",
+            EndReason::DialogHangup(reason) => reason,
+            EndReason::DialogClosed => "dialog-closed",
+            EndReason::DialogUnreachable => "dialog-unreachable",
+            EndReason::DialogLost => "dialog-lost",
+            EndReason::Shutdown => "shutdown",
+            EndReason::NegotiationFailed => "negotiation-failed",
+            EndReason::Internal => "internal-error",
+        }
+    }
+}
+
+impl std::fmt::Display for EndReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

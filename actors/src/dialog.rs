@@ -1,0 +1,448 @@
+//! `DialogClient`: the call's WebSocket to the dialog app (voicegate is the client).
+//!
+//! It dials `dialog.url` with `call_id` and the offer's parameters in the query, sends events as
+//! JSON text frames and turns the app's frames into [`Command`]s for its `CallActor`. Malformed,
+//! unknown and misaddressed commands are logged and ignored.
+//!
+//! Keep-alive: a WebSocket ping every `ping_interval`; any frame from the app counts as a sign of
+//! life, so an app that is silent for hours keeps its call (the original hung up after five
+//! minutes). No sign of life for `ping_interval + pong_timeout` means the connection is lost.
+//!
+//! Losing the connection (an error, an abnormal close, a silent peer) starts reconnecting with
+//! exponential backoff; events produced meanwhile are kept (bounded, oldest dropped first) and
+//! delivered after the reconnect. The app closing normally (1000/1001) is reported as
+//! [`DialogEvent::Closed`] and ends the call. A failed first dial is [`DialogEvent::Unreachable`];
+//! running out of reconnect attempts is [`DialogEvent::Lost`].
+//!
+//! Failure: if the actor dies (a panic), its drop guard reports [`DialogEvent::Crashed`] and the
+//! call restarts it, which then redials like a reconnect (no second `call.started`).
+
+use crate::trace_msg;
+use actix::io::SinkWrite;
+use actix::prelude::*;
+use awc::BoxedSocket;
+use awc::ws::{self, CloseCode, CloseReason, Frame, Message as WsMessage};
+use futures_util::StreamExt;
+use futures_util::stream::SplitSink;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use url::Url;
+use voicegate_core::call_id::CallId;
+use voicegate_core::dialog::{
+    Command, CommandError, DialParams, Event, dial_url, parse_command, redact,
+};
+
+/// How long a closing connection may take to flush its close frame.
+const CLOSE_GRACE: Duration = Duration::from_millis(500);
+/// Largest frame accepted from the dialog app.
+const MAX_FRAME: usize = 1 << 20;
+
+/// Settings of the dialog connection.
+#[derive(Debug, Clone)]
+pub struct DialogSettings {
+    /// The dialog app's URL (`ws://` or `wss://`).
+    pub url: Url,
+    /// Longest wait for a dial.
+    pub connect_timeout: Duration,
+    /// Interval of WebSocket pings.
+    pub ping_interval: Duration,
+    /// Extra silence tolerated after a ping before the connection counts as lost.
+    pub pong_timeout: Duration,
+    /// Reconnect attempts after a loss (0: none).
+    pub reconnect_attempts: u32,
+    /// Delay before the first reconnect attempt; doubles per attempt.
+    pub reconnect_initial: Duration,
+    /// Longest delay between attempts.
+    pub reconnect_max: Duration,
+    /// Events kept while disconnected.
+    pub event_buffer: usize,
+}
+
+/// Reports to the call.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub enum DialogEvent {
+    /// Connected (`reconnect`: not the first time).
+    Connected {
+        /// After a loss or a restart.
+        reconnect: bool,
+    },
+    /// A command from the app.
+    Command(Command),
+    /// The connection was lost; attempt `attempt` will follow.
+    Reconnecting {
+        /// 1-based attempt number.
+        attempt: u32,
+    },
+    /// The first dial failed.
+    Unreachable(String),
+    /// The connection was lost and not recovered.
+    Lost(String),
+    /// The app closed the connection normally.
+    Closed {
+        /// The close code.
+        code: u16,
+    },
+    /// The client actor died unexpectedly.
+    Crashed(String),
+}
+
+/// Send an event to the app (buffered while disconnected).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Send(pub Event);
+
+/// Close the connection (normal closure, `reason` in the close frame) and stop.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Close {
+    /// Why.
+    pub reason: String,
+}
+
+type WsSink =
+    SinkWrite<WsMessage, SplitSink<actix_codec::Framed<BoxedSocket, ws::Codec>, WsMessage>>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Dialing or waiting to redial.
+    Dialing,
+    /// Connected.
+    Open,
+    /// Closing for good.
+    Closing,
+}
+
+/// The actor.
+pub struct DialogClient {
+    /// The call's id.
+    call_id: CallId,
+    /// The call's span.
+    span: tracing::Span,
+    /// Settings.
+    settings: Arc<DialogSettings>,
+    /// The offer's parameters for the URL.
+    params: DialParams,
+    /// The call actor.
+    parent: Recipient<DialogEvent>,
+    /// The write half, while connected.
+    sink: Option<WsSink>,
+    /// The read half's stream.
+    reader: Option<SpawnHandle>,
+    /// Events waiting for a connection.
+    pending: VecDeque<String>,
+    /// Events dropped because the buffer was full.
+    dropped: u64,
+    /// Connection state.
+    state: State,
+    /// Connected at least once (or started as a restart).
+    ever_connected: bool,
+    /// When the app was last heard from.
+    last_heard: Instant,
+    /// Set when stopped on purpose; the drop guard reports anything else.
+    stopped_cleanly: bool,
+}
+
+impl DialogClient {
+    /// A client for one call. `restart`: the call already started once (after a crash).
+    pub fn new(
+        call_id: CallId,
+        span: tracing::Span,
+        settings: Arc<DialogSettings>,
+        params: DialParams,
+        parent: Recipient<DialogEvent>,
+        restart: bool,
+    ) -> Self {
+        DialogClient {
+            call_id,
+            span,
+            settings,
+            params,
+            parent,
+            sink: None,
+            reader: None,
+            pending: VecDeque::new(),
+            dropped: 0,
+            state: State::Dialing,
+            ever_connected: restart,
+            last_heard: Instant::now(),
+            stopped_cleanly: false,
+        }
+    }
+
+    fn dial(&mut self, attempt: u32, ctx: &mut Context<Self>) {
+        if self.state == State::Closing {
+            return;
+        }
+        self.state = State::Dialing;
+        let url = dial_url(&self.settings.url, self.call_id.as_str(), &self.params);
+        let shown = redact(&url);
+        let timeout = self.settings.connect_timeout;
+        let fut = async move {
+            awc::Client::builder()
+                .timeout(timeout)
+                .finish()
+                .ws(url.as_str())
+                .max_frame_size(MAX_FRAME)
+                .connect()
+                .await
+        };
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+            if act.state == State::Closing {
+                return;
+            }
+            let _e = act.span.clone().entered();
+            match res {
+                Ok((_, framed)) => {
+                    let (sink, stream) = framed.split();
+                    act.reader = Some(ctx.add_stream(stream));
+                    act.sink = Some(SinkWrite::new(sink, ctx));
+                    act.state = State::Open;
+                    act.last_heard = Instant::now();
+                    let reconnect = act.ever_connected;
+                    act.ever_connected = true;
+                    tracing::info!(url = %shown, attempt, reconnect, "dialog app connected");
+                    while let Some(text) = act.pending.pop_front() {
+                        act.write(text);
+                    }
+                    act.parent.do_send(DialogEvent::Connected { reconnect });
+                }
+                Err(e) => {
+                    let status = match &e {
+                        awc::error::WsClientError::InvalidResponseStatus(s) => s.as_u16(),
+                        _ => 0,
+                    };
+                    let detail = format!("dial {shown} (http={status}): {e}");
+                    tracing::warn!(url = %shown, http = status, error = %e, attempt, "dialog app dial failed");
+                    if act.ever_connected {
+                        act.reconnect(attempt + 1, detail, ctx);
+                    } else {
+                        act.parent.do_send(DialogEvent::Unreachable(detail));
+                    }
+                }
+            }
+        }));
+    }
+
+    /// Schedules reconnect attempt `attempt`, or gives up.
+    fn reconnect(&mut self, attempt: u32, detail: String, ctx: &mut Context<Self>) {
+        if self.state == State::Closing {
+            return;
+        }
+        self.state = State::Dialing;
+        if attempt > self.settings.reconnect_attempts {
+            self.span
+                .in_scope(|| tracing::warn!(%detail, "dialog app lost; giving up"));
+            self.parent.do_send(DialogEvent::Lost(detail));
+            return;
+        }
+        let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(16));
+        let delay = self
+            .settings
+            .reconnect_initial
+            .saturating_mul(factor)
+            .min(self.settings.reconnect_max);
+        self.span.in_scope(|| tracing::info!(attempt, delay_ms = delay.as_millis() as u64, %detail, "dialog app lost; reconnecting"));
+        self.parent.do_send(DialogEvent::Reconnecting { attempt });
+        ctx.run_later(delay, move |act, ctx| act.dial(attempt, ctx));
+    }
+
+    /// The connection broke.
+    fn lost(&mut self, detail: String, ctx: &mut Context<Self>) {
+        if self.state != State::Open {
+            return;
+        }
+        self.sink = None;
+        if let Some(h) = self.reader.take() {
+            ctx.cancel_future(h);
+        }
+        self.reconnect(1, detail, ctx);
+    }
+
+    fn write(&mut self, text: String) {
+        match self.sink.as_mut() {
+            Some(sink) if self.state == State::Open => {
+                if sink.write(WsMessage::Text(text.into())).is_err() {
+                    tracing::debug!("dialog write after close");
+                }
+            }
+            _ => self.buffer(text),
+        }
+    }
+
+    fn buffer(&mut self, text: String) {
+        if self.pending.len() >= self.settings.event_buffer.max(1) {
+            self.pending.pop_front();
+            self.dropped += 1;
+            if self.dropped == 1 || self.dropped.is_power_of_two() {
+                self.span.in_scope(|| {
+                    tracing::warn!(
+                        dropped = self.dropped,
+                        "dialog event buffer full; oldest events dropped"
+                    )
+                });
+            }
+        }
+        self.pending.push_back(text);
+    }
+
+    fn on_text(&mut self, text: &str) {
+        match parse_command(text, self.call_id.as_str()) {
+            Ok(cmd) => {
+                trace_msg!(self.call_id, "dialog" => "call", "DialogEvent::Command", "{}", cmd.kind());
+                self.parent.do_send(DialogEvent::Command(cmd));
+            }
+            Err(e @ (CommandError::Unknown(_) | CommandError::OtherCall(_))) => {
+                self.span
+                    .in_scope(|| tracing::debug!(error = %e, "dialog message ignored"));
+            }
+            Err(e) => self
+                .span
+                .in_scope(|| tracing::warn!(error = %e, "dialog message ignored")),
+        }
+    }
+}
+
+impl Actor for DialogClient {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.dial(1, ctx);
+        let every = self.settings.ping_interval;
+        ctx.run_interval(every, |act, ctx| {
+            if act.state != State::Open {
+                return;
+            }
+            if act.last_heard.elapsed() > act.settings.ping_interval + act.settings.pong_timeout {
+                act.lost("no answer to pings".into(), ctx);
+                return;
+            }
+            if let Some(sink) = act.sink.as_mut() {
+                let _ = sink.write(WsMessage::Ping(bytes::Bytes::new()));
+            }
+        });
+    }
+}
+
+impl Drop for DialogClient {
+    fn drop(&mut self) {
+        if !self.stopped_cleanly {
+            let why = if std::thread::panicking() {
+                "panicked"
+            } else {
+                "stopped unexpectedly"
+            };
+            self.parent
+                .do_send(DialogEvent::Crashed(format!("dialog client {why}")));
+        }
+    }
+}
+
+impl StreamHandler<Result<Frame, awc::error::WsProtocolError>> for DialogClient {
+    fn handle(
+        &mut self,
+        item: Result<Frame, awc::error::WsProtocolError>,
+        ctx: &mut Self::Context,
+    ) {
+        self.last_heard = Instant::now();
+        match item {
+            Ok(Frame::Text(bytes)) | Ok(Frame::Binary(bytes)) => {
+                match std::str::from_utf8(&bytes) {
+                    Ok(text) => self.on_text(text),
+                    Err(_) => self
+                        .span
+                        .in_scope(|| tracing::warn!("dialog frame is not UTF-8; ignored")),
+                }
+            }
+            Ok(Frame::Ping(p)) => {
+                if let Some(sink) = self.sink.as_mut() {
+                    let _ = sink.write(WsMessage::Pong(p));
+                }
+            }
+            Ok(Frame::Pong(_)) | Ok(Frame::Continuation(_)) => {}
+            Ok(Frame::Close(reason)) => {
+                let code: u16 = reason.as_ref().map_or(1005, |r| r.code.into());
+                if self.state == State::Closing {
+                    return;
+                }
+                if matches!(code, 1000 | 1001) {
+                    self.span
+                        .in_scope(|| tracing::info!(code, "dialog app closed the connection"));
+                    self.state = State::Closing;
+                    self.parent.do_send(DialogEvent::Closed { code });
+                } else {
+                    self.lost(format!("closed with code {code}"), ctx);
+                }
+            }
+            Err(e) => self.lost(format!("protocol error: {e}"), ctx),
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        // The TCP connection ended without a close frame.
+        self.lost("connection ended".into(), ctx);
+    }
+}
+
+impl actix::io::WriteHandler<awc::error::WsProtocolError> for DialogClient {
+    fn error(&mut self, err: awc::error::WsProtocolError, ctx: &mut Self::Context) -> Running {
+        self.lost(format!("write failed: {err}"), ctx);
+        Running::Continue
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        if self.state == State::Closing {
+            self.stopped_cleanly = true;
+            ctx.stop();
+        }
+    }
+}
+
+impl Handler<Send> for DialogClient {
+    type Result = ();
+
+    fn handle(&mut self, Send(event): Send, _ctx: &mut Self::Context) {
+        trace_msg!(self.call_id, "call" => "dialog", "Send", "{}", event.kind());
+        let text = event.to_json(self.call_id.as_str());
+        self.write(text);
+    }
+}
+
+impl Handler<Close> for DialogClient {
+    type Result = ();
+
+    fn handle(&mut self, msg: Close, ctx: &mut Self::Context) {
+        trace_msg!(self.call_id, "call" => "dialog", "Close", "{}", msg.reason);
+        let was_open = self.state == State::Open;
+        self.state = State::Closing;
+        self.stopped_cleanly = true;
+        match self.sink.as_mut() {
+            Some(sink) if was_open => {
+                let _ = sink.write(WsMessage::Close(Some(CloseReason {
+                    code: CloseCode::Normal,
+                    description: Some(msg.reason),
+                })));
+                sink.close();
+                // Stop once flushed (WriteHandler::finished), or after a grace period.
+                ctx.run_later(CLOSE_GRACE, |_, ctx| ctx.stop());
+            }
+            _ => ctx.stop(),
+        }
+    }
+}
+
+/// Test-only fault injection: the client panics in a handler, as a bug would.
+#[cfg(feature = "test-hooks")]
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct InjectPanic;
+
+#[cfg(feature = "test-hooks")]
+impl Handler<InjectPanic> for DialogClient {
+    type Result = ();
+
+    fn handle(&mut self, _: InjectPanic, _ctx: &mut Self::Context) {
+        panic!("injected dialog client fault (test hook)");
+    }
+}

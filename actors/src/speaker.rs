@@ -1,0 +1,449 @@
+//! `Speaker`: a call's speech out — the shell around the [`Player`] state machine.
+//!
+//! It takes the dialog app's speech commands (through its `CallActor`), runs the syntheses the
+//! player asks for on the call's engine, resamples their audio to the call's rate and hands it to
+//! the `AudioCodec` tagged by segment. The codec's reports of each segment's first and last frame
+//! come back here and become `tts.started` / `tts.ended`. Cancelling a synthesis drops its
+//! stream, which aborts it at the engine.
+//!
+//! Failure: a synthesis error ends that utterance with `ok: false` (the player decides); the
+//! call goes on. If the codec is replaced after a failure, whatever it had queued is lost, so the
+//! utterances in progress end with `ok: false` ([`CodecReplaced`]).
+
+use crate::codec::{AudioCodec, EndTag, Flush, Play};
+use crate::trace_msg;
+use crate::tts::{TtsEngine, TtsError};
+use actix::prelude::*;
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use voicegate_core::call_id::CallId;
+use voicegate_core::dialog::Event;
+use voicegate_core::resample::StreamResampler;
+use voicegate_core::speech::{Input, Output, Player, PlayerSettings, SegmentId};
+
+/// Reports to the call.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub enum SpeakerEvent {
+    /// A `tts.started` or `tts.ended` for the dialog app.
+    Tts(Event),
+    /// An utterance's first audio left: its latencies.
+    FirstAudio {
+        /// Utterance.
+        id: String,
+        /// Command to first frame.
+        tts_first: Duration,
+        /// Last `asr.final` to first frame, when there was one.
+        since_asr_final: Option<Duration>,
+    },
+}
+
+/// `tts.speak`.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Speak {
+    /// Utterance id.
+    pub id: String,
+    /// Text.
+    pub text: String,
+}
+
+/// `tts.stream` / `tts.stream.end`.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct StreamText {
+    /// Utterance id.
+    pub id: String,
+    /// Chunk.
+    pub text: String,
+    /// Last chunk.
+    pub end: bool,
+}
+
+/// `tts.interrupt`.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Interrupt;
+
+/// A final transcript arrived (latency anchor).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct AsrFinal;
+
+/// Where audio goes (the codec starts after the speaker, and may be replaced).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct SetCodec(pub Option<Addr<AudioCodec>>);
+
+/// The codec was replaced: what it had queued is gone.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct CodecReplaced;
+
+/// A segment's first or last frame left (from the codec, via the call).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Playback {
+    /// The segment.
+    pub segment: SegmentId,
+    /// First frame.
+    pub first: bool,
+    /// Last frame.
+    pub last: bool,
+}
+
+/// The call is ending: returns the `tts.ended` events of everything still queued, then stops.
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<Event>")]
+pub struct Finish;
+
+/// One item from a synthesis stream.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct SynthItem {
+    segment: SegmentId,
+    /// `None`: the stream ended.
+    item: Option<Result<Vec<i16>, TtsError>>,
+}
+
+/// A synthesis in flight.
+struct Synthesis {
+    handle: SpawnHandle,
+    resampler: StreamResampler,
+    failed: bool,
+}
+
+/// The actor.
+pub struct Speaker {
+    /// The call's id.
+    call_id: CallId,
+    /// The call's span.
+    span: tracing::Span,
+    /// The state machine.
+    player: Player,
+    /// The call's speech engine.
+    engine: Rc<dyn TtsEngine>,
+    /// The call's PCM rate.
+    pcm_rate: u32,
+    /// The call actor.
+    parent: Recipient<SpeakerEvent>,
+    /// Where audio goes; `None` until the codec runs.
+    codec: Option<Addr<AudioCodec>>,
+    /// Codec messages waiting for a codec.
+    waiting: Vec<Output>,
+    /// Syntheses in flight.
+    synths: HashMap<SegmentId, Synthesis>,
+}
+
+impl Speaker {
+    /// A speaker for one call.
+    pub fn new(
+        call_id: CallId,
+        span: tracing::Span,
+        settings: PlayerSettings,
+        engine: Rc<dyn TtsEngine>,
+        pcm_rate: u32,
+        parent: Recipient<SpeakerEvent>,
+    ) -> Self {
+        Speaker {
+            call_id,
+            span,
+            player: Player::new(settings),
+            engine,
+            pcm_rate,
+            parent,
+            codec: None,
+            waiting: Vec::new(),
+            synths: HashMap::new(),
+        }
+    }
+
+    fn input(&mut self, input: Input<'_>, ctx: &mut Context<Self>) {
+        let outputs = self.player.handle(input, Instant::now());
+        for o in outputs {
+            self.execute(o, ctx);
+        }
+    }
+
+    fn execute(&mut self, output: Output, ctx: &mut Context<Self>) {
+        match output {
+            Output::Synthesize { segment, text } => self.synthesize(segment, &text, ctx),
+            Output::Cancel { segment } => {
+                if let Some(s) = self.synths.remove(&segment) {
+                    ctx.cancel_future(s.handle);
+                }
+            }
+            o @ (Output::Play { .. } | Output::EndOfSegment { .. } | Output::FlushPlayback) => {
+                self.send_to_codec(o)
+            }
+            Output::Started { id } => self.report(Event::TtsStarted { utterance_id: id }),
+            Output::Ended { id, ok } => self.report(Event::TtsEnded {
+                utterance_id: id,
+                ok,
+            }),
+            Output::FirstAudio {
+                id,
+                tts_first,
+                since_asr_final,
+            } => {
+                self.parent.do_send(SpeakerEvent::FirstAudio {
+                    id,
+                    tts_first,
+                    since_asr_final,
+                });
+            }
+        }
+    }
+
+    fn report(&self, event: Event) {
+        trace_msg!(self.call_id, "speaker" => "call", "SpeakerEvent::Tts", "{}", event.kind());
+        self.parent.do_send(SpeakerEvent::Tts(event));
+    }
+
+    fn send_to_codec(&mut self, output: Output) {
+        let Some(codec) = &self.codec else {
+            if matches!(output, Output::FlushPlayback) {
+                self.waiting.clear();
+            } else {
+                self.waiting.push(output);
+            }
+            return;
+        };
+        match output {
+            Output::Play { segment, pcm } => codec.do_send(Play { tag: segment, pcm }),
+            Output::EndOfSegment { segment } => codec.do_send(EndTag { tag: segment }),
+            Output::FlushPlayback => codec.do_send(Flush),
+            _ => {}
+        }
+    }
+
+    fn synthesize(&mut self, segment: SegmentId, text: &str, ctx: &mut Context<Self>) {
+        let resampler = match StreamResampler::new(self.engine.sample_rate(), self.pcm_rate) {
+            Ok(r) => r,
+            Err(e) => {
+                self.span
+                    .in_scope(|| tracing::error!(error = %e, "no resampler for the engine's rate"));
+                return self.input(Input::Synthesized { segment, ok: false }, ctx);
+            }
+        };
+        trace_msg!(self.call_id, "speaker" => "engine", "Synthesize", "segment {segment}, {} chars", text.chars().count());
+        let stream = self
+            .engine
+            .synthesize(text)
+            .map(move |r| SynthItem {
+                segment,
+                item: Some(r),
+            })
+            .chain(futures_util::stream::once(async move {
+                SynthItem {
+                    segment,
+                    item: None,
+                }
+            }));
+        let handle = ctx.add_stream(stream);
+        self.synths.insert(
+            segment,
+            Synthesis {
+                handle,
+                resampler,
+                failed: false,
+            },
+        );
+    }
+}
+
+impl Actor for Speaker {
+    type Context = Context<Self>;
+}
+
+impl StreamHandler<SynthItem> for Speaker {
+    fn handle(&mut self, msg: SynthItem, ctx: &mut Self::Context) {
+        let Some(s) = self.synths.get_mut(&msg.segment) else {
+            return; // cancelled
+        };
+        if s.failed {
+            return;
+        }
+        match msg.item {
+            Some(Ok(pcm)) => {
+                let mut out = Vec::with_capacity(
+                    pcm.len() * self.pcm_rate as usize / self.engine.sample_rate().max(1) as usize
+                        + 16,
+                );
+                s.resampler.push(&pcm, &mut out);
+                if !out.is_empty() {
+                    self.input(
+                        Input::Audio {
+                            segment: msg.segment,
+                            pcm: out,
+                        },
+                        ctx,
+                    );
+                }
+            }
+            Some(Err(e)) => {
+                s.failed = true;
+                self.span.in_scope(
+                    || tracing::warn!(segment = msg.segment, error = %e, "synthesis failed"),
+                );
+                self.synths.remove(&msg.segment);
+                self.input(
+                    Input::Synthesized {
+                        segment: msg.segment,
+                        ok: false,
+                    },
+                    ctx,
+                );
+            }
+            None => {
+                let mut tail = Vec::new();
+                s.resampler.finish(&mut tail);
+                self.synths.remove(&msg.segment);
+                if !tail.is_empty() {
+                    self.input(
+                        Input::Audio {
+                            segment: msg.segment,
+                            pcm: tail,
+                        },
+                        ctx,
+                    );
+                }
+                self.input(
+                    Input::Synthesized {
+                        segment: msg.segment,
+                        ok: true,
+                    },
+                    ctx,
+                );
+            }
+        }
+    }
+
+    fn finished(&mut self, _ctx: &mut Self::Context) {
+        // One synthesis stream ended; the speaker lives on.
+    }
+}
+
+impl Handler<Speak> for Speaker {
+    type Result = ();
+
+    fn handle(&mut self, msg: Speak, ctx: &mut Self::Context) {
+        trace_msg!(self.call_id, "call" => "speaker", "Speak", "{:?}, {} chars", msg.id, msg.text.chars().count());
+        self.input(
+            Input::Speak {
+                id: &msg.id,
+                text: &msg.text,
+                report: true,
+            },
+            ctx,
+        );
+    }
+}
+
+impl Handler<StreamText> for Speaker {
+    type Result = ();
+
+    fn handle(&mut self, msg: StreamText, ctx: &mut Self::Context) {
+        trace_msg!(self.call_id, "call" => "speaker", "StreamText", "{:?}, {} chars, end {}", msg.id, msg.text.chars().count(), msg.end);
+        self.input(
+            Input::Stream {
+                id: &msg.id,
+                text: &msg.text,
+                end: msg.end,
+            },
+            ctx,
+        );
+    }
+}
+
+impl Handler<Interrupt> for Speaker {
+    type Result = ();
+
+    fn handle(&mut self, _: Interrupt, ctx: &mut Self::Context) {
+        trace_msg!(self.call_id, "call" => "speaker", "Interrupt");
+        self.input(Input::Interrupt, ctx);
+    }
+}
+
+impl Handler<AsrFinal> for Speaker {
+    type Result = ();
+
+    fn handle(&mut self, _: AsrFinal, ctx: &mut Self::Context) {
+        self.input(Input::AsrFinal, ctx);
+    }
+}
+
+impl Handler<SetCodec> for Speaker {
+    type Result = ();
+
+    fn handle(&mut self, SetCodec(codec): SetCodec, _ctx: &mut Self::Context) {
+        trace_msg!(self.call_id, "call" => "speaker", "SetCodec", "{}", codec.is_some());
+        self.codec = codec;
+        if self.codec.is_some() {
+            for o in std::mem::take(&mut self.waiting) {
+                self.send_to_codec(o);
+            }
+        }
+    }
+}
+
+impl Handler<CodecReplaced> for Speaker {
+    type Result = ();
+
+    fn handle(&mut self, _: CodecReplaced, ctx: &mut Self::Context) {
+        trace_msg!(self.call_id, "call" => "speaker", "CodecReplaced");
+        // The old codec's queue is gone; end what was in progress like an interrupt.
+        self.input(Input::Interrupt, ctx);
+    }
+}
+
+impl Handler<Playback> for Speaker {
+    type Result = ();
+
+    fn handle(&mut self, msg: Playback, ctx: &mut Self::Context) {
+        trace_msg!(self.call_id, "call" => "speaker", "Playback", "segment {} first {} last {}", msg.segment, msg.first, msg.last);
+        if msg.first {
+            self.input(
+                Input::PlaybackStarted {
+                    segment: msg.segment,
+                },
+                ctx,
+            );
+        }
+        if msg.last {
+            self.input(
+                Input::PlaybackFinished {
+                    segment: msg.segment,
+                },
+                ctx,
+            );
+        }
+    }
+}
+
+impl Handler<Finish> for Speaker {
+    type Result = MessageResult<Finish>;
+
+    fn handle(&mut self, _: Finish, ctx: &mut Self::Context) -> Self::Result {
+        trace_msg!(self.call_id, "call" => "speaker", "Finish");
+        let mut events = Vec::new();
+        for o in self.player.handle(Input::CallEnding, Instant::now()) {
+            match o {
+                Output::Ended { id, ok } => events.push(Event::TtsEnded {
+                    utterance_id: id,
+                    ok,
+                }),
+                Output::Cancel { segment } => {
+                    if let Some(s) = self.synths.remove(&segment) {
+                        ctx.cancel_future(s.handle);
+                    }
+                }
+                _ => {}
+            }
+        }
+        ctx.stop();
+        MessageResult(events)
+    }
+}

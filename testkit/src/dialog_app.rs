@@ -1,0 +1,192 @@
+//! A test dialog app: a real WebSocket server on port 0 that records every event voicegate sends
+//! and sends the commands a test tells it to. It can also misbehave on purpose: drop the
+//! connection without a close frame, close normally, or stay silent.
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+
+/// What the app saw and can do.
+#[derive(Default)]
+struct Shared {
+    /// Every event received, with its arrival time.
+    events: Vec<(Instant, Value)>,
+    /// The request URI of every connection, in order.
+    dials: Vec<String>,
+    /// The live connection's outbox.
+    outbox: Option<mpsc::UnboundedSender<Outgoing>>,
+}
+
+enum Outgoing {
+    Text(String),
+    Close(u16),
+    Drop,
+}
+
+/// A running test dialog app.
+#[derive(Clone)]
+pub struct TestDialogApp {
+    addr: SocketAddr,
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl TestDialogApp {
+    /// Starts on 127.0.0.1, port 0.
+    pub async fn start() -> TestDialogApp {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("bound");
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let s = shared.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                tokio::spawn(serve(tcp, s.clone()));
+            }
+        });
+        TestDialogApp { addr, shared }
+    }
+
+    /// The URL for `dialog.url`.
+    pub fn url(&self) -> String {
+        format!("ws://{}/dialog?existing=1", self.addr)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared.lock().expect("no panics while holding")
+    }
+
+    /// Events received so far.
+    pub fn events(&self) -> Vec<Value> {
+        self.lock().events.iter().map(|(_, v)| v.clone()).collect()
+    }
+
+    /// Events received so far, with arrival times.
+    pub fn timed_events(&self) -> Vec<(Instant, Value)> {
+        self.lock().events.clone()
+    }
+
+    /// The `type`s of the events so far, e.g. `["call.started", "tts.started"]`.
+    pub fn types(&self) -> Vec<String> {
+        self.events()
+            .iter()
+            .map(|e| e["type"].as_str().unwrap_or("").to_owned())
+            .collect()
+    }
+
+    /// The request URIs of the connections so far.
+    pub fn dials(&self) -> Vec<String> {
+        self.lock().dials.clone()
+    }
+
+    /// Waits for an event matching `pred`; returns it.
+    pub async fn wait_for(&self, within: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+        let t0 = Instant::now();
+        loop {
+            if let Some(e) = self.events().into_iter().find(|e| pred(e)) {
+                return Some(e);
+            }
+            if t0.elapsed() > within {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Waits for an event of `kind` (and `utterance_id`, if given).
+    pub async fn wait_type(
+        &self,
+        within: Duration,
+        kind: &str,
+        utterance: Option<&str>,
+    ) -> Option<Value> {
+        self.wait_for(within, |e| {
+            e["type"] == kind && utterance.is_none_or(|u| e["utterance_id"] == u)
+        })
+        .await
+    }
+
+    /// Sends a command on the live connection. False if there is none.
+    pub fn send(&self, command: Value) -> bool {
+        self.outgoing(Outgoing::Text(command.to_string()))
+    }
+
+    /// Sends raw text (for malformed-message tests).
+    pub fn send_raw(&self, text: &str) -> bool {
+        self.outgoing(Outgoing::Text(text.to_owned()))
+    }
+
+    /// Drops the TCP connection without a close frame (a crash or a network cut).
+    pub fn drop_connection(&self) -> bool {
+        self.outgoing(Outgoing::Drop)
+    }
+
+    /// Closes the connection with `code`.
+    pub fn close(&self, code: u16) -> bool {
+        self.outgoing(Outgoing::Close(code))
+    }
+
+    /// Whether a connection is live.
+    pub fn connected(&self) -> bool {
+        self.lock().outbox.as_ref().is_some_and(|o| !o.is_closed())
+    }
+
+    fn outgoing(&self, o: Outgoing) -> bool {
+        self.lock()
+            .outbox
+            .as_ref()
+            .is_some_and(|tx| tx.send(o).is_ok())
+    }
+}
+
+#[allow(clippy::result_large_err)] // the handshake callback's error type is tungstenite's
+async fn serve(tcp: tokio::net::TcpStream, shared: Arc<Mutex<Shared>>) {
+    let uri = Arc::new(Mutex::new(String::new()));
+    let u = uri.clone();
+    let callback = move |req: &Request, res: Response| {
+        *u.lock().expect("no panics while holding") = req.uri().to_string();
+        Ok(res)
+    };
+    let Ok(ws) = tokio_tungstenite::accept_hdr_async(tcp, callback).await else {
+        return;
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    {
+        let mut s = shared.lock().expect("no panics while holding");
+        s.dials
+            .push(uri.lock().expect("no panics while holding").clone());
+        s.outbox = Some(tx);
+    }
+    let (mut sink, mut stream) = ws.split();
+    loop {
+        tokio::select! {
+            msg = stream.next() => match msg {
+                Some(Ok(Message::Text(t))) => {
+                    if let Ok(v) = serde_json::from_str::<Value>(&t) {
+                        shared.lock().expect("no panics while holding").events.push((Instant::now(), v));
+                    }
+                }
+                Some(Ok(_)) => {}
+                _ => break,
+            },
+            out = rx.recv() => match out {
+                Some(Outgoing::Text(t)) => {
+                    if sink.send(Message::Text(t.into())).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Outgoing::Close(code)) => {
+                    let frame = tokio_tungstenite::tungstenite::protocol::CloseFrame { code: code.into(), reason: "test".into() };
+                    let _ = sink.send(Message::Close(Some(frame))).await;
+                }
+                Some(Outgoing::Drop) | None => break,
+            },
+        }
+    }
+}
