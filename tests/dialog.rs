@@ -492,3 +492,218 @@ async fn nothing_speakable_still_gets_tts_ended() {
     assert!(!app.types().contains(&"tts.started".to_owned()));
     peer.close().await;
 }
+
+mod engines {
+    //! The OpenAI-compatible engine against a local HTTP server.
+    use super::*;
+    use voicegate_testkit::speech_server::{Behaviour, SpeechServer};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn openai_engine_streams_24k_pcm_that_arrives_resampled_at_the_right_length() {
+        // 1.5 s of a 440 Hz tone at 24 kHz, streamed in 100 ms chunks.
+        let mut pcm = vec![0i16; 36_000];
+        tone::Tone::new(24_000, 440.0, 8000.0).fill(&mut pcm);
+        let tts = SpeechServer::start(Behaviour::Stream {
+            pcm,
+            chunk: 4800,
+            gap: Duration::from_millis(20),
+        })
+        .await;
+        let app = TestDialogApp::start().await;
+        let base = tts.base_url();
+        let server = server_for(
+            &app,
+            &[
+                ("tts.engine", "openai"),
+                ("tts.openai.base_url", &base),
+                ("tts.openai.api_key", "sk-test-key"),
+                ("tts.openai.voice", "nova"),
+            ],
+        );
+        let (peer, _) = started_call(&server, &app).await;
+        let before = peer.received_count();
+        speak(&app, "tone", "Play the tone.");
+        let ended = app
+            .wait_type(10 * SECOND, "tts.ended", Some("tone"))
+            .await
+            .expect("ended");
+        assert_eq!(ended["ok"], true);
+        let rx = peer.received()[before..].to_vec();
+        // 1.5 s: 75 frames (plus at most one padded frame).
+        assert!(
+            (75..=77).contains(&rx.len()),
+            "{} frames for 1.5 s of audio",
+            rx.len()
+        );
+        let pcm = decode(&rx);
+        let f = tone::dominant_frequency(&pcm[1600..pcm.len() - 1600], 16_000, 100.0, 2000.0);
+        assert!(
+            (f - 440.0).abs() <= 5.0,
+            "played at the wrong speed: {f} Hz"
+        );
+        let req = &tts.requests()[0];
+        assert_eq!(req.path, "/v1/audio/speech");
+        assert_eq!(req.body["response_format"], "pcm");
+        assert_eq!(req.body["voice"], "nova");
+        assert_eq!(req.body["input"], "Play the tone.");
+        assert!(
+            req.headers
+                .iter()
+                .any(|(k, v)| k == "authorization" && v == "Bearer sk-test-key")
+        );
+        peer.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_engine_ends_the_utterance_not_ok_and_the_call_goes_on() {
+        let tts = SpeechServer::start(Behaviour::Fail(500)).await;
+        let app = TestDialogApp::start().await;
+        let base = tts.base_url();
+        let server = server_for(
+            &app,
+            &[("tts.engine", "openai"), ("tts.openai.base_url", &base)],
+        );
+        let (peer, _) = started_call(&server, &app).await;
+        speak(&app, "x", "This will fail.");
+        let ended = app
+            .wait_type(10 * SECOND, "tts.ended", Some("x"))
+            .await
+            .expect("ended");
+        assert_eq!(ended["ok"], false);
+        speak(&app, "y", "So will this, and the call stays up.");
+        let ended = app
+            .wait_type(10 * SECOND, "tts.ended", Some("y"))
+            .await
+            .expect("ended");
+        assert_eq!(ended["ok"], false);
+        assert_eq!(server.snapshot().await.calls.len(), 1, "the call continues");
+        assert!(!app.types().contains(&"call.ended".to_owned()));
+        peer.close().await;
+    }
+}
+
+mod supervision {
+    //! A child that panics is restarted for its call only.
+    use super::*;
+    use voicegate_actors::call::Fault;
+    use voicegate_actors::supervisor::InjectFault;
+    use voicegate_core::call_id::CallId;
+
+    /// Injects `fault` into `call`, retrying while the child does not exist yet (the codec
+    /// starts shortly after media connects).
+    async fn inject(server: &TestServer, call: &str, fault: Fault) -> Instant {
+        let id = CallId::parse(call).unwrap();
+        let t0 = Instant::now();
+        loop {
+            if server
+                .supervisor
+                .send(InjectFault {
+                    call_id: id.clone(),
+                    fault,
+                })
+                .await
+                .unwrap()
+            {
+                return Instant::now();
+            }
+            assert!(t0.elapsed() < 3 * SECOND, "no {fault:?} to fail");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_codec_recovers_and_a_concurrent_call_keeps_its_audio() {
+        let server = TestServer::start(&[]);
+        let a = ClientPeer::call(server.http, "/webrtc/v1/offer?mode=echo")
+            .await
+            .unwrap();
+        let b = ClientPeer::call(server.http, "/webrtc/v1/offer?mode=echo")
+            .await
+            .unwrap();
+        a.wait_connected(5 * SECOND).await.unwrap();
+        b.wait_connected(5 * SECOND).await.unwrap();
+        let (ta, tb) = (a.send_tone(440.0, 150), b.send_tone(660.0, 150));
+        let fault = async {
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+            inject(&server, &a.call_id, Fault::Codec).await
+        };
+        let (ra, rb, fault_at) = tokio::join!(ta, tb, fault);
+        ra.unwrap();
+        rb.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Call B never noticed: its echo is complete.
+        let rb = b.received();
+        assert!(
+            rb.len() >= 142,
+            "the other call lost audio: {} of 150",
+            rb.len()
+        );
+        // Call A is still up and its echo resumed after the fault.
+        let snap = server.snapshot().await;
+        assert_eq!(
+            snap.calls.len(),
+            2,
+            "both calls are up: {:?}",
+            snap.recent_ends
+        );
+        let ra = a.received();
+        let after = ra
+            .iter()
+            .filter(|p| p.at > fault_at + Duration::from_millis(200))
+            .count();
+        assert!(
+            after > 20,
+            "call A's audio did not resume: {after} packets after the fault"
+        );
+        // Its RTP numbering continued: no sequence jump across the restart.
+        let jumps = ra
+            .windows(2)
+            .filter(|w| w[1].seq.wrapping_sub(w[0].seq) != 1)
+            .count();
+        assert_eq!(jumps, 0, "sequence numbers jumped");
+        a.close().await;
+        b.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_codec_that_keeps_failing_ends_its_call_with_a_reason() {
+        let server = TestServer::start(&[("supervision.max_restarts", "1")]);
+        let a = ClientPeer::call(server.http, "/webrtc/v1/offer?mode=echo")
+            .await
+            .unwrap();
+        a.wait_connected(5 * SECOND).await.unwrap();
+        for _ in 0..2 {
+            inject(&server, &a.call_id, Fault::Codec).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(
+            server.end_reason(&a.call_id, 3 * SECOND).await.as_deref(),
+            Some("internal-error")
+        );
+        server.wait_released(2 * SECOND).await.unwrap();
+        a.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_dialog_client_is_restarted_without_a_second_call_started() {
+        let app = TestDialogApp::start().await;
+        let server = server_for(&app, &[]);
+        let (peer, _) = started_call(&server, &app).await;
+        inject(&server, &peer.call_id, Fault::Dialog).await;
+        assert!(
+            eventually(5 * SECOND, || app.dials().len() == 2 && app.connected()).await,
+            "redialled"
+        );
+        speak(&app, "after", "Still talking.");
+        let ended = app
+            .wait_type(10 * SECOND, "tts.ended", Some("after"))
+            .await
+            .expect("works after restart");
+        assert_eq!(ended["ok"], true);
+        assert_eq!(
+            app.types().iter().filter(|t| *t == "call.started").count(),
+            1
+        );
+        peer.close().await;
+    }
+}

@@ -23,6 +23,7 @@ test("the page places an echo call and hears its own 440 Hz tone back", async (t
   page.on("console", (m) => process.env.E2E_VERBOSE && console.log("page:", m.text()));
 
   await page.goto(`${server.url}/`);
+  await page.selectOption("#mode", "echo");
   await page.click("#call");
   const state = await until(10000, () => page.$eval("#state", (e) => (e.textContent === "connected" ? "connected" : "")));
   assert.equal(state, "connected", `call did not connect; server log:\n${server.log}`);
@@ -82,6 +83,7 @@ test("the page calls a server on another origin when that server's CORS allows i
   const { page } = browser;
 
   await page.goto(`${pageServer.url}/`);
+  await page.selectOption("#mode", "echo");
   await page.fill("#server", callServer.url);
   await page.click("#call");
   const state = await until(10000, () => page.$eval("#state", (e) => (e.textContent === "connected" ? "connected" : "")));

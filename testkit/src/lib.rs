@@ -5,5 +5,6 @@
 pub mod dialog_app;
 pub mod http;
 pub mod peer;
+pub mod speech_server;
 
 pub use peer::{ClientPeer, Received};
