@@ -16,9 +16,16 @@ use std::time::{Duration, Instant};
 use voicegate_testkit::ClientPeer;
 use voicegate_testkit::peer::opus_tone;
 
-const USAGE: &str = "usage: voicegate-bench --server <http://host:port> [--pid <server pid>] [--calls N] [--seconds S] [--json]";
+mod speech;
+
+const USAGE: &str = "usage:
+  voicegate-bench [echo] --server <http://host:port> [--pid <server pid>] [--calls N] [--seconds S] [--json]
+  voicegate-bench speech --server <http://host:port> --dialog-listen <ip:port> [--runs N]";
 
 struct Args {
+    speech: bool,
+    dialog_listen: SocketAddr,
+    runs: usize,
     server: SocketAddr,
     pid: Option<u32>,
     calls: usize,
@@ -28,6 +35,9 @@ struct Args {
 
 fn parse_args() -> anyhow::Result<Args> {
     let mut a = Args {
+        speech: false,
+        dialog_listen: "127.0.0.1:18100".parse()?,
+        runs: 20,
         server: "127.0.0.1:8080".parse()?,
         pid: None,
         calls: 20,
@@ -52,6 +62,10 @@ fn parse_args() -> anyhow::Result<Args> {
             "--calls" => a.calls = val()?.parse()?,
             "--seconds" => a.seconds = val()?.parse()?,
             "--json" => a.json = true,
+            "echo" => a.speech = false,
+            "speech" => a.speech = true,
+            "--dialog-listen" => a.dialog_listen = val()?.parse()?,
+            "--runs" => a.runs = val()?.parse()?,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -131,6 +145,9 @@ async fn one_call(
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
+    if args.speech {
+        return speech::run(args.server, args.dialog_listen, args.runs).await;
+    }
     // Pre-encoded: the generator spends its CPU on WebRTC, not on encoding.
     let frames = Arc::new(opus_tone(440.0, 50));
     let duration = Duration::from_secs(args.seconds);

@@ -39,9 +39,12 @@ pub struct TestDialogApp {
 impl TestDialogApp {
     /// Starts on 127.0.0.1, port 0.
     pub async fn start() -> TestDialogApp {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind loopback");
+        Self::start_on("127.0.0.1:0".parse().expect("a constant address")).await
+    }
+
+    /// Starts on `addr`.
+    pub async fn start_on(addr: SocketAddr) -> TestDialogApp {
+        let listener = TcpListener::bind(addr).await.expect("bind the dialog app");
         let addr = listener.local_addr().expect("bound");
         let shared = Arc::new(Mutex::new(Shared::default()));
         let s = shared.clone();
