@@ -707,3 +707,44 @@ mod supervision {
         peer.close().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_prompts_play_while_reconnecting_and_stay_internal() {
+    let app = TestDialogApp::start().await;
+    // The first reconnect attempt comes after 1.5 s: the hold prompt fills the gap.
+    let server = server_for(
+        &app,
+        &[
+            ("dialog.reconnect_initial_ms", "1500"),
+            ("dialog.hold_first", "Please hold while we reconnect."),
+        ],
+    );
+    let (peer, _) = started_call(&server, &app).await;
+    let before = peer.received_count();
+    let dropped_at = Instant::now();
+    assert!(app.drop_connection());
+    assert!(
+        eventually(5 * SECOND, || app.dials().len() == 2 && app.connected()).await,
+        "redialled"
+    );
+    let during: Vec<Received> = peer.received()[before..]
+        .iter()
+        .filter(|p| p.at > dropped_at)
+        .cloned()
+        .collect();
+    assert!(
+        loud_packets(&during) > 25,
+        "the caller heard the hold prompt: {} loud frames",
+        loud_packets(&during)
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        app.events().iter().all(|e| !e["utterance_id"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("voicegate-")),
+        "voicegate's own prompts are not reported: {:?}",
+        app.events()
+    );
+    peer.close().await;
+}

@@ -133,6 +133,8 @@ pub struct CallActor {
     restarts: RestartBudget,
     /// Waiting for the give-up prompt before ending with `dialog-lost`.
     giving_up: bool,
+    /// Per utterance: time from the command to its first audio, in ms (summarised at the end).
+    first_audio_ms: Vec<u64>,
     /// Life phase.
     phase: Phase,
     /// When the offer arrived, for the connect time.
@@ -178,6 +180,7 @@ impl CallActor {
             started_sent: false,
             restarts,
             giving_up: false,
+            first_audio_ms: Vec::new(),
             phase: Phase::Negotiating,
             created: Instant::now(),
             checking_transport: false,
@@ -342,9 +345,12 @@ impl Handler<DialogEvent> for CallActor {
         match msg {
             DialogEvent::Connected { reconnect } => {
                 self.dialog_up = true;
-                if !reconnect {
-                    self.maybe_call_started();
+                if reconnect {
+                    tracing::info!("dialog app reconnected");
                 }
+                // Sent once: not again after a reconnect, but still if the socket was lost
+                // before media came up.
+                self.maybe_call_started();
             }
             DialogEvent::Command(cmd) => self.command(cmd, ctx),
             DialogEvent::Reconnecting { attempt } => {
@@ -598,6 +604,16 @@ impl CallActor {
         self.phase = Phase::Ending;
         let _e = self.span.clone().entered();
         tracing::info!(%reason, duration_ms = self.created.elapsed().as_millis() as u64, "call ending");
+        if !self.first_audio_ms.is_empty() {
+            let mut v = self.first_audio_ms.clone();
+            v.sort_unstable();
+            tracing::info!(
+                utterances = v.len(),
+                tts_first_ms_p50 = v[v.len() / 2],
+                tts_first_ms_max = v[v.len() - 1],
+                "speech summary"
+            );
+        }
         if let Some(codec) = self.codec.take() {
             trace_msg!(self.call_id, "call" => "codec", "Stop");
             codec.do_send(Stop);
