@@ -6,12 +6,13 @@
 #
 # All calls share one UDP port, so publishing that one port is all the media needs. Inside a
 # container the bound address is not the one browsers reach: set media.public_ips (NAT 1:1).
-# Debian packages here match scripts/setup.sh: libopus-dev and libespeak-ng-dev to build, their
-# runtime libraries (and espeak-ng-data, the voices) to run.
+# Debian packages here match scripts/setup.sh: libopus-dev, libespeak-ng-dev and
+# libpocketsphinx-dev to build; their runtime libraries, the espeak-ng voices and the
+# pocketsphinx English model to run.
 
 FROM rust:1.95-bookworm AS build
 RUN apt-get update \
- && apt-get install -y --no-install-recommends pkg-config libopus-dev libespeak-ng-dev \
+ && apt-get install -y --no-install-recommends pkg-config libopus-dev libespeak-ng-dev libpocketsphinx-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -19,7 +20,7 @@ RUN cargo build --release --locked --bin voicegate
 
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libopus0 libespeak-ng1 espeak-ng-data ca-certificates \
+ && apt-get install -y --no-install-recommends libopus0 libespeak-ng1 espeak-ng-data libpocketsphinx3 pocketsphinx-en-us ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --no-create-home voicegate
 COPY --from=build /src/target/release/voicegate /usr/local/bin/voicegate

@@ -9,8 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Keep in step with the Dockerfile's build and runtime stages.
-build_packages=(pkg-config libopus-dev libespeak-ng-dev)
-test_packages=(chromium iproute2 util-linux nodejs npm)
+build_packages=(pkg-config libopus-dev libespeak-ng-dev libpocketsphinx-dev pocketsphinx-en-us)
+test_packages=(chromium espeak-ng iproute2 util-linux nodejs npm)
 
 want=("${build_packages[@]}")
 if [ "${1:-}" = "--test" ]; then

@@ -3,11 +3,14 @@
 //! Used by `main` and by the integration tests, so tests run the real service on free ports.
 
 use crate::http::{self, HttpState};
-use crate::settings::{DialogTarget, TtsChoice, Validated};
+use crate::settings::{AsrChoice, DialogTarget, TtsChoice, Validated};
 use actix::{Actor, Addr};
 use actix_web::{App, HttpServer, web};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use voicegate_actors::asr::AsrFactory;
+use voicegate_actors::asr::openai::OpenAiAsr;
+use voicegate_actors::asr::pocketsphinx::Pocketsphinx;
 use voicegate_actors::call::CallServices;
 use voicegate_actors::supervisor::Supervisor;
 use voicegate_actors::tts::TtsFactory;
@@ -51,6 +54,9 @@ pub enum StartError {
     /// The speech engine could not start.
     #[error("tts.engine: {0}")]
     Tts(String),
+    /// The recognizer could not start.
+    #[error("asr.engine: {0}")]
+    Asr(String),
 }
 
 /// Starts everything. Must run inside an actix system.
@@ -71,6 +77,10 @@ pub fn start(cfg: &Validated) -> Result<Running, StartError> {
         TtsChoice::Espeak(s) => Arc::new(Espeak::start(s).map_err(StartError::Tts)?),
         TtsChoice::OpenAi(s) => Arc::new(OpenAiTts::new(s.clone())),
     };
+    let asr: Arc<dyn AsrFactory> = match &cfg.asr {
+        AsrChoice::Pocketsphinx(s) => Arc::new(Pocketsphinx::start(s).map_err(StartError::Asr)?),
+        AsrChoice::OpenAi(s) => Arc::new(OpenAiAsr::new(s.clone())),
+    };
     let mut dialog = cfg.dialog.clone();
     dialog.url = match &cfg.dialog_target {
         DialogTarget::Demo => demo_url(http_addr),
@@ -80,6 +90,7 @@ pub fn start(cfg: &Validated) -> Result<Running, StartError> {
     let services = CallServices {
         plane: plane.clone(),
         tts,
+        asr,
         dialog: Arc::new(dialog),
     };
     let supervisor = Supervisor::new(cfg.calls.clone(), services, cfg.media.workers).start();

@@ -9,13 +9,17 @@
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
+use voicegate_actors::asr::openai::OpenAiAsrSettings;
+use voicegate_actors::asr::pocketsphinx::PocketsphinxSettings;
 use voicegate_actors::call::{CallSettings, HoldPrompts};
+use voicegate_actors::codec::ListenSettings;
 use voicegate_actors::dialog::DialogSettings;
 use voicegate_actors::tts::espeak::EspeakSettings;
 use voicegate_actors::tts::openai::OpenAiTtsSettings;
 use voicegate_core::call_id;
 use voicegate_core::codec::EncoderSettings;
 use voicegate_core::ice::{self, IceServer};
+use voicegate_core::listen::{BargeInSettings, EndpointSettings};
 use voicegate_core::speech::PlayerSettings;
 use voicegate_core::text::SegmentLimits;
 use voicegate_media::MediaSettings;
@@ -40,6 +44,12 @@ pub struct Settings {
     pub dialog: Dialog,
     /// `[tts]`
     pub tts: Tts,
+    /// `[asr]`
+    pub asr: Asr,
+    /// `[listen]`
+    pub listen: Listen,
+    /// `[barge_in]`
+    pub barge_in: BargeInConfig,
     /// `[supervision]`
     pub supervision: Supervision,
     /// `[echo]`
@@ -143,6 +153,99 @@ impl std::fmt::Debug for TtsOpenAi {
             .field("voice", &self.voice)
             .finish()
     }
+}
+
+/// `[asr]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Asr {
+    /// `pocketsphinx` or `openai`.
+    pub engine: String,
+    /// Partial rate limit.
+    pub partial_interval_ms: u64,
+    /// `[asr.pocketsphinx]`
+    pub pocketsphinx: AsrPocketsphinx,
+    /// `[asr.openai]`
+    pub openai: AsrOpenAi,
+}
+
+/// `[asr.pocketsphinx]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AsrPocketsphinx {
+    /// Acoustic model.
+    pub hmm: String,
+    /// Dictionary.
+    pub dict: String,
+    /// Language model.
+    pub lm: String,
+    /// JSGF grammar file.
+    pub grammar: String,
+    /// Decoder threads.
+    pub decoders: usize,
+}
+
+/// `[asr.openai]`
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AsrOpenAi {
+    /// Base URL.
+    pub base_url: String,
+    /// API key.
+    pub api_key: String,
+    /// Model.
+    pub model: String,
+    /// Language hint.
+    pub language: String,
+    /// Timeout.
+    pub timeout_ms: u64,
+}
+
+impl std::fmt::Debug for AsrOpenAi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsrOpenAi")
+            .field("base_url", &self.base_url)
+            .field("api_key", &if self.api_key.is_empty() { "" } else { "***" })
+            .field("model", &self.model)
+            .finish()
+    }
+}
+
+/// `[listen]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    /// Speech to start.
+    pub speech_start_ms: u32,
+    /// Silence to end.
+    pub end_silence_ms: u32,
+    /// Pre-roll.
+    pub preroll_ms: u32,
+    /// Longest utterance.
+    pub max_utterance_ms: u32,
+}
+
+/// `[barge_in]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BargeInConfig {
+    /// On.
+    pub enabled: bool,
+    /// Speech needed.
+    pub min_speech_ms: u32,
+    /// Warm-up.
+    pub warmup_ms: u32,
+    /// Level margin (0: off).
+    pub level_margin_db: f32,
+}
+
+/// Which recognizer, validated.
+#[derive(Debug, Clone)]
+pub enum AsrChoice {
+    /// Embedded pocketsphinx.
+    Pocketsphinx(PocketsphinxSettings),
+    /// OpenAI-compatible HTTP.
+    OpenAi(OpenAiAsrSettings),
 }
 
 /// `[supervision]`
@@ -321,6 +424,8 @@ pub struct Validated {
     pub calls: CallSettings,
     /// The speech engine.
     pub tts: TtsChoice,
+    /// The recognizer.
+    pub asr: AsrChoice,
     /// The dialog app.
     pub dialog_target: DialogTarget,
     /// The dialog connection (its URL is set once the target is resolved).
@@ -483,6 +588,63 @@ impl Settings {
                 ));
             }
         };
+        let asr = match self.asr.engine.trim() {
+            "pocketsphinx" => {
+                let p = &self.asr.pocketsphinx;
+                let grammar = match p.grammar.trim() {
+                    "" => None,
+                    path => Some(std::fs::read_to_string(path).map_err(|e| {
+                        invalid("asr.pocketsphinx.grammar", format!("{path}: {e}"))
+                    })?),
+                };
+                AsrChoice::Pocketsphinx(PocketsphinxSettings {
+                    hmm: p.hmm.clone().into(),
+                    dict: p.dict.clone().into(),
+                    lm: (!p.lm.trim().is_empty()).then(|| p.lm.clone().into()),
+                    grammar,
+                    decoders: p.decoders.clamp(1, 64),
+                })
+            }
+            "openai" => {
+                let o = &self.asr.openai;
+                url::Url::parse(&o.base_url).map_err(|e| invalid("asr.openai.base_url", e))?;
+                AsrChoice::OpenAi(OpenAiAsrSettings {
+                    base_url: o.base_url.clone(),
+                    api_key: o.api_key.clone(),
+                    model: o.model.clone(),
+                    language: o.language.clone(),
+                    timeout: Duration::from_millis(o.timeout_ms.max(1)),
+                })
+            }
+            other => {
+                return Err(invalid(
+                    "asr.engine",
+                    format!("{other:?}: want \"pocketsphinx\" or \"openai\""),
+                ));
+            }
+        };
+        let l = &self.listen;
+        if l.end_silence_ms < 100 || l.speech_start_ms < 20 || l.max_utterance_ms < 1000 {
+            return Err(invalid(
+                "listen",
+                "want speech_start_ms >= 20, end_silence_ms >= 100, max_utterance_ms >= 1000",
+            ));
+        }
+        let listen = ListenSettings {
+            endpoint: EndpointSettings {
+                speech_start_ms: l.speech_start_ms,
+                end_silence_ms: l.end_silence_ms,
+                preroll_ms: l.preroll_ms,
+                max_utterance_ms: l.max_utterance_ms,
+            },
+            barge_in: BargeInSettings {
+                enabled: self.barge_in.enabled,
+                min_speech_ms: self.barge_in.min_speech_ms,
+                warmup_ms: self.barge_in.warmup_ms,
+                level_margin_db: (self.barge_in.level_margin_db > 0.0)
+                    .then_some(self.barge_in.level_margin_db),
+            },
+        };
         let seg = &self.tts.segment;
         if seg.first_min_chars == 0
             || seg.first_max_chars < seg.first_min_chars
@@ -537,6 +699,8 @@ impl Settings {
                 retry: d.hold_retry.clone(),
                 give_up: d.hold_give_up.clone(),
             },
+            listen,
+            partial_interval: Duration::from_millis(self.asr.partial_interval_ms),
         };
         Ok(Validated {
             http_bind,
@@ -546,6 +710,7 @@ impl Settings {
             media,
             calls,
             tts,
+            asr,
             dialog_target,
             dialog,
             log: self.log.clone(),

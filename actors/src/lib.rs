@@ -6,9 +6,11 @@
 //! through `Recipient`s. A failure inside one call ends (or, later, restarts) that call only.
 //! Every message between actors can be traced ([`trace`]).
 
+pub mod asr;
 pub mod call;
 pub mod codec;
 pub mod dialog;
+pub mod recognizer;
 pub mod speaker;
 pub mod supervisor;
 pub mod trace;

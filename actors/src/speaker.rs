@@ -29,6 +29,13 @@ use voicegate_core::speech::{Input, Output, Player, PlayerSettings, SegmentId};
 pub enum SpeakerEvent {
     /// A `tts.started` or `tts.ended` for the dialog app.
     Tts(Event),
+    /// A segment began playing: the text the caller hears now.
+    Segment {
+        /// Utterance.
+        id: String,
+        /// Text.
+        text: String,
+    },
     /// An utterance's first audio left: its latencies.
     FirstAudio {
         /// Utterance.
@@ -92,6 +99,19 @@ pub struct Playback {
     pub first: bool,
     /// Last frame.
     pub last: bool,
+    /// Frames of it sent so far.
+    pub frames: u32,
+}
+
+/// The caller barged in; the codec already stopped playback (`segment` was in progress with
+/// `frames` sent).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct BargeIn {
+    /// The segment in progress.
+    pub segment: Option<SegmentId>,
+    /// Its frames sent.
+    pub frames: u32,
 }
 
 /// The call is ending: returns the `tts.ended` events of everything still queued, then stops.
@@ -183,6 +203,18 @@ impl Speaker {
                 utterance_id: id,
                 ok,
             }),
+            Output::Interrupted {
+                id,
+                played_ms,
+                segments,
+            } => self.report(Event::TtsInterrupt {
+                utterance_id: id,
+                played_ms,
+                segments,
+            }),
+            Output::SegmentStarted { id, text } => {
+                self.parent.do_send(SpeakerEvent::Segment { id, text })
+            }
             Output::FirstAudio {
                 id,
                 tts_first,
@@ -416,10 +448,26 @@ impl Handler<Playback> for Speaker {
             self.input(
                 Input::PlaybackFinished {
                     segment: msg.segment,
+                    frames: msg.frames,
                 },
                 ctx,
             );
         }
+    }
+}
+
+impl Handler<BargeIn> for Speaker {
+    type Result = ();
+
+    fn handle(&mut self, msg: BargeIn, ctx: &mut Self::Context) {
+        trace_msg!(self.call_id, "call" => "speaker", "BargeIn", "segment {:?} after {} frames", msg.segment, msg.frames);
+        self.input(
+            Input::BargeIn {
+                segment: msg.segment,
+                frames: msg.frames,
+            },
+            ctx,
+        );
     }
 }
 

@@ -9,11 +9,24 @@
 //! value as false); a malformed or unknown command is reported as an error value for logging,
 //! never acted on.
 
-use serde::{Deserialize, Serialize};
+use crate::speech::PlayedSegment;
+use serde::Deserialize;
+use serde_json::json;
 use url::Url;
 
 /// Longest `payload` accepted, in bytes: it travels in the dial URL's query.
 pub const MAX_PAYLOAD_BYTES: usize = 4096;
+
+/// Lost, recovered and concealed audio of an utterance, in ms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NetReport {
+    /// Audio lost on the way (packets that never arrived in time).
+    pub lost_ms: u32,
+    /// Of that, rebuilt from in-band FEC.
+    pub recovered_ms: u32,
+    /// Of that, concealed by PLC.
+    pub concealed_ms: u32,
+}
 
 /// An event for the dialog app.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,6 +47,9 @@ pub enum Event {
     AsrFinal {
         /// The text.
         text: String,
+        /// What the network did to its audio (extra fields; apps that do not know them ignore
+        /// them).
+        net: Option<NetReport>,
     },
     /// The recognizer failed.
     AsrError {
@@ -54,38 +70,27 @@ pub enum Event {
         /// Played completely.
         ok: bool,
     },
+    /// The caller talked over an utterance: what they heard of it.
+    TtsInterrupt {
+        /// The utterance.
+        utterance_id: String,
+        /// Audio of it that left voicegate, ms.
+        played_ms: u32,
+        /// Its segments as far as they were played.
+        segments: Vec<PlayedSegment>,
+    },
+    /// A key press in the browser (RFC 4733).
+    Dtmf {
+        /// `0`-`9`, `*`, `#`, `A`-`D`.
+        digit: char,
+        /// The press ended.
+        end: bool,
+    },
     /// The call ended.
     CallEnded {
         /// Why.
         reason: String,
     },
-}
-
-#[derive(Serialize)]
-struct Envelope<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    call_id: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    from: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    to: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    codec: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pcm_hz: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    text: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    message: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    fatal: Option<bool>,
-    #[serde(skip_serializing_if = "str::is_empty")]
-    utterance_id: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ok: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<&'a str>,
 }
 
 impl Event {
@@ -98,46 +103,56 @@ impl Event {
             Event::AsrError { .. } => "asr.error",
             Event::TtsStarted { .. } => "tts.started",
             Event::TtsEnded { .. } => "tts.ended",
+            Event::TtsInterrupt { .. } => "tts.interrupt",
+            Event::Dtmf { .. } => "dtmf",
             Event::CallEnded { .. } => "call.ended",
         }
     }
 
     /// The event as its wire JSON for call `call_id`.
     pub fn to_json(&self, call_id: &str) -> String {
-        let mut e = Envelope {
-            kind: self.kind(),
-            call_id,
-            from: None,
-            to: None,
-            codec: None,
-            pcm_hz: None,
-            text: None,
-            message: None,
-            fatal: None,
-            utterance_id: "",
-            ok: None,
-            reason: None,
-        };
-        match self {
+        let mut v = match self {
             Event::CallStarted { from, pcm_hz } => {
-                e.from = Some(from);
-                e.to = Some("webrtc");
-                e.codec = Some("opus");
-                e.pcm_hz = Some(*pcm_hz);
+                json!({"from": from, "to": "webrtc", "codec": "opus", "pcm_hz": pcm_hz})
             }
-            Event::AsrPartial { text } | Event::AsrFinal { text } => e.text = Some(text),
-            Event::AsrError { message, fatal } => {
-                e.message = Some(message);
-                e.fatal = Some(*fatal);
+            Event::AsrPartial { text } => json!({"text": text}),
+            Event::AsrFinal { text, net } => {
+                let mut v = json!({"text": text});
+                if let Some(n) = net {
+                    v["lost_ms"] = n.lost_ms.into();
+                    v["recovered_ms"] = n.recovered_ms.into();
+                    v["concealed_ms"] = n.concealed_ms.into();
+                }
+                v
             }
-            Event::TtsStarted { utterance_id } => e.utterance_id = utterance_id,
-            Event::TtsEnded { utterance_id, ok } => {
-                e.utterance_id = utterance_id;
-                e.ok = Some(*ok);
-            }
-            Event::CallEnded { reason } => e.reason = Some(reason),
+            Event::AsrError { message, fatal } => json!({"message": message, "fatal": fatal}),
+            Event::TtsStarted { utterance_id } => json!({"utterance_id": utterance_id}),
+            Event::TtsEnded { utterance_id, ok } => json!({"utterance_id": utterance_id, "ok": ok}),
+            Event::TtsInterrupt {
+                utterance_id,
+                played_ms,
+                segments,
+            } => json!({
+                "utterance_id": utterance_id,
+                "played_ms": played_ms,
+                "played_text": PlayedSegment::join(segments),
+                "played_segments": segments
+                    .iter()
+                    .map(|s| json!({"text": s.text, "played_ms": s.played_ms, "complete": s.complete}))
+                    .collect::<Vec<_>>(),
+            }),
+            Event::Dtmf { digit, end } => json!({"digit": digit.to_string(), "end": end}),
+            Event::CallEnded { reason } => json!({"reason": reason}),
+        };
+        v["type"] = self.kind().into();
+        v["call_id"] = call_id.into();
+        // Empty utterance ids are omitted, as the original does.
+        if v.get("utterance_id").is_some_and(|u| u == "") {
+            v.as_object_mut()
+                .expect("built as an object")
+                .remove("utterance_id");
         }
-        serde_json::to_string(&e).expect("the envelope holds only strings, numbers and bools")
+        v.to_string()
     }
 }
 
@@ -695,8 +710,50 @@ mod tests {
             serde_json::json!({"type":"call.ended","call_id":"wrtc-1","reason":"client-hangup"})
         );
         assert_eq!(
-            j(Event::AsrFinal { text: "hi".into() }),
+            j(Event::AsrFinal {
+                text: "hi".into(),
+                net: None
+            }),
             serde_json::json!({"type":"asr.final","call_id":"wrtc-1","text":"hi"})
+        );
+        assert_eq!(
+            j(Event::AsrFinal {
+                text: "hi".into(),
+                net: Some(NetReport {
+                    lost_ms: 60,
+                    recovered_ms: 20,
+                    concealed_ms: 40
+                })
+            }),
+            serde_json::json!({"type":"asr.final","call_id":"wrtc-1","text":"hi","lost_ms":60,"recovered_ms":20,"concealed_ms":40})
+        );
+        assert_eq!(
+            j(Event::Dtmf {
+                digit: '#',
+                end: true
+            }),
+            serde_json::json!({"type":"dtmf","call_id":"wrtc-1","digit":"#","end":true})
+        );
+        assert_eq!(
+            j(Event::TtsInterrupt {
+                utterance_id: "u".into(),
+                played_ms: 1240,
+                segments: vec![
+                    PlayedSegment {
+                        text: "One.".into(),
+                        played_ms: 1000,
+                        complete: true
+                    },
+                    PlayedSegment {
+                        text: "Two three.".into(),
+                        played_ms: 240,
+                        complete: false
+                    },
+                ],
+            }),
+            serde_json::json!({"type":"tts.interrupt","call_id":"wrtc-1","utterance_id":"u","played_ms":1240,
+                "played_text":"One. Two three.…",
+                "played_segments":[{"text":"One.","played_ms":1000,"complete":true},{"text":"Two three.","played_ms":240,"complete":false}]})
         );
         assert_eq!(
             j(Event::AsrError {

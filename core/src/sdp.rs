@@ -273,6 +273,60 @@ fn rewrite_candidate(c: &str, placeholder: SocketAddr, to: &[SocketAddr]) -> Opt
     )
 }
 
+/// Removes from `sdp` every payload type whose `a=rtpmap` matches `drop(encoding, clock)`: out
+/// of its m-line, and its `rtpmap`, `fmtp` and `rtcp-fb` lines. Other lines are kept as they are.
+pub fn drop_payload_types(sdp: &str, drop: impl Fn(&str, u32) -> bool) -> String {
+    let mut doomed: Vec<(usize, String)> = Vec::new(); // (section index, payload type)
+    let mut section = 0;
+    for line in sdp.lines() {
+        if line.starts_with("m=") {
+            section += 1;
+        } else if let Some(map) = line.trim_end().strip_prefix("a=rtpmap:")
+            && let Some((pt, enc)) = map.split_once(' ')
+        {
+            let mut e = enc.split('/');
+            let name = e.next().unwrap_or("");
+            let clock = e.next().and_then(|c| c.parse().ok()).unwrap_or(0);
+            if drop(name, clock) {
+                doomed.push((section, pt.to_owned()));
+            }
+        }
+    }
+    if doomed.is_empty() {
+        return sdp.to_owned();
+    }
+    let mut out = String::with_capacity(sdp.len());
+    let mut section = 0;
+    for line in sdp.split_inclusive('\n') {
+        let body = line.trim_end_matches(['\r', '\n']);
+        let eol = &line[body.len()..];
+        if body.starts_with("m=") {
+            section += 1;
+            let mut fields: Vec<&str> = body.split(' ').collect();
+            if fields.len() > 3 {
+                let keep: Vec<&str> = fields
+                    .split_off(3)
+                    .into_iter()
+                    .filter(|pt| !doomed.iter().any(|(s, d)| *s == section && d == pt))
+                    .collect();
+                fields.extend(keep);
+            }
+            out.push_str(&fields.join(" "));
+            out.push_str(eol);
+            continue;
+        }
+        let names_doomed = ["a=rtpmap:", "a=fmtp:", "a=rtcp-fb:"].iter().any(|p| {
+            body.strip_prefix(p)
+                .and_then(|r| r.split(' ').next())
+                .is_some_and(|pt| doomed.iter().any(|(s, d)| *s == section && d == pt))
+        });
+        if !names_doomed {
+            out.push_str(line);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -376,6 +430,23 @@ a=rtpmap:126 telephone-event/8000\r\n";
             1,
         );
         assert_eq!(check_offer(&two).unwrap().opus_pt, 111);
+    }
+
+    #[test]
+    fn dropping_the_48k_telephone_event_keeps_the_rest() {
+        let out = drop_payload_types(CHROME, |name, clock| {
+            name.eq_ignore_ascii_case("telephone-event") && clock != 8000
+        });
+        assert!(
+            out.contains("m=audio 9 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 126\r\n"),
+            "{out}"
+        );
+        assert!(!out.contains("a=rtpmap:110"));
+        assert!(out.contains("a=rtpmap:126 telephone-event/8000\r\n"));
+        assert!(out.contains("a=fmtp:111 minptime=10;useinbandfec=1\r\n"));
+        assert_eq!(check_offer(&out).unwrap().telephone_event_pt, Some(126));
+        // Nothing to drop: unchanged.
+        assert_eq!(drop_payload_types(CHROME, |_, _| false), CHROME);
     }
 
     #[test]

@@ -36,6 +36,38 @@ pub struct PlayerSettings {
     pub prefetch: usize,
 }
 
+/// A segment as far as the caller heard it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlayedSegment {
+    /// Its text.
+    pub text: String,
+    /// Audio sent, ms.
+    pub played_ms: u32,
+    /// Sent completely (false: interrupted in the middle).
+    pub complete: bool,
+}
+
+impl PlayedSegment {
+    /// The caller-heard text of `segments`: complete segments, then the interrupted one with a
+    /// trailing `…` to mark that only part of it was heard.
+    pub fn join(segments: &[PlayedSegment]) -> String {
+        let parts: Vec<String> = segments
+            .iter()
+            .map(|s| {
+                if s.complete {
+                    s.text.clone()
+                } else {
+                    format!("{}…", s.text)
+                }
+            })
+            .collect();
+        parts.join(" ")
+    }
+}
+
+/// Frames are 20 ms.
+const FRAME_MS: u32 = 20;
+
 /// What happened, for the player.
 #[derive(Debug)]
 pub enum Input<'a> {
@@ -82,6 +114,16 @@ pub enum Input<'a> {
     PlaybackFinished {
         /// Which segment.
         segment: SegmentId,
+        /// Frames of it that were sent.
+        frames: u32,
+    },
+    /// The caller talked over us (the codec already stopped playback): `segment` was playing,
+    /// `frames` of it had been sent.
+    BargeIn {
+        /// The segment in progress, if one was.
+        segment: Option<SegmentId>,
+        /// Its frames sent.
+        frames: u32,
     },
     /// A final transcript arrived (the anchor for end-to-end latency).
     AsrFinal,
@@ -131,6 +173,23 @@ pub enum Output {
         /// Played completely.
         ok: bool,
     },
+    /// A segment's first frame left (the text the caller is hearing now).
+    SegmentStarted {
+        /// Utterance id.
+        id: String,
+        /// The segment's text.
+        text: String,
+    },
+    /// `tts.interrupt`: the caller barged in on this utterance. What they heard: `played_ms` of
+    /// audio, the segments sent completely, and the one in progress.
+    Interrupted {
+        /// Utterance id.
+        id: String,
+        /// Audio sent for it, in ms.
+        played_ms: u32,
+        /// Its segments, in order, up to the one in progress.
+        segments: Vec<PlayedSegment>,
+    },
     /// First audio of an utterance left: latencies to log and keep.
     FirstAudio {
         /// Utterance id.
@@ -157,6 +216,8 @@ struct Utterance {
     started: bool,
     /// Segments not yet finished playing, in order.
     segments: VecDeque<SegmentId>,
+    /// Segments played completely, with their text and length.
+    played: Vec<PlayedSegment>,
     /// When the command that created it arrived.
     received: Instant,
 }
@@ -307,6 +368,17 @@ impl Player {
                 }
             }
             Input::PlaybackStarted { segment } => {
+                let text = self
+                    .segments
+                    .iter()
+                    .find(|s| s.id == segment)
+                    .map(|s| s.text.clone());
+                if let (Some(text), Some(u)) = (text, self.utterance_of(segment))
+                    && u.report
+                {
+                    let id = u.id.clone();
+                    out.push(Output::SegmentStarted { id, text });
+                }
                 if let Some(u) = self.utterance_of(segment)
                     && !u.started
                 {
@@ -325,7 +397,48 @@ impl Player {
                     }
                 }
             }
-            Input::PlaybackFinished { segment } => self.finish_segment(segment),
+            Input::PlaybackFinished { segment, frames } => {
+                let text = self
+                    .segments
+                    .iter()
+                    .find(|s| s.id == segment)
+                    .map(|s| s.text.clone());
+                if let (Some(text), Some(u)) = (text, self.utterance_of(segment)) {
+                    u.played.push(PlayedSegment {
+                        text,
+                        played_ms: frames * FRAME_MS,
+                        complete: true,
+                    });
+                }
+                self.finish_segment(segment);
+            }
+            Input::BargeIn { segment, frames } => {
+                // The utterance the caller talked over is the one playing: the front one, if it
+                // has started.
+                if let Some(u) = self.utterances.front()
+                    && u.started
+                    && u.report
+                {
+                    let mut segments = u.played.clone();
+                    if let Some(seg) = segment
+                        && u.segments.contains(&seg)
+                        && let Some(s) = self.segments.iter().find(|s| s.id == seg)
+                        && frames > 0
+                    {
+                        segments.push(PlayedSegment {
+                            text: s.text.clone(),
+                            played_ms: frames * FRAME_MS,
+                            complete: false,
+                        });
+                    }
+                    out.push(Output::Interrupted {
+                        id: u.id.clone(),
+                        played_ms: segments.iter().map(|s| s.played_ms).sum(),
+                        segments,
+                    });
+                }
+                self.interrupt(&mut out);
+            }
             Input::AsrFinal => self.asr_anchor = Some(now),
         }
         self.pump(&mut out);
@@ -533,6 +646,7 @@ impl Utterance {
             failed: false,
             started: false,
             segments: VecDeque::new(),
+            played: Vec::new(),
             received,
         }
     }
@@ -555,6 +669,7 @@ mod tests {
         flushes: usize,
         events: Vec<String>,
         latencies: Vec<(String, Duration, Option<Duration>)>,
+        heard: Vec<String>,
     }
 
     fn settings() -> PlayerSettings {
@@ -579,6 +694,7 @@ mod tests {
                 flushes: 0,
                 events: vec![],
                 latencies: vec![],
+                heard: vec![],
             }
         }
 
@@ -613,6 +729,15 @@ mod tests {
                         tts_first,
                         since_asr_final,
                     } => self.latencies.push((id, tts_first, since_asr_final)),
+                    Output::SegmentStarted { id, text } => self.heard.push(format!("{id}: {text}")),
+                    Output::Interrupted {
+                        id,
+                        played_ms,
+                        segments,
+                    } => self.events.push(format!(
+                        "interrupted {id} {played_ms}ms {:?}",
+                        PlayedSegment::join(&segments)
+                    )),
                 }
             }
         }
@@ -662,7 +787,10 @@ mod tests {
                     break;
                 }
                 self.codec.remove(0);
-                self.input(Input::PlaybackFinished { segment: seg });
+                self.input(Input::PlaybackFinished {
+                    segment: seg,
+                    frames: (samples / 320) as u32,
+                });
             }
         }
 
@@ -983,5 +1111,218 @@ mod tests {
             ("u2".into(), Duration::from_millis(80), None),
             "the anchor is used once"
         );
+    }
+}
+
+#[cfg(test)]
+mod barge_in_tests {
+    //! `played_text` bookkeeping: what the caller heard when they interrupted.
+    use super::*;
+
+    fn settings() -> PlayerSettings {
+        PlayerSettings {
+            limits: SegmentLimits {
+                first_min_chars: 6,
+                first_max_chars: 40,
+                max_chars: 120,
+            },
+            prefetch: 3,
+        }
+    }
+
+    #[test]
+    fn barge_in_reports_complete_segments_and_the_one_in_progress() {
+        let t = Instant::now();
+        let mut p = Player::new(settings());
+        let outs = p.handle(
+            Input::Speak {
+                id: "u1",
+                text: "First sentence here. Second one now. Third never heard.",
+                report: true,
+            },
+            t,
+        );
+        let segs: Vec<SegmentId> = outs
+            .iter()
+            .filter_map(|o| {
+                if let Output::Synthesize { segment, .. } = o {
+                    Some(*segment)
+                } else {
+                    None
+                }
+            })
+            .collect();
+        assert_eq!(segs.len(), 3);
+        for &s in &segs {
+            p.handle(
+                Input::Audio {
+                    segment: s,
+                    pcm: vec![1; 320 * 50],
+                },
+                t,
+            );
+            p.handle(
+                Input::Synthesized {
+                    segment: s,
+                    ok: true,
+                },
+                t,
+            );
+        }
+        // Segment 1 played completely (50 frames), segment 2 started and 12 frames went out.
+        let heard = p.handle(Input::PlaybackStarted { segment: segs[0] }, t);
+        assert!(heard.contains(&Output::SegmentStarted {
+            id: "u1".into(),
+            text: "First sentence here.".into()
+        }));
+        p.handle(
+            Input::PlaybackFinished {
+                segment: segs[0],
+                frames: 50,
+            },
+            t,
+        );
+        p.handle(Input::PlaybackStarted { segment: segs[1] }, t);
+        let outs = p.handle(
+            Input::BargeIn {
+                segment: Some(segs[1]),
+                frames: 12,
+            },
+            t,
+        );
+        let report = outs.iter().find_map(|o| {
+            if let Output::Interrupted {
+                id,
+                played_ms,
+                segments,
+            } = o
+            {
+                Some((id.clone(), *played_ms, segments.clone()))
+            } else {
+                None
+            }
+        });
+        let (id, played_ms, segments) = report.expect("a tts.interrupt report");
+        assert_eq!(id, "u1");
+        assert_eq!(played_ms, 50 * 20 + 12 * 20);
+        assert_eq!(
+            segments,
+            vec![
+                PlayedSegment {
+                    text: "First sentence here.".into(),
+                    played_ms: 1000,
+                    complete: true
+                },
+                PlayedSegment {
+                    text: "Second one now.".into(),
+                    played_ms: 240,
+                    complete: false
+                },
+            ]
+        );
+        assert_eq!(
+            PlayedSegment::join(&segments),
+            "First sentence here. Second one now.…"
+        );
+        // The report comes first, then the utterance ends not ok; syntheses in flight are gone.
+        let kinds: Vec<&str> = outs
+            .iter()
+            .map(|o| match o {
+                Output::Interrupted { .. } => "interrupted",
+                Output::FlushPlayback => "flush",
+                Output::Ended { ok: false, .. } => "ended",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(kinds, ["interrupted", "flush", "ended"]);
+        assert!(p.is_idle());
+    }
+
+    #[test]
+    fn barge_in_between_segments_counts_only_complete_ones() {
+        let t = Instant::now();
+        let mut p = Player::new(settings());
+        let outs = p.handle(
+            Input::Speak {
+                id: "u",
+                text: "One here. Two here.",
+                report: true,
+            },
+            t,
+        );
+        let first = outs
+            .iter()
+            .find_map(|o| {
+                if let Output::Synthesize { segment, .. } = o {
+                    Some(*segment)
+                } else {
+                    None
+                }
+            })
+            .unwrap();
+        p.handle(
+            Input::Audio {
+                segment: first,
+                pcm: vec![1; 320 * 10],
+            },
+            t,
+        );
+        p.handle(
+            Input::Synthesized {
+                segment: first,
+                ok: true,
+            },
+            t,
+        );
+        p.handle(Input::PlaybackStarted { segment: first }, t);
+        p.handle(
+            Input::PlaybackFinished {
+                segment: first,
+                frames: 10,
+            },
+            t,
+        );
+        let outs = p.handle(
+            Input::BargeIn {
+                segment: None,
+                frames: 0,
+            },
+            t,
+        );
+        assert!(outs.contains(&Output::Interrupted {
+            id: "u".into(),
+            played_ms: 200,
+            segments: vec![PlayedSegment {
+                text: "One here.".into(),
+                played_ms: 200,
+                complete: true
+            }],
+        }));
+    }
+
+    #[test]
+    fn barge_in_before_anything_played_reports_nothing_but_still_stops() {
+        let t = Instant::now();
+        let mut p = Player::new(settings());
+        p.handle(
+            Input::Speak {
+                id: "u",
+                text: "Not yet playing.",
+                report: true,
+            },
+            t,
+        );
+        let outs = p.handle(
+            Input::BargeIn {
+                segment: None,
+                frames: 0,
+            },
+            t,
+        );
+        assert!(!outs.iter().any(|o| matches!(o, Output::Interrupted { .. })));
+        assert!(outs.contains(&Output::Ended {
+            id: "u".into(),
+            ok: false
+        }));
     }
 }

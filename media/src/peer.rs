@@ -19,7 +19,9 @@ use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::interceptor_registry::{
     configure_nack, configure_rtcp_reports, configure_twcc,
 };
-use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MediaEngine};
+use rtc::peer_connection::configuration::media_engine::{
+    MIME_TYPE_OPUS, MIME_TYPE_TELEPHONE_EVENT, MediaEngine,
+};
 use rtc::peer_connection::transport::RTCDtlsTransportState;
 use rtc::rtp;
 use rtc::rtp_transceiver::rtp_sender::{
@@ -44,6 +46,8 @@ use webrtc::rtp_transceiver::RtpSender;
 
 /// The payload type we register for Opus; browsers offer 111 too.
 pub const OPUS_PT: u8 = 111;
+/// The payload type we register for telephone-event/8000 (RFC 4733); Chrome offers 126.
+pub const DTMF_PT: u8 = 126;
 
 /// ICE: no inbound traffic for this long → disconnected (a Wi-Fi blip is shorter).
 const ICE_DISCONNECTED: Duration = Duration::from_secs(4);
@@ -65,6 +69,8 @@ pub enum PeerEvent {
     State(PeerState),
     /// The caller's audio track arrived; drain it with [`TrackRemote::poll`].
     Track(Arc<dyn TrackRemote>),
+    /// The browser opened a data channel.
+    DataChannel(Arc<dyn webrtc::data_channel::DataChannel>),
 }
 
 impl std::fmt::Debug for PeerEvent {
@@ -72,6 +78,7 @@ impl std::fmt::Debug for PeerEvent {
         match self {
             PeerEvent::State(s) => write!(f, "State({s:?})"),
             PeerEvent::Track(_) => f.write_str("Track"),
+            PeerEvent::DataChannel(_) => f.write_str("DataChannel"),
         }
     }
 }
@@ -223,6 +230,10 @@ impl PeerConnectionEventHandler for Handler {
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
         (self.events)(PeerEvent::Track(track));
     }
+
+    async fn on_data_channel(&self, channel: Arc<dyn webrtc::data_channel::DataChannel>) {
+        (self.events)(PeerEvent::DataChannel(channel));
+    }
 }
 
 impl Peer {
@@ -271,7 +282,13 @@ impl Peer {
 
         // From here on, every failure closes the connection before returning.
         let result = async {
-            let offer = RTCSessionDescription::offer(offer_sdp.to_owned())
+            // rtc 0.21.1 matches codecs without looking at the clock rate: an offer with both
+            // telephone-event/48000 and /8000 (Chrome's) would map both to our one
+            // registration and answer a duplicate payload type. Only the 8 kHz one is kept.
+            let offer_sdp = voicegate_core::sdp::drop_payload_types(offer_sdp, |name, clock| {
+                name.eq_ignore_ascii_case("telephone-event") && clock != 8000
+            });
+            let offer = RTCSessionDescription::offer(offer_sdp)
                 .map_err(|e| PeerError::Negotiation(format!("offer: {e}")))?;
             pc.set_remote_description(offer)
                 .await
@@ -447,6 +464,20 @@ fn media_engine() -> webrtc::error::Result<(MediaEngine, Registry)> {
         RTCRtpCodecParameters {
             rtp_codec: opus_codec(),
             payload_type: OPUS_PT,
+        },
+        RtpCodecKind::Audio,
+    )?;
+    // Browser DTMF (RTCDTMFSender.insertDTMF).
+    media.register_codec(
+        RTCRtpCodecParameters {
+            rtp_codec: RTCRtpCodec {
+                mime_type: MIME_TYPE_TELEPHONE_EVENT.to_owned(),
+                clock_rate: 8000,
+                channels: 0,
+                sdp_fmtp_line: "0-16".to_owned(),
+                rtcp_feedback: vec![],
+            },
+            payload_type: DTMF_PT,
         },
         RtpCodecKind::Audio,
     )?;

@@ -34,6 +34,8 @@ impl TestServer {
             ("media.bind_ip", "127.0.0.1"),
             ("media.udp_port", "0"),
             ("media.workers", "2"),
+            // One decoder is enough for a test, and each costs memory and startup time.
+            ("asr.pocketsphinx.decoders", "1"),
             ("log.filter", "warn"),
         ]
         .iter()

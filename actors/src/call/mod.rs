@@ -26,6 +26,7 @@ pub use types::*;
 
 use crate::codec::{AttachTrack, AudioCodec, CodecEvent, CodecSettings, CodecSetup, Stop};
 use crate::dialog::{Close, DialogClient, DialogEvent, Send as SendEvent};
+use crate::recognizer::{Recognizer, RecognizerEvent};
 use crate::speaker::{self, Speaker, SpeakerEvent};
 use crate::trace_msg;
 use actix::prelude::*;
@@ -39,7 +40,7 @@ use voicegate_core::dialog::{Command, Event};
 use voicegate_core::random;
 use voicegate_core::restart::RestartBudget;
 use voicegate_core::timeline::Timeline;
-use voicegate_media::{Peer, PeerError, PeerEvent, PeerState, RtpWriter, TrackRemote};
+use voicegate_media::{DataChannel, Peer, PeerError, PeerEvent, PeerState, RtpWriter, TrackRemote};
 
 /// How often the call checks its deadlines and whether the browser closed its side.
 const WATCH_INTERVAL: Duration = Duration::from_millis(200);
@@ -125,6 +126,10 @@ pub struct CallActor {
     speaker: Option<Addr<Speaker>>,
     /// The dialog client child (dialog calls).
     dialog: Option<Addr<DialogClient>>,
+    /// The recognizer child (dialog calls).
+    recognizer: Option<Addr<Recognizer>>,
+    /// Messages for the page's data channel, in order (sent by one task).
+    page: Option<tokio::sync::mpsc::UnboundedSender<String>>,
     /// The dialog socket is up.
     dialog_up: bool,
     /// `call.started` went out.
@@ -176,6 +181,8 @@ impl CallActor {
             codec: None,
             speaker: None,
             dialog: None,
+            recognizer: None,
+            page: None,
             dialog_up: false,
             started_sent: false,
             restarts,
@@ -278,6 +285,7 @@ impl Handler<FromPeer> for CallActor {
             PeerEvent::State(PeerState::Failed) => self.end(EndReason::IceFailed, ctx),
             PeerEvent::State(PeerState::Closed) => self.end(EndReason::PeerClosed, ctx),
             PeerEvent::State(PeerState::Connecting) => {}
+            PeerEvent::DataChannel(channel) => self.open_page_channel(channel),
             PeerEvent::Track(track) => {
                 if self.track.is_some() {
                     tracing::debug!("a second remote track is ignored");
@@ -300,14 +308,37 @@ impl Handler<CodecEvent> for CallActor {
             return;
         }
         match msg {
-            CodecEvent::Playback { tag, first, last } => {
+            CodecEvent::Playback {
+                tag,
+                first,
+                last,
+                frames,
+            } => {
                 if let Some(s) = &self.speaker {
                     s.do_send(speaker::Playback {
                         segment: tag,
                         first,
                         last,
+                        frames,
                     });
                 }
+            }
+            CodecEvent::BargeIn { tag, frames } => {
+                self.span
+                    .in_scope(|| tracing::info!(played_frames = frames, "caller barged in"));
+                if let Some(s) = &self.speaker {
+                    s.do_send(speaker::BargeIn {
+                        segment: tag,
+                        frames,
+                    });
+                }
+            }
+            CodecEvent::Dtmf(d) => {
+                trace_msg!(self.call_id, "codec" => "call", "CodecEvent::Dtmf", "{}", d.digit);
+                self.to_dialog_and_page(Event::Dtmf {
+                    digit: d.digit,
+                    end: d.end,
+                });
             }
             CodecEvent::Failed(detail) => {
                 trace_msg!(self.call_id, "codec" => "call", "CodecEvent::Failed", "{detail}");
@@ -401,14 +432,50 @@ impl Handler<DialogEvent> for CallActor {
     }
 }
 
+impl Handler<RecognizerEvent> for CallActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: RecognizerEvent, _ctx: &mut Self::Context) {
+        if self.phase == Phase::Ending {
+            return;
+        }
+        match msg {
+            RecognizerEvent::Partial(text) => self.to_dialog_and_page(Event::AsrPartial { text }),
+            RecognizerEvent::Final { text, net, latency } => {
+                trace_msg!(self.call_id, "recognizer" => "call", "RecognizerEvent::Final", "{} chars after {} ms", text.chars().count(), latency.as_millis());
+                if let Some(s) = &self.speaker {
+                    s.do_send(speaker::AsrFinal);
+                }
+                self.to_dialog_and_page(Event::AsrFinal {
+                    text,
+                    net: Some(net),
+                });
+            }
+            RecognizerEvent::Error { message, fatal } => {
+                self.to_dialog(Event::AsrError { message, fatal })
+            }
+        }
+    }
+}
+
 impl Handler<SpeakerEvent> for CallActor {
     type Result = ();
 
     fn handle(&mut self, msg: SpeakerEvent, ctx: &mut Self::Context) {
         match msg {
+            SpeakerEvent::Segment { id, text } => {
+                if !id.starts_with(INTERNAL_PREFIX) {
+                    self.to_page(
+                        serde_json::json!({"type": "assistant", "utterance_id": id, "text": text})
+                            .to_string(),
+                    );
+                }
+            }
             SpeakerEvent::Tts(event) => {
                 let internal = match &event {
-                    Event::TtsStarted { utterance_id } | Event::TtsEnded { utterance_id, .. } => {
+                    Event::TtsStarted { utterance_id }
+                    | Event::TtsEnded { utterance_id, .. }
+                    | Event::TtsInterrupt { utterance_id, .. } => {
                         utterance_id.starts_with(INTERNAL_PREFIX)
                     }
                     _ => false,
@@ -449,6 +516,12 @@ impl CallActor {
         let (call_id, span) = (self.call_id.clone(), self.span.clone());
         let (player, rate) = (self.settings.player, self.settings.pcm_rate);
         self.speaker = Some(Speaker::new(call_id, span, player, engine, rate, parent).start());
+        let asr = self.services.asr.for_call();
+        let parent = ctx.address().recipient();
+        let (call_id, span) = (self.call_id.clone(), self.span.clone());
+        self.recognizer = Some(
+            Recognizer::new(call_id, span, asr, self.settings.partial_interval, parent).start(),
+        );
         self.start_dialog(false, ctx);
     }
 
@@ -494,7 +567,7 @@ impl CallActor {
         let Some(writer) = self.writer.clone() else {
             return;
         };
-        let settings = CodecSettings::from_call(&self.settings, self.offer.mode);
+        let settings = CodecSettings::from_call(&self.settings, &self.offer);
         let parent = ctx.address().recipient();
         let (call_id, span) = (self.call_id.clone(), self.span.clone());
         let track = self.track.clone();
@@ -507,6 +580,7 @@ impl CallActor {
             writer,
             timeline,
             parent,
+            recognizer: self.recognizer.as_ref().map(|r| r.clone().recipient()),
         };
         let codec = AudioCodec::create(move |c| AudioCodec::new(setup, c));
         if let Some(s) = &self.speaker {
@@ -529,6 +603,48 @@ impl CallActor {
             from: self.offer.client.describe(),
             pcm_hz: self.settings.pcm_rate,
         });
+    }
+
+    /// The page's data channel (the browser opened it): transcript and speech state go there.
+    fn open_page_channel(&mut self, channel: std::sync::Arc<dyn DataChannel>) {
+        if self.page.is_some() || self.offer.mode != CallMode::Dialog {
+            return;
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        self.page = Some(tx);
+        let span = self.span.clone();
+        // One task sends, so messages keep their order; it also drains what the page sends.
+        actix::spawn(
+            async move {
+                loop {
+                    tokio::select! {
+                        msg = rx.recv() => match msg {
+                            Some(text) => {
+                                if let Err(e) = channel.send_text(&text).await {
+                                    tracing::debug!(error = %e, "page channel send failed");
+                                }
+                            }
+                            None => break,
+                        },
+                        ev = channel.poll() => if ev.is_none() { break },
+                    }
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    fn to_page(&self, text: String) {
+        if let Some(page) = &self.page {
+            let _ = page.send(text);
+        }
+    }
+
+    fn to_dialog_and_page(&self, event: Event) {
+        if self.page.is_some() {
+            self.to_page(event.to_json(self.call_id.as_str()));
+        }
+        self.to_dialog(event);
     }
 
     fn to_dialog(&self, event: Event) {
@@ -618,6 +734,10 @@ impl CallActor {
             trace_msg!(self.call_id, "call" => "codec", "Stop");
             codec.do_send(Stop);
         }
+        if let Some(r) = self.recognizer.take() {
+            r.do_send(crate::recognizer::Stop);
+        }
+        self.page = None;
         let speaker = self.speaker.take();
         let dialog = self.dialog.take();
         let peer = self.peer.take();
@@ -664,8 +784,9 @@ impl CallActor {
 }
 
 impl CodecSettings {
-    /// The codec's settings for a call of `mode`.
-    pub fn from_call(s: &CallSettings, mode: CallMode) -> Self {
+    /// The codec's settings for a call of this offer.
+    pub fn from_call(s: &CallSettings, offer: &Offer) -> Self {
+        let mode = offer.mode;
         CodecSettings {
             uplink: voicegate_core::codec::UplinkSettings {
                 pcm_rate: s.pcm_rate,
@@ -688,6 +809,9 @@ impl CodecSettings {
             },
             echo: mode == CallMode::Echo,
             rtp_timeout: s.rtp_timeout,
+            opus_pt: offer.summary.opus_pt,
+            dtmf_pt: offer.summary.telephone_event_pt,
+            listen: (mode == CallMode::Dialog).then_some(s.listen),
         }
     }
 }

@@ -1,5 +1,7 @@
 //! A call's domain types: what a validated offer carries, call settings, end reasons.
 
+use crate::asr::AsrFactory;
+use crate::codec::ListenSettings;
 use crate::dialog::DialogSettings;
 use crate::tts::TtsFactory;
 use std::sync::Arc;
@@ -43,6 +45,10 @@ pub struct CallSettings {
     pub restart_window: Duration,
     /// Prompts spoken while the dialog app is away.
     pub hold: HoldPrompts,
+    /// Endpointing and barge-in.
+    pub listen: ListenSettings,
+    /// Minimum time between `asr.partial` events.
+    pub partial_interval: Duration,
 }
 
 /// What the caller hears while the dialog connection is being re-established (empty: silence).
@@ -63,6 +69,8 @@ pub struct CallServices {
     pub plane: Arc<MediaPlane>,
     /// Makes each call's speech engine.
     pub tts: Arc<dyn TtsFactory>,
+    /// Makes each call's recognizer.
+    pub asr: Arc<dyn AsrFactory>,
     /// The dialog connection's settings.
     pub dialog: Arc<DialogSettings>,
 }

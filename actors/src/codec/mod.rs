@@ -16,9 +16,15 @@
 //! [`CodecEvent::Failed`] to the call, which decides what to do. RTP silence longer than the
 //! configured timeout is reported as [`CodecEvent::RtpTimeout`].
 
+mod listening;
+
+pub use listening::ListenSettings;
+
+use crate::recognizer::Heard;
 use crate::trace_msg;
 use actix::prelude::*;
 use bytes::Bytes;
+use listening::Listening;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -30,7 +36,6 @@ use voicegate_core::codec::{
 use voicegate_core::pacer::Pacer;
 use voicegate_core::pcm::{Playout, Tag};
 use voicegate_core::timeline::Timeline;
-use voicegate_media::peer::OPUS_PT;
 use voicegate_media::{RtpWriter, TrackRemote, TrackRemoteEvent};
 
 /// Length of a frame everywhere in the call.
@@ -55,6 +60,12 @@ pub struct CodecSettings {
     pub echo: bool,
     /// Report when no RTP arrived for this long.
     pub rtp_timeout: Duration,
+    /// The caller's payload type for Opus (from the offer).
+    pub opus_pt: u8,
+    /// The caller's payload type for telephone-event/8000, if offered.
+    pub dtmf_pt: Option<u8>,
+    /// Dialog calls: endpointing and barge-in.
+    pub listen: Option<ListenSettings>,
 }
 
 /// Reports to the call.
@@ -73,7 +84,19 @@ pub enum CodecEvent {
         first: bool,
         /// Its last frame went out.
         last: bool,
+        /// Frames of it sent so far.
+        frames: u32,
     },
+    /// The caller talked over our playback: it was cleared. `tag` was in progress with `frames`
+    /// of it sent.
+    BargeIn {
+        /// The tag in progress.
+        tag: Option<Tag>,
+        /// Its frames sent.
+        frames: u32,
+    },
+    /// A key press.
+    Dtmf(voicegate_core::dtmf::Dtmf),
 }
 
 /// The tag the echo path plays under.
@@ -146,6 +169,8 @@ pub struct CodecSetup {
     pub timeline: Rc<RefCell<Timeline>>,
     /// The call actor.
     pub parent: Recipient<CodecEvent>,
+    /// Dialog calls: where utterances go.
+    pub recognizer: Option<Recipient<Heard>>,
 }
 
 /// The actor.
@@ -189,6 +214,14 @@ pub struct AudioCodec {
     write_errors: u64,
     /// Set when stopped on purpose; the drop guard reports anything else.
     stopped_cleanly: bool,
+    /// The caller's Opus payload type.
+    opus_pt: u8,
+    /// The caller's telephone-event payload type.
+    dtmf_pt: Option<u8>,
+    /// Dialog calls: VAD, endpointing, barge-in, DTMF.
+    listening: Option<Listening>,
+    /// The tag whose frames are going out, and how many have.
+    sending: Option<(Tag, u32)>,
 }
 
 impl AudioCodec {
@@ -203,6 +236,7 @@ impl AudioCodec {
             writer,
             timeline,
             parent,
+            recognizer,
         } = setup;
         if let Some(track) = track {
             attach(track, ctx);
@@ -251,6 +285,13 @@ impl AudioCodec {
             last_rtp: None,
             rtp_timeout: settings.rtp_timeout,
             rtp_timeout_reported: false,
+            opus_pt: settings.opus_pt,
+            dtmf_pt: settings.dtmf_pt,
+            listening: match (settings.listen, recognizer) {
+                (Some(l), Some(r)) => Some(Listening::new(l, r)),
+                _ => None,
+            },
+            sending: None,
             tick: None,
             release: None,
             sent: 0,
@@ -319,30 +360,47 @@ impl Drop for AudioCodec {
 
 impl StreamHandler<TrackRemoteEvent> for AudioCodec {
     fn handle(&mut self, event: TrackRemoteEvent, ctx: &mut Self::Context) {
-        if let TrackRemoteEvent::OnRtpPacket(p) = event {
-            let now = Instant::now();
-            self.last_rtp = Some(now);
-            if p.header.payload_type != OPUS_PT {
-                return;
+        let TrackRemoteEvent::OnRtpPacket(p) = event else {
+            return;
+        };
+        let now = Instant::now();
+        self.last_rtp = Some(now);
+        let pt = p.header.payload_type;
+        if Some(pt) == self.dtmf_pt {
+            if let Some(l) = self.listening.as_mut() {
+                l.dtmf(p.header.timestamp, &p.payload, &self.parent);
             }
-            let AudioCodec {
-                uplink,
-                playout,
-                echo,
-                ..
-            } = self;
-            uplink.push(
-                p.header.sequence_number,
-                p.payload,
-                now,
-                &mut |pcm: &[i16], _| {
-                    if *echo {
-                        playout.push(ECHO_TAG, pcm);
-                    }
-                },
-            );
-            self.after_uplink(now, ctx);
+            return;
         }
+        if pt != self.opus_pt {
+            return;
+        }
+        let lost = self.uplink.stats().reorder.lost;
+        let AudioCodec {
+            uplink,
+            playout,
+            echo,
+            listening,
+            ..
+        } = self;
+        let mut barged = false;
+        uplink.push(
+            p.header.sequence_number,
+            p.payload,
+            now,
+            &mut |pcm: &[i16], origin| {
+                if *echo {
+                    playout.push(ECHO_TAG, pcm);
+                }
+                if let Some(l) = listening.as_mut() {
+                    barged |= l.heard(pcm, origin, lost, now, playout);
+                }
+            },
+        );
+        if barged {
+            self.barged_in();
+        }
+        self.after_uplink(now, ctx);
     }
 
     fn finished(&mut self, _ctx: &mut Self::Context) {
@@ -378,10 +436,18 @@ impl Handler<EndTag> for AudioCodec {
     fn handle(&mut self, msg: EndTag, ctx: &mut Self::Context) {
         trace_msg!(self.call_id, "speaker" => "codec", "EndTag", "tag {}", msg.tag);
         if let Some(done) = self.playout.end(msg.tag) {
+            let frames = match self.sending {
+                Some((tag, n)) if tag == done.tag => n,
+                _ => 0,
+            };
+            if self.sending.is_some_and(|(tag, _)| tag == done.tag) {
+                self.sending = None;
+            }
             self.parent.do_send(CodecEvent::Playback {
                 tag: done.tag,
                 first: false,
                 last: true,
+                frames,
             });
         }
         self.maybe_start(Instant::now(), ctx);
@@ -396,6 +462,7 @@ impl Handler<Flush> for AudioCodec {
         // The pacer finds nothing at its next slot and ends the talkspurt: silence within a
         // frame.
         self.playout.clear();
+        self.sending = None;
     }
 }
 
@@ -439,6 +506,16 @@ impl Handler<GetStats> for AudioCodec {
 }
 
 impl AudioCodec {
+    /// The caller barged in: playback was already cleared; report what was in progress.
+    fn barged_in(&mut self) {
+        let (tag, frames) = match self.sending.take() {
+            Some((tag, n)) => (Some(tag), n),
+            None => (None, 0),
+        };
+        trace_msg!(self.call_id, "codec" => "call", "CodecEvent::BargeIn", "tag {tag:?} after {frames} frames");
+        self.parent.do_send(CodecEvent::BargeIn { tag, frames });
+    }
+
     /// After uplink work: arm the reorder release timer, start a talkspurt if audio is ready.
     fn after_uplink(&mut self, now: Instant, ctx: &mut Context<Self>) {
         if let Some(deadline) = self.uplink.next_deadline() {
@@ -487,13 +564,26 @@ impl AudioCodec {
                 // Ran dry: the talkspurt ends; the next one is marked and its timestamp jumps.
                 self.pacer.stop();
                 self.timeline.borrow_mut().end_talkspurt();
+                if let Some(l) = self.listening.as_mut() {
+                    l.playing(false, now);
+                }
                 return;
             };
+            let frames = match self.sending {
+                Some((tag, n)) if tag == frame.tag && !frame.first => n + 1,
+                _ => 1,
+            };
+            self.sending = (!frame.last).then_some((frame.tag, frames));
+            if let Some(l) = self.listening.as_mut() {
+                l.playing(true, now);
+                l.played(&self.frame);
+            }
             if (frame.first || frame.last) && frame.tag != ECHO_TAG {
                 self.parent.do_send(CodecEvent::Playback {
                     tag: frame.tag,
                     first: frame.first,
                     last: frame.last,
+                    frames,
                 });
             }
             let payload = match self.encoder.encode(&self.frame) {

@@ -1,0 +1,94 @@
+//! Speech recognition engines behind one trait, chosen per call by configuration.
+//!
+//! An engine recognizes one utterance at a time, as cut by the endpointer: audio goes into an
+//! [`UtteranceSink`] (16 kHz mono) and results come out of a stream: partial hypotheses while the
+//! caller speaks (if the engine has them), then exactly one `Final`. Engines do their blocking
+//! work off the call's worker (pocketsphinx on decoder threads, HTTP asynchronously).
+//!
+//! Engines (`asr.engine`): `pocketsphinx` (embedded, offline, the default) and `openai` (an
+//! OpenAI-compatible `POST /v1/audio/transcriptions` per utterance).
+
+pub mod openai;
+pub mod pocketsphinx;
+
+use futures_util::Stream;
+use std::pin::Pin;
+use std::rc::Rc;
+
+/// A result from the engine.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AsrUpdate {
+    /// The hypothesis so far.
+    Partial(String),
+    /// The utterance's final text; `None` when nothing was recognized (noise).
+    Final(Option<String>),
+    /// The engine failed; `fatal`: it will not work for the rest of the call.
+    Error {
+        /// What happened.
+        message: String,
+        /// Recognition is off for the rest of the call.
+        fatal: bool,
+    },
+}
+
+/// Results of one utterance.
+pub type AsrStream = Pin<Box<dyn Stream<Item = AsrUpdate>>>;
+
+/// Where an utterance's audio goes.
+pub trait UtteranceSink {
+    /// More audio (16 kHz mono).
+    fn push(&mut self, pcm: &[i16]);
+    /// The utterance ended; the final result follows on the stream.
+    fn finish(self: Box<Self>);
+}
+
+/// One call's recognizer.
+pub trait AsrEngine {
+    /// The engine's name, for logs.
+    fn name(&self) -> &'static str;
+    /// Starts recognizing one utterance.
+    fn utterance(&self) -> (Box<dyn UtteranceSink>, AsrStream);
+}
+
+/// Makes each call's engine.
+pub trait AsrFactory: Send + Sync {
+    /// The engine for a new call; runs on the call's worker.
+    fn for_call(&self) -> Rc<dyn AsrEngine>;
+}
+
+/// A WAV file (RIFF, 16-bit PCM mono) of `pcm` at `rate`.
+pub fn wav(pcm: &[i16], rate: u32) -> Vec<u8> {
+    let data_len = (pcm.len() * 2) as u32;
+    let mut out = Vec::with_capacity(44 + pcm.len() * 2);
+    out.extend_from_slice(b"RIFF");
+    out.extend_from_slice(&(36 + data_len).to_le_bytes());
+    out.extend_from_slice(b"WAVEfmt ");
+    out.extend_from_slice(&16u32.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    out.extend_from_slice(&1u16.to_le_bytes()); // mono
+    out.extend_from_slice(&rate.to_le_bytes());
+    out.extend_from_slice(&(rate * 2).to_le_bytes());
+    out.extend_from_slice(&2u16.to_le_bytes());
+    out.extend_from_slice(&16u16.to_le_bytes());
+    out.extend_from_slice(b"data");
+    out.extend_from_slice(&data_len.to_le_bytes());
+    for s in pcm {
+        out.extend_from_slice(&s.to_le_bytes());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn wav_header_is_canonical() {
+        let w = super::wav(&[1, -1, 300], 16_000);
+        assert_eq!(w.len(), 44 + 6);
+        assert_eq!(&w[..4], b"RIFF");
+        assert_eq!(u32::from_le_bytes([w[4], w[5], w[6], w[7]]), 36 + 6);
+        assert_eq!(&w[8..16], b"WAVEfmt ");
+        assert_eq!(u32::from_le_bytes([w[24], w[25], w[26], w[27]]), 16_000);
+        assert_eq!(&w[36..40], b"data");
+        assert_eq!(i16::from_le_bytes([w[48], w[49]]), 300);
+    }
+}

@@ -1,0 +1,500 @@
+//! A safe wrapper around Debian's pocketsphinx 0.8 (`0.8+5prealpha`) C API: one decoder is one
+//! `ps_decoder_t` plus the `cmd_ln_t` it was built from. See the notes on each item for the
+//! library's pitfalls (API version, a grammar leak worked around, cepstral mean carry-over).
+
+use std::ffi::{CStr, CString};
+use std::marker::{PhantomData, PhantomPinned};
+use std::os::raw::{c_char, c_int, c_void};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::{Mutex, Once};
+
+/// Raw declarations. Kept private; everything public goes through `Decoder`.
+#[allow(non_camel_case_types)]
+mod ffi {
+    use super::*;
+
+    /// Opaque `ps_decoder_t`.
+    #[repr(C)]
+    pub struct ps_decoder_t {
+        _data: [u8; 0],
+        _marker: PhantomData<(*mut u8, PhantomPinned)>,
+    }
+    /// Opaque `cmd_ln_t`.
+    #[repr(C)]
+    pub struct cmd_ln_t {
+        _data: [u8; 0],
+        _marker: PhantomData<(*mut u8, PhantomPinned)>,
+    }
+    /// Opaque `arg_t` (we only ever pass the pointer returned by `ps_args()`).
+    #[repr(C)]
+    pub struct arg_t {
+        _data: [u8; 0],
+        _marker: PhantomData<(*mut u8, PhantomPinned)>,
+    }
+    /// Opaque `jsgf_t`, `jsgf_rule_t`, `fsg_model_t`, `logmath_t`.
+    #[repr(C)]
+    pub struct jsgf_t {
+        _data: [u8; 0],
+        _marker: PhantomData<(*mut u8, PhantomPinned)>,
+    }
+    #[repr(C)]
+    pub struct jsgf_rule_t {
+        _data: [u8; 0],
+        _marker: PhantomData<(*mut u8, PhantomPinned)>,
+    }
+    #[repr(C)]
+    pub struct fsg_model_t {
+        _data: [u8; 0],
+        _marker: PhantomData<(*mut u8, PhantomPinned)>,
+    }
+    #[repr(C)]
+    pub struct logmath_t {
+        _data: [u8; 0],
+        _marker: PhantomData<(*mut u8, PhantomPinned)>,
+    }
+
+    /// Leading part of `struct feat_s` (`feat_t`, public in sphinxbase/feat.h)
+    /// up to and including `cmn_struct`. Only read, never written or moved.
+    /// Offsets checked against the C compiler (offsetof): cepsize=16,
+    /// cmn=68, cmn_struct=88 on x86_64 — see the const asserts below.
+    #[repr(C)]
+    pub struct feat_t_prefix {
+        pub refcount: c_int,
+        pub name: *mut c_char,
+        pub cepsize: i32,
+        pub n_stream: i32,
+        pub stream_len: *mut u32,
+        pub window_size: i32,
+        pub n_sv: i32,
+        pub sv_len: *mut u32,
+        pub subvecs: *mut *mut i32,
+        pub sv_buf: *mut f32,
+        pub sv_dim: i32,
+        pub cmn: c_int, // cmn_type_t (enum)
+        pub varnorm: i32,
+        pub agc: c_int, // agc_type_t (enum)
+        pub compute_feat: Option<unsafe extern "C" fn()>,
+        pub cmn_struct: *mut cmn_t,
+    }
+    /// `cmn_t` (public in sphinxbase/cmn.h). `mfcc_t` is `float32` because
+    /// Debian's sphinxbase is built without FIXED_POINT (sphinx_config.h).
+    #[repr(C)]
+    pub struct cmn_t {
+        pub cmn_mean: *mut f32,
+        pub cmn_var: *mut f32,
+        pub sum: *mut f32,
+        pub nframe: i32,
+        pub veclen: i32,
+    }
+    #[cfg(target_pointer_width = "64")]
+    const _: () = {
+        assert!(std::mem::offset_of!(feat_t_prefix, cepsize) == 16);
+        assert!(std::mem::offset_of!(feat_t_prefix, cmn) == 68);
+        assert!(std::mem::offset_of!(feat_t_prefix, cmn_struct) == 88);
+        assert!(std::mem::offset_of!(cmn_t, veclen) == 28);
+    };
+
+    #[link(name = "pocketsphinx")]
+    unsafe extern "C" {
+        // feat_t *ps_get_feat(ps_decoder_t *ps);
+        pub fn ps_get_feat(ps: *mut ps_decoder_t) -> *mut feat_t_prefix;
+        // arg_t const *ps_args(void);
+        pub fn ps_args() -> *const arg_t;
+        // ps_decoder_t *ps_init(cmd_ln_t *config);   (retains config)
+        pub fn ps_init(config: *mut cmd_ln_t) -> *mut ps_decoder_t;
+        // int ps_free(ps_decoder_t *ps);
+        pub fn ps_free(ps: *mut ps_decoder_t) -> c_int;
+        // int ps_start_utt(ps_decoder_t *ps);
+        pub fn ps_start_utt(ps: *mut ps_decoder_t) -> c_int;
+        // int ps_process_raw(ps_decoder_t *ps, int16 const *data, size_t n_samples,
+        //                    int no_search, int full_utt);
+        pub fn ps_process_raw(
+            ps: *mut ps_decoder_t,
+            data: *const i16,
+            n_samples: usize,
+            no_search: c_int,
+            full_utt: c_int,
+        ) -> c_int;
+        // int ps_end_utt(ps_decoder_t *ps);
+        pub fn ps_end_utt(ps: *mut ps_decoder_t) -> c_int;
+        // char const *ps_get_hyp(ps_decoder_t *ps, int32 *out_best_score);
+        pub fn ps_get_hyp(ps: *mut ps_decoder_t, out_best_score: *mut i32) -> *const c_char;
+        // NOT USED: int ps_set_jsgf_string(ps_decoder_t *ps, const char *name,
+        //                                  const char *jsgf_string);
+        // In 0.8+5prealpha it never calls jsgf_grammar_free() -> leaks ~9 kB
+        // (valgrind: "definitely lost ... jsgf_grammar_new <- jsgf_parse_string
+        // <- ps_set_jsgf_string") per call. We do the same steps ourselves
+        // (see Decoder::set_jsgf), as upstream's later fixed version does.
+        //
+        // int ps_set_fsg(ps_decoder_t *ps, const char *name, fsg_model_t *fsg);
+        // (the decoder takes its own reference to fsg)
+        pub fn ps_set_fsg(
+            ps: *mut ps_decoder_t,
+            name: *const c_char,
+            fsg: *mut fsg_model_t,
+        ) -> c_int;
+        // logmath_t *ps_get_logmath(ps_decoder_t *ps);   (borrowed)
+        pub fn ps_get_logmath(ps: *mut ps_decoder_t) -> *mut logmath_t;
+        // int ps_set_search(ps_decoder_t *ps, const char *name);
+        pub fn ps_set_search(ps: *mut ps_decoder_t, name: *const c_char) -> c_int;
+    }
+
+    #[link(name = "sphinxbase")]
+    unsafe extern "C" {
+        // cmd_ln_t *cmd_ln_parse_r(cmd_ln_t *inout_cmdln, arg_t const *defn,
+        //                          int32 argc, char *argv[], int32 strict);
+        pub fn cmd_ln_parse_r(
+            inout_cmdln: *mut cmd_ln_t,
+            defn: *const arg_t,
+            argc: i32,
+            argv: *mut *mut c_char,
+            strict: i32,
+        ) -> *mut cmd_ln_t;
+        // int cmd_ln_free_r(cmd_ln_t *cmdln);   (returns new refcount)
+        pub fn cmd_ln_free_r(cmdln: *mut cmd_ln_t) -> c_int;
+        // void err_set_logfp(FILE *stream);     (NULL disables logging, process-wide)
+        pub fn err_set_logfp(stream: *mut c_void);
+        // double cmd_ln_float_r(cmd_ln_t *cmdln, char const *name);
+        pub fn cmd_ln_float_r(cmdln: *mut cmd_ln_t, name: *const c_char) -> f64;
+        // jsgf_t *jsgf_parse_string(const char *string, jsgf_t *parent);
+        pub fn jsgf_parse_string(string: *const c_char, parent: *mut jsgf_t) -> *mut jsgf_t;
+        // jsgf_rule_t *jsgf_get_public_rule(jsgf_t *grammar);   (borrowed)
+        pub fn jsgf_get_public_rule(grammar: *mut jsgf_t) -> *mut jsgf_rule_t;
+        // fsg_model_t *jsgf_build_fsg(jsgf_t *grammar, jsgf_rule_t *rule,
+        //                             logmath_t *lmath, float32 lw);
+        pub fn jsgf_build_fsg(
+            grammar: *mut jsgf_t,
+            rule: *mut jsgf_rule_t,
+            lmath: *mut logmath_t,
+            lw: f32,
+        ) -> *mut fsg_model_t;
+        // void jsgf_grammar_free(jsgf_t *jsgf);
+        pub fn jsgf_grammar_free(jsgf: *mut jsgf_t);
+        // int fsg_model_free(fsg_model_t *fsg);   (refcounted)
+        pub fn fsg_model_free(fsg: *mut fsg_model_t) -> c_int;
+        // void cmn_live_set(cmn_t *cmn, mfcc_t const *vec);
+        pub fn cmn_live_set(cmn: *mut cmn_t, vec: *const f32);
+        // void cmn_live_get(cmn_t *cmn, mfcc_t *vec);
+        pub fn cmn_live_get(cmn: *mut cmn_t, vec: *mut f32);
+    }
+}
+
+/// Serialises decoder construction. `ps_init` touches process-global
+/// sphinxbase state (log stream, debug level), so two threads must not run it
+/// at the same time. Construction is rare and slow anyway, so this costs
+/// nothing measurable.
+static INIT_LOCK: Mutex<()> = Mutex::new(());
+static SILENCE_LOG: Once = Once::new();
+
+const GRAMMAR_SEARCH: &str = "grammar";
+
+/// A pocketsphinx decoder (acoustic model + dictionary + LM or JSGF grammar).
+///
+/// Audio must be 16 kHz, mono, signed 16-bit native-endian PCM.
+pub struct Decoder {
+    ps: *mut ffi::ps_decoder_t,
+    config: *mut ffi::cmd_ln_t,
+    /// Strings handed to `cmd_ln_parse_r`. Its header says they must stay
+    /// valid as long as the returned `cmd_ln_t` (older sphinxbase used the
+    /// argv name strings as hash keys without copying). Freed only after
+    /// `ps_free` + `cmd_ln_free_r` in `Drop`.
+    _args: Vec<CString>,
+    /// Cepstral mean right after init (= the model's `-cmninit`), restored
+    /// by `reset_cmn()`.
+    cmn_init: Vec<f32>,
+    in_utt: bool,
+    /// At least one utterance has been started (so `ps_get_hyp` has a search
+    /// state to report on).
+    started_once: bool,
+}
+
+// SAFETY: `Decoder` exclusively owns its `ps_decoder_t` and `cmd_ln_t`; no
+// retained references are ever handed out, so nothing else can reach that
+// memory. pocketsphinx keeps no thread-local state and no thread affinity for
+// a decoder, so moving it to another thread and using it there is fine as
+// long as only one thread uses it at a time — which `&mut self` on every
+// method guarantees. (Process-global bits touched in `ps_init` are guarded
+// by `INIT_LOCK`.) It is deliberately NOT `Sync`: the C API is not safe for
+// concurrent calls on one decoder (even `ps_get_hyp` rewrites internal
+// buffers), and raw pointers already make the type `!Sync`.
+unsafe impl Send for Decoder {}
+
+fn path_cstring(p: &Path, what: &str) -> Result<CString, String> {
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| format!("{what} path contains a NUL byte: {}", p.display()))
+}
+
+impl Decoder {
+    /// Create a decoder.
+    ///
+    /// * `hmm`  – acoustic model directory (must contain `mdef`),
+    /// * `dict` – pronunciation dictionary,
+    /// * `lm`   – optional n-gram LM (`.lm.bin`/`.lm`/`.DMP`),
+    /// * `jsgf` – optional JSGF grammar *text*; if given it becomes the active
+    ///   search (the LM, if also given, is still loaded but inactive).
+    ///
+    /// At least one of `lm` / `jsgf` is required. pocketsphinx's logging is
+    /// disabled process-wide (`err_set_logfp(NULL)`) on first use.
+    ///
+    /// The model files are trusted input: missing files give `Err`, but a
+    /// corrupt acoustic model can crash inside the C library.
+    pub fn new(
+        hmm: &Path,
+        dict: &Path,
+        lm: Option<&Path>,
+        jsgf: Option<&str>,
+    ) -> Result<Decoder, String> {
+        if lm.is_none() && jsgf.is_none() {
+            return Err("need a language model or a JSGF grammar".into());
+        }
+        // Pre-validate files for clear error messages. (Measured: for missing
+        // files ps_init itself also just returns NULL. Corrupt model files are
+        // NOT survivable — a truncated `mdef` segfaults inside ps_init — so
+        // the model files must be trusted.)
+        if !hmm.join("mdef").is_file() {
+            return Err(format!("acoustic model dir has no mdef: {}", hmm.display()));
+        }
+        if !dict.is_file() {
+            return Err(format!("dictionary not found: {}", dict.display()));
+        }
+        if let Some(lm) = lm
+            && !lm.is_file()
+        {
+            return Err(format!("language model not found: {}", lm.display()));
+        }
+        let jsgf_c = match jsgf {
+            Some(g) => {
+                Some(CString::new(g).map_err(|_| "grammar contains a NUL byte".to_string())?)
+            }
+            None => None,
+        };
+
+        let mut args: Vec<CString> = vec![
+            CString::new("-hmm").unwrap(),
+            path_cstring(hmm, "hmm")?,
+            CString::new("-dict").unwrap(),
+            path_cstring(dict, "dict")?,
+        ];
+        if let Some(lm) = lm {
+            args.push(CString::new("-lm").unwrap());
+            args.push(path_cstring(lm, "lm")?);
+        }
+        // argc is even, so cmd_ln_parse_r does not skip argv[0].
+        let mut argv: Vec<*mut c_char> = args.iter().map(|s| s.as_ptr() as *mut c_char).collect();
+
+        let _guard = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        SILENCE_LOG.call_once(|| unsafe { ffi::err_set_logfp(std::ptr::null_mut()) });
+
+        // SAFETY: argv points at NUL-terminated strings that outlive the
+        // config (they are moved into the Decoder); cmd_ln_parse_r does not
+        // write through argv. ps_args() returns a static table.
+        let config = unsafe {
+            ffi::cmd_ln_parse_r(
+                std::ptr::null_mut(),
+                ffi::ps_args(),
+                argv.len() as i32,
+                argv.as_mut_ptr(),
+                1,
+            )
+        };
+        if config.is_null() {
+            return Err("cmd_ln_parse_r failed".into());
+        }
+        // SAFETY: config is a valid cmd_ln_t; ps_init takes its own reference.
+        let ps = unsafe { ffi::ps_init(config) };
+        if ps.is_null() {
+            unsafe { ffi::cmd_ln_free_r(config) };
+            return Err("ps_init failed (bad model/dictionary/LM?)".into());
+        }
+        // From here on Drop cleans up.
+        let mut dec = Decoder {
+            ps,
+            config,
+            _args: args,
+            cmn_init: Vec::new(),
+            in_utt: false,
+            started_once: false,
+        };
+        let cmn = dec.cmn_ptr()?;
+        // SAFETY: cmn_ptr() checked the pointer and veclen; buffer has veclen floats.
+        unsafe {
+            let n = (*cmn).veclen as usize;
+            dec.cmn_init = vec![0.0; n];
+            ffi::cmn_live_get(cmn, dec.cmn_init.as_mut_ptr());
+        }
+
+        if let Some(g) = jsgf_c {
+            dec.set_jsgf(&g)?;
+        }
+        Ok(dec)
+    }
+
+    /// Equivalent of `ps_set_jsgf_string` + `ps_set_search`, without the leak.
+    fn set_jsgf(&mut self, text: &CStr) -> Result<(), String> {
+        let name = CString::new(GRAMMAR_SEARCH).unwrap();
+        let lw_key = CString::new("-lw").unwrap();
+        // SAFETY: valid decoder/config; every object created here is freed
+        // here on every path. ps_set_fsg takes its own reference to the FSG
+        // (and copies what it needs), so dropping ours and the JSGF
+        // afterwards is what upstream's fixed ps_set_jsgf_string does too.
+        unsafe {
+            let jsgf = ffi::jsgf_parse_string(text.as_ptr(), std::ptr::null_mut());
+            if jsgf.is_null() {
+                return Err("JSGF grammar failed to parse".into());
+            }
+            let rule = ffi::jsgf_get_public_rule(jsgf);
+            if rule.is_null() {
+                ffi::jsgf_grammar_free(jsgf);
+                return Err("JSGF grammar has no public rule".into());
+            }
+            let lw = ffi::cmd_ln_float_r(self.config, lw_key.as_ptr()) as f32;
+            let fsg = ffi::jsgf_build_fsg(jsgf, rule, ffi::ps_get_logmath(self.ps), lw);
+            if fsg.is_null() {
+                ffi::jsgf_grammar_free(jsgf);
+                return Err("could not build FSG from JSGF grammar".into());
+            }
+            let rv = ffi::ps_set_fsg(self.ps, name.as_ptr(), fsg);
+            ffi::fsg_model_free(fsg);
+            ffi::jsgf_grammar_free(jsgf);
+            if rv < 0 {
+                return Err("grammar rejected by the decoder (word not in the dictionary?)".into());
+            }
+            if ffi::ps_set_search(self.ps, name.as_ptr()) < 0 {
+                return Err("ps_set_search failed".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Begin an utterance.
+    pub fn start(&mut self) -> Result<(), String> {
+        if self.in_utt {
+            return Err("utterance already started".into());
+        }
+        // SAFETY: self.ps is valid for the lifetime of self.
+        if unsafe { ffi::ps_start_utt(self.ps) } < 0 {
+            return Err("ps_start_utt failed".into());
+        }
+        self.in_utt = true;
+        self.started_once = true;
+        Ok(())
+    }
+
+    /// Feed 16 kHz mono s16 samples (any length; chunking is up to the caller).
+    pub fn process(&mut self, pcm: &[i16]) -> Result<(), String> {
+        if !self.in_utt {
+            return Err("process() called outside an utterance".into());
+        }
+        if pcm.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: pointer/length come from a valid slice that the C side only
+        // reads during the call.
+        let rv = unsafe { ffi::ps_process_raw(self.ps, pcm.as_ptr(), pcm.len(), 0, 0) };
+        if rv < 0 {
+            return Err(format!("ps_process_raw failed ({rv})"));
+        }
+        Ok(())
+    }
+
+    /// Current best hypothesis (during an utterance: partial result; after
+    /// `finish`: the final result). `None` if there is nothing yet.
+    pub fn partial(&mut self) -> Option<String> {
+        if !self.started_once {
+            return None;
+        }
+        self.hyp()
+    }
+
+    /// End the utterance and return the final hypothesis (`None` if empty).
+    pub fn finish(&mut self) -> Result<Option<String>, String> {
+        if !self.in_utt {
+            return Err("finish() called outside an utterance".into());
+        }
+        self.in_utt = false;
+        // SAFETY: valid decoder.
+        if unsafe { ffi::ps_end_utt(self.ps) } < 0 {
+            return Err("ps_end_utt failed".into());
+        }
+        Ok(self.hyp())
+    }
+
+    /// Restore the live cepstral-mean estimate to its initial value.
+    ///
+    /// pocketsphinx adapts the cepstral mean (CMN) continuously and carries it
+    /// over from one utterance to the next. An utterance of pure noise that
+    /// passes the VAD (e.g. white noise) drags the estimate far away, and the
+    /// following utterances are then misrecognised (measured: 5 clean
+    /// utterances in a row returned nothing after 2 s of noise). Call this
+    /// between utterances to start from a clean state. Not allowed inside an
+    /// utterance.
+    pub fn reset_cmn(&mut self) -> Result<(), String> {
+        if self.in_utt {
+            return Err("reset_cmn() inside an utterance".into());
+        }
+        let cmn = self.cmn_ptr()?;
+        // SAFETY: valid cmn_t with veclen == cmn_init.len() (checked in cmn_ptr
+        // and at init; the acoustic model never changes after init).
+        unsafe { ffi::cmn_live_set(cmn, self.cmn_init.as_ptr()) };
+        Ok(())
+    }
+
+    /// The decoder's `cmn_t`, with sanity checks on the mirrored layout.
+    fn cmn_ptr(&mut self) -> Result<*mut ffi::cmn_t, String> {
+        // SAFETY: valid decoder; feat_t/cmn_t prefixes mirror the public
+        // sphinxbase headers (offsets asserted at compile time), and we only
+        // read through them.
+        unsafe {
+            let feat = ffi::ps_get_feat(self.ps);
+            if feat.is_null() {
+                return Err("decoder has no feature extractor".into());
+            }
+            let cmn = (*feat).cmn_struct;
+            if cmn.is_null() {
+                return Err("CMN disabled (-cmn none)".into());
+            }
+            let n = (*cmn).veclen;
+            if n != (*feat).cepsize
+                || !(1..=64).contains(&n)
+                || (!self.cmn_init.is_empty() && n as usize != self.cmn_init.len())
+            {
+                return Err(format!("unexpected cmn_t layout (veclen {n})"));
+            }
+            Ok(cmn)
+        }
+    }
+
+    fn hyp(&mut self) -> Option<String> {
+        let mut score: i32 = 0;
+        // SAFETY: valid decoder; out pointer is a live i32 (the header does not
+        // document NULL as allowed, so we never pass NULL).
+        let p = unsafe { ffi::ps_get_hyp(self.ps, &mut score) };
+        if p.is_null() {
+            return None;
+        }
+        // SAFETY: non-NULL, NUL-terminated, owned by the decoder and valid
+        // until the next call into it; we copy it out immediately.
+        let s = unsafe { CStr::from_ptr(p) }.to_string_lossy();
+        let s = s.trim();
+        if s.is_empty() {
+            None
+        } else {
+            Some(s.to_string())
+        }
+    }
+}
+
+impl Drop for Decoder {
+    fn drop(&mut self) {
+        // SAFETY: both pointers are valid and owned by us. ps_free drops the
+        // decoder's own references to the config; ours is released last.
+        // `_args` (which the config may point into) is dropped after this
+        // function returns, i.e. after both are gone.
+        unsafe {
+            ffi::ps_free(self.ps);
+            let _rc = ffi::cmd_ln_free_r(self.config);
+            debug_assert_eq!(_rc, 0, "cmd_ln_t still referenced after ps_free");
+        }
+    }
+}

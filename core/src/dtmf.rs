@@ -1,0 +1,208 @@
+//! DTMF from the browser: RFC 4733 `telephone-event` payloads, one event per key press.
+//!
+//! `RTCDTMFSender.insertDTMF` sends, per key, a run of packets that share one RTP timestamp (the
+//! event's start), with a growing duration; the last one has the E (end) bit and is sent three
+//! times (RFC 4733 §2.5.1.4). [`DtmfReceiver`] reports each key press exactly once, when its first
+//! end packet arrives; a press whose end packets were all lost is reported (with `end: false`)
+//! when the next press begins. Malformed packets are counted and dropped.
+
+/// A key press.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dtmf {
+    /// `0`-`9`, `*`, `#`, `A`-`D`.
+    pub digit: char,
+    /// The end of the press was seen (false: reported because the next press began).
+    pub end: bool,
+    /// Duration in timestamp units of the 8 kHz telephone-event clock.
+    pub duration: u16,
+}
+
+/// Per-call DTMF state.
+#[derive(Debug, Default)]
+pub struct DtmfReceiver {
+    /// The press in progress: its RTP timestamp, digit, last duration, and whether reported.
+    current: Option<(u32, char, u16, bool)>,
+    /// Malformed packets dropped.
+    malformed: u64,
+}
+
+/// The digit of an RFC 4733 event code (§3.2), if it is one.
+fn digit(code: u8) -> Option<char> {
+    match code {
+        0..=9 => Some((b'0' + code) as char),
+        10 => Some('*'),
+        11 => Some('#'),
+        12..=15 => Some((b'A' + code - 12) as char),
+        _ => None,
+    }
+}
+
+impl DtmfReceiver {
+    /// A receiver with no press in progress.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Malformed packets dropped so far.
+    pub fn malformed(&self) -> u64 {
+        self.malformed
+    }
+
+    /// Takes one telephone-event packet: its RTP timestamp and payload. Returns the presses to
+    /// report (at most two: an unfinished previous one, and this one if it just ended).
+    pub fn push(&mut self, timestamp: u32, payload: &[u8]) -> Vec<Dtmf> {
+        let mut out = Vec::new();
+        // event (8) | E (1) R (1) volume (6) | duration (16)
+        let Some(&[code, flags, d0, d1]) = payload
+            .get(..4)
+            .map(|p| <&[u8; 4]>::try_from(p).expect("four bytes"))
+        else {
+            self.malformed += 1;
+            return out;
+        };
+        let Some(digit) = digit(code) else {
+            // Not a digit (flash, tones): not ours to report.
+            self.malformed += u64::from(code > 16);
+            return out;
+        };
+        let end = flags & 0x80 != 0;
+        let duration = u16::from_be_bytes([d0, d1]);
+        match self.current {
+            Some((ts, _, _, reported)) if ts == timestamp => {
+                if end && !reported {
+                    out.push(Dtmf {
+                        digit,
+                        end: true,
+                        duration,
+                    });
+                }
+                self.current = Some((ts, digit, duration, reported || end));
+            }
+            previous => {
+                if let Some((_, d, dur, false)) = previous {
+                    out.push(Dtmf {
+                        digit: d,
+                        end: false,
+                        duration: dur,
+                    });
+                }
+                self.current = Some((timestamp, digit, duration, end));
+                if end {
+                    out.push(Dtmf {
+                        digit,
+                        end: true,
+                        duration,
+                    });
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pkt(code: u8, end: bool, volume: u8, duration: u16) -> Vec<u8> {
+        let d = duration.to_be_bytes();
+        vec![
+            code,
+            (if end { 0x80 } else { 0 }) | (volume & 0x3f),
+            d[0],
+            d[1],
+        ]
+    }
+
+    /// The packets insertDTMF sends for one key: three progress packets, three end packets.
+    fn press(r: &mut DtmfReceiver, ts: u32, code: u8) -> Vec<Dtmf> {
+        let mut out = vec![];
+        for (i, end) in [false, false, false, true, true, true]
+            .into_iter()
+            .enumerate()
+        {
+            out.extend(r.push(ts, &pkt(code, end, 10, 160 * (i as u16 + 1))));
+        }
+        out
+    }
+
+    #[test]
+    fn every_digit_once_per_press() {
+        let mut r = DtmfReceiver::new();
+        let mut got = String::new();
+        for (i, code) in (0u8..16).enumerate() {
+            let events = press(&mut r, 1000 + 800 * i as u32, code);
+            assert_eq!(events.len(), 1, "code {code}: {events:?}");
+            assert!(events[0].end);
+            got.push(events[0].digit);
+        }
+        assert_eq!(got, "0123456789*#ABCD");
+    }
+
+    #[test]
+    fn repeated_end_packets_are_reported_once_with_the_final_duration() {
+        let mut r = DtmfReceiver::new();
+        let e = press(&mut r, 5, 1);
+        assert_eq!(
+            e,
+            vec![Dtmf {
+                digit: '1',
+                end: true,
+                duration: 640
+            }]
+        );
+    }
+
+    #[test]
+    fn a_press_whose_end_was_lost_is_reported_when_the_next_begins() {
+        let mut r = DtmfReceiver::new();
+        assert!(r.push(100, &pkt(5, false, 10, 160)).is_empty());
+        assert!(r.push(100, &pkt(5, false, 10, 320)).is_empty());
+        let e = r.push(900, &pkt(11, false, 10, 160));
+        assert_eq!(
+            e,
+            vec![Dtmf {
+                digit: '5',
+                end: false,
+                duration: 320
+            }]
+        );
+        let e = r.push(900, &pkt(11, true, 10, 480));
+        assert_eq!(
+            e,
+            vec![Dtmf {
+                digit: '#',
+                end: true,
+                duration: 480
+            }]
+        );
+    }
+
+    #[test]
+    fn the_same_key_twice_is_two_presses() {
+        let mut r = DtmfReceiver::new();
+        assert_eq!(press(&mut r, 100, 7).len(), 1);
+        assert_eq!(press(&mut r, 900, 7).len(), 1);
+    }
+
+    #[test]
+    fn malformed_packets_are_counted_and_dropped() {
+        let mut r = DtmfReceiver::new();
+        assert!(r.push(1, &[]).is_empty());
+        assert!(r.push(1, &[1, 0x80, 0]).is_empty());
+        assert!(r.push(1, &pkt(200, true, 0, 160)).is_empty());
+        assert_eq!(r.malformed(), 3);
+        // Flash (16) is legal but not a digit: dropped without counting as malformed.
+        assert!(r.push(2, &pkt(16, true, 0, 160)).is_empty());
+        assert_eq!(r.malformed(), 3);
+        // Volume bits and the reserved bit do not matter.
+        assert_eq!(
+            r.push(3, &[9, 0xff, 0, 160]),
+            vec![Dtmf {
+                digit: '9',
+                end: true,
+                duration: 160
+            }]
+        );
+    }
+}
