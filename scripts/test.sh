@@ -18,5 +18,5 @@ echo "== unit and integration tests"
 cargo test --workspace --locked
 
 echo "== browser end-to-end"
-cargo build --locked --bin voicegate
+cargo build --locked -p voicegate -p voicegate-bench
 scripts/e2e.sh target/debug/voicegate

@@ -3,7 +3,8 @@
 //! It speaks the dialog WebSocket protocol from the app's side, so a new user hears a
 //! conversation with no app of their own: on `call.started` it greets the caller; on `asr.final`
 //! it answers "You said: <text>" with `tts.stream` in a few chunks, the way an LLM would stream;
-//! when the caller says goodbye it says goodbye and sends `hangup` once that has played. It is
+//! a key press gets "You pressed <key>."; when the caller says goodbye it says goodbye and sends
+//! `hangup` once that has played. It is
 //! also a small reference for writing a dialog app.
 //!
 //! It is an actix-web-actors WebSocket actor: a server-side WebSocket that keeps per-connection
@@ -125,6 +126,17 @@ impl DemoDialog {
                     json!({"type": "hangup", "reason": "caller-said-goodbye"}),
                     ctx,
                 );
+            }
+            "dtmf" => {
+                let digit = event["digit"].as_str().unwrap_or("");
+                let name = match digit {
+                    "#" => "hash",
+                    "*" => "star",
+                    d => d,
+                };
+                self.turn += 1;
+                let text = format!("You pressed {name}.");
+                self.send(json!({"type": "tts.speak", "utterance_id": format!("key-{}", self.turn), "text": text}), ctx);
             }
             "call.ended" => ctx.close(Some(ws::CloseCode::Normal.into())),
             _ => {}

@@ -10,9 +10,16 @@
 //   const call = new VoicegateCall({ server: "https://voice.example.com", mode: "echo" });
 //   call.addEventListener("state", (e) => console.log(e.detail.state));
 //   call.addEventListener("track", (e) => (audioElement.srcObject = e.detail.stream));
+//   call.addEventListener("message", (e) => console.log(e.detail)); // transcript, speech state
 //   await call.start();
-//   ...
+//   call.sendDtmf("1#");
 //   await call.hangup();
+//
+// The "message" events come over a data channel the client opens ("voicegate"): the caller's
+// speech as recognized ({"type": "asr.partial" | "asr.final", "text"}), what voicegate is saying
+// ({"type": "assistant", "utterance_id", "text"} per segment as it starts playing), speech state
+// ({"type": "tts.started" | "tts.ended" | "tts.interrupt", ...}) and key presses
+// ({"type": "dtmf", "digit"}), in the same shapes the dialog app receives.
 
 /** Call states, in the order a successful call goes through them. */
 export const States = Object.freeze({
@@ -81,6 +88,18 @@ export class VoicegateCall extends EventTarget {
         this.dispatchEvent(new CustomEvent("track", { detail: { stream: this.remoteStream } }));
       });
       pc.addEventListener("connectionstatechange", () => this._onConnectionState());
+      // The server's event channel (opened by us: browsers surface answerer-created channels
+      // unreliably). Messages are JSON objects.
+      this.channel = pc.createDataChannel("voicegate", { ordered: true });
+      this.channel.addEventListener("message", (e) => {
+        let detail;
+        try {
+          detail = JSON.parse(e.data);
+        } catch {
+          return;
+        }
+        this.dispatchEvent(new CustomEvent("message", { detail }));
+      });
 
       this._setState(States.CONNECTING);
       await pc.setLocalDescription(await pc.createOffer());
@@ -105,6 +124,16 @@ export class VoicegateCall extends EventTarget {
       this._setState(States.FAILED, { error: err });
       throw err;
     }
+  }
+
+  /**
+   * Sends DTMF key presses (RFC 4733, as a phone keypad would): digits 0-9, *, #, A-D; "," is a
+   * two-second pause.
+   */
+  sendDtmf(tones, durationMs = 100, gapMs = 70) {
+    const sender = this.pc && this.pc.getSenders().find((s) => s.track && s.track.kind === "audio");
+    if (!sender || !sender.dtmf) throw new Error("DTMF is not available on this call");
+    sender.dtmf.insertDTMF(tones, durationMs, gapMs);
   }
 
   /** Ends the call: tells the server (idempotent there) and closes the connection. */

@@ -16,11 +16,13 @@ use std::time::{Duration, Instant};
 use voicegate_testkit::ClientPeer;
 use voicegate_testkit::peer::opus_tone;
 
+mod recognize;
 mod speech;
 
 const USAGE: &str = "usage:
   voicegate-bench [echo] --server <http://host:port> [--pid <server pid>] [--calls N] [--seconds S] [--json]
-  voicegate-bench speech --server <http://host:port> --dialog-listen <ip:port> [--runs N]";
+  voicegate-bench speech --server <http://host:port> --dialog-listen <ip:port> [--runs N]
+  voicegate-bench recognize <file.wav> [--grammar <file.gram>]";
 
 struct Args {
     speech: bool,
@@ -144,6 +146,15 @@ async fn one_call(
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("recognize") {
+        let wav = argv.get(2).context(USAGE)?;
+        let grammar = argv
+            .iter()
+            .position(|a| a == "--grammar")
+            .and_then(|i| argv.get(i + 1));
+        return recognize::run(wav, grammar.map(String::as_str)).await;
+    }
     let args = parse_args()?;
     if args.speech {
         return speech::run(args.server, args.dialog_listen, args.runs).await;

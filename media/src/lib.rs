@@ -9,7 +9,8 @@ pub mod mux;
 pub mod peer;
 
 pub use peer::{MediaPlane, Peer, PeerError, PeerEvent, PeerEvents, PeerState, RtpWriter};
-pub use webrtc::data_channel::DataChannel;
+pub use rtc::data_channel::RTCDataChannelState as DataChannelState;
+pub use webrtc::data_channel::{DataChannel, DataChannelEvent};
 pub use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 
 use std::net::{IpAddr, SocketAddr};

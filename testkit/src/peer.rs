@@ -248,6 +248,12 @@ impl ClientPeer {
         self.send_raw(seq, ts, payload).await
     }
 
+    /// Lets one 20 ms frame go unsent, as if the network lost it (numbering moves on).
+    pub fn skip_frame(&self) {
+        let mut n = self.next.lock().expect("no panics while holding");
+        *n = (n.0.wrapping_add(1), n.1.wrapping_add(960));
+    }
+
     /// Sends one packet with explicit numbering (for reordering and loss tests).
     pub async fn send_raw(&self, seq: u16, timestamp: u32, payload: Bytes) -> anyhow::Result<()> {
         let packet = rtp::Packet {
@@ -276,6 +282,65 @@ impl ClientPeer {
         Ok(())
     }
 
+    /// Sends `packets` as consecutive 20 ms frames, paced in real time.
+    pub async fn send_paced(&self, packets: &[Bytes]) -> anyhow::Result<()> {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        for p in packets {
+            tick.tick().await;
+            self.send(p.clone()).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends one key press as RFC 4733 telephone-event packets (payload type `pt`) the way
+    /// `insertDTMF` does: a few packets with a growing duration, then the end packet three times.
+    pub async fn send_dtmf(&self, pt: u8, digit: char) -> anyhow::Result<()> {
+        let code = match digit {
+            '0'..='9' => digit as u8 - b'0',
+            '*' => 10,
+            '#' => 11,
+            'A'..='D' => digit as u8 - b'A' + 12,
+            other => anyhow::bail!("{other:?} is not a DTMF digit"),
+        };
+        let event_ts = { self.next.lock().expect("no panics while holding").1 };
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        for (i, end) in [false, false, false, false, true, true, true]
+            .into_iter()
+            .enumerate()
+        {
+            tick.tick().await;
+            let duration = (160 * (i as u16 + 1).min(5)).to_be_bytes();
+            let payload = Bytes::copy_from_slice(&[
+                code,
+                if end { 0x80 | 10 } else { 10 },
+                duration[0],
+                duration[1],
+            ]);
+            let seq = {
+                let mut n = self.next.lock().expect("no panics while holding");
+                let s = n.0;
+                n.0 = s.wrapping_add(1);
+                s
+            };
+            let packet = rtp::Packet {
+                header: rtp::header::Header {
+                    version: 2,
+                    payload_type: pt,
+                    marker: i == 0,
+                    sequence_number: seq,
+                    timestamp: event_ts,
+                    ssrc: self.ssrc,
+                    ..Default::default()
+                },
+                payload,
+            };
+            self.track.write_rtp(packet).await?;
+        }
+        // The audio clock moved on meanwhile.
+        self.next.lock().expect("no panics while holding").1 = event_ts.wrapping_add(960 * 7);
+        Ok(())
+    }
+
     /// Everything received so far.
     pub fn received(&self) -> Vec<Received> {
         self.received
@@ -293,6 +358,32 @@ impl ClientPeer {
     pub async fn close(&self) {
         let _ = self.pc.close().await;
     }
+}
+
+/// Opus packets (20 ms, 48 kHz, as a browser sends them) of mono `pcm` at `rate`, with `lead`
+/// and `tail` of silence around it.
+pub fn opus_speech(pcm: &[i16], rate: u32, lead: Duration, tail: Duration) -> Vec<Bytes> {
+    let mut r = voicegate_core::resample::StreamResampler::new(rate, 48_000)
+        .expect("any rate resamples to 48 kHz");
+    let mut at48 = vec![0i16; (lead.as_millis() as usize) * 48];
+    r.push(pcm, &mut at48);
+    r.finish(&mut at48);
+    at48.extend(std::iter::repeat_n(0, (tail.as_millis() as usize) * 48));
+    let mut enc = DownlinkEncoder::new(EncoderSettings {
+        pcm_rate: 48_000,
+        complexity: 5,
+        bitrate: 32_000,
+        fec: true,
+        expected_loss_percent: 10,
+    })
+    .expect("a 48 kHz mono encoder is always available");
+    at48.chunks(960)
+        .map(|c| {
+            let mut frame = [0i16; 960];
+            frame[..c.len()].copy_from_slice(c);
+            Bytes::copy_from_slice(enc.encode(&frame).expect("a 20 ms frame encodes"))
+        })
+        .collect()
 }
 
 /// `frames` Opus packets of a `freq` Hz tone at 48 kHz, as a browser would send them.

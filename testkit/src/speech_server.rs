@@ -16,8 +16,54 @@ pub struct Recorded {
     pub path: String,
     /// Headers, names lowercased.
     pub headers: Vec<(String, String)>,
-    /// The JSON body.
+    /// The JSON body (Null for other bodies).
     pub body: Value,
+    /// The multipart form, for multipart bodies.
+    pub form: Option<Form>,
+}
+
+/// A parsed `multipart/form-data` body.
+#[derive(Debug, Clone, Default)]
+pub struct Form {
+    /// Text fields.
+    pub fields: std::collections::HashMap<String, String>,
+    /// The `file` part's bytes.
+    pub file: Vec<u8>,
+}
+
+fn parse_form(content_type: &str, body: &[u8]) -> Option<Form> {
+    let boundary = content_type
+        .split("boundary=")
+        .nth(1)?
+        .trim()
+        .trim_matches('"');
+    let delim = format!("--{boundary}");
+    let mut form = Form::default();
+    let mut rest = body;
+    while let Some(start) = find(rest, delim.as_bytes()) {
+        rest = &rest[start + delim.len()..];
+        if rest.starts_with(b"--") {
+            break;
+        }
+        let head_end = find(rest, b"\r\n\r\n")?;
+        let head = String::from_utf8_lossy(&rest[..head_end]).to_string();
+        let content = &rest[head_end + 4..];
+        let end = find(content, delim.as_bytes())?;
+        let value = &content[..end.saturating_sub(2)]; // strip the CRLF before the delimiter
+        let name = head.split("name=\"").nth(1)?.split('"').next()?.to_owned();
+        if name == "file" {
+            form.file = value.to_vec();
+        } else {
+            form.fields
+                .insert(name, String::from_utf8_lossy(value).to_string());
+        }
+        rest = &content[end..];
+    }
+    Some(form)
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 /// How the server answers.
@@ -34,6 +80,8 @@ pub enum Behaviour {
     },
     /// This status with a short JSON error body.
     Fail(u16),
+    /// 200 with `{"text": ...}` (a transcription).
+    Transcribe(String),
 }
 
 /// A running speech server.
@@ -117,6 +165,10 @@ async fn serve(mut tcp: TcpStream, behaviour: Behaviour, requests: Arc<Mutex<Vec
         body.extend_from_slice(&tmp[..n]);
     }
     let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let form = headers
+        .iter()
+        .find(|(k, v)| k == "content-type" && v.starts_with("multipart/form-data"))
+        .and_then(|(_, v)| parse_form(v, &body));
     requests
         .lock()
         .expect("no panics while holding")
@@ -124,8 +176,17 @@ async fn serve(mut tcp: TcpStream, behaviour: Behaviour, requests: Arc<Mutex<Vec
             path,
             headers,
             body: json,
+            form,
         });
     match behaviour {
+        Behaviour::Transcribe(text) => {
+            let body = serde_json::json!({ "text": text }).to_string();
+            let res = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = tcp.write_all(res.as_bytes()).await;
+        }
         Behaviour::Fail(status) => {
             let body = r#"{"error":{"message":"test failure"}}"#;
             let res = format!(

@@ -85,6 +85,19 @@ pub struct End {
 #[rtype(result = "()")]
 struct FromPeer(PeerEvent);
 
+/// Messages kept for the page's data channel before the browser opens it.
+const PAGE_BACKLOG: usize = 64;
+
+/// The page's data channel, from the call's side.
+enum Page {
+    /// Not a dialog call, or the call is ending.
+    Off,
+    /// The browser has not opened it (yet): the latest messages wait.
+    Waiting(std::collections::VecDeque<String>),
+    /// Open: one task sends, in order.
+    Open(tokio::sync::mpsc::UnboundedSender<String>),
+}
+
 /// Where the call is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -128,8 +141,8 @@ pub struct CallActor {
     dialog: Option<Addr<DialogClient>>,
     /// The recognizer child (dialog calls).
     recognizer: Option<Addr<Recognizer>>,
-    /// Messages for the page's data channel, in order (sent by one task).
-    page: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    /// Messages for the page's data channel, in order.
+    page: Page,
     /// The dialog socket is up.
     dialog_up: bool,
     /// `call.started` went out.
@@ -182,7 +195,7 @@ impl CallActor {
             speaker: None,
             dialog: None,
             recognizer: None,
-            page: None,
+            page: Page::Off,
             dialog_up: false,
             started_sent: false,
             restarts,
@@ -335,7 +348,7 @@ impl Handler<CodecEvent> for CallActor {
             }
             CodecEvent::Dtmf(d) => {
                 trace_msg!(self.call_id, "codec" => "call", "CodecEvent::Dtmf", "{}", d.digit);
-                self.to_dialog_and_page(Event::Dtmf {
+                self.send_to_dialog_and_page(Event::Dtmf {
                     digit: d.digit,
                     end: d.end,
                 });
@@ -440,13 +453,15 @@ impl Handler<RecognizerEvent> for CallActor {
             return;
         }
         match msg {
-            RecognizerEvent::Partial(text) => self.to_dialog_and_page(Event::AsrPartial { text }),
+            RecognizerEvent::Partial(text) => {
+                self.send_to_dialog_and_page(Event::AsrPartial { text })
+            }
             RecognizerEvent::Final { text, net, latency } => {
                 trace_msg!(self.call_id, "recognizer" => "call", "RecognizerEvent::Final", "{} chars after {} ms", text.chars().count(), latency.as_millis());
                 if let Some(s) = &self.speaker {
                     s.do_send(speaker::AsrFinal);
                 }
-                self.to_dialog_and_page(Event::AsrFinal {
+                self.send_to_dialog_and_page(Event::AsrFinal {
                     text,
                     net: Some(net),
                 });
@@ -465,7 +480,7 @@ impl Handler<SpeakerEvent> for CallActor {
         match msg {
             SpeakerEvent::Segment { id, text } => {
                 if !id.starts_with(INTERNAL_PREFIX) {
-                    self.to_page(
+                    self.send_to_page(
                         serde_json::json!({"type": "assistant", "utterance_id": id, "text": text})
                             .to_string(),
                     );
@@ -522,6 +537,7 @@ impl CallActor {
         self.recognizer = Some(
             Recognizer::new(call_id, span, asr, self.settings.partial_interval, parent).start(),
         );
+        self.page = Page::Waiting(std::collections::VecDeque::new());
         self.start_dialog(false, ctx);
     }
 
@@ -607,26 +623,46 @@ impl CallActor {
 
     /// The page's data channel (the browser opened it): transcript and speech state go there.
     fn open_page_channel(&mut self, channel: std::sync::Arc<dyn DataChannel>) {
-        if self.page.is_some() || self.offer.mode != CallMode::Dialog {
+        let Page::Waiting(backlog) = std::mem::replace(&mut self.page, Page::Off) else {
             return;
-        }
+        };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-        self.page = Some(tx);
+        for text in backlog {
+            let _ = tx.send(text);
+        }
+        self.page = Page::Open(tx);
         let span = self.span.clone();
-        // One task sends, so messages keep their order; it also drains what the page sends.
+        // One task sends, so messages keep their order. It holds them until the channel is open,
+        // and drains what the page sends (nothing is expected).
         actix::spawn(
             async move {
+                use voicegate_media::DataChannelEvent;
+                let mut open = matches!(
+                    channel.ready_state().await,
+                    Ok(voicegate_media::DataChannelState::Open)
+                );
+                let mut held: Vec<String> = Vec::new();
                 loop {
                     tokio::select! {
                         msg = rx.recv() => match msg {
-                            Some(text) => {
+                            Some(text) if open => {
                                 if let Err(e) = channel.send_text(&text).await {
                                     tracing::debug!(error = %e, "page channel send failed");
                                 }
                             }
+                            Some(text) => held.push(text),
                             None => break,
                         },
-                        ev = channel.poll() => if ev.is_none() { break },
+                        ev = channel.poll() => match ev {
+                            Some(DataChannelEvent::OnOpen) => {
+                                open = true;
+                                for text in held.drain(..) {
+                                    let _ = channel.send_text(&text).await;
+                                }
+                            }
+                            Some(DataChannelEvent::OnClose) | None => break,
+                            Some(_) => {}
+                        },
                     }
                 }
             }
@@ -634,15 +670,25 @@ impl CallActor {
         );
     }
 
-    fn to_page(&self, text: String) {
-        if let Some(page) = &self.page {
-            let _ = page.send(text);
+    fn send_to_page(&mut self, text: String) {
+        match &mut self.page {
+            Page::Off => {}
+            Page::Waiting(backlog) => {
+                if backlog.len() == PAGE_BACKLOG {
+                    backlog.pop_front();
+                }
+                backlog.push_back(text);
+            }
+            Page::Open(tx) => {
+                let _ = tx.send(text);
+            }
         }
     }
 
-    fn to_dialog_and_page(&self, event: Event) {
-        if self.page.is_some() {
-            self.to_page(event.to_json(self.call_id.as_str()));
+    fn send_to_dialog_and_page(&mut self, event: Event) {
+        if !matches!(self.page, Page::Off) {
+            let text = event.to_json(self.call_id.as_str());
+            self.send_to_page(text);
         }
         self.to_dialog(event);
     }
@@ -737,7 +783,7 @@ impl CallActor {
         if let Some(r) = self.recognizer.take() {
             r.do_send(crate::recognizer::Stop);
         }
-        self.page = None;
+        self.page = Page::Off;
         let speaker = self.speaker.take();
         let dialog = self.dialog.take();
         let peer = self.peer.take();

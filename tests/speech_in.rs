@@ -1,0 +1,341 @@
+//! Speech in end to end: a real WebRTC client peer says espeak-ng sentences as Opus, in real
+//! time; pocketsphinx with a JSGF grammar recognizes them; a test dialog app records the events.
+
+mod common;
+
+use bytes::Bytes;
+use common::{TestServer, eventually};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use voicegate_actors::tts::TtsFactory;
+use voicegate_actors::tts::espeak::{Espeak, EspeakSettings};
+use voicegate_testkit::ClientPeer;
+use voicegate_testkit::dialog_app::TestDialogApp;
+use voicegate_testkit::peer::opus_speech;
+use voicegate_testkit::speech_server::{Behaviour, SpeechServer};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+fn grammar() -> String {
+    format!("{}/tests/fixtures/test.gram", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `text` spoken by espeak-ng, as Opus packets with 300 ms of silence before and `tail` after.
+async fn spoken(text: &str, tail: Duration) -> Vec<Bytes> {
+    let espeak = Espeak::start(&EspeakSettings {
+        voice: "en-us".into(),
+        rate_wpm: 160,
+    })
+    .unwrap();
+    let engine = espeak.for_call();
+    let pcm: Vec<i16> = engine
+        .synthesize(text)
+        .map(|c| c.unwrap_or_default())
+        .collect::<Vec<_>>()
+        .await
+        .concat();
+    opus_speech(&pcm, engine.sample_rate(), Duration::from_millis(300), tail)
+}
+
+fn server(app: &TestDialogApp, extra: &[(&str, &str)]) -> TestServer {
+    let url = app.url();
+    let grammar = grammar();
+    let mut s = vec![
+        ("dialog.url", url.as_str()),
+        ("asr.pocketsphinx.grammar", grammar.as_str()),
+    ];
+    s.extend_from_slice(extra);
+    TestServer::start(&s)
+}
+
+async fn started(server: &TestServer, app: &TestDialogApp) -> ClientPeer {
+    let peer = ClientPeer::call(server.http, "/webrtc/v1/offer")
+        .await
+        .unwrap();
+    peer.wait_connected(5 * SECOND).await.unwrap();
+    app.wait_type(5 * SECOND, "call.started", None)
+        .await
+        .expect("call.started");
+    peer
+}
+
+fn of_type(app: &TestDialogApp, kind: &str) -> Vec<Value> {
+    app.events()
+        .into_iter()
+        .filter(|e| e["type"] == kind)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spoken_sentences_arrive_as_exact_finals_after_partials() {
+    let app = TestDialogApp::start().await;
+    let server = server(&app, &[]);
+    let peer = started(&server, &app).await;
+    for (i, sentence) in [
+        "what is the weather like today",
+        "the quick brown fox jumps over the lazy dog",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let packets = spoken(sentence, Duration::from_millis(1000)).await;
+        peer.send_paced(&packets).await.unwrap();
+        assert!(
+            eventually(3 * SECOND, || of_type(&app, "asr.final").len() > i).await,
+            "no asr.final for {sentence:?}: {:?}",
+            app.types()
+        );
+    }
+    let finals: Vec<String> = of_type(&app, "asr.final")
+        .iter()
+        .map(|e| e["text"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        finals,
+        [
+            "what is the weather like today",
+            "the quick brown fox jumps over the lazy dog"
+        ],
+        "exactly, once each"
+    );
+    // Partials came before each final, and never repeated the same text twice in a row.
+    let types = app.types();
+    let first_final = types.iter().position(|t| t == "asr.final").unwrap();
+    assert!(
+        types[..first_final].contains(&"asr.partial".to_owned()),
+        "{types:?}"
+    );
+    let partials: Vec<String> = of_type(&app, "asr.partial")
+        .iter()
+        .map(|e| e["text"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(partials.windows(2).all(|w| w[0] != w[1]), "{partials:?}");
+    // Each final says what the network did (nothing, on loopback).
+    let f = &of_type(&app, "asr.final")[0];
+    assert_eq!(
+        (
+            f["lost_ms"].as_u64(),
+            f["recovered_ms"].as_u64(),
+            f["concealed_ms"].as_u64()
+        ),
+        (Some(0), Some(0), Some(0))
+    );
+    peer.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_packets_are_reported_on_the_final() {
+    let app = TestDialogApp::start().await;
+    let server = server(&app, &[]);
+    let peer = started(&server, &app).await;
+    let packets = spoken("please call me back tomorrow", Duration::from_millis(1000)).await;
+    // Drop every 10th packet of the speech (not of the silence around it).
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let mut dropped = 0;
+    for (i, p) in packets.iter().enumerate() {
+        tick.tick().await;
+        if (20..packets.len() - 50).contains(&i) && i % 10 == 0 {
+            peer.skip_frame();
+            dropped += 1;
+            continue;
+        }
+        peer.send(p.clone()).await.unwrap();
+    }
+    let f = app
+        .wait_type(3 * SECOND, "asr.final", None)
+        .await
+        .expect("asr.final despite the loss");
+    assert_eq!(f["text"], "please call me back tomorrow");
+    let lost = f["lost_ms"].as_u64().unwrap();
+    assert!(
+        lost >= 20 * (dropped - 2) && lost <= 20 * dropped,
+        "lost_ms {lost}, dropped {dropped} packets"
+    );
+    assert_eq!(
+        f["recovered_ms"].as_u64().unwrap() + f["concealed_ms"].as_u64().unwrap(),
+        lost,
+        "each lost packet was rebuilt or concealed"
+    );
+    assert!(
+        f["recovered_ms"].as_u64().unwrap() > 0,
+        "the browser-like sender uses in-band FEC"
+    );
+    peer.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn barge_in_stops_playback_reports_what_was_heard_and_keeps_the_words() {
+    let app = TestDialogApp::start().await;
+    let server = server(&app, &[]);
+    let peer = started(&server, &app).await;
+    let long = "This is a long answer that keeps going for a while. ".repeat(6);
+    assert!(app.send(json!({"type": "tts.speak", "utterance_id": "long", "text": long})));
+    app.wait_type(5 * SECOND, "tts.started", Some("long"))
+        .await
+        .expect("tts.started");
+    let speak_started = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let speech = spoken("stop talking please", Duration::from_millis(1000)).await;
+    peer.send_paced(&speech).await.unwrap();
+    let interrupt = app
+        .wait_type(3 * SECOND, "tts.interrupt", Some("long"))
+        .await
+        .expect("tts.interrupt");
+    let interrupt_at = app
+        .timed_events()
+        .iter()
+        .find(|(_, e)| e["type"] == "tts.interrupt")
+        .unwrap()
+        .0;
+    let ended = app
+        .wait_type(2 * SECOND, "tts.ended", Some("long"))
+        .await
+        .expect("tts.ended");
+    assert_eq!(ended["ok"], false);
+    // Downlink audio stopped at the decision: nothing arrived 100 ms after the event.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rx = peer.received();
+    let last = rx.iter().map(|p| p.at).max().unwrap();
+    assert!(
+        last <= interrupt_at + Duration::from_millis(100),
+        "audio went on {:?} after the interrupt",
+        last.duration_since(interrupt_at)
+    );
+    // played_ms matches the audio the client received for the utterance, within 40 ms.
+    let heard = rx
+        .iter()
+        .filter(|p| p.at >= speak_started - Duration::from_millis(200))
+        .count() as i64
+        * 20;
+    let played = interrupt["played_ms"].as_i64().unwrap();
+    assert!(
+        (played - heard).abs() <= 40,
+        "played_ms {played}, the client received {heard} ms"
+    );
+    let text = interrupt["played_text"].as_str().unwrap();
+    assert!(
+        text.starts_with("This is a long answer") && text.ends_with('…'),
+        "{text}"
+    );
+    assert!(
+        interrupt["played_segments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["complete"] == false)
+    );
+    // The interrupting words were not lost: they are the next final.
+    let f = app
+        .wait_type(3 * SECOND, "asr.final", None)
+        .await
+        .expect("asr.final");
+    assert_eq!(f["text"], "stop talking please");
+    println!("barge-in: played_ms {played}, client heard {heard} ms");
+    peer.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dtmf_key_presses_arrive_once_each_in_order() {
+    let app = TestDialogApp::start().await;
+    let server = server(&app, &[]);
+    let peer = started(&server, &app).await;
+    let pt = voicegate_core::sdp::check_offer(&peer.offer)
+        .unwrap()
+        .telephone_event_pt
+        .expect("the client offers DTMF");
+    assert!(
+        peer.answer.contains("telephone-event/8000"),
+        "the answer accepts DTMF"
+    );
+    for digit in ['1', '#', '9', '*', 'A'] {
+        peer.send_dtmf(pt, digit).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    assert!(eventually(2 * SECOND, || of_type(&app, "dtmf").len() >= 5).await);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let digits: Vec<String> = of_type(&app, "dtmf")
+        .iter()
+        .map(|e| e["digit"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(digits, ["1", "#", "9", "*", "A"]);
+    assert!(of_type(&app, "dtmf").iter().all(|e| e["end"] == true));
+    peer.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_asr_gets_a_wav_of_the_utterance_and_its_text_is_the_final() {
+    let stt = SpeechServer::start(Behaviour::Transcribe("the text from the server".into())).await;
+    let app = TestDialogApp::start().await;
+    let base = stt.base_url();
+    let server = server(
+        &app,
+        &[
+            ("asr.engine", "openai"),
+            ("asr.openai.base_url", &base),
+            ("asr.openai.model", "whisper-test"),
+            ("asr.openai.language", "en"),
+        ],
+    );
+    let peer = started(&server, &app).await;
+    let speech = spoken("hello world", Duration::from_millis(1000)).await;
+    peer.send_paced(&speech).await.unwrap();
+    let f = app
+        .wait_type(5 * SECOND, "asr.final", None)
+        .await
+        .expect("asr.final");
+    assert_eq!(f["text"], "the text from the server");
+    let req = &stt.requests()[0];
+    assert_eq!(req.path, "/v1/audio/transcriptions");
+    let form = req.form.as_ref().expect("a multipart form");
+    assert_eq!(
+        form.fields.get("model").map(String::as_str),
+        Some("whisper-test")
+    );
+    assert_eq!(form.fields.get("language").map(String::as_str), Some("en"));
+    // A valid 16 kHz mono 16-bit WAV holding the utterance: the speech plus pre-roll and the
+    // end-of-utterance silence.
+    let wav = &form.file;
+    assert_eq!(&wav[..4], b"RIFF");
+    assert_eq!(&wav[8..16], b"WAVEfmt ");
+    assert_eq!(u16::from_le_bytes([wav[22], wav[23]]), 1, "mono");
+    assert_eq!(
+        u32::from_le_bytes([wav[24], wav[25], wav[26], wav[27]]),
+        16_000
+    );
+    assert_eq!(u16::from_le_bytes([wav[34], wav[35]]), 16, "16-bit");
+    let data_len = u32::from_le_bytes([wav[40], wav[41], wav[42], wav[43]]) as usize;
+    assert_eq!(data_len, wav.len() - 44);
+    let secs = data_len as f64 / 32_000.0;
+    assert!((1.0..2.6).contains(&secs), "the utterance is {secs} s");
+    peer.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_recognizer_reports_asr_error_and_the_call_and_its_speech_go_on() {
+    let stt = SpeechServer::start(Behaviour::Fail(503)).await;
+    let app = TestDialogApp::start().await;
+    let base = stt.base_url();
+    let server = server(
+        &app,
+        &[("asr.engine", "openai"), ("asr.openai.base_url", &base)],
+    );
+    let peer = started(&server, &app).await;
+    peer.send_paced(&spoken("hello world", Duration::from_millis(1000)).await)
+        .await
+        .unwrap();
+    let e = app
+        .wait_type(5 * SECOND, "asr.error", None)
+        .await
+        .expect("asr.error");
+    assert_eq!(e["fatal"], false);
+    assert!(e["message"].as_str().unwrap().contains("503"), "{e}");
+    app.send(json!({"type": "tts.speak", "utterance_id": "still", "text": "Still here."}));
+    let ended = app
+        .wait_type(10 * SECOND, "tts.ended", Some("still"))
+        .await
+        .expect("speech still works");
+    assert_eq!(ended["ok"], true);
+    assert_eq!(server.snapshot().await.calls.len(), 1);
+    peer.close().await;
+}
