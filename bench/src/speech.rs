@@ -37,6 +37,114 @@ async fn packet_after(peer: &ClientPeer, n: usize, within: Duration) -> anyhow::
     }
 }
 
+/// `sentence` spoken by espeak-ng as 20 ms Opus packets, 300 ms of silence before it; returns
+/// the packets and how many of them carry the sentence (silence follows).
+async fn spoken(sentence: &str) -> anyhow::Result<(Vec<bytes::Bytes>, usize)> {
+    use futures_util::StreamExt;
+    use voicegate_actors::tts::TtsFactory;
+    let espeak = voicegate_actors::tts::espeak::Espeak::start(
+        &voicegate_actors::tts::espeak::EspeakSettings {
+            voice: "en-us".into(),
+            rate_wpm: 160,
+        },
+    )
+    .map_err(anyhow::Error::msg)?;
+    let engine = espeak.for_call();
+    let pcm: Vec<i16> = engine
+        .synthesize(sentence)
+        .map(|c| c.unwrap_or_default())
+        .collect::<Vec<_>>()
+        .await
+        .concat();
+    let speech_frames = 15 + pcm.len().div_ceil(441); // 300 ms lead + the speech, in 20 ms frames
+    let packets = voicegate_testkit::peer::opus_speech(
+        &pcm,
+        engine.sample_rate(),
+        Duration::from_millis(300),
+        Duration::from_millis(1500),
+    );
+    Ok((packets, speech_frames))
+}
+
+/// Turn latency: the caller says a sentence; the bench's dialog app answers each `asr.final`
+/// with `tts.stream` at once. Measures end of speech -> `asr.final` at the dialog app, and
+/// `asr.final` -> the answer's first RTP packet at the client.
+async fn turns(app: &TestDialogApp, peer: &ClientPeer, runs: usize) -> anyhow::Result<()> {
+    let sentences = [
+        "what is the weather like today",
+        "please call me back tomorrow",
+        "turn on the kitchen lights",
+    ];
+    let mut to_final = Vec::new();
+    let mut to_audio = Vec::new();
+    for i in 0..runs {
+        let sentence = sentences[i % sentences.len()];
+        let (packets, speech_frames) = spoken(sentence).await?;
+        let finals_before = app
+            .events()
+            .iter()
+            .filter(|e| e["type"] == "asr.final")
+            .count();
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        let mut speech_end = Instant::now();
+        for (k, p) in packets.iter().enumerate() {
+            tick.tick().await;
+            peer.send(p.clone()).await?;
+            if k + 1 == speech_frames {
+                speech_end = Instant::now();
+            }
+            if app
+                .events()
+                .iter()
+                .filter(|e| e["type"] == "asr.final")
+                .count()
+                > finals_before
+            {
+                break;
+            }
+        }
+        let t0 = Instant::now();
+        let fin = loop {
+            if let Some((at, e)) = app
+                .timed_events()
+                .into_iter()
+                .filter(|(_, e)| e["type"] == "asr.final")
+                .nth(finals_before)
+            {
+                break (at, e);
+            }
+            if t0.elapsed() > Duration::from_secs(5) {
+                bail!("no asr.final for {sentence:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        let before = peer.received().iter().filter(|p| p.at < fin.0).count();
+        let id = format!("answer-{i}");
+        // The dialog app's own reaction time is not the gateway's: measure from the command.
+        let sent = Instant::now();
+        app.send(json!({"type": "tts.stream", "utterance_id": id, "text": format!("You said: {}.", fin.1["text"].as_str().unwrap_or("")), "stream_end": true}));
+        let first = packet_after(peer, before, Duration::from_secs(5)).await?;
+        to_final.push(fin.0.saturating_duration_since(speech_end).as_secs_f64() * 1e3);
+        to_audio.push(first.saturating_duration_since(sent).as_secs_f64() * 1e3);
+        app.wait_type(Duration::from_secs(10), "tts.ended", Some(&id))
+            .await
+            .context("answer ended")?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let n = to_final.len();
+    println!(
+        "turns, {n} runs: end of caller speech -> asr.final p50 {:.0} ms p95 {:.0} ms (includes the end-of-utterance silence)",
+        pct(&mut to_final, 0.5),
+        pct(&mut to_final, 0.95)
+    );
+    println!(
+        "turns, {n} runs: answer command (sent on asr.final) -> first answer RTP at the client p50 {:.1} ms p95 {:.1} ms",
+        pct(&mut to_audio, 0.5),
+        pct(&mut to_audio, 0.95)
+    );
+    Ok(())
+}
+
 /// Runs the speech benchmark.
 pub async fn run(server: SocketAddr, dialog_listen: SocketAddr, runs: usize) -> anyhow::Result<()> {
     let app = TestDialogApp::start_on(dialog_listen).await;
@@ -80,6 +188,7 @@ pub async fn run(server: SocketAddr, dialog_listen: SocketAddr, runs: usize) -> 
         silence.push(last.saturating_duration_since(sent).as_secs_f64() * 1e3);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    turns(&app, &peer, runs).await?;
     peer.close().await;
     let n = first_byte.len();
     println!(
