@@ -47,10 +47,16 @@ fn main() -> anyhow::Result<()> {
         let running = server::start(&cfg)?;
         let handle = running.server.handle();
         let supervisor = running.supervisor.clone();
+        let ready = running.ready.clone();
+        let grace = cfg.shutdown_grace;
         actix::spawn(async move {
             shutdown_signal().await;
-            tracing::info!("shutting down: ending calls");
-            let _ = supervisor.send(Shutdown).await;
+            tracing::info!(
+                grace_ms = grace.as_millis() as u64,
+                "shutting down: draining calls"
+            );
+            ready.store(false, std::sync::atomic::Ordering::Relaxed);
+            let _ = supervisor.send(Shutdown { grace }).await;
             handle.stop(true).await;
         });
         running.server.await.context("http server")?;

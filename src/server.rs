@@ -30,6 +30,8 @@ pub struct Running {
     pub plane: Arc<MediaPlane>,
     /// The HTTP server; await it to run until stopped.
     pub server: actix_web::dev::Server,
+    /// Cleared when draining (`/ready` turns 503, offers are refused).
+    pub ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Why the service could not start.
@@ -93,11 +95,21 @@ pub fn start(cfg: &Validated) -> Result<Running, StartError> {
         asr,
         dialog: Arc::new(dialog),
     };
-    let supervisor = Supervisor::new(cfg.calls.clone(), services, cfg.media.workers).start();
+    let supervisor = Supervisor::new(
+        cfg.calls.clone(),
+        services,
+        cfg.media.workers,
+        cfg.max_calls,
+    )
+    .start();
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let state = web::Data::new(HttpState {
         supervisor: supervisor.clone(),
         allowed_origins: Arc::new(cfg.allowed_origins.clone()),
         max_body_bytes: cfg.max_body_bytes,
+        ready: ready.clone(),
+        retry_after_s: cfg.retry_after_s,
+        plane: plane.clone(),
     });
     let server =
         HttpServer::new(move || App::new().app_data(state.clone()).configure(http::routes))
@@ -121,6 +133,7 @@ pub fn start(cfg: &Validated) -> Result<Running, StartError> {
         supervisor,
         plane,
         server,
+        ready,
     })
 }
 

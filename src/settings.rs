@@ -354,6 +354,12 @@ pub struct Calls {
     pub connect_timeout_ms: u64,
     /// RTP silence deadline.
     pub rtp_timeout_ms: u64,
+    /// Most calls at once (0: no limit).
+    pub max: usize,
+    /// Retry-After of a full server's 503.
+    pub retry_after_s: u32,
+    /// Drain grace period.
+    pub shutdown_grace_ms: u64,
 }
 
 /// `[echo]`
@@ -434,6 +440,12 @@ pub struct Validated {
     pub log: Log,
     /// Log every actor message.
     pub trace_messages: bool,
+    /// Most calls at once (0: no limit).
+    pub max_calls: usize,
+    /// Retry-After of a full server's 503, seconds.
+    pub retry_after_s: u32,
+    /// How long live calls may continue after a shutdown signal.
+    pub shutdown_grace: Duration,
 }
 
 impl Settings {
@@ -715,6 +727,9 @@ impl Settings {
             dialog,
             log: self.log.clone(),
             trace_messages: self.tracing.messages,
+            max_calls: self.calls.max,
+            retry_after_s: self.calls.retry_after_s.max(1),
+            shutdown_grace: Duration::from_millis(self.calls.shutdown_grace_ms),
         })
     }
 }

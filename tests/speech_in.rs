@@ -3,39 +3,17 @@
 
 mod common;
 
-use bytes::Bytes;
-use common::{TestServer, eventually};
-use futures_util::StreamExt;
+use common::{TestServer, eventually, spoken};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-use voicegate_actors::tts::TtsFactory;
-use voicegate_actors::tts::espeak::{Espeak, EspeakSettings};
 use voicegate_testkit::ClientPeer;
 use voicegate_testkit::dialog_app::TestDialogApp;
-use voicegate_testkit::peer::opus_speech;
 use voicegate_testkit::speech_server::{Behaviour, SpeechServer};
 
 const SECOND: Duration = Duration::from_secs(1);
 
 fn grammar() -> String {
     format!("{}/tests/fixtures/test.gram", env!("CARGO_MANIFEST_DIR"))
-}
-
-/// `text` spoken by espeak-ng, as Opus packets with 300 ms of silence before and `tail` after.
-async fn spoken(text: &str, tail: Duration) -> Vec<Bytes> {
-    let espeak = Espeak::start(&EspeakSettings {
-        voice: "en-us".into(),
-        rate_wpm: 160,
-    })
-    .unwrap();
-    let engine = espeak.for_call();
-    let pcm: Vec<i16> = engine
-        .synthesize(text)
-        .map(|c| c.unwrap_or_default())
-        .collect::<Vec<_>>()
-        .await
-        .concat();
-    opus_speech(&pcm, engine.sample_rate(), Duration::from_millis(300), tail)
 }
 
 fn server(app: &TestDialogApp, extra: &[(&str, &str)]) -> TestServer {

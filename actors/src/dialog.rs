@@ -142,6 +142,8 @@ pub struct DialogClient {
     last_heard: Instant,
     /// Set when stopped on purpose; the drop guard reports anything else.
     stopped_cleanly: bool,
+    /// Counted in `voicegate_actors_live` while it exists.
+    _live: crate::metrics::Live,
 }
 
 impl DialogClient {
@@ -168,6 +170,7 @@ impl DialogClient {
             ever_connected: restart,
             last_heard: Instant::now(),
             stopped_cleanly: false,
+            _live: crate::metrics::Live::new("dialog"),
         }
     }
 

@@ -104,6 +104,8 @@ pub struct Recognizer {
     last_partial: (String, Option<Instant>),
     /// Minimum time between partials.
     partial_interval: Duration,
+    /// Counted in `voicegate_actors_live` while it exists.
+    _live: crate::metrics::Live,
 }
 
 impl Recognizer {
@@ -125,6 +127,7 @@ impl Recognizer {
             ended: Vec::new(),
             last_partial: (String::new(), None),
             partial_interval,
+            _live: crate::metrics::Live::new("recognizer"),
         }
     }
 

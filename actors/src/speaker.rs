@@ -155,6 +155,8 @@ pub struct Speaker {
     waiting: Vec<Output>,
     /// Syntheses in flight.
     synths: HashMap<SegmentId, Synthesis>,
+    /// Counted in `voicegate_actors_live` while it exists.
+    _live: crate::metrics::Live,
 }
 
 impl Speaker {
@@ -177,6 +179,7 @@ impl Speaker {
             codec: None,
             waiting: Vec::new(),
             synths: HashMap::new(),
+            _live: crate::metrics::Live::new("speaker"),
         }
     }
 

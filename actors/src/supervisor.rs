@@ -42,11 +42,18 @@ pub struct Supervisor {
     recent_ends: std::collections::VecDeque<(CallId, String)>,
     /// No new calls once set.
     shutting_down: bool,
+    /// Most calls at once (0: no limit).
+    max_calls: usize,
 }
 
 impl Supervisor {
     /// A supervisor with `workers` media workers. Must run inside an actix system.
-    pub fn new(settings: CallSettings, services: CallServices, workers: usize) -> Self {
+    pub fn new(
+        settings: CallSettings,
+        services: CallServices,
+        workers: usize,
+        max_calls: usize,
+    ) -> Self {
         Supervisor {
             settings: Arc::new(settings),
             services,
@@ -54,6 +61,7 @@ impl Supervisor {
             calls: HashMap::new(),
             recent_ends: std::collections::VecDeque::with_capacity(RECENT_ENDS),
             shutting_down: false,
+            max_calls,
         }
     }
 }
@@ -76,6 +84,9 @@ pub enum PlaceCallError {
     /// Not taking calls.
     #[error("shutting down")]
     ShuttingDown,
+    /// `calls.max` calls are in progress.
+    #[error("at capacity")]
+    Full,
     /// Our side failed.
     #[error("{0}")]
     Internal(String),
@@ -99,10 +110,14 @@ pub struct HangUp {
     pub reason: EndReason,
 }
 
-/// End every call and stop taking new ones. Resolves once they are released (bounded).
+/// Stop taking calls, let the live ones go on for up to `grace`, then end what is left with
+/// `shutdown`. Resolves once every call is released (bounded).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct Shutdown;
+pub struct Shutdown {
+    /// How long live calls may continue.
+    pub grace: Duration,
+}
 
 /// What is running, for tests and operators.
 #[derive(Debug, Clone, Default)]
@@ -135,6 +150,14 @@ impl Handler<PlaceCall> for Supervisor {
         if self.shutting_down {
             return Box::pin(fut::ready(Err(PlaceCallError::ShuttingDown)));
         }
+        // Checked before anything is built for the call: a refused offer costs nothing.
+        if self.max_calls > 0
+            && crate::metrics::metrics().actors_live[0].get() as usize >= self.max_calls
+        {
+            crate::metrics::metrics().calls_refused_full.inc();
+            return Box::pin(fut::ready(Err(PlaceCallError::Full)));
+        }
+        let received = std::time::Instant::now();
         let call_id = match CallId::generate(&self.settings.id_prefix) {
             Ok(id) => id,
             Err(e) => {
@@ -170,7 +193,12 @@ impl Handler<PlaceCall> for Supervisor {
         offer.sdp = sdp;
         let fut = call.send(Negotiate { offer });
         Box::pin(fut.into_actor(self).map(move |res, _act, _ctx| match res {
-            Ok(Ok(sdp)) => Ok(Answer { call_id, sdp }),
+            Ok(Ok(sdp)) => {
+                crate::metrics::metrics()
+                    .offer_answer
+                    .observe(received.elapsed());
+                Ok(Answer { call_id, sdp })
+            }
             Ok(Err(PeerError::Negotiation(reason))) => Err(PlaceCallError::Negotiation(reason)),
             Ok(Err(PeerError::Internal(detail))) => Err(PlaceCallError::Internal(detail)),
             Err(e) => Err(PlaceCallError::Internal(format!("call actor: {e}"))),
@@ -220,24 +248,46 @@ impl Handler<CallEvent> for Supervisor {
 }
 
 impl Handler<Shutdown> for Supervisor {
-    type Result = ResponseFuture<()>;
+    type Result = ResponseActFuture<Self, ()>;
 
-    fn handle(&mut self, _: Shutdown, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: Shutdown, _ctx: &mut Self::Context) -> Self::Result {
         self.shutting_down = true;
-        let calls: Vec<Addr<CallActor>> = self.calls.drain().map(|(_, a)| a).collect();
-        tracing::info!(calls = calls.len(), "ending all calls");
-        Box::pin(async move {
-            let ends = calls.iter().map(|c| {
-                c.send(End {
-                    reason: EndReason::Shutdown,
-                })
-            });
-            let _ = futures_util::future::join_all(ends).await;
-            let deadline = tokio::time::Instant::now() + SHUTDOWN_WAIT;
-            while calls.iter().any(|c| c.connected()) && tokio::time::Instant::now() < deadline {
-                actix_rt::time::sleep(Duration::from_millis(10)).await;
+        let live = crate::metrics::metrics().actors_live[0].get();
+        tracing::info!(
+            calls = live,
+            grace_ms = msg.grace.as_millis() as u64,
+            "draining: no new calls"
+        );
+        let deadline = tokio::time::Instant::now() + msg.grace;
+        // Let calls end by themselves until the grace period is over...
+        let wait = async move {
+            while crate::metrics::metrics().actors_live[0].get() > 0
+                && tokio::time::Instant::now() < deadline
+            {
+                actix_rt::time::sleep(Duration::from_millis(20)).await;
             }
-        })
+        };
+        Box::pin(wait.into_actor(self).then(|(), act, _ctx| {
+            // ...then end the rest.
+            let calls: Vec<Addr<CallActor>> = act.calls.drain().map(|(_, a)| a).collect();
+            if !calls.is_empty() {
+                tracing::info!(calls = calls.len(), "grace period over: ending calls");
+            }
+            async move {
+                let ends = calls.iter().map(|c| {
+                    c.send(End {
+                        reason: EndReason::Shutdown,
+                    })
+                });
+                let _ = futures_util::future::join_all(ends).await;
+                let deadline = tokio::time::Instant::now() + SHUTDOWN_WAIT;
+                while calls.iter().any(|c| c.connected()) && tokio::time::Instant::now() < deadline
+                {
+                    actix_rt::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            .into_actor(act)
+        }))
     }
 }
 

@@ -356,9 +356,37 @@ impl MuxRuntime {
     }
 }
 
+/// Tasks the WebRTC driver spawned for connections on the shared socket that have not finished
+/// (counted out when the task completes or is dropped). Zero once every call is released.
+static LIVE_TASKS: AtomicU64 = AtomicU64::new(0);
+
+/// Driver tasks alive now (see [`LIVE_TASKS`]).
+pub fn live_tasks() -> u64 {
+    LIVE_TASKS.load(Ordering::Relaxed)
+}
+
+struct TaskCount;
+
+impl TaskCount {
+    fn new() -> TaskCount {
+        LIVE_TASKS.fetch_add(1, Ordering::Relaxed);
+        TaskCount
+    }
+}
+
+impl Drop for TaskCount {
+    fn drop(&mut self) {
+        LIVE_TASKS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Runtime for MuxRuntime {
     fn spawn(&self, future: Pin<Box<dyn Future<Output = ()> + Send>>) -> Box<dyn JoinHandle> {
-        self.inner.spawn(future)
+        let count = TaskCount::new();
+        self.inner.spawn(Box::pin(async move {
+            let _count = count;
+            future.await
+        }))
     }
 
     fn spawn_reactor(

@@ -20,6 +20,9 @@ pub enum ApiError {
     /// We cannot take calls now (shutting down).
     #[error("{0}")]
     Unavailable(String),
+    /// `calls.max` reached: try again after this many seconds.
+    #[error("server is at capacity (calls.max); retry later")]
+    Full(u32),
     /// Our fault; the detail is logged, not sent.
     #[error("internal error")]
     Internal(String),
@@ -32,6 +35,7 @@ impl From<PlaceCallError> for ApiError {
                 ApiError::BadRequest(format!("offer cannot be negotiated: {reason}"))
             }
             PlaceCallError::ShuttingDown => ApiError::Unavailable("server is shutting down".into()),
+            PlaceCallError::Full => ApiError::Full(1),
             PlaceCallError::Internal(detail) => ApiError::Internal(detail),
         }
     }
@@ -43,7 +47,7 @@ impl ResponseError for ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NotFound => StatusCode::NOT_FOUND,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Full(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -57,6 +61,9 @@ impl ResponseError for ApiError {
         let mut res = HttpResponse::build(self.status_code());
         if matches!(self, ApiError::MethodNotAllowed) {
             res.insert_header((actix_web::http::header::ALLOW, "POST, OPTIONS"));
+        }
+        if let ApiError::Full(secs) = self {
+            res.insert_header((actix_web::http::header::RETRY_AFTER, secs.to_string()));
         }
         res.json(ErrorBody {
             error: &self.to_string(),

@@ -19,6 +19,27 @@ pub async fn health() -> HttpResponse {
         .body("ok")
 }
 
+/// `GET /ready`: 200 while taking calls, 503 while draining.
+pub async fn ready(state: web::Data<HttpState>) -> HttpResponse {
+    if state.ready.load(std::sync::atomic::Ordering::Relaxed) {
+        HttpResponse::Ok()
+            .content_type("text/plain; charset=utf-8")
+            .body("ready")
+    } else {
+        HttpResponse::ServiceUnavailable()
+            .content_type("text/plain; charset=utf-8")
+            .body("draining")
+    }
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
+    let media = state.plane.mux();
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(voicegate_actors::metrics::metrics().render(Some(media)))
+}
+
 /// `OPTIONS` on the signaling endpoints (CORS preflight).
 pub async fn preflight() -> HttpResponse {
     HttpResponse::NoContent().finish()
@@ -41,6 +62,9 @@ pub async fn offer(
     body: web::Payload,
     state: web::Data<HttpState>,
 ) -> Result<HttpResponse, ApiError> {
+    if !state.ready.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(ApiError::Unavailable("server is shutting down".into()));
+    }
     let bytes = read_body(&req, body, state.max_body_bytes).await?;
     let parsed: OfferRequest = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::BadRequest(format!("body is not valid JSON for an offer: {e}")))?;
@@ -50,7 +74,13 @@ pub async fn offer(
         .supervisor
         .send(PlaceCall { offer })
         .await
-        .map_err(|e| ApiError::Internal(format!("supervisor unreachable: {e}")))??;
+        .map_err(|e| ApiError::Internal(format!("supervisor unreachable: {e}")))?
+        .map_err(|e| match e {
+            voicegate_actors::supervisor::PlaceCallError::Full => {
+                ApiError::Full(state.retry_after_s)
+            }
+            e => e.into(),
+        })?;
     Ok(HttpResponse::Ok().json(OfferResponse {
         sdp: &answer.sdp,
         kind: "answer",

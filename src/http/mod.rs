@@ -28,12 +28,20 @@ pub struct HttpState {
     pub allowed_origins: Arc<Vec<String>>,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// False once the service is draining.
+    pub ready: Arc<std::sync::atomic::AtomicBool>,
+    /// Retry-After of a full server's 503, seconds.
+    pub retry_after_s: u32,
+    /// The media plane, for its figures on `/metrics`.
+    pub plane: Arc<voicegate_media::MediaPlane>,
 }
 
 /// The route table.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     use actix_web::http::Method;
     cfg.service(web::resource("/health").route(web::get().to(handlers::health)))
+        .service(web::resource("/ready").route(web::get().to(handlers::ready)))
+        .service(web::resource("/metrics").route(web::get().to(handlers::metrics)))
         .service(
             web::scope("/webrtc/v1")
                 .wrap(from_fn(cors_headers))

@@ -4,6 +4,7 @@
 //! Every received packet is recorded with its arrival time, so tests can count frames, decode the
 //! audio and measure timing.
 
+use crate::cut::CuttableRuntime;
 use crate::http;
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
@@ -113,11 +114,25 @@ pub struct ClientPeer {
     pub answer_time: Duration,
     /// When the offer was posted.
     pub offered_at: Instant,
+    network: Arc<CuttableRuntime>,
 }
 
 impl ClientPeer {
     /// Builds a peer bound to 127.0.0.1 and makes a gathered offer (not yet sent).
     pub async fn offer() -> anyhow::Result<(
+        Arc<dyn PeerConnection>,
+        Arc<TrackLocalStaticRTP>,
+        u32,
+        watch::Receiver<RTCPeerConnectionState>,
+        Arc<Mutex<Vec<Received>>>,
+        String,
+    )> {
+        Self::offer_on(Arc::new(CuttableRuntime::default())).await
+    }
+
+    async fn offer_on(
+        runtime: Arc<CuttableRuntime>,
+    ) -> anyhow::Result<(
         Arc<dyn PeerConnection>,
         Arc<TrackLocalStaticRTP>,
         u32,
@@ -144,6 +159,7 @@ impl ClientPeer {
                 received: received.clone(),
             }))
             .with_udp_addrs(vec!["127.0.0.1:0"])
+            .with_runtime(runtime)
             .build()
             .await?;
         let pc: Arc<dyn PeerConnection> = Arc::new(pc);
@@ -180,7 +196,8 @@ impl ClientPeer {
     /// `/webrtc/v1/offer?mode=echo`), applies the answer and returns the peer (not yet
     /// necessarily connected).
     pub async fn call(addr: SocketAddr, path: &str) -> anyhow::Result<ClientPeer> {
-        let (pc, track, ssrc, state, received, offer) = Self::offer().await?;
+        let network = Arc::new(CuttableRuntime::default());
+        let (pc, track, ssrc, state, received, offer) = Self::offer_on(network.clone()).await?;
         let offered_at = Instant::now();
         let res = http::post_json(
             addr,
@@ -217,6 +234,7 @@ impl ClientPeer {
             answer,
             answer_time,
             offered_at,
+            network,
         })
     }
 
@@ -356,6 +374,13 @@ impl ClientPeer {
 
     /// Closes the connection (the browser's `pc.close()`).
     pub async fn close(&self) {
+        let _ = self.pc.close().await;
+    }
+
+    /// Vanishes: the network is cut first, so the server hears nothing more, not even the
+    /// close (a browser whose machine went to sleep); then the client side is cleaned up.
+    pub async fn vanish(&self) {
+        self.network.cut();
         let _ = self.pc.close().await;
     }
 }

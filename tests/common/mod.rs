@@ -110,6 +110,19 @@ impl TestServer {
         }
     }
 
+    /// Waits until exactly `n` calls are registered.
+    pub async fn wait_until_calls(&self, n: usize, within: Duration) {
+        let t0 = Instant::now();
+        while self.snapshot().await.calls.len() != n {
+            assert!(
+                t0.elapsed() < within,
+                "still {} calls",
+                self.snapshot().await.calls.len()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// The end reason recorded for `call_id`, waiting for it to end.
     pub async fn end_reason(&self, call_id: &str, within: Duration) -> Option<String> {
         let t0 = Instant::now();
@@ -158,4 +171,29 @@ pub async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     f()
+}
+
+/// `text` spoken by espeak-ng, as Opus packets with 300 ms of silence before and `tail` after.
+pub async fn spoken(text: &str, tail: Duration) -> Vec<bytes::Bytes> {
+    use futures_util::StreamExt;
+    use voicegate_actors::tts::TtsFactory;
+    use voicegate_actors::tts::espeak::{Espeak, EspeakSettings};
+    let espeak = Espeak::start(&EspeakSettings {
+        voice: "en-us".into(),
+        rate_wpm: 160,
+    })
+    .unwrap();
+    let engine = espeak.for_call();
+    let pcm: Vec<i16> = engine
+        .synthesize(text)
+        .map(|c| c.unwrap_or_default())
+        .collect::<Vec<_>>()
+        .await
+        .concat();
+    voicegate_testkit::peer::opus_speech(
+        &pcm,
+        engine.sample_rate(),
+        Duration::from_millis(300),
+        tail,
+    )
 }

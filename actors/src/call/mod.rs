@@ -26,6 +26,7 @@ pub use types::*;
 
 use crate::codec::{AttachTrack, AudioCodec, CodecEvent, CodecSettings, CodecSetup, Stop};
 use crate::dialog::{Close, DialogClient, DialogEvent, Send as SendEvent};
+use crate::metrics::{Live, metrics};
 use crate::recognizer::{Recognizer, RecognizerEvent};
 use crate::speaker::{self, Speaker, SpeakerEvent};
 use crate::trace_msg;
@@ -161,6 +162,8 @@ pub struct CallActor {
     checking_transport: bool,
     /// Keeps the worker's load count right.
     _lease: crate::workers::Lease,
+    /// Counts this call in `voicegate_calls_active` while it exists.
+    _live: Live,
 }
 
 impl CallActor {
@@ -205,6 +208,7 @@ impl CallActor {
             created: Instant::now(),
             checking_transport: false,
             _lease: lease,
+            _live: Live::new("call"),
         }
     }
 }
@@ -289,6 +293,7 @@ impl Handler<FromPeer> for CallActor {
                         connect_ms = self.created.elapsed().as_secs_f64() * 1e3,
                         "media connected"
                     );
+                    metrics().offer_connected.observe(self.created.elapsed());
                     self.media_connected(ctx);
                 }
             }
@@ -337,6 +342,7 @@ impl Handler<CodecEvent> for CallActor {
                 }
             }
             CodecEvent::BargeIn { tag, frames } => {
+                metrics().barge_ins.inc();
                 self.span
                     .in_scope(|| tracing::info!(played_frames = frames, "caller barged in"));
                 if let Some(s) = &self.speaker {
@@ -361,6 +367,7 @@ impl Handler<CodecEvent> for CallActor {
                 if self.restarts.allow(Instant::now()) {
                     self.span
                         .in_scope(|| tracing::warn!("restarting the audio codec"));
+                    metrics().restarts[0].inc();
                     self.start_codec(ctx);
                     if let Some(s) = &self.speaker {
                         s.do_send(speaker::CodecReplaced);
@@ -398,6 +405,7 @@ impl Handler<DialogEvent> for CallActor {
             }
             DialogEvent::Command(cmd) => self.command(cmd, ctx),
             DialogEvent::Reconnecting { attempt } => {
+                metrics().dialog_reconnects.inc();
                 self.dialog_up = false;
                 let hold = &self.settings.hold;
                 let text = if attempt == 1 {
@@ -436,6 +444,7 @@ impl Handler<DialogEvent> for CallActor {
                 self.dialog_up = false;
                 if self.restarts.allow(Instant::now()) {
                     tracing::warn!("restarting the dialog client");
+                    metrics().restarts[1].inc();
                     self.start_dialog(true, ctx);
                 } else {
                     self.end(EndReason::Internal, ctx);
@@ -510,6 +519,13 @@ impl Handler<SpeakerEvent> for CallActor {
                 tts_first,
                 since_asr_final,
             } => {
+                if !id.starts_with(INTERNAL_PREFIX) {
+                    self.first_audio_ms.push(tts_first.as_millis() as u64);
+                    metrics().tts_first_audio.observe(tts_first);
+                    if let Some(d) = since_asr_final {
+                        metrics().asr_final_to_audio.observe(d);
+                    }
+                }
                 self.span.in_scope(|| {
                     tracing::info!(
                         utterance_id = %id,
@@ -766,6 +782,7 @@ impl CallActor {
         self.phase = Phase::Ending;
         let _e = self.span.clone().entered();
         tracing::info!(%reason, duration_ms = self.created.elapsed().as_millis() as u64, "call ending");
+        metrics().call_ended(reason.as_str());
         if !self.first_audio_ms.is_empty() {
             let mut v = self.first_audio_ms.clone();
             v.sort_unstable();

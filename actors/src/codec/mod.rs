@@ -222,6 +222,10 @@ pub struct AudioCodec {
     listening: Option<Listening>,
     /// The tag whose frames are going out, and how many have.
     sending: Option<(Tag, u32)>,
+    /// Counts already added to the process metrics (they are added in batches).
+    reported: CodecStats,
+    /// Counted in `voicegate_actors_live` while it exists.
+    _live: crate::metrics::Live,
 }
 
 impl AudioCodec {
@@ -292,6 +296,8 @@ impl AudioCodec {
                 _ => None,
             },
             sending: None,
+            reported: CodecStats::default(),
+            _live: crate::metrics::Live::new("codec"),
             tick: None,
             release: None,
             sent: 0,
@@ -315,6 +321,7 @@ impl Actor for AudioCodec {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(RTP_WATCH, |act, _ctx| {
+            act.report_metrics();
             if !act.rtp_timeout_reported
                 && act.last_rtp.is_some_and(|t| t.elapsed() > act.rtp_timeout)
             {
@@ -327,6 +334,7 @@ impl Actor for AudioCodec {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.report_metrics();
         let s = self.stats();
         let _e = self.span.enter();
         tracing::info!(
@@ -506,6 +514,23 @@ impl Handler<GetStats> for AudioCodec {
 }
 
 impl AudioCodec {
+    /// Adds this call's counts since the last report to the process metrics.
+    fn report_metrics(&mut self) {
+        let now = self.stats();
+        let last = self.reported;
+        let m = crate::metrics::metrics();
+        m.rtp_in
+            .add(now.uplink.reorder.received - last.uplink.reorder.received);
+        m.rtp_out.add(now.sent - last.sent);
+        m.frames_lost
+            .add(now.uplink.reorder.lost - last.uplink.reorder.lost);
+        m.frames_recovered
+            .add(now.uplink.recovered - last.uplink.recovered);
+        m.frames_concealed
+            .add(now.uplink.concealed - last.uplink.concealed);
+        self.reported = now;
+    }
+
     /// The caller barged in: playback was already cleared; report what was in progress.
     fn barged_in(&mut self) {
         let (tag, frames) = match self.sending.take() {

@@ -1,0 +1,379 @@
+//! Every metric voicegate exports, in one place, rendered in the Prometheus text format.
+//!
+//! Counters and gauges are process-wide atomics; histograms have fixed buckets. Labels take few
+//! values (end reasons are mapped to their fixed names; a dialog app's free-form `hangup` reason
+//! counts as `dialog-hangup`); a call id is never a label. Per-packet counts are kept per call
+//! and added here in batches (every half second and at the end), so the media path does not
+//! touch shared cache lines per packet.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// A monotonically increasing count.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `n`.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Relaxed);
+    }
+    /// Adds one.
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    /// The count.
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// A value that goes up and down.
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicU64);
+
+impl Gauge {
+    /// Adds one.
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Relaxed);
+    }
+    /// Subtracts one (never below zero).
+    pub fn dec(&self) {
+        let _ = self
+            .0
+            .fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(1)));
+    }
+    /// The value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// Bucket upper bounds of latency histograms, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// A latency histogram.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    /// Sum in microseconds.
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        for (b, le) in self.buckets.iter().zip(BUCKETS) {
+            if secs <= le {
+                b.fetch_add(1, Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(d.as_micros() as u64, Relaxed);
+    }
+}
+
+/// End reasons, as labels (a fixed set).
+pub const END_REASONS: [&str; 12] = [
+    "client-hangup",
+    "peer-closed",
+    "ice-failed",
+    "rtp-timeout",
+    "connect-timeout",
+    "dialog-hangup",
+    "dialog-closed",
+    "dialog-unreachable",
+    "dialog-lost",
+    "shutdown",
+    "negotiation-failed",
+    "internal-error",
+];
+
+/// Children that can be restarted, as labels.
+pub const CHILDREN: [&str; 2] = ["codec", "dialog"];
+
+/// Kinds of per-call actors, as labels.
+pub const ACTORS: [&str; 5] = ["call", "codec", "speaker", "dialog", "recognizer"];
+
+/// Counts one live actor of a kind for as long as it exists (drop included, so an actor that
+/// dies in a panic is still counted out).
+#[derive(Debug)]
+pub struct Live(usize);
+
+impl Live {
+    /// A live `kind` (one of [`ACTORS`]).
+    pub fn new(kind: &str) -> Live {
+        let i = ACTORS
+            .iter()
+            .position(|k| *k == kind)
+            .expect("a known actor kind");
+        metrics().actors_live[i].inc();
+        Live(i)
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        metrics().actors_live[self.0].dec();
+    }
+}
+
+/// All metrics.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Calls ended, by reason (index into [`END_REASONS`]).
+    pub calls_ended: [Counter; END_REASONS.len()],
+    /// Offers refused because the server was full.
+    pub calls_refused_full: Counter,
+    /// Offer received → answer sent.
+    pub offer_answer: Histogram,
+    /// Offer received → media connected.
+    pub offer_connected: Histogram,
+    /// RTP packets received from callers.
+    pub rtp_in: Counter,
+    /// RTP packets sent to callers.
+    pub rtp_out: Counter,
+    /// Uplink packets lost.
+    pub frames_lost: Counter,
+    /// Lost uplink frames rebuilt from FEC.
+    pub frames_recovered: Counter,
+    /// Lost uplink frames concealed.
+    pub frames_concealed: Counter,
+    /// Command → first audio of an utterance.
+    pub tts_first_audio: Histogram,
+    /// `asr.final` → first audio of the answer.
+    pub asr_final_to_audio: Histogram,
+    /// Barge-ins.
+    pub barge_ins: Counter,
+    /// Dialog reconnect attempts.
+    pub dialog_reconnects: Counter,
+    /// Child restarts, by child (index into [`CHILDREN`]).
+    pub restarts: [Counter; CHILDREN.len()],
+    /// Live per-call actors, by kind (index into [`ACTORS`]).
+    pub actors_live: [Gauge; ACTORS.len()],
+}
+
+/// The process's metrics.
+pub fn metrics() -> &'static Metrics {
+    static M: std::sync::OnceLock<Metrics> = std::sync::OnceLock::new();
+    M.get_or_init(Metrics::default)
+}
+
+impl Metrics {
+    /// Counts a call's end under `reason`'s label.
+    pub fn call_ended(&self, reason: &str) {
+        let i = END_REASONS.iter().position(|r| *r == reason).unwrap_or(5); // free-form: dialog-hangup
+        self.calls_ended[i].inc();
+    }
+
+    /// The Prometheus text exposition, with the shared media socket's figures when given.
+    pub fn render(&self, media: Option<&voicegate_media::mux::UdpMux>) -> String {
+        let mut o = String::with_capacity(4096);
+        let counter = |o: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        };
+        let _ = writeln!(
+            o,
+            "# HELP voicegate_calls_active Calls in progress.\n# TYPE voicegate_calls_active gauge\nvoicegate_calls_active {}",
+            self.actors_live[0].get()
+        );
+        let _ = writeln!(
+            o,
+            "# HELP voicegate_actors_live Live per-call actors, by kind.\n# TYPE voicegate_actors_live gauge"
+        );
+        for (k, g) in ACTORS.iter().zip(&self.actors_live) {
+            let _ = writeln!(o, "voicegate_actors_live{{kind=\"{k}\"}} {}", g.get());
+        }
+        let _ = writeln!(
+            o,
+            "# HELP voicegate_calls_total Calls ended, by reason.\n# TYPE voicegate_calls_total counter"
+        );
+        for (r, c) in END_REASONS.iter().zip(&self.calls_ended) {
+            let _ = writeln!(o, "voicegate_calls_total{{reason=\"{r}\"}} {}", c.get());
+        }
+        counter(
+            &mut o,
+            "voicegate_calls_refused_full_total",
+            "Offers refused because calls.max was reached.",
+            self.calls_refused_full.get(),
+        );
+        histogram(
+            &mut o,
+            "voicegate_offer_answer_seconds",
+            "From an offer's arrival to its answer.",
+            &self.offer_answer,
+        );
+        histogram(
+            &mut o,
+            "voicegate_offer_connected_seconds",
+            "From an offer's arrival to connected media.",
+            &self.offer_connected,
+        );
+        counter(
+            &mut o,
+            "voicegate_rtp_packets_in_total",
+            "RTP packets received from callers.",
+            self.rtp_in.get(),
+        );
+        counter(
+            &mut o,
+            "voicegate_rtp_packets_out_total",
+            "RTP packets sent to callers.",
+            self.rtp_out.get(),
+        );
+        counter(
+            &mut o,
+            "voicegate_uplink_frames_lost_total",
+            "Caller packets that never arrived in time.",
+            self.frames_lost.get(),
+        );
+        counter(
+            &mut o,
+            "voicegate_uplink_frames_recovered_total",
+            "Lost caller frames rebuilt from in-band FEC.",
+            self.frames_recovered.get(),
+        );
+        counter(
+            &mut o,
+            "voicegate_uplink_frames_concealed_total",
+            "Lost caller frames concealed.",
+            self.frames_concealed.get(),
+        );
+        histogram(
+            &mut o,
+            "voicegate_tts_first_audio_seconds",
+            "From a speech command to its first audio frame.",
+            &self.tts_first_audio,
+        );
+        histogram(
+            &mut o,
+            "voicegate_asr_final_to_audio_seconds",
+            "From an asr.final to the first audio of the answer.",
+            &self.asr_final_to_audio,
+        );
+        counter(
+            &mut o,
+            "voicegate_barge_ins_total",
+            "Callers talking over voicegate.",
+            self.barge_ins.get(),
+        );
+        counter(
+            &mut o,
+            "voicegate_dialog_reconnects_total",
+            "Dialog connection reconnect attempts.",
+            self.dialog_reconnects.get(),
+        );
+        let _ = writeln!(
+            o,
+            "# HELP voicegate_actor_restarts_total Restarts of a call's failed child actor.\n# TYPE voicegate_actor_restarts_total counter"
+        );
+        for (c, n) in CHILDREN.iter().zip(&self.restarts) {
+            let _ = writeln!(
+                o,
+                "voicegate_actor_restarts_total{{child=\"{c}\"}} {}",
+                n.get()
+            );
+        }
+        if let Some(mux) = media {
+            let s = mux.stats();
+            counter(
+                &mut o,
+                "voicegate_media_datagrams_in_total",
+                "Datagrams received on the media port.",
+                s.rx,
+            );
+            counter(
+                &mut o,
+                "voicegate_media_datagrams_unroutable_total",
+                "Received datagrams that matched no call.",
+                s.rx_unroutable,
+            );
+            counter(
+                &mut o,
+                "voicegate_media_datagrams_queue_full_total",
+                "Received datagrams dropped because a call's queue was full.",
+                s.rx_queue_full,
+            );
+            counter(
+                &mut o,
+                "voicegate_media_datagrams_out_total",
+                "Datagrams sent from the media port.",
+                s.tx,
+            );
+            counter(
+                &mut o,
+                "voicegate_media_datagrams_send_dropped_total",
+                "Datagrams dropped because the socket's send buffer was full.",
+                s.tx_dropped,
+            );
+            let t = mux.tables();
+            let _ = writeln!(
+                o,
+                "# HELP voicegate_media_routes Routing entries on the shared media port, by table.\n# TYPE voicegate_media_routes gauge"
+            );
+            for (table, n) in [
+                ("connections", t.conns),
+                ("ufrags", t.ufrags),
+                ("addresses", t.addrs),
+            ] {
+                let _ = writeln!(o, "voicegate_media_routes{{table=\"{table}\"}} {n}");
+            }
+        }
+        let _ = writeln!(
+            o,
+            "# HELP voicegate_media_tasks_live WebRTC driver tasks alive.\n# TYPE voicegate_media_tasks_live gauge\nvoicegate_media_tasks_live {}",
+            voicegate_media::mux::live_tasks()
+        );
+        o
+    }
+}
+
+fn histogram(o: &mut String, name: &str, help: &str, h: &Histogram) {
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} histogram");
+    for (b, le) in h.buckets.iter().zip(BUCKETS) {
+        let _ = writeln!(o, "{name}_bucket{{le=\"{le}\"}} {}", b.load(Relaxed));
+    }
+    let count = h.count.load(Relaxed);
+    let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {count}");
+    let _ = writeln!(o, "{name}_sum {}", h.sum_us.load(Relaxed) as f64 / 1e6);
+    let _ = writeln!(o, "{name}_count {count}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_valid_exposition_with_cumulative_buckets() {
+        let m = Metrics::default();
+        m.actors_live[0].inc();
+        m.call_ended("client-hangup");
+        m.call_ended("some app reason");
+        m.offer_answer.observe(Duration::from_millis(3));
+        m.offer_answer.observe(Duration::from_millis(300));
+        let text = m.render(None);
+        assert!(text.contains("voicegate_calls_active 1\n"));
+        assert!(text.contains("voicegate_calls_total{reason=\"client-hangup\"} 1\n"));
+        assert!(
+            text.contains("voicegate_calls_total{reason=\"dialog-hangup\"} 1\n"),
+            "free-form reasons share a label"
+        );
+        assert!(text.contains("voicegate_offer_answer_seconds_bucket{le=\"0.0025\"} 0\n"));
+        assert!(text.contains("voicegate_offer_answer_seconds_bucket{le=\"0.005\"} 1\n"));
+        assert!(text.contains("voicegate_offer_answer_seconds_bucket{le=\"0.5\"} 2\n"));
+        assert!(text.contains("voicegate_offer_answer_seconds_count 2\n"));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (name, value) = line.rsplit_once(' ').unwrap();
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+            assert!(name.starts_with("voicegate_"), "{line}");
+        }
+        m.actors_live[0].dec();
+        m.actors_live[0].dec();
+        assert_eq!(m.actors_live[0].get(), 0, "never below zero");
+    }
+}

@@ -1,0 +1,171 @@
+//! 500 echo calls placed and ended one after another, ended in every way a call ends (hang-up,
+//! the client closing, the client vanishing without a word, a client that never connects, a
+//! silent client); afterwards file descriptors, threads, live calls, actors, driver tasks and
+//! routes on the shared port must all be back where they were. A binary of its own, because it
+//! reads process-wide figures.
+
+mod common;
+
+use common::TestServer;
+use std::time::{Duration, Instant};
+use voicegate_actors::metrics::{ACTORS, END_REASONS, metrics};
+use voicegate_testkit::peer::opus_tone;
+use voicegate_testkit::{ClientPeer, http};
+
+const SECOND: Duration = Duration::from_secs(1);
+const ECHO: &str = "/webrtc/v1/offer?mode=echo";
+const CALLS: usize = 500;
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+fn threads() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("Threads:")).unwrap();
+    line[8..].trim().parse().unwrap()
+}
+
+fn ended_total() -> u64 {
+    metrics().calls_ended.iter().map(|c| c.get()).sum()
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Ending {
+    /// `POST /webrtc/v1/hangup`.
+    HangUp,
+    /// The browser's `pc.close()`.
+    Close,
+    /// The network goes away mid-call: no close, no consent checks, nothing.
+    Vanish,
+    /// Offers, takes the answer, never connects.
+    NeverConnect,
+    /// Connected, then stops sending RTP while the connection stays up.
+    Silent,
+}
+
+fn ending(i: usize) -> Ending {
+    match i % 10 {
+        3 => Ending::Vanish,
+        6 => Ending::Close,
+        9 if i % 20 == 9 => Ending::NeverConnect,
+        9 => Ending::Silent,
+        _ => Ending::HangUp,
+    }
+}
+
+/// Places call `i` and ends it its way. Calls that end by the server noticing (timeouts) are
+/// left to end in the background while the next call starts; they are collected at the end.
+async fn one_call(
+    server: &TestServer,
+    i: usize,
+    frames: &[bytes::Bytes],
+    lingering: &mut Vec<ClientPeer>,
+) {
+    let how = ending(i);
+    if let Ending::NeverConnect = how {
+        let (pc, _t, _s, _st, _rx, offer) = ClientPeer::offer().await.unwrap();
+        let res = http::post_json(
+            server.http,
+            ECHO,
+            &serde_json::json!({"type": "offer", "sdp": offer}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(res.status, 200, "call {i}: {}", res.text());
+        // Gone before applying the answer.
+        let _ = pc.close().await;
+        return;
+    }
+    let peer = ClientPeer::call(server.http, ECHO)
+        .await
+        .unwrap_or_else(|e| panic!("call {i}: {e}"));
+    peer.wait_connected(5 * SECOND)
+        .await
+        .unwrap_or_else(|e| panic!("call {i}: {e}"));
+    peer.send_paced(frames).await.unwrap();
+    match how {
+        Ending::HangUp => {
+            let path = format!("/webrtc/v1/hangup?call_id={}", peer.call_id);
+            let res = http::request(server.http, "POST", &path, &[], b"")
+                .await
+                .unwrap();
+            assert_eq!(res.status, 204, "call {i}");
+            peer.close().await;
+        }
+        Ending::Close => peer.close().await,
+        Ending::Vanish => peer.vanish().await,
+        Ending::Silent => lingering.push(peer),
+        Ending::NeverConnect => unreachable!(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_calls_leave_nothing_behind() {
+    let server = TestServer::start(&[
+        ("calls.rtp_timeout_ms", "1000"),
+        ("calls.connect_timeout_ms", "1000"),
+    ]);
+    let frames = opus_tone(440.0, 5);
+    let mut lingering = vec![];
+    // Warm up every path once, so lazily created pools and threads are part of the baseline.
+    for i in 0..10 {
+        one_call(&server, i, &frames, &mut lingering).await;
+    }
+    server.wait_released(10 * SECOND).await.unwrap();
+    for p in lingering.drain(..) {
+        p.close().await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (fds0, threads0, ended0) = (open_fds(), threads(), ended_total());
+    let t0 = Instant::now();
+
+    for i in 0..CALLS {
+        one_call(&server, i, &frames, &mut lingering).await;
+        if lingering.len() > 8 {
+            // Silent callers end by rtp-timeout; close the client side once they have.
+            server.wait_until_calls(0, 5 * SECOND).await;
+            for p in lingering.drain(..) {
+                p.close().await;
+            }
+        }
+    }
+    server.wait_released(10 * SECOND).await.unwrap();
+    for p in lingering.drain(..) {
+        p.close().await;
+    }
+    let took = t0.elapsed();
+
+    // Every call ended exactly once, each the way it was ended.
+    let deadline = Instant::now() + 5 * SECOND;
+    while ended_total() - ended0 < CALLS as u64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ended_total() - ended0, CALLS as u64);
+    let by_reason: Vec<String> = END_REASONS
+        .iter()
+        .zip(&metrics().calls_ended)
+        .filter(|(_, c)| c.get() > 0)
+        .map(|(r, c)| format!("{r} {}", c.get()))
+        .collect();
+    println!("500 calls in {took:?}; ended (with warm-up): {by_reason:?}");
+
+    // Nothing left: calls, routes (wait_released), actors, driver tasks, threads, descriptors.
+    assert!(server.snapshot().await.calls.is_empty());
+    let deadline = Instant::now() + 5 * SECOND;
+    loop {
+        let actors: Vec<u64> = metrics().actors_live.iter().map(|g| g.get()).collect();
+        let tasks = voicegate_media::mux::live_tasks();
+        let (fds, threads) = (open_fds(), threads());
+        if actors.iter().all(|n| *n == 0) && tasks == 0 && fds <= fds0 + 2 && threads <= threads0 {
+            println!("fds {fds0} -> {fds}, threads {threads0} -> {threads}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left behind: actors {:?} {actors:?}, driver tasks {tasks}, fds {fds0} -> {fds}, threads {threads0} -> {threads}",
+            ACTORS
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

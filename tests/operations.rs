@@ -1,0 +1,161 @@
+//! Operating voicegate: the admission limit, and draining on SIGTERM (against the real binary).
+
+mod common;
+
+use common::TestServer;
+use serde_json::json;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use voicegate_testkit::dialog_app::TestDialogApp;
+use voicegate_testkit::{ClientPeer, http};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_max_refuses_with_503_and_retry_after_before_taking_anything() {
+    let server = TestServer::start(&[("calls.max", "2"), ("calls.retry_after_s", "7")]);
+    let a = ClientPeer::call(server.http, "/webrtc/v1/offer?mode=echo")
+        .await
+        .unwrap();
+    let b = ClientPeer::call(server.http, "/webrtc/v1/offer?mode=echo")
+        .await
+        .unwrap();
+    a.wait_connected(5 * SECOND).await.unwrap();
+    b.wait_connected(5 * SECOND).await.unwrap();
+    let routes_before = server.plane.mux().tables();
+    let (pc, _t, _s, _st, _rx, offer) = ClientPeer::offer().await.unwrap();
+    let res = http::post_json(
+        server.http,
+        "/webrtc/v1/offer?mode=echo",
+        &json!({"type": "offer", "sdp": offer}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status, 503, "{}", res.text());
+    assert_eq!(res.header("retry-after"), Some("7"));
+    assert!(res.json()["error"].as_str().unwrap().contains("capacity"));
+    // Nothing was built for it.
+    assert_eq!(server.snapshot().await.calls.len(), 2);
+    assert_eq!(server.plane.mux().tables(), routes_before);
+    // A slot frees up: the next offer is taken.
+    http::request(
+        server.http,
+        "POST",
+        &format!("/webrtc/v1/hangup?call_id={}", a.call_id),
+        &[],
+        b"",
+    )
+    .await
+    .unwrap();
+    server.wait_until_calls(1, 2 * SECOND).await;
+    let c = ClientPeer::call(server.http, "/webrtc/v1/offer?mode=echo")
+        .await
+        .expect("taken once a slot is free");
+    let _ = pc.close().await;
+    for p in [a, b, c] {
+        p.close().await;
+    }
+}
+
+/// A free TCP port on loopback (UDP ports of the same number are free in practice).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_then_ends_calls_with_shutdown_and_exits() {
+    let app = TestDialogApp::start().await;
+    let (http_port, udp_port) = (free_port(), free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_voicegate"))
+        .env("VOICEGATE__HTTP__BIND", format!("127.0.0.1:{http_port}"))
+        .env("VOICEGATE__MEDIA__BIND_IP", "127.0.0.1")
+        .env("VOICEGATE__MEDIA__UDP_PORT", udp_port.to_string())
+        .env("VOICEGATE__DIALOG__URL", app.url())
+        .env("VOICEGATE__ASR__POCKETSPHINX__DECODERS", "1")
+        .env("VOICEGATE__CALLS__SHUTDOWN_GRACE_MS", "3000")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{http_port}").parse().unwrap();
+    let t0 = Instant::now();
+    while http::request(addr, "GET", "/ready", &[], b"")
+        .await
+        .map(|r| r.status)
+        .unwrap_or(0)
+        != 200
+    {
+        assert!(t0.elapsed() < 20 * SECOND, "the service did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let peer = ClientPeer::call(addr, "/webrtc/v1/offer").await.unwrap();
+    peer.wait_connected(5 * SECOND).await.unwrap();
+    app.wait_type(5 * SECOND, "call.started", None)
+        .await
+        .expect("call.started");
+
+    let term_at = Instant::now();
+    assert!(
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .unwrap()
+            .success()
+    );
+    // Draining: not ready, no new calls, but the live call goes on...
+    let t = Instant::now();
+    loop {
+        let r = http::request(addr, "GET", "/ready", &[], b"")
+            .await
+            .unwrap();
+        if r.status == 503 {
+            break;
+        }
+        assert!(t.elapsed() < SECOND, "/ready stayed 200");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (pc, _t, _s, _st, _rx, offer) = ClientPeer::offer().await.unwrap();
+    let refused = http::post_json(
+        addr,
+        "/webrtc/v1/offer",
+        &json!({"type": "offer", "sdp": offer}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(refused.status, 503);
+    let _ = pc.close().await;
+    app.send(json!({"type": "tts.speak", "utterance_id": "during", "text": "Still here."}));
+    let ended = app
+        .wait_type(5 * SECOND, "tts.ended", Some("during"))
+        .await
+        .expect("the call still works during the grace period");
+    assert_eq!(ended["ok"], true, "{ended}");
+    // ...until the grace period ends it with "shutdown".
+    let ended = app
+        .wait_type(5 * SECOND, "call.ended", None)
+        .await
+        .expect("call.ended");
+    assert_eq!(ended["reason"], "shutdown");
+    let after = term_at.elapsed();
+    assert!(
+        after >= Duration::from_millis(2900),
+        "ended after {after:?}, before the grace period"
+    );
+    // And the process exits cleanly.
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t.elapsed() < 10 * SECOND, "voicegate did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    peer.close().await;
+}
