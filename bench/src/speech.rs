@@ -37,9 +37,8 @@ async fn packet_after(peer: &ClientPeer, n: usize, within: Duration) -> anyhow::
     }
 }
 
-/// `sentence` spoken by espeak-ng as 20 ms Opus packets, 300 ms of silence before it; returns
-/// the packets and how many of them carry the sentence (silence follows).
-async fn spoken(sentence: &str) -> anyhow::Result<(Vec<bytes::Bytes>, usize)> {
+/// `sentence` rendered by espeak-ng: mono PCM and its rate.
+pub async fn espeak_pcm(sentence: &str) -> anyhow::Result<(Vec<i16>, u32)> {
     use futures_util::StreamExt;
     use voicegate_actors::tts::TtsFactory;
     let espeak = voicegate_actors::tts::espeak::Espeak::start(
@@ -56,10 +55,17 @@ async fn spoken(sentence: &str) -> anyhow::Result<(Vec<bytes::Bytes>, usize)> {
         .collect::<Vec<_>>()
         .await
         .concat();
-    let speech_frames = 15 + pcm.len().div_ceil(441); // 300 ms lead + the speech, in 20 ms frames
+    Ok((pcm, engine.sample_rate()))
+}
+
+/// `sentence` spoken by espeak-ng as 20 ms Opus packets, 300 ms of silence before it; returns
+/// the packets and how many of them carry the sentence (silence follows).
+async fn spoken(sentence: &str) -> anyhow::Result<(Vec<bytes::Bytes>, usize)> {
+    let (pcm, rate) = espeak_pcm(sentence).await?;
+    let speech_frames = 15 + (pcm.len() as u64 * 50).div_ceil(rate as u64) as usize; // 300 ms lead + the speech, in 20 ms frames
     let packets = voicegate_testkit::peer::opus_speech(
         &pcm,
-        engine.sample_rate(),
+        rate,
         Duration::from_millis(300),
         Duration::from_millis(1500),
     );
