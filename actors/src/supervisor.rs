@@ -150,10 +150,10 @@ impl Handler<PlaceCall> for Supervisor {
         if self.shutting_down {
             return Box::pin(fut::ready(Err(PlaceCallError::ShuttingDown)));
         }
-        // Checked before anything is built for the call: a refused offer costs nothing.
-        if self.max_calls > 0
-            && crate::metrics::metrics().actors_live[0].get() as usize >= self.max_calls
-        {
+        // Checked before anything is built for the call: a refused offer costs nothing. The
+        // registry (not the live-actor gauge, which counts a call only once its actor has started
+        // on its worker) is updated in this same handler, so concurrent offers cannot overshoot.
+        if self.max_calls > 0 && self.calls.len() >= self.max_calls {
             crate::metrics::metrics().calls_refused_full.inc();
             return Box::pin(fut::ready(Err(PlaceCallError::Full)));
         }
