@@ -340,7 +340,7 @@ pub struct Opus {
     pub bitrate: i32,
     /// In-band FEC.
     pub fec: bool,
-    /// FEC sizing.
+    /// The least loss the FEC is sized for; the browser's reports raise it.
     pub expected_loss_percent: i32,
 }
 

@@ -306,3 +306,63 @@ async fn echo_delay_holds_the_audio_back() {
     );
     peer.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downlink_fec_follows_the_loss_the_browser_reports() {
+    use voicegate_core::codec::packet_has_fec;
+    let server = TestServer::start(&[]);
+    let speech = common::spoken(
+        "Thank you for calling. Your order left our warehouse this morning and should arrive \
+         tomorrow before noon. Is there anything else I can help you with today?",
+        Duration::ZERO,
+    )
+    .await;
+    let clean = ClientPeer::call(server.http, ECHO).await.unwrap();
+    let lossy = ClientPeer::call(server.http, ECHO).await.unwrap();
+    clean.wait_connected(Duration::from_secs(5)).await.unwrap();
+    lossy.wait_connected(Duration::from_secs(5)).await.unwrap();
+    // One packet in five of ours never reaches this caller; its receiver reports say so.
+    lossy.lose_downlink_every(5);
+    let started = std::time::Instant::now();
+    let (a, b) = tokio::join!(clean.send_paced(&speech), lossy.send_paced(&speech));
+    a.unwrap();
+    b.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // After the first reports (about a second) and the server's next read (every 2 s).
+    let settled = started + Duration::from_secs(4);
+    let fec_share = |peer: &ClientPeer| {
+        let rx: Vec<_> = peer
+            .received()
+            .into_iter()
+            .filter(|p| p.payload_type == 111)
+            .collect();
+        let later: Vec<_> = rx.iter().filter(|p| p.at > settled).collect();
+        let with_fec = |ps: &[&voicegate_testkit::peer::Received]| {
+            ps.iter().filter(|p| packet_has_fec(&p.payload)).count()
+        };
+        (
+            rx.len(),
+            with_fec(&rx.iter().collect::<Vec<_>>()),
+            later.len(),
+            with_fec(&later),
+        )
+    };
+    let (clean_all, clean_fec, _, _) = fec_share(&clean);
+    let (lossy_all, _, lossy_later, lossy_later_fec) = fec_share(&lossy);
+    assert!(
+        clean_all > 200 && lossy_all > 150,
+        "echo flowed: {clean_all} clean, {lossy_all} lossy packets"
+    );
+    // A clean path spends nothing on FEC.
+    assert_eq!(
+        clean_fec, 0,
+        "FEC on a clean path: {clean_fec} of {clean_all}"
+    );
+    // A lossy one gets it, on the speech frames (SILK adds FEC to frames its VAD calls active).
+    assert!(
+        lossy_later > 50 && lossy_later_fec * 2 >= lossy_later,
+        "FEC after the reports: {lossy_later_fec} of {lossy_later} packets"
+    );
+    clean.close().await;
+    lossy.close().await;
+}

@@ -1,5 +1,5 @@
 //! `voicegate-bench floor`: the Opus work of N echo calls and nothing else, in one thread, no
-//! WebRTC: per call, per 20 ms, decode one browser-like 48 kHz packet to 16 kHz (through the
+//! WebRTC: per call, per 20 ms, decode one browser-like 48 kHz packet of speech to 16 kHz (through the
 //! same reorder buffer and decoder the server uses) and encode one 16 kHz frame with the
 //! server's default encoder settings. The CPU this takes per call is the floor a gateway's cost
 //! per call is compared with.
@@ -16,11 +16,14 @@ pub struct FloorPlan {
     pub seconds: u64,
     /// libopus complexity.
     pub complexity: i32,
+    /// In-band FEC in the encoder (the server's default is on).
+    pub fec: bool,
 }
 
 /// Runs it and prints the result (JSON when asked).
 pub async fn run(plan: FloorPlan, json: bool) -> anyhow::Result<()> {
-    let packets = voicegate_testkit::peer::opus_tone(440.0, 50);
+    // The echo profile's uplink: speech, as the server would receive it.
+    let packets = crate::load::echo_uplink().await?;
     let mut calls = (0..plan.calls)
         .map(|_| {
             let dec = UplinkDecoder::<bytes::Bytes>::new(UplinkSettings {
@@ -33,7 +36,7 @@ pub async fn run(plan: FloorPlan, json: bool) -> anyhow::Result<()> {
                 pcm_rate: 16_000,
                 complexity: plan.complexity,
                 bitrate: 24_000,
-                fec: true,
+                fec: plan.fec,
                 expected_loss_percent: 10,
             })?;
             Ok((dec, enc))
@@ -63,6 +66,7 @@ pub async fn run(plan: FloorPlan, json: bool) -> anyhow::Result<()> {
         "calls": plan.calls,
         "audio_seconds_per_call": plan.seconds,
         "complexity": plan.complexity,
+        "fec": plan.fec,
         "cpu_s": cpu_s,
         "wall_s": wall_s,
         "cpu_percent_of_one_core_per_call": per_call_pct,
@@ -73,11 +77,12 @@ pub async fn run(plan: FloorPlan, json: bool) -> anyhow::Result<()> {
         println!("{report}");
     } else {
         println!(
-            "opus floor: {} calls x {} s of audio, complexity {}: {:.3} % of a core per call \
+            "opus floor: {} calls x {} s of audio, complexity {}, fec {}: {:.3} % of a core per call \
              ({:.1} us per decode+encode of a 20 ms frame; {:.0} calls per core);",
             plan.calls,
             plan.seconds,
             plan.complexity,
+            if plan.fec { "on" } else { "off" },
             per_call_pct,
             cpu_s * 1e6 / (plan.calls * frames) as f64,
             100.0 / per_call_pct

@@ -350,11 +350,29 @@ pub fn print_row(r: &Value, header: bool) {
     );
 }
 
-/// The caller's audio for a profile: a tone for echo; for dialog a spoken question then silence,
-/// repeating every 5 s (the answer fills about half of the rest).
+/// What the echo profile's callers say, on a loop: continuous speech, so the server's encoder
+/// works on what it works on in a real call (libopus costs differ a lot between a tone and speech).
+const ECHO_SPEECH: &str = "Hello, I would like to check the status of my order. It was placed last \
+    Tuesday and should have arrived by now. Could you also tell me about the weather tomorrow?";
+
+/// The echo profile's uplink: [`ECHO_SPEECH`] as a browser would send it, looped by the caller.
+pub async fn echo_uplink() -> anyhow::Result<Vec<Bytes>> {
+    let (pcm, rate) = crate::speech::espeak_pcm(ECHO_SPEECH)
+        .await
+        .context("rendering the echo profile's speech")?;
+    Ok(voicegate_testkit::peer::opus_speech(
+        &pcm,
+        rate,
+        Duration::ZERO,
+        Duration::ZERO,
+    ))
+}
+
+/// The caller's audio for a profile: continuous speech for echo; for dialog a spoken question
+/// then silence, repeating every 5 s (the answer fills about half of the rest).
 pub async fn uplink(profile: Profile) -> anyhow::Result<Vec<Bytes>> {
     match profile {
-        Profile::Echo => Ok(voicegate_testkit::peer::opus_tone(440.0, 50)),
+        Profile::Echo => echo_uplink().await,
         Profile::Dialog => {
             let (pcm, rate) = crate::speech::espeak_pcm("What is the weather like today?").await?;
             let speech = Duration::from_secs_f64(pcm.len() as f64 / rate as f64);

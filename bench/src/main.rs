@@ -31,7 +31,7 @@ const USAGE: &str = "usage:
   voicegate-bench load  [--profile echo|dialog] (--spawn <voicegate binary> | --server http://ip:port [--pid PID])
                         [--calls N | --ramp FROM:STEP:TO] [--seconds S] [--stagger-ms MS] [--pin SERVER_CPUS/BENCH_CPUS] [--json]
   voicegate-bench soak  [--profile echo|dialog] (--spawn ... | --server ...) --calls N --minutes M [--sample-s S] [--pin ...] [--json]
-  voicegate-bench floor [--calls N] [--seconds S] [--complexity C] [--json]
+  voicegate-bench floor [--calls N] [--seconds S] [--complexity C] [--fec on|off] [--json]
   voicegate-bench speech --server http://ip:port --dialog-listen ip:port [--runs N]
   voicegate-bench recognize <file.wav> [--grammar <file.gram>]
   (`voicegate-bench echo ...` is `load --profile echo ...`)";
@@ -58,6 +58,7 @@ struct Args {
     stagger_ms: u64,
     pin: Option<(String, String)>,
     complexity: i32,
+    fec: bool,
     dialog_listen: SocketAddr,
     runs: usize,
     json: bool,
@@ -78,6 +79,7 @@ fn parse_args(argv: &[String]) -> anyhow::Result<Args> {
         stagger_ms: 10,
         pin: None,
         complexity: 5,
+        fec: true,
         dialog_listen: "127.0.0.1:18100".parse()?,
         runs: 20,
         json: false,
@@ -140,6 +142,13 @@ fn parse_args(argv: &[String]) -> anyhow::Result<Args> {
                 a.pin = Some((s.to_owned(), b.to_owned()));
             }
             "--complexity" => a.complexity = val()?.parse()?,
+            "--fec" => {
+                a.fec = match val()?.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    v => bail!("--fec {v}: want on or off"),
+                }
+            }
             "--dialog-listen" => a.dialog_listen = val()?.parse()?,
             "--runs" => a.runs = val()?.parse()?,
             "--json" => a.json = true,
@@ -179,6 +188,7 @@ fn main() -> anyhow::Result<()> {
             calls: args.calls,
             seconds: args.seconds,
             complexity: args.complexity,
+            fec: args.fec,
         };
         return runtime()?.block_on(floor::run(plan, args.json));
     }

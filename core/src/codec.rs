@@ -240,14 +240,27 @@ pub struct EncoderSettings {
     pub bitrate: i32,
     /// Add in-band FEC for the browser to recover our lost packets.
     pub fec: bool,
-    /// Loss the FEC is sized for, in percent.
+    /// The least loss the FEC is sized for, in percent; the loss the browser reports
+    /// ([`DownlinkEncoder::set_reported_loss`]) raises it. libopus spends no FEC bits, and no FEC
+    /// encoding time, while this is 0.
     pub expected_loss_percent: i32,
 }
+
+/// The most loss FEC is sized for, percent: beyond it, more redundancy in the next packet does
+/// not help (it only covers the one packet before it).
+const MAX_FEC_LOSS_PERCENT: i32 = 25;
 
 /// Encodes the downlink, one 20 ms frame at a time.
 pub struct DownlinkEncoder {
     encoder: opus::Encoder,
     frame_samples: usize,
+    /// FEC on, and its floor.
+    fec: bool,
+    min_loss: i32,
+    /// The loss the encoder is set for now, percent.
+    loss: i32,
+    /// The browser's reported loss, smoothed (percent, fast up, slow down).
+    reported: f64,
     /// Output buffer, reused for every frame.
     out: Vec<u8>,
 }
@@ -264,14 +277,16 @@ impl DownlinkEncoder {
         encoder.set_complexity(s.complexity.clamp(0, 10))?;
         encoder.set_bitrate(opus::Bitrate::Bits(s.bitrate))?;
         encoder.set_inband_fec(s.fec)?;
-        encoder.set_packet_loss_perc(if s.fec {
-            s.expected_loss_percent.clamp(0, 100)
-        } else {
-            0
-        })?;
+        let min_loss = s.expected_loss_percent.clamp(0, MAX_FEC_LOSS_PERCENT);
+        let loss = if s.fec { min_loss } else { 0 };
+        encoder.set_packet_loss_perc(loss)?;
         Ok(DownlinkEncoder {
             encoder,
             frame_samples: (s.pcm_rate / 50) as usize,
+            fec: s.fec,
+            min_loss,
+            loss,
+            reported: 0.0,
             out: vec![0; MAX_OPUS_BYTES],
         })
     }
@@ -279,6 +294,30 @@ impl DownlinkEncoder {
     /// Samples in one 20 ms frame.
     pub fn frame_samples(&self) -> usize {
         self.frame_samples
+    }
+
+    /// The loss the browser reports for our packets (RTCP receiver reports), 0.0 to 1.0. With
+    /// FEC on, the redundancy follows it: up at once, down by a third per report, never below the
+    /// configured floor. Returns the loss percent the encoder is now sized for.
+    pub fn set_reported_loss(&mut self, fraction: f64) -> Result<i32, CodecError> {
+        if !self.fec {
+            return Ok(0);
+        }
+        let now = (fraction.clamp(0.0, 1.0) * 100.0).min(MAX_FEC_LOSS_PERCENT as f64);
+        let decayed = self.reported * (2.0 / 3.0);
+        // Below one percent the decay would never reach zero; the report is the truth there.
+        self.reported = if decayed < 1.0 { now } else { now.max(decayed) };
+        let loss = (self.reported.ceil() as i32).max(self.min_loss);
+        if loss != self.loss {
+            self.encoder.set_packet_loss_perc(loss)?;
+            self.loss = loss;
+        }
+        Ok(loss)
+    }
+
+    /// The loss percent the FEC is sized for now (0: no FEC is spent).
+    pub fn fec_loss_percent(&self) -> i32 {
+        self.loss
     }
 
     /// Encodes one frame; the packet is valid until the next call.
@@ -329,6 +368,18 @@ mod tests {
         .unwrap()
     }
 
+    impl DownlinkEncoder {
+        fn settings_for_test(&self) -> EncoderSettings {
+            EncoderSettings {
+                pcm_rate: RATE,
+                complexity: 5,
+                bitrate: 24_000,
+                fec: self.fec,
+                expected_loss_percent: self.min_loss,
+            }
+        }
+    }
+
     /// `n` packets of a speech-like signal (a chirpy tone mix) encoded at 16 kHz.
     fn packets(n: usize, fec: bool) -> Vec<Vec<u8>> {
         let mut enc = encoder(fec);
@@ -367,6 +418,52 @@ mod tests {
         // The tone survives the round trip.
         let f = tone::dominant_frequency(&pcm[FRAME * 10..], RATE, 100.0, 2000.0);
         assert!((f - 440.0).abs() < 10.0, "decoded tone at {f} Hz");
+    }
+
+    #[test]
+    fn fec_follows_the_loss_the_browser_reports() {
+        let mut enc = DownlinkEncoder::new(EncoderSettings {
+            expected_loss_percent: 0,
+            ..encoder(true).settings_for_test()
+        })
+        .unwrap();
+        // Each phase: a pause, then a new tone (SILK codes FEC only for frames its VAD calls
+        // active, and a steady tone stops being active after a while).
+        let mut phase = 0.0;
+        let mut lbrr = |enc: &mut DownlinkEncoder| -> Vec<bool> {
+            phase += 1.0;
+            let mut signal = tone::Tone::new(RATE, 300.0 + 100.0 * phase, 8000.0);
+            let mut frame = vec![0i16; FRAME];
+            for _ in 0..10 {
+                enc.encode(&[0i16; FRAME]).unwrap();
+            }
+            (0..8)
+                .map(|_| {
+                    signal.fill(&mut frame);
+                    packet_has_fec(enc.encode(&frame).unwrap())
+                })
+                .collect()
+        };
+        // No loss reported: no FEC is spent.
+        let clean = lbrr(&mut enc);
+        assert!(clean.iter().all(|&b| !b), "clean: {clean:?}");
+        // 8 % reported: FEC sized for it.
+        assert_eq!(enc.set_reported_loss(0.08).unwrap(), 8);
+        let with = lbrr(&mut enc);
+        assert!(with[2..].iter().all(|&b| b), "fec packets: {with:?}");
+        // Clean reports again: it decays by a third each, then stops.
+        let steps: Vec<i32> = (0..8)
+            .map(|_| enc.set_reported_loss(0.0).unwrap())
+            .collect();
+        assert_eq!(steps, vec![6, 4, 3, 2, 2, 0, 0, 0]);
+        let after = lbrr(&mut enc);
+        assert!(after.iter().all(|&b| !b), "after: {after:?}");
+        // A floor holds, and FEC off ignores reports.
+        let mut floor = encoder(true);
+        assert_eq!(floor.set_reported_loss(0.0).unwrap(), 20);
+        let mut off = encoder(false);
+        assert_eq!(off.set_reported_loss(0.3).unwrap(), 0);
+        assert_eq!(off.fec_loss_percent(), 0);
     }
 
     #[test]

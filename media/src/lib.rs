@@ -5,6 +5,7 @@
 //! actors: events leave through a callback, and every method is a plain future the actor layer
 //! runs on a call's media worker.
 
+mod loss;
 pub mod mux;
 pub mod peer;
 

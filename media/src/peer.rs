@@ -11,10 +11,11 @@
 //! Events from the connection's driver (state changes, the remote track) leave through the
 //! [`PeerEvents`] callback, which must not block: it runs on the driver task.
 
+use crate::loss::{LossWatch, ReportedLoss};
 use crate::mux::{MuxRuntime, UdpMux};
 use bytes::Bytes;
 use rtc::ice::mdns::MulticastDnsMode;
-use rtc::interceptor::Registry;
+use rtc::interceptor::{Registry, Slot};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::interceptor_registry::{
     configure_nack, configure_rtcp_reports, configure_twcc,
@@ -61,6 +62,8 @@ const ICE_CHECK_INTERVAL: Duration = Duration::from_millis(50);
 const ICE_MAX_CHECKS: u16 = 28;
 /// The placeholder the driver binds; the mux replaces the socket (see [`crate::mux`]).
 const PLACEHOLDER_BIND: &str = "127.0.0.1:0";
+/// Where the loss watch sits in the interceptor chain: after the stock ones (it only looks).
+const LOSS_WATCH_SLOT: Slot = Slot::Custom(14_000);
 
 /// What a peer connection reports to its owner.
 #[derive(Clone)]
@@ -198,6 +201,8 @@ pub struct Peer {
     sender: Arc<dyn RtpSender>,
     track: Arc<TrackLocalStaticRTP>,
     ssrc: u32,
+    /// What the browser reports of our audio's loss.
+    loss: ReportedLoss,
     /// Keeps the connection's mux route alive with the connection.
     _runtime: Arc<MuxRuntime>,
 }
@@ -248,6 +253,9 @@ impl Peer {
         let (ufrag, pwd) = ice_credentials();
         let runtime = engine.mux.connection_runtime(&ufrag);
         let (media, registry) = media_engine().map_err(|e| internal("media engine", e))?;
+        let ssrc = random::u32();
+        let loss = ReportedLoss::default();
+        let registry = registry.with(LOSS_WATCH_SLOT, LossWatch::new(ssrc, loss.clone()));
         let settings = SettingEngineBuilder::new()
             .with_multicast_dns_mode(MulticastDnsMode::Disabled)
             .with_ice_timeouts(
@@ -294,7 +302,6 @@ impl Peer {
                 .await
                 .map_err(|e| PeerError::Negotiation(format!("offer: {e}")))?;
 
-            let ssrc = random::u32();
             let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
                 "voicegate".to_owned(),
                 format!("voicegate-audio-{ssrc:08x}"),
@@ -355,6 +362,7 @@ impl Peer {
                     sender,
                     track,
                     ssrc,
+                    loss,
                     _runtime: runtime,
                 },
                 answer,
@@ -398,6 +406,12 @@ impl Peer {
             ),
             _ => false,
         }
+    }
+
+    /// The fraction (0.0 to 1.0) of our audio packets the browser last reported lost (RTCP
+    /// receiver reports); `None` before its first report.
+    pub fn downlink_loss(&self) -> Option<f64> {
+        self.loss.get()
     }
 
     /// Closes the connection: its driver task ends and its mux route is removed.

@@ -2,13 +2,14 @@
 //! when its laptop lid closes or its Wi-Fi drops: from one packet to the next nothing more
 //! arrives, not even the DTLS close alert or the ICE consent checks. It is the default tokio
 //! runtime with each UDP socket wrapped; once cut, sends are swallowed and receives discarded.
+//! It can also lose a share of the RTP that arrives, as a lossy path would.
 
 use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use webrtc::runtime::{
@@ -20,13 +21,31 @@ use webrtc::runtime::{
 #[derive(Debug)]
 pub struct CuttableRuntime {
     cut: Arc<AtomicBool>,
+    loss: Arc<Loss>,
     inner: TokioRuntime,
+}
+
+/// Every `every`-th arriving RTP packet is lost (0: none).
+#[derive(Debug, Default)]
+struct Loss {
+    every: AtomicU32,
+    seen: AtomicU32,
+}
+
+impl Loss {
+    fn drops(&self, datagram: &[u8]) -> bool {
+        let every = self.every.load(Ordering::Relaxed);
+        // RTP, not RTCP (RFC 7983: first byte 128-191; RTCP packet types 192-223).
+        let rtp = matches!(datagram, [128..=191, b, ..] if !(192..=223).contains(b));
+        every > 0 && rtp && self.seen.fetch_add(1, Ordering::Relaxed) % every == every - 1
+    }
 }
 
 impl Default for CuttableRuntime {
     fn default() -> Self {
         CuttableRuntime {
             cut: Arc::default(),
+            loss: Arc::default(),
             inner: TokioRuntime,
         }
     }
@@ -36,6 +55,11 @@ impl CuttableRuntime {
     /// From now on no packet leaves or arrives.
     pub fn cut(&self) {
         self.cut.store(true, Ordering::Relaxed);
+    }
+
+    /// From now on every `every`-th RTP packet that arrives is lost (0: none).
+    pub fn lose_every(&self, every: u32) {
+        self.loss.every.store(every, Ordering::Relaxed);
     }
 }
 
@@ -56,6 +80,7 @@ impl Runtime for CuttableRuntime {
         Ok(Arc::new(CuttableSocket {
             inner: self.inner.wrap_udp_socket(socket)?,
             cut: self.cut.clone(),
+            loss: self.loss.clone(),
         }))
     }
 
@@ -109,6 +134,7 @@ impl Runtime for CuttableRuntime {
 struct CuttableSocket {
     inner: Arc<dyn AsyncUdpSocket>,
     cut: Arc<AtomicBool>,
+    loss: Arc<Loss>,
 }
 
 impl AsyncUdpSocket for CuttableSocket {
@@ -133,6 +159,26 @@ impl AsyncUdpSocket for CuttableSocket {
             match self.inner.poll_recv(cx, bufs, meta) {
                 // Read and dropped: poll again so the waker is registered before Pending.
                 Poll::Ready(Ok(_)) if self.cut.load(Ordering::Relaxed) => continue,
+                Poll::Ready(Ok(n)) => {
+                    // Lost packets are taken out and the rest moved up. A buffer holding several
+                    // coalesced datagrams (GRO) is kept whole.
+                    let mut kept = 0;
+                    for i in 0..n {
+                        let m = meta[i];
+                        if m.stride >= m.len && self.loss.drops(&bufs[i][..m.len]) {
+                            continue;
+                        }
+                        if kept != i {
+                            let (to, from) = bufs.split_at_mut(i);
+                            to[kept][..m.len].copy_from_slice(&from[0][..m.len]);
+                            meta[kept] = m;
+                        }
+                        kept += 1;
+                    }
+                    if kept > 0 {
+                        return Poll::Ready(Ok(kept));
+                    }
+                }
                 other => return other,
             }
         }

@@ -266,6 +266,12 @@ impl ClientPeer {
         self.send_raw(seq, ts, payload).await
     }
 
+    /// From now on every `every`-th RTP packet from the server is lost on the way (0: none), as
+    /// on a lossy path; this peer's receiver reports tell the server.
+    pub fn lose_downlink_every(&self, every: u32) {
+        self.network.lose_every(every);
+    }
+
     /// Lets one 20 ms frame go unsent, as if the network lost it (numbering moves on).
     pub fn skip_frame(&self) {
         let mut n = self.next.lock().expect("no panics while holding");

@@ -24,7 +24,9 @@ mod types;
 
 pub use types::*;
 
-use crate::codec::{AttachTrack, AudioCodec, CodecEvent, CodecSettings, CodecSetup, Stop};
+use crate::codec::{
+    AttachTrack, AudioCodec, CodecEvent, CodecSettings, CodecSetup, DownlinkLoss, Stop,
+};
 use crate::dialog::{Close, DialogClient, DialogEvent, Send as SendEvent};
 use crate::metrics::{Live, metrics};
 use crate::recognizer::{Recognizer, RecognizerEvent};
@@ -45,6 +47,9 @@ use voicegate_media::{DataChannel, Peer, PeerError, PeerEvent, PeerState, RtpWri
 
 /// How often the call checks its deadlines and whether the browser closed its side.
 const WATCH_INTERVAL: Duration = Duration::from_millis(200);
+/// The browser's loss report for our audio is read every this many watch ticks (2 s; browsers
+/// send receiver reports every second or so).
+const LOSS_EVERY: u32 = 10;
 /// Utterance ids of voicegate's own prompts; never reported to the dialog app.
 const INTERNAL_PREFIX: &str = "voicegate-";
 /// The give-up prompt's utterance id.
@@ -160,6 +165,8 @@ pub struct CallActor {
     created: Instant,
     /// A transport check is in flight (they are async; never run two).
     checking_transport: bool,
+    /// Watch ticks so far (the downlink loss is read every [`LOSS_EVERY`] of them).
+    watches: u32,
     /// Keeps the worker's load count right.
     _lease: crate::workers::Lease,
     /// Counts this call in `voicegate_calls_active` while it exists.
@@ -207,6 +214,7 @@ impl CallActor {
             phase: Phase::Negotiating,
             created: Instant::now(),
             checking_transport: false,
+            watches: 0,
             _lease: lease,
             _live: Live::new("call"),
         }
@@ -771,6 +779,15 @@ impl CallActor {
                 }
             }));
         }
+        self.watches = self.watches.wrapping_add(1);
+        // Downlink FEC follows the loss the browser reports: none spent on a clean path.
+        if self.phase == Phase::Connected
+            && self.watches.is_multiple_of(LOSS_EVERY)
+            && let (Some(peer), Some(codec)) = (&self.peer, &self.codec)
+            && let Some(fraction) = peer.downlink_loss()
+        {
+            codec.do_send(DownlinkLoss(fraction));
+        }
     }
 
     /// Ends the call once: speech ends, the dialog app hears `call.ended`, the codec stops, the
@@ -901,9 +918,11 @@ impl Handler<InjectFault> for CallActor {
 
     fn handle(&mut self, InjectFault(fault): InjectFault, _ctx: &mut Self::Context) -> bool {
         match fault {
+            // Taken out, so a second fault waits for the restarted codec instead of landing in
+            // the mailbox of the one that is already failing.
             Fault::Codec => self
                 .codec
-                .as_ref()
+                .take()
                 .map(|c| c.do_send(crate::codec::InjectPanic))
                 .is_some(),
             Fault::Dialog => self

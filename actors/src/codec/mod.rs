@@ -130,6 +130,12 @@ pub struct Flush;
 #[rtype(result = "()")]
 pub struct AttachTrack(pub Arc<dyn TrackRemote>);
 
+/// The fraction of our packets the browser reports lost (0.0 to 1.0): the downlink FEC is sized
+/// for it.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct DownlinkLoss(pub f64);
+
 /// Stop now (the call is ending).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
@@ -471,6 +477,31 @@ impl Handler<Flush> for AudioCodec {
         // frame.
         self.playout.clear();
         self.sending = None;
+    }
+}
+
+impl Handler<DownlinkLoss> for AudioCodec {
+    type Result = ();
+
+    fn handle(&mut self, DownlinkLoss(fraction): DownlinkLoss, _ctx: &mut Self::Context) {
+        let before = self.encoder.fec_loss_percent();
+        match self.encoder.set_reported_loss(fraction) {
+            Ok(now) if now != before => {
+                let _e = self.span.enter();
+                tracing::debug!(
+                    reported = fraction,
+                    fec_loss_percent = now,
+                    "downlink FEC resized"
+                );
+            }
+            Ok(_) => {}
+            // libopus refusing a percentage in 0..=25 would be a bug; the encoder keeps its
+            // previous setting and the call goes on.
+            Err(e) => {
+                let _e = self.span.enter();
+                tracing::warn!(error = %e, "downlink FEC could not be resized");
+            }
+        }
     }
 }
 
