@@ -82,6 +82,8 @@ async fn series_are_exposed_and_move_with_real_calls() {
         "voicegate_asr_final_to_audio_seconds_count",
         "voicegate_barge_ins_total",
         "voicegate_dialog_reconnects_total",
+        "voicegate_pacer_lateness_seconds_count",
+        "voicegate_pacer_lateness_seconds_bucket{le=\"0.002\"}",
         "voicegate_actor_restarts_total{child=\"codec\"}",
         "voicegate_actor_restarts_total{child=\"dialog\"}",
     ] {
@@ -208,6 +210,12 @@ async fn series_are_exposed_and_move_with_real_calls() {
     assert!(
         rtp_out >= heard && rtp_out > 20.0,
         "rtp out {rtp_out}, client received {heard}"
+    );
+    // One lateness sample per pacer wake-up that sent (one to three frames each).
+    let late = delta("voicegate_pacer_lateness_seconds_count");
+    assert!(
+        late >= rtp_out / 3.0 && late <= rtp_out,
+        "pacer wake-ups {late}, packets out {rtp_out}"
     );
     assert_eq!(delta("voicegate_uplink_frames_lost_total"), 1.0);
     assert_eq!(

@@ -97,6 +97,55 @@ pub const END_REASONS: [&str; 12] = [
 /// Children that can be restarted, as labels.
 pub const CHILDREN: [&str; 2] = ["codec", "dialog"];
 
+/// Bucket upper bounds of the pacer's lateness, in seconds: finer than the latency buckets,
+/// around what a browser's jitter buffer absorbs.
+const LATE_BUCKETS: [f64; 7] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05];
+
+/// One call's pacer lateness since its last report, kept in the codec (no shared cache line
+/// per frame) and added to [`Metrics::pacer_late`] in batches.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LateCounts {
+    buckets: [u64; LATE_BUCKETS.len()],
+    count: u64,
+    sum_us: u64,
+}
+
+impl LateCounts {
+    /// Records one pacer wake-up that came `d` after its slot.
+    pub fn observe(&mut self, d: Duration) {
+        let secs = d.as_secs_f64();
+        for (b, le) in self.buckets.iter_mut().zip(LATE_BUCKETS) {
+            if secs <= le {
+                *b += 1;
+            }
+        }
+        self.count += 1;
+        self.sum_us += d.as_micros() as u64;
+    }
+}
+
+/// The pacer lateness of all calls.
+#[derive(Debug, Default)]
+pub struct LateHistogram {
+    buckets: [AtomicU64; LATE_BUCKETS.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl LateHistogram {
+    /// Adds a call's batch.
+    pub fn add(&self, c: &LateCounts) {
+        if c.count == 0 {
+            return;
+        }
+        for (b, n) in self.buckets.iter().zip(c.buckets) {
+            b.fetch_add(n, Relaxed);
+        }
+        self.count.fetch_add(c.count, Relaxed);
+        self.sum_us.fetch_add(c.sum_us, Relaxed);
+    }
+}
+
 /// Kinds of per-call actors, as labels.
 pub const ACTORS: [&str; 5] = ["call", "codec", "speaker", "dialog", "recognizer"];
 
@@ -156,6 +205,8 @@ pub struct Metrics {
     pub restarts: [Counter; CHILDREN.len()],
     /// Live per-call actors, by kind (index into [`ACTORS`]).
     pub actors_live: [Gauge; ACTORS.len()],
+    /// How late the downlink pacer woke for its 20 ms slots.
+    pub pacer_late: LateHistogram,
 }
 
 /// The process's metrics.
@@ -255,6 +306,24 @@ impl Metrics {
             "voicegate_asr_final_to_audio_seconds",
             "From an asr.final to the first audio of the answer.",
             &self.asr_final_to_audio,
+        );
+        let h = &self.pacer_late;
+        let _ = writeln!(
+            o,
+            "# HELP voicegate_pacer_lateness_seconds How long after its 20 ms slot the downlink pacer woke (the server's share of downlink jitter).\n# TYPE voicegate_pacer_lateness_seconds histogram"
+        );
+        for (b, le) in h.buckets.iter().zip(LATE_BUCKETS) {
+            let _ = writeln!(
+                o,
+                "voicegate_pacer_lateness_seconds_bucket{{le=\"{le}\"}} {}",
+                b.load(Relaxed)
+            );
+        }
+        let count = h.count.load(Relaxed);
+        let _ = writeln!(
+            o,
+            "voicegate_pacer_lateness_seconds_bucket{{le=\"+Inf\"}} {count}\nvoicegate_pacer_lateness_seconds_sum {}\nvoicegate_pacer_lateness_seconds_count {count}",
+            h.sum_us.load(Relaxed) as f64 / 1e6
         );
         counter(
             &mut o,
@@ -356,7 +425,14 @@ mod tests {
         m.call_ended("some app reason");
         m.offer_answer.observe(Duration::from_millis(3));
         m.offer_answer.observe(Duration::from_millis(300));
+        let mut late = LateCounts::default();
+        late.observe(Duration::from_micros(300));
+        late.observe(Duration::from_micros(1500));
+        m.pacer_late.add(&late);
         let text = m.render(None);
+        assert!(text.contains("voicegate_pacer_lateness_seconds_bucket{le=\"0.0005\"} 1\n"));
+        assert!(text.contains("voicegate_pacer_lateness_seconds_bucket{le=\"0.002\"} 2\n"));
+        assert!(text.contains("voicegate_pacer_lateness_seconds_count 2\n"));
         assert!(text.contains("voicegate_calls_active 1\n"));
         assert!(text.contains("voicegate_calls_total{reason=\"client-hangup\"} 1\n"));
         assert!(

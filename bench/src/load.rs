@@ -216,6 +216,26 @@ pub async fn step(
     let rtp_in = delta(&m0, &m1, "voicegate_rtp_packets_in_total");
     let queue_full = delta(&m0, &m1, "voicegate_media_datagrams_queue_full_total");
     let send_dropped = delta(&m0, &m1, "voicegate_media_datagrams_send_dropped_total");
+    // The server's own share of downlink jitter: how late its pacer woke for a slot.
+    let late_n = delta(&m0, &m1, "voicegate_pacer_lateness_seconds_count");
+    let late_le = |le: &str| {
+        delta(
+            &m0,
+            &m1,
+            &format!("voicegate_pacer_lateness_seconds_bucket{{le=\"{le}\"}}"),
+        )
+    };
+    let late_over_2ms = if late_n > 0.0 {
+        1.0 - late_le("0.002") / late_n
+    } else {
+        f64::NAN
+    };
+    let late_p99_at_most_ms = ["0.0005", "0.001", "0.002", "0.005", "0.01", "0.02", "0.05"]
+        .iter()
+        .find(|le| late_le(le) >= 0.99 * late_n)
+        .map_or(f64::INFINITY, |le| {
+            le.parse::<f64>().unwrap_or(f64::NAN) * 1e3
+        });
     let (cpu_pct, rss_mb, rss_per_call_mb, idle_rss_mb) = match (idle, a, b) {
         (Some(idle), Some(a), Some(b)) => (
             (b.0 - a.0) / window_s * 100.0,
@@ -249,6 +269,9 @@ pub async fn step(
             "rss_mb": rss_mb,
             "idle_rss_mb": idle_rss_mb,
             "rss_mb_per_call": rss_per_call_mb,
+            "pacer_wakeups": late_n,
+            "pacer_late_over_2ms_share": late_over_2ms,
+            "pacer_lateness_p99_ms_at_most": late_p99_at_most_ms,
             "queue_full_drops": queue_full,
             "send_buffer_drops": send_dropped,
         },
@@ -306,7 +329,7 @@ pub fn check_plausible(r: &Value, profile: Profile) -> anyhow::Result<()> {
 pub fn print_row(r: &Value, header: bool) {
     if header {
         println!(
-            "{:>6} {:>9} {:>13} {:>15} {:>9} {:>9} {:>9} {:>13} {:>8} {:>9} {:>8} {:>9} {:>6} {:>7}",
+            "{:>6} {:>9} {:>13} {:>15} {:>9} {:>9} {:>9} {:>13} {:>8} {:>9} {:>8} {:>9} {:>6} {:>12} {:>7}",
             "calls",
             "connected",
             "answer p50/99",
@@ -320,12 +343,13 @@ pub fn print_row(r: &Value, header: bool) {
             "rss MB",
             "MB/call",
             "gen %",
+            "srv late>2ms",
             "quality"
         );
     }
     let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
     println!(
-        "{:>6} {:>9} {:>6.1}/{:<6.1} {:>7.1}/{:<7.1} {:>9} {:>9} {:>9} {:>6.2}/{:<6.2} {:>8.1} {:>9.3} {:>8.1} {:>9.2} {:>6.0} {:>7}",
+        "{:>6} {:>9} {:>6.1}/{:<6.1} {:>7.1}/{:<7.1} {:>9} {:>9} {:>9} {:>6.2}/{:<6.2} {:>8.1} {:>9.3} {:>8.1} {:>9.2} {:>6.0} {:>11.2}% {:>7}",
         r["calls"].as_u64().unwrap_or(0),
         r["connected"].as_u64().unwrap_or(0),
         f(&r["answer_ms"]["p50"]),
@@ -342,6 +366,7 @@ pub fn print_row(r: &Value, header: bool) {
         f(&r["server"]["rss_mb"]),
         f(&r["server"]["rss_mb_per_call"]),
         f(&r["generator_cpu_percent_of_one_core"]),
+        f(&r["server"]["pacer_late_over_2ms_share"]) * 100.0,
         if r["quality_ok"] == true {
             "ok"
         } else {

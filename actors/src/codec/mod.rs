@@ -230,6 +230,8 @@ pub struct AudioCodec {
     sending: Option<(Tag, u32)>,
     /// Counts already added to the process metrics (they are added in batches).
     reported: CodecStats,
+    /// Pacer lateness since the last report.
+    late: crate::metrics::LateCounts,
     /// Counted in `voicegate_actors_live` while it exists.
     _live: crate::metrics::Live,
 }
@@ -303,6 +305,7 @@ impl AudioCodec {
             },
             sending: None,
             reported: CodecStats::default(),
+            late: crate::metrics::LateCounts::default(),
             _live: crate::metrics::Live::new("codec"),
             tick: None,
             release: None,
@@ -559,6 +562,8 @@ impl AudioCodec {
             .add(now.uplink.recovered - last.uplink.recovered);
         m.frames_concealed
             .add(now.uplink.concealed - last.uplink.concealed);
+        m.pacer_late.add(&self.late);
+        self.late = crate::metrics::LateCounts::default();
         self.reported = now;
     }
 
@@ -613,6 +618,8 @@ impl AudioCodec {
     fn tick(&mut self, ctx: &mut Context<Self>) {
         self.tick = None;
         let now = Instant::now();
+        // The oldest slot this wake-up serves: its lateness is the server's share of jitter.
+        let mut slot = self.pacer.next_due();
         let due = self.pacer.poll(now);
         self.timeline.borrow_mut().skip(due.skipped);
         for _ in 0..due.send {
@@ -625,6 +632,9 @@ impl AudioCodec {
                 }
                 return;
             };
+            if let Some(slot) = slot.take() {
+                self.late.observe(now.saturating_duration_since(slot));
+            }
             let frames = match self.sending {
                 Some((tag, n)) if tag == frame.tag && !frame.first => n + 1,
                 _ => 1,
