@@ -146,6 +146,85 @@ impl LateHistogram {
     }
 }
 
+/// A limit that protects the service from hostile or runaway input (each has a config key and a
+/// default; SECURITY.md lists them). Every time one refuses or cuts something, it is counted
+/// under its label in `voicegate_limit_hits_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// An offer carried more remote candidates than `media.max_remote_candidates`.
+    RemoteCandidates,
+    /// A call's connectivity checks to unconfirmed addresses ran out of budget.
+    IceCheckBudget,
+    /// A call never received an authenticated connectivity check in time.
+    IceAuthTimeout,
+    /// Offers from one source address came faster than `admission.offers_per_ip_per_s`.
+    OffersPerIp,
+    /// One source address already had `admission.calls_per_ip` calls in progress.
+    CallsPerIp,
+    /// A request body did not arrive within `http.body_timeout_ms`.
+    HttpBodyDeadline,
+    /// A dialog message declared more than `dialog.max_message_bytes`.
+    DialogMessageBytes,
+    /// A speech command's text exceeded `tts.max_text_bytes`.
+    TtsTextBytes,
+    /// More than `tts.max_queued_utterances` utterances were waiting.
+    TtsQueuedUtterances,
+    /// A synthesis stream stalled longer than its idle timeout.
+    TtsStreamIdle,
+    /// A transcription stream stalled longer than its idle timeout.
+    AsrStreamIdle,
+    /// The recognizer's queue was full and an utterance was refused.
+    AsrQueueFull,
+    /// An utterance waited or ran past its recognition deadline.
+    AsrDeadline,
+    /// A message for the page's data channel was dropped because its queue was full.
+    PageQueue,
+}
+
+impl Limit {
+    /// Every limit, in the order they are rendered.
+    pub const ALL: [Limit; 14] = [
+        Limit::RemoteCandidates,
+        Limit::IceCheckBudget,
+        Limit::IceAuthTimeout,
+        Limit::OffersPerIp,
+        Limit::CallsPerIp,
+        Limit::HttpBodyDeadline,
+        Limit::DialogMessageBytes,
+        Limit::TtsTextBytes,
+        Limit::TtsQueuedUtterances,
+        Limit::TtsStreamIdle,
+        Limit::AsrStreamIdle,
+        Limit::AsrQueueFull,
+        Limit::AsrDeadline,
+        Limit::PageQueue,
+    ];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Limit::RemoteCandidates => "remote_candidates",
+            Limit::IceCheckBudget => "ice_check_budget",
+            Limit::IceAuthTimeout => "ice_auth_timeout",
+            Limit::OffersPerIp => "offers_per_ip",
+            Limit::CallsPerIp => "calls_per_ip",
+            Limit::HttpBodyDeadline => "http_body_deadline",
+            Limit::DialogMessageBytes => "dialog_message_bytes",
+            Limit::TtsTextBytes => "tts_text_bytes",
+            Limit::TtsQueuedUtterances => "tts_queued_utterances",
+            Limit::TtsStreamIdle => "tts_stream_idle",
+            Limit::AsrStreamIdle => "asr_stream_idle",
+            Limit::AsrQueueFull => "asr_queue_full",
+            Limit::AsrDeadline => "asr_deadline",
+            Limit::PageQueue => "page_queue",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// Kinds of per-call actors, as labels.
 pub const ACTORS: [&str; 5] = ["call", "codec", "speaker", "dialog", "recognizer"];
 
@@ -207,6 +286,8 @@ pub struct Metrics {
     pub actors_live: [Gauge; ACTORS.len()],
     /// How late the downlink pacer woke for its 20 ms slots.
     pub pacer_late: LateHistogram,
+    /// Hits of each protective limit (index: [`Limit`]).
+    limit_hits: [Counter; Limit::ALL.len()],
 }
 
 /// The process's metrics.
@@ -220,6 +301,16 @@ impl Metrics {
     pub fn call_ended(&self, reason: &str) {
         let i = END_REASONS.iter().position(|r| *r == reason).unwrap_or(5); // free-form: dialog-hangup
         self.calls_ended[i].inc();
+    }
+
+    /// Counts one hit of `limit`.
+    pub fn limit_hit(&self, limit: Limit) {
+        self.limit_hits[limit.index()].inc();
+    }
+
+    /// Hits of `limit` so far.
+    pub fn limit_hits(&self, limit: Limit) -> u64 {
+        self.limit_hits[limit.index()].get()
     }
 
     /// The Prometheus text exposition, with the shared media socket's figures when given.
@@ -348,6 +439,18 @@ impl Metrics {
                 n.get()
             );
         }
+        let _ = writeln!(
+            o,
+            "# HELP voicegate_limit_hits_total Inputs refused or cut by a protective limit, by limit (SECURITY.md lists them).\n# TYPE voicegate_limit_hits_total counter"
+        );
+        for l in Limit::ALL {
+            let _ = writeln!(
+                o,
+                "voicegate_limit_hits_total{{limit=\"{}\"}} {}",
+                l.label(),
+                self.limit_hits(l)
+            );
+        }
         if let Some(mux) = media {
             let s = mux.stats();
             counter(
@@ -418,6 +521,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn limits_are_listed_in_index_order() {
+        for (i, l) in Limit::ALL.iter().enumerate() {
+            assert_eq!(l.index(), i, "{l:?}");
+        }
+    }
+
+    #[test]
     fn renders_valid_exposition_with_cumulative_buckets() {
         let m = Metrics::default();
         m.actors_live[0].inc();
@@ -429,7 +539,10 @@ mod tests {
         late.observe(Duration::from_micros(300));
         late.observe(Duration::from_micros(1500));
         m.pacer_late.add(&late);
+        m.limit_hit(Limit::PageQueue);
         let text = m.render(None);
+        assert!(text.contains("voicegate_limit_hits_total{limit=\"page_queue\"} 1\n"));
+        assert!(text.contains("voicegate_limit_hits_total{limit=\"remote_candidates\"} 0\n"));
         assert!(text.contains("voicegate_pacer_lateness_seconds_bucket{le=\"0.0005\"} 1\n"));
         assert!(text.contains("voicegate_pacer_lateness_seconds_bucket{le=\"0.002\"} 2\n"));
         assert!(text.contains("voicegate_pacer_lateness_seconds_count 2\n"));

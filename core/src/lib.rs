@@ -23,3 +23,4 @@ pub mod speech;
 pub mod text;
 pub mod timeline;
 pub mod tone;
+pub mod untrusted;
