@@ -16,6 +16,7 @@ use voicegate_actors::supervisor::Supervisor;
 use voicegate_actors::tts::TtsFactory;
 use voicegate_actors::tts::espeak::Espeak;
 use voicegate_actors::tts::openai::OpenAiTts;
+use voicegate_core::admission::RateLimiter;
 use voicegate_media::MediaPlane;
 
 /// A running service.
@@ -61,6 +62,9 @@ pub enum StartError {
     Asr(String),
 }
 
+/// Sources the offer rate limiter tracks at once (a few MB at most; see `RateLimiter`).
+const RATE_LIMIT_SOURCES: usize = 65_536;
+
 /// Starts everything. Must run inside an actix system.
 pub fn start(cfg: &Validated) -> Result<Running, StartError> {
     // HTTP is bound first: the embedded demo dialog app is reached on the bound address.
@@ -101,7 +105,14 @@ pub fn start(cfg: &Validated) -> Result<Running, StartError> {
         cfg.media.workers,
         cfg.max_calls,
     )
+    .with_calls_per_source(cfg.calls_per_source)
     .start();
+    let (per_second, burst) = cfg.offers_per_source;
+    let offer_rate = Arc::new(std::sync::Mutex::new(RateLimiter::new(
+        per_second,
+        burst,
+        RATE_LIMIT_SOURCES,
+    )));
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let state = web::Data::new(HttpState {
         supervisor: supervisor.clone(),
@@ -110,6 +121,10 @@ pub fn start(cfg: &Validated) -> Result<Running, StartError> {
         ready: ready.clone(),
         retry_after_s: cfg.retry_after_s,
         plane: plane.clone(),
+        body_timeout: cfg.body_timeout,
+        trusted_proxies: Arc::new(cfg.trusted_proxies.clone()),
+        offer_rate,
+        max_remote_candidates: cfg.max_remote_candidates,
     });
     let server =
         HttpServer::new(move || App::new().app_data(state.clone()).configure(http::routes))
@@ -120,6 +135,11 @@ pub fn start(cfg: &Validated) -> Result<Running, StartError> {
             .listen(listener)
             .map_err(http_err)?
             .run();
+    if !http_addr.ip().is_loopback() && cfg.allowed_origins.is_empty() {
+        tracing::warn!(
+            "http.allowed_origins is empty on a non-loopback address: pages on any origin can place calls through their visitors' browsers; see SECURITY.md"
+        );
+    }
     tracing::info!(
         media = %media_addr,
         advertised = ?plane.candidate_addresses(),

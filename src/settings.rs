@@ -16,6 +16,7 @@ use voicegate_actors::codec::ListenSettings;
 use voicegate_actors::dialog::DialogSettings;
 use voicegate_actors::tts::espeak::EspeakSettings;
 use voicegate_actors::tts::openai::OpenAiTtsSettings;
+use voicegate_core::admission::IpNet;
 use voicegate_core::call_id;
 use voicegate_core::codec::EncoderSettings;
 use voicegate_core::ice::{self, IceServer};
@@ -23,12 +24,17 @@ use voicegate_core::listen::{BargeInSettings, EndpointSettings};
 use voicegate_core::speech::PlayerSettings;
 use voicegate_core::text::SegmentLimits;
 use voicegate_media::MediaSettings;
+use voicegate_media::mux::MuxLimits;
 
 /// The built-in defaults; also the documentation of every key.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
 /// Keys whose environment value is a comma-separated list.
-const LIST_KEYS: &[&str] = &["http.allowed_origins", "media.public_ips"];
+const LIST_KEYS: &[&str] = &[
+    "http.allowed_origins",
+    "http.trusted_proxies",
+    "media.public_ips",
+];
 
 /// Everything in the configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -40,6 +46,8 @@ pub struct Settings {
     pub media: Media,
     /// `[calls]`
     pub calls: Calls,
+    /// `[admission]`
+    pub admission: Admission,
     /// `[dialog]`
     pub dialog: Dialog,
     /// `[tts]`
@@ -294,6 +302,10 @@ pub struct Http {
     pub allowed_origins: Vec<String>,
     /// Largest accepted body.
     pub max_body_bytes: usize,
+    /// Longest a request body may take to arrive.
+    pub body_timeout_ms: u64,
+    /// Proxies whose `X-Forwarded-For` is honoured.
+    pub trusted_proxies: Vec<String>,
     /// Worker threads (0 = cores).
     pub workers: usize,
 }
@@ -314,6 +326,10 @@ pub struct Media {
     pub workers: usize,
     /// Gathering wait.
     pub gather_timeout_ms: u64,
+    /// Most usable remote candidates in an offer.
+    pub max_remote_candidates: usize,
+    /// Checks per call to addresses that have not authenticated.
+    pub unconfirmed_check_budget: u32,
     /// PCM rate.
     pub pcm_rate: u32,
     /// Reorder depth.
@@ -352,6 +368,8 @@ pub struct Calls {
     pub id_prefix: String,
     /// Connect deadline.
     pub connect_timeout_ms: u64,
+    /// Deadline for the first authenticated connectivity check.
+    pub auth_timeout_ms: u64,
     /// RTP silence deadline.
     pub rtp_timeout_ms: u64,
     /// Most calls at once (0: no limit).
@@ -360,6 +378,18 @@ pub struct Calls {
     pub retry_after_s: u32,
     /// Drain grace period.
     pub shutdown_grace_ms: u64,
+}
+
+/// `[admission]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admission {
+    /// Offers per second per source (0: no limit).
+    pub offers_per_ip_per_s: f64,
+    /// Offers a source may send at once.
+    pub offer_burst: u32,
+    /// Calls in progress per source (0: no limit).
+    pub calls_per_ip: usize,
 }
 
 /// `[echo]`
@@ -422,6 +452,16 @@ pub struct Validated {
     pub allowed_origins: Vec<String>,
     /// Body limit.
     pub max_body_bytes: usize,
+    /// Body read deadline.
+    pub body_timeout: Duration,
+    /// Proxies whose `X-Forwarded-For` is honoured.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Most usable remote candidates in an offer.
+    pub max_remote_candidates: usize,
+    /// Offers per second per source (0: no limit) and the burst.
+    pub offers_per_source: (f64, u32),
+    /// Calls in progress per source (0: no limit).
+    pub calls_per_source: usize,
     /// HTTP workers (resolved, at least 1).
     pub http_workers: usize,
     /// Media plane settings.
@@ -495,6 +535,36 @@ impl Settings {
             .collect();
         if self.http.max_body_bytes < 1024 {
             return Err(invalid("http.max_body_bytes", "must be at least 1024"));
+        }
+        if self.http.body_timeout_ms == 0 {
+            return Err(invalid("http.body_timeout_ms", "must be above 0"));
+        }
+        let trusted_proxies = self
+            .http
+            .trusted_proxies
+            .iter()
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<IpNet>()
+                    .map_err(|e| invalid("http.trusted_proxies", e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let a = &self.admission;
+        if !(a.offers_per_ip_per_s >= 0.0 && a.offers_per_ip_per_s.is_finite()) {
+            return Err(invalid(
+                "admission.offers_per_ip_per_s",
+                "must be 0 or more",
+            ));
+        }
+        if a.offer_burst == 0 {
+            return Err(invalid("admission.offer_burst", "must be at least 1"));
+        }
+        if self.media.max_remote_candidates == 0 {
+            return Err(invalid("media.max_remote_candidates", "must be at least 1"));
+        }
+        if self.calls.auth_timeout_ms == 0 {
+            return Err(invalid("calls.auth_timeout_ms", "must be above 0"));
         }
 
         let bind_ip: IpAddr = self
@@ -676,11 +746,15 @@ impl Settings {
             ice_servers,
             workers: workers(self.media.workers),
             gather_timeout: Duration::from_millis(self.media.gather_timeout_ms),
+            limits: MuxLimits {
+                unconfirmed_checks: self.media.unconfirmed_check_budget,
+            },
         };
         let frame = 20;
         let calls = CallSettings {
             id_prefix: self.calls.id_prefix.clone(),
             connect_timeout: Duration::from_millis(self.calls.connect_timeout_ms),
+            auth_timeout: Duration::from_millis(self.calls.auth_timeout_ms),
             rtp_timeout: Duration::from_millis(self.calls.rtp_timeout_ms),
             pcm_rate: self.media.pcm_rate,
             reorder_depth: self.media.reorder_depth,
@@ -718,6 +792,11 @@ impl Settings {
             http_bind,
             allowed_origins,
             max_body_bytes: self.http.max_body_bytes,
+            body_timeout: Duration::from_millis(self.http.body_timeout_ms),
+            trusted_proxies,
+            max_remote_candidates: self.media.max_remote_candidates,
+            offers_per_source: (a.offers_per_ip_per_s, a.offer_burst),
+            calls_per_source: a.calls_per_ip,
             http_workers: workers(self.http.workers),
             media,
             calls,

@@ -203,7 +203,10 @@ async fn cors_reflects_any_origin_by_default() {
         server.http,
         "POST",
         OFFER,
-        &[("Origin", "https://app.example")],
+        &[
+            ("Origin", "https://app.example"),
+            ("Content-Type", "application/json"),
+        ],
         b"{}",
     )
     .await

@@ -443,12 +443,19 @@ impl Metrics {
             o,
             "# HELP voicegate_limit_hits_total Inputs refused or cut by a protective limit, by limit (SECURITY.md lists them).\n# TYPE voicegate_limit_hits_total counter"
         );
+        let over_budget = media.map_or(0, |m| m.stats().tx_checks_over_budget);
         for l in Limit::ALL {
+            // The shared port counts its own limit (it lives below the actors).
+            let extra = if l == Limit::IceCheckBudget {
+                over_budget
+            } else {
+                0
+            };
             let _ = writeln!(
                 o,
                 "voicegate_limit_hits_total{{limit=\"{}\"}} {}",
                 l.label(),
-                self.limit_hits(l)
+                self.limit_hits(l) + extra
             );
         }
         if let Some(mux) = media {
@@ -473,6 +480,18 @@ impl Metrics {
             );
             counter(
                 &mut o,
+                "voicegate_media_stun_unauthenticated_total",
+                "Connectivity checks naming a call whose MESSAGE-INTEGRITY did not verify (dropped).",
+                s.rx_stun_unauthenticated,
+            );
+            counter(
+                &mut o,
+                "voicegate_media_address_conflicts_total",
+                "Authenticated checks from an address another call holds (dropped).",
+                s.rx_addr_conflicts,
+            );
+            counter(
+                &mut o,
                 "voicegate_media_datagrams_out_total",
                 "Datagrams sent from the media port.",
                 s.tx,
@@ -492,6 +511,7 @@ impl Metrics {
                 ("connections", t.conns),
                 ("ufrags", t.ufrags),
                 ("addresses", t.addrs),
+                ("transactions", t.transactions),
             ] {
                 let _ = writeln!(o, "voicegate_media_routes{{table=\"{table}\"}} {n}");
             }

@@ -19,7 +19,9 @@ use actix::prelude::*;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use voicegate_core::admission::SourceKey;
 use voicegate_core::call_id::CallId;
+use voicegate_core::untrusted::shown;
 use voicegate_media::PeerError;
 
 /// How many recently ended calls the registry remembers, with their reasons.
@@ -38,6 +40,10 @@ pub struct Supervisor {
     workers: Workers,
     /// Live calls.
     calls: HashMap<CallId, Addr<CallActor>>,
+    /// Where each live call came from (calls whose offer named a source).
+    sources: HashMap<CallId, SourceKey>,
+    /// Most calls in progress from one source (0: no limit).
+    calls_per_source: usize,
     /// The last calls that ended and why, newest last.
     recent_ends: std::collections::VecDeque<(CallId, String)>,
     /// No new calls once set.
@@ -47,6 +53,18 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
+    /// Limits calls in progress from one source (see [`SourceKey`]) to `n` (0: no limit).
+    pub fn with_calls_per_source(mut self, n: usize) -> Self {
+        self.calls_per_source = n;
+        self
+    }
+
+    /// Forgets a call that ended or is being ended.
+    fn forget(&mut self, call_id: &CallId) -> Option<Addr<CallActor>> {
+        self.sources.remove(call_id);
+        self.calls.remove(call_id)
+    }
+
     /// A supervisor with `workers` media workers. Must run inside an actix system.
     pub fn new(
         settings: CallSettings,
@@ -59,6 +77,8 @@ impl Supervisor {
             services,
             workers: Workers::start(workers),
             calls: HashMap::new(),
+            sources: HashMap::new(),
+            calls_per_source: 0,
             recent_ends: std::collections::VecDeque::with_capacity(RECENT_ENDS),
             shutting_down: false,
             max_calls,
@@ -87,6 +107,9 @@ pub enum PlaceCallError {
     /// `calls.max` calls are in progress.
     #[error("at capacity")]
     Full,
+    /// The offer's source already has `admission.calls_per_ip` calls in progress.
+    #[error("too many calls from this address")]
+    SourceBusy,
     /// Our side failed.
     #[error("{0}")]
     Internal(String),
@@ -157,6 +180,14 @@ impl Handler<PlaceCall> for Supervisor {
             crate::metrics::metrics().calls_refused_full.inc();
             return Box::pin(fut::ready(Err(PlaceCallError::Full)));
         }
+        let source = msg.offer.client.ip.map(SourceKey::of);
+        if let Some(key) = source
+            && self.calls_per_source > 0
+            && self.sources.values().filter(|k| **k == key).count() >= self.calls_per_source
+        {
+            crate::metrics::metrics().limit_hit(crate::metrics::Limit::CallsPerIp);
+            return Box::pin(fut::ready(Err(PlaceCallError::SourceBusy)));
+        }
         let received = std::time::Instant::now();
         let call_id = match CallId::generate(&self.settings.id_prefix) {
             Ok(id) => id,
@@ -172,7 +203,7 @@ impl Handler<PlaceCall> for Supervisor {
             tracing::info!(
                 mode = ?msg.offer.mode,
                 client = %msg.offer.client.addr,
-                user_agent = msg.offer.client.user_agent.as_deref().unwrap_or(""),
+                user_agent = %shown(msg.offer.client.user_agent.as_deref().unwrap_or("")),
                 candidates = msg.offer.summary.candidates,
                 "offer received"
             );
@@ -189,6 +220,9 @@ impl Handler<PlaceCall> for Supervisor {
             CallActor::new(id, span, settings, services, parent, call_offer, lease)
         });
         self.calls.insert(call_id.clone(), call.clone());
+        if let Some(key) = source {
+            self.sources.insert(call_id.clone(), key);
+        }
         trace_msg!(call_id, "supervisor" => "call", "Negotiate");
         offer.sdp = sdp;
         let fut = call.send(Negotiate { offer });
@@ -211,7 +245,7 @@ impl Handler<HangUp> for Supervisor {
 
     fn handle(&mut self, msg: HangUp, _ctx: &mut Self::Context) -> Self::Result {
         // Removing first makes a repeated hangup a no-op at once.
-        let Some(call) = self.calls.remove(&msg.call_id) else {
+        let Some(call) = self.forget(&msg.call_id) else {
             tracing::debug!(call_id = %msg.call_id, "hangup for an unknown or ended call");
             return Box::pin(async {});
         };
@@ -235,7 +269,7 @@ impl Handler<CallEvent> for Supervisor {
         match msg {
             CallEvent::Ended { call_id, reason } => {
                 trace_msg!(call_id, "call" => "supervisor", "CallEvent::Ended", "{reason}");
-                self.calls.remove(&call_id);
+                self.forget(&call_id);
                 tracing::debug!(%call_id, %reason, live = self.calls.len(), "call removed");
                 if self.recent_ends.len() == RECENT_ENDS {
                     self.recent_ends.pop_front();
@@ -269,6 +303,7 @@ impl Handler<Shutdown> for Supervisor {
         };
         Box::pin(wait.into_actor(self).then(|(), act, _ctx| {
             // ...then end the rest.
+            act.sources.clear();
             let calls: Vec<Addr<CallActor>> = act.calls.drain().map(|(_, a)| a).collect();
             if !calls.is_empty() {
                 tracing::info!(calls = calls.len(), "grace period over: ending calls");
@@ -296,6 +331,8 @@ impl Handler<GetSnapshot> for Supervisor {
 
     fn handle(&mut self, _: GetSnapshot, _ctx: &mut Self::Context) -> Self::Result {
         self.calls.retain(|_, a| a.connected());
+        let calls = &self.calls;
+        self.sources.retain(|id, _| calls.contains_key(id));
         MessageResult(Snapshot {
             calls: self.calls.keys().cloned().collect(),
             worker_loads: self.workers.loads(),

@@ -68,6 +68,9 @@ impl Target {
                     .env("VOICEGATE__MEDIA__BIND_IP", "127.0.0.1")
                     .env("VOICEGATE__MEDIA__UDP_PORT", udp_port.to_string())
                     .env("VOICEGATE__CALLS__MAX", "100000")
+                    // The load generator is one source placing every call.
+                    .env("VOICEGATE__ADMISSION__OFFERS_PER_IP_PER_S", "0")
+                    .env("VOICEGATE__ADMISSION__CALLS_PER_IP", "0")
                     .env("VOICEGATE__CALLS__SHUTDOWN_GRACE_MS", "0")
                     .env("RUST_LOG", "warn")
                     .stdout(Stdio::null())

@@ -3,7 +3,9 @@
 //! Only the decision lives here; the HTTP layer turns a yes into headers. A request without an
 //! `Origin` header is not a CORS request and gets no headers. An empty allowlist reflects every
 //! origin (the original's default, so a page on any origin can place calls); otherwise the origin
-//! must be listed exactly, or the list must hold `*`. The allowed origin is always echoed, never a
+//! must be listed exactly, or the list must hold `*`. The opaque origin `null` (sandboxed
+//! frames, `data:` and `file:` pages: anyone can make one) is the exception: it is allowed only
+//! when listed as `null` itself, never by an empty list or `*`. The allowed origin is always echoed, never a
 //! literal `*`. A refused origin gets no CORS headers, so the browser blocks the page from reading
 //! the response; the server does not answer 403, as the original does not.
 
@@ -11,6 +13,9 @@
 pub fn origin_allowed(origin: &str, allowlist: &[String]) -> bool {
     if origin.is_empty() {
         return false;
+    }
+    if origin == "null" {
+        return allowlist.iter().any(|a| a == "null");
     }
     allowlist.is_empty() || allowlist.iter().any(|a| a == "*" || a == origin)
 }
@@ -34,7 +39,10 @@ mod tests {
         let cases: &[(&str, &[&str], bool)] = &[
             // Empty allowlist reflects any origin.
             ("https://a.example", &[], true),
-            ("null", &[], true),
+            // Except the opaque origin, unless listed by name.
+            ("null", &[], false),
+            ("null", &["*"], false),
+            ("null", &["null"], true),
             // Exact match only: scheme, host and port all count.
             ("https://a.example", &["https://a.example"], true),
             ("http://a.example", &["https://a.example"], false),

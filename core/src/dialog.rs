@@ -398,8 +398,29 @@ pub fn dial_url(base: &Url, call_id: &str, params: &DialParams) -> Url {
     url
 }
 
-/// The URL as it may appear in logs: `apiKey`, `apiSecret`, `payload` and any password are
-/// `***`.
+/// Whether a query parameter's name says its value is a secret: `payload` (the dial payload
+/// may carry the team's credentials) or a name containing token, secret, key, password,
+/// passwd, pwd, auth, signature, sig or credential (case-insensitive: `apiKey`, `access_token`,
+/// `X-Amz-Signature`, ...).
+pub fn secret_param(name: &str) -> bool {
+    const WORDS: [&str; 10] = [
+        "token",
+        "secret",
+        "key",
+        "password",
+        "passwd",
+        "pwd",
+        "auth",
+        "signature",
+        "sig",
+        "credential",
+    ];
+    let n = name.to_ascii_lowercase();
+    n == "payload" || WORDS.iter().any(|w| n.contains(w))
+}
+
+/// The URL as it may appear in logs: the values of secret-looking query parameters
+/// ([`secret_param`]) and any password are `***`.
 pub fn redact(url: &Url) -> String {
     let mut u = url.clone();
     if u.password().is_some() {
@@ -409,8 +430,7 @@ pub fn redact(url: &Url) -> String {
         let pairs: Vec<(String, String)> = url
             .query_pairs()
             .map(|(k, v)| {
-                let secret =
-                    matches!(k.as_ref(), "apiKey" | "apiSecret" | "payload") && !v.is_empty();
+                let secret = secret_param(&k) && !v.is_empty();
                 (
                     k.into_owned(),
                     if secret {
@@ -562,6 +582,16 @@ mod tests {
         let shown = redact(&dial_url(&base(), "wrtc-4", &p));
         assert!(!shown.contains("sekrit"), "{shown}");
         assert!(!format!("{p:?}").contains("sekrit"));
+        // Secrets the team put into dialog.url itself, whatever they are called.
+        let u = Url::parse(
+            "wss://d.example/ws?token=t1x&access_token=t2x&X-Amz-Signature=t3x&client_secret=t4x&Authorization=t5x&PASSWORD=t6x&region=eu",
+        )
+        .unwrap();
+        let shown = redact(&u);
+        for leaked in ["t1x", "t2x", "t3x", "t4x", "t5x", "t6x"] {
+            assert!(!shown.contains(leaked), "{leaked} in {shown}");
+        }
+        assert!(shown.contains("region=eu"), "{shown}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! This crate depends on neither tokio, actix nor webrtc; keep it that way, so every rule here is
 //! tested deterministically and fast, and can run under `catch_unwind`.
 
+pub mod admission;
 pub mod call_id;
 pub mod codec;
 pub mod cors;
@@ -20,6 +21,7 @@ pub mod resample;
 pub mod restart;
 pub mod sdp;
 pub mod speech;
+pub mod stun;
 pub mod text;
 pub mod timeline;
 pub mod tone;

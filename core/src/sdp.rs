@@ -7,6 +7,13 @@
 //! whose payload list includes Opus at 48 kHz (RFC 7587). Everything else is the WebRTC stack's
 //! business.
 //!
+//! The offer's candidates are where our connectivity checks go, so they are attacker-chosen
+//! destinations: [`check_offer`] counts only the usable ones (UDP, RTP component, a unicast
+//! address and a port) of the audio section that will carry the call, and
+//! [`keep_audio_candidates`] removes every other candidate line before the WebRTC stack sees
+//! the offer (with BUNDLE, browsers repeat the same candidates in every section; the stack
+//! would check each copy). The HTTP edge refuses offers with more than a configured number.
+//!
 //! [`rewrite_host_candidates`] points our answer's host candidates at the shared media port and
 //! the advertised addresses (see the media crate's mux for why the stack cannot do it itself).
 
@@ -19,8 +26,11 @@ pub struct OfferSummary {
     pub opus_pt: u8,
     /// Payload type of `telephone-event/8000` (RFC 4733 DTMF), if offered.
     pub telephone_event_pt: Option<u8>,
-    /// How many `a=candidate` lines the offer carries (0 for a trickle-style offer).
+    /// How many usable candidates the audio section carries (0 for a trickle-style offer): the
+    /// destinations of our connectivity checks.
     pub candidates: usize,
+    /// Index (0-based, among the m-sections) of the audio section that carries the call.
+    pub audio_section: usize,
 }
 
 /// Why an offer cannot be negotiated. The text is what the developer reads in the `400`.
@@ -69,17 +79,22 @@ pub fn check_offer(sdp: &str) -> Result<OfferSummary, SdpError> {
     let mut ufrag = false;
     let mut pwd = false;
     let mut fingerprint = false;
-    let mut candidates = 0;
     let mut saw_audio = false;
     // The first active audio section decides; later ones are the stack's business.
-    let mut audio: Option<(u8, Option<u8>)> = None;
+    // (payload types, its index, its usable candidates)
+    let mut audio: Option<((u8, Option<u8>), usize, usize)> = None;
     let mut current: Option<AudioSection> = None;
+    // Index of the m-section being read (None before the first m-line).
+    let mut section: Option<usize> = None;
+    let mut candidates = 0;
 
     for line in lines {
         if let Some(m) = line.strip_prefix("m=") {
-            if let Some(done) = current.take() {
-                audio = audio.or(done.finish());
+            if let (Some(done), Some(i)) = (current.take(), section) {
+                audio = audio.or(done.finish().map(|f| (f, i, candidates)));
             }
+            section = Some(section.map_or(0, |i| i + 1));
+            candidates = 0;
             current = AudioSection::start(m);
             saw_audio |= current.is_some();
             continue;
@@ -102,17 +117,19 @@ pub fn check_offer(sdp: &str) -> Result<OfferSummary, SdpError> {
                 return Err(SdpError::BadFingerprint);
             }
             fingerprint = true;
-        } else if attr.starts_with("candidate:") {
-            candidates += 1;
+        } else if let Some(c) = attr.strip_prefix("candidate:") {
+            if usable_candidate(c) {
+                candidates += 1;
+            }
         } else if let (Some(sec), Some(map)) = (current.as_mut(), attr.strip_prefix("rtpmap:")) {
             sec.rtpmap(map);
         }
     }
-    if let Some(done) = current.take() {
-        audio = audio.or(done.finish());
+    if let (Some(done), Some(i)) = (current.take(), section) {
+        audio = audio.or(done.finish().map(|f| (f, i, candidates)));
     }
 
-    let (opus_pt, telephone_event_pt) = match audio {
+    let ((opus_pt, telephone_event_pt), audio_section, candidates) = match audio {
         Some(found) => found,
         None if saw_audio => return Err(SdpError::NoOpus),
         None => return Err(SdpError::NoAudio),
@@ -127,7 +144,56 @@ pub fn check_offer(sdp: &str) -> Result<OfferSummary, SdpError> {
         opus_pt,
         telephone_event_pt,
         candidates,
+        audio_section,
     })
+}
+
+/// Whether a candidate (the value after `a=candidate:`) is one we would check:
+/// `<foundation> <component> <transport> <priority> <address> <port> typ <type> ...`
+/// (RFC 8839 §5.1) with component 1 (RTP; WebRTC multiplexes RTCP), UDP (our only transport),
+/// a unicast IP address (a `.local` mDNS name cannot be resolved here: such a browser connects
+/// as peer-reflexive) and a port.
+pub fn usable_candidate(value: &str) -> bool {
+    let mut f = value.split_ascii_whitespace();
+    let (Some(_foundation), Some(component), Some(transport), Some(_priority)) =
+        (f.next(), f.next(), f.next(), f.next())
+    else {
+        return false;
+    };
+    let (Some(address), Some(port)) = (f.next(), f.next()) else {
+        return false;
+    };
+    if component != "1" || !transport.eq_ignore_ascii_case("udp") {
+        return false;
+    }
+    let Ok(ip) = address.parse::<IpAddr>() else {
+        return false;
+    };
+    let unicast = match ip {
+        IpAddr::V4(v4) => !(v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast()),
+        IpAddr::V6(v6) => !(v6.is_unspecified() || v6.is_multicast()),
+    };
+    unicast && port.parse::<u16>().is_ok_and(|p| p != 0)
+}
+
+/// The offer with only the usable candidates of section `audio_section` (see
+/// [`OfferSummary::audio_section`]); every other `a=candidate` line is removed. Other lines
+/// are kept as they are.
+pub fn keep_audio_candidates(sdp: &str, audio_section: usize) -> String {
+    let mut out = String::with_capacity(sdp.len());
+    let mut section: Option<usize> = None;
+    for line in sdp.split_inclusive('\n') {
+        let body = line.trim_end_matches(['\r', '\n']);
+        if body.starts_with("m=") {
+            section = Some(section.map_or(0, |i| i + 1));
+        } else if let Some(c) = body.strip_prefix("a=candidate:")
+            && (section != Some(audio_section) || !usable_candidate(c))
+        {
+            continue;
+        }
+        out.push_str(line);
+    }
+    out
 }
 
 /// `ice-char` = ALPHA / DIGIT / "+" / "/" (RFC 8839 §5.4), `min..=256` of them.
@@ -159,8 +225,9 @@ fn fingerprint_ok(v: &str) -> bool {
 
 /// An active `m=audio` section being read.
 struct AudioSection {
-    /// Payload types listed on the m-line.
-    formats: Vec<u8>,
+    /// Payload types listed on the m-line (a set: lookups stay constant-time whatever the
+    /// offer lists).
+    formats: [bool; 256],
     opus: Option<u8>,
     telephone_event: Option<u8>,
 }
@@ -177,8 +244,12 @@ impl AudioSection {
         if port == "0" || !proto.contains("RTP/") {
             return None;
         }
+        let mut formats = [false; 256];
+        for pt in parts.filter_map(|f| f.parse::<u8>().ok()) {
+            formats[usize::from(pt)] = true;
+        }
         Some(AudioSection {
-            formats: parts.filter_map(|f| f.parse().ok()).collect(),
+            formats,
             opus: None,
             telephone_event: None,
         })
@@ -192,7 +263,7 @@ impl AudioSection {
         let Ok(pt) = pt.parse::<u8>() else {
             return;
         };
-        if !self.formats.contains(&pt) {
+        if !self.formats[usize::from(pt)] {
             return;
         }
         let mut enc = encoding.trim().split('/');
@@ -517,5 +588,129 @@ a=end-of-candidates\r\n";
             rewrite_host_candidates(ANSWER, sa("127.0.0.1:45762"), &[]),
             ANSWER
         );
+    }
+
+    /// The CHROME offer with a data channel section (BUNDLE) that repeats the candidates, plus
+    /// unusable candidates in the audio section.
+    fn with_data_section() -> String {
+        let audio = CHROME
+            .replace("a=group:BUNDLE 0", "a=group:BUNDLE 0 1")
+            .replace(
+                "a=candidate:1 1 udp 2113937151 127.0.0.1 54321 typ host generation 0\r\n",
+                "a=candidate:1 1 udp 2113937151 127.0.0.1 54321 typ host generation 0\r\n\
+a=candidate:2 1 tcp 1518280447 127.0.0.1 9 typ host tcptype active\r\n\
+a=candidate:3 2 udp 2113937150 127.0.0.1 54322 typ host\r\n\
+a=candidate:4 1 udp 2113937151 3f1b1c9e-1111.local 54323 typ host\r\n\
+a=candidate:5 1 udp 2113937151 224.0.0.1 54324 typ host\r\n\
+a=candidate:6 1 udp 2113937151 0.0.0.0 54325 typ host\r\n\
+a=candidate:7 1 udp 2113937151 127.0.0.1 0 typ host\r\n\
+a=candidate:8 1 udp 1677729535 203.0.113.9 61000 typ srflx raddr 0.0.0.0 rport 0\r\n",
+            );
+        format!(
+            "{audio}m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n\
+c=IN IP4 0.0.0.0\r\n\
+a=candidate:1 1 udp 2113937151 127.0.0.1 54321 typ host generation 0\r\n\
+a=candidate:9 1 udp 2113937151 198.51.100.1 1234 typ host\r\n\
+a=mid:1\r\n\
+a=sctp-port:5000\r\n"
+        )
+    }
+
+    #[test]
+    fn only_usable_audio_candidates_count() {
+        let s = check_offer(&with_data_section()).unwrap();
+        assert_eq!(s.audio_section, 0);
+        assert_eq!(s.candidates, 2, "the UDP RTP host and the srflx");
+    }
+
+    #[test]
+    fn other_candidates_are_removed() {
+        let offer = with_data_section();
+        let kept = keep_audio_candidates(&offer, 0);
+        let cands: Vec<&str> = kept
+            .lines()
+            .filter(|l| l.starts_with("a=candidate:"))
+            .collect();
+        assert_eq!(
+            cands,
+            [
+                "a=candidate:1 1 udp 2113937151 127.0.0.1 54321 typ host generation 0",
+                "a=candidate:8 1 udp 1677729535 203.0.113.9 61000 typ srflx raddr 0.0.0.0 rport 0",
+            ]
+        );
+        // Everything else is untouched, and the result still checks the same.
+        let without = |s: &str| -> String {
+            s.lines()
+                .filter(|l| !l.starts_with("a=candidate:"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert_eq!(without(&kept), without(&offer));
+        assert_eq!(check_offer(&kept).unwrap().candidates, 2);
+        // The audio section need not be the first.
+        let second = format!(
+            "v=0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=candidate:1 1 udp 1 192.0.2.1 5 typ host\r\n{}",
+            CHROME.trim_start_matches("v=0\r\n")
+        );
+        let s = check_offer(&second).unwrap();
+        assert_eq!((s.audio_section, s.candidates), (1, 1));
+        let kept = keep_audio_candidates(&second, 1);
+        assert!(!kept.contains("192.0.2.1"));
+        assert!(kept.contains("127.0.0.1 54321"));
+    }
+
+    #[test]
+    fn a_thousand_candidates_are_counted() {
+        let many: String = (0..1000)
+            .map(|i| {
+                format!(
+                    "a=candidate:{i} 1 udp 1 10.{}.{}.1 {} typ host\r\n",
+                    i / 256,
+                    i % 256,
+                    1000 + i
+                )
+            })
+            .collect();
+        let offer = CHROME.replace(
+            "a=ice-ufrag:abcd\r\n",
+            &format!("{many}a=ice-ufrag:abcd\r\n"),
+        );
+        assert_eq!(check_offer(&offer).unwrap().candidates, 1001);
+    }
+
+    mod props {
+        use super::super::*;
+        use super::CHROME;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn check_offer_never_panics(s in "(v=0\r\n)?([a-z]=[ -~]{0,40}\r?\n){0,30}") {
+                let _ = check_offer(&s);
+            }
+
+            #[test]
+            fn mutated_offers_never_panic(
+                cut in 0usize..2000,
+                junk in "[ -~\r\n]{0,80}",
+                at in 0usize..2000,
+            ) {
+                let mut s: String = CHROME.chars().take(cut).collect();
+                let at = s.char_indices().map(|(i, _)| i).nth(at).unwrap_or(s.len());
+                s.insert_str(at, &junk);
+                if let Ok(sum) = check_offer(&s) {
+                    let kept = keep_audio_candidates(&s, sum.audio_section);
+                    // Restricting is idempotent and keeps the offer valid.
+                    prop_assert_eq!(check_offer(&kept).map(|k| k.candidates), Ok(sum.candidates));
+                    prop_assert_eq!(keep_audio_candidates(&kept, sum.audio_section), kept.clone());
+                }
+                let _ = drop_payload_types(&s, |n, _| n == "opus");
+            }
+
+            #[test]
+            fn usable_candidate_never_panics(v in "[ -~]{0,120}") {
+                let _ = usable_candidate(&v);
+            }
+        }
     }
 }

@@ -31,4 +31,6 @@ pub struct MediaSettings {
     pub workers: usize,
     /// Longest wait for ICE gathering.
     pub gather_timeout: Duration,
+    /// Limits of the shared port.
+    pub limits: mux::MuxLimits,
 }

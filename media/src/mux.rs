@@ -6,10 +6,21 @@
 //! just bound and hands back a [`VirtualSocket`] that
 //! - sends through the one shared socket, and
 //! - receives from a per-connection queue filled by the single receive loop, which routes every
-//!   datagram: a STUN Binding request by the local ufrag in its USERNAME attribute (RFC 8445
-//!   §7.2.2; the ufrag is ours, set per connection), which also binds the sender's address to
-//!   that connection; anything else (DTLS, SRTP, STUN responses) by source address, learnt from
-//!   those requests and from our own sends.
+//!   datagram:
+//!   - a STUN Binding request by the local ufrag in its USERNAME attribute (RFC 8445 §7.2.2;
+//!     the ufrag is ours, set per connection), and only once its MESSAGE-INTEGRITY verifies
+//!     with that connection's ICE password ([`voicegate_core::stun`]). Only such a request
+//!     binds the sender's address to the connection, and only an address no other connection
+//!     holds: an address belongs to at most one call, and a stranger who knows a ufrag (or
+//!     spoofs a victim's address) can neither take a route nor be let in;
+//!   - a STUN response by its transaction id, recorded when the connection sent the request;
+//!   - anything else (DTLS, SRTP) by source address, from the routes bound above. Our own sends
+//!     never bind a route.
+//!
+//! Sends are policed too: a connection's connectivity checks to addresses that have not proven
+//! themselves (by an authenticated request) draw on a budget
+//! ([`MuxLimits::unconfirmed_checks`]), so an offer full of third parties' addresses cannot
+//! turn the server into a STUN reflector.
 //!
 //! The driver keys its sockets, and the host candidate it gathers, by the placeholder's address
 //! (`127.0.0.1:<ephemeral>`), never by the virtual socket's; the answer's candidates are
@@ -34,6 +45,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+use voicegate_core::stun::{self, BindingRequest, TransactionId};
 use webrtc::runtime::{
     AsyncInterval, AsyncTcpListener, AsyncTcpStream, AsyncUdpSocket, JoinHandle, RecvMeta, Runtime,
     TokioRuntime, Transmit,
@@ -48,20 +60,68 @@ const SOCKET_BUFFER_BYTES: usize = 4 << 20;
 /// Largest datagram we accept (above any path MTU).
 const MAX_DATAGRAM: usize = 2048;
 
+/// How long a check we sent waits for its response's route (STUN gives up after ~8 s,
+/// RFC 8489 §6.2.1; ICE checks much sooner).
+const TRANSACTION_TTL: Duration = Duration::from_secs(10);
+
+/// Limits of the shared port.
+#[derive(Debug, Clone, Copy)]
+pub struct MuxLimits {
+    /// Connectivity checks one connection may send to addresses that have not sent it an
+    /// authenticated check (its candidates from the offer); beyond it, checks are dropped.
+    pub unconfirmed_checks: u32,
+}
+
+impl Default for MuxLimits {
+    fn default() -> Self {
+        MuxLimits {
+            unconfirmed_checks: 100,
+        }
+    }
+}
+
 struct Datagram {
     data: Bytes,
     from: SocketAddr,
 }
 
+/// One attached connection, as the receive loop sees it.
+struct Attached {
+    /// The virtual socket's token (a rebound socket replaces the entry).
+    token: u64,
+    /// Its receive queue.
+    queue: mpsc::Sender<Datagram>,
+    /// Its local ICE password, the key of the checks sent to it.
+    password: Arc<[u8]>,
+    /// What the connection shares with its runtime (authentication seen).
+    shared: Arc<ConnShared>,
+}
+
 /// Routing state, shared by the receive loop and the connections.
 #[derive(Default)]
 struct Table {
-    /// Connection id → (socket token, its queue).
-    conns: HashMap<u64, (u64, mpsc::Sender<Datagram>)>,
+    /// Connection id → the connection.
+    conns: HashMap<u64, Attached>,
     /// Local ICE ufrag → connection id.
     by_ufrag: HashMap<String, u64>,
-    /// Remote address → connection id.
+    /// Remote address → connection id: bound by authenticated checks only.
     by_addr: HashMap<SocketAddr, u64>,
+    /// Transaction id of a check we sent → (connection id, when).
+    by_transaction: HashMap<TransactionId, (u64, Instant)>,
+    /// Prune `by_transaction` when it grows past this.
+    prune_at: usize,
+}
+
+impl Table {
+    fn remember_transaction(&mut self, id: TransactionId, conn: u64, now: Instant) {
+        if self.by_transaction.len() >= self.prune_at.max(1024) {
+            self.by_transaction
+                .retain(|_, (_, at)| now.duration_since(*at) < TRANSACTION_TTL);
+            // Amortised: the next pass comes after as many inserts as entries survived.
+            self.prune_at = self.by_transaction.len() * 2;
+        }
+        self.by_transaction.insert(id, (conn, now));
+    }
 }
 
 /// Counters of the shared socket.
@@ -77,6 +137,12 @@ pub struct MuxStats {
     pub tx: u64,
     /// Datagrams dropped because the socket's send buffer was full.
     pub tx_dropped: u64,
+    /// Binding requests naming a call whose MESSAGE-INTEGRITY did not verify (or was missing).
+    pub rx_stun_unauthenticated: u64,
+    /// Authenticated requests from an address another call holds (refused).
+    pub rx_addr_conflicts: u64,
+    /// Connectivity checks not sent because a call's budget for unconfirmed addresses ran out.
+    pub tx_checks_over_budget: u64,
 }
 
 /// Sizes of the routing tables: all zero when no call is alive.
@@ -88,6 +154,8 @@ pub struct MuxTables {
     pub ufrags: usize,
     /// Address routes.
     pub addrs: usize,
+    /// Checks in flight whose responses are routed by transaction id.
+    pub transactions: usize,
 }
 
 /// The shared socket and its routing.
@@ -96,6 +164,7 @@ pub struct UdpMux {
     socket: UdpSocket,
     local_addr: SocketAddr,
     table: Mutex<Table>,
+    limits: MuxLimits,
     next_id: AtomicU64,
     next_token: AtomicU64,
     rx: AtomicU64,
@@ -103,6 +172,9 @@ pub struct UdpMux {
     rx_queue_full: AtomicU64,
     tx: AtomicU64,
     tx_dropped: AtomicU64,
+    rx_stun_unauthenticated: AtomicU64,
+    rx_addr_conflicts: AtomicU64,
+    tx_checks_over_budget: AtomicU64,
 }
 
 impl fmt::Debug for UdpMux {
@@ -113,7 +185,7 @@ impl fmt::Debug for UdpMux {
 
 impl UdpMux {
     /// Binds the shared socket and starts the receive loop on its own thread.
-    pub fn bind(addr: SocketAddr) -> io::Result<Arc<Self>> {
+    pub fn bind(addr: SocketAddr, limits: MuxLimits) -> io::Result<Arc<Self>> {
         use socket2::{Domain, Protocol, Socket, Type};
         let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
         // Best effort: the kernel caps these at its configured maximum.
@@ -128,6 +200,7 @@ impl UdpMux {
             socket,
             local_addr,
             table: Mutex::new(Table::default()),
+            limits,
             next_id: AtomicU64::new(1),
             next_token: AtomicU64::new(1),
             rx: AtomicU64::new(0),
@@ -135,6 +208,9 @@ impl UdpMux {
             rx_queue_full: AtomicU64::new(0),
             tx: AtomicU64::new(0),
             tx_dropped: AtomicU64::new(0),
+            rx_stun_unauthenticated: AtomicU64::new(0),
+            rx_addr_conflicts: AtomicU64::new(0),
+            tx_checks_over_budget: AtomicU64::new(0),
         });
         let weak = Arc::downgrade(&mux);
         std::thread::Builder::new()
@@ -169,6 +245,9 @@ impl UdpMux {
             rx_queue_full: self.rx_queue_full.load(Ordering::Relaxed),
             tx: self.tx.load(Ordering::Relaxed),
             tx_dropped: self.tx_dropped.load(Ordering::Relaxed),
+            rx_stun_unauthenticated: self.rx_stun_unauthenticated.load(Ordering::Relaxed),
+            rx_addr_conflicts: self.rx_addr_conflicts.load(Ordering::Relaxed),
+            tx_checks_over_budget: self.tx_checks_over_budget.load(Ordering::Relaxed),
         }
     }
 
@@ -179,18 +258,21 @@ impl UdpMux {
             conns: t.conns.len(),
             ufrags: t.by_ufrag.len(),
             addrs: t.by_addr.len(),
+            transactions: t.by_transaction.len(),
         }
     }
 
-    /// A runtime for one connection whose local ICE ufrag is `ufrag` (set on the connection with
-    /// `SettingEngineBuilder::with_ice_credentials`).
-    pub fn connection_runtime(self: &Arc<Self>, ufrag: &str) -> Arc<MuxRuntime> {
+    /// A runtime for one connection whose local ICE credentials are `ufrag` and `password` (set
+    /// on the connection with `SettingEngineBuilder::with_ice_credentials`).
+    pub fn connection_runtime(self: &Arc<Self>, ufrag: &str, password: &str) -> Arc<MuxRuntime> {
         Arc::new(MuxRuntime {
             mux: self.clone(),
             conn: Arc::new(ConnShared {
                 id: self.next_id.fetch_add(1, Ordering::Relaxed),
                 ufrag: ufrag.to_owned(),
+                password: Arc::from(password.as_bytes()),
                 placeholder: Mutex::new(None),
+                authenticated: std::sync::atomic::AtomicBool::new(false),
             }),
             inner: TokioRuntime,
         })
@@ -204,18 +286,22 @@ impl UdpMux {
 
     fn dispatch(&self, packet: &[u8], from: SocketAddr) {
         self.rx.fetch_add(1, Ordering::Relaxed);
+        let kind = stun::classify(packet);
+        // A check is authenticated before the routing lock is taken for delivery.
+        let checked = match kind {
+            stun::Kind::BindingRequest => self.route_check(packet, from),
+            _ => None,
+        };
         let mut t = self.lock();
-        let mut target = None;
-        if let Some(ufrag) = binding_request_local_ufrag(packet)
-            && let Some(&id) = t.by_ufrag.get(ufrag)
-        {
-            target = Some(id);
-            if t.by_addr.get(&from) != Some(&id) {
-                t.by_addr.insert(from, id);
-            }
-        }
-        let target = target.or_else(|| t.by_addr.get(&from).copied());
-        let Some((_, queue)) = target.and_then(|id| t.conns.get(&id)) else {
+        let target = match kind {
+            stun::Kind::BindingRequest => checked,
+            stun::Kind::Response(txid) => match t.by_transaction.remove(&txid) {
+                Some((id, _)) => Some(id),
+                None => t.by_addr.get(&from).copied(),
+            },
+            stun::Kind::OtherStun | stun::Kind::NotStun => t.by_addr.get(&from).copied(),
+        };
+        let Some(conn) = target.and_then(|id| t.conns.get(&id)) else {
             self.rx_unroutable.fetch_add(1, Ordering::Relaxed);
             tracing::trace!(%from, len = packet.len(), "datagram matches no call");
             return;
@@ -224,34 +310,95 @@ impl UdpMux {
             data: Bytes::copy_from_slice(packet),
             from,
         };
-        if queue.try_send(datagram).is_err() {
+        if conn.queue.try_send(datagram).is_err() {
             self.rx_queue_full.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    fn learn(&self, id: u64, addr: SocketAddr) {
-        let mut t = self.lock();
-        if t.conns.contains_key(&id) && t.by_addr.get(&addr) != Some(&id) {
-            t.by_addr.insert(addr, id);
+    /// Routes a connectivity check: to the connection its USERNAME names, only if its
+    /// MESSAGE-INTEGRITY verifies with that connection's password; binds `from` to the
+    /// connection unless another one holds it.
+    fn route_check(&self, packet: &[u8], from: SocketAddr) -> Option<u64> {
+        let request = BindingRequest::parse(packet)?;
+        let (id, password, shared) = {
+            let t = self.lock();
+            let id = *t.by_ufrag.get(request.local_ufrag)?;
+            let conn = t.conns.get(&id)?;
+            (id, conn.password.clone(), conn.shared.clone())
+        };
+        // The HMAC runs outside the lock: sends and other calls' datagrams do not wait on it.
+        if !request.verify(&password) {
+            self.rx_stun_unauthenticated.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%from, "connectivity check with a wrong or missing MESSAGE-INTEGRITY dropped");
+            return None;
         }
+        let mut t = self.lock();
+        match t.by_addr.get(&from) {
+            Some(owner) if *owner == id => {}
+            Some(_) => {
+                self.rx_addr_conflicts.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%from, "authenticated check from an address another call holds dropped");
+                return None;
+            }
+            None => {
+                // Only a live connection gets a route (it may have detached meanwhile).
+                if !t.conns.contains_key(&id) {
+                    return None;
+                }
+                t.by_addr.insert(from, id);
+            }
+        }
+        shared.authenticated.store(true, Ordering::Relaxed);
+        Some(id)
     }
 
-    fn attach(&self, conn: &ConnShared, token: u64, queue: mpsc::Sender<Datagram>) {
+    /// Called for every datagram a connection sends: a connectivity check's transaction is
+    /// remembered (its response routes by it), and checks to addresses that have not proven
+    /// themselves draw on the connection's budget. Returns whether to send.
+    fn before_send(&self, id: u64, budget: &AtomicU64, packet: &[u8], to: SocketAddr) -> bool {
+        if stun::classify(packet) != stun::Kind::BindingRequest {
+            return true;
+        }
         let mut t = self.lock();
-        t.conns.insert(conn.id, (token, queue));
+        if t.by_addr.get(&to) != Some(&id) {
+            let left =
+                budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1));
+            if left.is_err() {
+                self.tx_checks_over_budget.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+        }
+        let mut txid = [0u8; 12];
+        txid.copy_from_slice(&packet[8..20]);
+        t.remember_transaction(txid, id, Instant::now());
+        true
+    }
+
+    fn attach(&self, conn: &Arc<ConnShared>, token: u64, queue: mpsc::Sender<Datagram>) {
+        let mut t = self.lock();
+        t.conns.insert(
+            conn.id,
+            Attached {
+                token,
+                queue,
+                password: conn.password.clone(),
+                shared: conn.clone(),
+            },
+        );
         t.by_ufrag.insert(conn.ufrag.clone(), conn.id);
     }
 
     /// Called when a virtual socket is dropped (the driver ended or rebound).
     fn detach(&self, id: u64, token: u64) {
         let mut t = self.lock();
-        if t.conns.get(&id).map(|(tok, _)| *tok) != Some(token) {
+        if t.conns.get(&id).map(|c| c.token) != Some(token) {
             // A newer socket of the same connection replaced this one.
             return;
         }
         t.conns.remove(&id);
         t.by_ufrag.retain(|_, v| *v != id);
         t.by_addr.retain(|_, v| *v != id);
+        t.by_transaction.retain(|_, (v, _)| *v != id);
     }
 
     fn send(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
@@ -306,33 +453,15 @@ fn is_transient(e: &io::Error) -> bool {
     )
 }
 
-/// The local ufrag (before the colon) of a STUN Binding request's USERNAME (RFC 8489 §14.3).
-pub fn binding_request_local_ufrag(b: &[u8]) -> Option<&str> {
-    // Header: type(2) length(2) magic cookie(4) transaction id(12); Binding request = 0x0001.
-    if b.len() < 20 || b[0] != 0x00 || b[1] != 0x01 || b[4..8] != [0x21, 0x12, 0xA4, 0x42] {
-        return None;
-    }
-    let msg_len = usize::from(u16::from_be_bytes([b[2], b[3]]));
-    let end = (20 + msg_len).min(b.len());
-    let mut i = 20;
-    while i + 4 <= end {
-        let typ = u16::from_be_bytes([b[i], b[i + 1]]);
-        let len = usize::from(u16::from_be_bytes([b[i + 2], b[i + 3]]));
-        let value = b.get(i + 4..i + 4 + len)?;
-        if typ == 0x0006 {
-            let s = std::str::from_utf8(value).ok()?;
-            return s.split(':').next();
-        }
-        i += 4 + ((len + 3) & !3);
-    }
-    None
-}
-
 /// What a connection's runtime and its virtual socket share.
 #[derive(Debug)]
 struct ConnShared {
     id: u64,
     ufrag: String,
+    /// The local ICE password: the key of checks sent to this connection.
+    password: Arc<[u8]>,
+    /// Set by the first connectivity check that verified: the caller holds our answer.
+    authenticated: std::sync::atomic::AtomicBool,
     /// The address of the placeholder socket the driver bound: what its host candidate names.
     placeholder: Mutex<Option<SocketAddr>>,
 }
@@ -346,6 +475,12 @@ pub struct MuxRuntime {
 }
 
 impl MuxRuntime {
+    /// Whether an authenticated connectivity check has reached this connection: a caller that
+    /// never sends one never received our answer (or is not a WebRTC peer at all).
+    pub fn authenticated(&self) -> bool {
+        self.conn.authenticated.load(Ordering::Relaxed)
+    }
+
     /// The placeholder address the driver bound, once it has.
     pub fn placeholder_addr(&self) -> Option<SocketAddr> {
         *self
@@ -414,7 +549,7 @@ impl Runtime for MuxRuntime {
             id: self.conn.id,
             token,
             rx: Mutex::new(rx),
-            last_destination: Mutex::new(None),
+            check_budget: AtomicU64::new(u64::from(self.mux.limits.unconfirmed_checks)),
         }))
     }
 
@@ -470,8 +605,8 @@ struct VirtualSocket {
     id: u64,
     token: u64,
     rx: Mutex<mpsc::Receiver<Datagram>>,
-    /// The last address we sent to, so the route is learnt once, not per packet.
-    last_destination: Mutex<Option<SocketAddr>>,
+    /// Connectivity checks left for addresses that have not proven themselves.
+    check_budget: AtomicU64,
 }
 
 impl fmt::Debug for VirtualSocket {
@@ -497,18 +632,14 @@ impl AsyncUdpSocket for VirtualSocket {
 
     fn poll_send(&self, _cx: &mut Context<'_>, transmit: &Transmit<'_>) -> Poll<io::Result<usize>> {
         let to = transmit.destination;
-        {
-            let mut last = self
-                .last_destination
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if *last != Some(to) {
-                *last = Some(to);
-                // Replies from `to` (DTLS, SRTP, STUN responses) route back to us.
-                self.mux.learn(self.id, to);
-            }
-        }
         let contents = transmit.contents;
+        if !self
+            .mux
+            .before_send(self.id, &self.check_budget, contents, to)
+        {
+            // Dropped like a congested network would: the stack retries or gives up.
+            return Poll::Ready(Ok(contents.len()));
+        }
         // max_gso_segments() is 1, so the driver never asks for GSO; split defensively anyway.
         match transmit
             .segment_size
@@ -567,50 +698,18 @@ impl AsyncUdpSocket for VirtualSocket {
 mod tests {
     use super::*;
 
-    /// A STUN Binding request with USERNAME "abcd:wxyz" and a trailing attribute.
-    fn binding_request(username: &[u8]) -> Vec<u8> {
-        let mut attrs = vec![];
-        attrs.extend_from_slice(&0x0024u16.to_be_bytes()); // PRIORITY
-        attrs.extend_from_slice(&4u16.to_be_bytes());
-        attrs.extend_from_slice(&[0, 0, 0, 1]);
-        attrs.extend_from_slice(&0x0006u16.to_be_bytes());
-        attrs.extend_from_slice(&(username.len() as u16).to_be_bytes());
-        attrs.extend_from_slice(username);
-        while attrs.len() % 4 != 0 {
-            attrs.push(0);
+    #[test]
+    fn transactions_are_pruned_by_age() {
+        let mut t = Table::default();
+        let t0 = Instant::now();
+        for i in 0..1024u32 {
+            let mut id = [0u8; 12];
+            id[..4].copy_from_slice(&i.to_be_bytes());
+            t.remember_transaction(id, 1, t0);
         }
-        let mut m = vec![0x00, 0x01];
-        m.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
-        m.extend_from_slice(&[0x21, 0x12, 0xA4, 0x42]);
-        m.extend_from_slice(&[7; 12]);
-        m.extend_from_slice(&attrs);
-        m
-    }
-
-    #[test]
-    fn reads_the_local_ufrag() {
-        assert_eq!(
-            binding_request_local_ufrag(&binding_request(b"abcd:wxyz")),
-            Some("abcd")
-        );
-        assert_eq!(
-            binding_request_local_ufrag(&binding_request(b"nocolon")),
-            Some("nocolon")
-        );
-    }
-
-    #[test]
-    fn ignores_everything_else() {
-        let mut response = binding_request(b"abcd:wxyz");
-        response[0] = 0x01; // Binding success response
-        assert_eq!(binding_request_local_ufrag(&response), None);
-        let mut no_cookie = binding_request(b"abcd:wxyz");
-        no_cookie[4] = 0;
-        assert_eq!(binding_request_local_ufrag(&no_cookie), None);
-        assert_eq!(binding_request_local_ufrag(&[0x16, 0xfe, 0xfd]), None); // DTLS
-        assert_eq!(binding_request_local_ufrag(&[0x80; 40]), None); // RTP
-        // Truncated attribute: no panic, no answer.
-        let full = binding_request(b"abcd:wxyz");
-        assert_eq!(binding_request_local_ufrag(&full[..30]), None);
+        assert_eq!(t.by_transaction.len(), 1024);
+        // The next insert, long after, prunes the stale ones.
+        t.remember_transaction([9; 12], 2, t0 + TRANSACTION_TTL + Duration::from_secs(1));
+        assert_eq!(t.by_transaction.len(), 1);
     }
 }

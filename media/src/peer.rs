@@ -127,7 +127,7 @@ pub struct MediaPlane {
 impl MediaPlane {
     /// Binds the shared port and works out which addresses to advertise.
     pub fn start(settings: &crate::MediaSettings) -> std::io::Result<Arc<Self>> {
-        let mux = UdpMux::bind(settings.bind)?;
+        let mux = UdpMux::bind(settings.bind, settings.limits)?;
         let advertised = advertised_addresses(settings.bind.ip(), &settings.public_ips);
         let ice_servers = settings
             .ice_servers
@@ -251,7 +251,7 @@ impl Peer {
         let internal =
             |what: &str, e: webrtc::error::Error| PeerError::Internal(format!("{what}: {e}"));
         let (ufrag, pwd) = ice_credentials();
-        let runtime = engine.mux.connection_runtime(&ufrag);
+        let runtime = engine.mux.connection_runtime(&ufrag, &pwd);
         let (media, registry) = media_engine().map_err(|e| internal("media engine", e))?;
         let ssrc = random::u32();
         let loss = ReportedLoss::default();
@@ -406,6 +406,12 @@ impl Peer {
             ),
             _ => false,
         }
+    }
+
+    /// Whether an authenticated connectivity check from the caller has arrived (see
+    /// [`MuxRuntime::authenticated`]).
+    pub fn authenticated(&self) -> bool {
+        self._runtime.authenticated()
     }
 
     /// The fraction (0.0 to 1.0) of our audio packets the browser last reported lost (RTCP

@@ -23,6 +23,20 @@ pub enum ApiError {
     /// `calls.max` reached: try again after this many seconds.
     #[error("server is at capacity (calls.max); retry later")]
     Full(u32),
+    /// The body is not of a type we read (`Content-Type` is not JSON).
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// The body did not arrive in time.
+    #[error("request body did not arrive within {0} ms")]
+    BodyTimeout(u64),
+    /// The caller's source is over a limit; retry after this many seconds.
+    #[error("{reason}; retry later")]
+    TooManyRequests {
+        /// Which limit.
+        reason: &'static str,
+        /// Retry-After, seconds.
+        retry_after_s: u32,
+    },
     /// Our fault; the detail is logged, not sent.
     #[error("internal error")]
     Internal(String),
@@ -36,6 +50,10 @@ impl From<PlaceCallError> for ApiError {
             }
             PlaceCallError::ShuttingDown => ApiError::Unavailable("server is shutting down".into()),
             PlaceCallError::Full => ApiError::Full(1),
+            PlaceCallError::SourceBusy => ApiError::TooManyRequests {
+                reason: "too many calls in progress from this address (admission.calls_per_ip)",
+                retry_after_s: 5,
+            },
             PlaceCallError::Internal(detail) => ApiError::Internal(detail),
         }
     }
@@ -48,6 +66,9 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Unavailable(_) | ApiError::Full(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -62,8 +83,17 @@ impl ResponseError for ApiError {
         if matches!(self, ApiError::MethodNotAllowed) {
             res.insert_header((actix_web::http::header::ALLOW, "POST, OPTIONS"));
         }
-        if let ApiError::Full(secs) = self {
+        if let ApiError::Full(secs)
+        | ApiError::TooManyRequests {
+            retry_after_s: secs,
+            ..
+        } = self
+        {
             res.insert_header((actix_web::http::header::RETRY_AFTER, secs.to_string()));
+        }
+        if matches!(self, ApiError::BodyTimeout(_)) {
+            // The rest of the body may still be on its way; do not keep reading it.
+            res.insert_header((actix_web::http::header::CONNECTION, "close"));
         }
         res.json(ErrorBody {
             error: &self.to_string(),

@@ -6,11 +6,15 @@ use super::error::ApiError;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
+use std::time::Instant;
 use voicegate_actors::call::{CallMode, ClientInfo, EndReason, Offer};
+use voicegate_actors::metrics::{Limit, metrics as counters};
 use voicegate_actors::supervisor::{HangUp, PlaceCall};
+use voicegate_core::admission::{self, IpNet, SourceKey};
 use voicegate_core::call_id::CallId;
 use voicegate_core::dialog::DialParams;
 use voicegate_core::sdp;
+use voicegate_core::untrusted::shown;
 
 /// `GET /health`
 pub async fn health() -> HttpResponse {
@@ -65,10 +69,44 @@ pub async fn offer(
     if !state.ready.load(std::sync::atomic::Ordering::Relaxed) {
         return Err(ApiError::Unavailable("server is shutting down".into()));
     }
-    let bytes = read_body(&req, body, state.max_body_bytes).await?;
-    let parsed: OfferRequest = serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::BadRequest(format!("body is not valid JSON for an offer: {e}")))?;
-    let offer = validate_offer(parsed, query.mode.as_deref(), client_info(&req))?;
+    let client = client_info(&req, &state.trusted_proxies);
+    // Cheap refusals first, before a byte of the body is read.
+    if let Some(ip) = client.ip {
+        let verdict = state
+            .offer_rate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .check(SourceKey::of(ip), Instant::now());
+        if let Err(wait) = verdict {
+            counters().limit_hit(Limit::OffersPerIp);
+            return Err(ApiError::TooManyRequests {
+                reason: "too many offers from this address (admission.offers_per_ip_per_s)",
+                retry_after_s: wait.as_secs_f64().ceil().max(1.0) as u32,
+            });
+        }
+    }
+    require_json(&req)?;
+    let bytes = tokio::time::timeout(
+        state.body_timeout,
+        read_body(&req, body, state.max_body_bytes),
+    )
+    .await
+    .map_err(|_| {
+        counters().limit_hit(Limit::HttpBodyDeadline);
+        ApiError::BodyTimeout(state.body_timeout.as_millis() as u64)
+    })??;
+    let parsed: OfferRequest = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "body is not valid JSON for an offer: {}",
+            shown(&e.to_string())
+        ))
+    })?;
+    let offer = validate_offer(
+        parsed,
+        query.mode.as_deref(),
+        client,
+        state.max_remote_candidates,
+    )?;
 
     let answer = state
         .supervisor
@@ -133,7 +171,9 @@ async fn read_body(
     }
     let mut buf = web::BytesMut::with_capacity(declared.unwrap_or(8192).min(limit));
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("could not read body: {e}")))?;
+        let chunk = chunk.map_err(|e| {
+            ApiError::BadRequest(format!("could not read body: {}", shown(&e.to_string())))
+        })?;
         if buf.len() + chunk.len() > limit {
             return Err(too_large());
         }
@@ -142,11 +182,36 @@ async fn read_body(
     Ok(buf)
 }
 
+/// `Content-Type: application/json` (any parameters) or `415`. Requiring it is what keeps a
+/// page on another origin from creating calls through its visitors' browsers with a "simple"
+/// `text/plain` POST, which needs no CORS preflight; a JSON POST from another origin does.
+fn require_json(req: &HttpRequest) -> Result<(), ApiError> {
+    let ct = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    if essence.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType(format!(
+            "Content-Type must be application/json, got {}",
+            if ct.is_empty() {
+                "none".to_owned()
+            } else {
+                format!("{:?}", shown(ct))
+            }
+        )))
+    }
+}
+
 /// Checks the offer's fields and SDP and builds the domain [`Offer`].
 fn validate_offer(
     mut req: OfferRequest,
     mode: Option<&str>,
     client: ClientInfo,
+    max_candidates: usize,
 ) -> Result<Offer, ApiError> {
     let sdp = req.sdp.take().unwrap_or_default();
     if sdp.trim().is_empty() {
@@ -158,7 +223,8 @@ fn validate_offer(
         Some("offer") => {}
         Some(other) => {
             return Err(ApiError::BadRequest(format!(
-                "type must be \"offer\", got {other:?}"
+                "type must be \"offer\", got {:?}",
+                shown(other)
             )));
         }
         None => {
@@ -172,11 +238,21 @@ fn validate_offer(
         Some("echo") => CallMode::Echo,
         Some(other) => {
             return Err(ApiError::BadRequest(format!(
-                "unknown mode {other:?}: use mode=echo, or leave it out for a call with the dialog app"
+                "unknown mode {:?}: use mode=echo, or leave it out for a call with the dialog app",
+                shown(other)
             )));
         }
     };
     let summary = sdp::check_offer(&sdp).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    if summary.candidates > max_candidates {
+        counters().limit_hit(Limit::RemoteCandidates);
+        return Err(ApiError::BadRequest(format!(
+            "the offer carries {} candidates; at most {max_candidates} are accepted (media.max_remote_candidates)",
+            summary.candidates
+        )));
+    }
+    // Our connectivity checks go only to the audio section's usable candidates.
+    let sdp = sdp::keep_audio_candidates(&sdp, summary.audio_section);
     // Checked now, before any media is set up.
     let dialog = DialParams::from_offer(
         req.payload.as_deref().map(|p| p.get()),
@@ -194,21 +270,28 @@ fn validate_offer(
     })
 }
 
-/// Who is calling, for logs and (later) the dialog app: the raw `X-Forwarded-For` if present,
-/// else the peer address, plus the user agent.
-fn client_info(req: &HttpRequest) -> ClientInfo {
+/// Who is calling, for logs, limits and the dialog app: the TCP peer, or, when the peer is a
+/// trusted proxy, the client it names in `X-Forwarded-For` ([`admission::client_ip`]); plus
+/// the user agent (capped: it is the caller's text).
+fn client_info(req: &HttpRequest, trusted: &[IpNet]) -> ClientInfo {
     let forwarded = req
         .headers()
         .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let addr = forwarded
-        .or_else(|| req.peer_addr().map(|a| a.to_string()))
-        .unwrap_or_default();
+        .and_then(|v| v.to_str().ok());
+    let ip = req
+        .peer_addr()
+        .map(|peer| admission::client_ip(peer.ip(), forwarded, trusted));
     let user_agent = req
         .headers()
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    ClientInfo { addr, user_agent }
+        .map(|ua| ua.chars().take(USER_AGENT_MAX_CHARS).collect());
+    ClientInfo {
+        addr: ip.map(|ip| ip.to_string()).unwrap_or_default(),
+        ip,
+        user_agent,
+    }
 }
+
+/// Most characters of a user agent kept (browsers send about 150).
+const USER_AGENT_MAX_CHARS: usize = 256;

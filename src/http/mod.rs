@@ -34,6 +34,14 @@ pub struct HttpState {
     pub retry_after_s: u32,
     /// The media plane, for its figures on `/metrics`.
     pub plane: Arc<voicegate_media::MediaPlane>,
+    /// Longest a request body may take to arrive.
+    pub body_timeout: std::time::Duration,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Arc<Vec<voicegate_core::admission::IpNet>>,
+    /// Offers per second per source.
+    pub offer_rate: Arc<std::sync::Mutex<voicegate_core::admission::RateLimiter>>,
+    /// Most usable remote candidates in an offer.
+    pub max_remote_candidates: usize,
 }
 
 /// The route table.

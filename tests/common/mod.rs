@@ -36,6 +36,10 @@ impl TestServer {
             ("media.workers", "2"),
             // One decoder is enough for a test, and each costs memory and startup time.
             ("asr.pocketsphinx.decoders", "1"),
+            // Every test call comes from 127.0.0.1: per-source admission would count them all
+            // as one caller. The admission tests turn it back on.
+            ("admission.offers_per_ip_per_s", "0"),
+            ("admission.calls_per_ip", "0"),
             ("log.filter", "warn"),
         ]
         .iter()
@@ -96,7 +100,11 @@ impl TestServer {
         loop {
             let snap = self.snapshot().await;
             let tables = self.plane.mux().tables();
-            if snap.calls.is_empty() && tables.conns == 0 && tables.ufrags == 0 && tables.addrs == 0
+            if snap.calls.is_empty()
+                && tables.conns == 0
+                && tables.ufrags == 0
+                && tables.addrs == 0
+                && tables.transactions == 0
             {
                 return Ok(t0.elapsed());
             }

@@ -28,7 +28,7 @@ use crate::codec::{
     AttachTrack, AudioCodec, CodecEvent, CodecSettings, CodecSetup, DownlinkLoss, Stop,
 };
 use crate::dialog::{Close, DialogClient, DialogEvent, Send as SendEvent};
-use crate::metrics::{Live, metrics};
+use crate::metrics::{Limit, Live, metrics};
 use crate::recognizer::{Recognizer, RecognizerEvent};
 use crate::speaker::{self, Speaker, SpeakerEvent};
 use crate::trace_msg;
@@ -764,6 +764,20 @@ impl CallActor {
             _ => None,
         };
         if deadline_from.is_some_and(|at| at.elapsed() > self.settings.connect_timeout) {
+            return self.end(EndReason::ConnectTimeout, ctx);
+        }
+        // A caller that never proves it holds our answer frees its slot sooner: an offer costs
+        // nothing to send, a slot held for the whole connect timeout would let a flood of
+        // them fill the server.
+        if let (Phase::Answered(at), Some(peer)) = (self.phase, &self.peer)
+            && at.elapsed() > self.settings.auth_timeout
+            && !peer.authenticated()
+        {
+            metrics().limit_hit(Limit::IceAuthTimeout);
+            tracing::info!(
+                timeout_ms = self.settings.auth_timeout.as_millis() as u64,
+                "no authenticated connectivity check from the caller; ending the call"
+            );
             return self.end(EndReason::ConnectTimeout, ctx);
         }
         if matches!(self.phase, Phase::Connected | Phase::Answered(_))

@@ -19,6 +19,8 @@ pub struct CallSettings {
     pub id_prefix: String,
     /// Media must connect within this after the answer.
     pub connect_timeout: Duration,
+    /// A call with no authenticated connectivity check this long after its answer ends.
+    pub auth_timeout: Duration,
     /// A connected call ends after this long without RTP.
     pub rtp_timeout: Duration,
     /// PCM rate between codec and the rest of the call.
@@ -87,8 +89,11 @@ pub enum CallMode {
 /// Who is calling, for logs and the dialog app.
 #[derive(Debug, Clone, Default)]
 pub struct ClientInfo {
-    /// `X-Forwarded-For` or the peer address.
+    /// The caller's address: the TCP peer, or what a trusted proxy forwarded.
     pub addr: String,
+    /// The same, parsed: what per-source limits count by (absent only in tests that build
+    /// offers by hand).
+    pub ip: Option<std::net::IpAddr>,
     /// The browser's user agent.
     pub user_agent: Option<String>,
 }
