@@ -15,6 +15,8 @@ if [ "${VOICEGATE_SKIP_LINT:-0}" != "1" ]; then
 fi
 
 echo "== unit and integration tests"
+# Property tests run this many cases each here; SECURITY.md has the command for a million.
+export PROPTEST_CASES="${PROPTEST_CASES:-2000}"
 cargo test --workspace --locked
 
 echo "== browser end-to-end"

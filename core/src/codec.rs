@@ -586,4 +586,37 @@ mod tests {
             Err(CodecError::Rate(22_050))
         ));
     }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn fec_probe_never_panics(p in proptest::collection::vec(any::<u8>(), 0..64)) {
+                let _ = packet_has_fec(&p);
+            }
+
+            /// Garbage payloads from a caller: decode errors are counted, never a panic, and
+            /// every frame that comes out has the frame's size.
+            #[test]
+            fn the_uplink_survives_any_payload(
+                packets in proptest::collection::vec((any::<u16>(), proptest::collection::vec(any::<u8>(), 0..200)), 1..40),
+            ) {
+                let mut d: UplinkDecoder<Vec<u8>> = UplinkDecoder::new(UplinkSettings {
+                    pcm_rate: 16_000,
+                    reorder_depth: 3,
+                    reorder_wait: Duration::from_millis(60),
+                    max_conceal: 5,
+                })
+                .unwrap();
+                let t0 = Instant::now();
+                let mut out = |pcm: &[i16], _o: Origin| assert!(pcm.len() <= MAX_PACKET_SAMPLES);
+                for (i, (seq, p)) in packets.into_iter().enumerate() {
+                    d.push(seq, p, t0 + Duration::from_millis(20 * i as u64), &mut out);
+                }
+                d.release(t0 + Duration::from_secs(10), &mut out);
+            }
+        }
+    }
 }

@@ -205,4 +205,50 @@ mod tests {
             }]
         );
     }
+
+    mod props {
+        use super::super::*;
+        use super::pkt;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn never_panics_and_reports_at_most_two(
+                packets in proptest::collection::vec((any::<u32>(), proptest::collection::vec(any::<u8>(), 0..8)), 0..64),
+            ) {
+                let mut r = DtmfReceiver::new();
+                for (ts, p) in packets {
+                    prop_assert!(r.push(ts, &p).len() <= 2);
+                }
+            }
+
+            /// Presses as `insertDTMF` sends them (progress packets, then 0 to 3 end packets,
+            /// each press at a new timestamp) are each reported exactly once, in order.
+            #[test]
+            fn every_press_is_reported_once(
+                presses in proptest::collection::vec((0u8..16, 1usize..6, 0usize..4), 1..20),
+            ) {
+                let mut r = DtmfReceiver::new();
+                let mut got = vec![];
+                for (i, (code, progress, ends)) in presses.iter().enumerate() {
+                    let ts = 1000 + 160 * i as u32 * 10;
+                    for k in 0..*progress {
+                        got.extend(r.push(ts, &pkt(*code, false, 10, 160 * (k as u16 + 1))));
+                    }
+                    for _ in 0..*ends {
+                        got.extend(r.push(ts, &pkt(*code, true, 10, 160 * (*progress as u16 + 1))));
+                    }
+                }
+                // A final press without an end is reported when the next one begins.
+                got.extend(r.push(u32::MAX, &pkt(1, true, 10, 800)));
+                got.pop();
+                let want: Vec<(char, bool)> = presses
+                    .iter()
+                    .map(|(c, _, e)| (digit(*c).unwrap(), *e > 0))
+                    .collect();
+                let seen: Vec<(char, bool)> = got.iter().map(|d| (d.digit, d.end)).collect();
+                prop_assert_eq!(seen, want);
+            }
+        }
+    }
 }
