@@ -424,7 +424,7 @@ mod tests {
                 let mut ext = 100_000u64 + u64::from(start);
                 let mut last: Option<u64> = None;
                 let mut released = 0u64;
-                let mut take = |rel: Release<u64>, last: &mut Option<u64>| {
+                let take = |rel: Release<u64>, last: &mut Option<u64>| {
                     let p = match rel {
                         Release::InOrder(p) => p,
                         Release::AfterGap { lost, next } => {
