@@ -27,6 +27,10 @@ use voicegate_media::MediaSettings;
 /// The built-in defaults; also the documentation of every key.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
+/// The shortest idle timeout accepted for a streamed engine reply: below it, ordinary network
+/// jitter between two chunks would fail a healthy stream.
+const MIN_STREAM_IDLE_MS: u64 = 100;
+
 /// Keys whose environment value is a comma-separated list.
 const LIST_KEYS: &[&str] = &["http.allowed_origins", "media.public_ips"];
 
@@ -96,6 +100,8 @@ pub struct Tts {
     pub engine: String,
     /// Synthesis prefetch.
     pub prefetch_segments: usize,
+    /// Longest quiet time within a streamed synthesis.
+    pub stream_idle_timeout_ms: u64,
     /// `[tts.segment]`
     pub segment: TtsSegment,
     /// `[tts.espeak]`
@@ -163,6 +169,8 @@ pub struct Asr {
     pub engine: String,
     /// Partial rate limit.
     pub partial_interval_ms: u64,
+    /// Longest quiet time within a streamed transcription reply.
+    pub stream_idle_timeout_ms: u64,
     /// `[asr.pocketsphinx]`
     pub pocketsphinx: AsrPocketsphinx,
     /// `[asr.openai]`
@@ -573,6 +581,18 @@ impl Settings {
             ),
             event_buffer: d.event_buffer.max(1),
         };
+        if self.tts.stream_idle_timeout_ms < MIN_STREAM_IDLE_MS {
+            return Err(invalid(
+                "tts.stream_idle_timeout_ms",
+                format!("must be at least {MIN_STREAM_IDLE_MS}"),
+            ));
+        }
+        if self.asr.stream_idle_timeout_ms < MIN_STREAM_IDLE_MS {
+            return Err(invalid(
+                "asr.stream_idle_timeout_ms",
+                format!("must be at least {MIN_STREAM_IDLE_MS}"),
+            ));
+        }
         let tts = match self.tts.engine.trim() {
             "espeak" => TtsChoice::Espeak(EspeakSettings {
                 voice: self.tts.espeak.voice.clone(),
@@ -591,6 +611,7 @@ impl Settings {
                     voice: o.voice.clone(),
                     sample_rate: o.sample_rate,
                     timeout: Duration::from_millis(o.timeout_ms.max(1)),
+                    stream_idle: Duration::from_millis(self.tts.stream_idle_timeout_ms),
                 })
             }
             other => {
@@ -626,6 +647,7 @@ impl Settings {
                     model: o.model.clone(),
                     language: o.language.clone(),
                     timeout: Duration::from_millis(o.timeout_ms.max(1)),
+                    stream_idle: Duration::from_millis(self.asr.stream_idle_timeout_ms),
                 })
             }
             other => {
@@ -765,6 +787,9 @@ mod tests {
         assert!(matches!(v.tts, TtsChoice::Espeak(_)));
         assert_eq!(v.media.bind.port(), 50000);
         assert!(v.media.workers >= 1);
+        // Engine deadlines: none is off, so a stalled engine always costs a bounded time.
+        assert_eq!(s.tts.stream_idle_timeout_ms, 5000);
+        assert_eq!(s.asr.stream_idle_timeout_ms, 10_000);
     }
 
     #[test]
@@ -833,6 +858,16 @@ mod tests {
                 "VOICEGATE__MEDIA__OPUS__COMPLEXITY",
                 "11",
                 "media.opus.complexity",
+            ),
+            (
+                "VOICEGATE__TTS__STREAM_IDLE_TIMEOUT_MS",
+                "0",
+                "tts.stream_idle_timeout_ms",
+            ),
+            (
+                "VOICEGATE__ASR__STREAM_IDLE_TIMEOUT_MS",
+                "50",
+                "asr.stream_idle_timeout_ms",
             ),
         ];
         for (k, v, key) in cases {
