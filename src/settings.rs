@@ -14,6 +14,7 @@ use voicegate_actors::asr::pocketsphinx::PocketsphinxSettings;
 use voicegate_actors::call::{CallSettings, HoldPrompts};
 use voicegate_actors::codec::ListenSettings;
 use voicegate_actors::dialog::DialogSettings;
+use voicegate_actors::recognizer::RecognizerSettings;
 use voicegate_actors::tts::espeak::EspeakSettings;
 use voicegate_actors::tts::openai::OpenAiTtsSettings;
 use voicegate_core::call_id;
@@ -30,6 +31,9 @@ pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 /// The shortest idle timeout accepted for a streamed engine reply: below it, ordinary network
 /// jitter between two chunks would fail a healthy stream.
 const MIN_STREAM_IDLE_MS: u64 = 100;
+/// The shortest result deadline accepted for an utterance: below it, even an idle pocketsphinx
+/// decoder cannot finish a long utterance's search in time.
+const MIN_UTTERANCE_DEADLINE_MS: u64 = 1000;
 
 /// Keys whose environment value is a comma-separated list.
 const LIST_KEYS: &[&str] = &["http.allowed_origins", "media.public_ips"];
@@ -171,6 +175,8 @@ pub struct Asr {
     pub partial_interval_ms: u64,
     /// Longest quiet time within a streamed transcription reply.
     pub stream_idle_timeout_ms: u64,
+    /// Longest wait for an utterance's result after it ended.
+    pub utterance_deadline_ms: u64,
     /// `[asr.pocketsphinx]`
     pub pocketsphinx: AsrPocketsphinx,
     /// `[asr.openai]`
@@ -593,6 +599,12 @@ impl Settings {
                 format!("must be at least {MIN_STREAM_IDLE_MS}"),
             ));
         }
+        if self.asr.utterance_deadline_ms < MIN_UTTERANCE_DEADLINE_MS {
+            return Err(invalid(
+                "asr.utterance_deadline_ms",
+                format!("must be at least {MIN_UTTERANCE_DEADLINE_MS}"),
+            ));
+        }
         let tts = match self.tts.engine.trim() {
             "espeak" => TtsChoice::Espeak(EspeakSettings {
                 voice: self.tts.espeak.voice.clone(),
@@ -734,7 +746,10 @@ impl Settings {
                 give_up: d.hold_give_up.clone(),
             },
             listen,
-            partial_interval: Duration::from_millis(self.asr.partial_interval_ms),
+            recognizer: RecognizerSettings {
+                partial_interval: Duration::from_millis(self.asr.partial_interval_ms),
+                utterance_deadline: Duration::from_millis(self.asr.utterance_deadline_ms),
+            },
         };
         Ok(Validated {
             http_bind,
@@ -790,6 +805,10 @@ mod tests {
         // Engine deadlines: none is off, so a stalled engine always costs a bounded time.
         assert_eq!(s.tts.stream_idle_timeout_ms, 5000);
         assert_eq!(s.asr.stream_idle_timeout_ms, 10_000);
+        assert_eq!(
+            v.calls.recognizer.utterance_deadline,
+            Duration::from_secs(15)
+        );
     }
 
     #[test]
@@ -868,6 +887,11 @@ mod tests {
                 "VOICEGATE__ASR__STREAM_IDLE_TIMEOUT_MS",
                 "50",
                 "asr.stream_idle_timeout_ms",
+            ),
+            (
+                "VOICEGATE__ASR__UTTERANCE_DEADLINE_MS",
+                "999",
+                "asr.utterance_deadline_ms",
             ),
         ];
         for (k, v, key) in cases {

@@ -3,8 +3,9 @@
 //! answered with `{"text": "..."}`. No partials: the text arrives once the utterance ended.
 //!
 //! Deadlines: `timeout` bounds the wait for the reply's head; its body must keep moving (no bytes
-//! for `stream_idle` fails the utterance, counted as `Limit::AsrStreamIdle`). The dialog app
-//! gets `asr.error` and the call goes on.
+//! for `stream_idle` fails the utterance, counted as `Limit::AsrStreamIdle`); the whole request
+//! is bounded by the recognizer's `asr.utterance_deadline_ms`, which drops (aborts) it. Either
+//! way the dialog app gets `asr.error` and the call goes on.
 
 use super::{AsrEngine, AsrFactory, AsrStream, AsrUpdate, UtteranceSink, wav};
 use crate::idle::idle_timeout;

@@ -558,9 +558,8 @@ impl CallActor {
         let asr = self.services.asr.for_call();
         let parent = ctx.address().recipient();
         let (call_id, span) = (self.call_id.clone(), self.span.clone());
-        self.recognizer = Some(
-            Recognizer::new(call_id, span, asr, self.settings.partial_interval, parent).start(),
-        );
+        self.recognizer =
+            Some(Recognizer::new(call_id, span, asr, self.settings.recognizer, parent).start());
         self.page = Page::Waiting(std::collections::VecDeque::new());
         self.start_dialog(false, ctx);
     }
