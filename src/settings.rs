@@ -197,6 +197,8 @@ pub struct AsrPocketsphinx {
     pub grammar: String,
     /// Decoder threads.
     pub decoders: usize,
+    /// Most utterances waiting for a decoder, across all calls.
+    pub queue_max: usize,
 }
 
 /// `[asr.openai]`
@@ -605,6 +607,12 @@ impl Settings {
                 format!("must be at least {MIN_UTTERANCE_DEADLINE_MS}"),
             ));
         }
+        if self.asr.pocketsphinx.queue_max == 0 {
+            return Err(invalid(
+                "asr.pocketsphinx.queue_max",
+                "must be at least 1 (an utterance waits there until a decoder takes it)",
+            ));
+        }
         let tts = match self.tts.engine.trim() {
             "espeak" => TtsChoice::Espeak(EspeakSettings {
                 voice: self.tts.espeak.voice.clone(),
@@ -648,6 +656,7 @@ impl Settings {
                     lm: (!p.lm.trim().is_empty()).then(|| p.lm.clone().into()),
                     grammar,
                     decoders: p.decoders.clamp(1, 64),
+                    queue_max: p.queue_max,
                 })
             }
             "openai" => {
@@ -809,6 +818,10 @@ mod tests {
             v.calls.recognizer.utterance_deadline,
             Duration::from_secs(15)
         );
+        let AsrChoice::Pocketsphinx(p) = &v.asr else {
+            panic!("pocketsphinx is the default recognizer");
+        };
+        assert_eq!(p.queue_max, 8);
     }
 
     #[test]
@@ -892,6 +905,11 @@ mod tests {
                 "VOICEGATE__ASR__UTTERANCE_DEADLINE_MS",
                 "999",
                 "asr.utterance_deadline_ms",
+            ),
+            (
+                "VOICEGATE__ASR__POCKETSPHINX__QUEUE_MAX",
+                "0",
+                "asr.pocketsphinx.queue_max",
             ),
         ];
         for (k, v, key) in cases {
