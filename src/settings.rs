@@ -14,6 +14,7 @@ use voicegate_actors::asr::pocketsphinx::PocketsphinxSettings;
 use voicegate_actors::call::{CallSettings, HoldPrompts};
 use voicegate_actors::codec::ListenSettings;
 use voicegate_actors::dialog::DialogSettings;
+use voicegate_actors::recognizer::RecognizerSettings;
 use voicegate_actors::tts::espeak::EspeakSettings;
 use voicegate_actors::tts::openai::OpenAiTtsSettings;
 use voicegate_core::admission::IpNet;
@@ -28,6 +29,13 @@ use voicegate_media::mux::MuxLimits;
 
 /// The built-in defaults; also the documentation of every key.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// The shortest idle timeout accepted for a streamed engine reply: below it, ordinary network
+/// jitter between two chunks would fail a healthy stream.
+const MIN_STREAM_IDLE_MS: u64 = 100;
+/// The shortest result deadline accepted for an utterance: below it, even an idle pocketsphinx
+/// decoder cannot finish a long utterance's search in time.
+const MIN_UTTERANCE_DEADLINE_MS: u64 = 1000;
 
 /// Keys whose environment value is a comma-separated list.
 const LIST_KEYS: &[&str] = &[
@@ -104,6 +112,8 @@ pub struct Tts {
     pub engine: String,
     /// Synthesis prefetch.
     pub prefetch_segments: usize,
+    /// Longest quiet time within a streamed synthesis.
+    pub stream_idle_timeout_ms: u64,
     /// `[tts.segment]`
     pub segment: TtsSegment,
     /// `[tts.espeak]`
@@ -171,6 +181,10 @@ pub struct Asr {
     pub engine: String,
     /// Partial rate limit.
     pub partial_interval_ms: u64,
+    /// Longest quiet time within a streamed transcription reply.
+    pub stream_idle_timeout_ms: u64,
+    /// Longest wait for an utterance's result after it ended.
+    pub utterance_deadline_ms: u64,
     /// `[asr.pocketsphinx]`
     pub pocketsphinx: AsrPocketsphinx,
     /// `[asr.openai]`
@@ -191,6 +205,8 @@ pub struct AsrPocketsphinx {
     pub grammar: String,
     /// Decoder threads.
     pub decoders: usize,
+    /// Most utterances waiting for a decoder, across all calls.
+    pub queue_max: usize,
 }
 
 /// `[asr.openai]`
@@ -643,6 +659,30 @@ impl Settings {
             ),
             event_buffer: d.event_buffer.max(1),
         };
+        if self.tts.stream_idle_timeout_ms < MIN_STREAM_IDLE_MS {
+            return Err(invalid(
+                "tts.stream_idle_timeout_ms",
+                format!("must be at least {MIN_STREAM_IDLE_MS}"),
+            ));
+        }
+        if self.asr.stream_idle_timeout_ms < MIN_STREAM_IDLE_MS {
+            return Err(invalid(
+                "asr.stream_idle_timeout_ms",
+                format!("must be at least {MIN_STREAM_IDLE_MS}"),
+            ));
+        }
+        if self.asr.utterance_deadline_ms < MIN_UTTERANCE_DEADLINE_MS {
+            return Err(invalid(
+                "asr.utterance_deadline_ms",
+                format!("must be at least {MIN_UTTERANCE_DEADLINE_MS}"),
+            ));
+        }
+        if self.asr.pocketsphinx.queue_max == 0 {
+            return Err(invalid(
+                "asr.pocketsphinx.queue_max",
+                "must be at least 1 (an utterance waits there until a decoder takes it)",
+            ));
+        }
         let tts = match self.tts.engine.trim() {
             "espeak" => TtsChoice::Espeak(EspeakSettings {
                 voice: self.tts.espeak.voice.clone(),
@@ -661,6 +701,7 @@ impl Settings {
                     voice: o.voice.clone(),
                     sample_rate: o.sample_rate,
                     timeout: Duration::from_millis(o.timeout_ms.max(1)),
+                    stream_idle: Duration::from_millis(self.tts.stream_idle_timeout_ms),
                 })
             }
             other => {
@@ -685,6 +726,7 @@ impl Settings {
                     lm: (!p.lm.trim().is_empty()).then(|| p.lm.clone().into()),
                     grammar,
                     decoders: p.decoders.clamp(1, 64),
+                    queue_max: p.queue_max,
                 })
             }
             "openai" => {
@@ -696,6 +738,7 @@ impl Settings {
                     model: o.model.clone(),
                     language: o.language.clone(),
                     timeout: Duration::from_millis(o.timeout_ms.max(1)),
+                    stream_idle: Duration::from_millis(self.asr.stream_idle_timeout_ms),
                 })
             }
             other => {
@@ -786,7 +829,10 @@ impl Settings {
                 give_up: d.hold_give_up.clone(),
             },
             listen,
-            partial_interval: Duration::from_millis(self.asr.partial_interval_ms),
+            recognizer: RecognizerSettings {
+                partial_interval: Duration::from_millis(self.asr.partial_interval_ms),
+                utterance_deadline: Duration::from_millis(self.asr.utterance_deadline_ms),
+            },
         };
         Ok(Validated {
             http_bind,
@@ -844,6 +890,17 @@ mod tests {
         assert!(matches!(v.tts, TtsChoice::Espeak(_)));
         assert_eq!(v.media.bind.port(), 50000);
         assert!(v.media.workers >= 1);
+        // Engine deadlines: none is off, so a stalled engine always costs a bounded time.
+        assert_eq!(s.tts.stream_idle_timeout_ms, 5000);
+        assert_eq!(s.asr.stream_idle_timeout_ms, 10_000);
+        assert_eq!(
+            v.calls.recognizer.utterance_deadline,
+            Duration::from_secs(15)
+        );
+        let AsrChoice::Pocketsphinx(p) = &v.asr else {
+            panic!("pocketsphinx is the default recognizer");
+        };
+        assert_eq!(p.queue_max, 8);
     }
 
     #[test]
@@ -912,6 +969,26 @@ mod tests {
                 "VOICEGATE__MEDIA__OPUS__COMPLEXITY",
                 "11",
                 "media.opus.complexity",
+            ),
+            (
+                "VOICEGATE__TTS__STREAM_IDLE_TIMEOUT_MS",
+                "0",
+                "tts.stream_idle_timeout_ms",
+            ),
+            (
+                "VOICEGATE__ASR__STREAM_IDLE_TIMEOUT_MS",
+                "50",
+                "asr.stream_idle_timeout_ms",
+            ),
+            (
+                "VOICEGATE__ASR__UTTERANCE_DEADLINE_MS",
+                "999",
+                "asr.utterance_deadline_ms",
+            ),
+            (
+                "VOICEGATE__ASR__POCKETSPHINX__QUEUE_MAX",
+                "0",
+                "asr.pocketsphinx.queue_max",
             ),
         ];
         for (k, v, key) in cases {

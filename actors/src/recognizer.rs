@@ -9,8 +9,16 @@
 //!
 //! Failure: an engine error becomes `asr.error`; a fatal one turns recognition off for the call,
 //! which goes on (speech out, DTMF and hangup still work).
+//!
+//! Deadline: every engine must give an utterance's result within `asr.utterance_deadline_ms` of
+//! the utterance's end. Past it the recognizer drops the engine session (which aborts an HTTP
+//! request, or lets a pocketsphinx decoder drop the utterance and take the next one), reports
+//! `asr.error` ("recognition timed out"), and counts `Limit::AsrDeadline`. The call goes on.
+//! So an engine that never answers (a stalled server, a long decoder queue, a bug) costs one
+//! utterance, and nothing about it is kept waiting for the rest of the call.
 
 use crate::asr::{AsrEngine, AsrUpdate, UtteranceSink};
+use crate::metrics::{Limit, metrics};
 use crate::trace_msg;
 use actix::prelude::*;
 use futures_util::StreamExt;
@@ -19,6 +27,16 @@ use std::time::{Duration, Instant};
 use voicegate_core::call_id::CallId;
 use voicegate_core::dialog::NetReport;
 use voicegate_core::listen::UtteranceNetStats;
+use voicegate_core::untrusted::shown;
+
+/// How a call's recognizer behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecognizerSettings {
+    /// Minimum time between partials (`asr.partial_interval_ms`).
+    pub partial_interval: Duration,
+    /// Longest wait for a result after an utterance ended (`asr.utterance_deadline_ms`).
+    pub utterance_deadline: Duration,
+}
 
 /// Utterance audio from the codec.
 #[derive(Debug, Message)]
@@ -84,6 +102,16 @@ struct Update {
     update: AsrUpdate,
 }
 
+/// An utterance whose result has not come yet.
+struct Pending {
+    /// Its number.
+    n: u64,
+    /// Its engine session's results.
+    results: SpawnHandle,
+    /// Once it ended: what the network did to it, when it ended, and its deadline timer.
+    ended: Option<(NetReport, Instant, SpawnHandle)>,
+}
+
 /// The actor.
 pub struct Recognizer {
     /// The call's id.
@@ -98,12 +126,12 @@ pub struct Recognizer {
     current: Option<(u64, Box<dyn UtteranceSink>)>,
     /// Utterances started so far.
     count: u64,
-    /// Network reports and end times of ended utterances awaiting their final.
-    ended: Vec<(u64, NetReport, Instant)>,
+    /// Utterances awaiting their result, oldest first.
+    pending: Vec<Pending>,
     /// The last partial sent and when.
     last_partial: (String, Option<Instant>),
-    /// Minimum time between partials.
-    partial_interval: Duration,
+    /// Partial rate and result deadline.
+    settings: RecognizerSettings,
     /// Counted in `voicegate_actors_live` while it exists.
     _live: crate::metrics::Live,
 }
@@ -114,7 +142,7 @@ impl Recognizer {
         call_id: CallId,
         span: tracing::Span,
         engine: Rc<dyn AsrEngine>,
-        partial_interval: Duration,
+        settings: RecognizerSettings,
         parent: Recipient<RecognizerEvent>,
     ) -> Self {
         Recognizer {
@@ -124,17 +152,16 @@ impl Recognizer {
             parent,
             current: None,
             count: 0,
-            ended: Vec::new(),
+            pending: Vec::new(),
             last_partial: (String::new(), None),
-            partial_interval,
+            settings,
             _live: crate::metrics::Live::new("recognizer"),
         }
     }
 
     fn start(&mut self, audio: &[i16], ctx: &mut Context<Self>) {
-        if let Some((_, sink)) = self.current.take() {
-            sink.finish();
-        }
+        // An utterance that never got its end (the codec was replaced mid-utterance) ends here.
+        self.end_current(NetReport::default(), ctx);
         let Some(engine) = &self.engine else {
             return;
         };
@@ -144,7 +171,60 @@ impl Recognizer {
         sink.push(audio);
         self.current = Some((n, sink));
         self.last_partial = (String::new(), None);
-        ctx.add_stream(results.map(move |update| Update { n, update }));
+        let results = ctx.add_stream(results.map(move |update| Update { n, update }));
+        self.pending.push(Pending {
+            n,
+            results,
+            ended: None,
+        });
+    }
+
+    /// The utterance being heard ended: its result is due within the deadline.
+    fn end_current(&mut self, net: NetReport, ctx: &mut Context<Self>) {
+        let Some((n, sink)) = self.current.take() else {
+            return;
+        };
+        sink.finish();
+        // An utterance that already failed (refused at its start) has nothing left to wait for.
+        if !self.pending.iter().any(|p| p.n == n) {
+            return;
+        }
+        let timer = ctx.run_later(self.settings.utterance_deadline, move |act, ctx| {
+            act.expire(n, ctx)
+        });
+        if let Some(p) = self.pending.iter_mut().find(|p| p.n == n) {
+            p.ended = Some((net, Instant::now(), timer));
+        }
+    }
+
+    /// Utterance `n` has its result (or failed): no deadline for it any more.
+    fn settle(&mut self, n: u64, ctx: &mut Context<Self>) -> Option<(NetReport, Instant)> {
+        let i = self.pending.iter().position(|p| p.n == n)?;
+        let (net, ended_at, timer) = self.pending.remove(i).ended?;
+        ctx.cancel_future(timer);
+        Some((net, ended_at))
+    }
+
+    /// Utterance `n`'s deadline passed: give up on it.
+    fn expire(&mut self, n: u64, ctx: &mut Context<Self>) {
+        let Some(i) = self.pending.iter().position(|p| p.n == n) else {
+            return;
+        };
+        let p = self.pending.remove(i);
+        // Dropping the session aborts it at the engine.
+        ctx.cancel_future(p.results);
+        metrics().limit_hit(Limit::AsrDeadline);
+        let ms = self.settings.utterance_deadline.as_millis();
+        self.span.in_scope(|| {
+            tracing::warn!(
+                deadline_ms = ms as u64,
+                "speech recognition timed out; the utterance is dropped"
+            )
+        });
+        self.parent.do_send(RecognizerEvent::Error {
+            message: format!("recognition timed out: no result {ms} ms after the utterance ended"),
+            fatal: false,
+        });
     }
 }
 
@@ -172,22 +252,19 @@ impl Handler<Heard> for Recognizer {
                 duration,
             } => {
                 trace_msg!(self.call_id, "codec" => "recognizer", "Heard::End", "{} ms", duration.as_millis());
-                if let Some((n, sink)) = self.current.take() {
-                    sink.finish();
-                    let report = NetReport {
-                        lost_ms: lost_frames as u32 * 20,
-                        recovered_ms: net.recovered * 20,
-                        concealed_ms: net.concealed * 20,
-                    };
-                    self.ended.push((n, report, Instant::now()));
-                }
+                let report = NetReport {
+                    lost_ms: lost_frames as u32 * 20,
+                    recovered_ms: net.recovered * 20,
+                    concealed_ms: net.concealed * 20,
+                };
+                self.end_current(report, ctx);
             }
         }
     }
 }
 
 impl StreamHandler<Update> for Recognizer {
-    fn handle(&mut self, Update { n, update }: Update, _ctx: &mut Self::Context) {
+    fn handle(&mut self, Update { n, update }: Update, ctx: &mut Self::Context) {
         match update {
             AsrUpdate::Partial(text) => {
                 let text = text.trim().to_owned();
@@ -195,32 +272,34 @@ impl StreamHandler<Update> for Recognizer {
                 let due = self
                     .last_partial
                     .1
-                    .is_none_or(|t| t.elapsed() >= self.partial_interval);
+                    .is_none_or(|t| t.elapsed() >= self.settings.partial_interval);
                 if current && !text.is_empty() && text != self.last_partial.0 && due {
                     self.last_partial = (text.clone(), Some(Instant::now()));
                     self.parent.do_send(RecognizerEvent::Partial(text));
                 }
             }
             AsrUpdate::Final(text) => {
-                let (net, ended_at) = match self.ended.iter().position(|(e, _, _)| *e == n) {
-                    Some(i) => {
-                        let (_, net, at) = self.ended.remove(i);
-                        (net, at)
-                    }
-                    None => (NetReport::default(), Instant::now()),
-                };
+                let (net, ended_at) = self
+                    .settle(n, ctx)
+                    .unwrap_or_else(|| (NetReport::default(), Instant::now()));
                 if let Some(text) = text.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()) {
                     let latency = ended_at.elapsed();
-                    self.span.in_scope(
-                        || tracing::info!(%text, final_ms = latency.as_millis() as u64, "heard"),
-                    );
+                    self.span.in_scope(|| {
+                        tracing::info!(
+                            text = %shown(&text),
+                            final_ms = latency.as_millis() as u64,
+                            "heard"
+                        )
+                    });
                     self.parent
                         .do_send(RecognizerEvent::Final { text, net, latency });
                 }
             }
             AsrUpdate::Error { message, fatal } => {
-                self.span
-                    .in_scope(|| tracing::warn!(%message, fatal, "speech recognition failed"));
+                self.settle(n, ctx);
+                self.span.in_scope(
+                    || tracing::warn!(error = %shown(&message), fatal, "speech recognition failed"),
+                );
                 if fatal {
                     self.engine = None;
                     self.current = None;
@@ -233,5 +312,143 @@ impl StreamHandler<Update> for Recognizer {
 
     fn finished(&mut self, _ctx: &mut Self::Context) {
         // One utterance's results ended; the recognizer lives on.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::{Cell, RefCell};
+    use tokio::sync::oneshot;
+
+    /// An engine whose first utterance never gets a result and whose later ones get "later".
+    struct Engine {
+        /// Utterances started.
+        started: Cell<u32>,
+        /// Sessions dropped (aborted or done).
+        dropped: Rc<Cell<u32>>,
+    }
+
+    struct Sink(oneshot::Sender<()>);
+
+    impl UtteranceSink for Sink {
+        fn push(&mut self, _pcm: &[i16]) {}
+        fn finish(self: Box<Self>) {
+            let _ = self.0.send(());
+        }
+    }
+
+    /// Counts its drop.
+    struct Guard(Rc<Cell<u32>>);
+
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            self.0.set(self.0.get() + 1);
+        }
+    }
+
+    impl AsrEngine for Engine {
+        fn name(&self) -> &'static str {
+            "test"
+        }
+
+        fn utterance(&self) -> (Box<dyn UtteranceSink>, crate::asr::AsrStream) {
+            let (tx, rx) = oneshot::channel();
+            self.started.set(self.started.get() + 1);
+            let answers = self.started.get() > 1;
+            let guard = Guard(self.dropped.clone());
+            let stream = futures_util::stream::once(async move {
+                let _guard = guard;
+                let _ = rx.await;
+                if !answers {
+                    std::future::pending::<()>().await;
+                }
+                AsrUpdate::Final(Some("later".into()))
+            });
+            (Box::new(Sink(tx)), Box::pin(stream))
+        }
+    }
+
+    /// What the call would hear, as text.
+    struct Collect(Rc<RefCell<Vec<String>>>);
+
+    impl Actor for Collect {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<RecognizerEvent> for Collect {
+        type Result = ();
+
+        fn handle(&mut self, msg: RecognizerEvent, _ctx: &mut Self::Context) {
+            self.0.borrow_mut().push(match msg {
+                RecognizerEvent::Partial(t) => format!("partial {t}"),
+                RecognizerEvent::Final { text, .. } => format!("final {text}"),
+                RecognizerEvent::Error { message, fatal } => format!("error {fatal} {message}"),
+            });
+        }
+    }
+
+    fn utterance(r: &Addr<Recognizer>) {
+        r.do_send(Heard::Start(vec![0; 320]));
+        r.do_send(Heard::End {
+            net: UtteranceNetStats::default(),
+            lost_frames: 0,
+            duration: Duration::from_millis(20),
+        });
+    }
+
+    #[actix_rt::test]
+    async fn an_utterance_without_a_result_times_out_and_the_next_one_is_heard() {
+        tokio::time::pause();
+        let heard = Rc::new(RefCell::new(Vec::new()));
+        let dropped = Rc::new(Cell::new(0));
+        let engine = Rc::new(Engine {
+            started: Cell::new(0),
+            dropped: dropped.clone(),
+        });
+        let settings = RecognizerSettings {
+            partial_interval: Duration::from_millis(300),
+            utterance_deadline: Duration::from_millis(1000),
+        };
+        let deadlines_before = metrics().limit_hits(Limit::AsrDeadline);
+        let parent = Collect(heard.clone()).start().recipient();
+        let span = tracing::Span::none();
+        let call_id = CallId::parse("test-00000000000000000000000000000001").unwrap();
+        let r = Recognizer::new(call_id, span, engine, settings, parent).start();
+        utterance(&r);
+        utterance(&r);
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        assert_eq!(
+            *heard.borrow(),
+            ["final later"],
+            "the second is heard at once"
+        );
+        assert_eq!(
+            dropped.get(),
+            1,
+            "the second session is done; the first still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            *heard.borrow(),
+            [
+                "final later",
+                "error false recognition timed out: no result 1000 ms after the utterance ended"
+            ]
+        );
+        assert_eq!(
+            dropped.get(),
+            2,
+            "the timed-out session was dropped (aborted)"
+        );
+        assert_eq!(
+            metrics().limit_hits(Limit::AsrDeadline) - deadlines_before,
+            1
+        );
+        // The recognizer keeps working after a timeout.
+        utterance(&r);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(heard.borrow().last().unwrap(), "final later");
+        assert!(r.connected());
     }
 }

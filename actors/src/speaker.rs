@@ -22,6 +22,7 @@ use voicegate_core::call_id::CallId;
 use voicegate_core::dialog::Event;
 use voicegate_core::resample::StreamResampler;
 use voicegate_core::speech::{Input, Output, Player, PlayerSettings, SegmentId};
+use voicegate_core::untrusted::shown;
 
 /// Reports to the call.
 #[derive(Debug, Message)]
@@ -320,9 +321,11 @@ impl StreamHandler<SynthItem> for Speaker {
             }
             Some(Err(e)) => {
                 s.failed = true;
-                self.span.in_scope(
-                    || tracing::warn!(segment = msg.segment, error = %e, "synthesis failed"),
-                );
+                // The detail may quote the engine's server (an error body).
+                let error = e.to_string();
+                self.span.in_scope(|| {
+                    tracing::warn!(segment = msg.segment, error = %shown(&error), "synthesis failed")
+                });
                 self.synths.remove(&msg.segment);
                 self.input(
                     Input::Synthesized {

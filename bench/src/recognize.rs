@@ -63,6 +63,8 @@ pub async fn run(wav: &str, grammar: Option<&str>) -> anyhow::Result<()> {
         lm: Some("/usr/share/pocketsphinx/model/en-us/en-us.lm.bin".into()),
         grammar,
         decoders: 1,
+        // One utterance, recognized alone.
+        queue_max: 1,
     })
     .map_err(anyhow::Error::msg)?;
     use voicegate_actors::asr::AsrFactory;

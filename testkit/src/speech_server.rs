@@ -1,9 +1,11 @@
 //! A local stand-in for an OpenAI-compatible speech API: `POST /v1/audio/speech` answered with
 //! PCM streamed in chunked transfer encoding, or with an error status. It records each request
-//! (path, headers, JSON body) so tests can check what the engine sent.
+//! (path, headers, JSON body) so tests can check what the engine sent. It can also misbehave the
+//! way a broken server does: start a reply and then stall, or trickle it forever.
 
 use serde_json::Value;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -82,6 +84,20 @@ pub enum Behaviour {
     Fail(u16),
     /// 200 with `{"text": ...}` (a transcription).
     Transcribe(String),
+    /// 200 with the head and `pcm` (s16le) as one chunk, then nothing more, without closing
+    /// (a server that hangs mid-answer). Holds the connection until the client closes it.
+    Stall {
+        /// What is sent before the stall.
+        pcm: Vec<i16>,
+    },
+    /// 200 with the head, then one byte every `every`, forever (never quiet long enough for an
+    /// idle timeout). Holds the connection until the client closes it.
+    Trickle {
+        /// Time between bytes.
+        every: Duration,
+    },
+    /// Request `n` gets the `n`-th behaviour; requests past the end get the last one.
+    Script(Vec<Behaviour>),
 }
 
 /// A running speech server.
@@ -89,6 +105,8 @@ pub enum Behaviour {
 pub struct SpeechServer {
     addr: SocketAddr,
     requests: Arc<Mutex<Vec<Recorded>>>,
+    /// Stalled or trickled replies whose client gave up (closed the connection).
+    abandoned: Arc<AtomicUsize>,
 }
 
 impl SpeechServer {
@@ -99,13 +117,18 @@ impl SpeechServer {
             .expect("bind loopback");
         let addr = listener.local_addr().expect("bound");
         let requests = Arc::new(Mutex::new(Vec::new()));
-        let r = requests.clone();
+        let abandoned = Arc::new(AtomicUsize::new(0));
+        let (r, a) = (requests.clone(), abandoned.clone());
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                tokio::spawn(serve(tcp, behaviour.clone(), r.clone()));
+                tokio::spawn(serve(tcp, behaviour.clone(), r.clone(), a.clone()));
             }
         });
-        SpeechServer { addr, requests }
+        SpeechServer {
+            addr,
+            requests,
+            abandoned,
+        }
     }
 
     /// The base URL for `tts.openai.base_url`.
@@ -120,9 +143,19 @@ impl SpeechServer {
             .expect("no panics while holding")
             .clone()
     }
+
+    /// Stalled or trickled replies the client gave up on (it closed the connection).
+    pub fn abandoned(&self) -> usize {
+        self.abandoned.load(Ordering::SeqCst)
+    }
 }
 
-async fn serve(mut tcp: TcpStream, behaviour: Behaviour, requests: Arc<Mutex<Vec<Recorded>>>) {
+async fn serve(
+    mut tcp: TcpStream,
+    behaviour: Behaviour,
+    requests: Arc<Mutex<Vec<Recorded>>>,
+    abandoned: Arc<AtomicUsize>,
+) {
     let mut buf = Vec::new();
     let mut tmp = [0u8; 4096];
     // Headers.
@@ -169,15 +202,23 @@ async fn serve(mut tcp: TcpStream, behaviour: Behaviour, requests: Arc<Mutex<Vec
         .iter()
         .find(|(k, v)| k == "content-type" && v.starts_with("multipart/form-data"))
         .and_then(|(_, v)| parse_form(v, &body));
-    requests
-        .lock()
-        .expect("no panics while holding")
-        .push(Recorded {
+    let n = {
+        let mut requests = requests.lock().expect("no panics while holding");
+        requests.push(Recorded {
             path,
             headers,
             body: json,
             form,
         });
+        requests.len() - 1
+    };
+    let behaviour = match behaviour {
+        Behaviour::Script(mut steps) if !steps.is_empty() => {
+            let last = steps.len() - 1;
+            steps.swap_remove(n.min(last))
+        }
+        other => other,
+    };
     match behaviour {
         Behaviour::Transcribe(text) => {
             let body = serde_json::json!({ "text": text }).to_string();
@@ -212,5 +253,36 @@ async fn serve(mut tcp: TcpStream, behaviour: Behaviour, requests: Arc<Mutex<Vec
             }
             let _ = tcp.write_all(b"0\r\n\r\n").await;
         }
+        Behaviour::Stall { pcm } => {
+            let head = "HTTP/1.1 200 OK\r\nContent-Type: audio/pcm\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+            let bytes: Vec<u8> = pcm.iter().flat_map(|s| s.to_le_bytes()).collect();
+            let mut out = head.as_bytes().to_vec();
+            // An empty chunk would end the body; with no audio only the head goes out.
+            if !bytes.is_empty() {
+                out.extend_from_slice(format!("{:x}\r\n", bytes.len()).as_bytes());
+                out.extend_from_slice(&bytes);
+                out.extend_from_slice(b"\r\n");
+            }
+            if tcp.write_all(&out).await.is_err() {
+                return;
+            }
+            // Nothing more: wait for the client to give up.
+            let mut sink = [0u8; 1024];
+            while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
+            abandoned.fetch_add(1, Ordering::SeqCst);
+        }
+        Behaviour::Trickle { every } => {
+            let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+            if tcp.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            // One space at a time (JSON allows leading whitespace), until the client gives up.
+            while tcp.write_all(b"1\r\n \r\n").await.is_ok() {
+                tokio::time::sleep(every).await;
+            }
+            abandoned.fetch_add(1, Ordering::SeqCst);
+        }
+        // An empty script: no answer; the connection closes.
+        Behaviour::Script(_) => {}
     }
 }

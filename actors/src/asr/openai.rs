@@ -1,14 +1,24 @@
 //! An OpenAI-compatible transcription engine: one `POST {base_url}/v1/audio/transcriptions` per
 //! utterance (multipart: the utterance as a 16 kHz WAV, the model, optionally the language),
 //! answered with `{"text": "..."}`. No partials: the text arrives once the utterance ended.
+//!
+//! Deadlines: `timeout` bounds the wait for the reply's head; its body must keep moving (no bytes
+//! for `stream_idle` fails the utterance, counted as `Limit::AsrStreamIdle`); the whole request
+//! is bounded by the recognizer's `asr.utterance_deadline_ms`, which drops (aborts) it. Either
+//! way the dialog app gets `asr.error` and the call goes on.
 
 use super::{AsrEngine, AsrFactory, AsrStream, AsrUpdate, UtteranceSink, wav};
+use crate::idle::idle_timeout;
+use crate::metrics::{Limit, metrics};
+use futures_util::StreamExt;
 use std::rc::Rc;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// The rate of the audio it receives.
 const RATE: u32 = 16_000;
+/// The largest reply read: a transcription of the longest utterance is a few kilobytes.
+const MAX_REPLY_BYTES: usize = 1 << 20;
 
 /// Settings of the HTTP engine.
 #[derive(Clone)]
@@ -21,8 +31,11 @@ pub struct OpenAiAsrSettings {
     pub model: String,
     /// ISO-639-1 language hint; empty lets the server detect it.
     pub language: String,
-    /// Longest wait for a transcription.
+    /// Longest wait for the reply to start.
     pub timeout: Duration,
+    /// Longest wait for the next bytes of the reply once it started
+    /// (`asr.stream_idle_timeout_ms`).
+    pub stream_idle: Duration,
 }
 
 impl std::fmt::Debug for OpenAiAsrSettings {
@@ -32,6 +45,8 @@ impl std::fmt::Debug for OpenAiAsrSettings {
             .field("api_key", &if self.api_key.is_empty() { "" } else { "***" })
             .field("model", &self.model)
             .field("language", &self.language)
+            .field("timeout", &self.timeout)
+            .field("stream_idle", &self.stream_idle)
             .finish()
     }
 }
@@ -141,16 +156,29 @@ async fn transcribe(s: &OpenAiAsrSettings, pcm: &[i16]) -> Result<String, String
     if !s.api_key.is_empty() {
         req = req.bearer_auth(&s.api_key);
     }
-    let mut res = req
+    let res = req
         .send_body(body)
         .await
         .map_err(|e| format!("openai asr: {url}: {e}"))?;
     let status = res.status();
-    let bytes = res
-        .body()
-        .limit(1 << 20)
-        .await
-        .map_err(|e| format!("openai asr: reading the reply: {e}"))?;
+    let mut bytes = Vec::new();
+    let mut body = idle_timeout(res, s.stream_idle);
+    while let Some(chunk) = body.next().await {
+        let chunk = match chunk {
+            Ok(Ok(chunk)) => chunk,
+            Ok(Err(e)) => return Err(format!("openai asr: reading the reply: {e}")),
+            Err(stalled) => {
+                metrics().limit_hit(Limit::AsrStreamIdle);
+                return Err(format!("openai asr: the reply stalled: {stalled}"));
+            }
+        };
+        if bytes.len() + chunk.len() > MAX_REPLY_BYTES {
+            return Err(format!(
+                "openai asr: the reply is larger than {MAX_REPLY_BYTES} bytes"
+            ));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
     if !status.is_success() {
         return Err(format!(
             "openai asr: {url}: HTTP {status}: {}",

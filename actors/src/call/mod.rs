@@ -91,8 +91,14 @@ pub struct End {
 #[rtype(result = "()")]
 struct FromPeer(PeerEvent);
 
-/// Messages kept for the page's data channel before the browser opens it.
+/// Most messages queued for the page's data channel, at each stage: before the browser opens it
+/// (the oldest go), on their way to the sending task (the newest go), and held by it until the
+/// channel reports itself open (the oldest go).
 const PAGE_BACKLOG: usize = 64;
+/// Most bytes sent on the page's data channel and not yet acknowledged by the browser. A page
+/// that keeps up acknowledges within a round trip; one that stopped reading would otherwise
+/// have SCTP buffer everything for the rest of the call, so past this its messages are dropped.
+const PAGE_MAX_UNACKED_BYTES: usize = 64 * 1024;
 
 /// The page's data channel, from the call's side.
 enum Page {
@@ -101,7 +107,14 @@ enum Page {
     /// The browser has not opened it (yet): the latest messages wait.
     Waiting(std::collections::VecDeque<String>),
     /// Open: one task sends, in order.
-    Open(tokio::sync::mpsc::UnboundedSender<String>),
+    Open(tokio::sync::mpsc::Sender<String>),
+}
+
+/// A message for the page was dropped (`why`): counted, and logged at debug (the page is a
+/// transcript view; the dialog app still gets every event).
+fn page_message_dropped(why: &'static str) {
+    metrics().limit_hit(crate::metrics::Limit::PageQueue);
+    tracing::debug!(why, "a message for the page's data channel was dropped");
 }
 
 /// Where the call is in its life.
@@ -361,6 +374,10 @@ impl Handler<CodecEvent> for CallActor {
                 }
             }
             CodecEvent::Dtmf(d) => {
+                // The caller sets this rate, but it is bounded: at most one key press per
+                // telephone-event packet, which the codec takes from the track's bounded queue
+                // (the connection drops packets past it) on this same worker, so this mailbox
+                // empties as fast as it fills.
                 trace_msg!(self.call_id, "codec" => "call", "CodecEvent::Dtmf", "{}", d.digit);
                 self.send_to_dialog_and_page(Event::Dtmf {
                     digit: d.digit,
@@ -558,9 +575,8 @@ impl CallActor {
         let asr = self.services.asr.for_call();
         let parent = ctx.address().recipient();
         let (call_id, span) = (self.call_id.clone(), self.span.clone());
-        self.recognizer = Some(
-            Recognizer::new(call_id, span, asr, self.settings.partial_interval, parent).start(),
-        );
+        self.recognizer =
+            Some(Recognizer::new(call_id, span, asr, self.settings.recognizer, parent).start());
         self.page = Page::Waiting(std::collections::VecDeque::new());
         self.start_dialog(false, ctx);
     }
@@ -648,16 +664,25 @@ impl CallActor {
     /// The page's data channel (the browser opened it): transcript and speech state go there.
     fn open_page_channel(&mut self, channel: std::sync::Arc<dyn DataChannel>) {
         let Page::Waiting(backlog) = std::mem::replace(&mut self.page, Page::Off) else {
+            // One page channel per call. Any other is closed, so what the page sends on it does
+            // not pile up in the connection (which holds up to 256 events for a channel nobody
+            // reads).
+            actix::spawn(async move {
+                let _ = channel.close().await;
+            });
             return;
         };
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        // The backlog (at most PAGE_BACKLOG) fits the channel.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(PAGE_BACKLOG);
         for text in backlog {
-            let _ = tx.send(text);
+            let _ = tx.try_send(text);
         }
         self.page = Page::Open(tx);
         let span = self.span.clone();
         // One task sends, so messages keep their order. It holds them until the channel is open,
-        // and drains what the page sends (nothing is expected).
+        // and drains what the page sends (nothing is expected; the connection's driver hands a
+        // channel's incoming messages over through a bounded queue, and this loop reads them
+        // as fast as they come, so the page cannot pile them up here).
         actix::spawn(
             async move {
                 use voicegate_media::DataChannelEvent;
@@ -665,23 +690,25 @@ impl CallActor {
                     channel.ready_state().await,
                     Ok(voicegate_media::DataChannelState::Open)
                 );
-                let mut held: Vec<String> = Vec::new();
+                let mut held = std::collections::VecDeque::new();
                 loop {
                     tokio::select! {
                         msg = rx.recv() => match msg {
-                            Some(text) if open => {
-                                if let Err(e) = channel.send_text(&text).await {
-                                    tracing::debug!(error = %e, "page channel send failed");
+                            Some(text) if open => send_on_page_channel(&*channel, &text).await,
+                            Some(text) => {
+                                if held.len() == PAGE_BACKLOG {
+                                    held.pop_front();
+                                    page_message_dropped("the page has not opened its channel");
                                 }
+                                held.push_back(text);
                             }
-                            Some(text) => held.push(text),
                             None => break,
                         },
                         ev = channel.poll() => match ev {
                             Some(DataChannelEvent::OnOpen) => {
                                 open = true;
                                 for text in held.drain(..) {
-                                    let _ = channel.send_text(&text).await;
+                                    send_on_page_channel(&*channel, &text).await;
                                 }
                             }
                             Some(DataChannelEvent::OnClose) | None => break,
@@ -698,13 +725,20 @@ impl CallActor {
         match &mut self.page {
             Page::Off => {}
             Page::Waiting(backlog) => {
+                // Not counted as a limit hit: a client without the page (an API client, a
+                // phone bridge) never opens the channel, and only the latest messages matter
+                // to a page that opens it late.
                 if backlog.len() == PAGE_BACKLOG {
                     backlog.pop_front();
                 }
                 backlog.push_back(text);
             }
             Page::Open(tx) => {
-                let _ = tx.send(text);
+                // Never waits: the call must not slow down for its page.
+                if let Err(tokio::sync::mpsc::error::TrySendError::Full(_)) = tx.try_send(text) {
+                    self.span
+                        .in_scope(|| page_message_dropped("the page channel's queue is full"));
+                }
             }
         }
     }
@@ -874,6 +908,17 @@ impl CallActor {
             });
             ctx.stop();
         }));
+    }
+}
+
+/// Sends `text` on the open page channel, unless the browser has not acknowledged
+/// [`PAGE_MAX_UNACKED_BYTES`] already.
+async fn send_on_page_channel(channel: &dyn DataChannel, text: &str) {
+    if channel.outstanding_bytes().await.unwrap_or(0) > PAGE_MAX_UNACKED_BYTES {
+        return page_message_dropped("the page does not acknowledge what it was sent");
+    }
+    if let Err(e) = channel.send_text(text).await {
+        tracing::debug!(error = %e, "page channel send failed");
     }
 }
 

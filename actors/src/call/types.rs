@@ -3,6 +3,7 @@
 use crate::asr::AsrFactory;
 use crate::codec::ListenSettings;
 use crate::dialog::DialogSettings;
+use crate::recognizer::RecognizerSettings;
 use crate::tts::TtsFactory;
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,8 +50,8 @@ pub struct CallSettings {
     pub hold: HoldPrompts,
     /// Endpointing and barge-in.
     pub listen: ListenSettings,
-    /// Minimum time between `asr.partial` events.
-    pub partial_interval: Duration,
+    /// The recognizer's partial rate and result deadline.
+    pub recognizer: RecognizerSettings,
 }
 
 /// What the caller hears while the dialog connection is being re-established (empty: silence).

@@ -4,8 +4,15 @@
 //! 24 kHz for OpenAI) and the body is read as it arrives, so audio plays while the server is
 //! still producing it. Many self-hosted servers speak the same API. Dropping the stream aborts the
 //! request. A non-2xx status or a transport error ends the stream with an error.
+//!
+//! Deadlines: `timeout` bounds the wait for the response head; after it, the body must keep
+//! moving: no bytes for `stream_idle` ends the synthesis as failed (counted as
+//! `Limit::TtsStreamIdle`), so a server that stalls mid-answer costs one utterance
+//! (`tts.ended ok:false`), not the rest of the call.
 
 use super::{SynthStream, TtsEngine, TtsError, TtsFactory};
+use crate::idle::{Stalled, idle_timeout};
+use crate::metrics::{Limit, metrics};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use std::rc::Rc;
@@ -28,6 +35,8 @@ pub struct OpenAiTtsSettings {
     pub sample_rate: u32,
     /// Longest wait for the response to start.
     pub timeout: Duration,
+    /// Longest wait for the next bytes of the audio once it started (`tts.stream_idle_timeout_ms`).
+    pub stream_idle: Duration,
 }
 
 impl std::fmt::Debug for OpenAiTtsSettings {
@@ -38,6 +47,8 @@ impl std::fmt::Debug for OpenAiTtsSettings {
             .field("model", &self.model)
             .field("voice", &self.voice)
             .field("sample_rate", &self.sample_rate)
+            .field("timeout", &self.timeout)
+            .field("stream_idle", &self.stream_idle)
             .finish()
     }
 }
@@ -101,13 +112,19 @@ impl TtsEngine for OpenAiEngine {
             engine: ENGINE,
             detail,
         };
+        let stream_idle = s.stream_idle;
         Box::pin(
             futures_util::stream::once(async move {
                 let res = send.await.map_err(|e| err(format!("{url}: {e}")))?;
                 let status = res.status();
                 if !status.is_success() {
+                    // The error's body is only a hint: it gets as long as the audio would.
                     let mut res = res;
-                    let body = res.body().limit(512).await.unwrap_or_default();
+                    let body = tokio::time::timeout(stream_idle, res.body().limit(512))
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .unwrap_or_default();
                     return Err(err(format!(
                         "{url}: HTTP {status}: {}",
                         String::from_utf8_lossy(&body).trim()
@@ -116,7 +133,7 @@ impl TtsEngine for OpenAiEngine {
                 Ok(res)
             })
             .map(move |res| match res {
-                Ok(res) => pcm_chunks(res).boxed_local(),
+                Ok(res) => pcm_chunks(idle_timeout(res, stream_idle)).boxed_local(),
                 Err(e) => futures_util::stream::iter([Err(e)]).boxed_local(),
             })
             .flatten(),
@@ -124,10 +141,11 @@ impl TtsEngine for OpenAiEngine {
     }
 }
 
-/// The response body as i16 chunks, carrying an odd byte over to the next chunk.
+/// The response body (behind its idle timeout) as i16 chunks, carrying an odd byte over to the
+/// next chunk.
 fn pcm_chunks<S, E>(body: S) -> impl futures_util::Stream<Item = Result<Vec<i16>, TtsError>>
 where
-    S: futures_util::Stream<Item = Result<Bytes, E>> + Unpin,
+    S: futures_util::Stream<Item = Result<Result<Bytes, E>, Stalled>> + Unpin,
     E: std::fmt::Display,
 {
     futures_util::stream::unfold(
@@ -136,16 +154,14 @@ where
             if done {
                 return None;
             }
-            match body.next().await {
-                None => None,
-                Some(Err(e)) => Some((
-                    Err(TtsError {
-                        engine: ENGINE,
-                        detail: format!("reading audio: {e}"),
-                    }),
-                    (body, None, true),
-                )),
-                Some(Ok(bytes)) => {
+            let detail = match body.next().await {
+                None => return None,
+                Some(Err(stalled)) => {
+                    metrics().limit_hit(Limit::TtsStreamIdle);
+                    format!("the audio stream stalled: {stalled}")
+                }
+                Some(Ok(Err(e))) => format!("reading audio: {e}"),
+                Some(Ok(Ok(bytes))) => {
                     let mut data: Vec<u8> = Vec::with_capacity(bytes.len() + 1);
                     data.extend(carry);
                     data.extend_from_slice(&bytes);
@@ -155,9 +171,14 @@ where
                         .chunks_exact(2)
                         .map(|b| i16::from_le_bytes([b[0], b[1]]))
                         .collect();
-                    Some((Ok(samples), (body, next_carry, false)))
+                    return Some((Ok(samples), (body, next_carry, false)));
                 }
-            }
+            };
+            let failed = TtsError {
+                engine: ENGINE,
+                detail,
+            };
+            Some((Err(failed), (body, None, true)))
         },
     )
 }
@@ -168,10 +189,10 @@ mod tests {
 
     #[actix_rt::test]
     async fn odd_byte_chunks_reassemble() {
-        let chunks: Vec<Result<Bytes, String>> = vec![
-            Ok(Bytes::from_static(&[1, 0, 2])),
-            Ok(Bytes::from_static(&[0, 3])),
-            Ok(Bytes::from_static(&[0])),
+        let chunks: Vec<Result<Result<Bytes, String>, Stalled>> = vec![
+            Ok(Ok(Bytes::from_static(&[1, 0, 2]))),
+            Ok(Ok(Bytes::from_static(&[0, 3]))),
+            Ok(Ok(Bytes::from_static(&[0]))),
         ];
         let out: Vec<i16> = pcm_chunks(futures_util::stream::iter(chunks))
             .map(|r| r.unwrap())
@@ -190,7 +211,23 @@ mod tests {
             voice: "v".into(),
             sample_rate: 24_000,
             timeout: Duration::from_secs(1),
+            stream_idle: Duration::from_secs(1),
         };
         assert!(!format!("{s:?}").contains("sk-secret"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_body_plays_what_came_then_fails_and_is_counted() {
+        let before = metrics().limit_hits(Limit::TtsStreamIdle);
+        let body = futures_util::stream::iter([Ok::<_, String>(Bytes::from_static(&[1, 0, 2, 0]))])
+            .chain(futures_util::stream::pending());
+        let out: Vec<_> = pcm_chunks(idle_timeout(Box::pin(body), Duration::from_millis(300)))
+            .collect()
+            .await;
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(out[0].as_ref().ok(), Some(&vec![1, 2]));
+        let e = out[1].as_ref().expect_err("the stall ends it as failed");
+        assert!(e.to_string().contains("stalled"), "{e}");
+        assert!(metrics().limit_hits(Limit::TtsStreamIdle) > before);
     }
 }

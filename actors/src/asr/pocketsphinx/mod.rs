@@ -10,15 +10,30 @@
 //! With a JSGF grammar (`asr.pocketsphinx.grammar`) recognition is constrained to the phrases it
 //! lists, which is exact for menus and commands; without one the general English language model
 //! is used (slower at the end of an utterance, and approximate).
+//!
+//! Utterances wait for a free decoder in a [`FairQueue`]: bounded (`asr.pocketsphinx.queue_max`
+//! across all calls, a share of it per call) and served in turn by call, so callers who talk
+//! continuously cannot starve everyone else's recognition. An utterance beyond the bound is
+//! refused at once (`asr.error`, counted as `Limit::AsrQueueFull`). An utterance whose results
+//! nobody awaits any more (its call ended, or the recognizer's deadline passed and it dropped
+//! the stream) leaves the queue, or, if it already holds a decoder, is abandoned at its next
+//! chunk of audio: the decoder ends it and takes the next job.
+//!
+//! Failure: a decoder error fails that utterance (`asr.error`, not fatal). If the decoder
+//! threads are gone (the engine was dropped), every utterance fails fatally.
 
 mod decoder;
+mod queue;
 
 use super::{AsrEngine, AsrFactory, AsrStream, AsrUpdate, UtteranceSink};
+use crate::metrics::{Limit, metrics};
 use decoder::Decoder;
+use queue::FairQueue;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use tokio::sync::mpsc;
 
 /// Audio between partial hypotheses (samples at 16 kHz): 200 ms.
@@ -37,6 +52,8 @@ pub struct PocketsphinxSettings {
     pub grammar: Option<String>,
     /// Decoder threads.
     pub decoders: usize,
+    /// Most utterances waiting for a decoder, across all calls.
+    pub queue_max: usize,
 }
 
 enum Audio {
@@ -46,21 +63,76 @@ enum Audio {
 
 /// One utterance for a decoder thread.
 struct Job {
+    /// The utterance's audio, as the caller speaks it.
     audio: std_mpsc::Receiver<Audio>,
+    /// Results go here; closed when nobody awaits them any more (the job is abandoned).
     results: mpsc::UnboundedSender<AsrUpdate>,
+}
+
+impl Job {
+    /// Nobody awaits this utterance's results any more.
+    fn abandoned(&self) -> bool {
+        self.results.is_closed()
+    }
+}
+
+/// What the decoder threads and the calls' engines share.
+struct Shared {
+    /// Waiting utterances, and whether the engine is gone.
+    waiting: Mutex<Waiting>,
+    /// Signalled when a job is queued or the engine goes.
+    queued: Condvar,
+}
+
+struct Waiting {
+    /// Utterances no decoder has taken yet.
+    jobs: FairQueue<Job>,
+    /// The factory was dropped: the decoder threads end.
+    closed: bool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Waiting> {
+        // Nothing panics while holding the lock (queue operations only), so a poisoned lock
+        // still holds a consistent queue.
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The next job for a decoder thread, waiting for one; `None` once the engine is gone.
+    fn next_job(&self) -> Option<Job> {
+        let mut w = self.lock();
+        loop {
+            if w.closed {
+                return None;
+            }
+            while let Some((_, job)) = w.jobs.pop() {
+                if !job.abandoned() {
+                    return Some(job);
+                }
+            }
+            w = self.queued.wait(w).unwrap_or_else(|p| p.into_inner());
+        }
+    }
 }
 
 /// The engine factory: owns the decoder threads.
 pub struct Pocketsphinx {
-    jobs: std_mpsc::Sender<Job>,
+    shared: Arc<Shared>,
+    /// The key of the next call's engine in the queue.
+    next_call: AtomicU64,
 }
 
 impl Pocketsphinx {
     /// Starts the decoder threads; fails if a decoder cannot be built (missing model files, a
     /// grammar that does not parse or uses words the dictionary lacks).
     pub fn start(s: &PocketsphinxSettings) -> Result<Pocketsphinx, String> {
-        let (jobs_tx, jobs_rx) = std_mpsc::channel::<Job>();
-        let jobs_rx = Arc::new(Mutex::new(jobs_rx));
+        let shared = Arc::new(Shared {
+            waiting: Mutex::new(Waiting {
+                jobs: FairQueue::new(s.queue_max),
+                closed: false,
+            }),
+            queued: Condvar::new(),
+        });
         let (ready_tx, ready_rx) = std_mpsc::channel::<Result<(), String>>();
         // The grammar is the active search when given; the LM is then not loaded (it costs ~60 MB
         // per decoder).
@@ -69,10 +141,15 @@ impl Pocketsphinx {
         } else {
             s.lm.clone()
         };
+        // Built before the threads, so an early return below still ends the threads it started.
+        let engine = Pocketsphinx {
+            shared: shared.clone(),
+            next_call: AtomicU64::new(0),
+        };
         for i in 0..s.decoders.max(1) {
             let (hmm, dict, lm, grammar) =
                 (s.hmm.clone(), s.dict.clone(), lm.clone(), s.grammar.clone());
-            let (jobs, ready) = (jobs_rx.clone(), ready_tx.clone());
+            let (shared, ready) = (shared.clone(), ready_tx.clone());
             std::thread::Builder::new()
                 .name(format!("vg-asr-{i}"))
                 .spawn(move || {
@@ -80,7 +157,7 @@ impl Pocketsphinx {
                     match decoder {
                         Ok(d) => {
                             let _ = ready.send(Ok(()));
-                            run(d, &jobs);
+                            run(d, &shared);
                         }
                         Err(e) => {
                             let _ = ready.send(Err(format!("pocketsphinx: {e}")));
@@ -95,20 +172,20 @@ impl Pocketsphinx {
                 .recv()
                 .map_err(|_| "a pocketsphinx thread died".to_owned())??;
         }
-        Ok(Pocketsphinx { jobs: jobs_tx })
+        Ok(engine)
+    }
+}
+
+impl Drop for Pocketsphinx {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.queued.notify_all();
     }
 }
 
 /// A decoder thread: one utterance at a time.
-fn run(mut d: Decoder, jobs: &Mutex<std_mpsc::Receiver<Job>>) {
-    loop {
-        let job = {
-            let rx = jobs.lock().unwrap_or_else(|p| p.into_inner());
-            match rx.recv() {
-                Ok(job) => job,
-                Err(_) => return, // the engine is gone
-            }
-        };
+fn run(mut d: Decoder, shared: &Shared) {
+    while let Some(job) = shared.next_job() {
         let fail = |results: &mpsc::UnboundedSender<AsrUpdate>, message: String| {
             let _ = results.send(AsrUpdate::Error {
                 message: format!("pocketsphinx: {message}"),
@@ -121,9 +198,14 @@ fn run(mut d: Decoder, jobs: &Mutex<std_mpsc::Receiver<Job>>) {
         }
         let mut since_partial = 0;
         let mut last = String::new();
-        // Until the end, or the call went away mid-utterance (the channel closed): finish
-        // either way, so the decoder is ready for the next job.
+        // Until the end, or the call went away mid-utterance (the channel closed), or nobody
+        // awaits the result any more: finish either way, so the decoder is ready for the next
+        // job. (The audio channel cannot stay open and silent for long: the endpointer ends
+        // every utterance within `listen.max_utterance_ms` of audio.)
         while let Ok(Audio::Chunk(pcm)) = job.audio.recv() {
+            if job.abandoned() {
+                break;
+            }
             if let Err(e) = d.process(&pcm) {
                 fail(&job.results, e);
                 break;
@@ -139,6 +221,11 @@ fn run(mut d: Decoder, jobs: &Mutex<std_mpsc::Receiver<Job>>) {
                 }
             }
         }
+        if job.abandoned() {
+            // Ends the utterance without searching for a result nobody will read.
+            let _ = d.finish();
+            continue;
+        }
         match d.finish() {
             Ok(text) => {
                 let _ = job.results.send(AsrUpdate::Final(text));
@@ -151,13 +238,16 @@ fn run(mut d: Decoder, jobs: &Mutex<std_mpsc::Receiver<Job>>) {
 impl AsrFactory for Pocketsphinx {
     fn for_call(&self) -> Rc<dyn AsrEngine> {
         Rc::new(PocketsphinxEngine {
-            jobs: self.jobs.clone(),
+            shared: self.shared.clone(),
+            call: self.next_call.fetch_add(1, Ordering::Relaxed),
         })
     }
 }
 
 struct PocketsphinxEngine {
-    jobs: std_mpsc::Sender<Job>,
+    shared: Arc<Shared>,
+    /// This call's key in the queue.
+    call: u64,
 }
 
 struct Sink {
@@ -182,28 +272,44 @@ impl AsrEngine for PocketsphinxEngine {
     fn utterance(&self) -> (Box<dyn UtteranceSink>, AsrStream) {
         let (audio_tx, audio_rx) = std_mpsc::channel();
         let (results_tx, results_rx) = mpsc::unbounded_channel();
-        if self
-            .jobs
-            .send(Job {
-                audio: audio_rx,
-                results: results_tx,
-            })
-            .is_err()
-        {
-            let err = AsrUpdate::Error {
-                message: "pocketsphinx: the decoder threads are gone".into(),
-                fatal: true,
-            };
-            return (
-                Box::new(Sink { audio: audio_tx }),
-                Box::pin(futures_util::stream::iter([err])),
-            );
+        let job = Job {
+            audio: audio_rx,
+            results: results_tx,
+        };
+        let refused = {
+            let mut w = self.shared.lock();
+            if w.closed {
+                Some(AsrUpdate::Error {
+                    message: "pocketsphinx: the decoder threads are gone".into(),
+                    fatal: true,
+                })
+            } else {
+                // Places held by abandoned utterances are free again.
+                w.jobs.retain(|j| !j.abandoned());
+                match w.jobs.push(self.call, job) {
+                    Ok(()) => None,
+                    Err((why, _job)) => {
+                        metrics().limit_hit(Limit::AsrQueueFull);
+                        Some(AsrUpdate::Error {
+                            message: format!("pocketsphinx: {why}"),
+                            fatal: false,
+                        })
+                    }
+                }
+            }
+        };
+        // The audio of a refused utterance goes nowhere: its receiver went with the job.
+        let sink = Box::new(Sink { audio: audio_tx });
+        if let Some(err) = refused {
+            return (sink, Box::pin(futures_util::stream::iter([err])));
         }
+        self.shared.queued.notify_one();
+        // Unbounded, but a decoder sends at most one partial per 200 ms of audio and one final.
         let stream = futures_util::stream::unfold(results_rx, |mut rx| async move {
             let update = rx.recv().await?;
             Some((update, rx))
         });
-        (Box::new(Sink { audio: audio_tx }), Box::pin(stream))
+        (sink, Box::pin(stream))
     }
 }
 
@@ -219,6 +325,7 @@ mod tests {
             lm: Some("/usr/share/pocketsphinx/model/en-us/en-us.lm.bin".into()),
             grammar: grammar.map(str::to_owned),
             decoders: 1,
+            queue_max: 8,
         }
     }
 
@@ -246,5 +353,79 @@ mod tests {
         })
         .err();
         assert!(missing.is_some_and(|e| e.contains("mdef")));
+    }
+
+    /// Waits until `n` utterances wait in the queue.
+    async fn waiting(ps: &Pocketsphinx, n: usize) {
+        let t0 = std::time::Instant::now();
+        while ps.shared.lock().jobs.len() != n {
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(5),
+                "{} waiting, want {n}",
+                ps.shared.lock().jobs.len()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    /// The first update of `results`, which must come at once.
+    async fn first(results: &mut AsrStream) -> AsrUpdate {
+        tokio::time::timeout(std::time::Duration::from_secs(5), results.next())
+            .await
+            .expect("an update in time")
+            .expect("an update")
+    }
+
+    #[actix_rt::test]
+    async fn the_queue_is_bounded_shared_fairly_and_abandoned_work_frees_the_decoder() {
+        let ps = Pocketsphinx::start(&PocketsphinxSettings {
+            queue_max: 2,
+            ..settings(Some("#JSGF V1.0; grammar g; public <s> = hello world ;"))
+        })
+        .expect("pocketsphinx is installed by scripts/setup.sh");
+        let refused_before = metrics().limit_hits(Limit::AsrQueueFull);
+        let (a, b, c, d) = (ps.for_call(), ps.for_call(), ps.for_call(), ps.for_call());
+        // A caller talks and holds the one decoder.
+        let (mut a_sink, a_results) = a.utterance();
+        a_sink.push(&[0; 1600]);
+        waiting(&ps, 0).await;
+        // Another call's utterance waits; its next one is refused: a call holds half the queue.
+        let (mut b1_sink, mut b1_results) = b.utterance();
+        waiting(&ps, 1).await;
+        let (_b2_sink, mut b2_results) = b.utterance();
+        let AsrUpdate::Error { message, fatal } = first(&mut b2_results).await else {
+            panic!("b2 is refused");
+        };
+        assert!(
+            !fatal && message.contains("this call already has 1"),
+            "{message}"
+        );
+        // A third call takes the last place; a fourth finds the queue full.
+        let (_c_sink, c_results) = c.utterance();
+        waiting(&ps, 2).await;
+        let (_d1_sink, mut d1_results) = d.utterance();
+        let AsrUpdate::Error { message, .. } = first(&mut d1_results).await else {
+            panic!("d1 is refused");
+        };
+        assert!(message.contains("server is busy"), "{message}");
+        assert_eq!(
+            metrics().limit_hits(Limit::AsrQueueFull) - refused_before,
+            2
+        );
+        // The third call hangs up: its place is free again.
+        drop(c_results);
+        let (mut d2_sink, mut d2_results) = d.utterance();
+        waiting(&ps, 2).await;
+        // Nobody awaits the first utterance any more (a deadline passed): the decoder drops it
+        // at its next audio, without its end, and serves the waiting calls in turn.
+        drop(a_results);
+        a_sink.push(&[0; 1600]);
+        b1_sink.push(&[0; 16_000]);
+        b1_sink.finish();
+        assert_eq!(first(&mut b1_results).await, AsrUpdate::Final(None));
+        d2_sink.push(&[0; 16_000]);
+        d2_sink.finish();
+        assert_eq!(first(&mut d2_results).await, AsrUpdate::Final(None));
+        waiting(&ps, 0).await;
     }
 }
