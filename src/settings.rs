@@ -96,6 +96,10 @@ pub struct Dialog {
     pub reconnect_max_ms: u64,
     /// Events kept while disconnected.
     pub event_buffer: usize,
+    /// Largest message from the app.
+    pub max_message_bytes: usize,
+    /// Uptime after which a lost connection gets the full reconnect budget again.
+    pub stable_after_ms: u64,
     /// Hold prompt on loss.
     pub hold_first: String,
     /// Hold prompt per retry.
@@ -452,6 +456,15 @@ pub enum SettingsError {
     },
 }
 
+/// Smallest `dialog.max_message_bytes`: room for any control frame (125 bytes) and a command.
+const MIN_DIALOG_MESSAGE_BYTES: usize = 1024;
+/// Largest `dialog.max_message_bytes`: each call may hold about twice the limit while a message
+/// arrives, so a larger value would let one dialog app take hundreds of megabytes per call.
+const MAX_DIALOG_MESSAGE_BYTES: usize = 64 << 20;
+/// Smallest `dialog.stable_after_ms`: below it, an app that accepts and drops at once would
+/// get a fresh reconnect budget every time and be redialled without end.
+const MIN_DIALOG_STABLE_AFTER_MS: u64 = 100;
+
 fn invalid(key: &'static str, reason: impl ToString) -> SettingsError {
     SettingsError::Invalid {
         key,
@@ -647,6 +660,18 @@ impl Settings {
                 "must be at least 100 (and connect_timeout_ms above 0)",
             ));
         }
+        if !(MIN_DIALOG_MESSAGE_BYTES..=MAX_DIALOG_MESSAGE_BYTES).contains(&d.max_message_bytes) {
+            return Err(invalid(
+                "dialog.max_message_bytes",
+                format!("must be {MIN_DIALOG_MESSAGE_BYTES} to {MAX_DIALOG_MESSAGE_BYTES}"),
+            ));
+        }
+        if d.stable_after_ms < MIN_DIALOG_STABLE_AFTER_MS {
+            return Err(invalid(
+                "dialog.stable_after_ms",
+                format!("must be at least {MIN_DIALOG_STABLE_AFTER_MS}"),
+            ));
+        }
         let dialog = DialogSettings {
             url: url::Url::parse("ws://127.0.0.1/").expect("a constant URL parses"),
             connect_timeout: Duration::from_millis(d.connect_timeout_ms),
@@ -658,6 +683,8 @@ impl Settings {
                 d.reconnect_max_ms.max(d.reconnect_initial_ms.max(1)),
             ),
             event_buffer: d.event_buffer.max(1),
+            max_message_bytes: d.max_message_bytes,
+            stable_after: Duration::from_millis(d.stable_after_ms),
         };
         if self.tts.stream_idle_timeout_ms < MIN_STREAM_IDLE_MS {
             return Err(invalid(
@@ -887,6 +914,8 @@ mod tests {
         assert_eq!(s.tts.engine, "espeak");
         let v = s.validate().unwrap();
         assert!(matches!(v.dialog_target, DialogTarget::Demo));
+        assert_eq!(v.dialog.max_message_bytes, 1 << 20);
+        assert_eq!(v.dialog.stable_after, Duration::from_secs(10));
         assert!(matches!(v.tts, TtsChoice::Espeak(_)));
         assert_eq!(v.media.bind.port(), 50000);
         assert!(v.media.workers >= 1);
@@ -965,6 +994,21 @@ mod tests {
             ),
             ("VOICEGATE__MEDIA__PCM_RATE", "22050", "media.pcm_rate"),
             ("VOICEGATE__CALLS__ID_PREFIX", "a b", "calls.id_prefix"),
+            (
+                "VOICEGATE__DIALOG__MAX_MESSAGE_BYTES",
+                "100",
+                "dialog.max_message_bytes",
+            ),
+            (
+                "VOICEGATE__DIALOG__MAX_MESSAGE_BYTES",
+                "1000000000",
+                "dialog.max_message_bytes",
+            ),
+            (
+                "VOICEGATE__DIALOG__STABLE_AFTER_MS",
+                "0",
+                "dialog.stable_after_ms",
+            ),
             (
                 "VOICEGATE__MEDIA__OPUS__COMPLEXITY",
                 "11",

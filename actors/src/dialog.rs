@@ -14,14 +14,25 @@
 //! [`DialogEvent::Closed`] and ends the call. A failed first dial is [`DialogEvent::Unreachable`];
 //! running out of reconnect attempts is [`DialogEvent::Lost`].
 //!
+//! Reconnect attempts are counted in a row (`RedialBudget`): a connection that drops within
+//! `stable_after` of coming up is one more failed attempt, and only a connection that stayed up
+//! that long gives the full `reconnect_attempts` back. An app that accepts and drops again and
+//! again is therefore dialled at most `reconnect_attempts + 1` times before the call ends.
+//!
+//! A lost connection is let go of at once, both halves, so its socket is closed rather than left
+//! half-open until the call ends. A message larger than `max_message_bytes` is refused by the
+//! length its frame header declares, before its payload is read (`dialog_wire`); the connection
+//! is then closed with 1009 (message too big, RFC 6455 §7.4.1) and counts as lost.
+//!
 //! Failure: if the actor dies (a panic), its drop guard reports [`DialogEvent::Crashed`] and the
 //! call restarts it, which then redials like a reconnect (no second `call.started`).
 
+use crate::dialog_wire::{FlushThenClose, LimitedCodec, ReadError};
 use crate::trace_msg;
 use actix::io::SinkWrite;
 use actix::prelude::*;
 use awc::BoxedSocket;
-use awc::ws::{self, CloseCode, CloseReason, Frame, Message as WsMessage};
+use awc::ws::{CloseCode, CloseReason, Frame, Message as WsMessage};
 use futures_util::StreamExt;
 use futures_util::stream::SplitSink;
 use std::collections::VecDeque;
@@ -32,11 +43,10 @@ use voicegate_core::call_id::CallId;
 use voicegate_core::dialog::{
     Command, CommandError, DialParams, Event, dial_url, parse_command, redact,
 };
+use voicegate_core::restart::RedialBudget;
 
 /// How long a closing connection may take to flush its close frame.
 const CLOSE_GRACE: Duration = Duration::from_millis(500);
-/// Largest frame accepted from the dialog app.
-const MAX_FRAME: usize = 1 << 20;
 
 /// Settings of the dialog connection.
 #[derive(Debug, Clone)]
@@ -57,6 +67,10 @@ pub struct DialogSettings {
     pub reconnect_max: Duration,
     /// Events kept while disconnected.
     pub event_buffer: usize,
+    /// Largest message accepted from the app, in bytes (fragments of one message together).
+    pub max_message_bytes: usize,
+    /// How long a connection must stay up before its loss starts a fresh row of attempts.
+    pub stable_after: Duration,
 }
 
 /// Reports to the call.
@@ -101,8 +115,10 @@ pub struct Close {
     pub reason: String,
 }
 
-type WsSink =
-    SinkWrite<WsMessage, SplitSink<actix_codec::Framed<BoxedSocket, ws::Codec>, WsMessage>>;
+type WsSink = SinkWrite<
+    WsMessage,
+    FlushThenClose<SplitSink<actix_codec::Framed<BoxedSocket, LimitedCodec>, WsMessage>>,
+>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -130,6 +146,14 @@ pub struct DialogClient {
     sink: Option<WsSink>,
     /// The read half's stream.
     reader: Option<SpawnHandle>,
+    /// The future that writes `sink` out. Kept here because `SinkWrite::handle` cannot be
+    /// asked from inside that future's own callbacks (a write error), which hold its state.
+    writer: Option<SpawnHandle>,
+    /// The write half of a lost connection, flushing its close frame until the grace period
+    /// ends or the next dial starts.
+    retiring: Option<SpawnHandle>,
+    /// Reconnect attempts left in a row.
+    redials: RedialBudget,
     /// Events waiting for a connection.
     pending: VecDeque<String>,
     /// Events dropped because the buffer was full.
@@ -156,6 +180,7 @@ impl DialogClient {
         parent: Recipient<DialogEvent>,
         restart: bool,
     ) -> Self {
+        let redials = RedialBudget::new(settings.reconnect_attempts, settings.stable_after);
         DialogClient {
             call_id,
             span,
@@ -164,6 +189,9 @@ impl DialogClient {
             parent,
             sink: None,
             reader: None,
+            writer: None,
+            retiring: None,
+            redials,
             pending: VecDeque::new(),
             dropped: 0,
             state: State::Dialing,
@@ -179,15 +207,19 @@ impl DialogClient {
             return;
         }
         self.state = State::Dialing;
+        if let Some(old) = self.retiring.take() {
+            ctx.cancel_future(old);
+        }
         let url = dial_url(&self.settings.url, self.call_id.as_str(), &self.params);
         let shown = redact(&url);
         let timeout = self.settings.connect_timeout;
+        let max_message = self.settings.max_message_bytes;
         let fut = async move {
             awc::Client::builder()
                 .timeout(timeout)
                 .finish()
                 .ws(url.as_str())
-                .max_frame_size(MAX_FRAME)
+                .max_frame_size(max_message)
                 .connect()
                 .await
         };
@@ -198,11 +230,16 @@ impl DialogClient {
             let _e = act.span.clone().entered();
             match res {
                 Ok((_, framed)) => {
+                    // awc's own codec would buffer a whole declared frame before checking it.
+                    let framed = framed.replace_codec(LimitedCodec::new(max_message));
                     let (sink, stream) = framed.split();
                     act.reader = Some(ctx.add_stream(stream));
-                    act.sink = Some(SinkWrite::new(sink, ctx));
+                    let sink = SinkWrite::new(FlushThenClose(sink), ctx);
+                    act.writer = Some(sink.handle());
+                    act.sink = Some(sink);
                     act.state = State::Open;
                     act.last_heard = Instant::now();
+                    act.redials.connected(act.last_heard);
                     let reconnect = act.ever_connected;
                     act.ever_connected = true;
                     tracing::info!(url = %shown, attempt, reconnect, "dialog app connected");
@@ -219,7 +256,7 @@ impl DialogClient {
                     let detail = format!("dial {shown} (http={status}): {e}");
                     tracing::warn!(url = %shown, http = status, error = %e, attempt, "dialog app dial failed");
                     if act.ever_connected {
-                        act.reconnect(attempt + 1, detail, ctx);
+                        act.reconnect(detail, ctx);
                     } else {
                         act.parent.do_send(DialogEvent::Unreachable(detail));
                     }
@@ -228,18 +265,18 @@ impl DialogClient {
         }));
     }
 
-    /// Schedules reconnect attempt `attempt`, or gives up.
-    fn reconnect(&mut self, attempt: u32, detail: String, ctx: &mut Context<Self>) {
+    /// Schedules the next reconnect attempt, or gives up when the budget is spent.
+    fn reconnect(&mut self, detail: String, ctx: &mut Context<Self>) {
         if self.state == State::Closing {
             return;
         }
         self.state = State::Dialing;
-        if attempt > self.settings.reconnect_attempts {
+        let Some(attempt) = self.redials.next_attempt(Instant::now()) else {
             self.span
                 .in_scope(|| tracing::warn!(%detail, "dialog app lost; giving up"));
             self.parent.do_send(DialogEvent::Lost(detail));
             return;
-        }
+        };
         let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(16));
         let delay = self
             .settings
@@ -251,16 +288,48 @@ impl DialogClient {
         ctx.run_later(delay, move |act, ctx| act.dial(attempt, ctx));
     }
 
-    /// The connection broke.
-    fn lost(&mut self, detail: String, ctx: &mut Context<Self>) {
+    /// The connection broke: let go of it and reconnect. `close`: a close frame to send first,
+    /// best effort.
+    fn lost(&mut self, detail: String, close: Option<CloseCode>, ctx: &mut Context<Self>) {
         if self.state != State::Open {
             return;
         }
-        self.sink = None;
-        if let Some(h) = self.reader.take() {
-            ctx.cancel_future(h);
+        self.release(close, ctx);
+        self.reconnect(detail, ctx);
+    }
+
+    /// Lets go of the connection, so its socket is closed. Dropping the `SinkWrite` is not
+    /// enough: the write half lives on in the future it spawned (and with it the socket, half
+    /// open, until the call ends), so that future is cancelled too: at once, or after
+    /// `CLOSE_GRACE` when a close frame is to be flushed first.
+    fn release(&mut self, close: Option<CloseCode>, ctx: &mut Context<Self>) {
+        if let Some(reader) = self.reader.take() {
+            ctx.cancel_future(reader);
         }
-        self.reconnect(1, detail, ctx);
+        let (Some(mut sink), Some(writer)) = (self.sink.take(), self.writer.take()) else {
+            return;
+        };
+        // A close frame is only asked for on a read error, never from the writer's callbacks.
+        let flushing = close.is_some_and(|code| {
+            sink.write(WsMessage::Close(Some(CloseReason {
+                code,
+                description: None,
+            })))
+            .is_ok()
+        });
+        if !flushing {
+            ctx.cancel_future(writer);
+            return;
+        }
+        if let Some(older) = self.retiring.replace(writer) {
+            ctx.cancel_future(older);
+        }
+        ctx.run_later(CLOSE_GRACE, move |act, ctx| {
+            if act.retiring == Some(writer) {
+                act.retiring = None;
+                ctx.cancel_future(writer);
+            }
+        });
     }
 
     fn write(&mut self, text: String) {
@@ -318,7 +387,7 @@ impl Actor for DialogClient {
                 return;
             }
             if act.last_heard.elapsed() > act.settings.ping_interval + act.settings.pong_timeout {
-                act.lost("no answer to pings".into(), ctx);
+                act.lost("no answer to pings".into(), None, ctx);
                 return;
             }
             if let Some(sink) = act.sink.as_mut() {
@@ -342,12 +411,8 @@ impl Drop for DialogClient {
     }
 }
 
-impl StreamHandler<Result<Frame, awc::error::WsProtocolError>> for DialogClient {
-    fn handle(
-        &mut self,
-        item: Result<Frame, awc::error::WsProtocolError>,
-        ctx: &mut Self::Context,
-    ) {
+impl StreamHandler<Result<Frame, ReadError>> for DialogClient {
+    fn handle(&mut self, item: Result<Frame, ReadError>, ctx: &mut Self::Context) {
         self.last_heard = Instant::now();
         match item {
             Ok(Frame::Text(bytes)) | Ok(Frame::Binary(bytes)) => {
@@ -363,6 +428,8 @@ impl StreamHandler<Result<Frame, awc::error::WsProtocolError>> for DialogClient 
                     let _ = sink.write(WsMessage::Pong(p));
                 }
             }
+            // The protocol is one message per text frame; fragmented messages are not assembled
+            // (the codec still limits their total).
             Ok(Frame::Pong(_)) | Ok(Frame::Continuation(_)) => {}
             Ok(Frame::Close(reason)) => {
                 let code: u16 = reason.as_ref().map_or(1005, |r| r.code.into());
@@ -375,22 +442,34 @@ impl StreamHandler<Result<Frame, awc::error::WsProtocolError>> for DialogClient 
                     self.state = State::Closing;
                     self.parent.do_send(DialogEvent::Closed { code });
                 } else {
-                    self.lost(format!("closed with code {code}"), ctx);
+                    self.lost(format!("closed with code {code}"), None, ctx);
                 }
             }
-            Err(e) => self.lost(format!("protocol error: {e}"), ctx),
+            Err(ReadError::TooBig(e)) => {
+                if self.state == State::Open {
+                    self.span.in_scope(|| {
+                        tracing::warn!(
+                            declared = e.declared,
+                            limit = e.limit,
+                            "dialog message too big; closing the connection"
+                        )
+                    });
+                }
+                self.lost(e.to_string(), Some(CloseCode::Size), ctx);
+            }
+            Err(e @ ReadError::Protocol(_)) => self.lost(format!("protocol error: {e}"), None, ctx),
         }
     }
 
     fn finished(&mut self, ctx: &mut Self::Context) {
         // The TCP connection ended without a close frame.
-        self.lost("connection ended".into(), ctx);
+        self.lost("connection ended".into(), None, ctx);
     }
 }
 
 impl actix::io::WriteHandler<awc::error::WsProtocolError> for DialogClient {
     fn error(&mut self, err: awc::error::WsProtocolError, ctx: &mut Self::Context) -> Running {
-        self.lost(format!("write failed: {err}"), ctx);
+        self.lost(format!("write failed: {err}"), None, ctx);
         Running::Continue
     }
 

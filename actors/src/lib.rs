@@ -10,6 +10,7 @@ pub mod asr;
 pub mod call;
 pub mod codec;
 pub mod dialog;
+pub mod dialog_wire;
 pub mod idle;
 pub mod metrics;
 pub mod recognizer;

@@ -26,3 +26,4 @@ pub mod text;
 pub mod timeline;
 pub mod tone;
 pub mod untrusted;
+pub mod ws_frame;
