@@ -278,16 +278,22 @@ fn client_info(req: &HttpRequest, trusted: &[IpNet]) -> ClientInfo {
         .headers()
         .get("x-forwarded-for")
         .and_then(|v| v.to_str().ok());
-    let ip = req
-        .peer_addr()
-        .map(|peer| admission::client_ip(peer.ip(), forwarded, trusted));
+    let peer = req.peer_addr();
+    let ip = peer.map(|peer| admission::client_ip(peer.ip(), forwarded, trusted));
     let user_agent = req
         .headers()
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .map(|ua| ua.chars().take(USER_AGENT_MAX_CHARS).collect());
+    // The direct peer is shown with its port, as the original did; a forwarded client has
+    // none.
+    let addr = match (peer, ip) {
+        (Some(p), Some(ip)) if p.ip() == ip => p.to_string(),
+        (_, Some(ip)) => ip.to_string(),
+        _ => String::new(),
+    };
     ClientInfo {
-        addr: ip.map(|ip| ip.to_string()).unwrap_or_default(),
+        addr,
         ip,
         user_agent,
     }
