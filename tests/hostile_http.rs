@@ -192,6 +192,10 @@ async fn an_offer_flood_from_one_source_leaves_room_for_others() {
         ("admission.offers_per_ip_per_s", "2"),
         ("admission.offer_burst", "5"),
         ("http.trusted_proxies", "127.0.0.1"),
+        // The flood's calls never authenticate; keep them for the whole test, so the count
+        // of admitted calls does not depend on how fast this machine answers 40 offers.
+        ("calls.auth_timeout_ms", "60000"),
+        ("calls.connect_timeout_ms", "60000"),
     ]);
     let sdp = offer_sdp().await;
     let flood = |xff: &'static str| {
