@@ -36,6 +36,9 @@ const USAGE: &str = "usage:
   voicegate-bench recognize <file.wav> [--grammar <file.gram>]
   (`voicegate-bench echo ...` is `load --profile echo ...`)";
 
+/// Calls per step (and floor calls) when `--calls` is not given.
+const DEFAULT_CALLS: usize = 20;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Load,
@@ -50,7 +53,8 @@ struct Args {
     spawn: Option<String>,
     server: SocketAddr,
     pid: Option<u32>,
-    calls: usize,
+    /// `--calls`, when given (the default depends on the mode).
+    calls: Option<usize>,
     ramp: Option<(usize, usize, usize)>,
     seconds: u64,
     minutes: u64,
@@ -71,7 +75,7 @@ fn parse_args(argv: &[String]) -> anyhow::Result<Args> {
         spawn: None,
         server: "127.0.0.1:8080".parse()?,
         pid: None,
-        calls: 20,
+        calls: None,
         ramp: None,
         seconds: 20,
         minutes: 10,
@@ -113,7 +117,7 @@ fn parse_args(argv: &[String]) -> anyhow::Result<Args> {
                     .with_context(|| format!("--server {v}: want http://ip:port"))?;
             }
             "--pid" => a.pid = Some(val()?.parse()?),
-            "--calls" => a.calls = val()?.parse()?,
+            "--calls" => a.calls = Some(val()?.parse()?),
             "--ramp" => {
                 let v = val()?;
                 let p: Vec<usize> = v
@@ -185,7 +189,7 @@ fn main() -> anyhow::Result<()> {
     let args = parse_args(&argv)?;
     if args.mode == Mode::Floor {
         let plan = floor::FloorPlan {
-            calls: args.calls,
+            calls: args.calls.unwrap_or(DEFAULT_CALLS),
             seconds: args.seconds,
             complexity: args.complexity,
             fec: args.fec,
@@ -248,10 +252,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if args.mode == Mode::Soak {
         let plan = StepPlan {
-            calls: args.calls,
-            duration: Duration::from_secs(args.minutes * 60),
-            stagger,
             sample_every: Some(Duration::from_secs(args.sample_s.max(1))),
+            ..StepPlan::new(
+                args.calls.unwrap_or(DEFAULT_CALLS),
+                Duration::from_secs(args.minutes * 60),
+                stagger,
+            )
         };
         let r = load::step(&source, args.profile, uplink, dialog.as_ref(), &plan).await?;
         if args.json {
@@ -271,19 +277,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let steps: Vec<usize> = match args.ramp {
         Some((from, step, to)) => (from..=to).step_by(step).collect(),
-        None => vec![args.calls],
+        None => vec![args.calls.unwrap_or(DEFAULT_CALLS)],
     };
     let mut best = None;
     let mut best_prefix = None;
     let mut all_held = true;
     let mut first = true;
     for n in steps {
-        let plan = StepPlan {
-            calls: n,
-            duration: Duration::from_secs(args.seconds),
-            stagger,
-            sample_every: None,
-        };
+        let plan = StepPlan::new(n, Duration::from_secs(args.seconds), stagger);
         let r = load::step(
             &source,
             args.profile,
