@@ -5,12 +5,15 @@
 //!   that still holds the quality bar. Against a server it starts itself (`--spawn`, optionally
 //!   pinned with `--pin`) or one already running (`--server`, `--pid`).
 //! - `soak`: one long step, the server's RSS sampled over time.
+//! - `hostile`: N echo calls measured like a `load` step while garbage UDP, an offer flood
+//!   from one address and a misbehaving dialog app run against the same server (with its
+//!   default limits); fails unless every call connected, got its echo back and lost no uplink.
 //! - `floor`: the Opus decode + encode work of N calls alone, no WebRTC.
 //! - `speech`: speech latencies (TTS first audio, interrupt, turns) against a running server.
 //! - `recognize`: pocketsphinx on a WAV file.
 //!
 //! Every load figure is of calls that really happened: it exits non-zero when no call connected
-//! or no audio flowed.
+//! or no audio flowed (and, for `hostile`, when an attacker did not run).
 
 use anyhow::{Context as _, bail};
 use std::net::SocketAddr;
@@ -19,18 +22,21 @@ use std::time::Duration;
 
 mod dialog;
 mod floor;
+mod hostile;
 mod load;
 mod recognize;
 mod speech;
 mod target;
 
 use load::{Profile, StepPlan};
-use target::Source;
+use target::{Limits, Source};
 
 const USAGE: &str = "usage:
   voicegate-bench load  [--profile echo|dialog] (--spawn <voicegate binary> | --server http://ip:port [--pid PID])
                         [--calls N | --ramp FROM:STEP:TO] [--seconds S] [--stagger-ms MS] [--pin SERVER_CPUS/BENCH_CPUS] [--json]
   voicegate-bench soak  [--profile echo|dialog] (--spawn ... | --server ...) --calls N --minutes M [--sample-s S] [--pin ...] [--json]
+  voicegate-bench hostile --spawn <voicegate binary> [--calls 40] [--seconds 20] [--stagger-ms MS]
+                        [--attacks garbage,flood,app] [--json]
   voicegate-bench floor [--calls N] [--seconds S] [--complexity C] [--fec on|off] [--json]
   voicegate-bench speech --server http://ip:port --dialog-listen ip:port [--runs N]
   voicegate-bench recognize <file.wav> [--grammar <file.gram>]
@@ -43,6 +49,7 @@ const DEFAULT_CALLS: usize = 20;
 enum Mode {
     Load,
     Soak,
+    Hostile,
     Floor,
     Speech,
 }
@@ -65,6 +72,7 @@ struct Args {
     fec: bool,
     dialog_listen: SocketAddr,
     runs: usize,
+    attacks: hostile::Attacks,
     json: bool,
 }
 
@@ -86,6 +94,7 @@ fn parse_args(argv: &[String]) -> anyhow::Result<Args> {
         fec: true,
         dialog_listen: "127.0.0.1:18100".parse()?,
         runs: 20,
+        attacks: hostile::Attacks::ALL,
         json: false,
     };
     let mut it = argv.iter().skip(1);
@@ -99,6 +108,7 @@ fn parse_args(argv: &[String]) -> anyhow::Result<Args> {
         match arg.as_str() {
             "load" | "echo" if first => a.mode = Mode::Load,
             "soak" if first => a.mode = Mode::Soak,
+            "hostile" if first => a.mode = Mode::Hostile,
             "floor" if first => a.mode = Mode::Floor,
             "speech" if first => a.mode = Mode::Speech,
             "--profile" => {
@@ -155,6 +165,7 @@ fn parse_args(argv: &[String]) -> anyhow::Result<Args> {
             }
             "--dialog-listen" => a.dialog_listen = val()?.parse()?,
             "--runs" => a.runs = val()?.parse()?,
+            "--attacks" => a.attacks = hostile::Attacks::parse(&val()?)?,
             "--json" => a.json = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -167,6 +178,16 @@ fn parse_args(argv: &[String]) -> anyhow::Result<Args> {
     if a.profile == Profile::Dialog && a.spawn.is_none() && a.mode != Mode::Floor {
         bail!(
             "--profile dialog needs --spawn: the bench points the server at its own dialog app and engines"
+        );
+    }
+    if a.mode == Mode::Hostile {
+        anyhow::ensure!(
+            a.spawn.is_some(),
+            "hostile needs --spawn: it runs the server with its default limits and its own dialog app"
+        );
+        anyhow::ensure!(
+            a.profile == Profile::Echo && a.pin.is_none() && a.ramp.is_none(),
+            "hostile takes no --profile, --pin or --ramp: it is one step of echo calls"
         );
     }
     if a.pin.is_some() && a.spawn.is_none() {
@@ -213,6 +234,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.mode == Mode::Speech {
         return speech::run(args.server, args.dialog_listen, args.runs).await;
     }
+    if let (Mode::Hostile, Some(binary)) = (args.mode, &args.spawn) {
+        let plan = hostile::HostilePlan {
+            calls: args.calls.unwrap_or(hostile::DEFAULT_CALLS),
+            duration: Duration::from_secs(args.seconds),
+            stagger: Duration::from_millis(args.stagger_ms),
+            garbage_per_s: hostile::GARBAGE_PER_S,
+            flood_per_s: hostile::FLOOD_PER_S,
+            dialog_calls: hostile::DIALOG_CALLS,
+            attacks: args.attacks,
+        };
+        return hostile::run(binary, plan, args.json).await;
+    }
     let dialog = match args.profile {
         Profile::Dialog => Some(load::bench_dialog().await?),
         Profile::Echo => None,
@@ -222,6 +255,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             binary: binary.clone(),
             cpus: args.pin.as_ref().map(|p| p.0.clone()),
             env: dialog.as_ref().map(|d| d.env.clone()).unwrap_or_default(),
+            limits: Limits::Generator,
         },
         None => Source::Running {
             http: args.server,
