@@ -35,8 +35,7 @@ pub struct BenchDialog {
     pub counts: Arc<Counts>,
     /// Settings that point a voicegate at them.
     pub env: Vec<(String, String)>,
-    _tts: SpeechServer,
-    _asr: SpeechServer,
+    _engines: StandInEngines,
 }
 
 /// The answer every `asr.final` gets.
@@ -45,6 +44,38 @@ pub const ANSWER: &str = "Sure, it will be sunny today.";
 impl BenchDialog {
     /// Starts the app and engines on loopback; `answer_pcm` is the cached answer at `rate`.
     pub async fn start(answer_pcm: Vec<i16>, rate: u32) -> anyhow::Result<BenchDialog> {
+        let engines = StandInEngines::start(answer_pcm, rate).await;
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let counts = Arc::new(Counts::default());
+        let c = counts.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                tokio::spawn(serve(tcp, c.clone()));
+            }
+        });
+        let mut env = vec![("VOICEGATE__DIALOG__URL".into(), url(addr))];
+        env.extend(engines.env.iter().cloned());
+        Ok(BenchDialog {
+            counts,
+            env,
+            _engines: engines,
+        })
+    }
+}
+
+/// The speech engines the bench points voicegate at: local OpenAI-compatible endpoints, one
+/// returning a fixed transcription, the other one pre-rendered answer for any text.
+pub struct StandInEngines {
+    /// Settings that point a voicegate at them.
+    pub env: Vec<(String, String)>,
+    _tts: SpeechServer,
+    _asr: SpeechServer,
+}
+
+impl StandInEngines {
+    /// Starts both on loopback; every synthesis returns `answer_pcm` (at `rate`).
+    pub async fn start(answer_pcm: Vec<i16>, rate: u32) -> StandInEngines {
         let tts = SpeechServer::start(Behaviour::Stream {
             pcm: answer_pcm,
             chunk: 8192,
@@ -55,17 +86,7 @@ impl BenchDialog {
             "what is the weather like today".into(),
         ))
         .await;
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let counts = Arc::new(Counts::default());
-        let c = counts.clone();
-        tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                tokio::spawn(serve(tcp, c.clone()));
-            }
-        });
         let env = vec![
-            ("VOICEGATE__DIALOG__URL".into(), url(addr)),
             ("VOICEGATE__TTS__ENGINE".into(), "openai".into()),
             ("VOICEGATE__TTS__OPENAI__BASE_URL".into(), tts.base_url()),
             (
@@ -75,12 +96,11 @@ impl BenchDialog {
             ("VOICEGATE__ASR__ENGINE".into(), "openai".into()),
             ("VOICEGATE__ASR__OPENAI__BASE_URL".into(), asr.base_url()),
         ];
-        Ok(BenchDialog {
-            counts,
+        StandInEngines {
             env,
             _tts: tts,
             _asr: asr,
-        })
+        }
     }
 }
 

@@ -13,7 +13,8 @@ use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use voicegate_testkit::ClientPeer;
 
@@ -57,6 +58,26 @@ pub struct StepPlan {
     pub stagger: Duration,
     /// Sample the server's RSS this often during the window (soak).
     pub sample_every: Option<Duration>,
+    /// Each call's own source address, sent as `X-Forwarded-For` (by call index), for a server
+    /// that trusts the generator as a proxy and applies its per-source limits; `None` sends none.
+    pub forwarded_for: Option<fn(usize) -> IpAddr>,
+    /// Every answer's SDP is appended here once it arrives (the hostile step's attackers use the
+    /// calls' ICE ufrags).
+    pub answers: Option<Arc<Mutex<Vec<String>>>>,
+}
+
+impl StepPlan {
+    /// `calls` calls streaming for `duration`, set up `stagger` apart, from one source.
+    pub fn new(calls: usize, duration: Duration, stagger: Duration) -> StepPlan {
+        StepPlan {
+            calls,
+            duration,
+            stagger,
+            sample_every: None,
+            forwarded_for: None,
+            answers: None,
+        }
+    }
 }
 
 struct CallResult {
@@ -71,12 +92,26 @@ struct CallResult {
 }
 
 async fn one_call(
-    target: std::net::SocketAddr,
+    target: SocketAddr,
     profile: Profile,
     uplink: Arc<Vec<Bytes>>,
     duration: Duration,
+    forwarded_for: Option<IpAddr>,
+    answers: Option<Arc<Mutex<Vec<String>>>>,
 ) -> anyhow::Result<CallResult> {
-    let peer = ClientPeer::call(target, profile.path()).await?;
+    let xff = forwarded_for.map(|ip| ip.to_string());
+    let headers: Vec<(&str, &str)> = xff
+        .as_deref()
+        .map(|ip| ("X-Forwarded-For", ip))
+        .into_iter()
+        .collect();
+    let peer = ClientPeer::call_with_headers(target, profile.path(), &headers).await?;
+    if let Some(answers) = answers {
+        answers
+            .lock()
+            .expect("no panics while holding")
+            .push(peer.answer.clone());
+    }
     let connected = peer.wait_connected(Duration::from_secs(15)).await;
     let connect = match connected {
         Ok(c) => c,
@@ -141,6 +176,19 @@ pub async fn step(
     plan: &StepPlan,
 ) -> anyhow::Result<Value> {
     let target = Target::start(source).await?;
+    let report = measure(&target, profile, uplink, dialog, plan).await;
+    target.stop().await?;
+    report
+}
+
+/// Runs one step's calls against `target` (started and stopped by the caller) and measures them.
+pub async fn measure(
+    target: &Target,
+    profile: Profile,
+    uplink: Arc<Vec<Bytes>>,
+    dialog: Option<&BenchDialog>,
+    plan: &StepPlan,
+) -> anyhow::Result<Value> {
     let idle = target.usage()?;
     let m0 = target.metrics().await?;
     let dialog0 = dialog.map(snapshot);
@@ -151,9 +199,11 @@ pub async fn step(
         .map(|i| {
             let uplink = uplink.clone();
             let (http, duration, stagger) = (target.http, plan.duration, plan.stagger);
+            let forwarded_for = plan.forwarded_for.map(|f| f(i));
+            let answers = plan.answers.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(stagger * i as u32).await;
-                one_call(http, profile, uplink, duration).await
+                one_call(http, profile, uplink, duration, forwarded_for, answers).await
             })
         })
         .collect();
@@ -196,7 +246,6 @@ pub async fn step(
     tokio::time::sleep(Duration::from_millis(800)).await;
     let m1 = target.metrics().await?;
     let wall_s = t0.elapsed().as_secs_f64();
-    target.stop().await?;
 
     let mut answer: Vec<f64> = results.iter().map(|r| r.answer_ms).collect();
     let mut connect: Vec<f64> = results.iter().map(|r| r.connect_ms).collect();
@@ -212,6 +261,12 @@ pub async fn step(
     let received: usize = results.iter().map(|r| r.received).sum();
     let down_lost: usize = results.iter().map(|r| r.down_lost).sum();
     let silent_calls = results.iter().filter(|r| r.received == 0).count();
+    // What came back of what each caller sent (echo: everything should).
+    let echo_worst = results
+        .iter()
+        .map(|r| r.received as f64 / r.sent.max(1) as f64)
+        .fold(f64::NAN, f64::min);
+    let echo_overall = received as f64 / sent.max(1) as f64;
     let up_lost = delta(&m0, &m1, "voicegate_uplink_frames_lost_total");
     let rtp_in = delta(&m0, &m1, "voicegate_rtp_packets_in_total");
     let queue_full = delta(&m0, &m1, "voicegate_media_datagrams_queue_full_total");
@@ -262,6 +317,7 @@ pub async fn step(
         "connect_ms": {"p50": pct(&connect, 0.5), "p99": pct(&connect, 0.99)},
         "uplink": {"sent": sent, "received_at_server": rtp_in, "lost_at_server": up_lost},
         "downlink": {"received": received, "lost": down_lost, "calls_without_audio": silent_calls},
+        "echo_ratio": {"worst_call": echo_worst, "overall": echo_overall},
         "downlink_jitter_ms": {"p50": pct(&jitter, 0.5), "p99": jitter_p99},
         "server": {
             "cpu_percent_of_one_core": cpu_pct,

@@ -5,12 +5,15 @@
 //!   that still holds the quality bar. Against a server it starts itself (`--spawn`, optionally
 //!   pinned with `--pin`) or one already running (`--server`, `--pid`).
 //! - `soak`: one long step, the server's RSS sampled over time.
+//! - `hostile`: N echo calls measured like a `load` step while garbage UDP, an offer flood
+//!   from one address and a misbehaving dialog app run against the same server (with its
+//!   default limits); fails unless every call connected, got its echo back and lost no uplink.
 //! - `floor`: the Opus decode + encode work of N calls alone, no WebRTC.
 //! - `speech`: speech latencies (TTS first audio, interrupt, turns) against a running server.
 //! - `recognize`: pocketsphinx on a WAV file.
 //!
 //! Every load figure is of calls that really happened: it exits non-zero when no call connected
-//! or no audio flowed.
+//! or no audio flowed (and, for `hostile`, when an attacker did not run).
 
 use anyhow::{Context as _, bail};
 use std::net::SocketAddr;
@@ -19,27 +22,34 @@ use std::time::Duration;
 
 mod dialog;
 mod floor;
+mod hostile;
 mod load;
 mod recognize;
 mod speech;
 mod target;
 
 use load::{Profile, StepPlan};
-use target::Source;
+use target::{Limits, Source};
 
 const USAGE: &str = "usage:
   voicegate-bench load  [--profile echo|dialog] (--spawn <voicegate binary> | --server http://ip:port [--pid PID])
                         [--calls N | --ramp FROM:STEP:TO] [--seconds S] [--stagger-ms MS] [--pin SERVER_CPUS/BENCH_CPUS] [--json]
   voicegate-bench soak  [--profile echo|dialog] (--spawn ... | --server ...) --calls N --minutes M [--sample-s S] [--pin ...] [--json]
+  voicegate-bench hostile --spawn <voicegate binary> [--calls 40] [--seconds 20] [--stagger-ms MS]
+                        [--attacks garbage,flood,app] [--json]
   voicegate-bench floor [--calls N] [--seconds S] [--complexity C] [--fec on|off] [--json]
   voicegate-bench speech --server http://ip:port --dialog-listen ip:port [--runs N]
   voicegate-bench recognize <file.wav> [--grammar <file.gram>]
   (`voicegate-bench echo ...` is `load --profile echo ...`)";
 
+/// Calls per step (and floor calls) when `--calls` is not given.
+const DEFAULT_CALLS: usize = 20;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Load,
     Soak,
+    Hostile,
     Floor,
     Speech,
 }
@@ -50,7 +60,8 @@ struct Args {
     spawn: Option<String>,
     server: SocketAddr,
     pid: Option<u32>,
-    calls: usize,
+    /// `--calls`, when given (the default depends on the mode).
+    calls: Option<usize>,
     ramp: Option<(usize, usize, usize)>,
     seconds: u64,
     minutes: u64,
@@ -61,6 +72,7 @@ struct Args {
     fec: bool,
     dialog_listen: SocketAddr,
     runs: usize,
+    attacks: hostile::Attacks,
     json: bool,
 }
 
@@ -71,7 +83,7 @@ fn parse_args(argv: &[String]) -> anyhow::Result<Args> {
         spawn: None,
         server: "127.0.0.1:8080".parse()?,
         pid: None,
-        calls: 20,
+        calls: None,
         ramp: None,
         seconds: 20,
         minutes: 10,
@@ -82,6 +94,7 @@ fn parse_args(argv: &[String]) -> anyhow::Result<Args> {
         fec: true,
         dialog_listen: "127.0.0.1:18100".parse()?,
         runs: 20,
+        attacks: hostile::Attacks::ALL,
         json: false,
     };
     let mut it = argv.iter().skip(1);
@@ -95,6 +108,7 @@ fn parse_args(argv: &[String]) -> anyhow::Result<Args> {
         match arg.as_str() {
             "load" | "echo" if first => a.mode = Mode::Load,
             "soak" if first => a.mode = Mode::Soak,
+            "hostile" if first => a.mode = Mode::Hostile,
             "floor" if first => a.mode = Mode::Floor,
             "speech" if first => a.mode = Mode::Speech,
             "--profile" => {
@@ -113,7 +127,7 @@ fn parse_args(argv: &[String]) -> anyhow::Result<Args> {
                     .with_context(|| format!("--server {v}: want http://ip:port"))?;
             }
             "--pid" => a.pid = Some(val()?.parse()?),
-            "--calls" => a.calls = val()?.parse()?,
+            "--calls" => a.calls = Some(val()?.parse()?),
             "--ramp" => {
                 let v = val()?;
                 let p: Vec<usize> = v
@@ -151,6 +165,7 @@ fn parse_args(argv: &[String]) -> anyhow::Result<Args> {
             }
             "--dialog-listen" => a.dialog_listen = val()?.parse()?,
             "--runs" => a.runs = val()?.parse()?,
+            "--attacks" => a.attacks = hostile::Attacks::parse(&val()?)?,
             "--json" => a.json = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -163,6 +178,16 @@ fn parse_args(argv: &[String]) -> anyhow::Result<Args> {
     if a.profile == Profile::Dialog && a.spawn.is_none() && a.mode != Mode::Floor {
         bail!(
             "--profile dialog needs --spawn: the bench points the server at its own dialog app and engines"
+        );
+    }
+    if a.mode == Mode::Hostile {
+        anyhow::ensure!(
+            a.spawn.is_some(),
+            "hostile needs --spawn: it runs the server with its default limits and its own dialog app"
+        );
+        anyhow::ensure!(
+            a.profile == Profile::Echo && a.pin.is_none() && a.ramp.is_none(),
+            "hostile takes no --profile, --pin or --ramp: it is one step of echo calls"
         );
     }
     if a.pin.is_some() && a.spawn.is_none() {
@@ -185,7 +210,7 @@ fn main() -> anyhow::Result<()> {
     let args = parse_args(&argv)?;
     if args.mode == Mode::Floor {
         let plan = floor::FloorPlan {
-            calls: args.calls,
+            calls: args.calls.unwrap_or(DEFAULT_CALLS),
             seconds: args.seconds,
             complexity: args.complexity,
             fec: args.fec,
@@ -209,6 +234,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.mode == Mode::Speech {
         return speech::run(args.server, args.dialog_listen, args.runs).await;
     }
+    if let (Mode::Hostile, Some(binary)) = (args.mode, &args.spawn) {
+        let plan = hostile::HostilePlan {
+            calls: args.calls.unwrap_or(hostile::DEFAULT_CALLS),
+            duration: Duration::from_secs(args.seconds),
+            stagger: Duration::from_millis(args.stagger_ms),
+            garbage_per_s: hostile::GARBAGE_PER_S,
+            flood_per_s: hostile::FLOOD_PER_S,
+            dialog_calls: hostile::DIALOG_CALLS,
+            attacks: args.attacks,
+        };
+        return hostile::run(binary, plan, args.json).await;
+    }
     let dialog = match args.profile {
         Profile::Dialog => Some(load::bench_dialog().await?),
         Profile::Echo => None,
@@ -218,6 +255,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             binary: binary.clone(),
             cpus: args.pin.as_ref().map(|p| p.0.clone()),
             env: dialog.as_ref().map(|d| d.env.clone()).unwrap_or_default(),
+            limits: Limits::Generator,
         },
         None => Source::Running {
             http: args.server,
@@ -248,10 +286,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if args.mode == Mode::Soak {
         let plan = StepPlan {
-            calls: args.calls,
-            duration: Duration::from_secs(args.minutes * 60),
-            stagger,
             sample_every: Some(Duration::from_secs(args.sample_s.max(1))),
+            ..StepPlan::new(
+                args.calls.unwrap_or(DEFAULT_CALLS),
+                Duration::from_secs(args.minutes * 60),
+                stagger,
+            )
         };
         let r = load::step(&source, args.profile, uplink, dialog.as_ref(), &plan).await?;
         if args.json {
@@ -271,19 +311,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let steps: Vec<usize> = match args.ramp {
         Some((from, step, to)) => (from..=to).step_by(step).collect(),
-        None => vec![args.calls],
+        None => vec![args.calls.unwrap_or(DEFAULT_CALLS)],
     };
     let mut best = None;
     let mut best_prefix = None;
     let mut all_held = true;
     let mut first = true;
     for n in steps {
-        let plan = StepPlan {
-            calls: n,
-            duration: Duration::from_secs(args.seconds),
-            stagger,
-            sample_every: None,
-        };
+        let plan = StepPlan::new(n, Duration::from_secs(args.seconds), stagger);
         let r = load::step(
             &source,
             args.profile,

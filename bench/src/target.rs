@@ -13,6 +13,8 @@ use voicegate_testkit::http;
 pub struct Target {
     /// Its HTTP address.
     pub http: SocketAddr,
+    /// Its shared media (UDP) port, when the bench chose it.
+    pub udp: Option<SocketAddr>,
     /// Its process, when known (for CPU and memory).
     pub pid: Option<u32>,
     child: Option<Child>,
@@ -36,7 +38,19 @@ pub enum Source {
         cpus: Option<String>,
         /// Extra `VOICEGATE__…` settings.
         env: Vec<(String, String)>,
+        /// Which capacity and per-source limits it runs with.
+        limits: Limits,
     },
+}
+
+/// The limits a spawned server runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limits {
+    /// For the load generator, which places every call from one address: no per-source
+    /// admission and no practical `calls.max`, so the figures are of the gateway's own work.
+    Generator,
+    /// The configuration's defaults, as a deployment runs them (the hostile step).
+    Defaults,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -51,10 +65,16 @@ impl Target {
         match source {
             Source::Running { http, pid } => Ok(Target {
                 http: *http,
+                udp: None,
                 pid: *pid,
                 child: None,
             }),
-            Source::Spawn { binary, cpus, env } => {
+            Source::Spawn {
+                binary,
+                cpus,
+                env,
+                limits,
+            } => {
                 let (http_port, udp_port) = (free_port()?, free_port()?);
                 let mut cmd = match cpus {
                     Some(c) => {
@@ -67,20 +87,23 @@ impl Target {
                 cmd.env("VOICEGATE__HTTP__BIND", format!("127.0.0.1:{http_port}"))
                     .env("VOICEGATE__MEDIA__BIND_IP", "127.0.0.1")
                     .env("VOICEGATE__MEDIA__UDP_PORT", udp_port.to_string())
-                    .env("VOICEGATE__CALLS__MAX", "100000")
-                    // The load generator is one source placing every call.
-                    .env("VOICEGATE__ADMISSION__OFFERS_PER_IP_PER_S", "0")
-                    .env("VOICEGATE__ADMISSION__CALLS_PER_IP", "0")
                     .env("VOICEGATE__CALLS__SHUTDOWN_GRACE_MS", "0")
                     .env("RUST_LOG", "warn")
                     .stdout(Stdio::null())
                     .stderr(Stdio::inherit());
+                if *limits == Limits::Generator {
+                    // The load generator is one source placing every call.
+                    cmd.env("VOICEGATE__CALLS__MAX", "100000")
+                        .env("VOICEGATE__ADMISSION__OFFERS_PER_IP_PER_S", "0")
+                        .env("VOICEGATE__ADMISSION__CALLS_PER_IP", "0");
+                }
                 for (k, v) in env {
                     cmd.env(k, v);
                 }
                 let child = cmd.spawn().with_context(|| format!("starting {binary}"))?;
                 let mut target = Target {
                     http: format!("127.0.0.1:{http_port}").parse()?,
+                    udp: Some(format!("127.0.0.1:{udp_port}").parse()?),
                     pid: Some(child.id()),
                     child: Some(child),
                 };
@@ -145,6 +168,7 @@ impl Target {
             while child.try_wait()?.is_none() {
                 if t0.elapsed() > Duration::from_secs(10) {
                     let _ = child.kill();
+                    let _ = child.wait();
                     bail!("server did not stop within 10 s of SIGTERM");
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;

@@ -2,10 +2,10 @@
 //! `Connection: close`, so the response is whatever arrives until EOF. Enough to drive the
 //! signaling API with exact control over methods, headers and bodies (including broken ones).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 /// A parsed response.
 #[derive(Debug, Clone)]
@@ -50,8 +50,32 @@ impl Response {
 }
 
 /// Sends one request. `headers` are added as given; Host, Content-Length and Connection are
-/// added unless `raw_length` is set (then no Content-Length is sent).
+/// always added.
 pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Response> {
+    send(None, addr, method, path, headers, body).await
+}
+
+/// Sends one request, like [`request`], from the local address `local` (port chosen by the
+/// system): another loopback address such as 127.0.0.2 is another source to the server.
+pub async fn request_from(
+    local: IpAddr,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Response> {
+    send(Some(local), addr, method, path, headers, body).await
+}
+
+async fn send(
+    local: Option<IpAddr>,
     addr: SocketAddr,
     method: &str,
     path: &str,
@@ -64,7 +88,17 @@ pub async fn request(
     }
     req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
     let fut = async {
-        let mut s = TcpStream::connect(addr).await?;
+        let mut s = match local {
+            None => TcpStream::connect(addr).await?,
+            Some(ip) => {
+                let socket = match ip {
+                    IpAddr::V4(_) => TcpSocket::new_v4()?,
+                    IpAddr::V6(_) => TcpSocket::new_v6()?,
+                };
+                socket.bind(SocketAddr::new(ip, 0))?;
+                socket.connect(addr).await?
+            }
+        };
         s.write_all(req.as_bytes()).await?;
         s.write_all(body).await?;
         let mut buf = Vec::new();
@@ -82,15 +116,20 @@ pub async fn post_json(
     path: &str,
     body: &serde_json::Value,
 ) -> std::io::Result<Response> {
+    post_json_with(addr, path, &[], body).await
+}
+
+/// POSTs JSON with extra `headers` (e.g. `X-Forwarded-For`).
+pub async fn post_json_with(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &serde_json::Value,
+) -> std::io::Result<Response> {
     let bytes = serde_json::to_vec(body).expect("a Value always serializes");
-    request(
-        addr,
-        "POST",
-        path,
-        &[("Content-Type", "application/json")],
-        &bytes,
-    )
-    .await
+    let mut all = vec![("Content-Type", "application/json")];
+    all.extend_from_slice(headers);
+    request(addr, "POST", path, &all, &bytes).await
 }
 
 fn parse(buf: &[u8]) -> std::io::Result<Response> {

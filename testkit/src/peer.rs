@@ -196,12 +196,23 @@ impl ClientPeer {
     /// `/webrtc/v1/offer?mode=echo`), applies the answer and returns the peer (not yet
     /// necessarily connected).
     pub async fn call(addr: SocketAddr, path: &str) -> anyhow::Result<ClientPeer> {
+        Self::call_with_headers(addr, path, &[]).await
+    }
+
+    /// Places a call like [`ClientPeer::call`], sending extra `headers` with the offer (e.g.
+    /// `X-Forwarded-For`, for a server that trusts this machine as a proxy).
+    pub async fn call_with_headers(
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<ClientPeer> {
         let network = Arc::new(CuttableRuntime::default());
         let (pc, track, ssrc, state, received, offer) = Self::offer_on(network.clone()).await?;
         let offered_at = Instant::now();
-        let res = http::post_json(
+        let res = http::post_json_with(
             addr,
             path,
+            headers,
             &serde_json::json!({"type": "offer", "sdp": offer}),
         )
         .await?;
@@ -253,6 +264,11 @@ impl ClientPeer {
     /// The connection state now.
     pub fn state(&self) -> RTCPeerConnectionState {
         *self.state.borrow()
+    }
+
+    /// Whether the connection is up now.
+    pub fn is_connected(&self) -> bool {
+        self.state() == RTCPeerConnectionState::Connected
     }
 
     /// Sends one Opus packet as the next 20 ms frame.
