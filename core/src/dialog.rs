@@ -9,7 +9,7 @@
 //! value as false); a malformed or unknown command is reported as an error value for logging,
 //! never acted on.
 
-use crate::speech::PlayedSegment;
+use crate::speech::{PlayedSegment, TtsLimit};
 use serde::Deserialize;
 use serde_json::json;
 use url::Url;
@@ -63,12 +63,15 @@ pub enum Event {
         /// The utterance.
         utterance_id: String,
     },
-    /// An utterance is over: played out (`ok`), or interrupted, failed or dropped.
+    /// An utterance is over: played out (`ok`), or interrupted, failed, dropped or refused.
     TtsEnded {
         /// The utterance.
         utterance_id: String,
         /// Played completely.
         ok: bool,
+        /// The limit that refused it or cut it short (`reason`, omitted when none did, so apps
+        /// that do not know it see the event as before).
+        reason: Option<TtsLimit>,
     },
     /// The caller talked over an utterance: what they heard of it.
     TtsInterrupt {
@@ -127,7 +130,17 @@ impl Event {
             }
             Event::AsrError { message, fatal } => json!({"message": message, "fatal": fatal}),
             Event::TtsStarted { utterance_id } => json!({"utterance_id": utterance_id}),
-            Event::TtsEnded { utterance_id, ok } => json!({"utterance_id": utterance_id, "ok": ok}),
+            Event::TtsEnded {
+                utterance_id,
+                ok,
+                reason,
+            } => {
+                let mut v = json!({"utterance_id": utterance_id, "ok": ok});
+                if let Some(r) = reason {
+                    v["reason"] = r.label().into();
+                }
+                v
+            }
             Event::TtsInterrupt {
                 utterance_id,
                 played_ms,
@@ -699,9 +712,26 @@ mod tests {
         assert_eq!(
             j(Event::TtsEnded {
                 utterance_id: "u".into(),
-                ok: false
+                ok: false,
+                reason: None
             }),
             serde_json::json!({"type":"tts.ended","call_id":"wrtc-1","utterance_id":"u","ok":false})
+        );
+        assert_eq!(
+            j(Event::TtsEnded {
+                utterance_id: "u".into(),
+                ok: false,
+                reason: Some(TtsLimit::QueueFull)
+            }),
+            serde_json::json!({"type":"tts.ended","call_id":"wrtc-1","utterance_id":"u","ok":false,"reason":"queue-full"})
+        );
+        assert_eq!(
+            j(Event::TtsEnded {
+                utterance_id: "u".into(),
+                ok: false,
+                reason: Some(TtsLimit::TextTooLong)
+            })["reason"],
+            "text-too-long"
         );
         assert_eq!(
             j(Event::CallEnded {
