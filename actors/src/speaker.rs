@@ -386,7 +386,7 @@ impl Handler<Speak> for Speaker {
     type Result = ();
 
     fn handle(&mut self, msg: Speak, ctx: &mut Self::Context) {
-        trace_msg!(self.call_id, "call" => "speaker", "Speak", "{:?}, {} chars", msg.id, msg.text.chars().count());
+        trace_msg!(self.call_id, "call" => "speaker", "Speak", "{:?}, {} bytes", shown(&msg.id), msg.text.len());
         self.input(
             Input::Speak {
                 id: &msg.id,
@@ -402,7 +402,7 @@ impl Handler<StreamText> for Speaker {
     type Result = ();
 
     fn handle(&mut self, msg: StreamText, ctx: &mut Self::Context) {
-        trace_msg!(self.call_id, "call" => "speaker", "StreamText", "{:?}, {} chars, end {}", msg.id, msg.text.chars().count(), msg.end);
+        trace_msg!(self.call_id, "call" => "speaker", "StreamText", "{:?}, {} bytes, end {}", shown(&msg.id), msg.text.len(), msg.end);
         self.input(
             Input::Stream {
                 id: &msg.id,

@@ -10,6 +10,7 @@
 //! never acted on.
 
 use crate::speech::{PlayedSegment, TtsLimit};
+use crate::untrusted::shown;
 use serde::Deserialize;
 use serde_json::json;
 use url::Url;
@@ -219,6 +220,26 @@ pub enum Command {
 }
 
 impl Command {
+    /// One line for logs: the type, the utterance id (escaped and capped, see
+    /// [`crate::untrusted`]) and the length of the text, never the text itself.
+    pub fn summary(&self) -> String {
+        match self {
+            Command::Speak {
+                utterance_id, text, ..
+            }
+            | Command::Stream {
+                utterance_id, text, ..
+            } => format!(
+                "{} {:?}, {} bytes",
+                self.kind(),
+                shown(utterance_id),
+                text.len()
+            ),
+            Command::Interrupt => self.kind().to_owned(),
+            Command::Hangup { reason } => format!("hangup {:?}", shown(reason)),
+        }
+    }
+
     /// The command's `type`, for logs.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -231,17 +252,18 @@ impl Command {
     }
 }
 
-/// Why a message is not a command for this call. Each is logged and ignored.
+/// Why a message is not a command for this call. Each is logged and ignored; the app's strings
+/// in it are shown escaped and capped (see [`crate::untrusted`]), so it cannot forge a log line.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CommandError {
-    /// Not a JSON object of the command shape.
-    #[error("malformed command: {0}")]
+    /// Not a JSON object of the command shape (the parser's message may quote the app's text).
+    #[error("malformed command: {}", shown(.0))]
     Malformed(String),
     /// A `type` we do not know.
-    #[error("unknown command type {0:?}")]
+    #[error("unknown command type {:?}", shown(.0))]
     Unknown(String),
     /// Addressed to another call.
-    #[error("command for another call {0:?}")]
+    #[error("command for another call {:?}", shown(.0))]
     OtherCall(String),
     /// `tts.stream` without an `utterance_id`.
     #[error("{0} needs an utterance_id")]
@@ -648,6 +670,32 @@ mod tests {
         assert_eq!(
             parse_command(r#"{"type":"tts.interrupt","extra":[1,2]}"#, id),
             Ok(Command::Interrupt)
+        );
+    }
+
+    #[test]
+    fn command_errors_show_the_apps_strings_on_one_line() {
+        let forged = "x\n2026-12-06T00:00:00Z  INFO forged\u{1b}[2J";
+        for frame in [
+            json!({"type": forged}),
+            json!({"type": "hangup", "call_id": forged}),
+            json!({"type": "tts.speak", "stream_end": forged}),
+        ] {
+            let e = parse_command(&frame.to_string(), "wrtc-1").unwrap_err();
+            let shown = e.to_string();
+            assert!(
+                !shown.contains('\n') && !shown.contains('\u{1b}'),
+                "{shown}"
+            );
+            assert!(shown.contains("forged"), "{shown}");
+        }
+        let long = json!({"type": "x".repeat(100_000)}).to_string();
+        assert!(
+            parse_command(&long, "wrtc-1")
+                .unwrap_err()
+                .to_string()
+                .len()
+                < 300
         );
     }
 
