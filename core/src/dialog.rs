@@ -842,3 +842,223 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    //! `parse_command` sees whatever a dialog app sends: it never panics, whatever the text or
+    //! the JSON, and every valid command survives the trip through its wire form.
+    use super::*;
+    use crate::text::properties::cases;
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    const CALL: &str = "wrtc-1";
+
+    /// Field names and values the parser looks for, to reach its deeper paths often.
+    const WORDS: &[&str] = &[
+        "type",
+        "call_id",
+        "text",
+        "utterance_id",
+        "stream_end",
+        "reason",
+        "meta",
+        "llmModel",
+        "llmFirstMs",
+        "llmWallMs",
+        "userText",
+        "tts.speak",
+        "tts.stream",
+        "tts.stream.end",
+        "tts.interrupt",
+        "hangup",
+        CALL,
+        "wrtc-2",
+        "",
+        " ",
+    ];
+
+    fn word() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => prop::sample::select(WORDS).prop_map(str::to_owned),
+            1 => any::<String>(),
+        ]
+    }
+
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            word().prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 48, 8, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::vec((word(), inner), 0..8)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// An object with a command's `type` and arbitrary other fields.
+    fn command_like() -> impl Strategy<Value = Value> {
+        (
+            prop::sample::select(&WORDS[11..16]),
+            prop::collection::vec((word(), json()), 0..6),
+        )
+            .prop_map(|(kind, fields)| {
+                let mut v: serde_json::Map<String, Value> = fields.into_iter().collect();
+                v.insert("type".into(), kind.into());
+                Value::Object(v)
+            })
+    }
+
+    fn trimmed() -> impl Strategy<Value = String> {
+        any::<String>().prop_map(|s| s.trim().to_owned())
+    }
+
+    fn meta() -> impl Strategy<Value = Option<Meta>> {
+        prop::option::of(
+            (
+                prop::option::of(any::<String>()),
+                prop::option::of(0u32..1_000_000),
+                prop::option::of(0u32..1_000_000),
+                prop::option::of(any::<String>()),
+            )
+                .prop_map(|(model, first, wall, user)| Meta {
+                    llm_model: model,
+                    llm_first_ms: first.map(f64::from),
+                    llm_wall_ms: wall.map(f64::from),
+                    user_text: user,
+                }),
+        )
+    }
+
+    fn command() -> impl Strategy<Value = Command> {
+        prop_oneof![
+            (trimmed(), any::<String>(), meta()).prop_map(|(utterance_id, text, meta)| {
+                Command::Speak {
+                    utterance_id,
+                    text,
+                    meta,
+                }
+            }),
+            (
+                trimmed().prop_filter("a stream has an id", |s| !s.is_empty()),
+                any::<String>(),
+                any::<bool>(),
+                meta()
+            )
+                .prop_map(|(utterance_id, text, end, meta)| Command::Stream {
+                    utterance_id,
+                    text,
+                    end,
+                    meta,
+                }),
+            Just(Command::Interrupt),
+            trimmed().prop_map(|r| Command::Hangup {
+                reason: if r.is_empty() {
+                    "dialog-hangup".into()
+                } else {
+                    r
+                }
+            }),
+        ]
+    }
+
+    /// The wire form a dialog app would send (`end` either way it may be spelled).
+    fn wire(cmd: &Command, end_as_flag: bool, addressed: bool) -> String {
+        let meta_json = |m: &Option<Meta>| {
+            m.as_ref().map(|m| {
+                let mut v = json!({});
+                if let Some(x) = &m.llm_model {
+                    v["llmModel"] = x.as_str().into();
+                }
+                if let Some(x) = m.llm_first_ms {
+                    v["llmFirstMs"] = x.into();
+                }
+                if let Some(x) = m.llm_wall_ms {
+                    v["llmWallMs"] = x.into();
+                }
+                if let Some(x) = &m.user_text {
+                    v["userText"] = x.as_str().into();
+                }
+                v
+            })
+        };
+        let mut v = match cmd {
+            Command::Speak {
+                utterance_id,
+                text,
+                meta,
+            } => {
+                let mut v =
+                    json!({"type": "tts.speak", "utterance_id": utterance_id, "text": text});
+                if let Some(m) = meta_json(meta) {
+                    v["meta"] = m;
+                }
+                v
+            }
+            Command::Stream {
+                utterance_id,
+                text,
+                end,
+                meta,
+            } => {
+                let mut v = json!({"utterance_id": utterance_id, "text": text});
+                if *end && !end_as_flag {
+                    v["type"] = "tts.stream.end".into();
+                } else {
+                    v["type"] = "tts.stream".into();
+                    v["stream_end"] = (*end).into();
+                }
+                if let Some(m) = meta_json(meta) {
+                    v["meta"] = m;
+                }
+                v
+            }
+            Command::Interrupt => json!({"type": "tts.interrupt"}),
+            Command::Hangup { reason } => json!({"type": "hangup", "reason": reason}),
+        };
+        if addressed {
+            v["call_id"] = CALL.into();
+        }
+        v.to_string()
+    }
+
+    proptest! {
+        #![proptest_config(cases(1000))]
+
+        #[test]
+        fn any_text_is_a_command_or_an_error(frame in any::<String>()) {
+            let _ = parse_command(&frame, CALL);
+        }
+
+        #[test]
+        fn any_json_is_a_command_or_an_error(v in prop_oneof![json(), command_like()]) {
+            if let Ok(Command::Stream { utterance_id, .. }) = parse_command(&v.to_string(), CALL) {
+                prop_assert!(!utterance_id.is_empty());
+                prop_assert_eq!(utterance_id.trim(), utterance_id.as_str());
+            }
+        }
+
+        #[test]
+        fn valid_commands_round_trip(cmd in command(), flag in any::<bool>(), addressed in any::<bool>()) {
+            let frame = wire(&cmd, flag, addressed);
+            prop_assert_eq!(parse_command(&frame, CALL), Ok(cmd.clone()));
+            // The same command for another call is refused as such.
+            let mut other: Value = serde_json::from_str(&frame).expect("we wrote JSON");
+            other["call_id"] = "wrtc-2".into();
+            prop_assert_eq!(
+                parse_command(&other.to_string(), CALL),
+                Err(CommandError::OtherCall("wrtc-2".into()))
+            );
+            // Its log summary is one line and never carries the text.
+            let summary = cmd.summary();
+            prop_assert!(!summary.contains('\n') && summary.len() < 2200, "{}", summary);
+        }
+    }
+}
