@@ -118,6 +118,10 @@ pub struct Tts {
     pub prefetch_segments: usize,
     /// Longest quiet time within a streamed synthesis.
     pub stream_idle_timeout_ms: u64,
+    /// Most bytes of text per utterance.
+    pub max_text_bytes: usize,
+    /// Most utterances queued per call.
+    pub max_queued_utterances: usize,
     /// `[tts.segment]`
     pub segment: TtsSegment,
     /// `[tts.espeak]`
@@ -807,6 +811,14 @@ impl Settings {
                 "want first_min_chars >= 1, first_max_chars >= first_min_chars, max_chars >= 20",
             ));
         }
+        // The upper bounds: no dialog message carries more than 1 MiB, and the player's work per
+        // command grows with the queue's length only through a few lookups.
+        if !(64..=1_048_576).contains(&self.tts.max_text_bytes) {
+            return Err(invalid("tts.max_text_bytes", "must be 64 to 1048576"));
+        }
+        if !(1..=1024).contains(&self.tts.max_queued_utterances) {
+            return Err(invalid("tts.max_queued_utterances", "must be 1 to 1024"));
+        }
 
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let workers = |n: usize| if n == 0 { cores } else { n };
@@ -847,6 +859,8 @@ impl Settings {
                     max_chars: seg.max_chars,
                 },
                 prefetch: self.tts.prefetch_segments.max(1),
+                max_text_bytes: self.tts.max_text_bytes,
+                max_queued: self.tts.max_queued_utterances,
             },
             max_restarts: self.supervision.max_restarts,
             restart_window: Duration::from_millis(self.supervision.window_ms),
@@ -917,6 +931,8 @@ mod tests {
         assert_eq!(v.dialog.max_message_bytes, 1 << 20);
         assert_eq!(v.dialog.stable_after, Duration::from_secs(10));
         assert!(matches!(v.tts, TtsChoice::Espeak(_)));
+        assert_eq!(v.calls.player.max_text_bytes, 16384);
+        assert_eq!(v.calls.player.max_queued, 64);
         assert_eq!(v.media.bind.port(), 50000);
         assert!(v.media.workers >= 1);
         // Engine deadlines: none is off, so a stalled engine always costs a bounded time.
@@ -1033,6 +1049,22 @@ mod tests {
                 "VOICEGATE__ASR__POCKETSPHINX__QUEUE_MAX",
                 "0",
                 "asr.pocketsphinx.queue_max",
+            ),
+            ("VOICEGATE__TTS__MAX_TEXT_BYTES", "0", "tts.max_text_bytes"),
+            (
+                "VOICEGATE__TTS__MAX_TEXT_BYTES",
+                "2000000",
+                "tts.max_text_bytes",
+            ),
+            (
+                "VOICEGATE__TTS__MAX_QUEUED_UTTERANCES",
+                "0",
+                "tts.max_queued_utterances",
+            ),
+            (
+                "VOICEGATE__TTS__MAX_QUEUED_UTTERANCES",
+                "5000",
+                "tts.max_queued_utterances",
             ),
         ];
         for (k, v, key) in cases {

@@ -44,6 +44,7 @@ use voicegate_core::dialog::{
     Command, CommandError, DialParams, Event, dial_url, parse_command, redact,
 };
 use voicegate_core::restart::RedialBudget;
+use voicegate_core::untrusted::shown;
 
 /// How long a closing connection may take to flush its close frame.
 const CLOSE_GRACE: Duration = Duration::from_millis(500);
@@ -495,7 +496,7 @@ impl Handler<Close> for DialogClient {
     type Result = ();
 
     fn handle(&mut self, msg: Close, ctx: &mut Self::Context) {
-        trace_msg!(self.call_id, "call" => "dialog", "Close", "{}", msg.reason);
+        trace_msg!(self.call_id, "call" => "dialog", "Close", "{}", shown(&msg.reason));
         let was_open = self.state == State::Open;
         self.state = State::Closing;
         self.stopped_cleanly = true;

@@ -6,11 +6,16 @@
 //! come back here and become `tts.started` / `tts.ended`. Cancelling a synthesis drops its
 //! stream, which aborts it at the engine.
 //!
+//! Limits: the player refuses or cuts short what is beyond `tts.max_text_bytes` and
+//! `tts.max_queued_utterances`; each hit is counted in `voicegate_limit_hits_total` here, and the
+//! utterance's `tts.ended` carries the reason.
+//!
 //! Failure: a synthesis error ends that utterance with `ok: false` (the player decides); the
 //! call goes on. If the codec is replaced after a failure, whatever it had queued is lost, so the
 //! utterances in progress end with `ok: false` ([`CodecReplaced`]).
 
 use crate::codec::{AudioCodec, EndTag, Flush, Play};
+use crate::metrics::{Limit, metrics};
 use crate::trace_msg;
 use crate::tts::{TtsEngine, TtsError};
 use actix::prelude::*;
@@ -21,7 +26,7 @@ use std::time::{Duration, Instant};
 use voicegate_core::call_id::CallId;
 use voicegate_core::dialog::Event;
 use voicegate_core::resample::StreamResampler;
-use voicegate_core::speech::{Input, Output, Player, PlayerSettings, SegmentId};
+use voicegate_core::speech::{Input, Output, Player, PlayerSettings, SegmentId, TtsLimit};
 use voicegate_core::untrusted::shown;
 
 /// Reports to the call.
@@ -203,10 +208,25 @@ impl Speaker {
                 self.send_to_codec(o)
             }
             Output::Started { id } => self.report(Event::TtsStarted { utterance_id: id }),
-            Output::Ended { id, ok } => self.report(Event::TtsEnded {
+            Output::Ended { id, ok, reason } => self.report(Event::TtsEnded {
                 utterance_id: id,
                 ok,
+                reason,
             }),
+            Output::LimitHit { id, limit } => {
+                metrics().limit_hit(match limit {
+                    TtsLimit::TextTooLong => Limit::TtsTextBytes,
+                    TtsLimit::QueueFull => Limit::TtsQueuedUtterances,
+                });
+                // Debug only: a burst of refusals must not flood the log (the metric counts them).
+                self.span.in_scope(|| {
+                    tracing::debug!(
+                        utterance_id = %shown(&id),
+                        reason = limit.label(),
+                        "utterance refused or cut short by a limit"
+                    )
+                });
+            }
             Output::Interrupted {
                 id,
                 played_ms,
@@ -368,7 +388,7 @@ impl Handler<Speak> for Speaker {
     type Result = ();
 
     fn handle(&mut self, msg: Speak, ctx: &mut Self::Context) {
-        trace_msg!(self.call_id, "call" => "speaker", "Speak", "{:?}, {} chars", msg.id, msg.text.chars().count());
+        trace_msg!(self.call_id, "call" => "speaker", "Speak", "{:?}, {} bytes", shown(&msg.id), msg.text.len());
         self.input(
             Input::Speak {
                 id: &msg.id,
@@ -384,7 +404,7 @@ impl Handler<StreamText> for Speaker {
     type Result = ();
 
     fn handle(&mut self, msg: StreamText, ctx: &mut Self::Context) {
-        trace_msg!(self.call_id, "call" => "speaker", "StreamText", "{:?}, {} chars, end {}", msg.id, msg.text.chars().count(), msg.end);
+        trace_msg!(self.call_id, "call" => "speaker", "StreamText", "{:?}, {} bytes, end {}", shown(&msg.id), msg.text.len(), msg.end);
         self.input(
             Input::Stream {
                 id: &msg.id,
@@ -485,9 +505,10 @@ impl Handler<Finish> for Speaker {
         let mut events = Vec::new();
         for o in self.player.handle(Input::CallEnding, Instant::now()) {
             match o {
-                Output::Ended { id, ok } => events.push(Event::TtsEnded {
+                Output::Ended { id, ok, reason } => events.push(Event::TtsEnded {
                     utterance_id: id,
                     ok,
+                    reason,
                 }),
                 Output::Cancel { segment } => {
                     if let Some(s) = self.synths.remove(&segment) {

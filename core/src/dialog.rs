@@ -9,7 +9,8 @@
 //! value as false); a malformed or unknown command is reported as an error value for logging,
 //! never acted on.
 
-use crate::speech::PlayedSegment;
+use crate::speech::{PlayedSegment, TtsLimit};
+use crate::untrusted::shown;
 use serde::Deserialize;
 use serde_json::json;
 use url::Url;
@@ -63,12 +64,15 @@ pub enum Event {
         /// The utterance.
         utterance_id: String,
     },
-    /// An utterance is over: played out (`ok`), or interrupted, failed or dropped.
+    /// An utterance is over: played out (`ok`), or interrupted, failed, dropped or refused.
     TtsEnded {
         /// The utterance.
         utterance_id: String,
         /// Played completely.
         ok: bool,
+        /// The limit that refused it or cut it short (`reason`, omitted when none did, so apps
+        /// that do not know it see the event as before).
+        reason: Option<TtsLimit>,
     },
     /// The caller talked over an utterance: what they heard of it.
     TtsInterrupt {
@@ -127,7 +131,17 @@ impl Event {
             }
             Event::AsrError { message, fatal } => json!({"message": message, "fatal": fatal}),
             Event::TtsStarted { utterance_id } => json!({"utterance_id": utterance_id}),
-            Event::TtsEnded { utterance_id, ok } => json!({"utterance_id": utterance_id, "ok": ok}),
+            Event::TtsEnded {
+                utterance_id,
+                ok,
+                reason,
+            } => {
+                let mut v = json!({"utterance_id": utterance_id, "ok": ok});
+                if let Some(r) = reason {
+                    v["reason"] = r.label().into();
+                }
+                v
+            }
             Event::TtsInterrupt {
                 utterance_id,
                 played_ms,
@@ -206,6 +220,26 @@ pub enum Command {
 }
 
 impl Command {
+    /// One line for logs: the type, the utterance id (escaped and capped, see
+    /// [`crate::untrusted`]) and the length of the text, never the text itself.
+    pub fn summary(&self) -> String {
+        match self {
+            Command::Speak {
+                utterance_id, text, ..
+            }
+            | Command::Stream {
+                utterance_id, text, ..
+            } => format!(
+                "{} {:?}, {} bytes",
+                self.kind(),
+                shown(utterance_id),
+                text.len()
+            ),
+            Command::Interrupt => self.kind().to_owned(),
+            Command::Hangup { reason } => format!("hangup {:?}", shown(reason)),
+        }
+    }
+
     /// The command's `type`, for logs.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -218,17 +252,18 @@ impl Command {
     }
 }
 
-/// Why a message is not a command for this call. Each is logged and ignored.
+/// Why a message is not a command for this call. Each is logged and ignored; the app's strings
+/// in it are shown escaped and capped (see [`crate::untrusted`]), so it cannot forge a log line.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CommandError {
-    /// Not a JSON object of the command shape.
-    #[error("malformed command: {0}")]
+    /// Not a JSON object of the command shape (the parser's message may quote the app's text).
+    #[error("malformed command: {}", shown(.0))]
     Malformed(String),
     /// A `type` we do not know.
-    #[error("unknown command type {0:?}")]
+    #[error("unknown command type {:?}", shown(.0))]
     Unknown(String),
     /// Addressed to another call.
-    #[error("command for another call {0:?}")]
+    #[error("command for another call {:?}", shown(.0))]
     OtherCall(String),
     /// `tts.stream` without an `utterance_id`.
     #[error("{0} needs an utterance_id")]
@@ -669,6 +704,32 @@ mod tests {
     }
 
     #[test]
+    fn command_errors_show_the_apps_strings_on_one_line() {
+        let forged = "x\n2026-12-06T00:00:00Z  INFO forged\u{1b}[2J";
+        for frame in [
+            json!({"type": forged}),
+            json!({"type": "hangup", "call_id": forged}),
+            json!({"type": "tts.speak", "stream_end": forged}),
+        ] {
+            let e = parse_command(&frame.to_string(), "wrtc-1").unwrap_err();
+            let shown = e.to_string();
+            assert!(
+                !shown.contains('\n') && !shown.contains('\u{1b}'),
+                "{shown}"
+            );
+            assert!(shown.contains("forged"), "{shown}");
+        }
+        let long = json!({"type": "x".repeat(100_000)}).to_string();
+        assert!(
+            parse_command(&long, "wrtc-1")
+                .unwrap_err()
+                .to_string()
+                .len()
+                < 300
+        );
+    }
+
+    #[test]
     fn bad_commands_are_errors_not_actions() {
         let id = "wrtc-1";
         assert!(matches!(
@@ -729,9 +790,26 @@ mod tests {
         assert_eq!(
             j(Event::TtsEnded {
                 utterance_id: "u".into(),
-                ok: false
+                ok: false,
+                reason: None
             }),
             serde_json::json!({"type":"tts.ended","call_id":"wrtc-1","utterance_id":"u","ok":false})
+        );
+        assert_eq!(
+            j(Event::TtsEnded {
+                utterance_id: "u".into(),
+                ok: false,
+                reason: Some(TtsLimit::QueueFull)
+            }),
+            serde_json::json!({"type":"tts.ended","call_id":"wrtc-1","utterance_id":"u","ok":false,"reason":"queue-full"})
+        );
+        assert_eq!(
+            j(Event::TtsEnded {
+                utterance_id: "u".into(),
+                ok: false,
+                reason: Some(TtsLimit::TextTooLong)
+            })["reason"],
+            "text-too-long"
         );
         assert_eq!(
             j(Event::CallEnded {
@@ -792,5 +870,225 @@ mod tests {
             }),
             serde_json::json!({"type":"asr.error","call_id":"wrtc-1","message":"m","fatal":false})
         );
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    //! `parse_command` sees whatever a dialog app sends: it never panics, whatever the text or
+    //! the JSON, and every valid command survives the trip through its wire form.
+    use super::*;
+    use crate::text::properties::cases;
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    const CALL: &str = "wrtc-1";
+
+    /// Field names and values the parser looks for, to reach its deeper paths often.
+    const WORDS: &[&str] = &[
+        "type",
+        "call_id",
+        "text",
+        "utterance_id",
+        "stream_end",
+        "reason",
+        "meta",
+        "llmModel",
+        "llmFirstMs",
+        "llmWallMs",
+        "userText",
+        "tts.speak",
+        "tts.stream",
+        "tts.stream.end",
+        "tts.interrupt",
+        "hangup",
+        CALL,
+        "wrtc-2",
+        "",
+        " ",
+    ];
+
+    fn word() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => prop::sample::select(WORDS).prop_map(str::to_owned),
+            1 => any::<String>(),
+        ]
+    }
+
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            word().prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 48, 8, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::vec((word(), inner), 0..8)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// An object with a command's `type` and arbitrary other fields.
+    fn command_like() -> impl Strategy<Value = Value> {
+        (
+            prop::sample::select(&WORDS[11..16]),
+            prop::collection::vec((word(), json()), 0..6),
+        )
+            .prop_map(|(kind, fields)| {
+                let mut v: serde_json::Map<String, Value> = fields.into_iter().collect();
+                v.insert("type".into(), kind.into());
+                Value::Object(v)
+            })
+    }
+
+    fn trimmed() -> impl Strategy<Value = String> {
+        any::<String>().prop_map(|s| s.trim().to_owned())
+    }
+
+    fn meta() -> impl Strategy<Value = Option<Meta>> {
+        prop::option::of(
+            (
+                prop::option::of(any::<String>()),
+                prop::option::of(0u32..1_000_000),
+                prop::option::of(0u32..1_000_000),
+                prop::option::of(any::<String>()),
+            )
+                .prop_map(|(model, first, wall, user)| Meta {
+                    llm_model: model,
+                    llm_first_ms: first.map(f64::from),
+                    llm_wall_ms: wall.map(f64::from),
+                    user_text: user,
+                }),
+        )
+    }
+
+    fn command() -> impl Strategy<Value = Command> {
+        prop_oneof![
+            (trimmed(), any::<String>(), meta()).prop_map(|(utterance_id, text, meta)| {
+                Command::Speak {
+                    utterance_id,
+                    text,
+                    meta,
+                }
+            }),
+            (
+                trimmed().prop_filter("a stream has an id", |s| !s.is_empty()),
+                any::<String>(),
+                any::<bool>(),
+                meta()
+            )
+                .prop_map(|(utterance_id, text, end, meta)| Command::Stream {
+                    utterance_id,
+                    text,
+                    end,
+                    meta,
+                }),
+            Just(Command::Interrupt),
+            trimmed().prop_map(|r| Command::Hangup {
+                reason: if r.is_empty() {
+                    "dialog-hangup".into()
+                } else {
+                    r
+                }
+            }),
+        ]
+    }
+
+    /// The wire form a dialog app would send (`end` either way it may be spelled).
+    fn wire(cmd: &Command, end_as_flag: bool, addressed: bool) -> String {
+        let meta_json = |m: &Option<Meta>| {
+            m.as_ref().map(|m| {
+                let mut v = json!({});
+                if let Some(x) = &m.llm_model {
+                    v["llmModel"] = x.as_str().into();
+                }
+                if let Some(x) = m.llm_first_ms {
+                    v["llmFirstMs"] = x.into();
+                }
+                if let Some(x) = m.llm_wall_ms {
+                    v["llmWallMs"] = x.into();
+                }
+                if let Some(x) = &m.user_text {
+                    v["userText"] = x.as_str().into();
+                }
+                v
+            })
+        };
+        let mut v = match cmd {
+            Command::Speak {
+                utterance_id,
+                text,
+                meta,
+            } => {
+                let mut v =
+                    json!({"type": "tts.speak", "utterance_id": utterance_id, "text": text});
+                if let Some(m) = meta_json(meta) {
+                    v["meta"] = m;
+                }
+                v
+            }
+            Command::Stream {
+                utterance_id,
+                text,
+                end,
+                meta,
+            } => {
+                let mut v = json!({"utterance_id": utterance_id, "text": text});
+                if *end && !end_as_flag {
+                    v["type"] = "tts.stream.end".into();
+                } else {
+                    v["type"] = "tts.stream".into();
+                    v["stream_end"] = (*end).into();
+                }
+                if let Some(m) = meta_json(meta) {
+                    v["meta"] = m;
+                }
+                v
+            }
+            Command::Interrupt => json!({"type": "tts.interrupt"}),
+            Command::Hangup { reason } => json!({"type": "hangup", "reason": reason}),
+        };
+        if addressed {
+            v["call_id"] = CALL.into();
+        }
+        v.to_string()
+    }
+
+    proptest! {
+        #![proptest_config(cases(1000))]
+
+        #[test]
+        fn any_text_is_a_command_or_an_error(frame in any::<String>()) {
+            let _ = parse_command(&frame, CALL);
+        }
+
+        #[test]
+        fn any_json_is_a_command_or_an_error(v in prop_oneof![json(), command_like()]) {
+            if let Ok(Command::Stream { utterance_id, .. }) = parse_command(&v.to_string(), CALL) {
+                prop_assert!(!utterance_id.is_empty());
+                prop_assert_eq!(utterance_id.trim(), utterance_id.as_str());
+            }
+        }
+
+        #[test]
+        fn valid_commands_round_trip(cmd in command(), flag in any::<bool>(), addressed in any::<bool>()) {
+            let frame = wire(&cmd, flag, addressed);
+            prop_assert_eq!(parse_command(&frame, CALL), Ok(cmd.clone()));
+            // The same command for another call is refused as such.
+            let mut other: Value = serde_json::from_str(&frame).expect("we wrote JSON");
+            other["call_id"] = "wrtc-2".into();
+            prop_assert_eq!(
+                parse_command(&other.to_string(), CALL),
+                Err(CommandError::OtherCall("wrtc-2".into()))
+            );
+            // Its log summary is one line and never carries the text.
+            let summary = cmd.summary();
+            prop_assert!(!summary.contains('\n') && summary.len() < 2200, "{}", summary);
+        }
     }
 }

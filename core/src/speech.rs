@@ -8,23 +8,38 @@
 //! - Utterances play in the order they were queued; segments within one in order.
 //! - `tts.started` goes out when an utterance's first audio frame leaves voicegate (the codec
 //!   reports that), once per utterance, however often a slow stream runs dry and resumes.
-//! - `tts.ended` goes out exactly once for every utterance that was queued or started: `ok:
-//!   true` after its last frame, `ok: false` when it was interrupted, replaced by a new stream,
-//!   failed to synthesize, or the call ended. Text with nothing speakable ends `ok: true`
-//!   without a `tts.started`.
+//! - `tts.ended` goes out exactly once for every utterance that was queued, started or refused:
+//!   `ok: true` after its last frame, `ok: false` when it was interrupted, replaced by a new
+//!   stream, failed to synthesize, hit a limit, or the call ended. Text with nothing speakable
+//!   ends `ok: true` without a `tts.started`.
+//! - Limits ([`TtsLimit`]): an utterance whose text (a `tts.speak`, or a stream's chunks
+//!   together) is longer than `max_text_bytes`, or that would make more than `max_queued`
+//!   utterances, ends `ok: false` with the limit as its `reason`. A speak or a new stream is
+//!   refused at once, before any of its text is looked at; a stream that grows too long stops
+//!   taking text, plays what it had, then ends. The dialog app's utterances are limited, the
+//!   service's own prompts are not.
 //! - An interrupt stops playback (the codec flushes its queue), cancels every synthesis in
 //!   flight (so nothing can block behind it, unlike the original), and drops the queue.
-//! - Synthesis runs ahead of playback by at most `prefetch` segments, so a long answer plays
-//!   without gaps and memory stays bounded.
+//! - Late chunks of a stream that was cut off (interrupted, replaced, failed, refused or cut by
+//!   a limit) are dropped until its last chunk, so an LLM stream still in flight can neither
+//!   start speaking again nor replace the stream that followed it.
+//! - At most `prefetch` segments synthesize ahead of the audio already handed to the codec, so
+//!   a long answer plays without gaps.
 //!
 //! Audio is tagged by segment id; late audio or progress for a segment that was dropped is
 //! ignored, so cancellation races are harmless.
+//!
+//! Cost: every input does work in proportion to what it changes (a few segments and the
+//! prefetch window), never to the length of the queue: segments are found by id in a map, each
+//! utterance keeps the segments it handed over apart from those still to come, and the
+//! utterances at the front whose segments were all handed over are skipped by a cursor. The
+//! original rebuilt the whole play order on every input, which took seconds with a long queue.
 
 use crate::text::{SegmentLimits, Segmenter, sanitize};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-/// A segment's id: unique for the call, increasing in play order.
+/// A segment's id: unique for the call, increasing within an utterance.
 pub type SegmentId = u64;
 
 /// Settings of the player.
@@ -34,6 +49,31 @@ pub struct PlayerSettings {
     pub limits: SegmentLimits,
     /// Segments synthesized ahead of the one being handed to the codec (at least 1).
     pub prefetch: usize,
+    /// Most bytes of text in one utterance of the dialog app: a `tts.speak`, or a stream's
+    /// chunks together ([`TtsLimit::TextTooLong`] beyond).
+    pub max_text_bytes: usize,
+    /// Most utterances queued at once, the one playing included; a new utterance of the dialog
+    /// app beyond is refused ([`TtsLimit::QueueFull`]).
+    pub max_queued: usize,
+}
+
+/// A limit that refused an utterance or cut it short: the `reason` of its `tts.ended`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TtsLimit {
+    /// Its text was longer than `max_text_bytes`.
+    TextTooLong,
+    /// `max_queued` utterances were already queued.
+    QueueFull,
+}
+
+impl TtsLimit {
+    /// The `reason` on the wire.
+    pub fn label(self) -> &'static str {
+        match self {
+            TtsLimit::TextTooLong => "text-too-long",
+            TtsLimit::QueueFull => "queue-full",
+        }
+    }
 }
 
 /// A segment as far as the caller heard it.
@@ -172,6 +212,16 @@ pub enum Output {
         id: String,
         /// Played completely.
         ok: bool,
+        /// The limit that refused it or cut it short, if one did.
+        reason: Option<TtsLimit>,
+    },
+    /// A limit refused an utterance or cut it short (counted and logged; its `Ended` follows,
+    /// at once for a refusal, after what it had has played for a stream that grew too long).
+    LimitHit {
+        /// Utterance id.
+        id: String,
+        /// Which limit.
+        limit: TtsLimit,
     },
     /// A segment's first frame left (the text the caller is hearing now).
     SegmentStarted {
@@ -204,7 +254,7 @@ pub enum Output {
 #[derive(Debug)]
 struct Utterance {
     id: String,
-    /// Events are reported for it.
+    /// Events are reported for it (and limits apply to it): it came from the dialog app.
     report: bool,
     /// `Some` while a stream is open.
     segmenter: Option<Segmenter>,
@@ -212,10 +262,16 @@ struct Utterance {
     closed: bool,
     /// Failed: remaining text is dropped, it ends with `ok: false`.
     failed: bool,
+    /// A limit cut it short: it takes no more text and ends with `ok: false` and this reason.
+    limit: Option<TtsLimit>,
+    /// Bytes of text received for it.
+    text_bytes: usize,
     /// `tts.started` was reported.
     started: bool,
-    /// Segments not yet finished playing, in order.
-    segments: VecDeque<SegmentId>,
+    /// Its segments handed to the codec completely, waiting to finish playing, in order.
+    handed: VecDeque<SegmentId>,
+    /// Its segments not handed over yet (synthesizing or waiting to), in order.
+    queued: VecDeque<SegmentId>,
     /// Segments played completely, with their text and length.
     played: Vec<PlayedSegment>,
     /// When the command that created it arrived.
@@ -224,7 +280,8 @@ struct Utterance {
 
 #[derive(Debug)]
 struct Segment {
-    id: SegmentId,
+    /// The serial number of its utterance (see [`Player::front_serial`]).
+    utterance: u64,
     text: String,
     /// Synthesis was started.
     synthesizing: bool,
@@ -234,7 +291,7 @@ struct Segment {
     pending: Vec<i16>,
     /// Samples handed to the codec so far.
     fed: usize,
-    /// `EndOfSegment` was issued.
+    /// `EndOfSegment` was issued (it is in its utterance's `handed`).
     ended: bool,
 }
 
@@ -244,17 +301,26 @@ pub struct Player {
     settings: PlayerSettings,
     /// Utterances in play order; the front one is playing (or next).
     utterances: VecDeque<Utterance>,
-    /// Segments not yet finished playing, in play order.
-    segments: VecDeque<Segment>,
+    /// The serial number of the front utterance. Serial numbers go up by one along the queue
+    /// and are never reused, so a segment finds its utterance by subtraction.
+    front_serial: u64,
+    /// Every segment not finished playing (handed over or still to come), by id.
+    segments: HashMap<SegmentId, Segment>,
+    /// Segments not handed over yet, over all utterances.
+    queued: usize,
+    /// The utterances before this index take no more text and have handed every segment over:
+    /// feeding audio and prefetching start here.
+    settled: usize,
     next_segment: SegmentId,
     /// When the last `asr.final` arrived, until an utterance's first audio consumes it.
     asr_anchor: Option<Instant>,
-    /// Ids of streams that were interrupted or replaced: their late chunks are dropped, so an
-    /// LLM stream still in flight cannot start speaking again after a barge-in.
+    /// Ids of streams that were cut off (interrupted, replaced, failed, refused or cut by a
+    /// limit) and have not sent their last chunk: their late chunks are dropped, so an LLM
+    /// stream still in flight cannot start speaking again after a barge-in.
     cut_streams: VecDeque<String>,
 }
 
-/// How many interrupted stream ids are remembered.
+/// How many cut-off stream ids are remembered.
 const CUT_STREAMS: usize = 64;
 
 impl Player {
@@ -266,7 +332,10 @@ impl Player {
                 ..settings
             },
             utterances: VecDeque::new(),
-            segments: VecDeque::new(),
+            front_serial: 0,
+            segments: HashMap::new(),
+            queued: 0,
+            settled: 0,
             next_segment: 1,
             asr_anchor: None,
             cut_streams: VecDeque::new(),
@@ -288,8 +357,23 @@ impl Player {
         let mut out = Vec::new();
         match input {
             Input::Speak { id, text, report } => {
+                if report {
+                    // Refused before any of the text is looked at.
+                    let refused = if text.len() > self.settings.max_text_bytes {
+                        Some(TtsLimit::TextTooLong)
+                    } else if self.utterances.len() >= self.settings.max_queued {
+                        Some(TtsLimit::QueueFull)
+                    } else {
+                        None
+                    };
+                    if let Some(limit) = refused {
+                        refuse(id, limit, &mut out);
+                        return out;
+                    }
+                }
                 let mut u = Utterance::new(id, report, now);
                 u.closed = true;
+                u.text_bytes = text.len();
                 self.utterances.push_back(u);
                 let mut seg = Segmenter::new(self.settings.limits);
                 let mut parts = seg.push(text);
@@ -297,82 +381,42 @@ impl Player {
                 self.add_segments(self.utterances.len() - 1, parts);
             }
             Input::Stream { id, text, end } => {
-                let open = self.utterances.iter().position(|u| u.segmenter.is_some());
-                let idx = match open {
-                    Some(i) if self.utterances[i].id == id => Some(i),
-                    Some(_) => {
-                        // A new stream replaces the open one: everything stops, as on interrupt.
-                        self.interrupt(&mut out);
-                        None
-                    }
-                    None => None,
-                };
-                let idx = match idx {
-                    Some(i) => i,
-                    None => {
-                        if self.utterances.iter().any(|u| u.id == id)
-                            || self.cut_streams.iter().any(|c| c == id)
-                        {
-                            // More text for a stream that ended, failed or was cut off.
-                            return out;
-                        }
-                        let mut u = Utterance::new(id, true, now);
-                        u.segmenter = Some(Segmenter::new(self.settings.limits));
-                        self.utterances.push_back(u);
-                        self.utterances.len() - 1
-                    }
-                };
-                let u = &mut self.utterances[idx];
-                let Some(seg) = u.segmenter.as_mut() else {
+                if !self.stream_chunk(id, text, end, now, &mut out) {
                     return out;
-                };
-                let mut parts = seg.push(text);
-                if end {
-                    parts.extend(seg.finish());
-                    u.segmenter = None;
-                    u.closed = true;
                 }
-                self.add_segments(idx, parts);
             }
             Input::Interrupt => self.interrupt(&mut out),
             Input::CallEnding => {
-                for s in self.segments.drain(..) {
-                    if s.synthesizing && !s.synthesized {
-                        out.push(Output::Cancel { segment: s.id });
-                    }
-                }
-                for u in self.utterances.drain(..) {
+                self.cancel_all(&mut out);
+                for u in self.take_all() {
                     if u.report {
                         out.push(Output::Ended {
                             id: u.id,
                             ok: false,
+                            reason: u.limit,
                         });
                     }
                 }
                 return out;
             }
             Input::Audio { segment, pcm } => {
-                if let Some(s) = self.segments.iter_mut().find(|s| s.id == segment)
+                if let Some(s) = self.segments.get_mut(&segment)
                     && !s.ended
                 {
                     s.pending.extend_from_slice(&pcm);
                 }
             }
             Input::Synthesized { segment, ok } => {
-                if let Some(i) = self.segments.iter().position(|s| s.id == segment) {
+                if let Some(s) = self.segments.get_mut(&segment) {
                     if ok {
-                        self.segments[i].synthesized = true;
+                        s.synthesized = true;
                     } else {
                         self.fail_utterance_of(segment, &mut out);
                     }
                 }
             }
             Input::PlaybackStarted { segment } => {
-                let text = self
-                    .segments
-                    .iter()
-                    .find(|s| s.id == segment)
-                    .map(|s| s.text.clone());
+                let text = self.segments.get(&segment).map(|s| s.text.clone());
                 if let (Some(text), Some(u)) = (text, self.utterance_of(segment))
                     && u.report
                 {
@@ -398,11 +442,7 @@ impl Player {
                 }
             }
             Input::PlaybackFinished { segment, frames } => {
-                let text = self
-                    .segments
-                    .iter()
-                    .find(|s| s.id == segment)
-                    .map(|s| s.text.clone());
+                let text = self.segments.get(&segment).map(|s| s.text.clone());
                 if let (Some(text), Some(u)) = (text, self.utterance_of(segment)) {
                     u.played.push(PlayedSegment {
                         text,
@@ -421,8 +461,8 @@ impl Player {
                 {
                     let mut segments = u.played.clone();
                     if let Some(seg) = segment
-                        && u.segments.contains(&seg)
-                        && let Some(s) = self.segments.iter().find(|s| s.id == seg)
+                        && let Some(s) = self.segments.get(&seg)
+                        && s.utterance == self.front_serial
                         && frames > 0
                     {
                         segments.push(PlayedSegment {
@@ -445,7 +485,96 @@ impl Player {
         out
     }
 
+    /// A `tts.stream` chunk. Returns false when it changed nothing that needs pumping.
+    fn stream_chunk(
+        &mut self,
+        id: &str,
+        text: &str,
+        end: bool,
+        now: Instant,
+        out: &mut Vec<Output>,
+    ) -> bool {
+        let open = self.utterances.iter().position(|u| u.segmenter.is_some());
+        let idx = match open {
+            Some(i) if self.utterances[i].id == id => i,
+            open => {
+                if let Some(p) = self.cut_streams.iter().position(|c| c == id) {
+                    // A late chunk of a stream that was cut off: dropped, and forgotten with
+                    // its last chunk (so the id may be used again). Checked before replacing
+                    // the open stream, which a late chunk must not do.
+                    if end {
+                        self.cut_streams.remove(p);
+                    }
+                    return false;
+                }
+                if open.is_some() {
+                    // A new stream replaces the open one: everything stops, as on interrupt.
+                    self.interrupt(out);
+                }
+                if self.utterances.iter().any(|u| u.id == id) {
+                    // More text for a stream that ended or failed and is still queued.
+                    return false;
+                }
+                let refused = if text.len() > self.settings.max_text_bytes {
+                    Some(TtsLimit::TextTooLong)
+                } else if self.utterances.len() >= self.settings.max_queued {
+                    Some(TtsLimit::QueueFull)
+                } else {
+                    None
+                };
+                if let Some(limit) = refused {
+                    refuse(id, limit, out);
+                    if !end {
+                        self.cut(id);
+                    }
+                    return false;
+                }
+                let mut u = Utterance::new(id, true, now);
+                u.segmenter = Some(Segmenter::new(self.settings.limits));
+                self.utterances.push_back(u);
+                self.utterances.len() - 1
+            }
+        };
+        let max_text_bytes = self.settings.max_text_bytes;
+        let u = &mut self.utterances[idx];
+        u.text_bytes = u.text_bytes.saturating_add(text.len());
+        if u.text_bytes > max_text_bytes {
+            // Too long: the segments it already has play, the rest of the stream is dropped.
+            u.segmenter = None;
+            u.closed = true;
+            u.limit = Some(TtsLimit::TextTooLong);
+            out.push(Output::LimitHit {
+                id: id.to_owned(),
+                limit: TtsLimit::TextTooLong,
+            });
+            if !end {
+                self.cut(id);
+            }
+            return true;
+        }
+        let Some(seg) = u.segmenter.as_mut() else {
+            return false;
+        };
+        let mut parts = seg.push(text);
+        if end {
+            parts.extend(seg.finish());
+            u.segmenter = None;
+            u.closed = true;
+        }
+        self.add_segments(idx, parts);
+        true
+    }
+
+    /// Remembers a stream that was cut off, so its late chunks are dropped.
+    fn cut(&mut self, id: &str) {
+        if self.cut_streams.len() == CUT_STREAMS {
+            self.cut_streams.pop_front();
+        }
+        self.cut_streams.push_back(id.to_owned());
+    }
+
     fn add_segments(&mut self, utterance: usize, parts: Vec<String>) {
+        let serial = self.front_serial + utterance as u64;
         for text in parts {
             let text = sanitize(&text);
             if text.is_empty() {
@@ -453,115 +582,152 @@ impl Player {
             }
             let id = self.next_segment;
             self.next_segment += 1;
-            self.utterances[utterance].segments.push_back(id);
-            self.segments.push_back(Segment {
+            self.utterances[utterance].queued.push_back(id);
+            self.queued += 1;
+            self.segments.insert(
                 id,
-                text,
-                synthesizing: false,
-                synthesized: false,
-                pending: Vec::new(),
-                fed: 0,
-                ended: false,
-            });
+                Segment {
+                    utterance: serial,
+                    text,
+                    synthesizing: false,
+                    synthesized: false,
+                    pending: Vec::new(),
+                    fed: 0,
+                    ended: false,
+                },
+            );
         }
     }
 
-    /// Segment ids in play order: utterance by utterance. An utterance whose stream is still
-    /// open holds back everything queued after it.
-    fn play_order(&self) -> Vec<SegmentId> {
-        let mut order = Vec::new();
-        for u in &self.utterances {
-            order.extend(u.segments.iter().copied());
-            if !u.closed {
-                break;
-            }
+    /// Moves the cursor past utterances that take no more text and handed everything over.
+    fn settle(&mut self) {
+        while let Some(u) = self.utterances.get(self.settled)
+            && u.closed
+            && u.queued.is_empty()
+        {
+            self.settled += 1;
         }
-        order
     }
 
     /// Moves things along: feed audio in order, end segments, start syntheses, end utterances.
     fn pump(&mut self, out: &mut Vec<Output>) {
-        let order = self.play_order();
-        // Hand audio to the codec in play order, up to the first segment still synthesizing.
-        for id in &order {
-            let Some(s) = self.segments.iter_mut().find(|s| s.id == *id) else {
-                continue;
-            };
-            if s.ended {
-                continue;
-            }
-            if !s.pending.is_empty() {
-                s.fed += s.pending.len();
-                out.push(Output::Play {
-                    segment: s.id,
-                    pcm: std::mem::take(&mut s.pending),
-                });
-            }
-            if s.synthesized {
+        self.settle();
+        // Hand audio to the codec in play order (utterance by utterance; an utterance whose
+        // stream is still open holds back everything after it), up to the first segment still
+        // synthesizing.
+        let mut i = self.settled;
+        'feed: while let Some(u) = self.utterances.get_mut(i) {
+            while let Some(&id) = u.queued.front() {
+                let s = self
+                    .segments
+                    .get_mut(&id)
+                    .expect("a queued segment is stored until it is finished or dropped");
+                if !s.pending.is_empty() {
+                    s.fed += s.pending.len();
+                    out.push(Output::Play {
+                        segment: id,
+                        pcm: std::mem::take(&mut s.pending),
+                    });
+                }
+                if !s.synthesized {
+                    break 'feed;
+                }
                 s.ended = true;
-                out.push(Output::EndOfSegment { segment: s.id });
-                continue;
+                out.push(Output::EndOfSegment { segment: id });
+                u.queued.pop_front();
+                self.queued -= 1;
+                if s.fed == 0 {
+                    // No audio at all: it finishes without the codec's help.
+                    self.segments.remove(&id);
+                } else {
+                    u.handed.push_back(id);
+                }
             }
-            break;
-        }
-        // A segment that produced no audio at all finishes without the codec's help.
-        while let Some(s) = self.segments.iter().find(|s| s.ended && s.fed == 0) {
-            let id = s.id;
-            self.finish_segment(id);
-        }
-        // Keep `prefetch` segments synthesizing beyond those already handed over completely.
-        // Segments behind an open stream may synthesize ahead; they just wait to be played.
-        let mut ahead = 0;
-        let all: Vec<SegmentId> = self
-            .utterances
-            .iter()
-            .flat_map(|u| u.segments.iter().copied())
-            .collect();
-        for id in all {
-            if ahead == self.settings.prefetch {
+            if !u.closed {
                 break;
             }
-            let Some(s) = self.segments.iter_mut().find(|s| s.id == id) else {
-                continue;
-            };
-            if s.ended {
-                continue;
+            i += 1;
+        }
+        self.settle();
+        // Keep `prefetch` segments synthesizing beyond those already handed over completely.
+        // Segments behind an open stream may synthesize ahead; they just wait to be played.
+        let wanted = self.settings.prefetch.min(self.queued);
+        let mut ahead = 0;
+        let mut i = self.settled;
+        while ahead < wanted
+            && let Some(u) = self.utterances.get(i)
+        {
+            for &id in u.queued.iter().take(wanted - ahead) {
+                let s = self
+                    .segments
+                    .get_mut(&id)
+                    .expect("a queued segment is stored until it is finished or dropped");
+                if !s.synthesizing {
+                    s.synthesizing = true;
+                    out.push(Output::Synthesize {
+                        segment: id,
+                        text: s.text.clone(),
+                    });
+                }
+                ahead += 1;
             }
-            if !s.synthesizing {
-                s.synthesizing = true;
-                out.push(Output::Synthesize {
-                    segment: s.id,
-                    text: s.text.clone(),
-                });
-            }
-            ahead += 1;
+            i += 1;
         }
         // Utterances at the front that have nothing left end now, in order.
         while let Some(u) = self.utterances.front() {
-            if !(u.closed && u.segments.is_empty()) {
+            if !(u.closed && u.queued.is_empty() && u.handed.is_empty()) {
                 break;
             }
             let u = self.utterances.pop_front().expect("front exists");
+            self.front_serial += 1;
+            self.settled = self.settled.saturating_sub(1);
             if u.report {
-                // Nothing speakable, or all of it played: ok unless it failed.
+                // Nothing speakable, or all of it played: ok unless it failed or hit a limit.
                 out.push(Output::Ended {
                     id: u.id,
-                    ok: !u.failed,
+                    ok: !u.failed && u.limit.is_none(),
+                    reason: u.limit,
                 });
             }
         }
     }
 
     fn finish_segment(&mut self, segment: SegmentId) {
-        if let Some(i) = self.segments.iter().position(|s| s.id == segment) {
-            self.segments.remove(i);
+        let Some(s) = self.segments.remove(&segment) else {
+            return;
+        };
+        let Some(i) = self.index_of(s.utterance) else {
+            return;
+        };
+        // Both lists are in id order; normally the segment is the first one handed over.
+        let u = &mut self.utterances[i];
+        if let Ok(p) = u.handed.binary_search(&segment) {
+            u.handed.remove(p);
+        } else if let Ok(p) = u.queued.binary_search(&segment) {
+            u.queued.remove(p);
+            self.queued -= 1;
         }
-        for u in self.utterances.iter_mut() {
-            if let Some(p) = u.segments.iter().position(|s| *s == segment) {
-                u.segments.remove(p);
-                break;
-            }
-        }
+    }
+
+    /// Cancels every synthesis in flight, in the order they were created, and forgets every
+    /// segment.
+    fn cancel_all(&mut self, out: &mut Vec<Output>) {
+        let mut cancel: Vec<SegmentId> = self
+            .segments
+            .drain()
+            .filter(|(_, s)| s.synthesizing && !s.synthesized)
+            .map(|(id, _)| id)
+            .collect();
+        cancel.sort_unstable();
+        out.extend(cancel.into_iter().map(|segment| Output::Cancel { segment }));
+    }
+
+    /// Empties the queue (the segments must be gone already).
+    fn take_all(&mut self) -> VecDeque<Utterance> {
+        self.front_serial += self.utterances.len() as u64;
+        self.queued = 0;
+        self.settled = 0;
+        std::mem::take(&mut self.utterances)
     }
 
     fn interrupt(&mut self, out: &mut Vec<Output>) {
@@ -569,22 +735,16 @@ impl Player {
             return;
         }
         out.push(Output::FlushPlayback);
-        for s in self.segments.drain(..) {
-            if s.synthesizing && !s.synthesized {
-                out.push(Output::Cancel { segment: s.id });
-            }
-        }
-        for u in self.utterances.drain(..) {
+        self.cancel_all(out);
+        for u in self.take_all() {
             if u.segmenter.is_some() {
-                if self.cut_streams.len() == CUT_STREAMS {
-                    self.cut_streams.pop_front();
-                }
-                self.cut_streams.push_back(u.id.clone());
+                self.cut(&u.id);
             }
             if u.report {
                 out.push(Output::Ended {
                     id: u.id,
                     ok: false,
+                    reason: u.limit,
                 });
             }
         }
@@ -593,47 +753,65 @@ impl Player {
     /// A synthesis failed: the utterance keeps what was already handed to the codec, drops the
     /// rest, takes no more text, and ends `ok: false` once what was handed over has played.
     fn fail_utterance_of(&mut self, segment: SegmentId, out: &mut Vec<Output>) {
-        let Some(ui) = self.utterance_index_of(segment) else {
+        let Some(ui) = self
+            .segments
+            .get(&segment)
+            .and_then(|s| self.index_of(s.utterance))
+        else {
             return;
         };
         let u = &mut self.utterances[ui];
         u.failed = true;
         u.closed = true;
-        u.segmenter = None;
-        let mine: Vec<SegmentId> = u.segments.iter().copied().collect();
-        let mut keep = Vec::new();
-        for id in mine {
-            let Some(i) = self.segments.iter().position(|s| s.id == id) else {
-                continue;
-            };
-            let s = &mut self.segments[i];
-            if s.id == segment && (s.fed > 0 || !s.pending.is_empty()) {
+        let was_open = u.segmenter.take().is_some();
+        let rest = std::mem::take(&mut u.queued);
+        self.queued -= rest.len();
+        for id in rest {
+            let s = self
+                .segments
+                .get_mut(&id)
+                .expect("a queued segment is stored until it is finished or dropped");
+            if id == segment && (s.fed > 0 || !s.pending.is_empty()) {
                 // Play what arrived of the failed segment, then stop.
                 s.synthesized = true;
-                keep.push(id);
-            } else if s.ended {
-                keep.push(id);
+                u.queued.push_back(id);
+                self.queued += 1;
             } else {
-                if s.synthesizing && !s.synthesized && s.id != segment {
-                    out.push(Output::Cancel { segment: s.id });
+                if s.synthesizing && !s.synthesized && id != segment {
+                    out.push(Output::Cancel { segment: id });
                 }
-                self.segments.remove(i);
+                self.segments.remove(&id);
             }
         }
-        self.utterances[ui].segments = keep.into();
+        if was_open {
+            let id = u.id.clone();
+            self.cut(&id);
+        }
     }
 
-    fn utterance_index_of(&self, segment: SegmentId) -> Option<usize> {
-        self.utterances
-            .iter()
-            .position(|u| u.segments.contains(&segment))
+    /// The index of the utterance with serial number `serial`, if it is still queued.
+    fn index_of(&self, serial: u64) -> Option<usize> {
+        let i = usize::try_from(serial.checked_sub(self.front_serial)?).ok()?;
+        (i < self.utterances.len()).then_some(i)
     }
 
     fn utterance_of(&mut self, segment: SegmentId) -> Option<&mut Utterance> {
-        self.utterances
-            .iter_mut()
-            .find(|u| u.segments.contains(&segment))
+        let i = self.index_of(self.segments.get(&segment)?.utterance)?;
+        self.utterances.get_mut(i)
     }
+}
+
+/// Refuses an utterance of the dialog app: the limit is reported, then its `tts.ended`.
+fn refuse(id: &str, limit: TtsLimit, out: &mut Vec<Output>) {
+    out.push(Output::LimitHit {
+        id: id.to_owned(),
+        limit,
+    });
+    out.push(Output::Ended {
+        id: id.to_owned(),
+        ok: false,
+        reason: Some(limit),
+    });
 }
 
 impl Utterance {
@@ -644,8 +822,11 @@ impl Utterance {
             segmenter: None,
             closed: false,
             failed: false,
+            limit: None,
+            text_bytes: 0,
             started: false,
-            segments: VecDeque::new(),
+            handed: VecDeque::new(),
+            queued: VecDeque::new(),
             played: Vec::new(),
             received,
         }
@@ -670,6 +851,8 @@ mod tests {
         events: Vec<String>,
         latencies: Vec<(String, Duration, Option<Duration>)>,
         heard: Vec<String>,
+        /// `LimitHit`s, as "id reason".
+        limits: Vec<String>,
     }
 
     fn settings() -> PlayerSettings {
@@ -680,6 +863,8 @@ mod tests {
                 max_chars: 120,
             },
             prefetch: 2,
+            max_text_bytes: 1000,
+            max_queued: 8,
         }
     }
 
@@ -695,6 +880,7 @@ mod tests {
                 events: vec![],
                 latencies: vec![],
                 heard: vec![],
+                limits: vec![],
             }
         }
 
@@ -723,7 +909,13 @@ mod tests {
                         self.codec.clear();
                     }
                     Output::Started { id } => self.events.push(format!("started {id}")),
-                    Output::Ended { id, ok } => self.events.push(format!("ended {id} {ok}")),
+                    Output::Ended { id, ok, reason } => self.events.push(match reason {
+                        Some(r) => format!("ended {id} {ok} {}", r.label()),
+                        None => format!("ended {id} {ok}"),
+                    }),
+                    Output::LimitHit { id, limit } => {
+                        self.limits.push(format!("{id} {}", limit.label()))
+                    }
                     Output::FirstAudio {
                         id,
                         tts_first,
@@ -1112,6 +1304,152 @@ mod tests {
             "the anchor is used once"
         );
     }
+    #[test]
+    fn a_speak_over_the_text_limit_is_refused_at_once() {
+        let mut r = Rig::new();
+        r.speak("u1", "Before.");
+        r.speak("big", &"word ".repeat(201)); // 1005 bytes, the limit is 1000
+        assert_eq!(r.events, ["ended big false text-too-long"]);
+        assert_eq!(r.limits, ["big text-too-long"]);
+        r.speak("u2", "After.");
+        r.run();
+        assert_eq!(
+            r.events,
+            [
+                "ended big false text-too-long",
+                "started u1",
+                "ended u1 true",
+                "started u2",
+                "ended u2 true"
+            ]
+        );
+        // Exactly at the limit is fine.
+        let mut r = Rig::new();
+        r.speak("edge", &"a".repeat(1000));
+        r.run();
+        assert_eq!(r.events, ["started edge", "ended edge true"]);
+    }
+
+    #[test]
+    fn speaks_beyond_the_queue_limit_are_refused_and_the_rest_play_in_order() {
+        let mut r = Rig::new();
+        for n in 0..10 {
+            r.speak(&format!("u{n}"), "Hello.");
+        }
+        // Eight fit (the one playing counts); the last two are refused at once.
+        assert_eq!(
+            r.events,
+            ["ended u8 false queue-full", "ended u9 false queue-full"]
+        );
+        assert_eq!(r.limits, ["u8 queue-full", "u9 queue-full"]);
+        r.run();
+        let played: Vec<String> = (0..8)
+            .flat_map(|n| [format!("started u{n}"), format!("ended u{n} true")])
+            .collect();
+        assert_eq!(r.events[2..], played);
+        // Once the queue has room again, speaks are taken.
+        r.speak("later", "Hello.");
+        r.run();
+        assert_eq!(r.events[18..], ["started later", "ended later true"]);
+    }
+
+    #[test]
+    fn internal_prompts_are_not_limited() {
+        let mut r = Rig::new();
+        for n in 0..8 {
+            r.speak(&format!("u{n}"), "Hello.");
+        }
+        r.input(Input::Speak {
+            id: "hold",
+            text: &"please hold ".repeat(100), // over the text limit, in a few segments
+            report: false,
+        });
+        assert!(r.events.is_empty() && r.limits.is_empty());
+        r.run();
+        assert_eq!(r.events.len(), 16);
+        assert!(r.p.is_idle());
+    }
+
+    #[test]
+    fn a_stream_that_grows_too_long_plays_what_it_had_then_ends_with_the_reason() {
+        let mut r = Rig::new();
+        let chunk = "Some words here. ".repeat(20); // 340 bytes
+        r.stream("s", &chunk, false);
+        r.stream("s", &chunk, false);
+        assert!(r.limits.is_empty());
+        r.stream("s", &chunk, false); // 1020 bytes in all
+        assert_eq!(r.limits, ["s text-too-long"]);
+        // Later chunks, even after it ended, are dropped until the stream's last chunk.
+        r.stream("s", "More.", false);
+        r.run();
+        assert_eq!(r.events, ["started s", "ended s false text-too-long"]);
+        // The sentences of the first two chunks played.
+        assert_eq!(r.heard.len(), 40, "{:?}", r.heard);
+        r.stream("s", "Still more.", false);
+        r.stream("s", "", true);
+        r.run();
+        assert_eq!(r.events.len(), 2, "{:?}", r.events);
+        // Its last chunk came: the id may be used again.
+        r.stream("s", "A new answer.", true);
+        r.run();
+        assert_eq!(
+            r.events[2..],
+            ["started s", "ended s true"],
+            "{:?}",
+            r.events
+        );
+    }
+
+    #[test]
+    fn a_stream_refused_for_a_full_queue_drops_its_chunks_until_its_end() {
+        let mut r = Rig::new();
+        for n in 0..8 {
+            r.speak(&format!("u{n}"), "Hello.");
+        }
+        r.stream("s", "Refused. ", false);
+        assert_eq!(r.events, ["ended s false queue-full"]);
+        r.run();
+        r.stream("s", "Still the refused stream. ", false);
+        r.stream("s", "", true);
+        r.run();
+        assert_eq!(r.events.len(), 17, "nothing of the refused stream plays");
+        assert!(r.p.is_idle());
+    }
+
+    #[test]
+    fn a_late_chunk_of_an_interrupted_stream_does_not_replace_the_next_one() {
+        let mut r = Rig::new();
+        r.stream("s1", "Thinking about it. ", false);
+        r.run();
+        r.input(Input::Interrupt);
+        r.stream("s2", "The new answer. ", false);
+        // The old LLM stream is still sending.
+        r.stream("s1", "Old text. ", false);
+        r.stream("s1", "", true);
+        r.stream("s2", "", true);
+        r.run();
+        assert_eq!(
+            r.events,
+            [
+                "started s1",
+                "ended s1 false",
+                "started s2",
+                "ended s2 true"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failed_stream_drops_its_late_chunks() {
+        let mut r = Rig::new();
+        r.stream("s", "This will fail. ", false);
+        r.fail_one();
+        r.run();
+        assert_eq!(r.events, ["ended s false"]);
+        r.stream("s", "Late text. ", false);
+        r.run();
+        assert_eq!(r.events, ["ended s false"], "no second utterance for it");
+    }
 }
 
 #[cfg(test)]
@@ -1127,6 +1465,8 @@ mod barge_in_tests {
                 max_chars: 120,
             },
             prefetch: 3,
+            max_text_bytes: 1000,
+            max_queued: 8,
         }
     }
 
@@ -1322,7 +1662,313 @@ mod barge_in_tests {
         assert!(!outs.iter().any(|o| matches!(o, Output::Interrupted { .. })));
         assert!(outs.contains(&Output::Ended {
             id: "u".into(),
-            ok: false
+            ok: false,
+            reason: None
         }));
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    //! The player under arbitrary sequences of commands, engine results and playback, with
+    //! limits: every utterance of the dialog app ends exactly once, and the work per input does
+    //! not grow with the queue.
+    use super::*;
+    use crate::text::properties::{cases, hostile_text};
+    use proptest::prelude::*;
+
+    /// Carries out a player's outputs the way the speaker, the engine and the codec do, with
+    /// constant work per output, and records what the dialog app would see.
+    struct Sim {
+        p: Player,
+        t: Instant,
+        /// Syntheses in flight, oldest first.
+        synthesizing: VecDeque<SegmentId>,
+        /// The codec's queue: segment, samples, ended, first frame sent.
+        codec: VecDeque<(SegmentId, usize, bool, bool)>,
+        /// `(id, event)` with event `started` or `ended <ok> [reason]`, in order.
+        events: Vec<(String, String)>,
+        limit_hits: usize,
+        ended_with_reason: usize,
+    }
+
+    impl Sim {
+        fn new(settings: PlayerSettings) -> Sim {
+            Sim {
+                p: Player::new(settings),
+                t: Instant::now(),
+                synthesizing: VecDeque::new(),
+                codec: VecDeque::new(),
+                events: Vec::new(),
+                limit_hits: 0,
+                ended_with_reason: 0,
+            }
+        }
+
+        fn input(&mut self, input: Input<'_>) {
+            for o in self.p.handle(input, self.t) {
+                match o {
+                    Output::Synthesize { segment, text } => {
+                        assert!(!text.is_empty());
+                        assert!(
+                            text.chars().all(|c| c == '\n' || !c.is_control()),
+                            "{text:?}"
+                        );
+                        self.synthesizing.push_back(segment);
+                    }
+                    Output::Cancel { segment } => self.synthesizing.retain(|s| *s != segment),
+                    Output::Play { segment, pcm } => match self.codec.back_mut() {
+                        Some(c) if c.0 == segment => c.1 += pcm.len(),
+                        _ => self.codec.push_back((segment, pcm.len(), false, false)),
+                    },
+                    Output::EndOfSegment { segment } => {
+                        if let Some(c) = self.codec.iter_mut().rev().find(|c| c.0 == segment) {
+                            c.2 = true;
+                        }
+                    }
+                    Output::FlushPlayback => self.codec.clear(),
+                    Output::Started { id } => self.events.push((id, "started".into())),
+                    Output::Ended { id, ok, reason } => {
+                        self.ended_with_reason += usize::from(reason.is_some());
+                        let reason = reason.map_or("", TtsLimit::label);
+                        self.events.push((id, format!("ended {ok} {reason}")));
+                    }
+                    Output::LimitHit { .. } => self.limit_hits += 1,
+                    Output::SegmentStarted { .. }
+                    | Output::Interrupted { .. }
+                    | Output::FirstAudio { .. } => {}
+                }
+            }
+        }
+
+        fn speak(&mut self, id: &str, text: &str) {
+            self.input(Input::Speak {
+                id,
+                text,
+                report: true,
+            });
+        }
+
+        /// The oldest synthesis delivers 40 ms of audio and finishes (or fails).
+        fn synth_one(&mut self, ok: bool) -> bool {
+            let Some(segment) = self.synthesizing.pop_front() else {
+                return false;
+            };
+            self.input(Input::Audio {
+                segment,
+                pcm: vec![1; 640],
+            });
+            self.input(Input::Synthesized { segment, ok });
+            true
+        }
+
+        /// The codec sends the front segment's first frame, and its last once it has ended.
+        fn play_one(&mut self) -> bool {
+            let Some(&(segment, samples, ended, started)) = self.codec.front() else {
+                return false;
+            };
+            if !started && samples > 0 {
+                self.codec[0].3 = true;
+                self.input(Input::PlaybackStarted { segment });
+            }
+            if ended {
+                self.codec.pop_front();
+                self.input(Input::PlaybackFinished {
+                    segment,
+                    frames: (samples / 320) as u32,
+                });
+                return true;
+            }
+            !started && samples > 0
+        }
+
+        /// The caller talks over the front segment; the codec has already stopped.
+        fn barge_in(&mut self) {
+            let front = self.codec.front().filter(|c| c.3).map(|c| c.0);
+            self.codec.clear();
+            self.input(Input::BargeIn {
+                segment: front,
+                frames: u32::from(front.is_some()),
+            });
+        }
+
+        /// Synthesizes and plays until nothing moves.
+        fn drain(&mut self) {
+            while self.synth_one(true) || self.play_one() {}
+        }
+    }
+
+    fn settings(max_text_bytes: usize, max_queued: usize) -> PlayerSettings {
+        PlayerSettings {
+            limits: SegmentLimits::default(),
+            prefetch: 2,
+            max_text_bytes,
+            max_queued,
+        }
+    }
+
+    /// 10 000 speaks in a burst, then everything accepted plays: the original took seconds
+    /// once thousands were queued (it rebuilt the play order on every input).
+    #[test]
+    fn a_burst_of_speaks_costs_linear_time() {
+        for max_queued in [64, 20_000] {
+            let mut sim = Sim::new(settings(16_384, max_queued));
+            let t0 = Instant::now();
+            for n in 0..10_000 {
+                sim.speak(&format!("u{n}"), "One sentence here. And another one.");
+            }
+            let queued = t0.elapsed();
+            sim.drain();
+            let took = t0.elapsed();
+            assert!(
+                took < Duration::from_millis(1000),
+                "max_queued {max_queued}: {queued:?} to queue, {took:?} in all"
+            );
+            assert!(sim.p.is_idle());
+            let ended = sim
+                .events
+                .iter()
+                .filter(|e| e.1.starts_with("ended"))
+                .count();
+            assert_eq!(ended, 10_000, "every one ends exactly once");
+            let refused = 10_000 - max_queued.min(10_000);
+            assert_eq!(sim.limit_hits, refused);
+            assert_eq!(sim.ended_with_reason, refused);
+        }
+    }
+
+    /// One speak at the text limit, cut into thousands of segments, plays in linear time too.
+    #[test]
+    fn a_speak_of_many_tiny_sentences_costs_linear_time() {
+        let mut sim = Sim::new(settings(16_384, 64));
+        let text = "Hi. ".repeat(4096);
+        let t0 = Instant::now();
+        sim.speak("many", &text);
+        sim.drain();
+        let took = t0.elapsed();
+        assert!(took < Duration::from_millis(1000), "{took:?}");
+        assert_eq!(
+            sim.events,
+            [
+                ("many".into(), "started".into()),
+                ("many".into(), "ended true ".into())
+            ]
+        );
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Speak(String),
+        Stream(u8, String, bool),
+        Interrupt,
+        Synth(bool),
+        Play,
+        BargeIn,
+        AsrFinal,
+    }
+
+    fn short_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => hostile_text().prop_map(|t| t.chars().take(60).collect()),
+            1 => (1usize..40).prop_map(|n| "Word. ".repeat(n)),
+        ]
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => short_text().prop_map(Op::Speak),
+            3 => (0u8..3, short_text(), prop::bool::weighted(0.3))
+                .prop_map(|(k, t, end)| Op::Stream(k, t, end)),
+            1 => Just(Op::Interrupt),
+            5 => prop::bool::weighted(0.9).prop_map(Op::Synth),
+            5 => Just(Op::Play),
+            1 => Just(Op::BargeIn),
+            1 => Just(Op::AsrFinal),
+        ]
+    }
+
+    fn any_settings() -> impl Strategy<Value = PlayerSettings> {
+        (1usize..4, 0usize..150, 0usize..6, 1usize..8, 1usize..80).prop_map(
+            |(prefetch, max_text_bytes, max_queued, first_max, max)| PlayerSettings {
+                limits: SegmentLimits {
+                    first_min_chars: 3,
+                    first_max_chars: first_max,
+                    max_chars: max,
+                },
+                prefetch,
+                max_text_bytes,
+                max_queued,
+            },
+        )
+    }
+
+    proptest! {
+        #![proptest_config(cases(500))]
+
+        #[test]
+        fn every_utterance_ends_exactly_once(
+            settings in any_settings(),
+            ops in prop::collection::vec(op(), 0..60),
+        ) {
+            let mut sim = Sim::new(settings);
+            let mut speaks = Vec::new();
+            for (n, op) in ops.into_iter().enumerate() {
+                match op {
+                    Op::Speak(text) => {
+                        let id = format!("u{n}");
+                        sim.speak(&id, &text);
+                        speaks.push(id);
+                    }
+                    Op::Stream(k, text, end) => sim.input(Input::Stream {
+                        id: &format!("s{k}"),
+                        text: &text,
+                        end,
+                    }),
+                    Op::Interrupt => sim.input(Input::Interrupt),
+                    Op::Synth(ok) => {
+                        sim.synth_one(ok);
+                    }
+                    Op::Play => {
+                        sim.play_one();
+                    }
+                    Op::BargeIn => sim.barge_in(),
+                    Op::AsrFinal => sim.input(Input::AsrFinal),
+                }
+                sim.t += Duration::from_millis(20);
+            }
+            sim.input(Input::CallEnding);
+            prop_assert!(sim.p.is_idle());
+            // Every speak ended once, after at most one `started`.
+            for id in &speaks {
+                let mine: Vec<&str> = sim
+                    .events
+                    .iter()
+                    .filter(|e| &e.0 == id)
+                    .map(|e| e.1.as_str())
+                    .collect();
+                let ok = matches!(mine.as_slice(), [e] | ["started", e] if e.starts_with("ended"));
+                prop_assert!(ok, "{}: {:?}", id, mine);
+            }
+            // A stream id never starts twice without ending in between.
+            for k in 0..3 {
+                let id = format!("s{k}");
+                let mut open = false;
+                for e in sim.events.iter().filter(|e| e.0 == id) {
+                    if e.1 == "started" {
+                        prop_assert!(!open, "{} started twice: {:?}", id, sim.events);
+                        open = true;
+                    } else {
+                        open = false;
+                    }
+                }
+                prop_assert!(!open, "{} never ended: {:?}", id, sim.events);
+            }
+            // Each limit hit is reported in exactly one `tts.ended`.
+            prop_assert_eq!(sim.limit_hits, sim.ended_with_reason);
+            // The call's end ended everything; nothing more comes.
+            let n = sim.events.len();
+            sim.input(Input::CallEnding);
+            prop_assert_eq!(sim.events.len(), n);
+        }
     }
 }

@@ -9,7 +9,12 @@
 //! a few characters, or a cut at a word boundary once the text gets long), then whole sentences,
 //! with an emergency split for very long unpunctuated text. The end of the stream flushes the
 //! rest. A `.` between digits (`3.14`) and common abbreviations (`e.g.`, `Dr.`) are not sentence
-//! ends, unlike in the original, which split prices in two.
+//! ends, unlike in the original, which split prices in two. No segment is longer than its limit
+//! (`first_max_chars`, then `max_chars`), whether its text arrived whole or in chunks.
+//!
+//! Both run on the call's media worker and see text a dialog app chose, so both are linear in
+//! their input: no arrangement of brackets, tags, marks or whitespace makes them look at a
+//! character more than a few times (the original took seconds on 200 000 `[`).
 
 /// Cleans text for speech. Returns an empty string when nothing speakable remains.
 pub fn sanitize(input: &str) -> String {
@@ -54,7 +59,9 @@ fn strip_line_markup(line: &str) -> String {
             }
         }
         // Ordered list markers: "1. " or "1) ".
-        let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+        // Counting stops at 4: a longer number is no list marker, and a run of digits is not
+        // counted again on every pass of the loop.
+        let digits = s.bytes().take(4).take_while(u8::is_ascii_digit).count();
         if digits > 0 && digits < 4 {
             let rest = &s[digits..];
             if let Some(r) = rest.strip_prefix(". ").or_else(|| rest.strip_prefix(") ")) {
@@ -69,70 +76,148 @@ fn strip_line_markup(line: &str) -> String {
 }
 
 /// Inline markdown, tags, emoji and odd characters.
+///
+/// Linear in the input: the searches for a link's `]` and `)` and a tag's `>` go through
+/// [`NextMatch`], so no character is looked at more than a few times however the brackets are
+/// arranged (`[[[[…`, `[a](` repeated, `<a<a<a…`).
 fn strip_inline_markup(text: &str) -> String {
     let chars: Vec<char> = text.chars().collect();
     let mut out = String::with_capacity(text.len());
+    let mut label_ends = NextMatch::new(|c| c == ']' || c == '\n');
+    let mut url_ends = NextMatch::new(|c| c == ')' || c.is_whitespace());
+    let mut angles = NextMatch::new(|c| c == '<' || c == '>');
+    // Inside a link's label: where the label ends, and where its `(url)` ends.
+    let mut in_label: Option<(usize, usize)> = None;
     let mut i = 0;
     while i < chars.len() {
         let c = chars[i];
-        // Images: ![alt](url) → nothing. Links: [text](url) → text.
-        if (c == '!' && chars.get(i + 1) == Some(&'[')) || c == '[' {
+        if let Some((label_end, url_end)) = in_label
+            && i == label_end
+        {
+            in_label = None;
+            i = url_end + 1;
+            continue;
+        }
+        // Images: ![alt](url) → nothing. Links: [text](url) → text, which is cleaned like the
+        // rest (its markup, tags, emoji and control characters go too).
+        if in_label.is_none() && ((c == '!' && chars.get(i + 1) == Some(&'[')) || c == '[') {
             let open = if c == '!' { i + 1 } else { i };
-            if let Some((label_end, url_end)) = link_at(&chars, open) {
+            if let Some((label_end, url_end)) =
+                link_at(&chars, open, &mut label_ends, &mut url_ends)
+            {
                 if c == '[' {
-                    out.extend(&chars[open + 1..label_end]);
+                    in_label = Some((label_end, url_end));
+                    i = open + 1;
+                } else {
+                    i = url_end + 1;
                 }
-                i = url_end + 1;
                 continue;
             }
         }
-        // Tags: <speak>, </b>, <br/> → nothing (their text stays).
+        // Tags: <speak>, </b>, <br/> → nothing (their text stays). In a label, a tag must end
+        // within it.
         if c == '<'
-            && let Some(end) = tag_end(&chars, i)
+            && let Some(end) = tag_end(&chars, i, &mut angles)
+            && in_label.is_none_or(|(label_end, _)| end < label_end)
         {
             i = end + 1;
             out.push(' ');
             continue;
         }
-        match c {
-            '*' | '_' | '`' | '~' => {}
-            '\u{feff}' | '\u{200b}' | '\u{200c}' | '\u{200d}' | '\u{2060}' | '\u{fe0e}'
-            | '\u{fe0f}' => {}
-            '\u{2018}' | '\u{2019}' | '\u{201a}' | '\u{2032}' => out.push('\''),
-            '\u{201c}' | '\u{201d}' | '\u{201e}' | '\u{2033}' => out.push('"'),
-            '\u{2026}' => out.push_str("..."),
-            '\u{2013}' | '\u{2014}' => out.push_str(" - "),
-            '<' | '>' | '&' | '|' => out.push(' '),
-            '\n' | '\t' => out.push(c),
-            c if c.is_control() => {}
-            c if is_emoji(c) => {}
-            c => out.push(c),
-        }
+        push_plain(&mut out, c);
         i += 1;
     }
     out
 }
 
-/// `[label](url)` starting at `open`: the indices of `]` and `)`.
-fn link_at(chars: &[char], open: usize) -> Option<(usize, usize)> {
-    let label_end = (open + 1..chars.len()).find(|&j| chars[j] == ']' || chars[j] == '\n')?;
-    if chars[label_end] != ']' || chars.get(label_end + 1) != Some(&'(') {
-        return None;
+/// One character outside links and tags: markup and invisible characters go, typographic
+/// punctuation becomes what a speech engine reads.
+fn push_plain(out: &mut String, c: char) {
+    match c {
+        '*' | '_' | '`' | '~' => {}
+        '\u{feff}' | '\u{200b}' | '\u{200c}' | '\u{200d}' | '\u{2060}' | '\u{fe0e}'
+        | '\u{fe0f}' => {}
+        '\u{2018}' | '\u{2019}' | '\u{201a}' | '\u{2032}' => out.push('\''),
+        '\u{201c}' | '\u{201d}' | '\u{201e}' | '\u{2033}' => out.push('"'),
+        '\u{2026}' => out.push_str("..."),
+        '\u{2013}' | '\u{2014}' => out.push_str(" - "),
+        '<' | '>' | '&' | '|' => out.push(' '),
+        '\n' | '\t' => out.push(c),
+        c if c.is_control() => {}
+        c if is_emoji(c) => {}
+        c => out.push(c),
     }
-    let url_end =
-        (label_end + 2..chars.len()).find(|&j| chars[j] == ')' || chars[j].is_whitespace())?;
-    (chars[url_end] == ')').then_some((label_end, url_end))
 }
 
-/// A tag `<name ...>`, `</name>` or `<name/>` starting at `i`: the index of its `>`.
-fn tag_end(chars: &[char], i: usize) -> Option<usize> {
+/// The first index at or after a position whose character matches a predicate, for a series of
+/// queries whose positions never decrease (the scan in [`strip_inline_markup`] only moves
+/// forward). The last answer is remembered: a later query that starts at or before it gets it
+/// again without a scan, and one that starts past it scans from there, so over all queries each
+/// character is looked at once. A query that goes backwards is still answered right, by a scan.
+struct NextMatch<F> {
+    matches: F,
+    /// The last query's position and its answer (`chars.len()` for none).
+    last: Option<(usize, usize)>,
+}
+
+impl<F: Fn(char) -> bool> NextMatch<F> {
+    fn new(matches: F) -> Self {
+        NextMatch {
+            matches,
+            last: None,
+        }
+    }
+
+    /// The first index `>= from` whose character matches, or `chars.len()` when none does.
+    fn at_or_after(&mut self, chars: &[char], from: usize) -> usize {
+        if let Some((at, found)) = self.last
+            && at <= from
+            && from <= found
+        {
+            // Nothing between the last query and its answer matched.
+            self.last = Some((from, found));
+            return found;
+        }
+        let start = from.min(chars.len());
+        let found = chars[start..]
+            .iter()
+            .position(|&c| (self.matches)(c))
+            .map_or(chars.len(), |k| start + k);
+        self.last = Some((from, found));
+        found
+    }
+}
+
+/// `[label](url)` starting at `open`: the indices of `]` and `)`.
+fn link_at(
+    chars: &[char],
+    open: usize,
+    label_ends: &mut NextMatch<impl Fn(char) -> bool>,
+    url_ends: &mut NextMatch<impl Fn(char) -> bool>,
+) -> Option<(usize, usize)> {
+    let label_end = label_ends.at_or_after(chars, open + 1);
+    if chars.get(label_end) != Some(&']') || chars.get(label_end + 1) != Some(&'(') {
+        return None;
+    }
+    let url_end = url_ends.at_or_after(chars, label_end + 2);
+    (chars.get(url_end) == Some(&')')).then_some((label_end, url_end))
+}
+
+/// A tag `<name ...>`, `</name>` or `<name/>` starting at `i`: the index of its `>`, which must
+/// come within 256 characters and before any other `<`.
+fn tag_end(
+    chars: &[char],
+    i: usize,
+    angles: &mut NextMatch<impl Fn(char) -> bool>,
+) -> Option<usize> {
     let first = *chars.get(i + 1)?;
     if !(first.is_ascii_alphabetic() || first == '/' || first == '!') {
         return None;
     }
-    (i + 1..chars.len().min(i + 256))
-        .find(|&j| chars[j] == '>')
-        .filter(|&j| !chars[i + 1..j].contains(&'<'))
+    // `first` is neither `<` nor `>`, so the first angle bracket after `i` decides: a `>` closes
+    // the tag, a `<` means it is not one.
+    let j = angles.at_or_after(chars, i + 1);
+    (j < i + 256 && chars.get(j) == Some(&'>')).then_some(j)
 }
 
 /// Pictographs, emoji and their modifiers (not letters, digits or CJK).
@@ -173,7 +258,8 @@ fn normalise_whitespace(text: &str) -> String {
 pub struct SegmentLimits {
     /// The first segment may end at a pause mark once it has this many characters.
     pub first_min_chars: usize,
-    /// Without punctuation, the first segment is cut at a word boundary beyond this length.
+    /// The first segment is cut at a word boundary beyond this length (when it has no sentence
+    /// end or pause mark within it).
     pub first_max_chars: usize,
     /// Later segments are whole sentences, split at a word boundary beyond this length.
     pub max_chars: usize,
@@ -193,7 +279,12 @@ impl Default for SegmentLimits {
 #[derive(Debug, Clone)]
 pub struct Segmenter {
     limits: SegmentLimits,
+    /// Text received; `buffer[start..]` is not cut yet. The part before `start` was emitted and
+    /// goes at the end of each [`push`](Self::push), so cutting many segments out of one big
+    /// chunk does not copy the rest of the chunk once per segment.
     buffer: String,
+    /// Where the text not cut yet begins; it never begins with whitespace.
+    start: usize,
     first_done: bool,
 }
 
@@ -203,6 +294,8 @@ const CLOSERS: &[char] = &['"', '\'', ')', ']', '”', '’', '」', '』', '）
 const ABBREVIATIONS: &[&str] = &[
     "mr", "mrs", "ms", "dr", "st", "vs", "etc", "e.g", "i.e", "no", "jr", "sr", "prof",
 ];
+/// The longest entry of [`ABBREVIATIONS`], in bytes: a longer word is not looked up.
+const ABBREVIATION_MAX_BYTES: usize = 4;
 
 impl Segmenter {
     /// A segmenter for one utterance.
@@ -210,17 +303,23 @@ impl Segmenter {
         Segmenter {
             limits,
             buffer: String::new(),
+            start: 0,
             first_done: false,
         }
     }
 
     /// Adds a chunk; returns the segments that became complete.
+    ///
+    /// Linear in the chunk: every cut looks at most at the next segment's worth of text (the
+    /// limit of its length), and text that waits for more is never longer than that limit.
     pub fn push(&mut self, chunk: &str) -> Vec<String> {
         self.buffer.push_str(chunk);
+        self.skip_whitespace();
         let mut out = Vec::new();
         while let Some(cut) = self.next_cut(false) {
             self.emit(cut, &mut out);
         }
+        self.compact();
         out
     }
 
@@ -230,114 +329,158 @@ impl Segmenter {
         while let Some(cut) = self.next_cut(true) {
             self.emit(cut, &mut out);
         }
-        let rest = std::mem::take(&mut self.buffer);
-        let rest = rest.trim();
+        let rest = self.pending().trim();
         if !rest.is_empty() {
             out.push(rest.to_owned());
             self.first_done = true;
         }
+        self.buffer.clear();
+        self.start = 0;
         out
     }
 
     /// Whether text is waiting for more.
     pub fn is_empty(&self) -> bool {
-        self.buffer.trim().is_empty()
+        self.pending().trim().is_empty()
     }
 
+    /// The text not cut yet.
+    fn pending(&self) -> &str {
+        &self.buffer[self.start..]
+    }
+
+    /// Moves `start` past whitespace (only the whitespace is looked at).
+    fn skip_whitespace(&mut self) {
+        let rest = self.pending();
+        self.start += rest.len() - rest.trim_start().len();
+    }
+
+    /// Drops the text already emitted (what is left is at most one segment's worth).
+    fn compact(&mut self) {
+        self.buffer.drain(..self.start);
+        self.start = 0;
+    }
+
+    /// Emits the next `cut` bytes of the pending text as a segment.
     fn emit(&mut self, cut: usize, out: &mut Vec<String>) {
-        let rest = self.buffer.split_off(cut);
-        let seg = std::mem::replace(&mut self.buffer, rest);
-        let seg = seg.trim();
+        let seg = self.pending()[..cut].trim();
         if !seg.is_empty() {
             out.push(seg.to_owned());
             self.first_done = true;
         }
-        let trimmed = self.buffer.trim_start().len();
-        let start = self.buffer.len() - trimmed;
-        self.buffer.drain(..start);
+        self.start += cut;
+        self.skip_whitespace();
     }
 
-    /// Byte offset where the next segment ends, if one is complete.
+    /// The longest segment that may be cut now, in characters (at least 1, so every cut makes
+    /// progress).
+    fn limit(&self) -> usize {
+        if self.first_done {
+            self.limits.max_chars.max(1)
+        } else {
+            self.limits.first_max_chars.max(1)
+        }
+    }
+
+    /// Byte offset (in the pending text) where the next segment ends, if one is complete.
     fn next_cut(&self, at_end: bool) -> Option<usize> {
-        let b = &self.buffer;
-        if b.trim().is_empty() {
+        let b = self.pending();
+        if b.is_empty() {
             return None;
         }
-        let chars = b.chars().count();
-        if !self.first_done {
-            let min = self.limits.first_min_chars;
-            // Whichever comes first: a sentence end, or a pause mark after `min` characters.
-            let sentence = self.boundary(SENTENCE_END, 1, at_end);
-            let pause = self.boundary(PAUSE, min, at_end);
-            if let Some(end) = sentence.into_iter().chain(pause).min() {
-                return Some(end);
-            }
-            if chars > self.limits.first_max_chars {
-                return Some(word_cut(b, self.limits.first_max_chars));
-            }
-            return None;
-        }
-        if let Some(end) = self.boundary(SENTENCE_END, 1, at_end) {
+        let limit = self.limit();
+        if let Some(end) = self.boundary(b, limit, at_end) {
             return Some(end);
         }
-        (chars > self.limits.max_chars).then(|| word_cut(b, self.limits.max_chars))
+        // No sentence end (or, for the first segment, pause mark) within the limit: cut at a
+        // word boundary once there is more text than fits.
+        b.char_indices()
+            .nth(limit)
+            .is_some()
+            .then(|| word_cut(b, limit))
     }
 
-    /// The first mark from `marks` that ends a segment with at least `min_chars` characters
-    /// before it: the byte offset just after the mark (and any closing quotes).
-    fn boundary(&self, marks: &[char], min_chars: usize, at_end: bool) -> Option<usize> {
-        let b = &self.buffer;
+    /// The first mark within the first `limit` characters of `b` that ends a segment: a
+    /// sentence end, or, for the first segment, a pause mark after at least `first_min_chars`
+    /// characters. Returns the byte offset just after the mark and any closing quotes and
+    /// brackets (which stay within the limit too).
+    fn boundary(&self, b: &str, limit: usize, at_end: bool) -> Option<usize> {
+        let pause_min = (!self.first_done).then_some(self.limits.first_min_chars);
         let mut count = 0;
         let mut it = b.char_indices().peekable();
         while let Some((i, c)) = it.next() {
             count += 1;
-            if !marks.contains(&c) {
-                continue;
+            if count > limit {
+                return None;
             }
+            let min_chars = if SENTENCE_END.contains(&c) {
+                1
+            } else if let Some(min) = pause_min
+                && PAUSE.contains(&c)
+            {
+                min
+            } else {
+                continue;
+            };
+            let at_mark = count;
             // Swallow closing quotes and brackets after the mark.
             let mut end = i + c.len_utf8();
             while let Some(&(j, n)) = it.peek() {
-                if CLOSERS.contains(&n) {
-                    end = j + n.len_utf8();
-                    it.next();
-                } else {
+                if !CLOSERS.contains(&n) || count == limit {
                     break;
                 }
+                end = j + n.len_utf8();
+                count += 1;
+                it.next();
             }
             let next = b[end..].chars().next();
             let wide = (c as u32) > 0x2FFF; // CJK marks need no space after them
             let ends = match next {
                 Some(n) => wide || c == '\n' || n.is_whitespace(),
                 // At the buffer's end: a mark that could continue ("3." + "14") waits.
-                None => at_end || !self.ambiguous(i, c),
+                None => at_end || !ambiguous(b, i, c),
             };
-            if ends && !self.is_abbreviation(i, c) && count >= min_chars {
+            if ends && at_mark >= min_chars && !is_abbreviation(b, i, c) {
                 return Some(end);
             }
         }
         None
     }
+}
 
-    /// A `.` right after a digit may be a decimal point.
-    fn ambiguous(&self, i: usize, c: char) -> bool {
-        c == '.'
-            && self.buffer[..i]
-                .chars()
-                .next_back()
-                .is_some_and(|p| p.is_ascii_digit())
-    }
+/// A `.` at byte `i` of `b` right after a digit may be a decimal point.
+fn ambiguous(b: &str, i: usize, c: char) -> bool {
+    c == '.'
+        && b[..i]
+            .chars()
+            .next_back()
+            .is_some_and(|p| p.is_ascii_digit())
+}
 
-    /// `Dr.`, `e.g.`: a `.` that ends a known abbreviation is not a sentence end.
-    fn is_abbreviation(&self, i: usize, c: char) -> bool {
-        if c != '.' {
-            return false;
-        }
-        let word_start = self.buffer[..i]
-            .rfind(|ch: char| ch.is_whitespace() || ch == '(')
-            .map_or(0, |p| p + 1);
-        let word = self.buffer[word_start..i].to_lowercase();
-        ABBREVIATIONS.contains(&word.as_str())
+/// `Dr.`, `e.g.`: a `.` at byte `i` of `b` that ends a known abbreviation is not a sentence end.
+fn is_abbreviation(b: &str, i: usize, c: char) -> bool {
+    if c != '.' {
+        return false;
     }
+    // Only the last few bytes can hold an abbreviation; looking no further keeps this constant
+    // time however long the word before the mark is.
+    let mut from = i.saturating_sub(ABBREVIATION_MAX_BYTES + 1);
+    while !b.is_char_boundary(from) {
+        from -= 1;
+    }
+    let tail = &b[from..i];
+    // Just after the last space or `(` (which may be several bytes long: U+00A0, U+3000).
+    let word_start = tail
+        .char_indices()
+        .rev()
+        .find(|&(_, ch)| ch.is_whitespace() || ch == '(')
+        .map_or(0, |(p, ch)| p + ch.len_utf8());
+    if word_start == 0 && from > 0 {
+        // The word goes on before the tail: longer than any abbreviation.
+        return false;
+    }
+    let word = &tail[word_start..];
+    ABBREVIATIONS.iter().any(|a| a.eq_ignore_ascii_case(word))
 }
 
 /// Byte offset to cut `s` at or before `max` characters: the last whitespace before it, or a
@@ -548,5 +691,291 @@ mod tests {
         assert!(!s.is_empty());
         assert_eq!(s.finish(), vec!["Half a"]);
         assert!(s.is_empty());
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod properties {
+    //! Properties of the sanitizer and the segmenter on arbitrary and hostile text, and a time
+    //! bound on inputs that made the original quadratic. Case counts default to a few hundred;
+    //! `PROPTEST_CASES` overrides them.
+    use super::*;
+    use proptest::prelude::*;
+    use std::time::{Duration, Instant};
+
+    /// `default` cases unless `PROPTEST_CASES` says otherwise.
+    pub(crate) fn cases(default: u32) -> ProptestConfig {
+        let mut config = ProptestConfig::default();
+        if std::env::var_os("PROPTEST_CASES").is_none() {
+            config.cases = default;
+        }
+        config
+    }
+
+    /// Pieces that mean something to the sanitizer or the segmenter.
+    const PIECES: &[&str] = &[
+        "[",
+        "]",
+        "(",
+        ")",
+        "![",
+        "](",
+        "<",
+        ">",
+        "</",
+        "<b>",
+        "/>",
+        "*",
+        "**",
+        "_",
+        "`",
+        "```",
+        "~",
+        "~~~",
+        "#",
+        "## ",
+        "> ",
+        "- ",
+        "* ",
+        "1. ",
+        "2) ",
+        "&",
+        "|",
+        " ",
+        "  ",
+        "\n",
+        "\n\n",
+        "\t",
+        "\r",
+        ".",
+        ". ",
+        "!",
+        "?",
+        ",",
+        ";",
+        ":",
+        "。",
+        "，",
+        "、",
+        "！",
+        "\"",
+        "'",
+        "”",
+        "」",
+        "）",
+        "3.",
+        "14",
+        "Dr.",
+        "e.g.",
+        "etc.",
+        "word",
+        "Hello",
+        "你好",
+        "😊",
+        "👍🏽",
+        "\u{200d}",
+        "\u{fe0f}",
+        "\u{feff}",
+        "\u{1b}",
+        "\u{0}",
+        "\u{7f}",
+        "\u{85}",
+        "\u{2026}",
+        "\u{2014}",
+        "\u{201c}",
+        "\u{2018}",
+        "\u{e0041}",
+        "\u{10ffff}",
+    ];
+
+    /// Text made of meaningful pieces and arbitrary strings (up to 80 of them).
+    pub(crate) fn hostile_text() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            prop_oneof![
+                4 => prop::sample::select(PIECES).prop_map(str::to_owned),
+                1 => any::<String>(),
+            ],
+            0..80,
+        )
+        .prop_map(|parts| parts.concat())
+    }
+
+    fn limits() -> impl Strategy<Value = SegmentLimits> {
+        (0usize..12, 0usize..60, 0usize..240).prop_map(|(min, first, max)| SegmentLimits {
+            first_min_chars: min,
+            first_max_chars: first,
+            max_chars: max,
+        })
+    }
+
+    fn without_whitespace(s: &str) -> String {
+        s.chars().filter(|c| !c.is_whitespace()).collect()
+    }
+
+    /// Cuts `text` into chunks at the given fractions of its length (on char boundaries).
+    fn chunks(text: &str, cuts: &[usize]) -> Vec<String> {
+        let bounds: Vec<usize> = text.char_indices().map(|(i, _)| i).collect();
+        let mut at: Vec<usize> = cuts
+            .iter()
+            .filter(|_| !bounds.is_empty())
+            .map(|c| bounds[c % bounds.len()])
+            .collect();
+        at.sort_unstable();
+        at.dedup();
+        let mut out = Vec::new();
+        let mut from = 0;
+        for a in at {
+            out.push(text[from..a].to_owned());
+            from = a;
+        }
+        out.push(text[from..].to_owned());
+        out
+    }
+
+    fn segment(limits: SegmentLimits, chunks: &[impl AsRef<str>]) -> Vec<String> {
+        let mut s = Segmenter::new(limits);
+        let mut out = Vec::new();
+        for c in chunks {
+            out.extend(s.push(c.as_ref()));
+        }
+        out.extend(s.finish());
+        assert!(s.is_empty(), "nothing is left after the end");
+        out
+    }
+
+    proptest! {
+        #![proptest_config(cases(1000))]
+
+        #[test]
+        fn sanitized_text_is_clean_speech(input in hostile_text()) {
+            let out = sanitize(&input);
+            for c in out.chars() {
+                prop_assert!(c == '\n' || !c.is_control(), "control {c:?} in {out:?}");
+                prop_assert!(!is_emoji(c), "emoji {c:?} in {out:?}");
+                prop_assert!(!"*_`~<>&|\u{200b}\u{200d}\u{feff}\u{fe0f}".contains(c), "markup {c:?} in {out:?}");
+            }
+            prop_assert_eq!(out.trim(), out.as_str(), "trimmed");
+            prop_assert!(!out.contains("  ") && !out.contains("\n\n\n"), "{:?}", out);
+            prop_assert!(!out.contains(" \n") && !out.contains("\n "), "{:?}", out);
+            // Empty, or it starts with something to say.
+            prop_assert!(out.chars().next().is_none_or(char::is_alphanumeric), "{:?}", out);
+            prop_assert!(out.chars().count() <= 3 * input.chars().count());
+        }
+
+        #[test]
+        fn sanitizer_survives_arbitrary_strings(input in any::<String>()) {
+            let out = sanitize(&input);
+            prop_assert!(out.chars().all(|c| c == '\n' || !c.is_control()));
+        }
+
+        #[test]
+        fn segments_keep_all_text_and_respect_the_limits(
+            text in hostile_text(),
+            limits in limits(),
+            cuts in prop::collection::vec(any::<usize>(), 0..8),
+        ) {
+            let parts = chunks(&text, &cuts);
+            let segments = segment(limits, &parts);
+            let longest = limits.first_max_chars.max(limits.max_chars).max(1);
+            for s in &segments {
+                prop_assert!(!s.is_empty());
+                prop_assert_eq!(s.trim(), s.as_str());
+                prop_assert!(s.chars().count() <= longest, "{} chars > {}: {:?}", s.chars().count(), longest, s);
+            }
+            // Cuts only drop the whitespace around them.
+            prop_assert_eq!(without_whitespace(&segments.concat()), without_whitespace(&text));
+        }
+    }
+
+    /// Inputs that made the original quadratic (seconds to tens of seconds at 200 000 chars).
+    fn adversarial() -> Vec<(&'static str, String)> {
+        const N: usize = 200_000;
+        vec![
+            ("open brackets", "[".repeat(N) + "."),
+            ("image openers", "![".repeat(N / 2)),
+            ("nested brackets", "[".repeat(N / 2) + &"]".repeat(N / 2)),
+            ("link openers", "[a](".repeat(N / 4)),
+            ("stars", "*".repeat(N)),
+            ("angles", "<".repeat(N)),
+            ("open tags", "<a".repeat(N / 2)),
+            ("digits with dots", "1.".repeat(N / 2)),
+            ("digits", "7".repeat(N)),
+            ("abbreviations", "Dr. ".repeat(N / 4)),
+            ("tiny sentences", "a. ".repeat(N / 3)),
+            ("closers", "a.".to_owned() + &")".repeat(N)),
+            ("emoji", "😊".repeat(N)),
+            ("cjk pauses", "，".repeat(N)),
+            ("newlines", "\n".repeat(N)),
+            ("spaces", " ".repeat(N)),
+            ("list markers", "- ".repeat(N / 2)),
+            ("one long word", "x".repeat(N)),
+        ]
+    }
+
+    /// Generous for a test build on a busy machine; the linear code takes a few ms.
+    const BOUND: Duration = Duration::from_millis(200);
+
+    #[test]
+    fn hostile_text_is_handled_in_linear_time() {
+        for (name, text) in adversarial() {
+            let t = Instant::now();
+            let _ = sanitize(&text);
+            let sanitizing = t.elapsed();
+            let t = Instant::now();
+            let segments = segment(SegmentLimits::default(), &[text.as_str()]);
+            let segmenting = t.elapsed();
+            // The same text in 1 000 chunks, as a stream.
+            let parts = chunks(&text, &(1..1000).map(|k| k * 997).collect::<Vec<_>>());
+            let t = Instant::now();
+            let streamed = segment(SegmentLimits::default(), &parts);
+            let streaming = t.elapsed();
+            assert!(
+                sanitizing < BOUND && segmenting < BOUND && streaming < BOUND,
+                "{name}: sanitize {sanitizing:?}, segment {segmenting:?}, stream {streaming:?}"
+            );
+            assert_eq!(
+                without_whitespace(&segments.concat()),
+                without_whitespace(&text),
+                "{name}"
+            );
+            assert_eq!(
+                without_whitespace(&streamed.concat()),
+                without_whitespace(&text),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_multibyte_space_before_an_abbreviation_check_does_not_panic() {
+        // The original sliced one byte after the space, inside U+00A0 / U+3000 / U+0085.
+        for space in ["\u{a0}", "\u{3000}", "\u{85}"] {
+            let text = format!("Hello{space}there. Next{space}Dr. Smith.");
+            let got = segment(SegmentLimits::default(), &[text.as_str()]);
+            assert_eq!(without_whitespace(&got.concat()), without_whitespace(&text));
+        }
+    }
+
+    #[test]
+    fn markup_in_a_link_label_is_stripped_like_any_other() {
+        assert_eq!(
+            sanitize("[**bold**\u{1b}[2J 😊](https://x.example)"),
+            "bold[2J"
+        );
+        assert_eq!(sanitize("See [a <b>tag</b>](u) here"), "See a tag here");
+    }
+
+    #[test]
+    fn a_long_sentence_is_split_whether_it_arrives_whole_or_in_chunks() {
+        let l = SegmentLimits {
+            first_min_chars: 6,
+            first_max_chars: 40,
+            max_chars: 60,
+        };
+        let long = format!("Start. {}end.", "word ".repeat(30));
+        let whole = segment(l, &[long.as_str()]);
+        let streamed = segment(l, &chunks(&long, &[10, 50, 90, 130]));
+        assert_eq!(whole, streamed);
+        assert!(whole.iter().all(|s| s.chars().count() <= 60), "{whole:?}");
     }
 }

@@ -43,6 +43,7 @@ use voicegate_core::dialog::{Command, Event};
 use voicegate_core::random;
 use voicegate_core::restart::RestartBudget;
 use voicegate_core::timeline::Timeline;
+use voicegate_core::untrusted::shown;
 use voicegate_media::{DataChannel, Peer, PeerError, PeerEvent, PeerState, RtpWriter, TrackRemote};
 
 /// How often the call checks its deadlines and whether the browser closed its side.
@@ -413,7 +414,11 @@ impl Handler<DialogEvent> for CallActor {
     type Result = ();
 
     fn handle(&mut self, msg: DialogEvent, ctx: &mut Self::Context) {
-        trace_msg!(self.call_id, "dialog" => "call", "DialogEvent", "{msg:?}");
+        // Never the text of a command, and the app's strings escaped.
+        trace_msg!(self.call_id, "dialog" => "call", "DialogEvent", "{}", match &msg {
+            DialogEvent::Command(cmd) => cmd.summary(),
+            other => shown(&format!("{other:?}")).to_string(),
+        });
         if self.phase == Phase::Ending {
             return;
         }
@@ -553,7 +558,7 @@ impl Handler<SpeakerEvent> for CallActor {
                 }
                 self.span.in_scope(|| {
                     tracing::info!(
-                        utterance_id = %id,
+                        utterance_id = %shown(&id),
                         tts_first_ms = tts_first.as_millis() as u64,
                         asr_final_to_audio_ms = since_asr_final.map(|d| d.as_millis() as u64),
                         "first audio"

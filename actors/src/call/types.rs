@@ -154,7 +154,8 @@ pub enum EndReason {
 }
 
 impl EndReason {
-    /// The reason as it appears in logs and in `call.ended`.
+    /// The reason as it appears in `call.ended` and in the metrics (which bucket the free-form
+    /// hangup reasons). Logs use `Display`, which escapes it.
     pub fn as_str(&self) -> &str {
         match self {
             EndReason::ClientHangup => "client-hangup",
@@ -173,8 +174,10 @@ impl EndReason {
     }
 }
 
+/// The reason as it appears in logs: a `hangup` reason is the dialog app's own text, so it is
+/// escaped and capped (see `voicegate_core::untrusted`); the others read as they are.
 impl std::fmt::Display for EndReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        std::fmt::Display::fmt(&voicegate_core::untrusted::shown(self.as_str()), f)
     }
 }
