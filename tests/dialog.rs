@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{TestServer, eventually};
+use common::{TestServer, eventually, started_dialog_call};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use voicegate_core::tone;
@@ -19,21 +19,6 @@ fn server_for(app: &TestDialogApp, extra: &[(&str, &str)]) -> TestServer {
     let mut settings = vec![("dialog.url", url.as_str())];
     settings.extend_from_slice(extra);
     TestServer::start(&settings)
-}
-
-/// Places a dialog call and waits for `call.started`.
-async fn started_call(server: &TestServer, app: &TestDialogApp) -> (ClientPeer, Value) {
-    let peer = ClientPeer::call(server.http, "/webrtc/v1/offer")
-        .await
-        .expect("call placed");
-    peer.wait_connected(5 * SECOND)
-        .await
-        .expect("media connected");
-    let started = app
-        .wait_type(5 * SECOND, "call.started", None)
-        .await
-        .expect("call.started");
-    (peer, started)
 }
 
 fn speak(app: &TestDialogApp, id: &str, text: &str) {
@@ -149,7 +134,7 @@ async fn an_invalid_payload_is_a_400_before_any_media() {
 async fn speak_plays_speech_for_about_its_length_between_started_and_ended() {
     let app = TestDialogApp::start().await;
     let server = server_for(&app, &[]);
-    let (peer, _) = started_call(&server, &app).await;
+    let (peer, _) = started_dialog_call(&server, &app).await;
     let text = "Hello there. This is a test of the speech engine, speaking a few words.";
     // The engine's own length for this text.
     let engine = voicegate_actors::tts::espeak::Espeak::start(
@@ -211,7 +196,7 @@ async fn speak_plays_speech_for_about_its_length_between_started_and_ended() {
 async fn back_to_back_speaks_and_a_chunked_stream_each_get_one_pair() {
     let app = TestDialogApp::start().await;
     let server = server_for(&app, &[]);
-    let (peer, _) = started_call(&server, &app).await;
+    let (peer, _) = started_dialog_call(&server, &app).await;
     speak(&app, "a", "First one.");
     speak(&app, "b", "Second one.");
     for chunk in [
@@ -245,7 +230,7 @@ async fn back_to_back_speaks_and_a_chunked_stream_each_get_one_pair() {
 async fn interrupt_silences_the_client_within_60ms_and_the_next_speak_plays() {
     let app = TestDialogApp::start().await;
     let server = server_for(&app, &[]);
-    let (peer, _) = started_call(&server, &app).await;
+    let (peer, _) = started_dialog_call(&server, &app).await;
     let long = "This is a long answer that keeps going. ".repeat(8);
     speak(&app, "long", &long);
     app.wait_type(5 * SECOND, "tts.started", Some("long"))
@@ -292,7 +277,7 @@ async fn interrupt_silences_the_client_within_60ms_and_the_next_speak_plays() {
 async fn hangup_command_ends_the_call_with_exactly_one_call_ended() {
     let app = TestDialogApp::start().await;
     let server = server_for(&app, &[]);
-    let (peer, _) = started_call(&server, &app).await;
+    let (peer, _) = started_dialog_call(&server, &app).await;
     speak(&app, "queued", "Something that will not finish.");
     app.send(json!({"type": "hangup", "reason": "done-here"}));
     server.wait_released(3 * SECOND).await.unwrap();
@@ -322,7 +307,7 @@ async fn hangup_command_ends_the_call_with_exactly_one_call_ended() {
 async fn client_hangup_gives_exactly_one_call_ended() {
     let app = TestDialogApp::start().await;
     let server = server_for(&app, &[]);
-    let (peer, _) = started_call(&server, &app).await;
+    let (peer, _) = started_dialog_call(&server, &app).await;
     let path = format!("/webrtc/v1/hangup?call_id={}", peer.call_id);
     assert_eq!(
         http::request(server.http, "POST", &path, &[], b"")
@@ -347,7 +332,7 @@ async fn client_hangup_gives_exactly_one_call_ended() {
 async fn a_dropped_dialog_socket_reconnects_keeps_events_and_commands_work_again() {
     let app = TestDialogApp::start().await;
     let server = server_for(&app, &[("dialog.reconnect_initial_ms", "100")]);
-    let (peer, _) = started_call(&server, &app).await;
+    let (peer, _) = started_dialog_call(&server, &app).await;
     speak(&app, "before", "Before the drop.");
     app.wait_type(5 * SECOND, "tts.started", Some("before"))
         .await
@@ -382,7 +367,7 @@ async fn a_dropped_dialog_socket_reconnects_keeps_events_and_commands_work_again
 async fn giving_up_on_the_dialog_app_ends_the_call_as_dialog_lost() {
     let app = TestDialogApp::start().await;
     let server = server_for(&app, &[("dialog.reconnect_attempts", "0")]);
-    let (peer, _) = started_call(&server, &app).await;
+    let (peer, _) = started_dialog_call(&server, &app).await;
     app.drop_connection();
     assert_eq!(
         server
@@ -399,7 +384,7 @@ async fn giving_up_on_the_dialog_app_ends_the_call_as_dialog_lost() {
 async fn the_app_closing_normally_ends_the_call() {
     let app = TestDialogApp::start().await;
     let server = server_for(&app, &[]);
-    let (peer, _) = started_call(&server, &app).await;
+    let (peer, _) = started_dialog_call(&server, &app).await;
     app.close(1000);
     assert_eq!(
         server
@@ -447,7 +432,7 @@ async fn a_silent_dialog_app_keeps_its_call_thanks_to_pings() {
             ("dialog.reconnect_attempts", "0"),
         ],
     );
-    let (peer, _) = started_call(&server, &app).await;
+    let (peer, _) = started_dialog_call(&server, &app).await;
     tokio::time::sleep(2 * SECOND).await;
     assert_eq!(
         server.snapshot().await.calls.len(),
@@ -462,7 +447,7 @@ async fn a_silent_dialog_app_keeps_its_call_thanks_to_pings() {
 async fn bad_commands_are_ignored_and_the_call_goes_on() {
     let app = TestDialogApp::start().await;
     let server = server_for(&app, &[]);
-    let (peer, _) = started_call(&server, &app).await;
+    let (peer, _) = started_dialog_call(&server, &app).await;
     app.send_raw("this is not json");
     app.send_raw(r#"{"type": "tts.speak", "text": 42}"#);
     app.send(json!({"type": "transfer", "target": "sip:x"}));
@@ -482,7 +467,7 @@ async fn bad_commands_are_ignored_and_the_call_goes_on() {
 async fn nothing_speakable_still_gets_tts_ended() {
     let app = TestDialogApp::start().await;
     let server = server_for(&app, &[]);
-    let (peer, _) = started_call(&server, &app).await;
+    let (peer, _) = started_dialog_call(&server, &app).await;
     speak(&app, "emoji", "😊 **");
     let ended = app
         .wait_type(5 * SECOND, "tts.ended", Some("emoji"))
@@ -520,7 +505,7 @@ mod engines {
                 ("tts.openai.voice", "nova"),
             ],
         );
-        let (peer, _) = started_call(&server, &app).await;
+        let (peer, _) = started_dialog_call(&server, &app).await;
         let before = peer.received_count();
         speak(&app, "tone", "Play the tone.");
         let ended = app
@@ -528,6 +513,8 @@ mod engines {
             .await
             .expect("ended");
         assert_eq!(ended["ok"], true);
+        // tts.ended follows the last frame's send; let it cross loopback before counting.
+        eventually(SECOND, || peer.received_count() - before >= 75).await;
         let rx = peer.received()[before..].to_vec();
         // 1.5 s: 75 frames (plus at most one padded frame).
         assert!(
@@ -563,7 +550,7 @@ mod engines {
             &app,
             &[("tts.engine", "openai"), ("tts.openai.base_url", &base)],
         );
-        let (peer, _) = started_call(&server, &app).await;
+        let (peer, _) = started_dialog_call(&server, &app).await;
         speak(&app, "x", "This will fail.");
         let ended = app
             .wait_type(10 * SECOND, "tts.ended", Some("x"))
@@ -688,7 +675,7 @@ mod supervision {
     async fn a_panicking_dialog_client_is_restarted_without_a_second_call_started() {
         let app = TestDialogApp::start().await;
         let server = server_for(&app, &[]);
-        let (peer, _) = started_call(&server, &app).await;
+        let (peer, _) = started_dialog_call(&server, &app).await;
         inject(&server, &peer.call_id, Fault::Dialog).await;
         assert!(
             eventually(5 * SECOND, || app.dials().len() == 2 && app.connected()).await,
@@ -719,7 +706,7 @@ async fn hold_prompts_play_while_reconnecting_and_stay_internal() {
             ("dialog.hold_first", "Please hold while we reconnect."),
         ],
     );
-    let (peer, _) = started_call(&server, &app).await;
+    let (peer, _) = started_dialog_call(&server, &app).await;
     let before = peer.received_count();
     let dropped_at = Instant::now();
     assert!(app.drop_connection());

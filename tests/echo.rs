@@ -217,13 +217,7 @@ async fn answered_but_never_connected_ends_with_connect_timeout() {
     let server = TestServer::start(&[("calls.connect_timeout_ms", "800")]);
     // An offer whose peer never applies the answer: ICE never completes.
     let (pc, _track, _ssrc, _state, _rx, offer) = ClientPeer::offer().await.unwrap();
-    let res = http::post_json(
-        server.http,
-        ECHO,
-        &serde_json::json!({"type": "offer", "sdp": offer}),
-    )
-    .await
-    .unwrap();
+    let res = http::post_offer(server.http, ECHO, &offer).await.unwrap();
     assert_eq!(res.status, 200, "{}", res.text());
     let call_id = res.json()["call_id"].as_str().unwrap().to_owned();
     assert_eq!(

@@ -9,34 +9,16 @@
 
 mod common;
 
-use common::{TestServer, eventually, spoken};
+use common::{TestServer, eventually, spoken, started_dialog_call};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use voicegate_actors::metrics::{Limit, metrics};
 use voicegate_core::tone;
-use voicegate_testkit::ClientPeer;
 use voicegate_testkit::dialog_app::TestDialogApp;
 use voicegate_testkit::peer::decode;
 use voicegate_testkit::speech_server::{Behaviour, SpeechServer};
 
 const SECOND: Duration = Duration::from_secs(1);
-
-/// Places a dialog call and waits for its `call.started`.
-async fn started(server: &TestServer, app: &TestDialogApp) -> ClientPeer {
-    let peer = ClientPeer::call(server.http, "/webrtc/v1/offer")
-        .await
-        .expect("call placed");
-    peer.wait_connected(5 * SECOND)
-        .await
-        .expect("media connected");
-    let id = peer.call_id.clone();
-    app.wait_for(5 * SECOND, |e| {
-        e["type"] == "call.started" && e["call_id"] == id
-    })
-    .await
-    .expect("call.started");
-    peer
-}
 
 /// The events of `call` so far.
 fn events_of(app: &TestDialogApp, call: &str) -> Vec<Value> {
@@ -85,7 +67,7 @@ async fn a_stalled_synthesis_ends_its_utterance_not_ok_and_the_next_one_plays() 
         ("tts.openai.base_url", &base),
         ("tts.stream_idle_timeout_ms", "1000"),
     ]);
-    let peer = started(&server, &app).await;
+    let peer = started_dialog_call(&server, &app).await.0;
     let stalls_before = metrics().limit_hits(Limit::TtsStreamIdle);
 
     let spoke = Instant::now();
@@ -172,7 +154,7 @@ async fn a_stalled_or_endless_transcription_is_one_asr_error_and_the_call_is_hea
         ("asr.stream_idle_timeout_ms", "1000"),
         ("asr.utterance_deadline_ms", "2000"),
     ]);
-    let peer = started(&server, &app).await;
+    let peer = started_dialog_call(&server, &app).await.0;
     let (idle_before, deadline_before) = (
         metrics().limit_hits(Limit::AsrStreamIdle),
         metrics().limit_hits(Limit::AsrDeadline),
@@ -239,11 +221,11 @@ async fn an_overloaded_recognizer_refuses_or_times_out_and_a_fresh_call_is_still
         ("asr.pocketsphinx.queue_max", "2"),
         ("asr.utterance_deadline_ms", "1000"),
     ]);
-    let hog = started(&server, &app).await;
+    let hog = started_dialog_call(&server, &app).await.0;
     let others = [
-        started(&server, &app).await,
-        started(&server, &app).await,
-        started(&server, &app).await,
+        started_dialog_call(&server, &app).await.0,
+        started_dialog_call(&server, &app).await.0,
+        started_dialog_call(&server, &app).await.0,
     ];
     let (full_before, deadline_before) = (
         metrics().limit_hits(Limit::AsrQueueFull),
@@ -308,7 +290,7 @@ async fn an_overloaded_recognizer_refuses_or_times_out_and_a_fresh_call_is_still
 
     // Once the long talker is done, a fresh call is recognized exactly.
     let hog = hogging.await.unwrap();
-    let fresh = started(&server, &app).await;
+    let fresh = started_dialog_call(&server, &app).await.0;
     fresh
         .send_paced(
             &spoken(

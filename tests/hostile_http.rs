@@ -22,6 +22,22 @@ fn body(sdp: &str) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({"type": "offer", "sdp": sdp})).unwrap()
 }
 
+/// Posts the offer as JSON with `X-Forwarded-For: xff`.
+async fn post_as(addr: std::net::SocketAddr, sdp: &str, xff: &str) -> http::Response {
+    http::request(
+        addr,
+        "POST",
+        ECHO,
+        &[
+            ("Content-Type", "application/json"),
+            ("X-Forwarded-For", xff),
+        ],
+        &body(sdp),
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_simple_cross_site_post_cannot_create_a_call() {
     let server = TestServer::start(&[]);
@@ -126,24 +142,7 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
     // Untrusted: one source (127.0.0.1) whatever the header says.
     let server = TestServer::start(&[("admission.calls_per_ip", "1")]);
     let sdp = offer_sdp().await;
-    let post = |xff: &'static str| {
-        let b = body(&sdp);
-        let addr = server.http;
-        async move {
-            http::request(
-                addr,
-                "POST",
-                ECHO,
-                &[
-                    ("Content-Type", "application/json"),
-                    ("X-Forwarded-For", xff),
-                ],
-                &b,
-            )
-            .await
-            .unwrap()
-        }
-    };
+    let post = |xff: &'static str| post_as(server.http, &sdp, xff);
     assert_eq!(post("198.51.100.1").await.status, 200);
     let res = post("198.51.100.2").await;
     assert_eq!(
@@ -159,24 +158,7 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
         ("admission.calls_per_ip", "1"),
         ("http.trusted_proxies", "127.0.0.1/32"),
     ]);
-    let post = |xff: &'static str| {
-        let b = body(&sdp);
-        let addr = proxied.http;
-        async move {
-            http::request(
-                addr,
-                "POST",
-                ECHO,
-                &[
-                    ("Content-Type", "application/json"),
-                    ("X-Forwarded-For", xff),
-                ],
-                &b,
-            )
-            .await
-            .unwrap()
-        }
-    };
+    let post = |xff: &'static str| post_as(proxied.http, &sdp, xff);
     assert_eq!(post("198.51.100.1").await.status, 200);
     assert_eq!(post("198.51.100.2").await.status, 200);
     // The client cannot pick its address by prepending one: the proxy appended the real one.
@@ -198,24 +180,7 @@ async fn an_offer_flood_from_one_source_leaves_room_for_others() {
         ("calls.connect_timeout_ms", "60000"),
     ]);
     let sdp = offer_sdp().await;
-    let flood = |xff: &'static str| {
-        let b = body(&sdp);
-        let addr = server.http;
-        async move {
-            http::request(
-                addr,
-                "POST",
-                ECHO,
-                &[
-                    ("Content-Type", "application/json"),
-                    ("X-Forwarded-For", xff),
-                ],
-                &b,
-            )
-            .await
-            .unwrap()
-        }
-    };
+    let flood = |xff: &'static str| post_as(server.http, &sdp, xff);
     // 40 offers at once from one source: 3 calls, the rest refused (calls or rate).
     let mut statuses = Vec::new();
     for _ in 0..40 {
@@ -259,13 +224,9 @@ async fn an_offer_flood_from_one_source_leaves_room_for_others() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_that_never_checks_in_frees_its_slot_soon() {
     let server = TestServer::start(&[("calls.auth_timeout_ms", "1000")]);
-    let res = http::post_json(
-        server.http,
-        ECHO,
-        &serde_json::json!({"type": "offer", "sdp": offer_sdp().await}),
-    )
-    .await
-    .unwrap();
+    let res = http::post_offer(server.http, ECHO, &offer_sdp().await)
+        .await
+        .unwrap();
     assert_eq!(res.status, 200);
     let t0 = Instant::now();
     server

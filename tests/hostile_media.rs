@@ -232,13 +232,7 @@ async fn an_offer_full_of_candidates_is_refused_and_sends_nothing() {
     let offer = offer_with_candidates(&candidates).await;
     assert!(offer.len() > 50_000, "a large offer: {} bytes", offer.len());
     let tx_before = server.plane.mux().stats().tx;
-    let res = http::post_json(
-        server.http,
-        ECHO,
-        &serde_json::json!({"type": "offer", "sdp": offer}),
-    )
-    .await
-    .unwrap();
+    let res = http::post_offer(server.http, ECHO, &offer).await.unwrap();
     assert_eq!(res.status, 400, "{}", res.text());
     assert!(
         res.json()["error"]
@@ -273,13 +267,7 @@ async fn checks_to_unconfirmed_candidates_are_budgeted_and_the_call_is_released(
         .collect();
     let candidates: Vec<SocketAddr> = targets.iter().map(|s| s.local_addr().unwrap()).collect();
     let offer = offer_with_candidates(&candidates).await;
-    let res = http::post_json(
-        server.http,
-        ECHO,
-        &serde_json::json!({"type": "offer", "sdp": offer}),
-    )
-    .await
-    .unwrap();
+    let res = http::post_offer(server.http, ECHO, &offer).await.unwrap();
     assert_eq!(res.status, 200, "{}", res.text());
     let call_id = res.json()["call_id"].as_str().unwrap().to_owned();
     // Nobody answers: the call ends once the authentication deadline passes.

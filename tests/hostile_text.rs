@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{TestServer, eventually};
+use common::{TestServer, eventually, started_dialog_call};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::io::Write;
@@ -24,20 +24,6 @@ const ECHO: &str = "/webrtc/v1/offer?mode=echo";
 /// The text limit of the attack's server: a 200 000-character bomb is under it and must be
 /// handled (in linear time), a 300 000-character one is over it and must be refused.
 const TEXT_LIMIT: &str = "262144";
-
-/// Places a dialog call and waits for `call.started`.
-async fn started_call(server: &TestServer, app: &TestDialogApp) -> ClientPeer {
-    let peer = ClientPeer::call(server.http, "/webrtc/v1/offer")
-        .await
-        .expect("call placed");
-    peer.wait_connected(5 * SECOND)
-        .await
-        .expect("media connected");
-    app.wait_type(5 * SECOND, "call.started", None)
-        .await
-        .expect("call.started");
-    peer
-}
 
 /// The `tts.ended` events so far, by utterance id (with how many each got).
 fn endings(app: &TestDialogApp) -> HashMap<String, Vec<Value>> {
@@ -93,7 +79,7 @@ async fn text_bombs_and_a_speak_burst_neither_stall_the_worker_nor_go_unanswered
     echo.wait_connected(5 * SECOND)
         .await
         .expect("echo connected");
-    let dialog = started_call(&server, &app).await;
+    let dialog = started_dialog_call(&server, &app).await.0;
     // The metrics are the process's; no other test here hits these limits.
     let hits = || {
         (
@@ -258,7 +244,7 @@ async fn app_strings_with_a_newline_and_an_escape_are_logged_as_one_line() {
     let app = TestDialogApp::start().await;
     let url = app.url();
     let server = TestServer::start(&[("dialog.url", url.as_str())]);
-    let peer = started_call(&server, &app).await;
+    let peer = started_dialog_call(&server, &app).await.0;
     // An utterance id: logged with the utterance's first audio.
     let id = format!("u1{FORGED}");
     assert!(app.send(json!({"type": "tts.speak", "utterance_id": id, "text": "Hello."})));

@@ -65,13 +65,7 @@ async fn one_call(
     let how = ending(i);
     if let Ending::NeverConnect = how {
         let (pc, _t, _s, _st, _rx, offer) = ClientPeer::offer().await.unwrap();
-        let res = http::post_json(
-            server.http,
-            ECHO,
-            &serde_json::json!({"type": "offer", "sdp": offer}),
-        )
-        .await
-        .unwrap();
+        let res = http::post_offer(server.http, ECHO, &offer).await.unwrap();
         assert_eq!(res.status, 200, "call {i}: {}", res.text());
         // Gone before applying the answer.
         let _ = pc.close().await;

@@ -132,6 +132,16 @@ pub async fn post_json_with(
     request(addr, "POST", path, &all, &bytes).await
 }
 
+/// POSTs `{"type": "offer", "sdp": sdp}` to `path` (e.g. `/webrtc/v1/offer?mode=echo`).
+pub async fn post_offer(addr: SocketAddr, path: &str, sdp: &str) -> std::io::Result<Response> {
+    post_json(
+        addr,
+        path,
+        &serde_json::json!({"type": "offer", "sdp": sdp}),
+    )
+    .await
+}
+
 fn parse(buf: &[u8]) -> std::io::Result<Response> {
     let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_owned());
     let end = buf

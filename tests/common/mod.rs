@@ -181,6 +181,27 @@ pub async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
+/// Places a dialog call through `server`, waits for its media and for the `call.started` that
+/// `app` receives for it; returns the peer and that event.
+pub async fn started_dialog_call(
+    server: &TestServer,
+    app: &voicegate_testkit::dialog_app::TestDialogApp,
+) -> (voicegate_testkit::ClientPeer, serde_json::Value) {
+    let within = Duration::from_secs(5);
+    let peer = voicegate_testkit::ClientPeer::call(server.http, "/webrtc/v1/offer")
+        .await
+        .expect("call placed");
+    peer.wait_connected(within).await.expect("media connected");
+    let id = peer.call_id.clone();
+    let started = app
+        .wait_for(within, |e| {
+            e["type"] == "call.started" && e["call_id"] == id
+        })
+        .await
+        .expect("call.started");
+    (peer, started)
+}
+
 /// `text` spoken by espeak-ng, as Opus packets with 300 ms of silence before and `tail` after.
 pub async fn spoken(text: &str, tail: Duration) -> Vec<bytes::Bytes> {
     use futures_util::StreamExt;
