@@ -11,7 +11,8 @@
 //! ended), which absorbs the jitter of a real-time producer such as the echo path. `max_frames`
 //! bounds latency for such producers: the oldest audio of an open tag is dropped and counted
 //! rather than letting delay grow. Ended tags are never dropped (their end must be reported);
-//! speech is bounded upstream by synthesis prefetch.
+//! speech is bounded upstream: the player keeps at most `2 * prefetch` segments handed over
+//! and synthesizing ahead of playback (`core::speech`).
 
 use std::collections::VecDeque;
 

@@ -24,7 +24,9 @@
 //!   a limit) are dropped until its last chunk, so an LLM stream still in flight can neither
 //!   start speaking again nor replace the stream that followed it.
 //! - At most `prefetch` segments synthesize ahead of the audio already handed to the codec, so
-//!   a long answer plays without gaps.
+//!   a long answer plays without gaps, and no more than `2 * prefetch` segments are handed
+//!   over (waiting to play) and synthesizing together, so the audio a call holds is bounded by
+//!   a few segments, whatever the engine's speed and however much is queued.
 //!
 //! Audio is tagged by segment id; late audio or progress for a segment that was dropped is
 //! ignored, so cancellation races are harmless.
@@ -649,9 +651,21 @@ impl Player {
             i += 1;
         }
         self.settle();
-        // Keep `prefetch` segments synthesizing beyond those already handed over completely.
+        // Keep `prefetch` segments synthesizing beyond those already handed over completely,
+        // but no more than `2 * prefetch` segments handed over and synthesizing together: the
+        // codec keeps what it was handed until it has played, so without this an engine faster
+        // than real time would move a whole queue of long answers into memory (minutes of
+        // audio per utterance). Handed-over segments sit in the utterances up to the cursor,
+        // which this same rule keeps short, so the count is cheap.
         // Segments behind an open stream may synthesize ahead; they just wait to be played.
-        let wanted = self.settings.prefetch.min(self.queued);
+        let handed: usize = self
+            .utterances
+            .iter()
+            .take(self.settled + 1)
+            .map(|u| u.handed.len())
+            .sum();
+        let room = (2 * self.settings.prefetch).saturating_sub(handed);
+        let wanted = self.settings.prefetch.min(self.queued).min(room);
         let mut ahead = 0;
         let mut i = self.settled;
         while ahead < wanted
@@ -1276,6 +1290,38 @@ mod tests {
         assert_eq!(r.synthesizing.len(), 2, "the next two started");
         r.run();
         assert_eq!(r.events, ["started u1", "ended u1 true"]);
+    }
+
+    /// An engine far faster than real time and a long queue: the audio handed to the codec
+    /// and not yet played stays within a few segments (it used to be the whole queue).
+    #[test]
+    fn a_fast_engine_cannot_move_the_whole_queue_into_memory() {
+        let mut r = Rig::new();
+        // As many utterances as the rig's queue takes.
+        for i in 0..8 {
+            r.speak(&format!("u{i}"), "One. Two. Three. Four. Five.");
+        }
+        // Synthesize whatever is asked for, instantly, while nothing plays.
+        for _ in 0..200 {
+            if r.synthesizing.is_empty() {
+                break;
+            }
+            r.synth_one(320);
+        }
+        assert!(r.synthesizing.is_empty(), "it waits for playback");
+        let waiting = r.codec.iter().filter(|c| c.2).count();
+        assert!(
+            waiting <= 2 * settings().prefetch,
+            "{waiting} segments handed over and waiting to play"
+        );
+        // Playing them lets the rest through, in order, and everything ends well.
+        r.run();
+        for _ in 0..50 {
+            r.run();
+        }
+        let ended: Vec<&String> = r.events.iter().filter(|e| e.starts_with("ended")).collect();
+        assert_eq!(ended.len(), 8, "{:?}", r.events);
+        assert!(ended.iter().all(|e| e.ends_with("true")), "{:?}", r.events);
     }
 
     #[test]
