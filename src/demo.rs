@@ -14,7 +14,8 @@
 use actix::prelude::*;
 use actix_web::{Error, HttpRequest, HttpResponse, web};
 use actix_web_actors::ws;
-use serde_json::{Value, json};
+use serde_json::Value;
+use voicegate_core::dialog::Command;
 
 /// What the demo says first.
 pub const GREETING: &str = "Hello! Say something and I will repeat it.";
@@ -72,9 +73,33 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for DemoDialog {
 }
 
 impl DemoDialog {
-    fn send(&self, mut command: Value, ctx: &mut ws::WebsocketContext<Self>) {
-        command["call_id"] = Value::String(self.call_id.clone());
-        ctx.text(command.to_string());
+    fn send(&self, command: Command, ctx: &mut ws::WebsocketContext<Self>) {
+        ctx.text(command.to_json(&self.call_id));
+    }
+
+    fn speak(&self, id: String, text: String, ctx: &mut ws::WebsocketContext<Self>) {
+        let (utterance_id, meta) = (id, None);
+        self.send(
+            Command::Speak {
+                utterance_id,
+                text,
+                meta,
+            },
+            ctx,
+        );
+    }
+
+    fn stream(&self, id: &str, text: String, end: bool, ctx: &mut ws::WebsocketContext<Self>) {
+        let (utterance_id, meta) = (id.to_owned(), None);
+        self.send(
+            Command::Stream {
+                utterance_id,
+                text,
+                end,
+                meta,
+            },
+            ctx,
+        );
     }
 
     fn on_event(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
@@ -83,10 +108,7 @@ impl DemoDialog {
         };
         match event["type"].as_str().unwrap_or("") {
             "call.started" => {
-                self.send(
-                    json!({"type": "tts.speak", "utterance_id": "greeting", "text": GREETING}),
-                    ctx,
-                );
+                self.speak("greeting".to_owned(), GREETING.to_owned(), ctx);
             }
             "asr.final" => {
                 let heard = event["text"].as_str().unwrap_or("").trim().to_owned();
@@ -97,10 +119,7 @@ impl DemoDialog {
                 let lower = heard.to_lowercase();
                 if lower.contains("goodbye") || lower.split_whitespace().any(|w| w == "bye") {
                     let id = format!("farewell-{}", self.turn);
-                    self.send(
-                        json!({"type": "tts.speak", "utterance_id": id, "text": FAREWELL}),
-                        ctx,
-                    );
+                    self.speak(id.clone(), FAREWELL.to_owned(), ctx);
                     self.farewell = Some(id);
                     return;
                 }
@@ -114,18 +133,13 @@ impl DemoDialog {
                     format!(" {}.", words[half..].join(" ")),
                 ];
                 for chunk in chunks {
-                    self.send(
-                        json!({"type": "tts.stream", "utterance_id": id, "text": chunk}),
-                        ctx,
-                    );
+                    self.stream(&id, chunk, false, ctx);
                 }
-                self.send(json!({"type": "tts.stream", "utterance_id": id, "text": "", "stream_end": true}), ctx);
+                self.stream(&id, String::new(), true, ctx);
             }
             "tts.ended" if self.farewell.as_deref() == event["utterance_id"].as_str() => {
-                self.send(
-                    json!({"type": "hangup", "reason": "caller-said-goodbye"}),
-                    ctx,
-                );
+                let reason = "caller-said-goodbye".to_owned();
+                self.send(Command::Hangup { reason }, ctx);
             }
             "dtmf" => {
                 let digit = event["digit"].as_str().unwrap_or("");
@@ -136,7 +150,7 @@ impl DemoDialog {
                 };
                 self.turn += 1;
                 let text = format!("You pressed {name}.");
-                self.send(json!({"type": "tts.speak", "utterance_id": format!("key-{}", self.turn), "text": text}), ctx);
+                self.speak(format!("key-{}", self.turn), text, ctx);
             }
             "call.ended" => ctx.close(Some(ws::CloseCode::Normal.into())),
             _ => {}

@@ -11,7 +11,7 @@
 
 use crate::speech::{PlayedSegment, TtsLimit};
 use crate::untrusted::shown;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use url::Url;
 
@@ -171,19 +171,23 @@ impl Event {
 }
 
 /// Metadata a dialog app may attach to speech commands (kept for logs and metrics).
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 pub struct Meta {
     /// The model that produced the text.
-    #[serde(default, rename = "llmModel")]
+    #[serde(default, rename = "llmModel", skip_serializing_if = "Option::is_none")]
     pub llm_model: Option<String>,
     /// LLM time to first token, ms.
-    #[serde(default, rename = "llmFirstMs")]
+    #[serde(
+        default,
+        rename = "llmFirstMs",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub llm_first_ms: Option<f64>,
     /// LLM total time, ms.
-    #[serde(default, rename = "llmWallMs")]
+    #[serde(default, rename = "llmWallMs", skip_serializing_if = "Option::is_none")]
     pub llm_wall_ms: Option<f64>,
     /// The user text the answer is for.
-    #[serde(default, rename = "userText")]
+    #[serde(default, rename = "userText", skip_serializing_if = "Option::is_none")]
     pub user_text: Option<String>,
 }
 
@@ -220,6 +224,46 @@ pub enum Command {
 }
 
 impl Command {
+    /// The command as the dialog app sends it, for call `call_id`: the app's side of the
+    /// protocol (the embedded demo app, tests). [`parse_command`] reads it back unchanged, except
+    /// that an empty `hangup` reason is read as `dialog-hangup`.
+    pub fn to_json(&self, call_id: &str) -> String {
+        let mut v = match self {
+            Command::Speak {
+                utterance_id,
+                text,
+                meta,
+            } => {
+                let mut v =
+                    json!({"type": "tts.speak", "utterance_id": utterance_id, "text": text});
+                if let Some(m) = meta {
+                    v["meta"] = json!(m);
+                }
+                v
+            }
+            Command::Stream {
+                utterance_id,
+                text,
+                end,
+                meta,
+            } => {
+                let mut v =
+                    json!({"type": "tts.stream", "utterance_id": utterance_id, "text": text});
+                if *end {
+                    v["stream_end"] = true.into();
+                }
+                if let Some(m) = meta {
+                    v["meta"] = json!(m);
+                }
+                v
+            }
+            Command::Interrupt => json!({"type": "tts.interrupt"}),
+            Command::Hangup { reason } => json!({"type": "hangup", "reason": reason}),
+        };
+        v["call_id"] = call_id.into();
+        v.to_string()
+    }
+
     /// One line for logs: the type, the utterance id (escaped and capped, see
     /// [`crate::untrusted`]) and the length of the text, never the text itself.
     pub fn summary(&self) -> String {
@@ -999,62 +1043,18 @@ mod properties {
         ]
     }
 
-    /// The wire form a dialog app would send (`end` either way it may be spelled).
+    /// The wire form a dialog app would send: [`Command::to_json`], or with `end` spelled as
+    /// the `tts.stream.end` type, or without the call id.
     fn wire(cmd: &Command, end_as_flag: bool, addressed: bool) -> String {
-        let meta_json = |m: &Option<Meta>| {
-            m.as_ref().map(|m| {
-                let mut v = json!({});
-                if let Some(x) = &m.llm_model {
-                    v["llmModel"] = x.as_str().into();
-                }
-                if let Some(x) = m.llm_first_ms {
-                    v["llmFirstMs"] = x.into();
-                }
-                if let Some(x) = m.llm_wall_ms {
-                    v["llmWallMs"] = x.into();
-                }
-                if let Some(x) = &m.user_text {
-                    v["userText"] = x.as_str().into();
-                }
-                v
-            })
-        };
-        let mut v = match cmd {
-            Command::Speak {
-                utterance_id,
-                text,
-                meta,
-            } => {
-                let mut v =
-                    json!({"type": "tts.speak", "utterance_id": utterance_id, "text": text});
-                if let Some(m) = meta_json(meta) {
-                    v["meta"] = m;
-                }
-                v
-            }
-            Command::Stream {
-                utterance_id,
-                text,
-                end,
-                meta,
-            } => {
-                let mut v = json!({"utterance_id": utterance_id, "text": text});
-                if *end && !end_as_flag {
-                    v["type"] = "tts.stream.end".into();
-                } else {
-                    v["type"] = "tts.stream".into();
-                    v["stream_end"] = (*end).into();
-                }
-                if let Some(m) = meta_json(meta) {
-                    v["meta"] = m;
-                }
-                v
-            }
-            Command::Interrupt => json!({"type": "tts.interrupt"}),
-            Command::Hangup { reason } => json!({"type": "hangup", "reason": reason}),
-        };
-        if addressed {
-            v["call_id"] = CALL.into();
+        let mut v: Value = serde_json::from_str(&cmd.to_json(CALL)).unwrap();
+        if let Command::Stream { end: true, .. } = cmd
+            && !end_as_flag
+        {
+            v["type"] = "tts.stream.end".into();
+            v.as_object_mut().unwrap().remove("stream_end");
+        }
+        if !addressed {
+            v.as_object_mut().unwrap().remove("call_id");
         }
         v.to_string()
     }
