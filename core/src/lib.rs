@@ -24,6 +24,7 @@ pub mod speech;
 pub mod stun;
 pub mod text;
 pub mod timeline;
+pub mod token;
 pub mod tone;
 pub mod untrusted;
 pub mod ws_frame;
