@@ -18,11 +18,9 @@
 //! exceed over what we are playing.
 
 use crate::codec::Origin;
+use crate::frame::{FRAME_MS, SPEECH_FRAME_SAMPLES};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
-
-/// One frame is 20 ms everywhere in a call.
-const FRAME_MS: u32 = 20;
 
 /// The WebRTC voice activity detector at 16 kHz.
 pub struct Vad {
@@ -40,10 +38,10 @@ impl Vad {
         }
     }
 
-    /// Whether a 20 ms frame of 16 kHz audio (320 samples) holds speech. Frames of another size
-    /// count as non-speech.
+    /// Whether one speech frame (20 ms at 16 kHz, [`SPEECH_FRAME_SAMPLES`] samples; see
+    /// [`crate::frame`]) holds speech. Frames of another size count as non-speech.
     pub fn is_speech(&mut self, frame: &[i16]) -> bool {
-        frame.len() == 320 && self.inner.is_voice_segment(frame).unwrap_or(false)
+        frame.len() == SPEECH_FRAME_SAMPLES && self.inner.is_voice_segment(frame).unwrap_or(false)
     }
 }
 
