@@ -195,6 +195,16 @@ fn count(net: &mut UtteranceNetStats, origin: Origin) {
     }
 }
 
+/// Root mean square of `pcm` on the i16 scale: the level [`BargeIn`]'s level margin compares
+/// (the caller's frame against what we played), and what tests call "not silence".
+pub fn rms(pcm: &[i16]) -> f64 {
+    if pcm.is_empty() {
+        return 0.0;
+    }
+    let sum: f64 = pcm.iter().map(|&s| f64::from(s) * f64::from(s)).sum();
+    (sum / pcm.len() as f64).sqrt()
+}
+
 /// Barge-in settings.
 #[derive(Debug, Clone, Copy)]
 pub struct BargeInSettings {
@@ -497,10 +507,17 @@ mod tests {
     #[test]
     fn the_vad_tells_speech_from_silence_and_a_steady_tone() {
         let mut vad = Vad::new();
-        assert!(!vad.is_speech(&[0; 320]));
+        assert!(!vad.is_speech(&[0; SPEECH_FRAME_SAMPLES]));
         assert!(
             !vad.is_speech(&[0; 100]),
             "wrong frame sizes are not speech"
         );
+    }
+
+    #[test]
+    fn rms_of_silence_and_of_a_square_wave() {
+        assert_eq!(rms(&[0; SPEECH_FRAME_SAMPLES]), 0.0);
+        assert_eq!(rms(&[]), 0.0);
+        assert_eq!(rms(&[1000, -1000, 1000, -1000]), 1000.0);
     }
 }

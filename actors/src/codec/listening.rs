@@ -13,10 +13,9 @@ use std::time::Instant;
 use voicegate_core::codec::Origin;
 use voicegate_core::dtmf::DtmfReceiver;
 use voicegate_core::listen::{
-    BargeIn, BargeInSettings, Endpoint, EndpointSettings, Endpointer, Vad,
+    BargeIn, BargeInSettings, Endpoint, EndpointSettings, Endpointer, Vad, rms,
 };
 use voicegate_core::pcm::Playout;
-use voicegate_core::tone::rms;
 
 /// Samples per 20 ms frame at 16 kHz (the VAD's rate).
 const FRAME: usize = 320;
