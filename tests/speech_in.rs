@@ -279,7 +279,7 @@ async fn openai_asr_gets_a_wav_of_the_utterance_and_its_text_is_the_final() {
     assert_eq!(u16::from_le_bytes([wav[22], wav[23]]), 1, "mono");
     assert_eq!(
         u32::from_le_bytes([wav[24], wav[25], wav[26], wav[27]]),
-        16_000
+        voicegate_core::frame::SPEECH_RATE
     );
     assert_eq!(u16::from_le_bytes([wav[34], wav[35]]), 16, "16-bit");
     let data_len = u32::from_le_bytes([wav[40], wav[41], wav[42], wav[43]]) as usize;
