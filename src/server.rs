@@ -43,8 +43,8 @@ pub enum StartError {
     Media {
         /// The address.
         addr: SocketAddr,
-        /// The OS error.
-        source: std::io::Error,
+        /// What failed: the socket or the receive loop.
+        source: voicegate_media::MuxError,
     },
     /// The HTTP address could not be bound.
     #[error("http.bind: cannot bind {addr}: {source}")]

@@ -19,7 +19,8 @@ use voicegate_actors::tts::espeak::EspeakSettings;
 use voicegate_actors::tts::openai::OpenAiTtsSettings;
 use voicegate_core::admission::IpNet;
 use voicegate_core::call_id;
-use voicegate_core::codec::EncoderSettings;
+use voicegate_core::codec::{EncoderSettings, OPUS_PCM_RATES};
+use voicegate_core::frame::{FRAME_MS, SPEECH_RATE, SpeechFrames};
 use voicegate_core::ice::{self, IceServer};
 use voicegate_core::listen::{BargeInSettings, EndpointSettings};
 use voicegate_core::speech::PlayerSettings;
@@ -354,7 +355,9 @@ pub struct Media {
     pub max_remote_candidates: usize,
     /// Checks per call to addresses that have not authenticated.
     pub unconfirmed_check_budget: u32,
-    /// PCM rate.
+    /// PCM rate of the codec, in Hz: one of the Opus rates. The echo path and the downlink run
+    /// at it; the speech path resamples the caller's audio to 16 kHz when it differs, and speech
+    /// synthesis is resampled to it.
     pub pcm_rate: u32,
     /// Reorder depth.
     pub reorder_depth: usize,
@@ -618,12 +621,21 @@ impl Settings {
             .collect::<Result<Vec<_>, _>>()?;
         let ice_servers: Vec<IceServer> = ice::parse_ice_servers(&self.media.ice_servers)
             .map_err(|e| invalid("media.ice_servers", e))?;
-        if !matches!(self.media.pcm_rate, 8000 | 12000 | 16000 | 24000 | 48000) {
+        // The codec runs at any Opus rate; the speech path (VAD, endpointer, recognizers) runs
+        // at 16 kHz and resamples from the others. A rate is accepted only if both can take it.
+        if !OPUS_PCM_RATES.contains(&self.media.pcm_rate) {
+            let rates: Vec<String> = OPUS_PCM_RATES.iter().map(u32::to_string).collect();
             return Err(invalid(
                 "media.pcm_rate",
-                "must be 8000, 12000, 16000, 24000 or 48000",
+                format!("must be an Opus rate: {}", rates.join(", ")),
             ));
         }
+        SpeechFrames::new(self.media.pcm_rate).map_err(|e| {
+            invalid(
+                "media.pcm_rate",
+                format!("the speech path cannot resample it to {SPEECH_RATE} Hz: {e}"),
+            )
+        })?;
         if !(1..=32).contains(&self.media.reorder_depth) {
             return Err(invalid("media.reorder_depth", "must be 1 to 32"));
         }
@@ -832,7 +844,6 @@ impl Settings {
                 unconfirmed_checks: self.media.unconfirmed_check_budget,
             },
         };
-        let frame = 20;
         let calls = CallSettings {
             id_prefix: self.calls.id_prefix.clone(),
             connect_timeout: Duration::from_millis(self.calls.connect_timeout_ms),
@@ -851,7 +862,7 @@ impl Settings {
                 fec: self.media.opus.fec,
                 expected_loss_percent: self.media.opus.expected_loss_percent,
             },
-            echo_delay_frames: (self.echo.delay_ms / frame) as usize,
+            echo_delay_frames: (self.echo.delay_ms / u64::from(FRAME_MS)) as usize,
             player: PlayerSettings {
                 limits: SegmentLimits {
                     first_min_chars: seg.first_min_chars,
@@ -1080,6 +1091,44 @@ mod tests {
                 .validate()
                 .unwrap_err();
         assert!(err.to_string().contains("http://x"), "{err}");
+    }
+
+    /// The rule for `media.pcm_rate`: every rate the settings accept reaches a working speech
+    /// path (resampled to 16 kHz speech frames); every other rate is refused by name.
+    #[test]
+    fn every_accepted_pcm_rate_reaches_the_speech_path_and_others_are_refused() {
+        for rate in OPUS_PCM_RATES {
+            let v = Settings::load_with_env(
+                None,
+                env(&[("VOICEGATE__MEDIA__PCM_RATE", &rate.to_string())]),
+            )
+            .unwrap()
+            .validate()
+            .unwrap_or_else(|e| panic!("{rate} Hz: {e}"));
+            assert_eq!(v.calls.pcm_rate, rate);
+            assert_eq!(v.calls.encoder.pcm_rate, rate);
+            // One second of audio at the codec's rate becomes one second of speech frames, less
+            // what the resampler still holds (see `SpeechFrames`).
+            let mut frames = SpeechFrames::new(v.calls.pcm_rate).unwrap();
+            frames.push(&vec![100; rate as usize]);
+            let mut n = 0;
+            while let Some(f) = frames.next_frame() {
+                assert_eq!(f.len(), voicegate_core::frame::SPEECH_FRAME_SAMPLES);
+                n += 1;
+            }
+            assert!((46..=50).contains(&n), "{rate} Hz: {n} frames");
+        }
+        for rate in ["0", "11025", "22050", "44100", "96000"] {
+            let err = Settings::load_with_env(None, env(&[("VOICEGATE__MEDIA__PCM_RATE", rate)]))
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("media.pcm_rate") && err.contains("48000"),
+                "{rate}: {err}"
+            );
+        }
     }
 
     #[test]

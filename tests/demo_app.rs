@@ -94,8 +94,8 @@ async fn a_plain_call_hears_the_demo_greeting() {
     );
     let pcm = voicegate_testkit::peer::decode(&peer.received());
     let loud = pcm
-        .chunks(320)
-        .filter(|f| voicegate_core::tone::rms(f) > 200.0)
+        .chunks(voicegate_core::frame::SPEECH_FRAME_SAMPLES)
+        .filter(|f| voicegate_core::listen::rms(f) > 200.0)
         .count();
     assert!(loud >= 50, "only {loud} loud frames");
     peer.close().await;

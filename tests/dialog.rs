@@ -6,6 +6,8 @@ mod common;
 use common::{TestServer, eventually, started_dialog_call};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
+use voicegate_core::frame::{SPEECH_FRAME_SAMPLES, SPEECH_RATE};
+use voicegate_core::listen::rms;
 use voicegate_core::tone;
 use voicegate_testkit::dialog_app::TestDialogApp;
 use voicegate_testkit::peer::decode;
@@ -40,7 +42,9 @@ fn tts_log(app: &TestDialogApp) -> Vec<String> {
 /// Received audio that carries sound (decoded RMS above a speech floor), in packets.
 fn loud_packets(rx: &[Received]) -> usize {
     let pcm = decode(rx);
-    pcm.chunks(320).filter(|f| tone::rms(f) > 200.0).count()
+    pcm.chunks(SPEECH_FRAME_SAMPLES)
+        .filter(|f| rms(f) > 200.0)
+        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -523,7 +527,7 @@ mod engines {
             rx.len()
         );
         let pcm = decode(&rx);
-        let f = tone::dominant_frequency(&pcm[1600..pcm.len() - 1600], 16_000, 100.0, 2000.0);
+        let f = tone::dominant_frequency(&pcm[1600..pcm.len() - 1600], SPEECH_RATE, 100.0, 2000.0);
         assert!(
             (f - 440.0).abs() <= 5.0,
             "played at the wrong speed: {f} Hz"

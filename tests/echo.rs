@@ -5,6 +5,7 @@ mod common;
 
 use common::{TestServer, eventually};
 use std::time::Duration;
+use voicegate_core::frame::{RTP_TICKS_PER_FRAME, SPEECH_RATE};
 use voicegate_core::tone;
 use voicegate_testkit::peer::decode;
 use voicegate_testkit::{ClientPeer, http};
@@ -25,7 +26,8 @@ async fn echo_round_trip(server: &TestServer, freq: f64, frames: usize) -> (usiz
     let received = peer.received();
     let pcm = decode(&received);
     // Skip the first 200 ms: the codec's start-up and the first talkspurt's prebuffer.
-    let measured = tone::dominant_frequency(&pcm[pcm.len().min(3200)..], 16_000, 100.0, 2000.0);
+    let measured =
+        tone::dominant_frequency(&pcm[pcm.len().min(3200)..], SPEECH_RATE, 100.0, 2000.0);
     peer.close().await;
     (received.len(), measured)
 }
@@ -55,7 +57,7 @@ async fn echo_packets_are_paced_and_numbered() {
     let rx = peer.received();
     assert!(rx.len() >= 95, "{} packets", rx.len());
     // One talkspurt: the first packet is marked, sequence numbers are contiguous and the
-    // timestamp advances 960 per packet.
+    // timestamp advances one frame (960 at 48 kHz) per packet.
     assert!(
         rx[0].marker,
         "first packet of the talkspurt carries the marker bit"
@@ -64,7 +66,7 @@ async fn echo_packets_are_paced_and_numbered() {
         assert_eq!(w[1].seq, w[0].seq.wrapping_add(1), "sequence gap");
         let dts = w[1].timestamp.wrapping_sub(w[0].timestamp);
         assert!(
-            dts == 960 || w[1].marker,
+            dts == RTP_TICKS_PER_FRAME || w[1].marker,
             "timestamp step {dts} without a marker"
         );
     }
@@ -95,8 +97,12 @@ async fn twenty_concurrent_echo_calls_share_one_port() {
                 eventually(Duration::from_secs(3), || peer.received_count() >= frames).await;
                 let rx = peer.received();
                 let pcm = decode(&rx);
-                let measured =
-                    tone::dominant_frequency(&pcm[pcm.len().min(3200)..], 16_000, 100.0, 2000.0);
+                let measured = tone::dominant_frequency(
+                    &pcm[pcm.len().min(3200)..],
+                    SPEECH_RATE,
+                    100.0,
+                    2000.0,
+                );
                 let snapshot_id = peer.call_id.clone();
                 peer.close().await;
                 (freq, rx.len(), measured, snapshot_id)

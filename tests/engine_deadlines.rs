@@ -13,6 +13,8 @@ use common::{TestServer, eventually, spoken, started_dialog_call};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use voicegate_actors::metrics::{Limit, metrics};
+use voicegate_core::frame::SPEECH_FRAME_SAMPLES;
+use voicegate_core::listen::rms;
 use voicegate_core::tone;
 use voicegate_testkit::dialog_app::TestDialogApp;
 use voicegate_testkit::peer::decode;
@@ -114,8 +116,8 @@ async fn a_stalled_synthesis_ends_its_utterance_not_ok_and_the_next_one_plays() 
     // Its second of audio reached the client.
     let rx = peer.received()[before_next..].to_vec();
     let loud = decode(&rx)
-        .chunks(320)
-        .filter(|f| tone::rms(f) > 200.0)
+        .chunks(SPEECH_FRAME_SAMPLES)
+        .filter(|f| rms(f) > 200.0)
         .count();
     assert!(
         (45..=52).contains(&loud),

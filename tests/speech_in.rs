@@ -38,6 +38,20 @@ async fn started(server: &TestServer, app: &TestDialogApp) -> ClientPeer {
     peer
 }
 
+/// Checks `wav` is a valid 16 kHz (the speech rate) mono 16-bit WAV and returns its length in
+/// seconds: the utterance, with its pre-roll and end-of-utterance silence.
+fn utterance_wav_seconds(wav: &[u8]) -> f64 {
+    assert_eq!(&wav[..4], b"RIFF");
+    assert_eq!(&wav[8..16], b"WAVEfmt ");
+    assert_eq!(u16::from_le_bytes([wav[22], wav[23]]), 1, "mono");
+    let rate = u32::from_le_bytes([wav[24], wav[25], wav[26], wav[27]]);
+    assert_eq!(rate, voicegate_core::frame::SPEECH_RATE);
+    assert_eq!(u16::from_le_bytes([wav[34], wav[35]]), 16, "16-bit");
+    let data_len = u32::from_le_bytes([wav[40], wav[41], wav[42], wav[43]]) as usize;
+    assert_eq!(data_len, wav.len() - 44);
+    data_len as f64 / (2 * rate) as f64
+}
+
 fn of_type(app: &TestDialogApp, kind: &str) -> Vec<Value> {
     app.events()
         .into_iter()
@@ -271,20 +285,37 @@ async fn openai_asr_gets_a_wav_of_the_utterance_and_its_text_is_the_final() {
         Some("whisper-test")
     );
     assert_eq!(form.fields.get("language").map(String::as_str), Some("en"));
-    // A valid 16 kHz mono 16-bit WAV holding the utterance: the speech plus pre-roll and the
-    // end-of-utterance silence.
-    let wav = &form.file;
-    assert_eq!(&wav[..4], b"RIFF");
-    assert_eq!(&wav[8..16], b"WAVEfmt ");
-    assert_eq!(u16::from_le_bytes([wav[22], wav[23]]), 1, "mono");
-    assert_eq!(
-        u32::from_le_bytes([wav[24], wav[25], wav[26], wav[27]]),
-        16_000
+    let secs = utterance_wav_seconds(&form.file);
+    assert!((1.0..2.6).contains(&secs), "the utterance is {secs} s");
+    peer.close().await;
+}
+
+/// At another `media.pcm_rate` the speech path still hears 16 kHz: the utterance is found, cut
+/// at the right length and sent to the recognizer as 16 kHz audio.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_a_48_khz_pcm_rate_the_recognizer_still_gets_the_utterance_at_16_khz() {
+    let stt = SpeechServer::start(Behaviour::Transcribe("heard at 48 kHz".into())).await;
+    let app = TestDialogApp::start().await;
+    let base = stt.base_url();
+    let server = server(
+        &app,
+        &[
+            ("media.pcm_rate", "48000"),
+            ("asr.engine", "openai"),
+            ("asr.openai.base_url", &base),
+        ],
     );
-    assert_eq!(u16::from_le_bytes([wav[34], wav[35]]), 16, "16-bit");
-    let data_len = u32::from_le_bytes([wav[40], wav[41], wav[42], wav[43]]) as usize;
-    assert_eq!(data_len, wav.len() - 44);
-    let secs = data_len as f64 / 32_000.0;
+    let peer = started(&server, &app).await;
+    assert_eq!(of_type(&app, "call.started")[0]["pcm_hz"], 48000);
+    let speech = spoken("hello world", Duration::from_millis(1000)).await;
+    peer.send_paced(&speech).await.unwrap();
+    let f = app
+        .wait_type(5 * SECOND, "asr.final", None)
+        .await
+        .expect("asr.final");
+    assert_eq!(f["text"], "heard at 48 kHz");
+    let form = stt.requests()[0].form.clone().expect("a multipart form");
+    let secs = utterance_wav_seconds(&form.file);
     assert!((1.0..2.6).contains(&secs), "the utterance is {secs} s");
     peer.close().await;
 }

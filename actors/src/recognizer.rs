@@ -38,7 +38,8 @@ pub struct RecognizerSettings {
     pub utterance_deadline: Duration,
 }
 
-/// Utterance audio from the codec.
+/// Utterance audio from the codec: speech-rate PCM (16 kHz mono, [`voicegate_core::frame`])
+/// whatever the call's rate.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub enum Heard {
@@ -389,7 +390,9 @@ mod tests {
     }
 
     fn utterance(r: &Addr<Recognizer>) {
-        r.do_send(Heard::Start(vec![0; 320]));
+        r.do_send(Heard::Start(
+            vec![0; voicegate_core::frame::SPEECH_FRAME_SAMPLES],
+        ));
         r.do_send(Heard::End {
             net: UtteranceNetStats::default(),
             lost_frames: 0,

@@ -22,7 +22,6 @@ use std::time::Duration;
 use voicegate_core::admission::SourceKey;
 use voicegate_core::call_id::CallId;
 use voicegate_core::untrusted::shown;
-use voicegate_media::PeerError;
 
 /// How many recently ended calls the registry remembers, with their reasons.
 const RECENT_ENDS: usize = 256;
@@ -233,8 +232,8 @@ impl Handler<PlaceCall> for Supervisor {
                     .observe(received.elapsed());
                 Ok(Answer { call_id, sdp })
             }
-            Ok(Err(PeerError::Negotiation(reason))) => Err(PlaceCallError::Negotiation(reason)),
-            Ok(Err(PeerError::Internal(detail))) => Err(PlaceCallError::Internal(detail)),
+            Ok(Err(e)) if e.is_negotiation() => Err(PlaceCallError::Negotiation(e.to_string())),
+            Ok(Err(e)) => Err(PlaceCallError::Internal(e.to_string())),
             Err(e) => Err(PlaceCallError::Internal(format!("call actor: {e}"))),
         }))
     }

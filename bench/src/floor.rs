@@ -27,13 +27,13 @@ pub async fn run(plan: FloorPlan, json: bool) -> anyhow::Result<()> {
     let mut calls = (0..plan.calls)
         .map(|_| {
             let dec = UplinkDecoder::<bytes::Bytes>::new(UplinkSettings {
-                pcm_rate: 16_000,
+                pcm_rate: voicegate_core::frame::SPEECH_RATE,
                 reorder_depth: 4,
                 reorder_wait: Duration::from_millis(60),
                 max_conceal: 10,
             })?;
             let enc = DownlinkEncoder::new(EncoderSettings {
-                pcm_rate: 16_000,
+                pcm_rate: voicegate_core::frame::SPEECH_RATE,
                 complexity: plan.complexity,
                 bitrate: 24_000,
                 fec: plan.fec,
@@ -42,7 +42,7 @@ pub async fn run(plan: FloorPlan, json: bool) -> anyhow::Result<()> {
             Ok((dec, enc))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let frames = plan.seconds as usize * 50;
+    let frames = plan.seconds as usize * voicegate_core::frame::FRAMES_PER_SECOND as usize;
     let cpu0 = thread_cpu();
     let wall0 = Instant::now();
     let mut bytes_out = 0usize;

@@ -126,7 +126,7 @@ async fn one_call(
         voicegate_core::random::u32() as u64 % 20_000,
     ))
     .await;
-    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let mut tick = tokio::time::interval(voicegate_core::frame::FRAME);
     let start = Instant::now();
     let mut sent = 0;
     while start.elapsed() < duration {

@@ -50,7 +50,8 @@ fn read_wav(bytes: &[u8]) -> anyhow::Result<(Vec<i16>, u32)> {
 pub async fn run(wav: &str, grammar: Option<&str>) -> anyhow::Result<()> {
     let (pcm, rate) = read_wav(&std::fs::read(wav).with_context(|| format!("reading {wav}"))?)?;
     let mut at16 = Vec::new();
-    let mut r = voicegate_core::resample::StreamResampler::new(rate, 16_000)?;
+    let mut r =
+        voicegate_core::resample::StreamResampler::new(rate, voicegate_core::frame::SPEECH_RATE)?;
     r.push(&pcm, &mut at16);
     r.finish(&mut at16);
     let grammar = grammar
@@ -70,7 +71,7 @@ pub async fn run(wav: &str, grammar: Option<&str>) -> anyhow::Result<()> {
     use voicegate_actors::asr::AsrFactory;
     let engine = ps.for_call();
     let (mut sink, results) = engine.utterance();
-    for chunk in at16.chunks(320) {
+    for chunk in at16.chunks(voicegate_core::frame::SPEECH_FRAME_SAMPLES) {
         sink.push(chunk);
     }
     sink.finish();

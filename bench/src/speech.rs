@@ -62,7 +62,8 @@ pub async fn espeak_pcm(sentence: &str) -> anyhow::Result<(Vec<i16>, u32)> {
 /// the packets and how many of them carry the sentence (silence follows).
 async fn spoken(sentence: &str) -> anyhow::Result<(Vec<bytes::Bytes>, usize)> {
     let (pcm, rate) = espeak_pcm(sentence).await?;
-    let speech_frames = 15 + (pcm.len() as u64 * 50).div_ceil(rate as u64) as usize; // 300 ms lead + the speech, in 20 ms frames
+    let per_second = u64::from(voicegate_core::frame::FRAMES_PER_SECOND);
+    let speech_frames = 15 + (pcm.len() as u64 * per_second).div_ceil(rate as u64) as usize; // 300 ms lead + the speech, in 20 ms frames
     let packets = voicegate_testkit::peer::opus_speech(
         &pcm,
         rate,
@@ -91,7 +92,7 @@ async fn turns(app: &TestDialogApp, peer: &ClientPeer, runs: usize) -> anyhow::R
             .iter()
             .filter(|e| e["type"] == "asr.final")
             .count();
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        let mut tick = tokio::time::interval(voicegate_core::frame::FRAME);
         let mut speech_end = Instant::now();
         for (k, p) in packets.iter().enumerate() {
             tick.tick().await;

@@ -10,6 +10,7 @@
 //! RTP stream. Browsers decode mono Opus into their stereo `opus/48000/2` output; mono halves the
 //! encoder's work for speech that has no stereo image.
 
+use crate::frame;
 use crate::jitter::{Release, Reorder, ReorderStats};
 use std::time::{Duration, Instant};
 
@@ -32,7 +33,7 @@ pub enum CodecError {
     #[error("opus: {0}")]
     Opus(#[from] opus::Error),
     /// The PCM rate is not one libopus supports.
-    #[error("pcm rate {0} Hz is not supported by Opus (8000, 12000, 16000, 24000, 48000)")]
+    #[error("pcm rate {0} Hz is not supported by Opus (it takes {OPUS_PCM_RATES:?} Hz)")]
     Rate(u32),
     /// A frame had the wrong length.
     #[error("frame has {got} samples, expected {want}")]
@@ -73,6 +74,10 @@ pub struct UplinkSettings {
     pub max_conceal: u64,
 }
 
+/// The PCM rates libopus encodes and decodes, in Hz (RFC 6716 §2: Opus's audio bandwidths).
+/// `media.pcm_rate` takes exactly these.
+pub const OPUS_PCM_RATES: [u32; 5] = [8000, 12_000, 16_000, 24_000, 48_000];
+
 /// The longest Opus packet (120 ms) at 48 kHz, in samples.
 const MAX_PACKET_SAMPLES: usize = 5760;
 
@@ -93,12 +98,12 @@ impl<P: AsRef<[u8]>> UplinkDecoder<P> {
     pub fn new(settings: UplinkSettings) -> Result<Self, CodecError> {
         check_rate(settings.pcm_rate)?;
         let decoder = opus::Decoder::new(settings.pcm_rate, opus::Channels::Mono)?;
-        let max = MAX_PACKET_SAMPLES * settings.pcm_rate as usize / 48_000;
+        let max = MAX_PACKET_SAMPLES * settings.pcm_rate as usize / frame::RTP_CLOCK as usize;
         Ok(UplinkDecoder {
             decoder,
             reorder: Reorder::new(settings.reorder_depth, settings.reorder_wait),
             pcm: vec![0; max],
-            last_samples: (settings.pcm_rate / 50) as usize,
+            last_samples: frame::samples_per_frame(settings.pcm_rate),
             max_conceal: settings.max_conceal,
             stats: UplinkStats::default(),
         })
@@ -282,7 +287,7 @@ impl DownlinkEncoder {
         encoder.set_packet_loss_perc(loss)?;
         Ok(DownlinkEncoder {
             encoder,
-            frame_samples: (s.pcm_rate / 50) as usize,
+            frame_samples: frame::samples_per_frame(s.pcm_rate),
             fec: s.fec,
             min_loss,
             loss,
@@ -334,9 +339,10 @@ impl DownlinkEncoder {
 }
 
 fn check_rate(rate: u32) -> Result<(), CodecError> {
-    match rate {
-        8000 | 12000 | 16000 | 24000 | 48000 => Ok(()),
-        r => Err(CodecError::Rate(r)),
+    if OPUS_PCM_RATES.contains(&rate) {
+        Ok(())
+    } else {
+        Err(CodecError::Rate(rate))
     }
 }
 
@@ -345,8 +351,9 @@ mod tests {
     use super::*;
     use crate::tone;
 
-    const RATE: u32 = 16_000;
-    const FRAME: usize = 320;
+    /// The default call rate, and its frame.
+    const RATE: u32 = frame::SPEECH_RATE;
+    const FRAME: usize = frame::SPEECH_FRAME_SAMPLES;
 
     fn settings() -> UplinkSettings {
         UplinkSettings {
@@ -604,7 +611,7 @@ mod tests {
                 packets in proptest::collection::vec((any::<u16>(), proptest::collection::vec(any::<u8>(), 0..200)), 1..40),
             ) {
                 let mut d: UplinkDecoder<Vec<u8>> = UplinkDecoder::new(UplinkSettings {
-                    pcm_rate: 16_000,
+                    pcm_rate: super::RATE,
                     reorder_depth: 3,
                     reorder_wait: Duration::from_millis(60),
                     max_conceal: 5,

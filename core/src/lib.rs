@@ -11,6 +11,7 @@ pub mod codec;
 pub mod cors;
 pub mod dialog;
 pub mod dtmf;
+pub mod frame;
 pub mod ice;
 pub mod jitter;
 pub mod listen;

@@ -18,11 +18,9 @@
 //! exceed over what we are playing.
 
 use crate::codec::Origin;
+use crate::frame::{FRAME_MS, SPEECH_FRAME_SAMPLES};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
-
-/// One frame is 20 ms everywhere in a call.
-const FRAME_MS: u32 = 20;
 
 /// The WebRTC voice activity detector at 16 kHz.
 pub struct Vad {
@@ -40,10 +38,10 @@ impl Vad {
         }
     }
 
-    /// Whether a 20 ms frame of 16 kHz audio (320 samples) holds speech. Frames of another size
-    /// count as non-speech.
+    /// Whether one speech frame (20 ms at 16 kHz, [`SPEECH_FRAME_SAMPLES`] samples; see
+    /// [`crate::frame`]) holds speech. Frames of another size count as non-speech.
     pub fn is_speech(&mut self, frame: &[i16]) -> bool {
-        frame.len() == 320 && self.inner.is_voice_segment(frame).unwrap_or(false)
+        frame.len() == SPEECH_FRAME_SAMPLES && self.inner.is_voice_segment(frame).unwrap_or(false)
     }
 }
 
@@ -195,6 +193,16 @@ fn count(net: &mut UtteranceNetStats, origin: Origin) {
         Origin::Recovered => net.recovered += 1,
         Origin::Concealed => net.concealed += 1,
     }
+}
+
+/// Root mean square of `pcm` on the i16 scale: the level [`BargeIn`]'s level margin compares
+/// (the caller's frame against what we played), and what tests call "not silence".
+pub fn rms(pcm: &[i16]) -> f64 {
+    if pcm.is_empty() {
+        return 0.0;
+    }
+    let sum: f64 = pcm.iter().map(|&s| f64::from(s) * f64::from(s)).sum();
+    (sum / pcm.len() as f64).sqrt()
 }
 
 /// Barge-in settings.
@@ -499,10 +507,17 @@ mod tests {
     #[test]
     fn the_vad_tells_speech_from_silence_and_a_steady_tone() {
         let mut vad = Vad::new();
-        assert!(!vad.is_speech(&[0; 320]));
+        assert!(!vad.is_speech(&[0; SPEECH_FRAME_SAMPLES]));
         assert!(
             !vad.is_speech(&[0; 100]),
             "wrong frame sizes are not speech"
         );
+    }
+
+    #[test]
+    fn rms_of_silence_and_of_a_square_wave() {
+        assert_eq!(rms(&[0; SPEECH_FRAME_SAMPLES]), 0.0);
+        assert_eq!(rms(&[]), 0.0);
+        assert_eq!(rms(&[1000, -1000, 1000, -1000]), 1000.0);
     }
 }

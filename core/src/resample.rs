@@ -143,7 +143,8 @@ impl StreamResampler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tone::{Tone, dominant_frequency, rms};
+    use crate::listen::rms;
+    use crate::tone::{Tone, dominant_frequency};
 
     fn convert(from: u32, to: u32, input: &[i16], chunk: usize) -> Vec<i16> {
         let mut r = StreamResampler::new(from, to).unwrap();

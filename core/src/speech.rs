@@ -37,6 +37,7 @@
 //! utterances at the front whose segments were all handed over are skipped by a cursor. The
 //! original rebuilt the whole play order on every input, which took seconds with a long queue.
 
+use crate::frame::FRAME_MS;
 use crate::text::{SegmentLimits, Segmenter, sanitize};
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -106,9 +107,6 @@ impl PlayedSegment {
         parts.join(" ")
     }
 }
-
-/// Frames are 20 ms.
-const FRAME_MS: u32 = 20;
 
 /// What happened, for the player.
 #[derive(Debug)]
@@ -850,6 +848,7 @@ impl Utterance {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::SPEECH_FRAME_SAMPLES;
 
     /// Drives a player like the actor does, with a fake engine and codec that obey `Output`s,
     /// and records the events.
@@ -995,7 +994,7 @@ mod tests {
                 self.codec.remove(0);
                 self.input(Input::PlaybackFinished {
                     segment: seg,
-                    frames: (samples / 320) as u32,
+                    frames: (samples / SPEECH_FRAME_SAMPLES) as u32,
                 });
             }
         }
@@ -1009,7 +1008,7 @@ mod tests {
                         return;
                     }
                 }
-                self.synth_one(320);
+                self.synth_one(SPEECH_FRAME_SAMPLES);
                 self.play_all();
             }
         }
@@ -1085,7 +1084,7 @@ mod tests {
         let mut r = Rig::new();
         r.speak("u1", "One sentence here. Another sentence. A third one.");
         r.speak("u2", "Queued behind.");
-        r.synth_one(320);
+        r.synth_one(SPEECH_FRAME_SAMPLES);
         r.play_all();
         assert_eq!(r.events, ["started u1"]);
         // Synthesis of the second sentence is in flight when the interrupt comes.
@@ -1098,7 +1097,7 @@ mod tests {
         // Late audio from a cancelled synthesis is ignored.
         r.input(Input::Audio {
             segment: in_flight[0],
-            pcm: vec![1; 320],
+            pcm: vec![1; SPEECH_FRAME_SAMPLES],
         });
         r.input(Input::Synthesized {
             segment: in_flight[0],
@@ -1240,7 +1239,7 @@ mod tests {
         let seg = r.synthesizing[0];
         r.input(Input::Audio {
             segment: seg,
-            pcm: vec![1; 320],
+            pcm: vec![1; SPEECH_FRAME_SAMPLES],
         });
         r.play_all();
         r.input(Input::CallEnding);
@@ -1306,7 +1305,7 @@ mod tests {
             if r.synthesizing.is_empty() {
                 break;
             }
-            r.synth_one(320);
+            r.synth_one(SPEECH_FRAME_SAMPLES);
         }
         assert!(r.synthesizing.is_empty(), "it waits for playback");
         let waiting = r.codec.iter().filter(|c| c.2).count();
@@ -1502,6 +1501,7 @@ mod tests {
 mod barge_in_tests {
     //! `played_text` bookkeeping: what the caller heard when they interrupted.
     use super::*;
+    use crate::frame::SPEECH_FRAME_SAMPLES;
 
     fn settings() -> PlayerSettings {
         PlayerSettings {
@@ -1543,7 +1543,7 @@ mod barge_in_tests {
             p.handle(
                 Input::Audio {
                     segment: s,
-                    pcm: vec![1; 320 * 50],
+                    pcm: vec![1; SPEECH_FRAME_SAMPLES * 50],
                 },
                 t,
             );
@@ -1649,7 +1649,7 @@ mod barge_in_tests {
         p.handle(
             Input::Audio {
                 segment: first,
-                pcm: vec![1; 320 * 10],
+                pcm: vec![1; SPEECH_FRAME_SAMPLES * 10],
             },
             t,
         );
@@ -1720,6 +1720,7 @@ mod properties {
     //! limits: every utterance of the dialog app ends exactly once, and the work per input does
     //! not grow with the queue.
     use super::*;
+    use crate::frame::SPEECH_FRAME_SAMPLES;
     use crate::text::properties::{cases, hostile_text};
     use proptest::prelude::*;
 
@@ -1821,7 +1822,7 @@ mod properties {
                 self.codec.pop_front();
                 self.input(Input::PlaybackFinished {
                     segment,
-                    frames: (samples / 320) as u32,
+                    frames: (samples / SPEECH_FRAME_SAMPLES) as u32,
                 });
                 return true;
             }

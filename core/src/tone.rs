@@ -1,4 +1,5 @@
-//! Test signals and their measurement: a sine generator, RMS level and the dominant frequency.
+//! Test signals and their measurement: a sine generator and the dominant frequency. (The RMS
+//! level lives in [`crate::listen`], where barge-in compares levels.)
 //!
 //! Used by the integration tests, the browser test's expectations and the load generator, so the
 //! same arithmetic judges every "did the audio come back" question.
@@ -31,15 +32,6 @@ impl Tone {
             self.phase = (self.phase + self.step) % std::f64::consts::TAU;
         }
     }
-}
-
-/// Root mean square of `pcm` on the i16 scale.
-pub fn rms(pcm: &[i16]) -> f64 {
-    if pcm.is_empty() {
-        return 0.0;
-    }
-    let sum: f64 = pcm.iter().map(|&s| f64::from(s) * f64::from(s)).sum();
-    (sum / pcm.len() as f64).sqrt()
 }
 
 /// The frequency between `lo` and `hi` Hz with the most energy in `pcm`, to 1 Hz, by the
@@ -76,6 +68,7 @@ pub fn dominant_frequency(pcm: &[i16], rate: u32, lo: f64, hi: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::listen::rms;
 
     #[test]
     fn tone_has_its_frequency_and_level() {
@@ -98,11 +91,5 @@ mod tests {
         b.fill(&mut two[..320]);
         b.fill(&mut two[320..]);
         assert_eq!(one, two);
-    }
-
-    #[test]
-    fn silence_has_no_level() {
-        assert_eq!(rms(&[0; 320]), 0.0);
-        assert_eq!(rms(&[]), 0.0);
     }
 }

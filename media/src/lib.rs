@@ -9,6 +9,7 @@ mod loss;
 pub mod mux;
 pub mod peer;
 
+pub use mux::MuxError;
 pub use peer::{MediaPlane, Peer, PeerError, PeerEvent, PeerEvents, PeerState, RtpWriter};
 pub use rtc::data_channel::RTCDataChannelState as DataChannelState;
 pub use webrtc::data_channel::{DataChannel, DataChannelEvent};

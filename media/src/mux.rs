@@ -51,6 +51,27 @@ use webrtc::runtime::{
     TokioRuntime, Transmit,
 };
 
+/// Why the shared port could not be opened. The HTTP edge adds the address and the keys that
+/// chose it.
+#[derive(Debug, thiserror::Error)]
+pub enum MuxError {
+    /// The UDP socket could not be created, configured or bound at `step` (the address is in
+    /// use, not one of this host's, or not permitted).
+    #[error("{step}: {source}")]
+    Socket {
+        /// What was being done: `socket`, `bind`, `nonblocking`, `local address`, `clone`.
+        step: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The receive loop could not start (its runtime, its socket registration or its thread:
+    /// the process is out of threads or file descriptors). Without it nothing is ever received,
+    /// so the port is not opened at all rather than opened deaf.
+    #[error("receive loop: {0}")]
+    ReceiveLoop(#[source] io::Error),
+}
+
 /// Datagrams queued per connection before the newest are dropped: over 5 s of 20 ms audio.
 const CONN_QUEUE: usize = 256;
 
@@ -185,17 +206,30 @@ impl fmt::Debug for UdpMux {
 
 impl UdpMux {
     /// Binds the shared socket and starts the receive loop on its own thread.
-    pub fn bind(addr: SocketAddr, limits: MuxLimits) -> io::Result<Arc<Self>> {
+    pub fn bind(addr: SocketAddr, limits: MuxLimits) -> Result<Arc<Self>, MuxError> {
         use socket2::{Domain, Protocol, Socket, Type};
-        let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        let at = |step| move |source| MuxError::Socket { step, source };
+        let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+            .map_err(at("socket"))?;
         // Best effort: the kernel caps these at its configured maximum.
         let _ = sock.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
         let _ = sock.set_send_buffer_size(SOCKET_BUFFER_BYTES);
-        sock.bind(&addr.into())?;
-        sock.set_nonblocking(true)?;
+        sock.bind(&addr.into()).map_err(at("bind"))?;
+        sock.set_nonblocking(true).map_err(at("nonblocking"))?;
         let socket: UdpSocket = sock.into();
-        let local_addr = socket.local_addr()?;
-        let recv_socket = socket.try_clone()?;
+        let local_addr = socket.local_addr().map_err(at("local address"))?;
+        let recv_socket = socket.try_clone().map_err(at("clone"))?;
+        // The receive loop's runtime and socket registration are made here, so a failure is an
+        // error of `bind` and not a port that silently never receives.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(MuxError::ReceiveLoop)?;
+        let recv_socket = {
+            let _in_runtime = rt.enter();
+            tokio::net::UdpSocket::from_std(recv_socket).map_err(MuxError::ReceiveLoop)?
+        };
         let mux = Arc::new(UdpMux {
             socket,
             local_addr,
@@ -215,20 +249,8 @@ impl UdpMux {
         let weak = Arc::downgrade(&mux);
         std::thread::Builder::new()
             .name("vg-udp-recv".into())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_io()
-                    .enable_time()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        tracing::error!(error = %e, "media receive loop could not start");
-                        return;
-                    }
-                };
-                rt.block_on(receive_loop(weak, recv_socket));
-            })?;
+            .spawn(move || rt.block_on(receive_loop(weak, recv_socket)))
+            .map_err(MuxError::ReceiveLoop)?;
         Ok(mux)
     }
 
@@ -417,14 +439,7 @@ impl UdpMux {
     }
 }
 
-async fn receive_loop(mux: Weak<UdpMux>, socket: UdpSocket) {
-    let socket = match tokio::net::UdpSocket::from_std(socket) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "media socket could not be registered");
-            return;
-        }
-    };
+async fn receive_loop(mux: Weak<UdpMux>, socket: tokio::net::UdpSocket) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
         let (n, from) = match socket.recv_from(&mut buf).await {
@@ -711,5 +726,31 @@ mod tests {
         // The next insert, long after, prunes the stale ones.
         t.remember_transaction([9; 12], 2, t0 + TRANSACTION_TTL + Duration::from_secs(1));
         assert_eq!(t.by_transaction.len(), 1);
+    }
+
+    #[test]
+    fn a_port_in_use_is_a_bind_error_with_its_cause() {
+        let taken = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let err = UdpMux::bind(addr, MuxLimits::default()).unwrap_err();
+        assert!(
+            matches!(&err, MuxError::Socket { step: "bind", source } if source.kind() == io::ErrorKind::AddrInUse),
+            "{err:?}"
+        );
+        assert!(err.to_string().starts_with("bind: "), "{err}");
+        assert!(std::error::Error::source(&err).is_some());
+    }
+
+    #[test]
+    fn a_free_port_binds_and_receives() {
+        let mux = UdpMux::bind("127.0.0.1:0".parse().unwrap(), MuxLimits::default()).unwrap();
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sender.send_to(b"not stun", mux.local_addr()).unwrap();
+        // The receive loop counts the datagram (unroutable: no connection claims it).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while mux.rx.load(Ordering::Relaxed) == 0 {
+            assert!(Instant::now() < deadline, "the receive loop never ran");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }

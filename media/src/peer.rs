@@ -12,7 +12,7 @@
 //! [`PeerEvents`] callback, which must not block: it runs on the driver task.
 
 use crate::loss::{LossWatch, ReportedLoss};
-use crate::mux::{MuxRuntime, UdpMux};
+use crate::mux::{MuxError, MuxRuntime, UdpMux};
 use bytes::Bytes;
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::interceptor::{Registry, Slot};
@@ -104,15 +104,52 @@ pub enum PeerState {
 /// The callback that receives [`PeerEvent`]s; called on the driver task, must not block.
 pub type PeerEvents = Arc<dyn Fn(PeerEvent) + Send + Sync>;
 
-/// Why a peer connection could not be set up.
+/// Why a peer connection could not be set up, or could not send.
+///
+/// Two kinds, told apart by [`PeerError::is_negotiation`]: the caller's offer was refused (the
+/// HTTP edge answers 400 with the text), or our side failed (a 500; the text is logged, never
+/// sent). Each variant names the step that failed; the WebRTC stack's error is its source and
+/// is also shown after the step, as the edge logs only the top-level text.
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
-    /// The offer was refused by the WebRTC stack (a malformed or unsupported offer).
-    #[error("{0}")]
-    Negotiation(String),
-    /// Our side failed.
-    #[error("{0}")]
-    Internal(String),
+    /// The WebRTC stack could not parse or apply the offer (a malformed or unsupported offer).
+    #[error("offer: {0}")]
+    Offer(#[source] webrtc::error::Error),
+    /// The WebRTC stack could not answer the offer (nothing in it we can take).
+    #[error("answer: {0}")]
+    Answer(#[source] webrtc::error::Error),
+    /// Registering our codecs or interceptors failed: a bug in our setup.
+    #[error("media engine: {0}")]
+    MediaEngine(#[source] webrtc::error::Error),
+    /// The peer connection could not be built (its driver or sockets did not start).
+    #[error("build peer connection: {0}")]
+    Build(#[source] webrtc::error::Error),
+    /// Our audio track could not be added.
+    #[error("add track: {0}")]
+    AddTrack(#[source] webrtc::error::Error),
+    /// Our answer could not be applied.
+    #[error("set local description: {0}")]
+    SetLocalDescription(#[source] webrtc::error::Error),
+    /// The stack applied our answer but returned none: a bug in the stack.
+    #[error("no local description after answering")]
+    NoLocalDescription,
+    /// The connection's driver bound no socket through our runtime, so there is nothing to
+    /// rewrite the candidates to (see [`crate::mux`]).
+    #[error("the connection bound no UDP socket")]
+    NoSocket,
+    /// The negotiated send parameters could not be read.
+    #[error("sender parameters: {0}")]
+    SenderParameters(#[source] webrtc::error::Error),
+    /// A packet could not be written to our track (the connection is closing or closed).
+    #[error("write rtp: {0}")]
+    WriteRtp(#[source] webrtc::error::Error),
+}
+
+impl PeerError {
+    /// Whether the caller's offer was refused (its fault), as opposed to our side failing.
+    pub fn is_negotiation(&self) -> bool {
+        matches!(self, PeerError::Offer(_) | PeerError::Answer(_))
+    }
 }
 
 /// Everything a call's peer connections share: the port, the advertised addresses, ICE servers.
@@ -126,7 +163,7 @@ pub struct MediaPlane {
 
 impl MediaPlane {
     /// Binds the shared port and works out which addresses to advertise.
-    pub fn start(settings: &crate::MediaSettings) -> std::io::Result<Arc<Self>> {
+    pub fn start(settings: &crate::MediaSettings) -> Result<Arc<Self>, MuxError> {
         let mux = UdpMux::bind(settings.bind, settings.limits)?;
         let advertised = advertised_addresses(settings.bind.ip(), &settings.public_ips);
         let ice_servers = settings
@@ -248,11 +285,9 @@ impl Peer {
         offer_sdp: &str,
         events: PeerEvents,
     ) -> Result<(Peer, String), PeerError> {
-        let internal =
-            |what: &str, e: webrtc::error::Error| PeerError::Internal(format!("{what}: {e}"));
         let (ufrag, pwd) = ice_credentials();
         let runtime = engine.mux.connection_runtime(&ufrag, &pwd);
-        let (media, registry) = media_engine().map_err(|e| internal("media engine", e))?;
+        let (media, registry) = media_engine().map_err(PeerError::MediaEngine)?;
         let ssrc = random::u32();
         let loss = ReportedLoss::default();
         let registry = registry.with(LOSS_WATCH_SLOT, LossWatch::new(ssrc, loss.clone()));
@@ -285,7 +320,7 @@ impl Peer {
             .with_runtime(runtime.clone())
             .build()
             .await
-            .map_err(|e| internal("build peer connection", e))?;
+            .map_err(PeerError::Build)?;
         let pc: Arc<dyn PeerConnection> = Arc::new(pc);
 
         // From here on, every failure closes the connection before returning.
@@ -296,11 +331,10 @@ impl Peer {
             let offer_sdp = voicegate_core::sdp::drop_payload_types(offer_sdp, |name, clock| {
                 name.eq_ignore_ascii_case("telephone-event") && clock != 8000
             });
-            let offer = RTCSessionDescription::offer(offer_sdp)
-                .map_err(|e| PeerError::Negotiation(format!("offer: {e}")))?;
+            let offer = RTCSessionDescription::offer(offer_sdp).map_err(PeerError::Offer)?;
             pc.set_remote_description(offer)
                 .await
-                .map_err(|e| PeerError::Negotiation(format!("offer: {e}")))?;
+                .map_err(PeerError::Offer)?;
 
             let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
                 "voicegate".to_owned(),
@@ -319,14 +353,11 @@ impl Peer {
             let sender = pc
                 .add_track(track.clone() as Arc<dyn TrackLocal>)
                 .await
-                .map_err(|e| internal("add track", e))?;
-            let answer = pc
-                .create_answer(None)
-                .await
-                .map_err(|e| PeerError::Negotiation(format!("answer: {e}")))?;
+                .map_err(PeerError::AddTrack)?;
+            let answer = pc.create_answer(None).await.map_err(PeerError::Answer)?;
             pc.set_local_description(answer)
                 .await
-                .map_err(|e| internal("set local description", e))?;
+                .map_err(PeerError::SetLocalDescription)?;
 
             // Non-trickle: the answer carries every candidate, so wait for gathering, bounded
             // (an unreachable STUN server must not hold the offer for 10 s).
@@ -340,12 +371,11 @@ impl Peer {
                     "ICE gathering incomplete; answering with the candidates found so far"
                 );
             }
-            let local = pc.local_description().await.ok_or_else(|| {
-                PeerError::Internal("no local description after answering".into())
-            })?;
-            let placeholder = runtime
-                .placeholder_addr()
-                .ok_or_else(|| PeerError::Internal("the connection bound no UDP socket".into()))?;
+            let local = pc
+                .local_description()
+                .await
+                .ok_or(PeerError::NoLocalDescription)?;
+            let placeholder = runtime.placeholder_addr().ok_or(PeerError::NoSocket)?;
             let answer = voicegate_core::sdp::rewrite_host_candidates(
                 &local.sdp,
                 placeholder,
@@ -380,7 +410,7 @@ impl Peer {
             .sender
             .get_parameters()
             .await
-            .map_err(|e| PeerError::Internal(format!("sender parameters: {e}")))?;
+            .map_err(PeerError::SenderParameters)?;
         let pt = params
             .rtp_parameters
             .codecs
@@ -454,14 +484,14 @@ impl RtpWriter {
         self.track
             .write_rtp(packet)
             .await
-            .map_err(|e| PeerError::Internal(format!("write rtp: {e}")))
+            .map_err(PeerError::WriteRtp)
     }
 }
 
 fn opus_codec() -> RTCRtpCodec {
     RTCRtpCodec {
         mime_type: MIME_TYPE_OPUS.to_owned(),
-        clock_rate: 48_000,
+        clock_rate: voicegate_core::frame::RTP_CLOCK,
         channels: 2,
         sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
         // Feedback goes on the codec itself: configure_nack() only adds nack to video codecs.

@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use voicegate_core::codec::{DownlinkEncoder, EncoderSettings, UplinkDecoder, UplinkSettings};
+use voicegate_core::frame::{self, RTP_CLOCK, RTP_TICKS_PER_FRAME, SPEECH_RATE};
 use voicegate_core::random;
 use voicegate_core::tone::Tone;
 use webrtc::media_stream::track_local::TrackLocal;
@@ -276,7 +277,10 @@ impl ClientPeer {
         let (seq, ts) = {
             let mut n = self.next.lock().expect("no panics while holding");
             let cur = *n;
-            *n = (cur.0.wrapping_add(1), cur.1.wrapping_add(960));
+            *n = (
+                cur.0.wrapping_add(1),
+                cur.1.wrapping_add(RTP_TICKS_PER_FRAME),
+            );
             cur
         };
         self.send_raw(seq, ts, payload).await
@@ -291,7 +295,7 @@ impl ClientPeer {
     /// Lets one 20 ms frame go unsent, as if the network lost it (numbering moves on).
     pub fn skip_frame(&self) {
         let mut n = self.next.lock().expect("no panics while holding");
-        *n = (n.0.wrapping_add(1), n.1.wrapping_add(960));
+        *n = (n.0.wrapping_add(1), n.1.wrapping_add(RTP_TICKS_PER_FRAME));
     }
 
     /// Sends one packet with explicit numbering (for reordering and loss tests).
@@ -314,7 +318,7 @@ impl ClientPeer {
     /// Sends `frames` 20 ms frames of a `freq` Hz tone, Opus-encoded, paced in real time.
     pub async fn send_tone(&self, freq: f64, frames: usize) -> anyhow::Result<()> {
         let packets = opus_tone(freq, frames);
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        let mut tick = tokio::time::interval(frame::FRAME);
         for p in packets {
             tick.tick().await;
             self.send(p).await?;
@@ -324,7 +328,7 @@ impl ClientPeer {
 
     /// Sends `packets` as consecutive 20 ms frames, paced in real time.
     pub async fn send_paced(&self, packets: &[Bytes]) -> anyhow::Result<()> {
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        let mut tick = tokio::time::interval(frame::FRAME);
         for p in packets {
             tick.tick().await;
             self.send(p.clone()).await?;
@@ -343,7 +347,7 @@ impl ClientPeer {
             other => anyhow::bail!("{other:?} is not a DTMF digit"),
         };
         let event_ts = { self.next.lock().expect("no panics while holding").1 };
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        let mut tick = tokio::time::interval(frame::FRAME);
         for (i, end) in [false, false, false, false, true, true, true]
             .into_iter()
             .enumerate()
@@ -377,7 +381,8 @@ impl ClientPeer {
             self.track.write_rtp(packet).await?;
         }
         // The audio clock moved on meanwhile.
-        self.next.lock().expect("no panics while holding").1 = event_ts.wrapping_add(960 * 7);
+        self.next.lock().expect("no panics while holding").1 =
+            event_ts.wrapping_add(RTP_TICKS_PER_FRAME * 7);
         Ok(())
     }
 
@@ -407,26 +412,32 @@ impl ClientPeer {
     }
 }
 
+/// The rate browsers encode Opus from: full band, the RTP clock's 48 kHz.
+const BROWSER_RATE: u32 = RTP_CLOCK;
+/// Samples in one 20 ms frame at [`BROWSER_RATE`].
+const BROWSER_FRAME: usize = frame::samples_per_frame(BROWSER_RATE);
+
 /// Opus packets (20 ms, 48 kHz, as a browser sends them) of mono `pcm` at `rate`, with `lead`
 /// and `tail` of silence around it.
 pub fn opus_speech(pcm: &[i16], rate: u32, lead: Duration, tail: Duration) -> Vec<Bytes> {
-    let mut r = voicegate_core::resample::StreamResampler::new(rate, 48_000)
+    let mut r = voicegate_core::resample::StreamResampler::new(rate, BROWSER_RATE)
         .expect("any rate resamples to 48 kHz");
-    let mut at48 = vec![0i16; (lead.as_millis() as usize) * 48];
+    let per_ms = (BROWSER_RATE / 1000) as usize;
+    let mut at48 = vec![0i16; (lead.as_millis() as usize) * per_ms];
     r.push(pcm, &mut at48);
     r.finish(&mut at48);
-    at48.extend(std::iter::repeat_n(0, (tail.as_millis() as usize) * 48));
+    at48.extend(std::iter::repeat_n(0, (tail.as_millis() as usize) * per_ms));
     let mut enc = DownlinkEncoder::new(EncoderSettings {
-        pcm_rate: 48_000,
+        pcm_rate: BROWSER_RATE,
         complexity: 5,
         bitrate: 32_000,
         fec: true,
         expected_loss_percent: 10,
     })
     .expect("a 48 kHz mono encoder is always available");
-    at48.chunks(960)
+    at48.chunks(BROWSER_FRAME)
         .map(|c| {
-            let mut frame = [0i16; 960];
+            let mut frame = [0i16; BROWSER_FRAME];
             frame[..c.len()].copy_from_slice(c);
             Bytes::copy_from_slice(enc.encode(&frame).expect("a 20 ms frame encodes"))
         })
@@ -436,15 +447,15 @@ pub fn opus_speech(pcm: &[i16], rate: u32, lead: Duration, tail: Duration) -> Ve
 /// `frames` Opus packets of a `freq` Hz tone at 48 kHz, as a browser would send them.
 pub fn opus_tone(freq: f64, frames: usize) -> Vec<Bytes> {
     let mut enc = DownlinkEncoder::new(EncoderSettings {
-        pcm_rate: 48_000,
+        pcm_rate: BROWSER_RATE,
         complexity: 5,
         bitrate: 32_000,
         fec: true,
         expected_loss_percent: 10,
     })
     .expect("a 48 kHz mono encoder is always available");
-    let mut tone = Tone::new(48_000, freq, 8_000.0);
-    let mut pcm = vec![0i16; 960];
+    let mut tone = Tone::new(BROWSER_RATE, freq, 8_000.0);
+    let mut pcm = vec![0i16; BROWSER_FRAME];
     (0..frames)
         .map(|_| {
             tone.fill(&mut pcm);
@@ -453,10 +464,11 @@ pub fn opus_tone(freq: f64, frames: usize) -> Vec<Bytes> {
         .collect()
 }
 
-/// Decodes received Opus packets to 16 kHz PCM, in sequence order.
+/// Decodes received Opus packets to 16 kHz PCM ([`SPEECH_RATE`], the default call rate), in
+/// sequence order.
 pub fn decode(packets: &[Received]) -> Vec<i16> {
     let mut dec = UplinkDecoder::new(UplinkSettings {
-        pcm_rate: 16_000,
+        pcm_rate: SPEECH_RATE,
         reorder_depth: 3,
         reorder_wait: Duration::from_millis(60),
         max_conceal: 5,
@@ -477,7 +489,7 @@ fn media_engine() -> anyhow::Result<(MediaEngine, Registry)> {
         RTCRtpCodecParameters {
             rtp_codec: RTCRtpCodec {
                 mime_type: MIME_TYPE_OPUS.to_owned(),
-                clock_rate: 48_000,
+                clock_rate: RTP_CLOCK,
                 channels: 2,
                 sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
                 rtcp_feedback: vec![RTCPFeedback {

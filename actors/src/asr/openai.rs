@@ -15,8 +15,6 @@ use std::rc::Rc;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
-/// The rate of the audio it receives.
-const RATE: u32 = 16_000;
 /// The largest reply read: a transcription of the longest utterance is a few kilobytes.
 const MAX_REPLY_BYTES: usize = 1 << 20;
 
@@ -146,7 +144,7 @@ async fn transcribe(s: &OpenAiAsrSettings, pcm: &[i16]) -> Result<String, String
     body.extend_from_slice(
         format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"utterance.wav\"\r\nContent-Type: audio/wav\r\n\r\n").as_bytes(),
     );
-    body.extend_from_slice(&wav(pcm, RATE));
+    body.extend_from_slice(&wav(pcm, voicegate_core::frame::SPEECH_RATE));
     body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     let client = awc::Client::builder().timeout(s.timeout).finish();
     let mut req = client.post(url.clone()).insert_header((

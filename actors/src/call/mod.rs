@@ -210,8 +210,8 @@ impl CallActor {
             writer: None,
             track: None,
             timeline: Rc::new(RefCell::new(Timeline::new(
-                crate::codec::FRAME,
-                48_000,
+                voicegate_core::frame::FRAME,
+                voicegate_core::frame::RTP_CLOCK,
                 random::u16(),
                 random::u32(),
             ))),

@@ -5,6 +5,10 @@
 //! frame: the decision and the flush happen in the same handler, with no message in between.
 //! Utterance audio leaves in batches of 100 ms, so the recognizer gets five messages per second
 //! of speech rather than fifty.
+//!
+//! Everything here hears speech frames ([`voicegate_core::frame`]: 20 ms at 16 kHz), whatever
+//! the call's PCM rate: [`SpeechFrames`] resamples the decoded uplink when the rate is another,
+//! so the VAD, the endpointer's timing and the recognizer always get the audio they expect.
 
 use super::CodecEvent;
 use crate::recognizer::Heard;
@@ -12,14 +16,12 @@ use actix::Recipient;
 use std::time::Instant;
 use voicegate_core::codec::Origin;
 use voicegate_core::dtmf::DtmfReceiver;
+use voicegate_core::frame::{SPEECH_FRAME_SAMPLES, SpeechFrames};
 use voicegate_core::listen::{
-    BargeIn, BargeInSettings, Endpoint, EndpointSettings, Endpointer, Vad,
+    BargeIn, BargeInSettings, Endpoint, EndpointSettings, Endpointer, Vad, rms,
 };
 use voicegate_core::pcm::Playout;
-use voicegate_core::tone::rms;
 
-/// Samples per 20 ms frame at 16 kHz (the VAD's rate).
-const FRAME: usize = 320;
 /// Frames per batch sent to the recognizer.
 const BATCH_FRAMES: usize = 5;
 
@@ -40,8 +42,8 @@ pub struct Listening {
     dtmf: DtmfReceiver,
     /// Where utterances go.
     recognizer: Recipient<Heard>,
-    /// Decoded audio waiting to make a whole frame.
-    pending: Vec<i16>,
+    /// Decoded audio, as speech frames.
+    frames: SpeechFrames,
     /// Utterance audio waiting to be sent.
     batch: Vec<i16>,
     /// The uplink's lost-packet count when the current utterance started.
@@ -49,16 +51,18 @@ pub struct Listening {
 }
 
 impl Listening {
-    /// Listening that sends utterances to `recognizer`.
-    pub fn new(s: ListenSettings, recognizer: Recipient<Heard>) -> Self {
+    /// Listening to PCM at `pcm_rate` Hz that sends utterances to `recognizer`.
+    pub fn new(s: ListenSettings, pcm_rate: u32, recognizer: Recipient<Heard>) -> Self {
+        let frames = SpeechFrames::new(pcm_rate)
+            .expect("settings validation built SpeechFrames at media.pcm_rate at startup");
         Listening {
             vad: Vad::new(),
             endpointer: Endpointer::new(s.endpoint),
             barge_in: BargeIn::new(s.barge_in),
             dtmf: DtmfReceiver::new(),
             recognizer,
-            pending: Vec::with_capacity(FRAME * 2),
-            batch: Vec::with_capacity(FRAME * BATCH_FRAMES),
+            frames,
+            batch: Vec::with_capacity(SPEECH_FRAME_SAMPLES * BATCH_FRAMES),
             lost_at_start: 0,
         }
     }
@@ -73,11 +77,8 @@ impl Listening {
         playout: &mut Playout,
     ) -> bool {
         let mut barged = false;
-        self.pending.extend_from_slice(pcm);
-        let mut offset = 0;
-        while self.pending.len() - offset >= FRAME {
-            let frame = &self.pending[offset..offset + FRAME];
-            offset += FRAME;
+        self.frames.push(pcm);
+        while let Some(frame) = self.frames.next_frame() {
             let speech = self.vad.is_speech(frame);
             let level = rms(frame);
             let Listening {
@@ -95,9 +96,9 @@ impl Listening {
                 }
                 Endpoint::Audio(a) => {
                     batch.extend_from_slice(a);
-                    if batch.len() >= FRAME * BATCH_FRAMES {
+                    if batch.len() >= SPEECH_FRAME_SAMPLES * BATCH_FRAMES {
                         recognizer.do_send(Heard::Audio(std::mem::take(batch)));
-                        batch.reserve(FRAME * BATCH_FRAMES);
+                        batch.reserve(SPEECH_FRAME_SAMPLES * BATCH_FRAMES);
                     }
                 }
                 Endpoint::End { net, duration } => {
@@ -116,7 +117,6 @@ impl Listening {
                 barged = true;
             }
         }
-        self.pending.drain(..offset);
         barged
     }
 

@@ -33,13 +33,12 @@ use voicegate_core::call_id::CallId;
 use voicegate_core::codec::{
     DownlinkEncoder, EncoderSettings, UplinkDecoder, UplinkSettings, UplinkStats,
 };
+use voicegate_core::frame;
 use voicegate_core::pacer::Pacer;
 use voicegate_core::pcm::{Playout, Tag};
 use voicegate_core::timeline::Timeline;
 use voicegate_media::{RtpWriter, TrackRemote, TrackRemoteEvent};
 
-/// Length of a frame everywhere in the call.
-pub const FRAME: Duration = Duration::from_millis(20);
 /// How often RTP silence is checked.
 const RTP_WATCH: Duration = Duration::from_millis(500);
 
@@ -253,7 +252,8 @@ impl AudioCodec {
         if let Some(track) = track {
             attach(track, ctx);
         }
-        let frame_samples = (settings.uplink.pcm_rate / 50) as usize;
+        let rate = settings.uplink.pcm_rate;
+        let frame_samples = frame::samples_per_frame(rate);
         let (uplink, encoder) = match (
             UplinkDecoder::new(settings.uplink),
             DownlinkEncoder::new(settings.encoder),
@@ -266,12 +266,12 @@ impl AudioCodec {
                 ctx.stop();
                 // A placeholder that never runs: build with the safest settings there are.
                 let u = UplinkDecoder::new(UplinkSettings {
-                    pcm_rate: 16_000,
+                    pcm_rate: frame::SPEECH_RATE,
                     ..settings.uplink
                 })
                 .expect("libopus accepts a 16 kHz mono decoder");
                 let e = DownlinkEncoder::new(EncoderSettings {
-                    pcm_rate: 16_000,
+                    pcm_rate: frame::SPEECH_RATE,
                     ..settings.encoder
                 })
                 .expect("libopus accepts a 16 kHz mono encoder");
@@ -288,7 +288,7 @@ impl AudioCodec {
                 settings.prebuffer_frames,
                 settings.max_queue_frames,
             ),
-            pacer: Pacer::new(FRAME, settings.max_catch_up),
+            pacer: Pacer::new(frame::FRAME, settings.max_catch_up),
             timeline,
             writer,
             parent,
@@ -300,7 +300,7 @@ impl AudioCodec {
             opus_pt: settings.opus_pt,
             dtmf_pt: settings.dtmf_pt,
             listening: match (settings.listen, recognizer) {
-                (Some(l), Some(r)) => Some(Listening::new(l, r)),
+                (Some(l), Some(r)) => Some(Listening::new(l, rate, r)),
                 _ => None,
             },
             sending: None,

@@ -342,7 +342,10 @@ mod tests {
             chunks.len()
         );
         let pcm: Vec<i16> = chunks.into_iter().flatten().flatten().collect();
-        assert!(voicegate_core::tone::rms(&pcm) > 500.0, "it is not silence");
+        assert!(
+            voicegate_core::listen::rms(&pcm) > 500.0,
+            "it is not silence"
+        );
     }
 
     #[actix_rt::test]

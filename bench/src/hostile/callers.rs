@@ -64,7 +64,7 @@ async fn caller(k: usize, http: SocketAddr, answers: Answers, stop: Stop) -> Tal
             continue;
         }
         t.connected += 1;
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        let mut tick = tokio::time::interval(voicegate_core::frame::FRAME);
         let mut i = 0;
         while !stop.now() && peer.is_connected() {
             tick.tick().await;
