@@ -199,7 +199,7 @@ impl DialogClient {
             ever_connected: restart,
             last_heard: Instant::now(),
             stopped_cleanly: false,
-            _live: crate::metrics::Live::new("dialog"),
+            _live: crate::metrics::Live::new(crate::metrics::ActorKind::Dialog),
         }
     }
 

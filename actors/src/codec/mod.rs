@@ -305,8 +305,8 @@ impl AudioCodec {
             },
             sending: None,
             reported: CodecStats::default(),
-            late: crate::metrics::LateCounts::default(),
-            _live: crate::metrics::Live::new("codec"),
+            late: crate::metrics::metrics().pacer_late.batch(),
+            _live: crate::metrics::Live::new(crate::metrics::ActorKind::Codec),
             tick: None,
             release: None,
             sent: 0,
@@ -562,8 +562,7 @@ impl AudioCodec {
             .add(now.uplink.recovered - last.uplink.recovered);
         m.frames_concealed
             .add(now.uplink.concealed - last.uplink.concealed);
-        m.pacer_late.add(&self.late);
-        self.late = crate::metrics::LateCounts::default();
+        m.pacer_late.add(&self.late.take());
         self.reported = now;
     }
 
