@@ -128,9 +128,9 @@ pub struct Answer {
 /// Why an offer did not become a call.
 #[derive(Debug, thiserror::Error)]
 pub enum PlaceCallError {
-    /// The WebRTC stack refused the offer.
+    /// The WebRTC stack refused the offer (a malformed or unsupported offer: the caller's fault).
     #[error("{0}")]
-    Negotiation(String),
+    Negotiation(#[source] PeerError),
     /// Not taking calls.
     #[error("shutting down")]
     ShuttingDown,
@@ -140,9 +140,23 @@ pub enum PlaceCallError {
     /// The offer's source already has `admission.calls_per_ip` calls in progress.
     #[error("too many calls from this address")]
     SourceBusy,
-    /// Our side failed.
+    /// Our side failed; the detail is for the log, not for the caller.
     #[error("{0}")]
-    Internal(String),
+    Internal(#[from] SetupError),
+}
+
+/// How setting up a call failed on our side.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The OS had no randomness for an unguessable call id.
+    #[error("no randomness for a call id: {0}")]
+    Randomness(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Building the peer connection or its answer failed.
+    #[error("{0}")]
+    Peer(#[source] PeerError),
+    /// The call actor was gone before it answered (it panicked, or its worker stopped).
+    #[error("call actor: {0}")]
+    CallActor(#[source] MailboxError),
 }
 
 /// Start a call from a validated offer.
@@ -222,9 +236,8 @@ impl Handler<PlaceCall> for Supervisor {
         let call_id = match CallId::generate(&self.settings.id_prefix) {
             Ok(id) => id,
             Err(e) => {
-                return Box::pin(fut::ready(Err(PlaceCallError::Internal(format!(
-                    "no randomness for a call id: {e}"
-                )))));
+                let e = SetupError::Randomness(Box::new(e));
+                return Box::pin(fut::ready(Err(e.into())));
             }
         };
         let span = tracing::info_span!("call", call_id = %call_id);
@@ -263,9 +276,9 @@ impl Handler<PlaceCall> for Supervisor {
                     .observe(received.elapsed());
                 Ok(Answer { call_id, sdp })
             }
-            Ok(Err(PeerError::Negotiation(reason))) => Err(PlaceCallError::Negotiation(reason)),
-            Ok(Err(PeerError::Internal(detail))) => Err(PlaceCallError::Internal(detail)),
-            Err(e) => Err(PlaceCallError::Internal(format!("call actor: {e}"))),
+            Ok(Err(e @ PeerError::Negotiation { .. })) => Err(PlaceCallError::Negotiation(e)),
+            Ok(Err(e)) => Err(SetupError::Peer(e).into()),
+            Err(e) => Err(SetupError::CallActor(e).into()),
         }))
     }
 }

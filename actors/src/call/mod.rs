@@ -468,8 +468,8 @@ impl Handler<DialogEvent> for CallActor {
                 tracing::info!(code, "dialog app ended the call");
                 self.end(EndReason::DialogClosed, ctx);
             }
-            DialogEvent::Crashed(detail) => {
-                tracing::error!(%detail, "dialog client failed");
+            DialogEvent::Crashed(exit) => {
+                tracing::error!(detail = %format!("dialog client {exit}"), "dialog client failed");
                 self.dialog = None;
                 self.dialog_up = false;
                 if self.restarts.allow(Instant::now()) {
