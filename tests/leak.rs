@@ -8,7 +8,7 @@ mod common;
 
 use common::TestServer;
 use std::time::{Duration, Instant};
-use voicegate_actors::metrics::{ACTORS, END_REASONS, metrics};
+use voicegate_actors::metrics::{LabelSet, metrics};
 use voicegate_testkit::peer::opus_tone;
 use voicegate_testkit::{ClientPeer, http};
 
@@ -27,7 +27,7 @@ fn threads() -> usize {
 }
 
 fn ended_total() -> u64 {
-    metrics().calls_ended.iter().map(|c| c.get()).sum()
+    metrics().calls_ended.iter().map(|(_, c)| c.get()).sum()
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -136,11 +136,11 @@ async fn five_hundred_calls_leave_nothing_behind() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(ended_total() - ended0, CALLS as u64);
-    let by_reason: Vec<String> = END_REASONS
+    let by_reason: Vec<String> = metrics()
+        .calls_ended
         .iter()
-        .zip(&metrics().calls_ended)
         .filter(|(_, c)| c.get() > 0)
-        .map(|(r, c)| format!("{r} {}", c.get()))
+        .map(|(r, c)| format!("{} {}", r.label(), c.get()))
         .collect();
     println!("500 calls in {took:?}; ended (with warm-up): {by_reason:?}");
 
@@ -148,17 +148,24 @@ async fn five_hundred_calls_leave_nothing_behind() {
     assert!(server.snapshot().await.calls.is_empty());
     let deadline = Instant::now() + 5 * SECOND;
     loop {
-        let actors: Vec<u64> = metrics().actors_live.iter().map(|g| g.get()).collect();
+        let actors: Vec<(&str, u64)> = metrics()
+            .actors_live
+            .iter()
+            .map(|(k, g)| (k.label(), g.get()))
+            .collect();
         let tasks = voicegate_media::mux::live_tasks();
         let (fds, threads) = (open_fds(), threads());
-        if actors.iter().all(|n| *n == 0) && tasks == 0 && fds <= fds0 + 2 && threads <= threads0 {
+        if actors.iter().all(|(_, n)| *n == 0)
+            && tasks == 0
+            && fds <= fds0 + 2
+            && threads <= threads0
+        {
             println!("fds {fds0} -> {fds}, threads {threads0} -> {threads}");
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "left behind: actors {:?} {actors:?}, driver tasks {tasks}, fds {fds0} -> {fds}, threads {threads0} -> {threads}",
-            ACTORS
+            "left behind: actors {actors:?}, driver tasks {tasks}, fds {fds0} -> {fds}, threads {threads0} -> {threads}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -6,6 +6,7 @@ use common::TestServer;
 use serde_json::json;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use voicegate_actors::supervisor::Shutdown;
 use voicegate_testkit::dialog_app::TestDialogApp;
 use voicegate_testkit::{ClientPeer, http};
 
@@ -55,6 +56,62 @@ async fn calls_max_refuses_with_503_and_retry_after_before_taking_anything() {
     for p in [a, b, c] {
         p.close().await;
     }
+}
+
+/// A draining supervisor waits for its own calls (its registry), not for every call in the
+/// process: another server's live call does not hold it up, and its own call ending lets it
+/// finish long before the grace period is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_for_its_own_calls_until_they_end() {
+    let other = TestServer::start(&[]);
+    let server = TestServer::start(&[]);
+    let peer = ClientPeer::call(other.http, "/webrtc/v1/offer?mode=echo")
+        .await
+        .unwrap();
+    peer.wait_connected(5 * SECOND).await.unwrap();
+
+    let t = Instant::now();
+    server
+        .supervisor
+        .send(Shutdown { grace: 30 * SECOND })
+        .await
+        .unwrap();
+    assert!(
+        t.elapsed() < 2 * SECOND,
+        "a server without calls waited {:?} for another server's call",
+        t.elapsed()
+    );
+
+    let t = Instant::now();
+    let hang_up = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        http::request(
+            other.http,
+            "POST",
+            &format!("/webrtc/v1/hangup?call_id={}", peer.call_id),
+            &[],
+            b"",
+        )
+        .await
+        .unwrap()
+    };
+    let (drained, hung_up) = tokio::join!(
+        other.supervisor.send(Shutdown { grace: 30 * SECOND }),
+        hang_up
+    );
+    drained.unwrap();
+    assert_eq!(hung_up.status, 204, "{}", hung_up.text());
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(300) && took < 5 * SECOND,
+        "drained in {took:?}: it must wait for the call, and only until it ends"
+    );
+    assert_eq!(
+        other.end_reason(&peer.call_id, SECOND).await.as_deref(),
+        Some("client-hangup"),
+        "the call ended its own way, not with shutdown"
+    );
+    peer.close().await;
 }
 
 /// A free TCP port on loopback (UDP ports of the same number are free in practice).

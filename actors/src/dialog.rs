@@ -28,6 +28,7 @@
 //! call restarts it, which then redials like a reconnect (no second `call.started`).
 
 use crate::dialog_wire::{FlushThenClose, LimitedCodec, ReadError};
+use crate::error::{DialogFailure, Exit};
 use crate::trace_msg;
 use actix::io::SinkWrite;
 use actix::prelude::*;
@@ -91,16 +92,16 @@ pub enum DialogEvent {
         attempt: u32,
     },
     /// The first dial failed.
-    Unreachable(String),
-    /// The connection was lost and not recovered.
-    Lost(String),
+    Unreachable(DialogFailure),
+    /// The connection was lost and not recovered; the last failure.
+    Lost(DialogFailure),
     /// The app closed the connection normally.
     Closed {
         /// The close code.
         code: u16,
     },
     /// The client actor died unexpectedly.
-    Crashed(String),
+    Crashed(Exit),
 }
 
 /// Send an event to the app (buffered while disconnected).
@@ -199,7 +200,7 @@ impl DialogClient {
             ever_connected: restart,
             last_heard: Instant::now(),
             stopped_cleanly: false,
-            _live: crate::metrics::Live::new("dialog"),
+            _live: crate::metrics::Live::new(crate::metrics::ActorKind::Dialog),
         }
     }
 
@@ -254,7 +255,11 @@ impl DialogClient {
                         awc::error::WsClientError::InvalidResponseStatus(s) => s.as_u16(),
                         _ => 0,
                     };
-                    let detail = format!("dial {shown} (http={status}): {e}");
+                    let detail = DialogFailure::Dial {
+                        url: shown.clone(),
+                        status,
+                        detail: e.to_string(),
+                    };
                     tracing::warn!(url = %shown, http = status, error = %e, attempt, "dialog app dial failed");
                     if act.ever_connected {
                         act.reconnect(detail, ctx);
@@ -267,7 +272,7 @@ impl DialogClient {
     }
 
     /// Schedules the next reconnect attempt, or gives up when the budget is spent.
-    fn reconnect(&mut self, detail: String, ctx: &mut Context<Self>) {
+    fn reconnect(&mut self, detail: DialogFailure, ctx: &mut Context<Self>) {
         if self.state == State::Closing {
             return;
         }
@@ -291,7 +296,7 @@ impl DialogClient {
 
     /// The connection broke: let go of it and reconnect. `close`: a close frame to send first,
     /// best effort.
-    fn lost(&mut self, detail: String, close: Option<CloseCode>, ctx: &mut Context<Self>) {
+    fn lost(&mut self, detail: DialogFailure, close: Option<CloseCode>, ctx: &mut Context<Self>) {
         if self.state != State::Open {
             return;
         }
@@ -388,7 +393,7 @@ impl Actor for DialogClient {
                 return;
             }
             if act.last_heard.elapsed() > act.settings.ping_interval + act.settings.pong_timeout {
-                act.lost("no answer to pings".into(), None, ctx);
+                act.lost(DialogFailure::Silent, None, ctx);
                 return;
             }
             if let Some(sink) = act.sink.as_mut() {
@@ -401,13 +406,7 @@ impl Actor for DialogClient {
 impl Drop for DialogClient {
     fn drop(&mut self) {
         if !self.stopped_cleanly {
-            let why = if std::thread::panicking() {
-                "panicked"
-            } else {
-                "stopped unexpectedly"
-            };
-            self.parent
-                .do_send(DialogEvent::Crashed(format!("dialog client {why}")));
+            self.parent.do_send(DialogEvent::Crashed(Exit::now()));
         }
     }
 }
@@ -443,7 +442,7 @@ impl StreamHandler<Result<Frame, ReadError>> for DialogClient {
                     self.state = State::Closing;
                     self.parent.do_send(DialogEvent::Closed { code });
                 } else {
-                    self.lost(format!("closed with code {code}"), None, ctx);
+                    self.lost(DialogFailure::Closed(code), None, ctx);
                 }
             }
             Err(ReadError::TooBig(e)) => {
@@ -456,21 +455,21 @@ impl StreamHandler<Result<Frame, ReadError>> for DialogClient {
                         )
                     });
                 }
-                self.lost(e.to_string(), Some(CloseCode::Size), ctx);
+                self.lost(DialogFailure::TooBig(e), Some(CloseCode::Size), ctx);
             }
-            Err(e @ ReadError::Protocol(_)) => self.lost(format!("protocol error: {e}"), None, ctx),
+            Err(ReadError::Protocol(e)) => self.lost(DialogFailure::Protocol(e), None, ctx),
         }
     }
 
     fn finished(&mut self, ctx: &mut Self::Context) {
         // The TCP connection ended without a close frame.
-        self.lost("connection ended".into(), None, ctx);
+        self.lost(DialogFailure::Ended, None, ctx);
     }
 }
 
 impl actix::io::WriteHandler<awc::error::WsProtocolError> for DialogClient {
     fn error(&mut self, err: awc::error::WsProtocolError, ctx: &mut Self::Context) -> Running {
-        self.lost(format!("write failed: {err}"), None, ctx);
+        self.lost(DialogFailure::Write(err), None, ctx);
         Running::Continue
     }
 

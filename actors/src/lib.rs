@@ -11,6 +11,7 @@ pub mod call;
 pub mod codec;
 pub mod dialog;
 pub mod dialog_wire;
+pub mod error;
 pub mod idle;
 pub mod metrics;
 pub mod recognizer;

@@ -1,14 +1,18 @@
 //! Every metric voicegate exports, in one place, rendered in the Prometheus text format.
 //!
-//! Counters and gauges are process-wide atomics; histograms have fixed buckets. Labels take few
-//! values (end reasons are mapped to their fixed names; a dialog app's free-form `hangup` reason
-//! counts as `dialog-hangup`); a call id is never a label. Per-packet counts are kept per call
-//! and added here in batches (every half second and at the end), so the media path does not
-//! touch shared cache lines per packet.
+//! Counters and gauges are process-wide atomics; a [`Histogram`] has the fixed buckets it was
+//! made with. Labels take few values: each label set is an enum with one `label()` ([`LabelSet`]:
+//! limits, actor kinds, restarted children, and the end reasons of `call::EndLabel`, where a
+//! dialog app's free-form `hangup` reason counts as `dialog-hangup`), and its series are indexed
+//! by the enum ([`PerLabel`]); a call id is never a label. Per-packet counts are kept per call and
+//! added here in batches (every half second and at the end), so the media path does not touch
+//! shared cache lines per packet.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
+
+pub use crate::call::EndLabel;
 
 /// A monotonically increasing count.
 #[derive(Debug, Default)]
@@ -50,99 +54,247 @@ impl Gauge {
     }
 }
 
+/// A closed set of label values: an enum that lists each value once, with its text.
+///
+/// Series labelled by a set are stored in a [`PerLabel`] indexed by the enum (never by a bare
+/// number) and rendered by iterating [`LabelSet::ALL`], so adding a value is one edit here.
+pub trait LabelSet: Copy + std::fmt::Debug + 'static {
+    /// Every value, in the order they are rendered; a value's position is its [`index`].
+    ///
+    /// [`index`]: LabelSet::index
+    const ALL: &'static [Self];
+    /// The label value as exported.
+    fn label(self) -> &'static str;
+    /// The value's position in [`LabelSet::ALL`] (its discriminant).
+    fn index(self) -> usize;
+}
+
+/// One `T` per value of the label set `L`, indexed by the value. `N` is `L::ALL.len()`; a
+/// mismatch fails to compile where the table is built.
+#[derive(Debug)]
+pub struct PerLabel<L, T, const N: usize> {
+    values: [T; N],
+    set: std::marker::PhantomData<fn() -> L>,
+}
+
+impl<L: LabelSet, T: Default, const N: usize> Default for PerLabel<L, T, N> {
+    fn default() -> Self {
+        const { assert!(N == L::ALL.len(), "one value per label") };
+        PerLabel {
+            values: std::array::from_fn(|_| T::default()),
+            set: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<L: LabelSet, T, const N: usize> std::ops::Index<L> for PerLabel<L, T, N> {
+    type Output = T;
+    fn index(&self, label: L) -> &T {
+        &self.values[label.index()]
+    }
+}
+
+impl<L: LabelSet, T, const N: usize> PerLabel<L, T, N> {
+    /// Every label value with its `T`, in rendering order.
+    pub fn iter(&self) -> impl Iterator<Item = (L, &T)> {
+        L::ALL.iter().map(|l| (*l, &self[*l]))
+    }
+}
+
 /// Bucket upper bounds of latency histograms, in seconds.
-const BUCKETS: [f64; 12] = [
+pub const LATENCY_BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
-/// A latency histogram.
-#[derive(Debug, Default)]
-pub struct Histogram {
-    buckets: [AtomicU64; BUCKETS.len()],
+/// Bucket upper bounds of the pacer's lateness, in seconds: finer than the latency buckets,
+/// around what a browser's jitter buffer absorbs.
+pub const LATENESS_BUCKETS: [f64; 7] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05];
+
+/// A histogram of durations over `N` buckets, whose upper bounds (seconds, ascending) are given
+/// when it is made. Bucket counts are cumulative, as the exposition format wants them.
+///
+/// Observations go in one at a time ([`Histogram::observe`], for events that are rare enough)
+/// or as a [`HistogramBatch`] kept by one call and added now and then ([`Histogram::add`], for
+/// per-frame events: no shared cache line per frame).
+#[derive(Debug)]
+pub struct Histogram<const N: usize> {
+    /// Upper bounds, in seconds.
+    bounds: &'static [f64; N],
+    /// Observations at or below each bound.
+    buckets: [AtomicU64; N],
+    /// All observations.
     count: AtomicU64,
     /// Sum in microseconds.
     sum_us: AtomicU64,
 }
 
-impl Histogram {
+impl<const N: usize> Histogram<N> {
+    /// An empty histogram over `bounds`.
+    pub fn new(bounds: &'static [f64; N]) -> Self {
+        Histogram {
+            bounds,
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            count: AtomicU64::new(0),
+            sum_us: AtomicU64::new(0),
+        }
+    }
+
     /// Records one observation.
     pub fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        for (b, le) in self.buckets.iter().zip(BUCKETS) {
-            if secs <= le {
-                b.fetch_add(1, Relaxed);
+        let mut one = self.batch();
+        one.observe(d);
+        self.add(&one);
+    }
+
+    /// An empty batch over this histogram's buckets, to be filled elsewhere and [`add`]ed.
+    ///
+    /// [`add`]: Histogram::add
+    pub fn batch(&self) -> HistogramBatch<N> {
+        HistogramBatch::new(self.bounds)
+    }
+
+    /// Adds a batch of observations.
+    pub fn add(&self, batch: &HistogramBatch<N>) {
+        debug_assert_eq!(self.bounds, batch.bounds, "a batch of another histogram");
+        if batch.count == 0 {
+            return;
+        }
+        for (b, n) in self.buckets.iter().zip(batch.buckets) {
+            if n > 0 {
+                b.fetch_add(n, Relaxed);
             }
         }
-        self.count.fetch_add(1, Relaxed);
-        self.sum_us.fetch_add(d.as_micros() as u64, Relaxed);
+        self.count.fetch_add(batch.count, Relaxed);
+        self.sum_us.fetch_add(batch.sum_us, Relaxed);
+    }
+
+    /// Writes the histogram as the series `name` (`_bucket`, `_sum`, `_count`).
+    fn render(&self, o: &mut String, name: &str, help: &str) {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (b, le) in self.buckets.iter().zip(self.bounds) {
+            let _ = writeln!(o, "{name}_bucket{{le=\"{le}\"}} {}", b.load(Relaxed));
+        }
+        let count = self.count.load(Relaxed);
+        let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(o, "{name}_sum {}", self.sum_us.load(Relaxed) as f64 / 1e6);
+        let _ = writeln!(o, "{name}_count {count}");
     }
 }
 
-/// End reasons, as labels (a fixed set).
-pub const END_REASONS: [&str; 12] = [
-    "client-hangup",
-    "peer-closed",
-    "ice-failed",
-    "rtp-timeout",
-    "connect-timeout",
-    "dialog-hangup",
-    "dialog-closed",
-    "dialog-unreachable",
-    "dialog-lost",
-    "shutdown",
-    "negotiation-failed",
-    "internal-error",
-];
-
-/// Children that can be restarted, as labels.
-pub const CHILDREN: [&str; 2] = ["codec", "dialog"];
-
-/// Bucket upper bounds of the pacer's lateness, in seconds: finer than the latency buckets,
-/// around what a browser's jitter buffer absorbs.
-const LATE_BUCKETS: [f64; 7] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05];
-
-/// One call's pacer lateness since its last report, kept in the codec (no shared cache line
-/// per frame) and added to [`Metrics::pacer_late`] in batches.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct LateCounts {
-    buckets: [u64; LATE_BUCKETS.len()],
+/// Observations not yet added to a [`Histogram`]: plain numbers, kept by one owner (a call's
+/// codec keeps its pacer lateness in one) and added in one go.
+#[derive(Debug, Clone, Copy)]
+pub struct HistogramBatch<const N: usize> {
+    /// Upper bounds, in seconds (the histogram's).
+    bounds: &'static [f64; N],
+    /// Observations at or below each bound.
+    buckets: [u64; N],
+    /// All observations.
     count: u64,
+    /// Sum in microseconds.
     sum_us: u64,
 }
 
-impl LateCounts {
-    /// Records one pacer wake-up that came `d` after its slot.
+impl<const N: usize> HistogramBatch<N> {
+    /// An empty batch over `bounds`.
+    pub const fn new(bounds: &'static [f64; N]) -> Self {
+        HistogramBatch {
+            bounds,
+            buckets: [0; N],
+            count: 0,
+            sum_us: 0,
+        }
+    }
+
+    /// Records one observation.
     pub fn observe(&mut self, d: Duration) {
         let secs = d.as_secs_f64();
-        for (b, le) in self.buckets.iter_mut().zip(LATE_BUCKETS) {
-            if secs <= le {
+        for (b, le) in self.buckets.iter_mut().zip(self.bounds) {
+            if secs <= *le {
                 *b += 1;
             }
         }
         self.count += 1;
         self.sum_us += d.as_micros() as u64;
     }
+
+    /// Takes the observations so far, leaving the batch empty.
+    pub fn take(&mut self) -> Self {
+        std::mem::replace(self, HistogramBatch::new(self.bounds))
+    }
 }
 
-/// The pacer lateness of all calls.
-#[derive(Debug, Default)]
-pub struct LateHistogram {
-    buckets: [AtomicU64; LATE_BUCKETS.len()],
-    count: AtomicU64,
-    sum_us: AtomicU64,
+/// A latency histogram ([`LATENCY_BUCKETS`]).
+pub type LatencyHistogram = Histogram<{ LATENCY_BUCKETS.len() }>;
+
+/// The pacer's lateness ([`LATENESS_BUCKETS`]).
+pub type LatenessHistogram = Histogram<{ LATENESS_BUCKETS.len() }>;
+
+/// One call's pacer lateness since its last report, kept in the codec and added to
+/// [`Metrics::pacer_late`] in batches (made by its [`Histogram::batch`]).
+pub type LateCounts = HistogramBatch<{ LATENESS_BUCKETS.len() }>;
+
+/// Per-call actors, as the `kind` label of `voicegate_actors_live`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActorKind {
+    /// The `CallActor`; its count is also `voicegate_calls_active`.
+    Call,
+    /// The `AudioCodec`.
+    Codec,
+    /// The `Speaker`.
+    Speaker,
+    /// The `DialogClient`.
+    Dialog,
+    /// The `Recognizer`.
+    Recognizer,
 }
 
-impl LateHistogram {
-    /// Adds a call's batch.
-    pub fn add(&self, c: &LateCounts) {
-        if c.count == 0 {
-            return;
+impl LabelSet for ActorKind {
+    const ALL: &'static [ActorKind] = &[
+        ActorKind::Call,
+        ActorKind::Codec,
+        ActorKind::Speaker,
+        ActorKind::Dialog,
+        ActorKind::Recognizer,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            ActorKind::Call => "call",
+            ActorKind::Codec => "codec",
+            ActorKind::Speaker => "speaker",
+            ActorKind::Dialog => "dialog",
+            ActorKind::Recognizer => "recognizer",
         }
-        for (b, n) in self.buckets.iter().zip(c.buckets) {
-            b.fetch_add(n, Relaxed);
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The children a call restarts when they fail, as the `child` label of
+/// `voicegate_actor_restarts_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Child {
+    /// The `AudioCodec`.
+    Codec,
+    /// The `DialogClient`.
+    Dialog,
+}
+
+impl LabelSet for Child {
+    const ALL: &'static [Child] = &[Child::Codec, Child::Dialog];
+
+    fn label(self) -> &'static str {
+        match self {
+            Child::Codec => "codec",
+            Child::Dialog => "dialog",
         }
-        self.count.fetch_add(c.count, Relaxed);
-        self.sum_us.fetch_add(c.sum_us, Relaxed);
+    }
+
+    fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -181,9 +333,8 @@ pub enum Limit {
     PageQueue,
 }
 
-impl Limit {
-    /// Every limit, in the order they are rendered.
-    pub const ALL: [Limit; 14] = [
+impl LabelSet for Limit {
+    const ALL: &'static [Limit] = &[
         Limit::RemoteCandidates,
         Limit::IceCheckBudget,
         Limit::IceAuthTimeout,
@@ -200,8 +351,7 @@ impl Limit {
         Limit::PageQueue,
     ];
 
-    /// The label value.
-    pub fn label(self) -> &'static str {
+    fn label(self) -> &'static str {
         match self {
             Limit::RemoteCandidates => "remote_candidates",
             Limit::IceCheckBudget => "ice_check_budget",
@@ -225,23 +375,16 @@ impl Limit {
     }
 }
 
-/// Kinds of per-call actors, as labels.
-pub const ACTORS: [&str; 5] = ["call", "codec", "speaker", "dialog", "recognizer"];
-
 /// Counts one live actor of a kind for as long as it exists (drop included, so an actor that
 /// dies in a panic is still counted out).
 #[derive(Debug)]
-pub struct Live(usize);
+pub struct Live(ActorKind);
 
 impl Live {
-    /// A live `kind` (one of [`ACTORS`]).
-    pub fn new(kind: &str) -> Live {
-        let i = ACTORS
-            .iter()
-            .position(|k| *k == kind)
-            .expect("a known actor kind");
-        metrics().actors_live[i].inc();
-        Live(i)
+    /// A live actor of `kind`.
+    pub fn new(kind: ActorKind) -> Live {
+        metrics().actors_live[kind].inc();
+        Live(kind)
     }
 }
 
@@ -252,16 +395,16 @@ impl Drop for Live {
 }
 
 /// All metrics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
-    /// Calls ended, by reason (index into [`END_REASONS`]).
-    pub calls_ended: [Counter; END_REASONS.len()],
+    /// Calls ended, by reason.
+    pub calls_ended: PerLabel<EndLabel, Counter, { EndLabel::ALL.len() }>,
     /// Offers refused because the server was full.
     pub calls_refused_full: Counter,
     /// Offer received → answer sent.
-    pub offer_answer: Histogram,
+    pub offer_answer: LatencyHistogram,
     /// Offer received → media connected.
-    pub offer_connected: Histogram,
+    pub offer_connected: LatencyHistogram,
     /// RTP packets received from callers.
     pub rtp_in: Counter,
     /// RTP packets sent to callers.
@@ -273,21 +416,46 @@ pub struct Metrics {
     /// Lost uplink frames concealed.
     pub frames_concealed: Counter,
     /// Command → first audio of an utterance.
-    pub tts_first_audio: Histogram,
+    pub tts_first_audio: LatencyHistogram,
     /// `asr.final` → first audio of the answer.
-    pub asr_final_to_audio: Histogram,
+    pub asr_final_to_audio: LatencyHistogram,
     /// Barge-ins.
     pub barge_ins: Counter,
     /// Dialog reconnect attempts.
     pub dialog_reconnects: Counter,
-    /// Child restarts, by child (index into [`CHILDREN`]).
-    pub restarts: [Counter; CHILDREN.len()],
-    /// Live per-call actors, by kind (index into [`ACTORS`]).
-    pub actors_live: [Gauge; ACTORS.len()],
+    /// Child restarts, by child.
+    pub restarts: PerLabel<Child, Counter, { Child::ALL.len() }>,
+    /// Live per-call actors, by kind. A gauge to read, never a signal to act on: the supervisor
+    /// counts its own calls.
+    pub actors_live: PerLabel<ActorKind, Gauge, { ActorKind::ALL.len() }>,
     /// How late the downlink pacer woke for its 20 ms slots.
-    pub pacer_late: LateHistogram,
-    /// Hits of each protective limit (index: [`Limit`]).
-    limit_hits: [Counter; Limit::ALL.len()],
+    pub pacer_late: LatenessHistogram,
+    /// Hits of each protective limit.
+    limit_hits: PerLabel<Limit, Counter, { Limit::ALL.len() }>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            calls_ended: PerLabel::default(),
+            calls_refused_full: Counter::default(),
+            offer_answer: Histogram::new(&LATENCY_BUCKETS),
+            offer_connected: Histogram::new(&LATENCY_BUCKETS),
+            rtp_in: Counter::default(),
+            rtp_out: Counter::default(),
+            frames_lost: Counter::default(),
+            frames_recovered: Counter::default(),
+            frames_concealed: Counter::default(),
+            tts_first_audio: Histogram::new(&LATENCY_BUCKETS),
+            asr_final_to_audio: Histogram::new(&LATENCY_BUCKETS),
+            barge_ins: Counter::default(),
+            dialog_reconnects: Counter::default(),
+            restarts: PerLabel::default(),
+            actors_live: PerLabel::default(),
+            pacer_late: Histogram::new(&LATENESS_BUCKETS),
+            limit_hits: PerLabel::default(),
+        }
+    }
 }
 
 /// The process's metrics.
@@ -297,20 +465,21 @@ pub fn metrics() -> &'static Metrics {
 }
 
 impl Metrics {
-    /// Counts a call's end under `reason`'s label.
-    pub fn call_ended(&self, reason: &str) {
-        let i = END_REASONS.iter().position(|r| *r == reason).unwrap_or(5); // free-form: dialog-hangup
-        self.calls_ended[i].inc();
+    /// Counts a call's end under its reason's label (see [`EndReason::label`]).
+    ///
+    /// [`EndReason::label`]: crate::call::EndReason::label
+    pub fn call_ended(&self, reason: EndLabel) {
+        self.calls_ended[reason].inc();
     }
 
     /// Counts one hit of `limit`.
     pub fn limit_hit(&self, limit: Limit) {
-        self.limit_hits[limit.index()].inc();
+        self.limit_hits[limit].inc();
     }
 
     /// Hits of `limit` so far.
     pub fn limit_hits(&self, limit: Limit) -> u64 {
-        self.limit_hits[limit.index()].get()
+        self.limit_hits[limit].get()
     }
 
     /// The Prometheus text exposition, with the shared media socket's figures when given.
@@ -322,21 +491,31 @@ impl Metrics {
         let _ = writeln!(
             o,
             "# HELP voicegate_calls_active Calls in progress.\n# TYPE voicegate_calls_active gauge\nvoicegate_calls_active {}",
-            self.actors_live[0].get()
+            self.actors_live[ActorKind::Call].get()
         );
         let _ = writeln!(
             o,
             "# HELP voicegate_actors_live Live per-call actors, by kind.\n# TYPE voicegate_actors_live gauge"
         );
-        for (k, g) in ACTORS.iter().zip(&self.actors_live) {
-            let _ = writeln!(o, "voicegate_actors_live{{kind=\"{k}\"}} {}", g.get());
+        for (k, g) in self.actors_live.iter() {
+            let _ = writeln!(
+                o,
+                "voicegate_actors_live{{kind=\"{}\"}} {}",
+                k.label(),
+                g.get()
+            );
         }
         let _ = writeln!(
             o,
             "# HELP voicegate_calls_total Calls ended, by reason.\n# TYPE voicegate_calls_total counter"
         );
-        for (r, c) in END_REASONS.iter().zip(&self.calls_ended) {
-            let _ = writeln!(o, "voicegate_calls_total{{reason=\"{r}\"}} {}", c.get());
+        for (r, c) in self.calls_ended.iter() {
+            let _ = writeln!(
+                o,
+                "voicegate_calls_total{{reason=\"{}\"}} {}",
+                r.label(),
+                c.get()
+            );
         }
         counter(
             &mut o,
@@ -344,17 +523,15 @@ impl Metrics {
             "Offers refused because calls.max was reached.",
             self.calls_refused_full.get(),
         );
-        histogram(
+        self.offer_answer.render(
             &mut o,
             "voicegate_offer_answer_seconds",
             "From an offer's arrival to its answer.",
-            &self.offer_answer,
         );
-        histogram(
+        self.offer_connected.render(
             &mut o,
             "voicegate_offer_connected_seconds",
             "From an offer's arrival to connected media.",
-            &self.offer_connected,
         );
         counter(
             &mut o,
@@ -386,35 +563,20 @@ impl Metrics {
             "Lost caller frames concealed.",
             self.frames_concealed.get(),
         );
-        histogram(
+        self.tts_first_audio.render(
             &mut o,
             "voicegate_tts_first_audio_seconds",
             "From a speech command to its first audio frame.",
-            &self.tts_first_audio,
         );
-        histogram(
+        self.asr_final_to_audio.render(
             &mut o,
             "voicegate_asr_final_to_audio_seconds",
             "From an asr.final to the first audio of the answer.",
-            &self.asr_final_to_audio,
         );
-        let h = &self.pacer_late;
-        let _ = writeln!(
-            o,
-            "# HELP voicegate_pacer_lateness_seconds How long after its 20 ms slot the downlink pacer woke (the server's share of downlink jitter).\n# TYPE voicegate_pacer_lateness_seconds histogram"
-        );
-        for (b, le) in h.buckets.iter().zip(LATE_BUCKETS) {
-            let _ = writeln!(
-                o,
-                "voicegate_pacer_lateness_seconds_bucket{{le=\"{le}\"}} {}",
-                b.load(Relaxed)
-            );
-        }
-        let count = h.count.load(Relaxed);
-        let _ = writeln!(
-            o,
-            "voicegate_pacer_lateness_seconds_bucket{{le=\"+Inf\"}} {count}\nvoicegate_pacer_lateness_seconds_sum {}\nvoicegate_pacer_lateness_seconds_count {count}",
-            h.sum_us.load(Relaxed) as f64 / 1e6
+        self.pacer_late.render(
+            &mut o,
+            "voicegate_pacer_lateness_seconds",
+            "How long after its 20 ms slot the downlink pacer woke (the server's share of downlink jitter).",
         );
         counter(
             &mut o,
@@ -432,10 +594,11 @@ impl Metrics {
             o,
             "# HELP voicegate_actor_restarts_total Restarts of a call's failed child actor.\n# TYPE voicegate_actor_restarts_total counter"
         );
-        for (c, n) in CHILDREN.iter().zip(&self.restarts) {
+        for (c, n) in self.restarts.iter() {
             let _ = writeln!(
                 o,
-                "voicegate_actor_restarts_total{{child=\"{c}\"}} {}",
+                "voicegate_actor_restarts_total{{child=\"{}\"}} {}",
+                c.label(),
                 n.get()
             );
         }
@@ -444,7 +607,7 @@ impl Metrics {
             "# HELP voicegate_limit_hits_total Inputs refused or cut by a protective limit, by limit (SECURITY.md lists them).\n# TYPE voicegate_limit_hits_total counter"
         );
         let over_budget = media.map_or(0, |m| m.stats().tx_checks_over_budget);
-        for l in Limit::ALL {
+        for &l in Limit::ALL {
             // The shared port counts its own limit (it lives below the actors).
             let extra = if l == Limit::IceCheckBudget {
                 over_budget
@@ -525,64 +688,267 @@ impl Metrics {
     }
 }
 
-fn histogram(o: &mut String, name: &str, help: &str, h: &Histogram) {
-    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} histogram");
-    for (b, le) in h.buckets.iter().zip(BUCKETS) {
-        let _ = writeln!(o, "{name}_bucket{{le=\"{le}\"}} {}", b.load(Relaxed));
-    }
-    let count = h.count.load(Relaxed);
-    let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {count}");
-    let _ = writeln!(o, "{name}_sum {}", h.sum_us.load(Relaxed) as f64 / 1e6);
-    let _ = writeln!(o, "{name}_count {count}");
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn limits_are_listed_in_index_order() {
-        for (i, l) in Limit::ALL.iter().enumerate() {
+    fn listed_in_index_order<L: LabelSet + PartialEq>() {
+        for (i, l) in L::ALL.iter().enumerate() {
             assert_eq!(l.index(), i, "{l:?}");
+            assert_eq!(L::ALL.iter().filter(|o| o.label() == l.label()).count(), 1);
         }
     }
 
     #[test]
-    fn renders_valid_exposition_with_cumulative_buckets() {
+    fn label_sets_are_listed_in_index_order_with_distinct_labels() {
+        listed_in_index_order::<Limit>();
+        listed_in_index_order::<ActorKind>();
+        listed_in_index_order::<Child>();
+        listed_in_index_order::<EndLabel>();
+    }
+
+    /// `call.ended` and the logs read as they always did; the metrics count every `hangup` as
+    /// `dialog-hangup`, even one whose reason is another label's text.
+    #[test]
+    fn end_reasons_read_and_count_as_before() {
+        use crate::call::EndReason as R;
+        for (reason, text, label) in [
+            (R::ClientHangup, "client-hangup", EndLabel::ClientHangup),
+            (R::PeerClosed, "peer-closed", EndLabel::PeerClosed),
+            (R::IceFailed, "ice-failed", EndLabel::IceFailed),
+            (R::RtpTimeout, "rtp-timeout", EndLabel::RtpTimeout),
+            (
+                R::ConnectTimeout,
+                "connect-timeout",
+                EndLabel::ConnectTimeout,
+            ),
+            (R::DialogClosed, "dialog-closed", EndLabel::DialogClosed),
+            (
+                R::DialogUnreachable,
+                "dialog-unreachable",
+                EndLabel::DialogUnreachable,
+            ),
+            (R::DialogLost, "dialog-lost", EndLabel::DialogLost),
+            (R::Shutdown, "shutdown", EndLabel::Shutdown),
+            (
+                R::NegotiationFailed,
+                "negotiation-failed",
+                EndLabel::NegotiationFailed,
+            ),
+            (R::Internal, "internal-error", EndLabel::Internal),
+            (
+                R::DialogHangup("done-here".into()),
+                "done-here",
+                EndLabel::DialogHangup,
+            ),
+            (
+                R::DialogHangup("shutdown".into()),
+                "shutdown",
+                EndLabel::DialogHangup,
+            ),
+        ] {
+            assert_eq!(reason.as_str(), text);
+            assert_eq!(reason.label(), label, "{reason:?}");
+        }
+        assert_eq!(
+            R::DialogHangup("bye\n".into()).to_string(),
+            "bye\\n",
+            "logs escape the app's text"
+        );
+    }
+
+    /// The exposition of fixed observations, byte for byte: what scrapers and dashboards read
+    /// (series, label values and their order, bucket bounds, sums) stays put.
+    #[test]
+    fn renders_the_pinned_exposition() {
         let m = Metrics::default();
-        m.actors_live[0].inc();
-        m.call_ended("client-hangup");
-        m.call_ended("some app reason");
+        m.actors_live[ActorKind::Call].inc();
+        m.actors_live[ActorKind::Speaker].inc();
+        m.call_ended(EndLabel::ClientHangup);
+        m.call_ended(crate::call::EndReason::DialogHangup("some app reason".into()).label());
+        m.call_ended(EndLabel::Shutdown);
         m.offer_answer.observe(Duration::from_millis(3));
         m.offer_answer.observe(Duration::from_millis(300));
-        let mut late = LateCounts::default();
+        m.offer_answer.observe(Duration::from_secs(7));
+        m.tts_first_audio.observe(Duration::from_micros(1000));
+        let mut late = m.pacer_late.batch();
         late.observe(Duration::from_micros(300));
         late.observe(Duration::from_micros(1500));
+        late.observe(Duration::from_millis(80));
+        m.pacer_late.add(&late.take());
         m.pacer_late.add(&late);
+        m.restarts[Child::Dialog].inc();
         m.limit_hit(Limit::PageQueue);
+        m.limit_hit(Limit::IceCheckBudget);
         let text = m.render(None);
-        assert!(text.contains("voicegate_limit_hits_total{limit=\"page_queue\"} 1\n"));
-        assert!(text.contains("voicegate_limit_hits_total{limit=\"remote_candidates\"} 0\n"));
-        assert!(text.contains("voicegate_pacer_lateness_seconds_bucket{le=\"0.0005\"} 1\n"));
-        assert!(text.contains("voicegate_pacer_lateness_seconds_bucket{le=\"0.002\"} 2\n"));
-        assert!(text.contains("voicegate_pacer_lateness_seconds_count 2\n"));
-        assert!(text.contains("voicegate_calls_active 1\n"));
-        assert!(text.contains("voicegate_calls_total{reason=\"client-hangup\"} 1\n"));
-        assert!(
-            text.contains("voicegate_calls_total{reason=\"dialog-hangup\"} 1\n"),
-            "free-form reasons share a label"
-        );
-        assert!(text.contains("voicegate_offer_answer_seconds_bucket{le=\"0.0025\"} 0\n"));
-        assert!(text.contains("voicegate_offer_answer_seconds_bucket{le=\"0.005\"} 1\n"));
-        assert!(text.contains("voicegate_offer_answer_seconds_bucket{le=\"0.5\"} 2\n"));
-        assert!(text.contains("voicegate_offer_answer_seconds_count 2\n"));
+        // The driver task count is process-wide (other tests' peers move it).
+        let end = text.find("# HELP voicegate_media_tasks_live").unwrap();
+        assert_eq!(&text[..end], PINNED);
+    }
+
+    /// Captured from the rendering before histograms and label sets became types.
+    const PINNED: &str = r#"# HELP voicegate_calls_active Calls in progress.
+# TYPE voicegate_calls_active gauge
+voicegate_calls_active 1
+# HELP voicegate_actors_live Live per-call actors, by kind.
+# TYPE voicegate_actors_live gauge
+voicegate_actors_live{kind="call"} 1
+voicegate_actors_live{kind="codec"} 0
+voicegate_actors_live{kind="speaker"} 1
+voicegate_actors_live{kind="dialog"} 0
+voicegate_actors_live{kind="recognizer"} 0
+# HELP voicegate_calls_total Calls ended, by reason.
+# TYPE voicegate_calls_total counter
+voicegate_calls_total{reason="client-hangup"} 1
+voicegate_calls_total{reason="peer-closed"} 0
+voicegate_calls_total{reason="ice-failed"} 0
+voicegate_calls_total{reason="rtp-timeout"} 0
+voicegate_calls_total{reason="connect-timeout"} 0
+voicegate_calls_total{reason="dialog-hangup"} 1
+voicegate_calls_total{reason="dialog-closed"} 0
+voicegate_calls_total{reason="dialog-unreachable"} 0
+voicegate_calls_total{reason="dialog-lost"} 0
+voicegate_calls_total{reason="shutdown"} 1
+voicegate_calls_total{reason="negotiation-failed"} 0
+voicegate_calls_total{reason="internal-error"} 0
+# HELP voicegate_calls_refused_full_total Offers refused because calls.max was reached.
+# TYPE voicegate_calls_refused_full_total counter
+voicegate_calls_refused_full_total 0
+# HELP voicegate_offer_answer_seconds From an offer's arrival to its answer.
+# TYPE voicegate_offer_answer_seconds histogram
+voicegate_offer_answer_seconds_bucket{le="0.001"} 0
+voicegate_offer_answer_seconds_bucket{le="0.0025"} 0
+voicegate_offer_answer_seconds_bucket{le="0.005"} 1
+voicegate_offer_answer_seconds_bucket{le="0.01"} 1
+voicegate_offer_answer_seconds_bucket{le="0.025"} 1
+voicegate_offer_answer_seconds_bucket{le="0.05"} 1
+voicegate_offer_answer_seconds_bucket{le="0.1"} 1
+voicegate_offer_answer_seconds_bucket{le="0.25"} 1
+voicegate_offer_answer_seconds_bucket{le="0.5"} 2
+voicegate_offer_answer_seconds_bucket{le="1"} 2
+voicegate_offer_answer_seconds_bucket{le="2.5"} 2
+voicegate_offer_answer_seconds_bucket{le="5"} 2
+voicegate_offer_answer_seconds_bucket{le="+Inf"} 3
+voicegate_offer_answer_seconds_sum 7.303
+voicegate_offer_answer_seconds_count 3
+# HELP voicegate_offer_connected_seconds From an offer's arrival to connected media.
+# TYPE voicegate_offer_connected_seconds histogram
+voicegate_offer_connected_seconds_bucket{le="0.001"} 0
+voicegate_offer_connected_seconds_bucket{le="0.0025"} 0
+voicegate_offer_connected_seconds_bucket{le="0.005"} 0
+voicegate_offer_connected_seconds_bucket{le="0.01"} 0
+voicegate_offer_connected_seconds_bucket{le="0.025"} 0
+voicegate_offer_connected_seconds_bucket{le="0.05"} 0
+voicegate_offer_connected_seconds_bucket{le="0.1"} 0
+voicegate_offer_connected_seconds_bucket{le="0.25"} 0
+voicegate_offer_connected_seconds_bucket{le="0.5"} 0
+voicegate_offer_connected_seconds_bucket{le="1"} 0
+voicegate_offer_connected_seconds_bucket{le="2.5"} 0
+voicegate_offer_connected_seconds_bucket{le="5"} 0
+voicegate_offer_connected_seconds_bucket{le="+Inf"} 0
+voicegate_offer_connected_seconds_sum 0
+voicegate_offer_connected_seconds_count 0
+# HELP voicegate_rtp_packets_in_total RTP packets received from callers.
+# TYPE voicegate_rtp_packets_in_total counter
+voicegate_rtp_packets_in_total 0
+# HELP voicegate_rtp_packets_out_total RTP packets sent to callers.
+# TYPE voicegate_rtp_packets_out_total counter
+voicegate_rtp_packets_out_total 0
+# HELP voicegate_uplink_frames_lost_total Caller packets that never arrived in time.
+# TYPE voicegate_uplink_frames_lost_total counter
+voicegate_uplink_frames_lost_total 0
+# HELP voicegate_uplink_frames_recovered_total Lost caller frames rebuilt from in-band FEC.
+# TYPE voicegate_uplink_frames_recovered_total counter
+voicegate_uplink_frames_recovered_total 0
+# HELP voicegate_uplink_frames_concealed_total Lost caller frames concealed.
+# TYPE voicegate_uplink_frames_concealed_total counter
+voicegate_uplink_frames_concealed_total 0
+# HELP voicegate_tts_first_audio_seconds From a speech command to its first audio frame.
+# TYPE voicegate_tts_first_audio_seconds histogram
+voicegate_tts_first_audio_seconds_bucket{le="0.001"} 1
+voicegate_tts_first_audio_seconds_bucket{le="0.0025"} 1
+voicegate_tts_first_audio_seconds_bucket{le="0.005"} 1
+voicegate_tts_first_audio_seconds_bucket{le="0.01"} 1
+voicegate_tts_first_audio_seconds_bucket{le="0.025"} 1
+voicegate_tts_first_audio_seconds_bucket{le="0.05"} 1
+voicegate_tts_first_audio_seconds_bucket{le="0.1"} 1
+voicegate_tts_first_audio_seconds_bucket{le="0.25"} 1
+voicegate_tts_first_audio_seconds_bucket{le="0.5"} 1
+voicegate_tts_first_audio_seconds_bucket{le="1"} 1
+voicegate_tts_first_audio_seconds_bucket{le="2.5"} 1
+voicegate_tts_first_audio_seconds_bucket{le="5"} 1
+voicegate_tts_first_audio_seconds_bucket{le="+Inf"} 1
+voicegate_tts_first_audio_seconds_sum 0.001
+voicegate_tts_first_audio_seconds_count 1
+# HELP voicegate_asr_final_to_audio_seconds From an asr.final to the first audio of the answer.
+# TYPE voicegate_asr_final_to_audio_seconds histogram
+voicegate_asr_final_to_audio_seconds_bucket{le="0.001"} 0
+voicegate_asr_final_to_audio_seconds_bucket{le="0.0025"} 0
+voicegate_asr_final_to_audio_seconds_bucket{le="0.005"} 0
+voicegate_asr_final_to_audio_seconds_bucket{le="0.01"} 0
+voicegate_asr_final_to_audio_seconds_bucket{le="0.025"} 0
+voicegate_asr_final_to_audio_seconds_bucket{le="0.05"} 0
+voicegate_asr_final_to_audio_seconds_bucket{le="0.1"} 0
+voicegate_asr_final_to_audio_seconds_bucket{le="0.25"} 0
+voicegate_asr_final_to_audio_seconds_bucket{le="0.5"} 0
+voicegate_asr_final_to_audio_seconds_bucket{le="1"} 0
+voicegate_asr_final_to_audio_seconds_bucket{le="2.5"} 0
+voicegate_asr_final_to_audio_seconds_bucket{le="5"} 0
+voicegate_asr_final_to_audio_seconds_bucket{le="+Inf"} 0
+voicegate_asr_final_to_audio_seconds_sum 0
+voicegate_asr_final_to_audio_seconds_count 0
+# HELP voicegate_pacer_lateness_seconds How long after its 20 ms slot the downlink pacer woke (the server's share of downlink jitter).
+# TYPE voicegate_pacer_lateness_seconds histogram
+voicegate_pacer_lateness_seconds_bucket{le="0.0005"} 1
+voicegate_pacer_lateness_seconds_bucket{le="0.001"} 1
+voicegate_pacer_lateness_seconds_bucket{le="0.002"} 2
+voicegate_pacer_lateness_seconds_bucket{le="0.005"} 2
+voicegate_pacer_lateness_seconds_bucket{le="0.01"} 2
+voicegate_pacer_lateness_seconds_bucket{le="0.02"} 2
+voicegate_pacer_lateness_seconds_bucket{le="0.05"} 2
+voicegate_pacer_lateness_seconds_bucket{le="+Inf"} 3
+voicegate_pacer_lateness_seconds_sum 0.0818
+voicegate_pacer_lateness_seconds_count 3
+# HELP voicegate_barge_ins_total Callers talking over voicegate.
+# TYPE voicegate_barge_ins_total counter
+voicegate_barge_ins_total 0
+# HELP voicegate_dialog_reconnects_total Dialog connection reconnect attempts.
+# TYPE voicegate_dialog_reconnects_total counter
+voicegate_dialog_reconnects_total 0
+# HELP voicegate_actor_restarts_total Restarts of a call's failed child actor.
+# TYPE voicegate_actor_restarts_total counter
+voicegate_actor_restarts_total{child="codec"} 0
+voicegate_actor_restarts_total{child="dialog"} 1
+# HELP voicegate_limit_hits_total Inputs refused or cut by a protective limit, by limit (SECURITY.md lists them).
+# TYPE voicegate_limit_hits_total counter
+voicegate_limit_hits_total{limit="remote_candidates"} 0
+voicegate_limit_hits_total{limit="ice_check_budget"} 1
+voicegate_limit_hits_total{limit="ice_auth_timeout"} 0
+voicegate_limit_hits_total{limit="offers_per_ip"} 0
+voicegate_limit_hits_total{limit="calls_per_ip"} 0
+voicegate_limit_hits_total{limit="http_body_deadline"} 0
+voicegate_limit_hits_total{limit="dialog_message_bytes"} 0
+voicegate_limit_hits_total{limit="tts_text_bytes"} 0
+voicegate_limit_hits_total{limit="tts_queued_utterances"} 0
+voicegate_limit_hits_total{limit="tts_stream_idle"} 0
+voicegate_limit_hits_total{limit="asr_stream_idle"} 0
+voicegate_limit_hits_total{limit="asr_queue_full"} 0
+voicegate_limit_hits_total{limit="asr_deadline"} 0
+voicegate_limit_hits_total{limit="page_queue"} 1
+"#;
+
+    #[test]
+    fn renders_valid_exposition_and_gauges_stay_non_negative() {
+        let m = Metrics::default();
+        let text = m.render(None);
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (name, value) = line.rsplit_once(' ').unwrap();
             assert!(value.parse::<f64>().is_ok(), "{line}");
             assert!(name.starts_with("voicegate_"), "{line}");
         }
-        m.actors_live[0].dec();
-        m.actors_live[0].dec();
-        assert_eq!(m.actors_live[0].get(), 0, "never below zero");
+        m.actors_live[ActorKind::Call].inc();
+        m.actors_live[ActorKind::Call].dec();
+        m.actors_live[ActorKind::Call].dec();
+        assert_eq!(m.actors_live[ActorKind::Call].get(), 0, "never below zero");
     }
 }

@@ -156,7 +156,7 @@ impl Recognizer {
             pending: Vec::new(),
             last_partial: (String::new(), None),
             settings,
-            _live: crate::metrics::Live::new("recognizer"),
+            _live: crate::metrics::Live::new(crate::metrics::ActorKind::Recognizer),
         }
     }
 

@@ -185,7 +185,7 @@ impl Speaker {
             codec: None,
             waiting: Vec::new(),
             synths: HashMap::new(),
-            _live: crate::metrics::Live::new("speaker"),
+            _live: crate::metrics::Live::new(crate::metrics::ActorKind::Speaker),
         }
     }
 

@@ -3,8 +3,10 @@
 //! It lives on the main arbiter. For each offer it mints an unguessable call id, picks the least
 //! loaded media worker, starts a [`CallActor`] there and asks it to answer; answering runs on the
 //! worker, so the supervisor keeps taking messages meanwhile. Hangups are routed by call id;
-//! a call's [`CallEvent::Ended`] removes it from the registry. On shutdown it ends every call with
-//! `shutdown` and waits (bounded) until each is released.
+//! a call's [`CallEvent::Ended`] removes it from the registry. On shutdown it lets its own calls
+//! (the registry, not a process-wide gauge: another server in the same process is not its
+//! business) run until they end or the grace period is over, then ends the rest with `shutdown`
+//! and waits (bounded) until each is released.
 //!
 //! Failure: a call that dies without reporting (its worker panicked mid-teardown) would stay in
 //! the registry; the registry therefore also drops entries whose actor is no longer alive when
@@ -22,12 +24,16 @@ use std::time::Duration;
 use voicegate_core::admission::SourceKey;
 use voicegate_core::call_id::CallId;
 use voicegate_core::untrusted::shown;
+use voicegate_media::PeerError;
 
 /// How many recently ended calls the registry remembers, with their reasons.
 const RECENT_ENDS: usize = 256;
 
 /// Longest a shutdown waits for calls to release.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+
+/// How often a draining shutdown looks whether its calls have ended.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
 
 /// The actor.
 pub struct Supervisor {
@@ -56,6 +62,31 @@ impl Supervisor {
     pub fn with_calls_per_source(mut self, n: usize) -> Self {
         self.calls_per_source = n;
         self
+    }
+
+    /// How many calls are live, after dropping the entries of calls whose actor is gone (see the
+    /// module doc).
+    fn live_calls(&mut self) -> usize {
+        self.calls.retain(|_, a| a.connected());
+        let calls = &self.calls;
+        self.sources.retain(|id, _| calls.contains_key(id));
+        self.calls.len()
+    }
+
+    /// Resolves once the registry holds no live call, or at `deadline`. Calls leave the registry
+    /// as they report [`CallEvent::Ended`] (handled between these looks, on this actor); a call
+    /// that died without reporting is dropped by [`Supervisor::live_calls`].
+    fn drain(
+        &mut self,
+        deadline: tokio::time::Instant,
+    ) -> fut::LocalBoxActorFuture<Supervisor, ()> {
+        if self.live_calls() == 0 || tokio::time::Instant::now() >= deadline {
+            return Box::pin(fut::ready(()));
+        }
+        Box::pin(
+            fut::wrap_future::<_, Supervisor>(actix_rt::time::sleep(DRAIN_POLL))
+                .then(move |(), act, _ctx| act.drain(deadline)),
+        )
     }
 
     /// Forgets a call that ended or is being ended.
@@ -97,9 +128,9 @@ pub struct Answer {
 /// Why an offer did not become a call.
 #[derive(Debug, thiserror::Error)]
 pub enum PlaceCallError {
-    /// The WebRTC stack refused the offer.
+    /// The WebRTC stack refused the offer (a malformed or unsupported offer: the caller's fault).
     #[error("{0}")]
-    Negotiation(String),
+    Negotiation(#[source] PeerError),
     /// Not taking calls.
     #[error("shutting down")]
     ShuttingDown,
@@ -109,9 +140,23 @@ pub enum PlaceCallError {
     /// The offer's source already has `admission.calls_per_ip` calls in progress.
     #[error("too many calls from this address")]
     SourceBusy,
-    /// Our side failed.
+    /// Our side failed; the detail is for the log, not for the caller.
     #[error("{0}")]
-    Internal(String),
+    Internal(#[from] SetupError),
+}
+
+/// How setting up a call failed on our side.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The OS had no randomness for an unguessable call id.
+    #[error("no randomness for a call id: {0}")]
+    Randomness(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Building the peer connection or its answer failed.
+    #[error("{0}")]
+    Peer(#[source] PeerError),
+    /// The call actor was gone before it answered (it panicked, or its worker stopped).
+    #[error("call actor: {0}")]
+    CallActor(#[source] MailboxError),
 }
 
 /// Start a call from a validated offer.
@@ -191,9 +236,8 @@ impl Handler<PlaceCall> for Supervisor {
         let call_id = match CallId::generate(&self.settings.id_prefix) {
             Ok(id) => id,
             Err(e) => {
-                return Box::pin(fut::ready(Err(PlaceCallError::Internal(format!(
-                    "no randomness for a call id: {e}"
-                )))));
+                let e = SetupError::Randomness(Box::new(e));
+                return Box::pin(fut::ready(Err(e.into())));
             }
         };
         let span = tracing::info_span!("call", call_id = %call_id);
@@ -232,9 +276,9 @@ impl Handler<PlaceCall> for Supervisor {
                     .observe(received.elapsed());
                 Ok(Answer { call_id, sdp })
             }
-            Ok(Err(e)) if e.is_negotiation() => Err(PlaceCallError::Negotiation(e.to_string())),
-            Ok(Err(e)) => Err(PlaceCallError::Internal(e.to_string())),
-            Err(e) => Err(PlaceCallError::Internal(format!("call actor: {e}"))),
+            Ok(Err(e)) if e.is_negotiation() => Err(PlaceCallError::Negotiation(e)),
+            Ok(Err(e)) => Err(SetupError::Peer(e).into()),
+            Err(e) => Err(SetupError::CallActor(e).into()),
         }))
     }
 }
@@ -285,22 +329,14 @@ impl Handler<Shutdown> for Supervisor {
 
     fn handle(&mut self, msg: Shutdown, _ctx: &mut Self::Context) -> Self::Result {
         self.shutting_down = true;
-        let live = crate::metrics::metrics().actors_live[0].get();
         tracing::info!(
-            calls = live,
+            calls = self.live_calls(),
             grace_ms = msg.grace.as_millis() as u64,
             "draining: no new calls"
         );
         let deadline = tokio::time::Instant::now() + msg.grace;
         // Let calls end by themselves until the grace period is over...
-        let wait = async move {
-            while crate::metrics::metrics().actors_live[0].get() > 0
-                && tokio::time::Instant::now() < deadline
-            {
-                actix_rt::time::sleep(Duration::from_millis(20)).await;
-            }
-        };
-        Box::pin(wait.into_actor(self).then(|(), act, _ctx| {
+        Box::pin(self.drain(deadline).then(|(), act, _ctx| {
             // ...then end the rest.
             act.sources.clear();
             let calls: Vec<Addr<CallActor>> = act.calls.drain().map(|(_, a)| a).collect();
@@ -329,9 +365,7 @@ impl Handler<GetSnapshot> for Supervisor {
     type Result = MessageResult<GetSnapshot>;
 
     fn handle(&mut self, _: GetSnapshot, _ctx: &mut Self::Context) -> Self::Result {
-        self.calls.retain(|_, a| a.connected());
-        let calls = &self.calls;
-        self.sources.retain(|id, _| calls.contains_key(id));
+        self.live_calls();
         MessageResult(Snapshot {
             calls: self.calls.keys().cloned().collect(),
             worker_loads: self.workers.loads(),

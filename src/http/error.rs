@@ -54,7 +54,7 @@ impl From<PlaceCallError> for ApiError {
                 reason: "too many calls in progress from this address (admission.calls_per_ip)",
                 retry_after_s: 5,
             },
-            PlaceCallError::Internal(detail) => ApiError::Internal(detail),
+            PlaceCallError::Internal(detail) => ApiError::Internal(detail.to_string()),
         }
     }
 }

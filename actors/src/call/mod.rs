@@ -28,7 +28,7 @@ use crate::codec::{
     AttachTrack, AudioCodec, CodecEvent, CodecSettings, CodecSetup, DownlinkLoss, Stop,
 };
 use crate::dialog::{Close, DialogClient, DialogEvent, Send as SendEvent};
-use crate::metrics::{Limit, Live, metrics};
+use crate::metrics::{ActorKind, Child, Limit, Live, metrics};
 use crate::recognizer::{Recognizer, RecognizerEvent};
 use crate::speaker::{self, Speaker, SpeakerEvent};
 use crate::trace_msg;
@@ -230,7 +230,7 @@ impl CallActor {
             checking_transport: false,
             watches: 0,
             _lease: lease,
-            _live: Live::new("call"),
+            _live: Live::new(ActorKind::Call),
         }
     }
 }
@@ -393,7 +393,7 @@ impl Handler<CodecEvent> for CallActor {
                 if self.restarts.allow(Instant::now()) {
                     self.span
                         .in_scope(|| tracing::warn!("restarting the audio codec"));
-                    metrics().restarts[0].inc();
+                    metrics().restarts[Child::Codec].inc();
                     self.start_codec(ctx);
                     if let Some(s) = &self.speaker {
                         s.do_send(speaker::CodecReplaced);
@@ -468,13 +468,13 @@ impl Handler<DialogEvent> for CallActor {
                 tracing::info!(code, "dialog app ended the call");
                 self.end(EndReason::DialogClosed, ctx);
             }
-            DialogEvent::Crashed(detail) => {
-                tracing::error!(%detail, "dialog client failed");
+            DialogEvent::Crashed(exit) => {
+                tracing::error!(detail = %format!("dialog client {exit}"), "dialog client failed");
                 self.dialog = None;
                 self.dialog_up = false;
                 if self.restarts.allow(Instant::now()) {
                     tracing::warn!("restarting the dialog client");
-                    metrics().restarts[1].inc();
+                    metrics().restarts[Child::Dialog].inc();
                     self.start_dialog(true, ctx);
                 } else {
                     self.end(EndReason::Internal, ctx);
@@ -852,7 +852,7 @@ impl CallActor {
         self.phase = Phase::Ending;
         let _e = self.span.clone().entered();
         tracing::info!(%reason, duration_ms = self.created.elapsed().as_millis() as u64, "call ending");
-        metrics().call_ended(reason.as_str());
+        metrics().call_ended(reason.label());
         if !self.first_audio_ms.is_empty() {
             let mut v = self.first_audio_ms.clone();
             v.sort_unstable();

@@ -3,6 +3,7 @@
 use crate::asr::AsrFactory;
 use crate::codec::ListenSettings;
 use crate::dialog::DialogSettings;
+use crate::metrics::LabelSet;
 use crate::recognizer::RecognizerSettings;
 use crate::tts::TtsFactory;
 use std::sync::Arc;
@@ -154,23 +155,100 @@ pub enum EndReason {
 }
 
 impl EndReason {
-    /// The reason as it appears in `call.ended` and in the metrics (which bucket the free-form
-    /// hangup reasons). Logs use `Display`, which escapes it.
+    /// The reason as it appears in `call.ended`: its label, except that a `hangup` carries the
+    /// dialog app's own reason. Logs use `Display`, which escapes it.
     pub fn as_str(&self) -> &str {
         match self {
-            EndReason::ClientHangup => "client-hangup",
-            EndReason::PeerClosed => "peer-closed",
-            EndReason::IceFailed => "ice-failed",
-            EndReason::RtpTimeout => "rtp-timeout",
-            EndReason::ConnectTimeout => "connect-timeout",
             EndReason::DialogHangup(reason) => reason,
-            EndReason::DialogClosed => "dialog-closed",
-            EndReason::DialogUnreachable => "dialog-unreachable",
-            EndReason::DialogLost => "dialog-lost",
-            EndReason::Shutdown => "shutdown",
-            EndReason::NegotiationFailed => "negotiation-failed",
-            EndReason::Internal => "internal-error",
+            other => other.label().label(),
         }
+    }
+
+    /// The reason's label in the metrics: a `hangup` counts as `dialog-hangup`, whatever its
+    /// reason.
+    pub fn label(&self) -> EndLabel {
+        match self {
+            EndReason::ClientHangup => EndLabel::ClientHangup,
+            EndReason::PeerClosed => EndLabel::PeerClosed,
+            EndReason::IceFailed => EndLabel::IceFailed,
+            EndReason::RtpTimeout => EndLabel::RtpTimeout,
+            EndReason::ConnectTimeout => EndLabel::ConnectTimeout,
+            EndReason::DialogHangup(_) => EndLabel::DialogHangup,
+            EndReason::DialogClosed => EndLabel::DialogClosed,
+            EndReason::DialogUnreachable => EndLabel::DialogUnreachable,
+            EndReason::DialogLost => EndLabel::DialogLost,
+            EndReason::Shutdown => EndLabel::Shutdown,
+            EndReason::NegotiationFailed => EndLabel::NegotiationFailed,
+            EndReason::Internal => EndLabel::Internal,
+        }
+    }
+}
+
+/// The end reasons as a fixed set: the `reason` label of `voicegate_calls_total`, and the text
+/// of every [`EndReason`] but a dialog app's `hangup`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndLabel {
+    /// `client-hangup`.
+    ClientHangup,
+    /// `peer-closed`.
+    PeerClosed,
+    /// `ice-failed`.
+    IceFailed,
+    /// `rtp-timeout`.
+    RtpTimeout,
+    /// `connect-timeout`.
+    ConnectTimeout,
+    /// `dialog-hangup`: every `hangup` from the dialog app, whatever its reason.
+    DialogHangup,
+    /// `dialog-closed`.
+    DialogClosed,
+    /// `dialog-unreachable`.
+    DialogUnreachable,
+    /// `dialog-lost`.
+    DialogLost,
+    /// `shutdown`.
+    Shutdown,
+    /// `negotiation-failed`.
+    NegotiationFailed,
+    /// `internal-error`.
+    Internal,
+}
+
+impl LabelSet for EndLabel {
+    const ALL: &'static [EndLabel] = &[
+        EndLabel::ClientHangup,
+        EndLabel::PeerClosed,
+        EndLabel::IceFailed,
+        EndLabel::RtpTimeout,
+        EndLabel::ConnectTimeout,
+        EndLabel::DialogHangup,
+        EndLabel::DialogClosed,
+        EndLabel::DialogUnreachable,
+        EndLabel::DialogLost,
+        EndLabel::Shutdown,
+        EndLabel::NegotiationFailed,
+        EndLabel::Internal,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            EndLabel::ClientHangup => "client-hangup",
+            EndLabel::PeerClosed => "peer-closed",
+            EndLabel::IceFailed => "ice-failed",
+            EndLabel::RtpTimeout => "rtp-timeout",
+            EndLabel::ConnectTimeout => "connect-timeout",
+            EndLabel::DialogHangup => "dialog-hangup",
+            EndLabel::DialogClosed => "dialog-closed",
+            EndLabel::DialogUnreachable => "dialog-unreachable",
+            EndLabel::DialogLost => "dialog-lost",
+            EndLabel::Shutdown => "shutdown",
+            EndLabel::NegotiationFailed => "negotiation-failed",
+            EndLabel::Internal => "internal-error",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
     }
 }
 

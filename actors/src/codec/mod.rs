@@ -20,6 +20,7 @@ mod listening;
 
 pub use listening::ListenSettings;
 
+use crate::error::{CodecFailure, Exit};
 use crate::recognizer::Heard;
 use crate::trace_msg;
 use actix::prelude::*;
@@ -71,8 +72,8 @@ pub struct CodecSettings {
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub enum CodecEvent {
-    /// The codec stopped working; the detail says how.
-    Failed(String),
+    /// The codec stopped working; the failure says how.
+    Failed(CodecFailure),
     /// No RTP from the caller for the configured time.
     RtpTimeout,
     /// A tag's first or last frame left voicegate.
@@ -262,7 +263,7 @@ impl AudioCodec {
             (Err(e), _) | (_, Err(e)) => {
                 // Settings were validated at startup; libopus refusing them is a bug. Report it
                 // and stop; the call ends with a reason.
-                parent.do_send(CodecEvent::Failed(format!("codec setup: {e}")));
+                parent.do_send(CodecEvent::Failed(CodecFailure::Setup(e)));
                 ctx.stop();
                 // A placeholder that never runs: build with the safest settings there are.
                 let u = UplinkDecoder::new(UplinkSettings {
@@ -305,8 +306,8 @@ impl AudioCodec {
             },
             sending: None,
             reported: CodecStats::default(),
-            late: crate::metrics::LateCounts::default(),
-            _live: crate::metrics::Live::new("codec"),
+            late: crate::metrics::metrics().pacer_late.batch(),
+            _live: crate::metrics::Live::new(crate::metrics::ActorKind::Codec),
             tick: None,
             release: None,
             sent: 0,
@@ -364,13 +365,8 @@ impl Actor for AudioCodec {
 impl Drop for AudioCodec {
     fn drop(&mut self) {
         if !self.stopped_cleanly {
-            let why = if std::thread::panicking() {
-                "panicked"
-            } else {
-                "stopped unexpectedly"
-            };
             self.parent
-                .do_send(CodecEvent::Failed(format!("audio codec {why}")));
+                .do_send(CodecEvent::Failed(CodecFailure::Exited(Exit::now())));
         }
     }
 }
@@ -562,8 +558,7 @@ impl AudioCodec {
             .add(now.uplink.recovered - last.uplink.recovered);
         m.frames_concealed
             .add(now.uplink.concealed - last.uplink.concealed);
-        m.pacer_late.add(&self.late);
-        self.late = crate::metrics::LateCounts::default();
+        m.pacer_late.add(&self.late.take());
         self.reported = now;
     }
 
@@ -656,7 +651,7 @@ impl AudioCodec {
                 Ok(p) => Bytes::copy_from_slice(p),
                 Err(e) => {
                     self.parent
-                        .do_send(CodecEvent::Failed(format!("encode: {e}")));
+                        .do_send(CodecEvent::Failed(CodecFailure::Encode(e)));
                     ctx.stop();
                     return;
                 }
