@@ -384,6 +384,47 @@ async fn giving_up_on_the_dialog_app_ends_the_call_as_dialog_lost() {
     peer.close().await;
 }
 
+/// The call ends when the give-up prompt has played (the speaker tells the call that its own
+/// prompt ended), not after the longest wait for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_give_up_prompt_plays_then_the_call_ends_as_dialog_lost() {
+    let app = TestDialogApp::start().await;
+    let server = server_for(
+        &app,
+        &[
+            ("dialog.reconnect_attempts", "0"),
+            (
+                "dialog.hold_give_up",
+                "Sorry, the assistant is gone. Goodbye.",
+            ),
+        ],
+    );
+    let (peer, _) = started_dialog_call(&server, &app).await;
+    let before = peer.received_count();
+    let dropped_at = Instant::now();
+    app.drop_connection();
+    assert_eq!(
+        server
+            .end_reason(&peer.call_id, 10 * SECOND)
+            .await
+            .as_deref(),
+        Some("dialog-lost"),
+        "ended after the prompt, well within the 15 s it may wait for it"
+    );
+    let during: Vec<Received> = peer.received()[before..]
+        .iter()
+        .filter(|p| p.at > dropped_at)
+        .cloned()
+        .collect();
+    assert!(
+        loud_packets(&during) > 25,
+        "the caller heard the give-up prompt: {} loud frames",
+        loud_packets(&during)
+    );
+    server.wait_released(2 * SECOND).await.unwrap();
+    peer.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_app_closing_normally_ends_the_call() {
     let app = TestDialogApp::start().await;

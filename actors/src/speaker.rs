@@ -2,9 +2,14 @@
 //!
 //! It takes the dialog app's speech commands (through its `CallActor`), runs the syntheses the
 //! player asks for on the call's engine, resamples their audio to the call's rate and hands it to
-//! the `AudioCodec` tagged by segment. The codec's reports of each segment's first and last frame
-//! come back here and become `tts.started` / `tts.ended`. Cancelling a synthesis drops its
-//! stream, which aborts it at the engine.
+//! the `AudioCodec` tagged by segment. The codec reports each segment's first and last frame, and
+//! barge-ins, straight back here ([`PlaybackEvent`]); they become `tts.started` / `tts.ended` /
+//! `tts.interrupt`. Cancelling a synthesis drops its stream, which aborts it at the engine.
+//!
+//! voicegate's own prompts (what the caller hears while the dialog app reconnects, and the
+//! give-up prompt) are spoken with `report: false`: the player reports nothing for them, so they never
+//! reach the dialog app or the page and never count in the latency metrics; only their end is
+//! told ([`SpeakerEvent::PromptEnded`]).
 //!
 //! Limits: the player refuses or cuts short what is beyond `tts.max_text_bytes` and
 //! `tts.max_queued_utterances`; each hit is counted in `voicegate_limit_hits_total` here, and the
@@ -14,7 +19,7 @@
 //! call goes on. If the codec is replaced after a failure, whatever it had queued is lost, so the
 //! utterances in progress end with `ok: false` ([`CodecReplaced`]).
 
-use crate::codec::{AudioCodec, EndTag, Flush, Play};
+use crate::codec::{AudioCodec, EndSegment, Flush, Play};
 use crate::metrics::{Limit, metrics};
 use crate::trace_msg;
 use crate::tts::{TtsEngine, TtsError};
@@ -42,6 +47,11 @@ pub enum SpeakerEvent {
         /// Text.
         text: String,
     },
+    /// An internal prompt (spoken with `report: false`) is over: played, cut short, or dropped.
+    PromptEnded {
+        /// The prompt's id, as the call named it.
+        id: String,
+    },
     /// An utterance's first audio left: its latencies.
     FirstAudio {
         /// Utterance.
@@ -53,7 +63,7 @@ pub enum SpeakerEvent {
     },
 }
 
-/// `tts.speak`.
+/// `tts.speak`, or one of voicegate's own prompts.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct Speak {
@@ -61,6 +71,9 @@ pub struct Speak {
     pub id: String,
     /// Text.
     pub text: String,
+    /// The dialog app's utterance: its `tts.*` events are reported and the limits apply. False
+    /// for voicegate's own prompts, whose only report is [`SpeakerEvent::PromptEnded`].
+    pub report: bool,
 }
 
 /// `tts.stream` / `tts.stream.end`.
@@ -95,29 +108,29 @@ pub struct SetCodec(pub Option<Addr<AudioCodec>>);
 #[rtype(result = "()")]
 pub struct CodecReplaced;
 
-/// A segment's first or last frame left (from the codec, via the call).
+/// The codec's reports on the speech it plays, sent straight from the codec.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct Playback {
-    /// The segment.
-    pub segment: SegmentId,
-    /// First frame.
-    pub first: bool,
-    /// Last frame.
-    pub last: bool,
-    /// Frames of it sent so far.
-    pub frames: u32,
-}
-
-/// The caller barged in; the codec already stopped playback (`segment` was in progress with
-/// `frames` sent).
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct BargeIn {
-    /// The segment in progress.
-    pub segment: Option<SegmentId>,
-    /// Its frames sent.
-    pub frames: u32,
+pub enum PlaybackEvent {
+    /// A segment's first or last frame left voicegate.
+    Played {
+        /// The segment.
+        segment: SegmentId,
+        /// Its first frame went out.
+        first: bool,
+        /// Its last frame went out.
+        last: bool,
+        /// Frames of it sent so far.
+        frames: u32,
+    },
+    /// The caller talked over our playback; the codec already cleared it. `segment` was in
+    /// progress with `frames` of it sent.
+    BargedIn {
+        /// The segment in progress, if one was.
+        segment: Option<SegmentId>,
+        /// Its frames sent.
+        frames: u32,
+    },
 }
 
 /// The call is ending: returns the `tts.ended` events of everything still queued, then stops.
@@ -239,6 +252,10 @@ impl Speaker {
             Output::SegmentStarted { id, text } => {
                 self.parent.do_send(SpeakerEvent::Segment { id, text })
             }
+            Output::PromptEnded { id } => {
+                trace_msg!(self.call_id, "speaker" => "call", "SpeakerEvent::PromptEnded");
+                self.parent.do_send(SpeakerEvent::PromptEnded { id });
+            }
             Output::FirstAudio {
                 id,
                 tts_first,
@@ -268,8 +285,8 @@ impl Speaker {
             return;
         };
         match output {
-            Output::Play { segment, pcm } => codec.do_send(Play { tag: segment, pcm }),
-            Output::EndOfSegment { segment } => codec.do_send(EndTag { tag: segment }),
+            Output::Play { segment, pcm } => codec.do_send(Play { segment, pcm }),
+            Output::EndOfSegment { segment } => codec.do_send(EndSegment { segment }),
             Output::FlushPlayback => codec.do_send(Flush),
             _ => {}
         }
@@ -388,12 +405,12 @@ impl Handler<Speak> for Speaker {
     type Result = ();
 
     fn handle(&mut self, msg: Speak, ctx: &mut Self::Context) {
-        trace_msg!(self.call_id, "call" => "speaker", "Speak", "{:?}, {} bytes", shown(&msg.id), msg.text.len());
+        trace_msg!(self.call_id, "call" => "speaker", "Speak", "{:?}, {} bytes, report {}", shown(&msg.id), msg.text.len(), msg.report);
         self.input(
             Input::Speak {
                 id: &msg.id,
                 text: &msg.text,
-                report: true,
+                report: msg.report,
             },
             ctx,
         );
@@ -457,43 +474,29 @@ impl Handler<CodecReplaced> for Speaker {
     }
 }
 
-impl Handler<Playback> for Speaker {
+impl Handler<PlaybackEvent> for Speaker {
     type Result = ();
 
-    fn handle(&mut self, msg: Playback, ctx: &mut Self::Context) {
-        trace_msg!(self.call_id, "call" => "speaker", "Playback", "segment {} first {} last {}", msg.segment, msg.first, msg.last);
-        if msg.first {
-            self.input(
-                Input::PlaybackStarted {
-                    segment: msg.segment,
-                },
-                ctx,
-            );
+    fn handle(&mut self, msg: PlaybackEvent, ctx: &mut Self::Context) {
+        // Traced by the codec, which sends it.
+        match msg {
+            PlaybackEvent::Played {
+                segment,
+                first,
+                last,
+                frames,
+            } => {
+                if first {
+                    self.input(Input::PlaybackStarted { segment }, ctx);
+                }
+                if last {
+                    self.input(Input::PlaybackFinished { segment, frames }, ctx);
+                }
+            }
+            PlaybackEvent::BargedIn { segment, frames } => {
+                self.input(Input::BargeIn { segment, frames }, ctx);
+            }
         }
-        if msg.last {
-            self.input(
-                Input::PlaybackFinished {
-                    segment: msg.segment,
-                    frames: msg.frames,
-                },
-                ctx,
-            );
-        }
-    }
-}
-
-impl Handler<BargeIn> for Speaker {
-    type Result = ();
-
-    fn handle(&mut self, msg: BargeIn, ctx: &mut Self::Context) {
-        trace_msg!(self.call_id, "call" => "speaker", "BargeIn", "segment {:?} after {} frames", msg.segment, msg.frames);
-        self.input(
-            Input::BargeIn {
-                segment: msg.segment,
-                frames: msg.frames,
-            },
-            ctx,
-        );
     }
 }
 

@@ -16,6 +16,7 @@ pub mod ice;
 pub mod jitter;
 pub mod listen;
 pub mod pacer;
+pub mod page;
 pub mod pcm;
 pub mod random;
 pub mod resample;

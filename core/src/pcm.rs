@@ -1,7 +1,7 @@
 //! The downlink's playout queue: PCM waiting for the pacer, in whole frames, tagged by segment.
 //!
-//! Producers push PCM of any length under a tag (speech segments; the echo path uses one
-//! never-ending tag); the pacer pops exactly one frame per slot. Samples live in one ring buffer
+//! Producers push PCM of any length under a [`Tag`] (a speech segment, or the echo path's one
+//! never-ending stream); the pacer pops exactly one frame per slot. Samples live in one ring buffer
 //! that grows to the largest backlog and is then reused, so the per-frame path does not
 //! allocate. Ending a tag pads its last frame with silence, so a frame never holds two tags, and
 //! [`Playout::pop`] says when a tag's first and last frames go out: that is how speech events
@@ -14,10 +14,39 @@
 //! speech is bounded upstream: the player keeps at most `2 * prefetch` segments handed over
 //! and synthesizing ahead of playback (`core::speech`).
 
+use crate::speech::SegmentId;
 use std::collections::VecDeque;
 
-/// A producer's tag.
-pub type Tag = u64;
+/// Whose audio a stretch of the queue is. The echo path and speech never share a number: the
+/// echo stream is its own variant, so a segment id can take any value and playback reports are
+/// only ever about segments. `Copy` and two words wide, so tagging every push and frame costs
+/// no allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Tag {
+    /// The caller's own audio in an echo call: one tag for the whole call, never ended.
+    Echo,
+    /// One speech segment of the call's `Player`.
+    Segment(SegmentId),
+}
+
+impl Tag {
+    /// The segment, for a speech tag.
+    pub fn segment(self) -> Option<SegmentId> {
+        match self {
+            Tag::Segment(id) => Some(id),
+            Tag::Echo => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Tag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Tag::Echo => f.write_str("echo"),
+            Tag::Segment(id) => write!(f, "segment {id}"),
+        }
+    }
+}
 
 #[derive(Debug)]
 struct Span {
@@ -189,6 +218,11 @@ impl Playout {
 mod tests {
     use super::*;
 
+    /// Shorthand for a segment's tag.
+    fn seg(id: SegmentId) -> Tag {
+        Tag::Segment(id)
+    }
+
     fn pop(q: &mut Playout, n: usize) -> Option<(Vec<i16>, Frame)> {
         let mut f = vec![0; n];
         q.pop(&mut f).map(|fr| (f, fr))
@@ -197,16 +231,16 @@ mod tests {
     #[test]
     fn reframes_any_chunk_sizes() {
         let mut q = Playout::new(4, 1, 100);
-        q.push(0, &[1, 2, 3]);
+        q.push(Tag::Echo, &[1, 2, 3]);
         assert!(!q.ready_to_start());
         assert!(pop(&mut q, 4).is_none());
-        q.push(0, &[4, 5, 6, 7, 8, 9]);
+        q.push(Tag::Echo, &[4, 5, 6, 7, 8, 9]);
         let (f, fr) = pop(&mut q, 4).unwrap();
         assert_eq!(f, [1, 2, 3, 4]);
         assert_eq!(
             fr,
             Frame {
-                tag: 0,
+                tag: Tag::Echo,
                 first: true,
                 last: false
             }
@@ -221,31 +255,31 @@ mod tests {
     #[test]
     fn prebuffer_delays_the_start() {
         let mut q = Playout::new(2, 3, 100);
-        q.push(0, &[1, 1, 2, 2]);
+        q.push(Tag::Echo, &[1, 1, 2, 2]);
         assert!(!q.ready_to_start());
-        q.push(0, &[3, 3]);
+        q.push(Tag::Echo, &[3, 3]);
         assert!(q.ready_to_start());
     }
 
     #[test]
     fn ending_a_tag_pads_and_reports_first_and_last_frames() {
         let mut q = Playout::new(4, 5, 100);
-        q.push(7, &[1, 2, 3, 4, 5]);
+        q.push(seg(7), &[1, 2, 3, 4, 5]);
         assert!(!q.ready_to_start());
-        assert_eq!(q.end(7), None);
+        assert_eq!(q.end(seg(7)), None);
         assert!(
             q.ready_to_start(),
             "an ended tag plays without waiting for the prebuffer"
         );
-        q.push(8, &[6, 6]);
-        assert_eq!(q.end(8), None);
+        q.push(seg(8), &[6, 6]);
+        assert_eq!(q.end(seg(8)), None);
         let (f, fr) = pop(&mut q, 4).unwrap();
         assert_eq!(
             (f, fr),
             (
                 vec![1, 2, 3, 4],
                 Frame {
-                    tag: 7,
+                    tag: seg(7),
                     first: true,
                     last: false
                 }
@@ -257,7 +291,7 @@ mod tests {
             (
                 vec![5, 0, 0, 0],
                 Frame {
-                    tag: 7,
+                    tag: seg(7),
                     first: false,
                     last: true
                 }
@@ -269,7 +303,7 @@ mod tests {
             (
                 vec![6, 6, 0, 0],
                 Frame {
-                    tag: 8,
+                    tag: seg(8),
                     first: true,
                     last: true
                 }
@@ -282,20 +316,20 @@ mod tests {
     fn ending_a_tag_with_nothing_left_reports_at_once() {
         let mut q = Playout::new(2, 1, 100);
         assert_eq!(
-            q.end(3),
+            q.end(seg(3)),
             Some(Frame {
-                tag: 3,
+                tag: seg(3),
                 first: false,
                 last: true
             }),
             "never had audio"
         );
-        q.push(4, &[1, 1]);
+        q.push(seg(4), &[1, 1]);
         assert!(pop(&mut q, 2).unwrap().1.first);
         assert_eq!(
-            q.end(4),
+            q.end(seg(4)),
             Some(Frame {
-                tag: 4,
+                tag: seg(4),
                 first: false,
                 last: true
             }),
@@ -306,15 +340,15 @@ mod tests {
     #[test]
     fn a_producer_that_pauses_resumes_in_the_same_tag() {
         let mut q = Playout::new(2, 1, 100);
-        q.push(1, &[1, 1]);
+        q.push(seg(1), &[1, 1]);
         assert!(pop(&mut q, 2).unwrap().1.first);
         assert!(pop(&mut q, 2).is_none());
-        q.push(1, &[2, 2]);
+        q.push(seg(1), &[2, 2]);
         let (_, fr) = pop(&mut q, 2).unwrap();
         assert_eq!(
             fr,
             Frame {
-                tag: 1,
+                tag: seg(1),
                 first: false,
                 last: false
             }
@@ -324,19 +358,19 @@ mod tests {
     #[test]
     fn overflow_drops_the_oldest_open_audio_only() {
         let mut q = Playout::new(2, 1, 2);
-        q.push(0, &[1, 1, 2, 2, 3, 3]);
+        q.push(Tag::Echo, &[1, 1, 2, 2, 3, 3]);
         assert_eq!(q.dropped(), 1);
         assert_eq!(pop(&mut q, 2).unwrap().0, [2, 2]);
         // Ended audio is never dropped, even over capacity.
         let mut q = Playout::new(2, 1, 1);
-        q.push(5, &[1, 1]);
-        q.end(5);
-        q.push(6, &[2, 2, 3, 3]);
+        q.push(seg(5), &[1, 1]);
+        q.end(seg(5));
+        q.push(seg(6), &[2, 2, 3, 3]);
         assert_eq!(q.dropped(), 0);
         assert_eq!(
             pop(&mut q, 2).unwrap().1,
             Frame {
-                tag: 5,
+                tag: seg(5),
                 first: true,
                 last: true
             }
@@ -346,7 +380,7 @@ mod tests {
     #[test]
     fn clear_empties() {
         let mut q = Playout::new(2, 1, 10);
-        q.push(1, &[1, 1, 2, 2]);
+        q.push(seg(1), &[1, 1, 2, 2]);
         q.clear();
         assert_eq!(q.frames(), 0);
         assert!(pop(&mut q, 2).is_none());

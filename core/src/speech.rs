@@ -240,6 +240,13 @@ pub enum Output {
         /// Its segments, in order, up to the one in progress.
         segments: Vec<PlayedSegment>,
     },
+    /// An internal prompt (queued with `report: false`) is over: played, interrupted, failed or
+    /// dropped because the call ends. Nothing is reported for such a prompt, so this is the only
+    /// sign of its end; the call waits for it to end a call after its give-up prompt.
+    PromptEnded {
+        /// Utterance id.
+        id: String,
+    },
     /// First audio of an utterance left: latencies to log and keep.
     FirstAudio {
         /// Utterance id.
@@ -389,13 +396,7 @@ impl Player {
             Input::CallEnding => {
                 self.cancel_all(&mut out);
                 for u in self.take_all() {
-                    if u.report {
-                        out.push(Output::Ended {
-                            id: u.id,
-                            ok: false,
-                            reason: u.limit,
-                        });
-                    }
+                    out.push(u.ended(false));
                 }
                 return out;
             }
@@ -693,14 +694,9 @@ impl Player {
             let u = self.utterances.pop_front().expect("front exists");
             self.front_serial += 1;
             self.settled = self.settled.saturating_sub(1);
-            if u.report {
-                // Nothing speakable, or all of it played: ok unless it failed or hit a limit.
-                out.push(Output::Ended {
-                    id: u.id,
-                    ok: !u.failed && u.limit.is_none(),
-                    reason: u.limit,
-                });
-            }
+            // Nothing speakable, or all of it played: ok unless it failed or hit a limit.
+            let ok = !u.failed && u.limit.is_none();
+            out.push(u.ended(ok));
         }
     }
 
@@ -752,13 +748,7 @@ impl Player {
             if u.segmenter.is_some() {
                 self.cut(&u.id);
             }
-            if u.report {
-                out.push(Output::Ended {
-                    id: u.id,
-                    ok: false,
-                    reason: u.limit,
-                });
-            }
+            out.push(u.ended(false));
         }
     }
 
@@ -843,6 +833,20 @@ impl Utterance {
             received,
         }
     }
+
+    /// How its end is told: `tts.ended` for the dialog app's utterances, [`Output::PromptEnded`]
+    /// for an internal prompt (which is never reported).
+    fn ended(self, ok: bool) -> Output {
+        if self.report {
+            Output::Ended {
+                id: self.id,
+                ok,
+                reason: self.limit,
+            }
+        } else {
+            Output::PromptEnded { id: self.id }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -866,6 +870,8 @@ mod tests {
         heard: Vec<String>,
         /// `LimitHit`s, as "id reason".
         limits: Vec<String>,
+        /// Internal prompts that ended, by id.
+        prompts_ended: Vec<String>,
     }
 
     fn settings() -> PlayerSettings {
@@ -894,6 +900,7 @@ mod tests {
                 latencies: vec![],
                 heard: vec![],
                 limits: vec![],
+                prompts_ended: vec![],
             }
         }
 
@@ -935,6 +942,7 @@ mod tests {
                         since_asr_final,
                     } => self.latencies.push((id, tts_first, since_asr_final)),
                     Output::SegmentStarted { id, text } => self.heard.push(format!("{id}: {text}")),
+                    Output::PromptEnded { id } => self.prompts_ended.push(id),
                     Output::Interrupted {
                         id,
                         played_ms,
@@ -1258,7 +1266,40 @@ mod tests {
         });
         r.run();
         assert!(r.events.is_empty());
+        assert!(r.heard.is_empty() && r.latencies.is_empty());
+        assert_eq!(r.prompts_ended, ["hold"], "only its end is told, once");
         assert!(r.p.is_idle());
+    }
+
+    #[test]
+    fn an_internal_prompt_cut_short_still_tells_its_end() {
+        // Interrupted (a barge-in, `tts.interrupt`, a new stream).
+        let mut r = Rig::new();
+        r.input(Input::Speak {
+            id: "give-up",
+            text: "Goodbye for now. Please call again.",
+            report: false,
+        });
+        r.synth_one(320);
+        r.play_all();
+        assert!(
+            r.prompts_ended.is_empty(),
+            "its second sentence is still to come"
+        );
+        r.input(Input::Interrupt);
+        assert_eq!(r.prompts_ended, ["give-up"]);
+        assert!(r.events.is_empty());
+        // Dropped because the call ends, behind an utterance of the app.
+        let mut r = Rig::new();
+        r.speak("u1", "Hello.");
+        r.input(Input::Speak {
+            id: "hold",
+            text: "Please hold.",
+            report: false,
+        });
+        r.input(Input::CallEnding);
+        assert_eq!(r.events, ["ended u1 false"]);
+        assert_eq!(r.prompts_ended, ["hold"]);
     }
 
     #[test]
@@ -1783,7 +1824,8 @@ mod properties {
                     Output::LimitHit { .. } => self.limit_hits += 1,
                     Output::SegmentStarted { .. }
                     | Output::Interrupted { .. }
-                    | Output::FirstAudio { .. } => {}
+                    | Output::FirstAudio { .. }
+                    | Output::PromptEnded { .. } => {}
                 }
             }
         }

@@ -4,9 +4,13 @@
 //! connection on the shared port); for a dialog call it dials the dialog app at once (in parallel
 //! with ICE) and starts the call's [`Speaker`]; when media connects it starts the
 //! [`AudioCodec`]. Once both media and the dialog socket are up it sends `call.started`. It routes
-//! between its children: dialog commands to the speaker (or `hangup` to itself), speaker events
-//! to the dialog app, the codec's playback reports to the speaker. It watches the call (connect
+//! between its children: dialog commands to the speaker (or `hangup` to itself), speaker and
+//! recognizer events to the dialog app and the page, key presses from the codec likewise. The
+//! codec reports playback and barge-ins to the speaker itself. It watches the call (connect
 //! deadline, RTP silence, the browser closing its side) and ends it exactly once, with a reason.
+//!
+//! Apart from this file: the page's data channel (`page.rs`), the prompts while the dialog app
+//! is away (`hold.rs`), the domain types (`types.rs`) and the test hooks (`faults.rs`).
 //!
 //! Supervision: a child that dies ([`CodecEvent::Failed`], [`DialogEvent::Crashed`]) is restarted
 //! on the same worker while the restart budget allows (`supervision.max_restarts` within
@@ -20,8 +24,14 @@
 //! closed (its driver task ends, its routes on the shared port go), the supervisor hears
 //! [`CallEvent::Ended`] and the actor stops. The mailbox is paused meanwhile.
 
+#[cfg(feature = "test-hooks")]
+mod faults;
+mod hold;
+mod page;
 mod types;
 
+#[cfg(feature = "test-hooks")]
+pub use faults::{Fault, InjectFault};
 pub use types::*;
 
 use crate::codec::{
@@ -33,6 +43,7 @@ use crate::recognizer::{Recognizer, RecognizerEvent};
 use crate::speaker::{self, Speaker, SpeakerEvent};
 use crate::trace_msg;
 use actix::prelude::*;
+use page::Page;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -40,23 +51,18 @@ use std::time::{Duration, Instant};
 use tracing::Instrument;
 use voicegate_core::call_id::CallId;
 use voicegate_core::dialog::{Command, Event};
+use voicegate_core::page::PageMessage;
 use voicegate_core::random;
 use voicegate_core::restart::RestartBudget;
 use voicegate_core::timeline::Timeline;
 use voicegate_core::untrusted::shown;
-use voicegate_media::{DataChannel, Peer, PeerError, PeerEvent, PeerState, RtpWriter, TrackRemote};
+use voicegate_media::{Peer, PeerError, PeerEvent, PeerState, RtpWriter, TrackRemote};
 
 /// How often the call checks its deadlines and whether the browser closed its side.
 const WATCH_INTERVAL: Duration = Duration::from_millis(200);
 /// The browser's loss report for our audio is read every this many watch ticks (2 s; browsers
 /// send receiver reports every second or so).
 const LOSS_EVERY: u32 = 10;
-/// Utterance ids of voicegate's own prompts; never reported to the dialog app.
-const INTERNAL_PREFIX: &str = "voicegate-";
-/// The give-up prompt's utterance id.
-const GIVE_UP_ID: &str = "voicegate-hold-give-up";
-/// Longest wait for the give-up prompt before the call ends anyway.
-const GIVE_UP_MAX: Duration = Duration::from_secs(15);
 
 /// Notifications from a call to the supervisor.
 #[derive(Debug, Message)]
@@ -91,32 +97,6 @@ pub struct End {
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 struct FromPeer(PeerEvent);
-
-/// Most messages queued for the page's data channel, at each stage: before the browser opens it
-/// (the oldest go), on their way to the sending task (the newest go), and held by it until the
-/// channel reports itself open (the oldest go).
-const PAGE_BACKLOG: usize = 64;
-/// Most bytes sent on the page's data channel and not yet acknowledged by the browser. A page
-/// that keeps up acknowledges within a round trip; one that stopped reading would otherwise
-/// have SCTP buffer everything for the rest of the call, so past this its messages are dropped.
-const PAGE_MAX_UNACKED_BYTES: usize = 64 * 1024;
-
-/// The page's data channel, from the call's side.
-enum Page {
-    /// Not a dialog call, or the call is ending.
-    Off,
-    /// The browser has not opened it (yet): the latest messages wait.
-    Waiting(std::collections::VecDeque<String>),
-    /// Open: one task sends, in order.
-    Open(tokio::sync::mpsc::Sender<String>),
-}
-
-/// A message for the page was dropped (`why`): counted, and logged at debug (the page is a
-/// transcript view; the dialog app still gets every event).
-fn page_message_dropped(why: &'static str) {
-    metrics().limit_hit(crate::metrics::Limit::PageQueue);
-    tracing::debug!(why, "a message for the page's data channel was dropped");
-}
 
 /// Where the call is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -325,7 +305,7 @@ impl Handler<FromPeer> for CallActor {
             PeerEvent::State(PeerState::Failed) => self.end(EndReason::IceFailed, ctx),
             PeerEvent::State(PeerState::Closed) => self.end(EndReason::PeerClosed, ctx),
             PeerEvent::State(PeerState::Connecting) => {}
-            PeerEvent::DataChannel(channel) => self.open_page_channel(channel),
+            PeerEvent::DataChannel(channel) => self.page.open(channel, &self.span),
             PeerEvent::Track(track) => {
                 if self.track.is_some() {
                     tracing::debug!("a second remote track is ignored");
@@ -348,39 +328,13 @@ impl Handler<CodecEvent> for CallActor {
             return;
         }
         match msg {
-            CodecEvent::Playback {
-                tag,
-                first,
-                last,
-                frames,
-            } => {
-                if let Some(s) = &self.speaker {
-                    s.do_send(speaker::Playback {
-                        segment: tag,
-                        first,
-                        last,
-                        frames,
-                    });
-                }
-            }
-            CodecEvent::BargeIn { tag, frames } => {
-                metrics().barge_ins.inc();
-                self.span
-                    .in_scope(|| tracing::info!(played_frames = frames, "caller barged in"));
-                if let Some(s) = &self.speaker {
-                    s.do_send(speaker::BargeIn {
-                        segment: tag,
-                        frames,
-                    });
-                }
-            }
             CodecEvent::Dtmf(d) => {
                 // The caller sets this rate, but it is bounded: at most one key press per
                 // telephone-event packet, which the codec takes from the track's bounded queue
                 // (the connection drops packets past it) on this same worker, so this mailbox
                 // empties as fast as it fills.
                 trace_msg!(self.call_id, "codec" => "call", "CodecEvent::Dtmf", "{}", d.digit);
-                self.send_to_dialog_and_page(Event::Dtmf {
+                self.send_event(Event::Dtmf {
                     digit: d.digit,
                     end: d.end,
                 });
@@ -437,16 +391,7 @@ impl Handler<DialogEvent> for CallActor {
             DialogEvent::Reconnecting { attempt } => {
                 metrics().dialog_reconnects.inc();
                 self.dialog_up = false;
-                let hold = &self.settings.hold;
-                let text = if attempt == 1 {
-                    &hold.first
-                } else {
-                    &hold.retry
-                };
-                if !text.is_empty() {
-                    let text = text.clone();
-                    self.speak_internal(format!("{INTERNAL_PREFIX}hold-{attempt}"), text);
-                }
+                self.hold_while_reconnecting(attempt);
             }
             DialogEvent::Unreachable(detail) => {
                 tracing::warn!(%detail, "dialog app unreachable");
@@ -454,15 +399,7 @@ impl Handler<DialogEvent> for CallActor {
             }
             DialogEvent::Lost(detail) => {
                 tracing::warn!(%detail, "dialog app lost");
-                let give_up = self.settings.hold.give_up.clone();
-                if give_up.is_empty() || self.speaker.is_none() {
-                    self.end(EndReason::DialogLost, ctx);
-                } else {
-                    // Let the caller hear why the call ends, then end it.
-                    self.giving_up = true;
-                    self.speak_internal(GIVE_UP_ID.to_owned(), give_up);
-                    ctx.run_later(GIVE_UP_MAX, |act, ctx| act.end(EndReason::DialogLost, ctx));
-                }
+                self.give_up(ctx);
             }
             DialogEvent::Closed { code } => {
                 tracing::info!(code, "dialog app ended the call");
@@ -492,21 +429,19 @@ impl Handler<RecognizerEvent> for CallActor {
             return;
         }
         match msg {
-            RecognizerEvent::Partial(text) => {
-                self.send_to_dialog_and_page(Event::AsrPartial { text })
-            }
+            RecognizerEvent::Partial(text) => self.send_event(Event::AsrPartial { text }),
             RecognizerEvent::Final { text, net, latency } => {
                 trace_msg!(self.call_id, "recognizer" => "call", "RecognizerEvent::Final", "{} chars after {} ms", text.chars().count(), latency.as_millis());
                 if let Some(s) = &self.speaker {
                     s.do_send(speaker::AsrFinal);
                 }
-                self.send_to_dialog_and_page(Event::AsrFinal {
+                self.send_event(Event::AsrFinal {
                     text,
                     net: Some(net),
                 });
             }
             RecognizerEvent::Error { message, fatal } => {
-                self.to_dialog(Event::AsrError { message, fatal })
+                self.send_event(Event::AsrError { message, fatal })
             }
         }
     }
@@ -516,45 +451,27 @@ impl Handler<SpeakerEvent> for CallActor {
     type Result = ();
 
     fn handle(&mut self, msg: SpeakerEvent, ctx: &mut Self::Context) {
+        // voicegate's own prompts report nothing but their end (see `hold.rs`): everything
+        // else here is the dialog app's speech.
         match msg {
-            SpeakerEvent::Segment { id, text } => {
-                if !id.starts_with(INTERNAL_PREFIX) {
-                    self.send_to_page(
-                        serde_json::json!({"type": "assistant", "utterance_id": id, "text": text})
-                            .to_string(),
-                    );
-                }
-            }
-            SpeakerEvent::Tts(event) => {
-                let internal = match &event {
-                    Event::TtsStarted { utterance_id }
-                    | Event::TtsEnded { utterance_id, .. }
-                    | Event::TtsInterrupt { utterance_id, .. } => {
-                        utterance_id.starts_with(INTERNAL_PREFIX)
-                    }
-                    _ => false,
-                };
-                if internal {
-                    if self.giving_up
-                        && matches!(&event, Event::TtsEnded { utterance_id, .. } if utterance_id == GIVE_UP_ID)
-                    {
-                        self.end(EndReason::DialogLost, ctx);
-                    }
-                    return;
-                }
-                self.to_dialog(event);
-            }
+            SpeakerEvent::Segment { id, text } => self.page.send(
+                PageMessage::Assistant {
+                    utterance_id: &id,
+                    text: &text,
+                },
+                &self.span,
+            ),
+            SpeakerEvent::Tts(event) => self.send_event(event),
+            SpeakerEvent::PromptEnded { id } => self.prompt_ended(&id, ctx),
             SpeakerEvent::FirstAudio {
                 id,
                 tts_first,
                 since_asr_final,
             } => {
-                if !id.starts_with(INTERNAL_PREFIX) {
-                    self.first_audio_ms.push(tts_first.as_millis() as u64);
-                    metrics().tts_first_audio.observe(tts_first);
-                    if let Some(d) = since_asr_final {
-                        metrics().asr_final_to_audio.observe(d);
-                    }
+                self.first_audio_ms.push(tts_first.as_millis() as u64);
+                metrics().tts_first_audio.observe(tts_first);
+                if let Some(d) = since_asr_final {
+                    metrics().asr_final_to_audio.observe(d);
                 }
                 self.span.in_scope(|| {
                     tracing::info!(
@@ -582,7 +499,7 @@ impl CallActor {
         let (call_id, span) = (self.call_id.clone(), self.span.clone());
         self.recognizer =
             Some(Recognizer::new(call_id, span, asr, self.settings.recognizer, parent).start());
-        self.page = Page::Waiting(std::collections::VecDeque::new());
+        self.page = Page::waiting();
         self.start_dialog(false, ctx);
     }
 
@@ -642,6 +559,7 @@ impl CallActor {
             timeline,
             parent,
             recognizer: self.recognizer.as_ref().map(|r| r.clone().recipient()),
+            speaker: self.speaker.as_ref().map(|s| s.clone().recipient()),
         };
         let codec = AudioCodec::create(move |c| AudioCodec::new(setup, c));
         if let Some(s) = &self.speaker {
@@ -660,103 +578,18 @@ impl CallActor {
         }
         self.started_sent = true;
         self.span.in_scope(|| tracing::info!("call started"));
-        self.to_dialog(Event::CallStarted {
+        self.send_event(Event::CallStarted {
             from: self.offer.client.describe(),
             pcm_hz: self.settings.pcm_rate,
         });
     }
 
-    /// The page's data channel (the browser opened it): transcript and speech state go there.
-    fn open_page_channel(&mut self, channel: std::sync::Arc<dyn DataChannel>) {
-        let Page::Waiting(backlog) = std::mem::replace(&mut self.page, Page::Off) else {
-            // One page channel per call. Any other is closed, so what the page sends on it does
-            // not pile up in the connection (which holds up to 256 events for a channel nobody
-            // reads).
-            actix::spawn(async move {
-                let _ = channel.close().await;
-            });
-            return;
-        };
-        // The backlog (at most PAGE_BACKLOG) fits the channel.
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(PAGE_BACKLOG);
-        for text in backlog {
-            let _ = tx.try_send(text);
+    /// An event for the dialog app; the page gets its copy of the kinds it shows
+    /// (`voicegate_core::page`).
+    fn send_event(&mut self, event: Event) {
+        if let Some(message) = PageMessage::mirror(&event, self.call_id.as_str()) {
+            self.page.send(message, &self.span);
         }
-        self.page = Page::Open(tx);
-        let span = self.span.clone();
-        // One task sends, so messages keep their order. It holds them until the channel is open,
-        // and drains what the page sends (nothing is expected; the connection's driver hands a
-        // channel's incoming messages over through a bounded queue, and this loop reads them
-        // as fast as they come, so the page cannot pile them up here).
-        actix::spawn(
-            async move {
-                use voicegate_media::DataChannelEvent;
-                let mut open = matches!(
-                    channel.ready_state().await,
-                    Ok(voicegate_media::DataChannelState::Open)
-                );
-                let mut held = std::collections::VecDeque::new();
-                loop {
-                    tokio::select! {
-                        msg = rx.recv() => match msg {
-                            Some(text) if open => send_on_page_channel(&*channel, &text).await,
-                            Some(text) => {
-                                if held.len() == PAGE_BACKLOG {
-                                    held.pop_front();
-                                    page_message_dropped("the page has not opened its channel");
-                                }
-                                held.push_back(text);
-                            }
-                            None => break,
-                        },
-                        ev = channel.poll() => match ev {
-                            Some(DataChannelEvent::OnOpen) => {
-                                open = true;
-                                for text in held.drain(..) {
-                                    send_on_page_channel(&*channel, &text).await;
-                                }
-                            }
-                            Some(DataChannelEvent::OnClose) | None => break,
-                            Some(_) => {}
-                        },
-                    }
-                }
-            }
-            .instrument(span),
-        );
-    }
-
-    fn send_to_page(&mut self, text: String) {
-        match &mut self.page {
-            Page::Off => {}
-            Page::Waiting(backlog) => {
-                // Not counted as a limit hit: a client without the page (an API client, a
-                // phone bridge) never opens the channel, and only the latest messages matter
-                // to a page that opens it late.
-                if backlog.len() == PAGE_BACKLOG {
-                    backlog.pop_front();
-                }
-                backlog.push_back(text);
-            }
-            Page::Open(tx) => {
-                // Never waits: the call must not slow down for its page.
-                if let Err(tokio::sync::mpsc::error::TrySendError::Full(_)) = tx.try_send(text) {
-                    self.span
-                        .in_scope(|| page_message_dropped("the page channel's queue is full"));
-                }
-            }
-        }
-    }
-
-    fn send_to_dialog_and_page(&mut self, event: Event) {
-        if !matches!(self.page, Page::Off) {
-            let text = event.to_json(self.call_id.as_str());
-            self.send_to_page(text);
-        }
-        self.to_dialog(event);
-    }
-
-    fn to_dialog(&self, event: Event) {
         if let Some(d) = &self.dialog {
             trace_msg!(self.call_id, "call" => "dialog", "Send", "{}", event.kind());
             d.do_send(SendEvent(event));
@@ -773,6 +606,7 @@ impl CallActor {
             } => speaker.do_send(speaker::Speak {
                 id: utterance_id,
                 text,
+                report: true,
             }),
             Command::Stream {
                 utterance_id,
@@ -786,12 +620,6 @@ impl CallActor {
             }),
             Command::Interrupt => speaker.do_send(speaker::Interrupt),
             Command::Hangup { reason } => self.end(EndReason::DialogHangup(reason), ctx),
-        }
-    }
-
-    fn speak_internal(&self, id: String, text: String) {
-        if let Some(s) = &self.speaker {
-            s.do_send(speaker::Speak { id, text });
         }
     }
 
@@ -883,12 +711,8 @@ impl CallActor {
                 None => Vec::new(),
             };
             if let Some(d) = dialog {
+                // Only the dialog app's utterances: the player reports nothing for our prompts.
                 for e in leftovers {
-                    if let Event::TtsEnded { utterance_id, .. } = &e
-                        && utterance_id.starts_with(INTERNAL_PREFIX)
-                    {
-                        continue;
-                    }
                     let _ = d.send(SendEvent(e)).await;
                 }
                 trace_msg!(call_id, "call" => "dialog", "Send", "call.ended");
@@ -913,87 +737,5 @@ impl CallActor {
             });
             ctx.stop();
         }));
-    }
-}
-
-/// Sends `text` on the open page channel, unless the browser has not acknowledged
-/// [`PAGE_MAX_UNACKED_BYTES`] already.
-async fn send_on_page_channel(channel: &dyn DataChannel, text: &str) {
-    if channel.outstanding_bytes().await.unwrap_or(0) > PAGE_MAX_UNACKED_BYTES {
-        return page_message_dropped("the page does not acknowledge what it was sent");
-    }
-    if let Err(e) = channel.send_text(text).await {
-        tracing::debug!(error = %e, "page channel send failed");
-    }
-}
-
-impl CodecSettings {
-    /// The codec's settings for a call of this offer.
-    pub fn from_call(s: &CallSettings, offer: &Offer) -> Self {
-        let mode = offer.mode;
-        CodecSettings {
-            uplink: voicegate_core::codec::UplinkSettings {
-                pcm_rate: s.pcm_rate,
-                reorder_depth: s.reorder_depth,
-                reorder_wait: s.reorder_wait,
-                max_conceal: s.max_conceal,
-            },
-            encoder: s.encoder,
-            max_catch_up: s.max_catch_up,
-            // Speech is bounded by synthesis prefetch; the bound is only a safety net there.
-            max_queue_frames: match mode {
-                CallMode::Echo => s.max_queue_frames,
-                CallMode::Dialog => 30_000,
-            },
-            // Echo: a 40 ms jitter margin for the caller's packet timing, plus the configured
-            // delay. Speech starts with its first frame.
-            prebuffer_frames: match mode {
-                CallMode::Echo => 2 + s.echo_delay_frames,
-                CallMode::Dialog => 1,
-            },
-            echo: mode == CallMode::Echo,
-            rtp_timeout: s.rtp_timeout,
-            opus_pt: offer.summary.opus_pt,
-            dtmf_pt: offer.summary.telephone_event_pt,
-            listen: (mode == CallMode::Dialog).then_some(s.listen),
-        }
-    }
-}
-
-/// Which child a test makes fail.
-#[cfg(feature = "test-hooks")]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
-    /// The audio codec panics.
-    Codec,
-    /// The dialog client panics.
-    Dialog,
-}
-
-/// Test-only: make a child panic.
-#[cfg(feature = "test-hooks")]
-#[derive(Debug, Message)]
-#[rtype(result = "bool")]
-pub struct InjectFault(pub Fault);
-
-#[cfg(feature = "test-hooks")]
-impl Handler<InjectFault> for CallActor {
-    type Result = bool;
-
-    fn handle(&mut self, InjectFault(fault): InjectFault, _ctx: &mut Self::Context) -> bool {
-        match fault {
-            // Taken out, so a second fault waits for the restarted codec instead of landing in
-            // the mailbox of the one that is already failing.
-            Fault::Codec => self
-                .codec
-                .take()
-                .map(|c| c.do_send(crate::codec::InjectPanic))
-                .is_some(),
-            Fault::Dialog => self
-                .dialog
-                .as_ref()
-                .map(|d| d.do_send(crate::dialog::InjectPanic))
-                .is_some(),
-        }
     }
 }

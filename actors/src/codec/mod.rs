@@ -12,16 +12,25 @@
 //! with the marker bit and a timestamp that covers the gap. The pacer only runs while audio is
 //! queued, so an idle call costs no wake-ups.
 //!
+//! Speech reports: in a dialog call the codec tells the call's `Speaker` directly when a
+//! segment's first and last frames leave and when the caller barges in
+//! ([`crate::speaker::PlaybackEvent`]): the speaker feeds the codec, so the codec answers it,
+//! and the call does not relay one message into another.
+//!
 //! Failure: a codec error or a panic in here ends this actor only; its drop guard reports
 //! [`CodecEvent::Failed`] to the call, which decides what to do. RTP silence longer than the
 //! configured timeout is reported as [`CodecEvent::RtpTimeout`].
 
 mod listening;
+mod settings;
 
 pub use listening::ListenSettings;
+pub use settings::CodecSettings;
 
 use crate::error::{CodecFailure, Exit};
+use crate::metrics::metrics;
 use crate::recognizer::Heard;
+use crate::speaker::PlaybackEvent;
 use crate::trace_msg;
 use actix::prelude::*;
 use bytes::Bytes;
@@ -37,36 +46,12 @@ use voicegate_core::codec::{
 use voicegate_core::frame;
 use voicegate_core::pacer::Pacer;
 use voicegate_core::pcm::{Playout, Tag};
+use voicegate_core::speech::SegmentId;
 use voicegate_core::timeline::Timeline;
 use voicegate_media::{RtpWriter, TrackRemote, TrackRemoteEvent};
 
 /// How often RTP silence is checked.
 const RTP_WATCH: Duration = Duration::from_millis(500);
-
-/// What the codec needs to know.
-#[derive(Debug, Clone)]
-pub struct CodecSettings {
-    /// Decoder side.
-    pub uplink: UplinkSettings,
-    /// Encoder side.
-    pub encoder: EncoderSettings,
-    /// Pacer catch-up limit.
-    pub max_catch_up: u32,
-    /// Playout queue bound.
-    pub max_queue_frames: usize,
-    /// Frames queued before a talkspurt starts.
-    pub prebuffer_frames: usize,
-    /// Send the caller's audio back.
-    pub echo: bool,
-    /// Report when no RTP arrived for this long.
-    pub rtp_timeout: Duration,
-    /// The caller's payload type for Opus (from the offer).
-    pub opus_pt: u8,
-    /// The caller's payload type for telephone-event/8000, if offered.
-    pub dtmf_pt: Option<u8>,
-    /// Dialog calls: endpointing and barge-in.
-    pub listen: Option<ListenSettings>,
-}
 
 /// Reports to the call.
 #[derive(Debug, Message)]
@@ -76,48 +61,26 @@ pub enum CodecEvent {
     Failed(CodecFailure),
     /// No RTP from the caller for the configured time.
     RtpTimeout,
-    /// A tag's first or last frame left voicegate.
-    Playback {
-        /// The tag (a speech segment).
-        tag: Tag,
-        /// Its first frame went out.
-        first: bool,
-        /// Its last frame went out.
-        last: bool,
-        /// Frames of it sent so far.
-        frames: u32,
-    },
-    /// The caller talked over our playback: it was cleared. `tag` was in progress with `frames`
-    /// of it sent.
-    BargeIn {
-        /// The tag in progress.
-        tag: Option<Tag>,
-        /// Its frames sent.
-        frames: u32,
-    },
     /// A key press.
     Dtmf(voicegate_core::dtmf::Dtmf),
 }
 
-/// The tag the echo path plays under.
-const ECHO_TAG: Tag = 0;
-
-/// Queue PCM for playout under `tag`.
+/// Queue a speech segment's PCM for playout.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct Play {
-    /// A speech segment.
-    pub tag: Tag,
+    /// The segment.
+    pub segment: SegmentId,
     /// Samples at the call's PCM rate.
     pub pcm: Vec<i16>,
 }
 
-/// No more audio for `tag`.
+/// No more audio for `segment`: its last frame is padded, and its end reported once sent.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct EndTag {
-    /// The tag.
-    pub tag: Tag,
+pub struct EndSegment {
+    /// The segment.
+    pub segment: SegmentId,
 }
 
 /// Drop everything queued for playout now (an interrupt).
@@ -177,6 +140,9 @@ pub struct CodecSetup {
     pub parent: Recipient<CodecEvent>,
     /// Dialog calls: where utterances go.
     pub recognizer: Option<Recipient<Heard>>,
+    /// Dialog calls: the speaker whose segments this codec plays, told of their progress and
+    /// of barge-ins.
+    pub speaker: Option<Recipient<PlaybackEvent>>,
 }
 
 /// The actor.
@@ -199,6 +165,8 @@ pub struct AudioCodec {
     writer: RtpWriter,
     /// The call actor.
     parent: Recipient<CodecEvent>,
+    /// Dialog calls: the speaker, told when its segments start and end playing and of barge-ins.
+    speaker: Option<Recipient<PlaybackEvent>>,
     /// Scratch frame for the downlink.
     frame: Vec<i16>,
     /// Echo mode.
@@ -249,6 +217,7 @@ impl AudioCodec {
             timeline,
             parent,
             recognizer,
+            speaker,
         } = setup;
         if let Some(track) = track {
             attach(track, ctx);
@@ -293,6 +262,7 @@ impl AudioCodec {
             timeline,
             writer,
             parent,
+            speaker,
             frame: vec![0; frame_samples],
             echo: settings.echo,
             last_rtp: None,
@@ -403,7 +373,7 @@ impl StreamHandler<TrackRemoteEvent> for AudioCodec {
             now,
             &mut |pcm: &[i16], origin| {
                 if *echo {
-                    playout.push(ECHO_TAG, pcm);
+                    playout.push(Tag::Echo, pcm);
                 }
                 if let Some(l) = listening.as_mut() {
                     barged |= l.heard(pcm, origin, lost, now, playout);
@@ -437,27 +407,29 @@ impl Handler<Play> for AudioCodec {
     type Result = ();
 
     fn handle(&mut self, msg: Play, ctx: &mut Self::Context) {
-        trace_msg!(self.call_id, "speaker" => "codec", "Play", "tag {} {} samples", msg.tag, msg.pcm.len());
-        self.playout.push(msg.tag, &msg.pcm);
+        trace_msg!(self.call_id, "speaker" => "codec", "Play", "segment {} {} samples", msg.segment, msg.pcm.len());
+        self.playout.push(Tag::Segment(msg.segment), &msg.pcm);
         self.maybe_start(Instant::now(), ctx);
     }
 }
 
-impl Handler<EndTag> for AudioCodec {
+impl Handler<EndSegment> for AudioCodec {
     type Result = ();
 
-    fn handle(&mut self, msg: EndTag, ctx: &mut Self::Context) {
-        trace_msg!(self.call_id, "speaker" => "codec", "EndTag", "tag {}", msg.tag);
-        if let Some(done) = self.playout.end(msg.tag) {
+    fn handle(&mut self, msg: EndSegment, ctx: &mut Self::Context) {
+        trace_msg!(self.call_id, "speaker" => "codec", "EndSegment", "segment {}", msg.segment);
+        let tag = Tag::Segment(msg.segment);
+        if self.playout.end(tag).is_some() {
+            // Nothing of it is left to play: it ended with the frames already sent.
             let frames = match self.sending {
-                Some((tag, n)) if tag == done.tag => n,
+                Some((sending, n)) if sending == tag => n,
                 _ => 0,
             };
-            if self.sending.is_some_and(|(tag, _)| tag == done.tag) {
+            if self.sending.is_some_and(|(sending, _)| sending == tag) {
                 self.sending = None;
             }
-            self.parent.do_send(CodecEvent::Playback {
-                tag: done.tag,
+            self.tell_speaker(PlaybackEvent::Played {
+                segment: msg.segment,
                 first: false,
                 last: true,
                 frames,
@@ -562,14 +534,26 @@ impl AudioCodec {
         self.reported = now;
     }
 
-    /// The caller barged in: playback was already cleared; report what was in progress.
+    /// The caller barged in: playback was already cleared; tell the speaker what was in
+    /// progress.
     fn barged_in(&mut self) {
-        let (tag, frames) = match self.sending.take() {
-            Some((tag, n)) => (Some(tag), n),
-            None => (None, 0),
+        let (segment, frames) = match self.sending.take() {
+            Some((Tag::Segment(segment), n)) => (Some(segment), n),
+            // Barge-in listens in dialog calls only, which never play the echo tag.
+            Some((Tag::Echo, _)) | None => (None, 0),
         };
-        trace_msg!(self.call_id, "codec" => "call", "CodecEvent::BargeIn", "tag {tag:?} after {frames} frames");
-        self.parent.do_send(CodecEvent::BargeIn { tag, frames });
+        metrics().barge_ins.inc();
+        self.span
+            .in_scope(|| tracing::info!(played_frames = frames, "caller barged in"));
+        self.tell_speaker(PlaybackEvent::BargedIn { segment, frames });
+    }
+
+    /// Sends a playback report to the speaker (dialog calls; an echo call has none).
+    fn tell_speaker(&self, event: PlaybackEvent) {
+        if let Some(speaker) = &self.speaker {
+            trace_msg!(self.call_id, "codec" => "speaker", "PlaybackEvent", "{event:?}");
+            speaker.do_send(event);
+        }
     }
 
     /// After uplink work: arm the reorder release timer, start a talkspurt if audio is ready.
@@ -591,7 +575,7 @@ impl AudioCodec {
                     } = act;
                     uplink.release(now, &mut |pcm: &[i16], _| {
                         if *echo {
-                            playout.push(ECHO_TAG, pcm);
+                            playout.push(Tag::Echo, pcm);
                         }
                     });
                     act.after_uplink(now, ctx);
@@ -639,9 +623,11 @@ impl AudioCodec {
                 l.playing(true, now);
                 l.played(&self.frame);
             }
-            if (frame.first || frame.last) && frame.tag != ECHO_TAG {
-                self.parent.do_send(CodecEvent::Playback {
-                    tag: frame.tag,
+            if (frame.first || frame.last)
+                && let Tag::Segment(segment) = frame.tag
+            {
+                self.tell_speaker(PlaybackEvent::Played {
+                    segment,
                     first: frame.first,
                     last: frame.last,
                     frames,
