@@ -9,36 +9,29 @@
 //! codec reports playback and barge-ins to the speaker itself. It watches the call (connect
 //! deadline, RTP silence, the browser closing its side) and ends it exactly once, with a reason.
 //!
-//! Apart from this file: the page's data channel (`page.rs`), the prompts while the dialog app
-//! is away (`hold.rs`), the domain types (`types.rs`) and the test hooks (`faults.rs`).
-//!
-//! Supervision: a child that dies ([`CodecEvent::Failed`], [`DialogEvent::Crashed`]) is restarted
-//! on the same worker while the restart budget allows (`supervision.max_restarts` within
-//! `supervision.window_ms`), else the call ends with `internal-error`. A new codec continues the
-//! RTP numbering (the browser sees no jump) and re-attaches the caller's track; what the old one
-//! had queued is lost, so utterances in progress end with `ok: false`. A new dialog client
-//! redials without a second `call.started`. Nothing here touches another call.
-//!
-//! Teardown ([`CallActor::end`]): the speaker ends what is queued (`tts.ended ok:false`), the
-//! dialog app gets `call.ended` and a normal close, the codec stops, the peer connection is
-//! closed (its driver task ends, its routes on the shared port go), the supervisor hears
-//! [`CallEvent::Ended`] and the actor stops. The mailbox is paused meanwhile.
+//! This file is the story of a call: its state, and what each event does to it. The rest is
+//! told apart: starting and restarting the children (`children.rs`: a child that dies,
+//! [`CodecEvent::Failed`] or [`DialogEvent::Crashed`], is restarted while the budget allows),
+//! the periodic deadlines (`watch.rs`), the end of the call (`teardown.rs`), the page's data
+//! channel (`page.rs`), the prompts while the dialog app is away (`hold.rs`), the domain types
+//! (`types.rs`) and the test hooks (`faults.rs`). Nothing here touches another call.
 
+mod children;
 #[cfg(feature = "test-hooks")]
 mod faults;
 mod hold;
 mod page;
+mod teardown;
 mod types;
+mod watch;
 
 #[cfg(feature = "test-hooks")]
 pub use faults::{Fault, InjectFault};
 pub use types::*;
 
-use crate::codec::{
-    AttachTrack, AudioCodec, CodecEvent, CodecSettings, CodecSetup, DownlinkLoss, Stop,
-};
-use crate::dialog::{Close, DialogClient, DialogEvent, Send as SendEvent};
-use crate::metrics::{ActorKind, Child, Limit, Live, metrics};
+use crate::codec::{AttachTrack, AudioCodec, CodecEvent};
+use crate::dialog::{DialogClient, DialogEvent, Send as SendEvent};
+use crate::metrics::{ActorKind, Live, metrics};
 use crate::recognizer::{Recognizer, RecognizerEvent};
 use crate::speaker::{self, Speaker, SpeakerEvent};
 use crate::trace_msg;
@@ -47,7 +40,7 @@ use page::Page;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tracing::Instrument;
 use voicegate_core::call_id::CallId;
 use voicegate_core::dialog::{Command, Event};
@@ -57,12 +50,6 @@ use voicegate_core::restart::RestartBudget;
 use voicegate_core::timeline::Timeline;
 use voicegate_core::untrusted::shown;
 use voicegate_media::{Peer, PeerError, PeerEvent, PeerState, RtpWriter, TrackRemote};
-
-/// How often the call checks its deadlines and whether the browser closed its side.
-const WATCH_INTERVAL: Duration = Duration::from_millis(200);
-/// The browser's loss report for our audio is read every this many watch ticks (2 s; browsers
-/// send receiver reports every second or so).
-const LOSS_EVERY: u32 = 10;
 
 /// Notifications from a call to the supervisor.
 #[derive(Debug, Message)]
@@ -159,7 +146,7 @@ pub struct CallActor {
     created: Instant,
     /// A transport check is in flight (they are async; never run two).
     checking_transport: bool,
-    /// Watch ticks so far (the downlink loss is read every [`LOSS_EVERY`] of them).
+    /// Watch ticks so far (the downlink loss is read every few of them).
     watches: u32,
     /// Keeps the worker's load count right.
     _lease: crate::workers::Lease,
@@ -219,7 +206,7 @@ impl Actor for CallActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.run_interval(WATCH_INTERVAL, |act, ctx| act.watch(ctx));
+        ctx.run_interval(watch::WATCH_INTERVAL, |act, ctx| act.watch(ctx));
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
@@ -344,17 +331,7 @@ impl Handler<CodecEvent> for CallActor {
                 self.span
                     .in_scope(|| tracing::error!(%detail, "audio codec failed"));
                 self.codec = None;
-                if self.restarts.allow(Instant::now()) {
-                    self.span
-                        .in_scope(|| tracing::warn!("restarting the audio codec"));
-                    metrics().restarts[Child::Codec].inc();
-                    self.start_codec(ctx);
-                    if let Some(s) = &self.speaker {
-                        s.do_send(speaker::CodecReplaced);
-                    }
-                } else {
-                    self.end(EndReason::Internal, ctx);
-                }
+                self.restart_codec(ctx);
             }
             CodecEvent::RtpTimeout => {
                 trace_msg!(self.call_id, "codec" => "call", "CodecEvent::RtpTimeout");
@@ -409,13 +386,7 @@ impl Handler<DialogEvent> for CallActor {
                 tracing::error!(detail = %format!("dialog client {exit}"), "dialog client failed");
                 self.dialog = None;
                 self.dialog_up = false;
-                if self.restarts.allow(Instant::now()) {
-                    tracing::warn!("restarting the dialog client");
-                    metrics().restarts[Child::Dialog].inc();
-                    self.start_dialog(true, ctx);
-                } else {
-                    self.end(EndReason::Internal, ctx);
-                }
+                self.restart_dialog(ctx);
             }
         }
     }
@@ -487,34 +458,6 @@ impl Handler<SpeakerEvent> for CallActor {
 }
 
 impl CallActor {
-    /// Dialog calls: the speaker and the dialog client start right after the answer.
-    fn start_dialog_plane(&mut self, ctx: &mut Context<Self>) {
-        let engine = self.services.tts.for_call();
-        let parent = ctx.address().recipient();
-        let (call_id, span) = (self.call_id.clone(), self.span.clone());
-        let (player, rate) = (self.settings.player, self.settings.pcm_rate);
-        self.speaker = Some(Speaker::new(call_id, span, player, engine, rate, parent).start());
-        let asr = self.services.asr.for_call();
-        let parent = ctx.address().recipient();
-        let (call_id, span) = (self.call_id.clone(), self.span.clone());
-        self.recognizer =
-            Some(Recognizer::new(call_id, span, asr, self.settings.recognizer, parent).start());
-        self.page = Page::waiting();
-        self.start_dialog(false, ctx);
-    }
-
-    fn start_dialog(&mut self, restart: bool, ctx: &mut Context<Self>) {
-        let client = DialogClient::new(
-            self.call_id.clone(),
-            self.span.clone(),
-            self.services.dialog.clone(),
-            self.offer.dialog.clone(),
-            ctx.address().recipient(),
-            restart,
-        );
-        self.dialog = Some(client.start());
-    }
-
     /// Media is up: start the codec (it needs the negotiated writer), maybe `call.started`.
     fn media_connected(&mut self, ctx: &mut Context<Self>) {
         let Some(peer) = self.peer.clone() else {
@@ -538,34 +481,6 @@ impl CallActor {
                 }
             }
         }));
-    }
-
-    /// Starts (or restarts) the codec on this worker.
-    fn start_codec(&mut self, ctx: &mut Context<Self>) {
-        let Some(writer) = self.writer.clone() else {
-            return;
-        };
-        let settings = CodecSettings::from_call(&self.settings, &self.offer);
-        let parent = ctx.address().recipient();
-        let (call_id, span) = (self.call_id.clone(), self.span.clone());
-        let track = self.track.clone();
-        let timeline = self.timeline.clone();
-        let setup = CodecSetup {
-            call_id,
-            span,
-            settings,
-            track,
-            writer,
-            timeline,
-            parent,
-            recognizer: self.recognizer.as_ref().map(|r| r.clone().recipient()),
-            speaker: self.speaker.as_ref().map(|s| s.clone().recipient()),
-        };
-        let codec = AudioCodec::create(move |c| AudioCodec::new(setup, c));
-        if let Some(s) = &self.speaker {
-            s.do_send(speaker::SetCodec(Some(codec.clone())));
-        }
-        self.codec = Some(codec);
     }
 
     fn maybe_call_started(&mut self) {
@@ -621,121 +536,5 @@ impl CallActor {
             Command::Interrupt => speaker.do_send(speaker::Interrupt),
             Command::Hangup { reason } => self.end(EndReason::DialogHangup(reason), ctx),
         }
-    }
-
-    /// Periodic checks: deadlines, and whether the browser closed its side.
-    fn watch(&mut self, ctx: &mut Context<Self>) {
-        let deadline_from = match self.phase {
-            Phase::Answered(at) => Some(at),
-            Phase::Negotiating => Some(self.created),
-            _ => None,
-        };
-        if deadline_from.is_some_and(|at| at.elapsed() > self.settings.connect_timeout) {
-            return self.end(EndReason::ConnectTimeout, ctx);
-        }
-        // A caller that never proves it holds our answer frees its slot sooner: an offer costs
-        // nothing to send, a slot held for the whole connect timeout would let a flood of
-        // them fill the server.
-        if let (Phase::Answered(at), Some(peer)) = (self.phase, &self.peer)
-            && at.elapsed() > self.settings.auth_timeout
-            && !peer.authenticated()
-        {
-            metrics().limit_hit(Limit::IceAuthTimeout);
-            tracing::info!(
-                timeout_ms = self.settings.auth_timeout.as_millis() as u64,
-                "no authenticated connectivity check from the caller; ending the call"
-            );
-            return self.end(EndReason::ConnectTimeout, ctx);
-        }
-        if matches!(self.phase, Phase::Connected | Phase::Answered(_))
-            && !self.checking_transport
-            && let Some(peer) = self.peer.clone()
-        {
-            self.checking_transport = true;
-            let fut = async move { peer.transport_closed().await };
-            ctx.spawn(fut.into_actor(self).map(|closed, act, ctx| {
-                act.checking_transport = false;
-                if closed {
-                    act.end(EndReason::PeerClosed, ctx);
-                }
-            }));
-        }
-        self.watches = self.watches.wrapping_add(1);
-        // Downlink FEC follows the loss the browser reports: none spent on a clean path.
-        if self.phase == Phase::Connected
-            && self.watches.is_multiple_of(LOSS_EVERY)
-            && let (Some(peer), Some(codec)) = (&self.peer, &self.codec)
-            && let Some(fraction) = peer.downlink_loss()
-        {
-            codec.do_send(DownlinkLoss(fraction));
-        }
-    }
-
-    /// Ends the call once: speech ends, the dialog app hears `call.ended`, the codec stops, the
-    /// connection closes, the supervisor is told.
-    fn end(&mut self, reason: EndReason, ctx: &mut Context<Self>) {
-        if self.phase == Phase::Ending {
-            return;
-        }
-        self.phase = Phase::Ending;
-        let _e = self.span.clone().entered();
-        tracing::info!(%reason, duration_ms = self.created.elapsed().as_millis() as u64, "call ending");
-        metrics().call_ended(reason.label());
-        if !self.first_audio_ms.is_empty() {
-            let mut v = self.first_audio_ms.clone();
-            v.sort_unstable();
-            tracing::info!(
-                utterances = v.len(),
-                tts_first_ms_p50 = v[v.len() / 2],
-                tts_first_ms_max = v[v.len() - 1],
-                "speech summary"
-            );
-        }
-        if let Some(codec) = self.codec.take() {
-            trace_msg!(self.call_id, "call" => "codec", "Stop");
-            codec.do_send(Stop);
-        }
-        if let Some(r) = self.recognizer.take() {
-            r.do_send(crate::recognizer::Stop);
-        }
-        self.page = Page::Off;
-        let speaker = self.speaker.take();
-        let dialog = self.dialog.take();
-        let peer = self.peer.take();
-        let call_id = self.call_id.clone();
-        let ended = reason.as_str().to_owned();
-        let fut = async move {
-            // Utterances still queued end before the call does, in order.
-            let leftovers = match speaker {
-                Some(s) => s.send(speaker::Finish).await.unwrap_or_default(),
-                None => Vec::new(),
-            };
-            if let Some(d) = dialog {
-                // Only the dialog app's utterances: the player reports nothing for our prompts.
-                for e in leftovers {
-                    let _ = d.send(SendEvent(e)).await;
-                }
-                trace_msg!(call_id, "call" => "dialog", "Send", "call.ended");
-                let _ = d
-                    .send(SendEvent(Event::CallEnded {
-                        reason: ended.clone(),
-                    }))
-                    .await;
-                let _ = d.send(Close { reason: ended }).await;
-            }
-            if let Some(peer) = peer {
-                peer.close().await;
-            }
-        }
-        .instrument(self.span.clone());
-        // `wait` pauses the mailbox: nothing else happens to a call that is ending.
-        ctx.wait(fut.into_actor(self).map(move |(), act, ctx| {
-            trace_msg!(act.call_id, "call" => "supervisor", "CallEvent::Ended", "{reason}");
-            act.parent.do_send(CallEvent::Ended {
-                call_id: act.call_id.clone(),
-                reason,
-            });
-            ctx.stop();
-        }));
     }
 }

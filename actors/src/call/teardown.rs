@@ -1,0 +1,87 @@
+//! The end of a call: exactly once, with a reason, in an order that loses no report.
+//!
+//! The speaker ends what is queued (`tts.ended ok:false`, in order), the dialog app gets
+//! `call.ended` and a normal close, the codec and the recognizer stop, the peer connection is
+//! closed (its driver task ends, its routes on the shared port go), the supervisor hears
+//! [`CallEvent::Ended`] and the actor stops. The mailbox is paused meanwhile, so nothing else
+//! happens to a call that is ending.
+
+use super::{CallActor, CallEvent, EndReason, Phase, page::Page};
+use crate::codec::Stop;
+use crate::dialog::{Close, Send as SendEvent};
+use crate::metrics::metrics;
+use crate::speaker;
+use crate::trace_msg;
+use actix::prelude::*;
+use tracing::Instrument;
+use voicegate_core::dialog::Event;
+
+impl CallActor {
+    /// Ends the call once: speech ends, the dialog app hears `call.ended`, the codec stops, the
+    /// connection closes, the supervisor is told.
+    pub(super) fn end(&mut self, reason: EndReason, ctx: &mut Context<Self>) {
+        if self.phase == Phase::Ending {
+            return;
+        }
+        self.phase = Phase::Ending;
+        let _e = self.span.clone().entered();
+        tracing::info!(%reason, duration_ms = self.created.elapsed().as_millis() as u64, "call ending");
+        metrics().call_ended(reason.label());
+        if !self.first_audio_ms.is_empty() {
+            let mut v = self.first_audio_ms.clone();
+            v.sort_unstable();
+            tracing::info!(
+                utterances = v.len(),
+                tts_first_ms_p50 = v[v.len() / 2],
+                tts_first_ms_max = v[v.len() - 1],
+                "speech summary"
+            );
+        }
+        if let Some(codec) = self.codec.take() {
+            trace_msg!(self.call_id, "call" => "codec", "Stop");
+            codec.do_send(Stop);
+        }
+        if let Some(r) = self.recognizer.take() {
+            r.do_send(crate::recognizer::Stop);
+        }
+        self.page = Page::Off;
+        let speaker = self.speaker.take();
+        let dialog = self.dialog.take();
+        let peer = self.peer.take();
+        let call_id = self.call_id.clone();
+        let ended = reason.as_str().to_owned();
+        let fut = async move {
+            // Utterances still queued end before the call does, in order.
+            let leftovers = match speaker {
+                Some(s) => s.send(speaker::Finish).await.unwrap_or_default(),
+                None => Vec::new(),
+            };
+            if let Some(d) = dialog {
+                // Only the dialog app's utterances: the player reports nothing for our prompts.
+                for e in leftovers {
+                    let _ = d.send(SendEvent(e)).await;
+                }
+                trace_msg!(call_id, "call" => "dialog", "Send", "call.ended");
+                let _ = d
+                    .send(SendEvent(Event::CallEnded {
+                        reason: ended.clone(),
+                    }))
+                    .await;
+                let _ = d.send(Close { reason: ended }).await;
+            }
+            if let Some(peer) = peer {
+                peer.close().await;
+            }
+        }
+        .instrument(self.span.clone());
+        // `wait` pauses the mailbox: nothing else happens to a call that is ending.
+        ctx.wait(fut.into_actor(self).map(move |(), act, ctx| {
+            trace_msg!(act.call_id, "call" => "supervisor", "CallEvent::Ended", "{reason}");
+            act.parent.do_send(CallEvent::Ended {
+                call_id: act.call_id.clone(),
+                reason,
+            });
+            ctx.stop();
+        }));
+    }
+}
