@@ -9,14 +9,10 @@
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
-use voicegate_actors::asr::openai::OpenAiAsrSettings;
-use voicegate_actors::asr::pocketsphinx::PocketsphinxSettings;
 use voicegate_actors::call::{CallSettings, HoldPrompts};
 use voicegate_actors::codec::ListenSettings;
 use voicegate_actors::dialog::DialogSettings;
 use voicegate_actors::recognizer::RecognizerSettings;
-use voicegate_actors::tts::espeak::EspeakSettings;
-use voicegate_actors::tts::openai::OpenAiTtsSettings;
 use voicegate_core::admission::IpNet;
 use voicegate_core::call_id;
 use voicegate_core::codec::EncoderSettings;
@@ -24,6 +20,10 @@ use voicegate_core::ice::{self, IceServer};
 use voicegate_core::listen::{BargeInSettings, EndpointSettings};
 use voicegate_core::speech::PlayerSettings;
 use voicegate_core::text::SegmentLimits;
+use voicegate_engines::asr::openai::OpenAiAsrSettings;
+use voicegate_engines::asr::pocketsphinx::PocketsphinxSettings;
+use voicegate_engines::tts::espeak::EspeakSettings;
+use voicegate_engines::tts::openai::OpenAiTtsSettings;
 use voicegate_media::MediaSettings;
 use voicegate_media::mux::MuxLimits;
 
@@ -727,7 +727,7 @@ impl Settings {
                 }
                 TtsChoice::OpenAi(OpenAiTtsSettings {
                     base_url: o.base_url.clone(),
-                    api_key: o.api_key.clone(),
+                    api_key: o.api_key.clone().into(),
                     model: o.model.clone(),
                     voice: o.voice.clone(),
                     sample_rate: o.sample_rate,
@@ -765,7 +765,7 @@ impl Settings {
                 url::Url::parse(&o.base_url).map_err(|e| invalid("asr.openai.base_url", e))?;
                 AsrChoice::OpenAi(OpenAiAsrSettings {
                     base_url: o.base_url.clone(),
-                    api_key: o.api_key.clone(),
+                    api_key: o.api_key.clone().into(),
                     model: o.model.clone(),
                     language: o.language.clone(),
                     timeout: Duration::from_millis(o.timeout_ms.max(1)),
