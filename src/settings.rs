@@ -6,6 +6,7 @@
 //! [`Settings::validate`] turns them into the domain types the rest of the service uses, and
 //! names the key at fault when one cannot work.
 
+use secrecy::SecretString;
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -153,13 +154,13 @@ pub struct TtsEspeak {
 }
 
 /// `[tts.openai]`
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TtsOpenAi {
     /// Base URL.
     pub base_url: String,
-    /// API key.
-    pub api_key: String,
+    /// API key; `Debug` never shows it.
+    pub api_key: SecretString,
     /// Model.
     pub model: String,
     /// Voice.
@@ -168,17 +169,6 @@ pub struct TtsOpenAi {
     pub sample_rate: u32,
     /// Response timeout.
     pub timeout_ms: u64,
-}
-
-impl std::fmt::Debug for TtsOpenAi {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TtsOpenAi")
-            .field("base_url", &self.base_url)
-            .field("api_key", &if self.api_key.is_empty() { "" } else { "***" })
-            .field("model", &self.model)
-            .field("voice", &self.voice)
-            .finish()
-    }
 }
 
 /// `[asr]`
@@ -218,29 +208,19 @@ pub struct AsrPocketsphinx {
 }
 
 /// `[asr.openai]`
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AsrOpenAi {
     /// Base URL.
     pub base_url: String,
-    /// API key.
-    pub api_key: String,
+    /// API key; `Debug` never shows it.
+    pub api_key: SecretString,
     /// Model.
     pub model: String,
     /// Language hint.
     pub language: String,
     /// Timeout.
     pub timeout_ms: u64,
-}
-
-impl std::fmt::Debug for AsrOpenAi {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AsrOpenAi")
-            .field("base_url", &self.base_url)
-            .field("api_key", &if self.api_key.is_empty() { "" } else { "***" })
-            .field("model", &self.model)
-            .finish()
-    }
 }
 
 /// `[listen]`
@@ -727,7 +707,7 @@ impl Settings {
                 }
                 TtsChoice::OpenAi(OpenAiTtsSettings {
                     base_url: o.base_url.clone(),
-                    api_key: o.api_key.clone().into(),
+                    api_key: o.api_key.clone(),
                     model: o.model.clone(),
                     voice: o.voice.clone(),
                     sample_rate: o.sample_rate,
@@ -765,7 +745,7 @@ impl Settings {
                 url::Url::parse(&o.base_url).map_err(|e| invalid("asr.openai.base_url", e))?;
                 AsrChoice::OpenAi(OpenAiAsrSettings {
                     base_url: o.base_url.clone(),
-                    api_key: o.api_key.clone().into(),
+                    api_key: o.api_key.clone(),
                     model: o.model.clone(),
                     language: o.language.clone(),
                     timeout: Duration::from_millis(o.timeout_ms.max(1)),
@@ -946,6 +926,39 @@ mod tests {
             panic!("pocketsphinx is the default recognizer");
         };
         assert_eq!(p.queue_max, 8);
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Settings::load_with_env(
+            None,
+            env(&[
+                ("VOICEGATE__TTS__ENGINE", "openai"),
+                ("VOICEGATE__TTS__OPENAI__API_KEY", "sk-tts-secret"),
+                ("VOICEGATE__ASR__ENGINE", "openai"),
+                ("VOICEGATE__ASR__OPENAI__API_KEY", "sk-asr-secret"),
+                (
+                    "VOICEGATE__MEDIA__ICE_SERVERS",
+                    "turn:t.example:3478?username=turn-user&credential=turn-secret",
+                ),
+            ]),
+        )
+        .unwrap();
+        let raw = format!("{:?} {:?}", s.tts, s.asr);
+        let v = s.validate().unwrap();
+        let validated = format!("{v:?}");
+        for shown in [&raw, &validated] {
+            for secret in ["sk-tts-secret", "sk-asr-secret", "turn-user", "turn-secret"] {
+                assert!(!shown.contains(secret), "{secret} in {shown}");
+            }
+        }
+        // The keys still reach the engines.
+        let (TtsChoice::OpenAi(t), AsrChoice::OpenAi(a)) = (&v.tts, &v.asr) else {
+            panic!("both engines are openai");
+        };
+        use secrecy::ExposeSecret;
+        assert_eq!(t.api_key.expose_secret(), "sk-tts-secret");
+        assert_eq!(a.api_key.expose_secret(), "sk-asr-secret");
     }
 
     #[test]
