@@ -65,8 +65,7 @@ pub async fn run(wav: &str, grammar: Option<&str>) -> anyhow::Result<()> {
         decoders: 1,
         // One utterance, recognized alone.
         queue_max: 1,
-    })
-    .map_err(anyhow::Error::msg)?;
+    })?;
     use voicegate_engines::asr::AsrFactory;
     let engine = ps.for_call();
     let (mut sink, results) = engine.utterance();

@@ -46,8 +46,7 @@ pub async fn espeak_pcm(sentence: &str) -> anyhow::Result<(Vec<i16>, u32)> {
             voice: "en-us".into(),
             rate_wpm: 160,
         },
-    )
-    .map_err(anyhow::Error::msg)?;
+    )?;
     let engine = espeak.for_call();
     let pcm: Vec<i16> = engine
         .synthesize(sentence)

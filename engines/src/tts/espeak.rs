@@ -291,10 +291,8 @@ impl TtsEngine for EspeakEngine {
     }
 
     fn synthesize(&self, text: &str) -> SynthStream {
-        let err = |e: EspeakError| -> SynthStream {
-            Box::pin(futures_util::stream::iter([Err(e.into())]))
-        };
-        // NUL bytes became spaces, so this cannot fail.
+        // NUL bytes (which espeak-ng would read as the end of the text) became spaces, so this
+        // cannot fail.
         let text = CString::new(text.replace('\0', " ")).expect("no NUL byte is left");
         let (out_tx, out_rx) = mpsc::unbounded_channel();
         let (done_tx, done_rx) = mpsc::unbounded_channel();
@@ -306,7 +304,8 @@ impl TtsEngine for EspeakEngine {
             done: done_tx,
         };
         if self.jobs.send(job).is_err() {
-            return err(EspeakError::WorkerGone);
+            let gone = Err(EspeakError::WorkerGone.into());
+            return Box::pin(futures_util::stream::iter([gone]));
         }
         // Audio chunks first, then the worker's verdict.
         Box::pin(futures_util::stream::unfold(
