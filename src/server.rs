@@ -8,15 +8,15 @@ use actix::{Actor, Addr};
 use actix_web::{App, HttpServer, web};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use voicegate_actors::asr::AsrFactory;
-use voicegate_actors::asr::openai::OpenAiAsr;
-use voicegate_actors::asr::pocketsphinx::Pocketsphinx;
 use voicegate_actors::call::CallServices;
 use voicegate_actors::supervisor::Supervisor;
-use voicegate_actors::tts::TtsFactory;
-use voicegate_actors::tts::espeak::Espeak;
-use voicegate_actors::tts::openai::OpenAiTts;
 use voicegate_core::admission::RateLimiter;
+use voicegate_engines::asr::AsrFactory;
+use voicegate_engines::asr::openai::OpenAiAsr;
+use voicegate_engines::asr::pocketsphinx::Pocketsphinx;
+use voicegate_engines::tts::TtsFactory;
+use voicegate_engines::tts::espeak::Espeak;
+use voicegate_engines::tts::openai::OpenAiTts;
 use voicegate_media::MediaPlane;
 
 /// A running service.
@@ -56,10 +56,10 @@ pub enum StartError {
     },
     /// The speech engine could not start.
     #[error("tts.engine: {0}")]
-    Tts(String),
+    Tts(#[source] voicegate_engines::tts::espeak::EspeakError),
     /// The recognizer could not start.
     #[error("asr.engine: {0}")]
-    Asr(String),
+    Asr(#[source] voicegate_engines::asr::pocketsphinx::StartError),
 }
 
 /// Sources the offer rate limiter tracks at once (a few MB at most; see `RateLimiter`).

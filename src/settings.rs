@@ -6,17 +6,14 @@
 //! [`Settings::validate`] turns them into the domain types the rest of the service uses, and
 //! names the key at fault when one cannot work.
 
+use secrecy::SecretString;
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
-use voicegate_actors::asr::openai::OpenAiAsrSettings;
-use voicegate_actors::asr::pocketsphinx::PocketsphinxSettings;
 use voicegate_actors::call::{CallSettings, HoldPrompts};
 use voicegate_actors::codec::ListenSettings;
 use voicegate_actors::dialog::DialogSettings;
 use voicegate_actors::recognizer::RecognizerSettings;
-use voicegate_actors::tts::espeak::EspeakSettings;
-use voicegate_actors::tts::openai::OpenAiTtsSettings;
 use voicegate_core::admission::IpNet;
 use voicegate_core::call_id;
 use voicegate_core::codec::{EncoderSettings, OPUS_PCM_RATES};
@@ -25,6 +22,10 @@ use voicegate_core::ice::{self, IceServer};
 use voicegate_core::listen::{BargeInSettings, EndpointSettings};
 use voicegate_core::speech::PlayerSettings;
 use voicegate_core::text::SegmentLimits;
+use voicegate_engines::asr::openai::OpenAiAsrSettings;
+use voicegate_engines::asr::pocketsphinx::PocketsphinxSettings;
+use voicegate_engines::tts::espeak::EspeakSettings;
+use voicegate_engines::tts::openai::OpenAiTtsSettings;
 use voicegate_media::MediaSettings;
 use voicegate_media::mux::MuxLimits;
 
@@ -154,13 +155,13 @@ pub struct TtsEspeak {
 }
 
 /// `[tts.openai]`
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TtsOpenAi {
     /// Base URL.
     pub base_url: String,
-    /// API key.
-    pub api_key: String,
+    /// API key; `Debug` never shows it.
+    pub api_key: SecretString,
     /// Model.
     pub model: String,
     /// Voice.
@@ -169,17 +170,6 @@ pub struct TtsOpenAi {
     pub sample_rate: u32,
     /// Response timeout.
     pub timeout_ms: u64,
-}
-
-impl std::fmt::Debug for TtsOpenAi {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TtsOpenAi")
-            .field("base_url", &self.base_url)
-            .field("api_key", &if self.api_key.is_empty() { "" } else { "***" })
-            .field("model", &self.model)
-            .field("voice", &self.voice)
-            .finish()
-    }
 }
 
 /// `[asr]`
@@ -219,29 +209,19 @@ pub struct AsrPocketsphinx {
 }
 
 /// `[asr.openai]`
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AsrOpenAi {
     /// Base URL.
     pub base_url: String,
-    /// API key.
-    pub api_key: String,
+    /// API key; `Debug` never shows it.
+    pub api_key: SecretString,
     /// Model.
     pub model: String,
     /// Language hint.
     pub language: String,
     /// Timeout.
     pub timeout_ms: u64,
-}
-
-impl std::fmt::Debug for AsrOpenAi {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AsrOpenAi")
-            .field("base_url", &self.base_url)
-            .field("api_key", &if self.api_key.is_empty() { "" } else { "***" })
-            .field("model", &self.model)
-            .finish()
-    }
 }
 
 /// `[listen]`
@@ -957,6 +937,39 @@ mod tests {
             panic!("pocketsphinx is the default recognizer");
         };
         assert_eq!(p.queue_max, 8);
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Settings::load_with_env(
+            None,
+            env(&[
+                ("VOICEGATE__TTS__ENGINE", "openai"),
+                ("VOICEGATE__TTS__OPENAI__API_KEY", "sk-tts-secret"),
+                ("VOICEGATE__ASR__ENGINE", "openai"),
+                ("VOICEGATE__ASR__OPENAI__API_KEY", "sk-asr-secret"),
+                (
+                    "VOICEGATE__MEDIA__ICE_SERVERS",
+                    "turn:t.example:3478?username=turn-user&credential=turn-secret",
+                ),
+            ]),
+        )
+        .unwrap();
+        let raw = format!("{:?} {:?}", s.tts, s.asr);
+        let v = s.validate().unwrap();
+        let validated = format!("{v:?}");
+        for shown in [&raw, &validated] {
+            for secret in ["sk-tts-secret", "sk-asr-secret", "turn-user", "turn-secret"] {
+                assert!(!shown.contains(secret), "{secret} in {shown}");
+            }
+        }
+        // The keys still reach the engines.
+        let (TtsChoice::OpenAi(t), AsrChoice::OpenAi(a)) = (&v.tts, &v.asr) else {
+            panic!("both engines are openai");
+        };
+        use secrecy::ExposeSecret;
+        assert_eq!(t.api_key.expose_secret(), "sk-tts-secret");
+        assert_eq!(a.api_key.expose_secret(), "sk-asr-secret");
     }
 
     #[test]

@@ -141,8 +141,8 @@ async fn speak_plays_speech_for_about_its_length_between_started_and_ended() {
     let (peer, _) = started_dialog_call(&server, &app).await;
     let text = "Hello there. This is a test of the speech engine, speaking a few words.";
     // The engine's own length for this text.
-    let engine = voicegate_actors::tts::espeak::Espeak::start(
-        &voicegate_actors::tts::espeak::EspeakSettings {
+    let engine = voicegate_engines::tts::espeak::Espeak::start(
+        &voicegate_engines::tts::espeak::EspeakSettings {
             voice: "en-us".into(),
             rate_wpm: 175,
         },
@@ -150,7 +150,7 @@ async fn speak_plays_speech_for_about_its_length_between_started_and_ended() {
     .unwrap();
     let expected = {
         use futures_util::StreamExt;
-        use voicegate_actors::tts::TtsFactory;
+        use voicegate_engines::tts::TtsFactory;
         let e = engine.for_call();
         let n: usize = e
             .synthesize("Hello there.")

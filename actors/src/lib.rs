@@ -4,19 +4,17 @@
 //! call on a media worker ([`workers`]); the call actor owns the peer connection and an
 //! [`codec::AudioCodec`] child. Actors exchange typed messages; children report to parents
 //! through `Recipient`s. A failure inside one call ends (or, later, restarts) that call only.
-//! Every message between actors can be traced ([`trace`]).
+//! Every message between actors can be traced ([`trace`]). The speech engines the speaker and
+//! the recognizer drive live in `voicegate-engines`.
 
-pub mod asr;
 pub mod call;
 pub mod codec;
 pub mod dialog;
 pub mod dialog_wire;
 pub mod error;
-pub mod idle;
 pub mod metrics;
 pub mod recognizer;
 pub mod speaker;
 pub mod supervisor;
 pub mod trace;
-pub mod tts;
 pub mod workers;

@@ -8,7 +8,8 @@
 //! that utterance's audio.
 //!
 //! Failure: an engine error becomes `asr.error`; a fatal one turns recognition off for the call,
-//! which goes on (speech out, DTMF and hangup still work).
+//! which goes on (speech out, DTMF and hangup still work). The limits an engine enforces itself
+//! (a stalled reply, a full decoder queue) are counted here, since the engines keep no metrics.
 //!
 //! Deadline: every engine must give an utterance's result within `asr.utterance_deadline_ms` of
 //! the utterance's end. Past it the recognizer drops the engine session (which aborts an HTTP
@@ -17,7 +18,6 @@
 //! So an engine that never answers (a stalled server, a long decoder queue, a bug) costs one
 //! utterance, and nothing about it is kept waiting for the rest of the call.
 
-use crate::asr::{AsrEngine, AsrUpdate, UtteranceSink};
 use crate::metrics::{Limit, metrics};
 use crate::trace_msg;
 use actix::prelude::*;
@@ -28,6 +28,7 @@ use voicegate_core::call_id::CallId;
 use voicegate_core::dialog::NetReport;
 use voicegate_core::listen::UtteranceNetStats;
 use voicegate_core::untrusted::shown;
+use voicegate_engines::asr::{AsrEngine, AsrUpdate, UtteranceSink};
 
 /// How a call's recognizer behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -296,8 +297,16 @@ impl StreamHandler<Update> for Recognizer {
                         .do_send(RecognizerEvent::Final { text, net, latency });
                 }
             }
-            AsrUpdate::Error { message, fatal } => {
+            AsrUpdate::Error(error) => {
                 self.settle(n, ctx);
+                // The engines' own limits are counted here: the engines keep no metrics.
+                if error.stalled() {
+                    metrics().limit_hit(Limit::AsrStreamIdle);
+                }
+                if error.refused() {
+                    metrics().limit_hit(Limit::AsrQueueFull);
+                }
+                let (message, fatal) = (error.to_string(), error.is_fatal());
                 self.span.in_scope(
                     || tracing::warn!(error = %shown(&message), fatal, "speech recognition failed"),
                 );
@@ -353,7 +362,7 @@ mod tests {
             "test"
         }
 
-        fn utterance(&self) -> (Box<dyn UtteranceSink>, crate::asr::AsrStream) {
+        fn utterance(&self) -> (Box<dyn UtteranceSink>, voicegate_engines::asr::AsrStream) {
             let (tx, rx) = oneshot::channel();
             self.started.set(self.started.get() + 1);
             let answers = self.started.get() > 1;

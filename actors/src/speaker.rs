@@ -15,14 +15,14 @@
 //! `tts.max_queued_utterances`; each hit is counted in `voicegate_limit_hits_total` here, and the
 //! utterance's `tts.ended` carries the reason.
 //!
-//! Failure: a synthesis error ends that utterance with `ok: false` (the player decides); the
+//! Failure: a synthesis error ends that utterance with `ok: false` (the player decides); a stalled
+//! audio stream is also counted here (`Limit::TtsStreamIdle`: the engines keep no metrics); the
 //! call goes on. If the codec is replaced after a failure, whatever it had queued is lost, so the
 //! utterances in progress end with `ok: false` ([`CodecReplaced`]).
 
 use crate::codec::{AudioCodec, EndSegment, Flush, Play};
 use crate::metrics::{Limit, metrics};
 use crate::trace_msg;
-use crate::tts::{TtsEngine, TtsError};
 use actix::prelude::*;
 use futures_util::StreamExt;
 use std::collections::HashMap;
@@ -33,6 +33,7 @@ use voicegate_core::dialog::Event;
 use voicegate_core::resample::StreamResampler;
 use voicegate_core::speech::{Input, Output, Player, PlayerSettings, SegmentId, TtsLimit};
 use voicegate_core::untrusted::shown;
+use voicegate_engines::tts::{TtsEngine, TtsError};
 
 /// Reports to the call.
 #[derive(Debug, Message)]
@@ -358,6 +359,9 @@ impl StreamHandler<SynthItem> for Speaker {
             }
             Some(Err(e)) => {
                 s.failed = true;
+                if e.stalled() {
+                    metrics().limit_hit(Limit::TtsStreamIdle);
+                }
                 // The detail may quote the engine's server (an error body).
                 let error = e.to_string();
                 self.span.in_scope(|| {

@@ -4,8 +4,8 @@
 
 use anyhow::{Context as _, bail};
 use futures_util::StreamExt;
-use voicegate_actors::asr::AsrUpdate;
-use voicegate_actors::asr::pocketsphinx::{Pocketsphinx, PocketsphinxSettings};
+use voicegate_engines::asr::AsrUpdate;
+use voicegate_engines::asr::pocketsphinx::{Pocketsphinx, PocketsphinxSettings};
 
 /// Reads a 16-bit PCM WAV: (mono samples, rate). Stereo is averaged.
 fn read_wav(bytes: &[u8]) -> anyhow::Result<(Vec<i16>, u32)> {
@@ -66,9 +66,8 @@ pub async fn run(wav: &str, grammar: Option<&str>) -> anyhow::Result<()> {
         decoders: 1,
         // One utterance, recognized alone.
         queue_max: 1,
-    })
-    .map_err(anyhow::Error::msg)?;
-    use voicegate_actors::asr::AsrFactory;
+    })?;
+    use voicegate_engines::asr::AsrFactory;
     let engine = ps.for_call();
     let (mut sink, results) = engine.utterance();
     for chunk in at16.chunks(voicegate_core::frame::SPEECH_FRAME_SAMPLES) {

@@ -40,14 +40,13 @@ async fn packet_after(peer: &ClientPeer, n: usize, within: Duration) -> anyhow::
 /// `sentence` rendered by espeak-ng: mono PCM and its rate.
 pub async fn espeak_pcm(sentence: &str) -> anyhow::Result<(Vec<i16>, u32)> {
     use futures_util::StreamExt;
-    use voicegate_actors::tts::TtsFactory;
-    let espeak = voicegate_actors::tts::espeak::Espeak::start(
-        &voicegate_actors::tts::espeak::EspeakSettings {
+    use voicegate_engines::tts::TtsFactory;
+    let espeak = voicegate_engines::tts::espeak::Espeak::start(
+        &voicegate_engines::tts::espeak::EspeakSettings {
             voice: "en-us".into(),
             rate_wpm: 160,
         },
-    )
-    .map_err(anyhow::Error::msg)?;
+    )?;
     let engine = espeak.for_call();
     let pcm: Vec<i16> = engine
         .synthesize(sentence)

@@ -11,6 +11,7 @@
 
 use crate::speech::{PlayedSegment, TtsLimit};
 use crate::untrusted::shown;
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use url::Url;
@@ -377,29 +378,24 @@ pub fn parse_command(frame: &str, call_id: &str) -> Result<Command, CommandError
     }
 }
 
-/// What the offer contributes to the dial URL.
-#[derive(Clone, Default, PartialEq, Eq)]
+/// What the offer contributes to the dial URL. The payload and the credentials are
+/// [`SecretString`]s: `Debug` shows whether each is there, never its value, and only
+/// [`dial_url`] reads them.
+#[derive(Debug, Clone, Default)]
 pub struct DialParams {
-    /// The raw JSON text of `payload`, trimmed.
-    pub payload: Option<String>,
+    /// The raw JSON text of `payload`, trimmed (it may carry the team's credentials).
+    pub payload: Option<SecretString>,
     /// `apiKey`.
-    pub api_key: Option<String>,
+    pub api_key: Option<SecretString>,
     /// `apiSecret`.
-    pub api_secret: Option<String>,
+    pub api_secret: Option<SecretString>,
     /// `agentId`.
     pub agent_id: Option<String>,
 }
 
-impl std::fmt::Debug for DialParams {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let r = |o: &Option<String>| o.as_ref().map(|_| "***");
-        f.debug_struct("DialParams")
-            .field("payload", &r(&self.payload))
-            .field("api_key", &r(&self.api_key))
-            .field("api_secret", &r(&self.api_secret))
-            .field("agent_id", &self.agent_id)
-            .finish()
-    }
+/// The value of an optional secret, for the one place that sends it.
+fn exposed(secret: &Option<SecretString>) -> Option<&str> {
+    secret.as_ref().map(|s| s.expose_secret())
 }
 
 /// Why the offer's dialog parameters are refused (a `400` at offer time).
@@ -432,7 +428,7 @@ impl DialParams {
                 return Err(DialParamsError::PayloadTooLarge(p.len()));
             }
             return Ok(DialParams {
-                payload: Some(p.to_owned()),
+                payload: Some(p.into()),
                 ..Default::default()
             });
         }
@@ -443,8 +439,8 @@ impl DialParams {
         };
         Ok(DialParams {
             payload: None,
-            api_key: keep(api_key),
-            api_secret: keep(api_secret),
+            api_key: keep(api_key).map(SecretString::from),
+            api_secret: keep(api_secret).map(SecretString::from),
             agent_id: keep(agent_id),
         })
     }
@@ -455,10 +451,10 @@ impl DialParams {
 pub fn dial_url(base: &Url, call_id: &str, params: &DialParams) -> Url {
     let mut set: Vec<(&str, &str)> = vec![("call_id", call_id)];
     for (k, v) in [
-        ("payload", &params.payload),
-        ("apiKey", &params.api_key),
-        ("apiSecret", &params.api_secret),
-        ("agentId", &params.agent_id),
+        ("payload", exposed(&params.payload)),
+        ("apiKey", exposed(&params.api_key)),
+        ("apiSecret", exposed(&params.api_secret)),
+        ("agentId", params.agent_id.as_deref()),
     ] {
         if let Some(v) = v {
             set.push((k, v));
@@ -548,11 +544,11 @@ mod tests {
             Some("agent"),
         )
         .unwrap();
-        assert_eq!(p.payload.as_deref(), Some(r#"{"user": "a b", "n": 1}"#));
+        assert_eq!(exposed(&p.payload), Some(r#"{"user": "a b", "n": 1}"#));
         assert_eq!(
             (
-                p.api_key.as_deref(),
-                p.api_secret.as_deref(),
+                exposed(&p.api_key),
+                exposed(&p.api_secret),
                 p.agent_id.as_deref()
             ),
             (None, None, None)
@@ -587,9 +583,9 @@ mod tests {
     fn blank_or_null_payload_falls_back_to_credentials() {
         for payload in [None, Some(""), Some("  "), Some("null"), Some(" null ")] {
             let p = DialParams::from_offer(payload, Some(" k "), Some(""), Some("agent")).unwrap();
-            assert_eq!(p.payload, None, "{payload:?}");
-            assert_eq!(p.api_key.as_deref(), Some("k"));
-            assert_eq!(p.api_secret, None, "blank credentials are left out");
+            assert!(p.payload.is_none(), "{payload:?}");
+            assert_eq!(exposed(&p.api_key), Some("k"));
+            assert!(p.api_secret.is_none(), "blank credentials are left out");
             assert_eq!(p.agent_id.as_deref(), Some("agent"));
         }
         let p = DialParams::from_offer(None, Some("k"), Some("s"), None).unwrap();
@@ -639,6 +635,8 @@ mod tests {
             Some("agent-7"),
         )
         .unwrap();
+        let dbg = format!("{p:?}");
+        assert!(!dbg.contains("sekrit") && dbg.contains("agent-7"), "{dbg}");
         let u = dial_url(
             &Url::parse("wss://user:pw@dialog.example/ws").unwrap(),
             "wrtc-3",

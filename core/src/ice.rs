@@ -9,6 +9,8 @@
 //! a missing host, a bad port, an unknown transport, or a TURN entry without credentials.
 //! Credentials on a `stun:` entry are ignored, since STUN binding needs none.
 
+use secrecy::SecretString;
+
 /// How to reach a TURN server, from `?transport=`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IceTransport {
@@ -18,32 +20,19 @@ pub enum IceTransport {
     Tcp,
 }
 
-/// One STUN or TURN server, ready to hand to the WebRTC stack.
-#[derive(Clone, PartialEq, Eq)]
+/// One STUN or TURN server, ready to hand to the WebRTC stack. The username and the credential
+/// are [`SecretString`]s, so they never reach a log line, even through `{:?}`; the username is
+/// kept as secret as the credential, as it names the account.
+#[derive(Debug, Clone)]
 pub struct IceServer {
     /// The URL without credentials, e.g. `turn:turn.example.com:3478?transport=tcp`.
     pub url: String,
     /// TURN username; empty for STUN.
-    pub username: String,
+    pub username: SecretString,
     /// TURN credential; empty for STUN.
-    pub credential: String,
+    pub credential: SecretString,
     /// The transport asked for, if any.
     pub transport: Option<IceTransport>,
-}
-
-impl std::fmt::Debug for IceServer {
-    // Credentials never reach a log line, even through `{:?}`.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IceServer")
-            .field("url", &self.url)
-            .field("username", &redact(&self.username))
-            .field("credential", &redact(&self.credential))
-            .finish()
-    }
-}
-
-fn redact(s: &str) -> &'static str {
-    if s.is_empty() { "" } else { "***" }
 }
 
 /// Why an entry was refused. Each variant carries the entry with its query redacted.
@@ -140,8 +129,8 @@ fn parse_entry(raw: &str) -> Result<IceServer, IceSpecError> {
     }
     Ok(IceServer {
         url,
-        username,
-        credential,
+        username: username.into(),
+        credential: credential.into(),
         transport,
     })
 }
@@ -184,14 +173,15 @@ fn check_host_port(rest: &str) -> Result<(), HostPort> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use secrecy::ExposeSecret;
 
     #[test]
     fn stun_only() {
         let got = parse_ice_servers("stun:stun.l.google.com:19302").unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].url, "stun:stun.l.google.com:19302");
-        assert_eq!(got[0].username, "");
-        assert_eq!(got[0].credential, "");
+        assert_eq!(got[0].username.expose_secret(), "");
+        assert_eq!(got[0].credential.expose_secret(), "");
         assert_eq!(got[0].transport, None);
     }
 
@@ -201,8 +191,8 @@ mod tests {
             .unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].url, "turn:turn.example.com:3478");
-        assert_eq!(got[0].username, "alice");
-        assert_eq!(got[0].credential, "secret");
+        assert_eq!(got[0].username.expose_secret(), "alice");
+        assert_eq!(got[0].credential.expose_secret(), "secret");
     }
 
     #[test]
@@ -215,16 +205,19 @@ mod tests {
         assert_eq!(got[0].url, "stun:s.example:19302");
         assert_eq!(got[1].url, "turns:t.example:5349");
         assert_eq!(
-            (got[1].username.as_str(), got[1].credential.as_str()),
+            (
+                got[1].username.expose_secret(),
+                got[1].credential.expose_secret()
+            ),
             ("u", "c")
         );
     }
 
     #[test]
     fn empty_spec_means_no_servers() {
-        assert_eq!(parse_ice_servers("").unwrap(), vec![]);
-        assert_eq!(parse_ice_servers("   ").unwrap(), vec![]);
-        assert_eq!(parse_ice_servers(" , ,").unwrap(), vec![]);
+        assert!(parse_ice_servers("").unwrap().is_empty());
+        assert!(parse_ice_servers("   ").unwrap().is_empty());
+        assert!(parse_ice_servers(" , ,").unwrap().is_empty());
     }
 
     #[test]
@@ -269,16 +262,16 @@ mod tests {
         // pairs without '=' are ignored.
         let got = parse_ice_servers("turn:t.example?USERNAME=a&username=b&flag&credential=x=y%20z")
             .unwrap();
-        assert_eq!(got[0].username, "b");
-        assert_eq!(got[0].credential, "x=y%20z");
+        assert_eq!(got[0].username.expose_secret(), "b");
+        assert_eq!(got[0].credential.expose_secret(), "x=y%20z");
     }
 
     #[test]
     fn stun_credentials_are_dropped() {
         let got = parse_ice_servers("stun:s.example:19302?username=u&credential=c").unwrap();
         assert_eq!(got[0].url, "stun:s.example:19302");
-        assert_eq!(got[0].username, "");
-        assert_eq!(got[0].credential, "");
+        assert_eq!(got[0].username.expose_secret(), "");
+        assert_eq!(got[0].credential.expose_secret(), "");
     }
 
     #[test]

@@ -29,6 +29,7 @@ use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
     RTCRtpEncodingParameters, RtpCodecKind,
 };
+use secrecy::ExposeSecret;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -171,8 +172,8 @@ impl MediaPlane {
             .iter()
             .map(|s| RTCIceServer {
                 urls: vec![s.url.clone()],
-                username: s.username.clone(),
-                credential: s.credential.clone(),
+                username: s.username.expose_secret().to_owned(),
+                credential: s.credential.expose_secret().to_owned(),
             })
             .collect();
         Ok(Arc::new(MediaPlane {

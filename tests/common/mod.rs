@@ -205,8 +205,8 @@ pub async fn started_dialog_call(
 /// `text` spoken by espeak-ng, as Opus packets with 300 ms of silence before and `tail` after.
 pub async fn spoken(text: &str, tail: Duration) -> Vec<bytes::Bytes> {
     use futures_util::StreamExt;
-    use voicegate_actors::tts::TtsFactory;
-    use voicegate_actors::tts::espeak::{Espeak, EspeakSettings};
+    use voicegate_engines::tts::TtsFactory;
+    use voicegate_engines::tts::espeak::{Espeak, EspeakSettings};
     let espeak = Espeak::start(&EspeakSettings {
         voice: "en-us".into(),
         rate_wpm: 160,

@@ -1,17 +1,17 @@
 //! A call's domain types: what a validated offer carries, call settings, end reasons.
 
-use crate::asr::AsrFactory;
 use crate::codec::ListenSettings;
 use crate::dialog::DialogSettings;
 use crate::metrics::LabelSet;
 use crate::recognizer::RecognizerSettings;
-use crate::tts::TtsFactory;
 use std::sync::Arc;
 use std::time::Duration;
 use voicegate_core::codec::EncoderSettings;
 use voicegate_core::dialog::DialParams;
 use voicegate_core::sdp::OfferSummary;
 use voicegate_core::speech::PlayerSettings;
+use voicegate_engines::asr::AsrFactory;
+use voicegate_engines::tts::TtsFactory;
 use voicegate_media::MediaPlane;
 
 /// Per-call settings, from configuration.

@@ -14,7 +14,8 @@
 //! Utterances wait for a free decoder in a [`FairQueue`]: bounded (`asr.pocketsphinx.queue_max`
 //! across all calls, a share of it per call) and served in turn by call, so callers who talk
 //! continuously cannot starve everyone else's recognition. An utterance beyond the bound is
-//! refused at once (`asr.error`, counted as `Limit::AsrQueueFull`). An utterance whose results
+//! refused at once (`asr.error`: [`PocketsphinxError::Refused`], which the recognizer counts as
+//! `Limit::AsrQueueFull`). An utterance whose results
 //! nobody awaits any more (its call ended, or the recognizer's deadline passed and it dropped
 //! the stream) leaves the queue, or, if it already holds a decoder, is abandoned at its next
 //! chunk of audio: the decoder ends it and takes the next job.
@@ -26,9 +27,10 @@ mod decoder;
 mod queue;
 
 use super::{AsrEngine, AsrFactory, AsrStream, AsrUpdate, UtteranceSink};
-use crate::metrics::{Limit, metrics};
 use decoder::Decoder;
+pub use decoder::DecoderError;
 use queue::FairQueue;
+pub use queue::Refused;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -56,6 +58,59 @@ pub struct PocketsphinxSettings {
     pub queue_max: usize,
 }
 
+/// Why the engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A decoder could not be built (missing model files, a grammar that does not parse or uses
+    /// words the dictionary lacks).
+    #[error("pocketsphinx: {0}")]
+    Decoder(#[from] DecoderError),
+    /// A decoder thread could not be spawned.
+    #[error("cannot start a pocketsphinx thread: {0}")]
+    Spawn(#[source] std::io::Error),
+    /// A decoder thread ended (it panicked) before it reported.
+    #[error("a pocketsphinx thread died")]
+    ThreadDied,
+}
+
+/// Why an utterance was not recognized. The text does not name the engine:
+/// [`AsrError`](super::AsrError) adds `pocketsphinx: `.
+#[derive(Debug, thiserror::Error)]
+pub enum PocketsphinxError {
+    /// The decoder failed on this utterance; it takes the next one as usual.
+    #[error("{0}")]
+    Decoder(#[from] DecoderError),
+    /// The utterance was refused at once: the queue for a decoder is full.
+    #[error("{0}")]
+    Refused(#[from] Refused),
+    /// The decoder threads are gone (the engine was dropped): fatal for the call.
+    #[error("the decoder threads are gone")]
+    Gone,
+}
+
+/// What a decoder thread reports about one utterance. It crosses threads, so it is not an
+/// [`AsrUpdate`] (whose errors need not be `Send`: the HTTP engines' are not); the call's side
+/// turns it into one.
+#[derive(Debug)]
+enum Decoded {
+    /// The hypothesis so far.
+    Partial(String),
+    /// The final text; `None` when nothing was recognized.
+    Final(Option<String>),
+    /// The decoder failed on this utterance.
+    Failed(DecoderError),
+}
+
+impl From<Decoded> for AsrUpdate {
+    fn from(d: Decoded) -> AsrUpdate {
+        match d {
+            Decoded::Partial(h) => AsrUpdate::Partial(h),
+            Decoded::Final(text) => AsrUpdate::Final(text),
+            Decoded::Failed(e) => AsrUpdate::Error(PocketsphinxError::Decoder(e).into()),
+        }
+    }
+}
+
 enum Audio {
     Chunk(Vec<i16>),
     End,
@@ -66,7 +121,7 @@ struct Job {
     /// The utterance's audio, as the caller speaks it.
     audio: std_mpsc::Receiver<Audio>,
     /// Results go here; closed when nobody awaits them any more (the job is abandoned).
-    results: mpsc::UnboundedSender<AsrUpdate>,
+    results: mpsc::UnboundedSender<Decoded>,
 }
 
 impl Job {
@@ -125,7 +180,7 @@ pub struct Pocketsphinx {
 impl Pocketsphinx {
     /// Starts the decoder threads; fails if a decoder cannot be built (missing model files, a
     /// grammar that does not parse or uses words the dictionary lacks).
-    pub fn start(s: &PocketsphinxSettings) -> Result<Pocketsphinx, String> {
+    pub fn start(s: &PocketsphinxSettings) -> Result<Pocketsphinx, StartError> {
         let shared = Arc::new(Shared {
             waiting: Mutex::new(Waiting {
                 jobs: FairQueue::new(s.queue_max),
@@ -133,7 +188,7 @@ impl Pocketsphinx {
             }),
             queued: Condvar::new(),
         });
-        let (ready_tx, ready_rx) = std_mpsc::channel::<Result<(), String>>();
+        let (ready_tx, ready_rx) = std_mpsc::channel::<Result<(), DecoderError>>();
         // The grammar is the active search when given; the LM is then not loaded (it costs ~60 MB
         // per decoder).
         let lm = if s.grammar.is_some() {
@@ -160,17 +215,15 @@ impl Pocketsphinx {
                             run(d, &shared);
                         }
                         Err(e) => {
-                            let _ = ready.send(Err(format!("pocketsphinx: {e}")));
+                            let _ = ready.send(Err(e));
                         }
                     }
                 })
-                .map_err(|e| format!("cannot start a pocketsphinx thread: {e}"))?;
+                .map_err(StartError::Spawn)?;
         }
         drop(ready_tx);
         for _ in 0..s.decoders.max(1) {
-            ready_rx
-                .recv()
-                .map_err(|_| "a pocketsphinx thread died".to_owned())??;
+            ready_rx.recv().map_err(|_| StartError::ThreadDied)??;
         }
         Ok(engine)
     }
@@ -186,11 +239,8 @@ impl Drop for Pocketsphinx {
 /// A decoder thread: one utterance at a time.
 fn run(mut d: Decoder, shared: &Shared) {
     while let Some(job) = shared.next_job() {
-        let fail = |results: &mpsc::UnboundedSender<AsrUpdate>, message: String| {
-            let _ = results.send(AsrUpdate::Error {
-                message: format!("pocketsphinx: {message}"),
-                fatal: false,
-            });
+        let fail = |results: &mpsc::UnboundedSender<Decoded>, e: DecoderError| {
+            let _ = results.send(Decoded::Failed(e));
         };
         if let Err(e) = d.reset_cmn().and_then(|()| d.start()) {
             fail(&job.results, e);
@@ -217,7 +267,7 @@ fn run(mut d: Decoder, shared: &Shared) {
                     && h != last
                 {
                     last.clone_from(&h);
-                    let _ = job.results.send(AsrUpdate::Partial(h));
+                    let _ = job.results.send(Decoded::Partial(h));
                 }
             }
         }
@@ -228,7 +278,7 @@ fn run(mut d: Decoder, shared: &Shared) {
         }
         match d.finish() {
             Ok(text) => {
-                let _ = job.results.send(AsrUpdate::Final(text));
+                let _ = job.results.send(Decoded::Final(text));
             }
             Err(e) => fail(&job.results, e),
         }
@@ -279,35 +329,27 @@ impl AsrEngine for PocketsphinxEngine {
         let refused = {
             let mut w = self.shared.lock();
             if w.closed {
-                Some(AsrUpdate::Error {
-                    message: "pocketsphinx: the decoder threads are gone".into(),
-                    fatal: true,
-                })
+                Some(PocketsphinxError::Gone)
             } else {
                 // Places held by abandoned utterances are free again.
                 w.jobs.retain(|j| !j.abandoned());
                 match w.jobs.push(self.call, job) {
                     Ok(()) => None,
-                    Err((why, _job)) => {
-                        metrics().limit_hit(Limit::AsrQueueFull);
-                        Some(AsrUpdate::Error {
-                            message: format!("pocketsphinx: {why}"),
-                            fatal: false,
-                        })
-                    }
+                    Err((why, _job)) => Some(PocketsphinxError::Refused(why)),
                 }
             }
         };
         // The audio of a refused utterance goes nowhere: its receiver went with the job.
         let sink = Box::new(Sink { audio: audio_tx });
         if let Some(err) = refused {
-            return (sink, Box::pin(futures_util::stream::iter([err])));
+            let update = AsrUpdate::Error(err.into());
+            return (sink, Box::pin(futures_util::stream::iter([update])));
         }
         self.shared.queued.notify_one();
         // Unbounded, but a decoder sends at most one partial per 200 ms of audio and one final.
         let stream = futures_util::stream::unfold(results_rx, |mut rx| async move {
-            let update = rx.recv().await?;
-            Some((update, rx))
+            let decoded = rx.recv().await?;
+            Some((AsrUpdate::from(decoded), rx))
         });
         (sink, Box::pin(stream))
     }
@@ -340,19 +382,33 @@ mod tests {
         sink.push(&[0; 16_000]);
         sink.finish();
         let updates: Vec<AsrUpdate> = results.collect().await;
-        assert_eq!(updates.last(), Some(&AsrUpdate::Final(None)), "{updates:?}");
+        assert!(
+            matches!(updates.last(), Some(AsrUpdate::Final(None))),
+            "{updates:?}"
+        );
 
         let bad = Pocketsphinx::start(&settings(Some(
             "#JSGF V1.0; grammar g; public <s> = xyzzyplugh ;",
         )))
         .err();
-        assert!(bad.is_some_and(|e| e.contains("dictionary")));
+        assert!(
+            matches!(
+                bad,
+                Some(StartError::Decoder(DecoderError::GrammarRejected))
+            ),
+            "{bad:?}"
+        );
+        assert!(bad.is_some_and(|e| e.to_string().contains("dictionary")));
         let missing = Pocketsphinx::start(&PocketsphinxSettings {
             hmm: "/nonexistent".into(),
             ..settings(None)
         })
         .err();
-        assert!(missing.is_some_and(|e| e.contains("mdef")));
+        assert!(
+            matches!(&missing, Some(StartError::Decoder(DecoderError::NoMdef(p))) if p.as_os_str() == "/nonexistent"),
+            "{missing:?}"
+        );
+        assert!(missing.is_some_and(|e| e.to_string().contains("mdef")));
     }
 
     /// Waits until `n` utterances wait in the queue.
@@ -383,7 +439,6 @@ mod tests {
             ..settings(Some("#JSGF V1.0; grammar g; public <s> = hello world ;"))
         })
         .expect("pocketsphinx is installed by scripts/setup.sh");
-        let refused_before = metrics().limit_hits(Limit::AsrQueueFull);
         let (a, b, c, d) = (ps.for_call(), ps.for_call(), ps.for_call(), ps.for_call());
         // A caller talks and holds the one decoder.
         let (mut a_sink, a_results) = a.utterance();
@@ -393,25 +448,24 @@ mod tests {
         let (mut b1_sink, mut b1_results) = b.utterance();
         waiting(&ps, 1).await;
         let (_b2_sink, mut b2_results) = b.utterance();
-        let AsrUpdate::Error { message, fatal } = first(&mut b2_results).await else {
+        let AsrUpdate::Error(e) = first(&mut b2_results).await else {
             panic!("b2 is refused");
         };
+        assert!(e.refused() && !e.is_fatal(), "{e:?}");
         assert!(
-            !fatal && message.contains("this call already has 1"),
-            "{message}"
+            e.to_string()
+                .starts_with("pocketsphinx: recognition refused: this call already has 1"),
+            "{e}"
         );
         // A third call takes the last place; a fourth finds the queue full.
         let (_c_sink, c_results) = c.utterance();
         waiting(&ps, 2).await;
         let (_d1_sink, mut d1_results) = d.utterance();
-        let AsrUpdate::Error { message, .. } = first(&mut d1_results).await else {
+        let AsrUpdate::Error(e) = first(&mut d1_results).await else {
             panic!("d1 is refused");
         };
-        assert!(message.contains("server is busy"), "{message}");
-        assert_eq!(
-            metrics().limit_hits(Limit::AsrQueueFull) - refused_before,
-            2
-        );
+        assert!(e.refused(), "{e:?}");
+        assert!(e.to_string().contains("server is busy"), "{e}");
         // The third call hangs up: its place is free again.
         drop(c_results);
         let (mut d2_sink, mut d2_results) = d.utterance();
@@ -422,10 +476,12 @@ mod tests {
         a_sink.push(&[0; 1600]);
         b1_sink.push(&[0; 16_000]);
         b1_sink.finish();
-        assert_eq!(first(&mut b1_results).await, AsrUpdate::Final(None));
+        let b1 = first(&mut b1_results).await;
+        assert!(matches!(b1, AsrUpdate::Final(None)), "{b1:?}");
         d2_sink.push(&[0; 16_000]);
         d2_sink.finish();
-        assert_eq!(first(&mut d2_results).await, AsrUpdate::Final(None));
+        let d2 = first(&mut d2_results).await;
+        assert!(matches!(d2, AsrUpdate::Final(None)), "{d2:?}");
         waiting(&ps, 0).await;
     }
 }

@@ -20,14 +20,34 @@ use std::rc::Rc;
 /// stream; an `Err` item ends it as failed.
 pub type SynthStream = Pin<Box<dyn Stream<Item = Result<Vec<i16>, TtsError>>>>;
 
-/// Why a synthesis failed.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{engine}: {detail}")]
-pub struct TtsError {
-    /// The engine's name.
-    pub engine: &'static str,
-    /// What happened.
-    pub detail: String,
+/// Why a synthesis failed, by engine. The text names the engine first (`espeak: ...`,
+/// `openai: ...`) and may quote the engine's server (an HTTP error body), so it is logged through
+/// `untrusted::shown`.
+#[derive(Debug, thiserror::Error)]
+pub enum TtsError {
+    /// The espeak-ng worker failed or is gone.
+    #[error("espeak: {0}")]
+    Espeak(#[from] espeak::EspeakError),
+    /// The HTTP request failed, was refused, or its audio stream broke or stalled.
+    #[error("openai: {0}")]
+    OpenAi(#[from] openai::OpenAiTtsError),
+}
+
+impl TtsError {
+    /// The engine's name, for logs.
+    pub fn engine(&self) -> &'static str {
+        match self {
+            TtsError::Espeak(_) => espeak::ENGINE,
+            TtsError::OpenAi(_) => openai::ENGINE,
+        }
+    }
+
+    /// The audio stream went quiet past its idle limit (`tts.stream_idle_timeout_ms`): a
+    /// protective limit the engine enforced, which the caller counts (the engines keep no
+    /// metrics).
+    pub fn stalled(&self) -> bool {
+        matches!(self, TtsError::OpenAi(openai::OpenAiTtsError::Stalled(_)))
+    }
 }
 
 /// One call's speech engine.

@@ -6,27 +6,30 @@
 //! request. A non-2xx status or a transport error ends the stream with an error.
 //!
 //! Deadlines: `timeout` bounds the wait for the response head; after it, the body must keep
-//! moving: no bytes for `stream_idle` ends the synthesis as failed (counted as
-//! `Limit::TtsStreamIdle`), so a server that stalls mid-answer costs one utterance
-//! (`tts.ended ok:false`), not the rest of the call.
+//! moving: no bytes for `stream_idle` ends the synthesis as failed
+//! ([`OpenAiTtsError::Stalled`], which the speaker counts as `Limit::TtsStreamIdle`), so a server
+//! that stalls mid-answer costs one utterance (`tts.ended ok:false`), not the rest of the call.
 
 use super::{SynthStream, TtsEngine, TtsError, TtsFactory};
 use crate::idle::{Stalled, idle_timeout};
-use crate::metrics::{Limit, metrics};
+use awc::error::{PayloadError, SendRequestError};
+use awc::http::StatusCode;
 use bytes::Bytes;
 use futures_util::StreamExt;
+use secrecy::{ExposeSecret, SecretString};
 use std::rc::Rc;
 use std::time::Duration;
 
-const ENGINE: &str = "openai";
+/// The engine's name, for logs and errors.
+pub(super) const ENGINE: &str = "openai";
 
-/// Settings of the HTTP engine.
-#[derive(Clone)]
+/// Settings of the HTTP engine. `Debug` shows everything but the key.
+#[derive(Debug, Clone)]
 pub struct OpenAiTtsSettings {
     /// Base URL, e.g. `https://api.openai.com`.
     pub base_url: String,
     /// Bearer token; empty sends no Authorization header.
-    pub api_key: String,
+    pub api_key: SecretString,
     /// Model, e.g. `gpt-4o-mini-tts`.
     pub model: String,
     /// Voice, e.g. `alloy`.
@@ -39,18 +42,34 @@ pub struct OpenAiTtsSettings {
     pub stream_idle: Duration,
 }
 
-impl std::fmt::Debug for OpenAiTtsSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpenAiTtsSettings")
-            .field("base_url", &self.base_url)
-            .field("api_key", &if self.api_key.is_empty() { "" } else { "***" })
-            .field("model", &self.model)
-            .field("voice", &self.voice)
-            .field("sample_rate", &self.sample_rate)
-            .field("timeout", &self.timeout)
-            .field("stream_idle", &self.stream_idle)
-            .finish()
-    }
+/// Why a synthesis over HTTP failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenAiTtsError {
+    /// The request could not be sent, or no response head came within `timeout`.
+    #[error("{url}: {source}")]
+    Send {
+        /// The endpoint.
+        url: String,
+        /// The client's error.
+        #[source]
+        source: SendRequestError,
+    },
+    /// The server answered with an error status.
+    #[error("{url}: HTTP {status}: {body}")]
+    Status {
+        /// The endpoint.
+        url: String,
+        /// The status.
+        status: StatusCode,
+        /// The start of the error body (a hint only; it is the server's text).
+        body: String,
+    },
+    /// The audio stream broke off.
+    #[error("reading audio: {0}")]
+    Read(#[source] PayloadError),
+    /// The audio stream sent nothing for `stream_idle`.
+    #[error("the audio stream stalled: {0}")]
+    Stalled(#[source] Stalled),
 }
 
 /// The factory.
@@ -98,8 +117,9 @@ impl TtsEngine for OpenAiEngine {
             .client
             .post(url.clone())
             .insert_header(("Accept", "audio/pcm"));
-        if !s.api_key.is_empty() {
-            req = req.bearer_auth(&s.api_key);
+        let key = s.api_key.expose_secret();
+        if !key.is_empty() {
+            req = req.bearer_auth(key);
         }
         let body = serde_json::json!({
             "model": s.model,
@@ -108,14 +128,13 @@ impl TtsEngine for OpenAiEngine {
             "response_format": "pcm",
         });
         let send = req.send_json(&body);
-        let err = |detail: String| TtsError {
-            engine: ENGINE,
-            detail,
-        };
         let stream_idle = s.stream_idle;
         Box::pin(
             futures_util::stream::once(async move {
-                let res = send.await.map_err(|e| err(format!("{url}: {e}")))?;
+                let res = match send.await {
+                    Ok(res) => res,
+                    Err(source) => return Err(OpenAiTtsError::Send { url, source }.into()),
+                };
                 let status = res.status();
                 if !status.is_success() {
                     // The error's body is only a hint: it gets as long as the audio would.
@@ -125,10 +144,12 @@ impl TtsEngine for OpenAiEngine {
                         .ok()
                         .and_then(Result::ok)
                         .unwrap_or_default();
-                    return Err(err(format!(
-                        "{url}: HTTP {status}: {}",
-                        String::from_utf8_lossy(&body).trim()
-                    )));
+                    return Err(OpenAiTtsError::Status {
+                        url,
+                        status,
+                        body: String::from_utf8_lossy(&body).trim().to_owned(),
+                    }
+                    .into());
                 }
                 Ok(res)
             })
@@ -143,10 +164,9 @@ impl TtsEngine for OpenAiEngine {
 
 /// The response body (behind its idle timeout) as i16 chunks, carrying an odd byte over to the
 /// next chunk.
-fn pcm_chunks<S, E>(body: S) -> impl futures_util::Stream<Item = Result<Vec<i16>, TtsError>>
+fn pcm_chunks<S>(body: S) -> impl futures_util::Stream<Item = Result<Vec<i16>, TtsError>>
 where
-    S: futures_util::Stream<Item = Result<Result<Bytes, E>, Stalled>> + Unpin,
-    E: std::fmt::Display,
+    S: futures_util::Stream<Item = Result<Result<Bytes, PayloadError>, Stalled>> + Unpin,
 {
     futures_util::stream::unfold(
         (body, None::<u8>, false),
@@ -154,13 +174,10 @@ where
             if done {
                 return None;
             }
-            let detail = match body.next().await {
+            let failed = match body.next().await {
                 None => return None,
-                Some(Err(stalled)) => {
-                    metrics().limit_hit(Limit::TtsStreamIdle);
-                    format!("the audio stream stalled: {stalled}")
-                }
-                Some(Ok(Err(e))) => format!("reading audio: {e}"),
+                Some(Err(stalled)) => OpenAiTtsError::Stalled(stalled),
+                Some(Ok(Err(e))) => OpenAiTtsError::Read(e),
                 Some(Ok(Ok(bytes))) => {
                     let mut data: Vec<u8> = Vec::with_capacity(bytes.len() + 1);
                     data.extend(carry);
@@ -174,11 +191,7 @@ where
                     return Some((Ok(samples), (body, next_carry, false)));
                 }
             };
-            let failed = TtsError {
-                engine: ENGINE,
-                detail,
-            };
-            Some((Err(failed), (body, None, true)))
+            Some((Err(failed.into()), (body, None, true)))
         },
     )
 }
@@ -189,7 +202,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn odd_byte_chunks_reassemble() {
-        let chunks: Vec<Result<Result<Bytes, String>, Stalled>> = vec![
+        let chunks: Vec<Result<Result<Bytes, PayloadError>, Stalled>> = vec![
             Ok(Ok(Bytes::from_static(&[1, 0, 2]))),
             Ok(Ok(Bytes::from_static(&[0, 3]))),
             Ok(Ok(Bytes::from_static(&[0]))),
@@ -217,10 +230,10 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_stalled_body_plays_what_came_then_fails_and_is_counted() {
-        let before = metrics().limit_hits(Limit::TtsStreamIdle);
-        let body = futures_util::stream::iter([Ok::<_, String>(Bytes::from_static(&[1, 0, 2, 0]))])
-            .chain(futures_util::stream::pending());
+    async fn a_stalled_body_plays_what_came_then_fails_as_a_stall() {
+        let body =
+            futures_util::stream::iter([Ok::<_, PayloadError>(Bytes::from_static(&[1, 0, 2, 0]))])
+                .chain(futures_util::stream::pending());
         let out: Vec<_> = pcm_chunks(idle_timeout(Box::pin(body), Duration::from_millis(300)))
             .collect()
             .await;
@@ -228,6 +241,7 @@ mod tests {
         assert_eq!(out[0].as_ref().ok(), Some(&vec![1, 2]));
         let e = out[1].as_ref().expect_err("the stall ends it as failed");
         assert!(e.to_string().contains("stalled"), "{e}");
-        assert!(metrics().limit_hits(Limit::TtsStreamIdle) > before);
+        // The speaker counts it as a limit hit.
+        assert!(e.stalled(), "{e:?}");
     }
 }

@@ -8,13 +8,15 @@
 //! so a cancelled synthesis stops within one chunk. espeak-ng runs tens of times faster than
 //! real time; a long segment holds the queue for a fraction of its playing time.
 
-use super::{SynthStream, TtsEngine, TtsError, TtsFactory};
+use super::{SynthStream, TtsEngine, TtsFactory};
 use std::ffi::{CString, c_char, c_int, c_uint, c_void};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
 use tokio::sync::mpsc;
 
-const ENGINE: &str = "espeak";
+/// The engine's name, for logs and errors.
+pub(super) const ENGINE: &str = "espeak";
 /// Milliseconds of audio per callback: small, so audio streams out as it is made.
 const BUFFER_MS: c_int = 40;
 
@@ -54,6 +56,32 @@ mod ffi {
     }
 }
 
+/// Why the engine could not start, or a synthesis failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EspeakError {
+    /// The worker thread could not be spawned (the process is out of threads or memory).
+    #[error("cannot start the espeak-ng thread: {0}")]
+    Spawn(#[source] Arc<std::io::Error>),
+    /// `espeak_Initialize` failed: the library found no data directory.
+    #[error("espeak-ng could not initialize (is espeak-ng-data installed?)")]
+    Init,
+    /// The worker thread ended (it panicked) before it answered.
+    #[error("the espeak-ng thread died")]
+    ThreadDied,
+    /// The configured voice has a NUL byte, which no C string can carry.
+    #[error("voice name has a NUL byte")]
+    VoiceNul,
+    /// The library has no voice of that name.
+    #[error("espeak-ng has no voice {0:?}")]
+    NoVoice(String),
+    /// A synthesis was asked for after the worker ended.
+    #[error("the espeak-ng worker is gone")]
+    WorkerGone,
+    /// `espeak_Synth` returned an error code (not `EE_OK`).
+    #[error("espeak_Synth failed with code {0}")]
+    Synth(c_int),
+}
+
 /// Settings of the espeak-ng engine.
 #[derive(Debug, Clone)]
 pub struct EspeakSettings {
@@ -71,7 +99,7 @@ enum Job {
         voice: CString,
         wpm: c_int,
         out: mpsc::UnboundedSender<Vec<i16>>,
-        done: mpsc::UnboundedSender<Result<(), String>>,
+        done: mpsc::UnboundedSender<Result<(), EspeakError>>,
     },
     /// Check that `voice` exists.
     Check {
@@ -108,29 +136,28 @@ unsafe extern "C" fn on_audio(wav: *mut i16, samples: c_int, _events: *mut c_voi
     })
 }
 
-/// The process's one espeak-ng worker: its queue and the library's sample rate.
-static WORKER: std::sync::OnceLock<Result<(std_mpsc::Sender<Job>, u32), String>> =
+/// The process's one espeak-ng worker: its queue and the library's sample rate, or why it could
+/// not start (kept: the library's global state allows one attempt per process).
+static WORKER: std::sync::OnceLock<Result<(std_mpsc::Sender<Job>, u32), EspeakError>> =
     std::sync::OnceLock::new();
 
 /// Starts the worker thread (once per process: libespeak-ng has global state).
-fn worker() -> Result<(std_mpsc::Sender<Job>, u32), String> {
+fn worker() -> Result<(std_mpsc::Sender<Job>, u32), EspeakError> {
     WORKER
         .get_or_init(|| {
             let (jobs_tx, jobs_rx) = std_mpsc::channel::<Job>();
-            let (ready_tx, ready_rx) = std_mpsc::channel::<Result<u32, String>>();
+            let (ready_tx, ready_rx) = std_mpsc::channel::<Result<u32, EspeakError>>();
             std::thread::Builder::new()
                 .name("vg-espeak".into())
                 .spawn(move || run_worker(jobs_rx, ready_tx))
-                .map_err(|e| format!("cannot start the espeak-ng thread: {e}"))?;
-            let rate = ready_rx
-                .recv()
-                .map_err(|_| "the espeak-ng thread died".to_owned())??;
+                .map_err(|e| EspeakError::Spawn(Arc::new(e)))?;
+            let rate = ready_rx.recv().map_err(|_| EspeakError::ThreadDied)??;
             Ok((jobs_tx, rate))
         })
         .clone()
 }
 
-fn run_worker(jobs: std_mpsc::Receiver<Job>, ready: std_mpsc::Sender<Result<u32, String>>) {
+fn run_worker(jobs: std_mpsc::Receiver<Job>, ready: std_mpsc::Sender<Result<u32, EspeakError>>) {
     // SAFETY: libespeak-ng is initialized and used only on this thread.
     let rate = unsafe {
         ffi::espeak_Initialize(
@@ -141,9 +168,7 @@ fn run_worker(jobs: std_mpsc::Receiver<Job>, ready: std_mpsc::Sender<Result<u32,
         )
     };
     if rate <= 0 {
-        let _ = ready.send(Err(
-            "espeak-ng could not initialize (is espeak-ng-data installed?)".into(),
-        ));
+        let _ = ready.send(Err(EspeakError::Init));
         return;
     }
     // SAFETY: as above.
@@ -197,7 +222,7 @@ fn run_worker(jobs: std_mpsc::Receiver<Job>, ready: std_mpsc::Sender<Result<u32,
                 let result = if code == ffi::EE_OK {
                     Ok(())
                 } else {
-                    Err(format!("espeak_Synth failed with code {code}"))
+                    Err(EspeakError::Synth(code))
                 };
                 let _ = done.send(result);
             }
@@ -216,21 +241,17 @@ pub struct Espeak {
 impl Espeak {
     /// Starts (or joins) the espeak-ng worker and checks the voice. Fails if the library, its
     /// data or the voice is missing.
-    pub fn start(settings: &EspeakSettings) -> Result<Espeak, String> {
-        let voice = CString::new(settings.voice.clone())
-            .map_err(|_| "voice name has a NUL byte".to_owned())?;
+    pub fn start(settings: &EspeakSettings) -> Result<Espeak, EspeakError> {
+        let voice = CString::new(settings.voice.clone()).map_err(|_| EspeakError::VoiceNul)?;
         let (jobs, rate) = worker()?;
         let (reply_tx, reply_rx) = std_mpsc::channel();
         jobs.send(Job::Check {
             voice: voice.clone(),
             reply: reply_tx,
         })
-        .map_err(|_| "the espeak-ng thread died".to_owned())?;
-        if !reply_rx
-            .recv()
-            .map_err(|_| "the espeak-ng thread died".to_owned())?
-        {
-            return Err(format!("espeak-ng has no voice {:?}", settings.voice));
+        .map_err(|_| EspeakError::ThreadDied)?;
+        if !reply_rx.recv().map_err(|_| EspeakError::ThreadDied)? {
+            return Err(EspeakError::NoVoice(settings.voice.clone()));
         }
         Ok(Espeak {
             jobs,
@@ -270,15 +291,9 @@ impl TtsEngine for EspeakEngine {
     }
 
     fn synthesize(&self, text: &str) -> SynthStream {
-        let err = |detail: String| -> SynthStream {
-            Box::pin(futures_util::stream::iter([Err(TtsError {
-                engine: ENGINE,
-                detail,
-            })]))
-        };
-        let Ok(text) = CString::new(text.replace('\0', " ")) else {
-            return err("text has a NUL byte".into());
-        };
+        // NUL bytes (which espeak-ng would read as the end of the text) became spaces, so this
+        // cannot fail.
+        let text = CString::new(text.replace('\0', " ")).expect("no NUL byte is left");
         let (out_tx, out_rx) = mpsc::unbounded_channel();
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let job = Job::Synth {
@@ -289,7 +304,8 @@ impl TtsEngine for EspeakEngine {
             done: done_tx,
         };
         if self.jobs.send(job).is_err() {
-            return err("the espeak-ng worker is gone".into());
+            let gone = Err(EspeakError::WorkerGone.into());
+            return Box::pin(futures_util::stream::iter([gone]));
         }
         // Audio chunks first, then the worker's verdict.
         Box::pin(futures_util::stream::unfold(
@@ -301,13 +317,7 @@ impl TtsEngine for EspeakEngine {
                 let mut done = done?;
                 match done.recv().await {
                     Some(Ok(())) | None => None,
-                    Some(Err(detail)) => Some((
-                        Err(TtsError {
-                            engine: ENGINE,
-                            detail,
-                        }),
-                        (out, None),
-                    )),
+                    Some(Err(e)) => Some((Err(e.into()), (out, None))),
                 }
             },
         ))
@@ -379,6 +389,10 @@ mod tests {
             rate_wpm: 175,
         })
         .err();
-        assert!(err.is_some_and(|e| e.contains("no voice")));
+        assert!(
+            matches!(&err, Some(EspeakError::NoVoice(v)) if v == "no-such-voice-xx"),
+            "{err:?}"
+        );
+        assert!(err.is_some_and(|e| e.to_string().contains("no voice")));
     }
 }

@@ -3,14 +3,17 @@
 //! answered with `{"text": "..."}`. No partials: the text arrives once the utterance ended.
 //!
 //! Deadlines: `timeout` bounds the wait for the reply's head; its body must keep moving (no bytes
-//! for `stream_idle` fails the utterance, counted as `Limit::AsrStreamIdle`); the whole request
+//! for `stream_idle` fails the utterance: [`OpenAiAsrError::Stalled`], which the recognizer counts
+//! as `Limit::AsrStreamIdle`); the whole request
 //! is bounded by the recognizer's `asr.utterance_deadline_ms`, which drops (aborts) it. Either
 //! way the dialog app gets `asr.error` and the call goes on.
 
 use super::{AsrEngine, AsrFactory, AsrStream, AsrUpdate, UtteranceSink, wav};
-use crate::idle::idle_timeout;
-use crate::metrics::{Limit, metrics};
+use crate::idle::{Stalled, idle_timeout};
+use awc::error::{PayloadError, SendRequestError};
+use awc::http::StatusCode;
 use futures_util::StreamExt;
+use secrecy::{ExposeSecret, SecretString};
 use std::rc::Rc;
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -18,13 +21,13 @@ use tokio::sync::oneshot;
 /// The largest reply read: a transcription of the longest utterance is a few kilobytes.
 const MAX_REPLY_BYTES: usize = 1 << 20;
 
-/// Settings of the HTTP engine.
-#[derive(Clone)]
+/// Settings of the HTTP engine. `Debug` shows everything but the key.
+#[derive(Debug, Clone)]
 pub struct OpenAiAsrSettings {
     /// Base URL, e.g. `https://api.openai.com`.
     pub base_url: String,
     /// Bearer token; empty sends no Authorization header.
-    pub api_key: String,
+    pub api_key: SecretString,
     /// Model, e.g. `whisper-1`.
     pub model: String,
     /// ISO-639-1 language hint; empty lets the server detect it.
@@ -36,17 +39,43 @@ pub struct OpenAiAsrSettings {
     pub stream_idle: Duration,
 }
 
-impl std::fmt::Debug for OpenAiAsrSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpenAiAsrSettings")
-            .field("base_url", &self.base_url)
-            .field("api_key", &if self.api_key.is_empty() { "" } else { "***" })
-            .field("model", &self.model)
-            .field("language", &self.language)
-            .field("timeout", &self.timeout)
-            .field("stream_idle", &self.stream_idle)
-            .finish()
-    }
+/// Why a transcription failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenAiAsrError {
+    /// The request could not be sent, or no reply head came within `timeout`.
+    #[error("{url}: {source}")]
+    Send {
+        /// The endpoint.
+        url: String,
+        /// The client's error.
+        #[source]
+        source: SendRequestError,
+    },
+    /// The reply broke off.
+    #[error("reading the reply: {0}")]
+    Read(#[source] PayloadError),
+    /// The reply sent nothing for `stream_idle`.
+    #[error("the reply stalled: {0}")]
+    Stalled(#[source] Stalled),
+    /// The reply is larger than any transcription can be.
+    #[error("the reply is larger than {MAX_REPLY_BYTES} bytes")]
+    TooLarge,
+    /// The server answered with an error status.
+    #[error("{url}: HTTP {status}: {body}")]
+    Status {
+        /// The endpoint.
+        url: String,
+        /// The status.
+        status: StatusCode,
+        /// The start of the error body (the server's text).
+        body: String,
+    },
+    /// The reply is not JSON.
+    #[error("reply is not JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+    /// The reply is JSON without a `text` string.
+    #[error("reply has no \"text\"")]
+    NoText,
 }
 
 /// The factory.
@@ -102,10 +131,7 @@ impl AsrEngine for OpenAiEngine {
             };
             match transcribe(&s, &pcm).await {
                 Ok(text) => AsrUpdate::Final(Some(text).filter(|t| !t.is_empty())),
-                Err(message) => AsrUpdate::Error {
-                    message,
-                    fatal: false,
-                },
+                Err(e) => AsrUpdate::Error(e.into()),
             }
         });
         (
@@ -118,7 +144,7 @@ impl AsrEngine for OpenAiEngine {
     }
 }
 
-async fn transcribe(s: &OpenAiAsrSettings, pcm: &[i16]) -> Result<String, String> {
+async fn transcribe(s: &OpenAiAsrSettings, pcm: &[i16]) -> Result<String, OpenAiAsrError> {
     let url = format!(
         "{}/v1/audio/transcriptions",
         s.base_url.trim_end_matches('/')
@@ -151,42 +177,74 @@ async fn transcribe(s: &OpenAiAsrSettings, pcm: &[i16]) -> Result<String, String
         "Content-Type",
         format!("multipart/form-data; boundary={boundary}"),
     ));
-    if !s.api_key.is_empty() {
-        req = req.bearer_auth(&s.api_key);
+    let key = s.api_key.expose_secret();
+    if !key.is_empty() {
+        req = req.bearer_auth(key);
     }
-    let res = req
-        .send_body(body)
-        .await
-        .map_err(|e| format!("openai asr: {url}: {e}"))?;
+    let res = match req.send_body(body).await {
+        Ok(res) => res,
+        Err(source) => return Err(OpenAiAsrError::Send { url, source }),
+    };
     let status = res.status();
     let mut bytes = Vec::new();
     let mut body = idle_timeout(res, s.stream_idle);
     while let Some(chunk) = body.next().await {
         let chunk = match chunk {
             Ok(Ok(chunk)) => chunk,
-            Ok(Err(e)) => return Err(format!("openai asr: reading the reply: {e}")),
-            Err(stalled) => {
-                metrics().limit_hit(Limit::AsrStreamIdle);
-                return Err(format!("openai asr: the reply stalled: {stalled}"));
-            }
+            Ok(Err(e)) => return Err(OpenAiAsrError::Read(e)),
+            Err(stalled) => return Err(OpenAiAsrError::Stalled(stalled)),
         };
         if bytes.len() + chunk.len() > MAX_REPLY_BYTES {
-            return Err(format!(
-                "openai asr: the reply is larger than {MAX_REPLY_BYTES} bytes"
-            ));
+            return Err(OpenAiAsrError::TooLarge);
         }
         bytes.extend_from_slice(&chunk);
     }
     if !status.is_success() {
-        return Err(format!(
-            "openai asr: {url}: HTTP {status}: {}",
-            String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).trim()
-        ));
+        return Err(OpenAiAsrError::Status {
+            url,
+            status,
+            body: String::from_utf8_lossy(&bytes[..bytes.len().min(300)])
+                .trim()
+                .to_owned(),
+        });
     }
-    let v: serde_json::Value = serde_json::from_slice(&bytes)
-        .map_err(|e| format!("openai asr: reply is not JSON: {e}"))?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(OpenAiAsrError::NotJson)?;
     v["text"]
         .as_str()
         .map(|t| t.trim().to_owned())
-        .ok_or_else(|| "openai asr: reply has no \"text\"".to_owned())
+        .ok_or(OpenAiAsrError::NoText)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_the_key() {
+        let s = OpenAiAsrSettings {
+            base_url: "http://x".into(),
+            api_key: "sk-secret".into(),
+            model: "whisper-1".into(),
+            language: String::new(),
+            timeout: Duration::from_secs(1),
+            stream_idle: Duration::from_secs(1),
+        };
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("sk-secret"), "{shown}");
+        assert!(shown.contains("whisper-1"), "the rest still shows: {shown}");
+    }
+
+    #[test]
+    fn errors_name_the_engine_and_a_stall_is_marked_for_counting() {
+        let stalled: super::super::AsrError =
+            OpenAiAsrError::Stalled(Stalled(Duration::from_millis(500))).into();
+        assert_eq!(
+            stalled.to_string(),
+            "openai asr: the reply stalled: nothing received for 500 ms"
+        );
+        assert!(stalled.stalled() && !stalled.refused() && !stalled.is_fatal());
+        let no_text: super::super::AsrError = OpenAiAsrError::NoText.into();
+        assert_eq!(no_text.to_string(), "openai asr: reply has no \"text\"");
+        assert!(!no_text.stalled());
+    }
 }

@@ -16,19 +16,55 @@ use std::pin::Pin;
 use std::rc::Rc;
 
 /// A result from the engine.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub enum AsrUpdate {
     /// The hypothesis so far.
     Partial(String),
     /// The utterance's final text; `None` when nothing was recognized (noise).
     Final(Option<String>),
-    /// The engine failed; `fatal`: it will not work for the rest of the call.
-    Error {
-        /// What happened.
-        message: String,
-        /// Recognition is off for the rest of the call.
-        fatal: bool,
-    },
+    /// The engine failed for this utterance, or for the rest of the call
+    /// ([`AsrError::is_fatal`]).
+    Error(AsrError),
+}
+
+/// Why an utterance was not recognized, by engine. The text names the engine first
+/// (`pocketsphinx: ...`, `openai asr: ...`); it reaches the dialog app as `asr.error` and may quote
+/// the engine's server (an HTTP error body).
+#[derive(Debug, thiserror::Error)]
+pub enum AsrError {
+    /// The embedded decoder failed, refused the utterance, or is gone.
+    #[error("pocketsphinx: {0}")]
+    Pocketsphinx(#[from] pocketsphinx::PocketsphinxError),
+    /// The transcription request failed, was refused, or its reply broke, stalled or made no
+    /// sense.
+    #[error("openai asr: {0}")]
+    OpenAi(#[from] openai::OpenAiAsrError),
+}
+
+impl AsrError {
+    /// Recognition will not work for the rest of the call (the engine is gone); otherwise only
+    /// this utterance is lost.
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            AsrError::Pocketsphinx(pocketsphinx::PocketsphinxError::Gone)
+        )
+    }
+
+    /// The reply went quiet past its idle limit (`asr.stream_idle_timeout_ms`): a protective
+    /// limit the engine enforced, which the caller counts (the engines keep no metrics).
+    pub fn stalled(&self) -> bool {
+        matches!(self, AsrError::OpenAi(openai::OpenAiAsrError::Stalled(_)))
+    }
+
+    /// The decoder queue's bound refused the utterance (`asr.pocketsphinx.queue_max`): a
+    /// protective limit the engine enforced, which the caller counts.
+    pub fn refused(&self) -> bool {
+        matches!(
+            self,
+            AsrError::Pocketsphinx(pocketsphinx::PocketsphinxError::Refused(_))
+        )
+    }
 }
 
 /// Results of one utterance.

@@ -22,33 +22,22 @@ use std::collections::{HashMap, VecDeque};
 pub const MAX_WAITING_PER_CALL: usize = 2;
 
 /// Why an utterance was not queued.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
     /// `max` utterances are already waiting, across all calls.
+    #[error("recognition refused: the server is busy ({max} utterances are waiting for a decoder)")]
     Full {
         /// The bound.
         max: usize,
     },
     /// This call already has its share of the queue waiting.
+    #[error(
+        "recognition refused: this call already has {per_call} utterances waiting for a decoder"
+    )]
     CallFull {
         /// The call's share.
         per_call: usize,
     },
-}
-
-impl std::fmt::Display for Refused {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Refused::Full { max } => write!(
-                f,
-                "recognition refused: the server is busy ({max} utterances are waiting for a decoder)"
-            ),
-            Refused::CallFull { per_call } => write!(
-                f,
-                "recognition refused: this call already has {per_call} utterances waiting for a decoder"
-            ),
-        }
-    }
 }
 
 /// Waiting jobs, keyed by call (any `u64` the engine gives each call).

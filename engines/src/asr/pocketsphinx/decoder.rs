@@ -6,8 +6,70 @@ use std::ffi::{CStr, CString};
 use std::marker::{PhantomData, PhantomPinned};
 use std::os::raw::{c_char, c_int, c_void};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, Once};
+
+/// Why a decoder could not be built or an utterance failed. The C library reports failures as
+/// a negative return or a NULL without detail, so each variant names the step that failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecoderError {
+    /// Neither a language model nor a grammar was given.
+    #[error("need a language model or a JSGF grammar")]
+    NoSearch,
+    /// The acoustic model directory has no `mdef` file.
+    #[error("acoustic model dir has no mdef: {}", .0.display())]
+    NoMdef(PathBuf),
+    /// The dictionary file does not exist.
+    #[error("dictionary not found: {}", .0.display())]
+    NoDict(PathBuf),
+    /// The language model file does not exist.
+    #[error("language model not found: {}", .0.display())]
+    NoLm(PathBuf),
+    /// A path cannot be a C string.
+    #[error("{what} path contains a NUL byte: {}", .path.display())]
+    PathNul {
+        /// Which setting.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+    },
+    /// The grammar text cannot be a C string.
+    #[error("grammar contains a NUL byte")]
+    GrammarNul,
+    /// A C call failed (returned NULL or a negative code) without saying why.
+    #[error("{0} failed")]
+    Failed(&'static str),
+    /// `ps_init` refused the configuration.
+    #[error("ps_init failed (bad model/dictionary/LM?)")]
+    Init,
+    /// The JSGF grammar does not parse.
+    #[error("JSGF grammar failed to parse")]
+    GrammarParse,
+    /// The JSGF grammar has no public rule to recognize.
+    #[error("JSGF grammar has no public rule")]
+    GrammarNoPublicRule,
+    /// No finite-state grammar could be built from the JSGF grammar.
+    #[error("could not build FSG from JSGF grammar")]
+    GrammarFsg,
+    /// The decoder refused the grammar, usually for a word its dictionary lacks.
+    #[error("grammar rejected by the decoder (word not in the dictionary?)")]
+    GrammarRejected,
+    /// `ps_process_raw` failed with this code.
+    #[error("ps_process_raw failed ({0})")]
+    ProcessRaw(c_int),
+    /// A method was called in the wrong utterance state (a bug of the caller).
+    #[error("{0}")]
+    Misuse(&'static str),
+    /// The decoder has no feature extractor to reset.
+    #[error("decoder has no feature extractor")]
+    NoFeat,
+    /// The model disables cepstral mean normalisation.
+    #[error("CMN disabled (-cmn none)")]
+    CmnDisabled,
+    /// The library's `cmn_t` does not look like the mirrored layout.
+    #[error("unexpected cmn_t layout (veclen {0})")]
+    CmnLayout(i32),
+}
 
 /// Raw declarations. Kept private; everything public goes through `Decoder`.
 #[allow(non_camel_case_types)]
@@ -220,9 +282,11 @@ pub struct Decoder {
 // buffers), and raw pointers already make the type `!Sync`.
 unsafe impl Send for Decoder {}
 
-fn path_cstring(p: &Path, what: &str) -> Result<CString, String> {
-    CString::new(p.as_os_str().as_bytes())
-        .map_err(|_| format!("{what} path contains a NUL byte: {}", p.display()))
+fn path_cstring(p: &Path, what: &'static str) -> Result<CString, DecoderError> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| DecoderError::PathNul {
+        what,
+        path: p.to_owned(),
+    })
 }
 
 impl Decoder {
@@ -244,29 +308,27 @@ impl Decoder {
         dict: &Path,
         lm: Option<&Path>,
         jsgf: Option<&str>,
-    ) -> Result<Decoder, String> {
+    ) -> Result<Decoder, DecoderError> {
         if lm.is_none() && jsgf.is_none() {
-            return Err("need a language model or a JSGF grammar".into());
+            return Err(DecoderError::NoSearch);
         }
         // Pre-validate files for clear error messages. (Measured: for missing
         // files ps_init itself also just returns NULL. Corrupt model files are
         // NOT survivable — a truncated `mdef` segfaults inside ps_init — so
         // the model files must be trusted.)
         if !hmm.join("mdef").is_file() {
-            return Err(format!("acoustic model dir has no mdef: {}", hmm.display()));
+            return Err(DecoderError::NoMdef(hmm.to_owned()));
         }
         if !dict.is_file() {
-            return Err(format!("dictionary not found: {}", dict.display()));
+            return Err(DecoderError::NoDict(dict.to_owned()));
         }
         if let Some(lm) = lm
             && !lm.is_file()
         {
-            return Err(format!("language model not found: {}", lm.display()));
+            return Err(DecoderError::NoLm(lm.to_owned()));
         }
         let jsgf_c = match jsgf {
-            Some(g) => {
-                Some(CString::new(g).map_err(|_| "grammar contains a NUL byte".to_string())?)
-            }
+            Some(g) => Some(CString::new(g).map_err(|_| DecoderError::GrammarNul)?),
             None => None,
         };
 
@@ -299,13 +361,13 @@ impl Decoder {
             )
         };
         if config.is_null() {
-            return Err("cmd_ln_parse_r failed".into());
+            return Err(DecoderError::Failed("cmd_ln_parse_r"));
         }
         // SAFETY: config is a valid cmd_ln_t; ps_init takes its own reference.
         let ps = unsafe { ffi::ps_init(config) };
         if ps.is_null() {
             unsafe { ffi::cmd_ln_free_r(config) };
-            return Err("ps_init failed (bad model/dictionary/LM?)".into());
+            return Err(DecoderError::Init);
         }
         // From here on Drop cleans up.
         let mut dec = Decoder {
@@ -331,7 +393,7 @@ impl Decoder {
     }
 
     /// Equivalent of `ps_set_jsgf_string` + `ps_set_search`, without the leak.
-    fn set_jsgf(&mut self, text: &CStr) -> Result<(), String> {
+    fn set_jsgf(&mut self, text: &CStr) -> Result<(), DecoderError> {
         let name = CString::new(GRAMMAR_SEARCH).unwrap();
         let lw_key = CString::new("-lw").unwrap();
         // SAFETY: valid decoder/config; every object created here is freed
@@ -341,40 +403,40 @@ impl Decoder {
         unsafe {
             let jsgf = ffi::jsgf_parse_string(text.as_ptr(), std::ptr::null_mut());
             if jsgf.is_null() {
-                return Err("JSGF grammar failed to parse".into());
+                return Err(DecoderError::GrammarParse);
             }
             let rule = ffi::jsgf_get_public_rule(jsgf);
             if rule.is_null() {
                 ffi::jsgf_grammar_free(jsgf);
-                return Err("JSGF grammar has no public rule".into());
+                return Err(DecoderError::GrammarNoPublicRule);
             }
             let lw = ffi::cmd_ln_float_r(self.config, lw_key.as_ptr()) as f32;
             let fsg = ffi::jsgf_build_fsg(jsgf, rule, ffi::ps_get_logmath(self.ps), lw);
             if fsg.is_null() {
                 ffi::jsgf_grammar_free(jsgf);
-                return Err("could not build FSG from JSGF grammar".into());
+                return Err(DecoderError::GrammarFsg);
             }
             let rv = ffi::ps_set_fsg(self.ps, name.as_ptr(), fsg);
             ffi::fsg_model_free(fsg);
             ffi::jsgf_grammar_free(jsgf);
             if rv < 0 {
-                return Err("grammar rejected by the decoder (word not in the dictionary?)".into());
+                return Err(DecoderError::GrammarRejected);
             }
             if ffi::ps_set_search(self.ps, name.as_ptr()) < 0 {
-                return Err("ps_set_search failed".into());
+                return Err(DecoderError::Failed("ps_set_search"));
             }
         }
         Ok(())
     }
 
     /// Begin an utterance.
-    pub fn start(&mut self) -> Result<(), String> {
+    pub fn start(&mut self) -> Result<(), DecoderError> {
         if self.in_utt {
-            return Err("utterance already started".into());
+            return Err(DecoderError::Misuse("utterance already started"));
         }
         // SAFETY: self.ps is valid for the lifetime of self.
         if unsafe { ffi::ps_start_utt(self.ps) } < 0 {
-            return Err("ps_start_utt failed".into());
+            return Err(DecoderError::Failed("ps_start_utt"));
         }
         self.in_utt = true;
         self.started_once = true;
@@ -382,9 +444,11 @@ impl Decoder {
     }
 
     /// Feed 16 kHz mono s16 samples (any length; chunking is up to the caller).
-    pub fn process(&mut self, pcm: &[i16]) -> Result<(), String> {
+    pub fn process(&mut self, pcm: &[i16]) -> Result<(), DecoderError> {
         if !self.in_utt {
-            return Err("process() called outside an utterance".into());
+            return Err(DecoderError::Misuse(
+                "process() called outside an utterance",
+            ));
         }
         if pcm.is_empty() {
             return Ok(());
@@ -393,7 +457,7 @@ impl Decoder {
         // reads during the call.
         let rv = unsafe { ffi::ps_process_raw(self.ps, pcm.as_ptr(), pcm.len(), 0, 0) };
         if rv < 0 {
-            return Err(format!("ps_process_raw failed ({rv})"));
+            return Err(DecoderError::ProcessRaw(rv));
         }
         Ok(())
     }
@@ -408,14 +472,14 @@ impl Decoder {
     }
 
     /// End the utterance and return the final hypothesis (`None` if empty).
-    pub fn finish(&mut self) -> Result<Option<String>, String> {
+    pub fn finish(&mut self) -> Result<Option<String>, DecoderError> {
         if !self.in_utt {
-            return Err("finish() called outside an utterance".into());
+            return Err(DecoderError::Misuse("finish() called outside an utterance"));
         }
         self.in_utt = false;
         // SAFETY: valid decoder.
         if unsafe { ffi::ps_end_utt(self.ps) } < 0 {
-            return Err("ps_end_utt failed".into());
+            return Err(DecoderError::Failed("ps_end_utt"));
         }
         Ok(self.hyp())
     }
@@ -429,9 +493,9 @@ impl Decoder {
     /// utterances in a row returned nothing after 2 s of noise). Call this
     /// between utterances to start from a clean state. Not allowed inside an
     /// utterance.
-    pub fn reset_cmn(&mut self) -> Result<(), String> {
+    pub fn reset_cmn(&mut self) -> Result<(), DecoderError> {
         if self.in_utt {
-            return Err("reset_cmn() inside an utterance".into());
+            return Err(DecoderError::Misuse("reset_cmn() inside an utterance"));
         }
         let cmn = self.cmn_ptr()?;
         // SAFETY: valid cmn_t with veclen == cmn_init.len() (checked in cmn_ptr
@@ -441,25 +505,25 @@ impl Decoder {
     }
 
     /// The decoder's `cmn_t`, with sanity checks on the mirrored layout.
-    fn cmn_ptr(&mut self) -> Result<*mut ffi::cmn_t, String> {
+    fn cmn_ptr(&mut self) -> Result<*mut ffi::cmn_t, DecoderError> {
         // SAFETY: valid decoder; feat_t/cmn_t prefixes mirror the public
         // sphinxbase headers (offsets asserted at compile time), and we only
         // read through them.
         unsafe {
             let feat = ffi::ps_get_feat(self.ps);
             if feat.is_null() {
-                return Err("decoder has no feature extractor".into());
+                return Err(DecoderError::NoFeat);
             }
             let cmn = (*feat).cmn_struct;
             if cmn.is_null() {
-                return Err("CMN disabled (-cmn none)".into());
+                return Err(DecoderError::CmnDisabled);
             }
             let n = (*cmn).veclen;
             if n != (*feat).cepsize
                 || !(1..=64).contains(&n)
                 || (!self.cmn_init.is_empty() && n as usize != self.cmn_init.len())
             {
-                return Err(format!("unexpected cmn_t layout (veclen {n})"));
+                return Err(DecoderError::CmnLayout(n));
             }
             Ok(cmn)
         }
