@@ -96,6 +96,16 @@ impl TtsFactory for OpenAiTts {
     }
 }
 
+/// The body of `POST /v1/audio/speech` (OpenAI's speech API; compatible servers take the same).
+#[derive(serde::Serialize)]
+struct SpeechRequest<'a> {
+    model: &'a str,
+    input: &'a str,
+    voice: &'a str,
+    /// Raw 16-bit little-endian mono PCM at the engine's sample rate.
+    response_format: &'a str,
+}
+
 struct OpenAiEngine {
     settings: OpenAiTtsSettings,
     client: awc::Client,
@@ -121,13 +131,12 @@ impl TtsEngine for OpenAiEngine {
         if !key.is_empty() {
             req = req.bearer_auth(key);
         }
-        let body = serde_json::json!({
-            "model": s.model,
-            "input": text,
-            "voice": s.voice,
-            "response_format": "pcm",
+        let send = req.send_json(&SpeechRequest {
+            model: &s.model,
+            input: text,
+            voice: &s.voice,
+            response_format: "pcm",
         });
-        let send = req.send_json(&body);
         let stream_idle = s.stream_idle;
         Box::pin(
             futures_util::stream::once(async move {
