@@ -47,6 +47,16 @@ fn loud_packets(rx: &[Received]) -> usize {
         .count()
 }
 
+/// Loud frames the peer received after `since`, among the packets from index `from` on.
+fn loud_since(peer: &ClientPeer, from: usize, since: Instant) -> usize {
+    let after: Vec<Received> = peer.received()[from..]
+        .iter()
+        .filter(|p| p.at > since)
+        .cloned()
+        .collect();
+    loud_packets(&after)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn call_started_carries_the_original_fields_and_the_dial_url_its_params() {
     let app = TestDialogApp::start().await;
@@ -411,15 +421,10 @@ async fn the_give_up_prompt_plays_then_the_call_ends_as_dialog_lost() {
         Some("dialog-lost"),
         "ended after the prompt, well within the 15 s it may wait for it"
     );
-    let during: Vec<Received> = peer.received()[before..]
-        .iter()
-        .filter(|p| p.at > dropped_at)
-        .cloned()
-        .collect();
+    let loud = loud_since(&peer, before, dropped_at);
     assert!(
-        loud_packets(&during) > 25,
-        "the caller heard the give-up prompt: {} loud frames",
-        loud_packets(&during)
+        loud > 25,
+        "the caller heard the give-up prompt: {loud} loud frames"
     );
     server.wait_released(2 * SECOND).await.unwrap();
     peer.close().await;
@@ -759,15 +764,10 @@ async fn hold_prompts_play_while_reconnecting_and_stay_internal() {
         eventually(5 * SECOND, || app.dials().len() == 2 && app.connected()).await,
         "redialled"
     );
-    let during: Vec<Received> = peer.received()[before..]
-        .iter()
-        .filter(|p| p.at > dropped_at)
-        .cloned()
-        .collect();
+    let loud = loud_since(&peer, before, dropped_at);
     assert!(
-        loud_packets(&during) > 25,
-        "the caller heard the hold prompt: {} loud frames",
-        loud_packets(&during)
+        loud > 25,
+        "the caller heard the hold prompt: {loud} loud frames"
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(

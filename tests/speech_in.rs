@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use voicegate_testkit::ClientPeer;
 use voicegate_testkit::dialog_app::TestDialogApp;
-use voicegate_testkit::speech_server::{Behaviour, SpeechServer};
+use voicegate_testkit::speech_server::{Behaviour, Form, SpeechServer};
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -50,6 +50,28 @@ fn utterance_wav_seconds(wav: &[u8]) -> f64 {
     let data_len = u32::from_le_bytes([wav[40], wav[41], wav[42], wav[43]]) as usize;
     assert_eq!(data_len, wav.len() - 44);
     data_len as f64 / (2 * rate) as f64
+}
+
+/// Says "hello world" with a second of silence after it, waits for the `asr.final` carrying
+/// `expected` (the stand-in recognizer's reply), and returns the form the recognizer received;
+/// its WAV must hold the utterance, about a second and a half long.
+async fn hello_to_the_recognizer(
+    peer: &ClientPeer,
+    app: &TestDialogApp,
+    stt: &SpeechServer,
+    expected: &str,
+) -> Form {
+    let speech = spoken("hello world", Duration::from_millis(1000)).await;
+    peer.send_paced(&speech).await.unwrap();
+    let f = app
+        .wait_type(5 * SECOND, "asr.final", None)
+        .await
+        .expect("asr.final");
+    assert_eq!(f["text"], expected);
+    let form = stt.requests()[0].form.clone().expect("a multipart form");
+    let secs = utterance_wav_seconds(&form.file);
+    assert!((1.0..2.6).contains(&secs), "the utterance is {secs} s");
+    form
 }
 
 fn of_type(app: &TestDialogApp, kind: &str) -> Vec<Value> {
@@ -270,23 +292,13 @@ async fn openai_asr_gets_a_wav_of_the_utterance_and_its_text_is_the_final() {
         ],
     );
     let peer = started(&server, &app).await;
-    let speech = spoken("hello world", Duration::from_millis(1000)).await;
-    peer.send_paced(&speech).await.unwrap();
-    let f = app
-        .wait_type(5 * SECOND, "asr.final", None)
-        .await
-        .expect("asr.final");
-    assert_eq!(f["text"], "the text from the server");
-    let req = &stt.requests()[0];
-    assert_eq!(req.path, "/v1/audio/transcriptions");
-    let form = req.form.as_ref().expect("a multipart form");
+    let form = hello_to_the_recognizer(&peer, &app, &stt, "the text from the server").await;
+    assert_eq!(stt.requests()[0].path, "/v1/audio/transcriptions");
     assert_eq!(
         form.fields.get("model").map(String::as_str),
         Some("whisper-test")
     );
     assert_eq!(form.fields.get("language").map(String::as_str), Some("en"));
-    let secs = utterance_wav_seconds(&form.file);
-    assert!((1.0..2.6).contains(&secs), "the utterance is {secs} s");
     peer.close().await;
 }
 
@@ -307,16 +319,7 @@ async fn at_a_48_khz_pcm_rate_the_recognizer_still_gets_the_utterance_at_16_khz(
     );
     let peer = started(&server, &app).await;
     assert_eq!(of_type(&app, "call.started")[0]["pcm_hz"], 48000);
-    let speech = spoken("hello world", Duration::from_millis(1000)).await;
-    peer.send_paced(&speech).await.unwrap();
-    let f = app
-        .wait_type(5 * SECOND, "asr.final", None)
-        .await
-        .expect("asr.final");
-    assert_eq!(f["text"], "heard at 48 kHz");
-    let form = stt.requests()[0].form.clone().expect("a multipart form");
-    let secs = utterance_wav_seconds(&form.file);
-    assert!((1.0..2.6).contains(&secs), "the utterance is {secs} s");
+    hello_to_the_recognizer(&peer, &app, &stt, "heard at 48 kHz").await;
     peer.close().await;
 }
 
