@@ -10,18 +10,27 @@ voicegate: WebRTC voice calls between browsers and an AI dialog app
 
 USAGE:
     voicegate [--config <file>]
+    voicegate token [--config <file>] [--ttl <seconds>] [--sub <who>] [--mode echo|dialog]
+                    [--payload <json>] [--max-duration <seconds>] [--jti <id>]
 
 OPTIONS:
     -c, --config <file>   TOML file overriding config/default.toml (only the keys you change)
     -h, --help            print this help
     -V, --version         print the version
 
+`voicegate token` prints a call token signed with the first of auth.secrets (HS256), valid for
+--ttl seconds (default 300): for tests, and to compare with what your backend mints.
+
 Environment variables VOICEGATE__<SECTION>__<KEY> override both, e.g.
 VOICEGATE__HTTP__BIND=0.0.0.0:8080. RUST_LOG overrides log.filter.";
 
 fn main() -> anyhow::Result<()> {
     let mut config = None;
-    let mut args = std::env::args().skip(1);
+    let mut args = std::env::args().skip(1).peekable();
+    if args.peek().map(String::as_str) == Some("token") {
+        args.next();
+        return print_token(args);
+    }
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "-c" | "--config" => config = Some(args.next().context("--config needs a file path")?),
@@ -63,6 +72,69 @@ fn main() -> anyhow::Result<()> {
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// `voicegate token ...`: prints a call token signed with the configured secret.
+fn print_token(mut args: impl Iterator<Item = String>) -> anyhow::Result<()> {
+    use voicegate_core::token::{Claims, mint};
+    let mut config = None;
+    let mut ttl: u64 = 300;
+    let mut claims = Claims::default();
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| args.next().with_context(|| format!("{name} needs a value"));
+        match arg.as_str() {
+            "-c" | "--config" => config = Some(value("--config")?),
+            "--ttl" => ttl = value("--ttl")?.parse().context("--ttl takes seconds")?,
+            "--sub" => claims.sub = Some(value("--sub")?),
+            "--jti" => claims.jti = Some(value("--jti")?),
+            "--mode" => {
+                let mode = value("--mode")?;
+                anyhow::ensure!(
+                    mode == "echo" || mode == "dialog",
+                    "--mode is echo or dialog"
+                );
+                claims.mode = Some(mode);
+            }
+            "--payload" => {
+                let json = value("--payload")?;
+                claims.payload =
+                    Some(serde_json::from_str(&json).context("--payload takes JSON")?);
+            }
+            "--max-duration" => {
+                claims.max_duration_s = Some(
+                    value("--max-duration")?
+                        .parse()
+                        .context("--max-duration takes seconds")?,
+                );
+            }
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(());
+            }
+            other => anyhow::bail!("unknown argument {other:?}\n\n{USAGE}"),
+        }
+    }
+    let settings = Settings::load(config.as_deref())?;
+    let secret = settings
+        .auth
+        .secrets
+        .first()
+        .context("no auth.secrets configured: set VOICEGATE__AUTH__SECRETS")?;
+    anyhow::ensure!(
+        secrecy::ExposeSecret::expose_secret(secret).len() >= voicegate::settings::MIN_SECRET_BYTES,
+        "the first of auth.secrets is shorter than {} bytes",
+        voicegate::settings::MIN_SECRET_BYTES
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    claims.iat = Some(now);
+    claims.exp = now + ttl;
+    println!(
+        "{}",
+        mint(secrecy::ExposeSecret::expose_secret(secret).as_bytes(), &claims)
+    );
+    Ok(())
 }
 
 fn init_tracing(filter: &str, format: LogFormat) {

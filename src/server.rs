@@ -125,6 +125,7 @@ pub fn start(cfg: &Validated) -> Result<Running, StartError> {
         trusted_proxies: Arc::new(cfg.trusted_proxies.clone()),
         offer_rate,
         max_remote_candidates: cfg.max_remote_candidates,
+        auth: cfg.auth.as_ref().map(|a| Arc::new(http::auth::Auth::new(a))),
     });
     let server =
         HttpServer::new(move || App::new().app_data(state.clone()).configure(http::routes))
@@ -135,6 +136,11 @@ pub fn start(cfg: &Validated) -> Result<Running, StartError> {
             .listen(listener)
             .map_err(http_err)?
             .run();
+    if !http_addr.ip().is_loopback() && cfg.auth.is_none() {
+        tracing::warn!(
+            "auth.mode is \"none\" on a non-loopback address: anyone who reaches this server can place calls (and spend your speech and LLM budget); set auth.mode = \"token\", see the README"
+        );
+    }
     if !http_addr.ip().is_loopback() && cfg.allowed_origins.is_empty() {
         tracing::warn!(
             "http.allowed_origins is empty on a non-loopback address: pages on any origin can place calls through their visitors' browsers; see SECURITY.md"

@@ -6,7 +6,7 @@
 //! [`Settings::validate`] turns them into the domain types the rest of the service uses, and
 //! names the key at fault when one cannot work.
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -41,6 +41,7 @@ const MIN_UTTERANCE_DEADLINE_MS: u64 = 1000;
 
 /// Keys whose environment value is a comma-separated list.
 const LIST_KEYS: &[&str] = &[
+    "auth.secrets",
     "http.allowed_origins",
     "http.trusted_proxies",
     "media.public_ips",
@@ -58,6 +59,8 @@ pub struct Settings {
     pub calls: Calls,
     /// `[admission]`
     pub admission: Admission,
+    /// `[auth]`
+    pub auth: AuthConfig,
     /// `[dialog]`
     pub dialog: Dialog,
     /// `[tts]`
@@ -399,6 +402,39 @@ pub struct Admission {
     pub calls_per_ip: usize,
 }
 
+/// `[auth]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `none` or `token`.
+    pub mode: String,
+    /// HS256 secrets; the first signs `voicegate token`'s tokens, any verifies.
+    pub secrets: Vec<SecretString>,
+    /// Clock skew allowed on `exp` and `nbf`, seconds.
+    pub leeway_s: u64,
+    /// Longest a token may still be valid when it arrives, seconds.
+    pub max_ttl_s: u64,
+    /// Most unexpired single-use tokens (`jti`) remembered.
+    pub max_single_use_tokens: usize,
+}
+
+/// Call tokens, when `auth.mode = "token"`.
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// The secrets, the signing one first.
+    pub secrets: Vec<SecretString>,
+    /// Clock skew allowed, seconds.
+    pub leeway_s: u64,
+    /// Longest remaining validity accepted, seconds.
+    pub max_ttl_s: u64,
+    /// Most unexpired single-use tokens remembered.
+    pub max_single_use_tokens: usize,
+}
+
+/// The shortest HS256 secret accepted: RFC 7518 §3.2 asks for a key at least as long as the
+/// hash (256 bits); a short one can be guessed offline from any token.
+pub const MIN_SECRET_BYTES: usize = 32;
+
 /// `[echo]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -443,6 +479,55 @@ pub enum SettingsError {
     },
 }
 
+impl AuthConfig {
+    /// `None` for `mode = "none"`; the checked token settings for `"token"`.
+    pub fn validate(&self) -> Result<Option<AuthSettings>, SettingsError> {
+        match self.mode.trim() {
+            "none" => return Ok(None),
+            "token" => {}
+            other => {
+                return Err(invalid(
+                    "auth.mode",
+                    format!("{other:?}: want \"none\" or \"token\""),
+                ));
+            }
+        }
+        let secrets: Vec<SecretString> = self
+            .secrets
+            .iter()
+            .filter(|s| !s.expose_secret().trim().is_empty())
+            .cloned()
+            .collect();
+        if secrets.is_empty() {
+            return Err(invalid(
+                "auth.secrets",
+                "auth.mode = \"token\" needs at least one secret (VOICEGATE__AUTH__SECRETS)",
+            ));
+        }
+        if let Some(i) = secrets
+            .iter()
+            .position(|s| s.expose_secret().len() < MIN_SECRET_BYTES)
+        {
+            return Err(invalid(
+                "auth.secrets",
+                format!("secret #{} is shorter than {MIN_SECRET_BYTES} bytes", i + 1),
+            ));
+        }
+        if self.max_ttl_s == 0 {
+            return Err(invalid("auth.max_ttl_s", "must be above 0"));
+        }
+        if self.max_single_use_tokens == 0 {
+            return Err(invalid("auth.max_single_use_tokens", "must be at least 1"));
+        }
+        Ok(Some(AuthSettings {
+            secrets,
+            leeway_s: self.leeway_s,
+            max_ttl_s: self.max_ttl_s,
+            max_single_use_tokens: self.max_single_use_tokens,
+        }))
+    }
+}
+
 /// Smallest `dialog.max_message_bytes`: room for any control frame (125 bytes) and a command.
 const MIN_DIALOG_MESSAGE_BYTES: usize = 1024;
 /// Largest `dialog.max_message_bytes`: each call may hold about twice the limit while a message
@@ -478,6 +563,8 @@ pub struct Validated {
     pub offers_per_source: (f64, u32),
     /// Calls in progress per source (0: no limit).
     pub calls_per_source: usize,
+    /// Call tokens (`None`: `auth.mode = "none"`, anyone may call).
+    pub auth: Option<AuthSettings>,
     /// HTTP workers (resolved, at least 1).
     pub http_workers: usize,
     /// Media plane settings.
@@ -576,6 +663,7 @@ impl Settings {
         if a.offer_burst == 0 {
             return Err(invalid("admission.offer_burst", "must be at least 1"));
         }
+        let auth = self.auth.validate()?;
         if self.media.max_remote_candidates == 0 {
             return Err(invalid("media.max_remote_candidates", "must be at least 1"));
         }
@@ -875,6 +963,7 @@ impl Settings {
             max_remote_candidates: self.media.max_remote_candidates,
             offers_per_source: (a.offers_per_ip_per_s, a.offer_burst),
             calls_per_source: a.calls_per_ip,
+            auth,
             http_workers: workers(self.http.workers),
             media,
             calls,
@@ -937,6 +1026,39 @@ mod tests {
             panic!("pocketsphinx is the default recognizer");
         };
         assert_eq!(p.queue_max, 8);
+    }
+
+    #[test]
+    fn call_tokens_need_long_secrets_from_the_environment() {
+        let load = |pairs: &[(&str, &str)]| {
+            Settings::load_with_env(None, env(pairs))
+                .unwrap()
+                .validate()
+                .map(|v| v.auth)
+        };
+        assert!(load(&[]).unwrap().is_none(), "auth.mode = none by default");
+        let err = load(&[("VOICEGATE__AUTH__MODE", "token")]).unwrap_err();
+        assert!(err.to_string().contains("auth.secrets"), "{err}");
+        let err = load(&[
+            ("VOICEGATE__AUTH__MODE", "token"),
+            ("VOICEGATE__AUTH__SECRETS", "short"),
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("shorter than 32 bytes"), "{err}");
+        let err = load(&[("VOICEGATE__AUTH__MODE", "tokens")]).unwrap_err();
+        assert!(err.to_string().contains("auth.mode"), "{err}");
+        let two = format!("{},{}", "a".repeat(32), "b".repeat(40));
+        let auth = load(&[
+            ("VOICEGATE__AUTH__MODE", "token"),
+            ("VOICEGATE__AUTH__SECRETS", &two),
+        ])
+        .unwrap()
+        .expect("token mode");
+        assert_eq!(auth.secrets.len(), 2, "comma-separated, for rotation");
+        assert_eq!(auth.secrets[1].expose_secret().len(), 40);
+        assert!(!format!("{auth:?}").contains("aaaa"), "secrets never print");
+        assert_eq!((auth.leeway_s, auth.max_ttl_s), (30, 3600));
+        assert_eq!(auth.max_single_use_tokens, 100_000);
     }
 
     #[test]

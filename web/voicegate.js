@@ -50,6 +50,9 @@ export class VoicegateCall extends EventTarget {
    * @param {RTCIceServer[]} [options.iceServers] STUN/TURN servers for the browser's gathering.
    * @param {number} [options.gatherTimeoutMs] Longest wait for ICE gathering before sending the offer.
    * @param {MediaTrackConstraints|boolean} [options.audio] getUserMedia audio constraints.
+   * @param {string|(() => Promise<string>)} [options.token] A call token from your backend, sent as
+   *   `Authorization: Bearer` (needed when the server runs with auth.mode = "token"). A function
+   *   is called for each call, so every call gets a fresh, short-lived token.
    */
   constructor(options = {}) {
     super();
@@ -59,6 +62,7 @@ export class VoicegateCall extends EventTarget {
     this.iceServers = options.iceServers || [];
     this.gatherTimeoutMs = options.gatherTimeoutMs ?? 3000;
     this.audio = options.audio ?? { echoCancellation: true, noiseSuppression: true, autoGainControl: true };
+    this.token = options.token;
     this.state = States.IDLE;
     this.callId = null;
     this.pc = null;
@@ -108,9 +112,12 @@ export class VoicegateCall extends EventTarget {
       const body = { type: "offer", sdp: pc.localDescription.sdp };
       if (this.payload !== undefined) body.payload = this.payload;
       const query = this.mode ? `?mode=${encodeURIComponent(this.mode)}` : "";
+      const headers = { "Content-Type": "application/json" };
+      const token = typeof this.token === "function" ? await this.token() : this.token;
+      if (token) headers.Authorization = `Bearer ${token}`;
       const res = await fetch(`${this.server}/webrtc/v1/offer${query}`, {
         method: "POST",
-        headers: { "Content-Type": "application/json" },
+        headers,
         body: JSON.stringify(body),
       });
       const reply = await res.json().catch(() => ({}));

@@ -331,6 +331,8 @@ pub enum Limit {
     AsrDeadline,
     /// A message for the page's data channel was dropped because its queue was full.
     PageQueue,
+    /// `auth.max_single_use_tokens` unexpired single-use tokens were held: a new one was refused.
+    SingleUseTokens,
 }
 
 impl LabelSet for Limit {
@@ -349,6 +351,7 @@ impl LabelSet for Limit {
         Limit::AsrQueueFull,
         Limit::AsrDeadline,
         Limit::PageQueue,
+        Limit::SingleUseTokens,
     ];
 
     fn label(self) -> &'static str {
@@ -367,6 +370,7 @@ impl LabelSet for Limit {
             Limit::AsrQueueFull => "asr_queue_full",
             Limit::AsrDeadline => "asr_deadline",
             Limit::PageQueue => "page_queue",
+            Limit::SingleUseTokens => "single_use_tokens",
         }
     }
 
@@ -401,6 +405,9 @@ pub struct Metrics {
     pub calls_ended: PerLabel<EndLabel, Counter, { EndLabel::ALL.len() }>,
     /// Offers refused because the server was full.
     pub calls_refused_full: Counter,
+    /// Offers refused for their call token (missing, invalid, expired, reused, or not allowing
+    /// the call asked for).
+    pub offers_unauthorized: Counter,
     /// Offer received → answer sent.
     pub offer_answer: LatencyHistogram,
     /// Offer received → media connected.
@@ -439,6 +446,7 @@ impl Default for Metrics {
         Metrics {
             calls_ended: PerLabel::default(),
             calls_refused_full: Counter::default(),
+            offers_unauthorized: Counter::default(),
             offer_answer: Histogram::new(&LATENCY_BUCKETS),
             offer_connected: Histogram::new(&LATENCY_BUCKETS),
             rtp_in: Counter::default(),
@@ -522,6 +530,12 @@ impl Metrics {
             "voicegate_calls_refused_full_total",
             "Offers refused because calls.max was reached.",
             self.calls_refused_full.get(),
+        );
+        counter(
+            &mut o,
+            "voicegate_offers_unauthorized_total",
+            "Offers refused for their call token (auth.mode = token): missing, invalid, expired, reused or not allowing the call.",
+            self.offers_unauthorized.get(),
         );
         self.offer_answer.render(
             &mut o,
@@ -811,9 +825,13 @@ voicegate_calls_total{reason="dialog-lost"} 0
 voicegate_calls_total{reason="shutdown"} 1
 voicegate_calls_total{reason="negotiation-failed"} 0
 voicegate_calls_total{reason="internal-error"} 0
+voicegate_calls_total{reason="max-duration"} 0
 # HELP voicegate_calls_refused_full_total Offers refused because calls.max was reached.
 # TYPE voicegate_calls_refused_full_total counter
 voicegate_calls_refused_full_total 0
+# HELP voicegate_offers_unauthorized_total Offers refused for their call token (auth.mode = token): missing, invalid, expired, reused or not allowing the call.
+# TYPE voicegate_offers_unauthorized_total counter
+voicegate_offers_unauthorized_total 0
 # HELP voicegate_offer_answer_seconds From an offer's arrival to its answer.
 # TYPE voicegate_offer_answer_seconds histogram
 voicegate_offer_answer_seconds_bucket{le="0.001"} 0
@@ -935,6 +953,7 @@ voicegate_limit_hits_total{limit="asr_stream_idle"} 0
 voicegate_limit_hits_total{limit="asr_queue_full"} 0
 voicegate_limit_hits_total{limit="asr_deadline"} 0
 voicegate_limit_hits_total{limit="page_queue"} 1
+voicegate_limit_hits_total{limit="single_use_tokens"} 0
 "#;
 
     #[test]

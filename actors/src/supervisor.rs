@@ -248,6 +248,8 @@ impl Handler<PlaceCall> for Supervisor {
                 client = %msg.offer.client.addr,
                 user_agent = %shown(msg.offer.client.user_agent.as_deref().unwrap_or("")),
                 candidates = msg.offer.summary.candidates,
+                caller = msg.offer.caller.as_deref().map(shown).map(tracing::field::display),
+                max_duration_s = msg.offer.max_duration.map(|d| d.as_secs()),
                 "offer received"
             );
         }

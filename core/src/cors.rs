@@ -24,7 +24,12 @@ pub fn origin_allowed(origin: &str, allowlist: &[String]) -> bool {
 pub const ALLOW_METHODS: &str = "POST, OPTIONS";
 
 /// `Access-Control-Allow-Headers` for the signaling endpoints.
-pub const ALLOW_HEADERS: &str = "Content-Type";
+/// (`Authorization` carries the call token when `auth.mode = "token"`.)
+pub const ALLOW_HEADERS: &str = "Content-Type, Authorization";
+
+/// `Access-Control-Expose-Headers`: the response headers a page on another origin may read
+/// (why it was refused, and when to retry).
+pub const EXPOSE_HEADERS: &str = "WWW-Authenticate, Retry-After";
 
 #[cfg(test)]
 mod tests {

@@ -39,6 +39,8 @@ pub enum Event {
         from: String,
         /// PCM rate inside the call.
         pcm_hz: u32,
+        /// Who is calling, as the call token's `sub` says (absent without a token or `sub`).
+        sub: Option<String>,
     },
     /// Interim recognition.
     AsrPartial {
@@ -117,8 +119,12 @@ impl Event {
     /// The event as its wire JSON for call `call_id`.
     pub fn to_json(&self, call_id: &str) -> String {
         let mut v = match self {
-            Event::CallStarted { from, pcm_hz } => {
-                json!({"from": from, "to": "webrtc", "codec": "opus", "pcm_hz": pcm_hz})
+            Event::CallStarted { from, pcm_hz, sub } => {
+                let mut v = json!({"from": from, "to": "webrtc", "codec": "opus", "pcm_hz": pcm_hz});
+                if let Some(sub) = sub {
+                    v["sub"] = sub.as_str().into();
+                }
+                v
             }
             Event::AsrPartial { text } => json!({"text": text}),
             Event::AsrFinal { text, net } => {
@@ -813,9 +819,18 @@ mod tests {
         assert_eq!(
             j(Event::CallStarted {
                 from: "1.2.3.4:5 ua=\"x\"".into(),
-                pcm_hz: 16000
+                pcm_hz: 16000,
+                sub: None,
             }),
             serde_json::json!({"type":"call.started","call_id":"wrtc-1","from":"1.2.3.4:5 ua=\"x\"","to":"webrtc","codec":"opus","pcm_hz":16000})
+        );
+        assert_eq!(
+            j(Event::CallStarted {
+                from: "1.2.3.4:5".into(),
+                pcm_hz: 16000,
+                sub: Some("user-42".into()),
+            })["sub"],
+            "user-42"
         );
         assert_eq!(
             j(Event::TtsStarted {

@@ -108,6 +108,7 @@ mod tests {
             Event::CallStarted {
                 from: "127.0.0.1".into(),
                 pcm_hz: 16_000,
+                sub: None,
             },
             Event::AsrError {
                 message: "down".into(),

@@ -37,6 +37,12 @@ pub enum ApiError {
         /// Retry-After, seconds.
         retry_after_s: u32,
     },
+    /// No valid call token (`auth.mode = "token"`): `401` with `WWW-Authenticate: Bearer`.
+    #[error("{0}")]
+    Unauthorized(voicegate_core::token::TokenError),
+    /// The call token does not allow what was asked.
+    #[error("{0}")]
+    Forbidden(String),
     /// Our fault; the detail is logged, not sent.
     #[error("internal error")]
     Internal(String),
@@ -69,6 +75,8 @@ impl ResponseError for ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -90,6 +98,15 @@ impl ResponseError for ApiError {
         } = self
         {
             res.insert_header((actix_web::http::header::RETRY_AFTER, secs.to_string()));
+        }
+        if let ApiError::Unauthorized(e) = self {
+            // RFC 6750 §3: a request without credentials gets the bare challenge; one with a bad
+            // token is told `invalid_token` (the JSON body says why).
+            let challenge = match e {
+                voicegate_core::token::TokenError::Missing => "Bearer realm=\"voicegate\"",
+                _ => "Bearer realm=\"voicegate\", error=\"invalid_token\"",
+            };
+            res.insert_header((actix_web::http::header::WWW_AUTHENTICATE, challenge));
         }
         if matches!(self, ApiError::BodyTimeout(_)) {
             // The rest of the body may still be on its way; do not keep reading it.

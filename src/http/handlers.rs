@@ -2,6 +2,7 @@
 
 use super::HttpState;
 use super::api::{OfferRequest, OfferResponse, SignalQuery};
+use super::auth;
 use super::error::ApiError;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -14,6 +15,7 @@ use voicegate_core::admission::{self, IpNet, SourceKey};
 use voicegate_core::call_id::CallId;
 use voicegate_core::dialog::DialParams;
 use voicegate_core::sdp;
+use voicegate_core::token::{Grant, TokenMode};
 use voicegate_core::untrusted::shown;
 
 /// `GET /health`
@@ -85,6 +87,12 @@ pub async fn offer(
             });
         }
     }
+    // A call token, when the server requires one: before the body, so a caller without one
+    // costs a header parse.
+    let grant = match &state.auth {
+        Some(auth) => Some(auth.verify(&req)?),
+        None => None,
+    };
     require_json(&req)?;
     let bytes = tokio::time::timeout(
         state.body_timeout,
@@ -101,12 +109,17 @@ pub async fn offer(
             shown(&e.to_string())
         ))
     })?;
-    let offer = validate_offer(
+    let mut offer = validate_offer(
         parsed,
         query.mode.as_deref(),
         client,
         state.max_remote_candidates,
     )?;
+    if let (Some(auth), Some(grant)) = (&state.auth, grant) {
+        apply_grant(&mut offer, &grant, query.mode.is_some())?;
+        // Spent last: a token is not burnt by an offer refused for its body.
+        auth.redeem(&grant)?;
+    }
 
     let answer = state
         .supervisor
@@ -206,6 +219,34 @@ fn require_json(req: &HttpRequest) -> Result<(), ApiError> {
     }
 }
 
+/// What the call token decided overrides what the browser asked for: the dial payload (the
+/// body's payload and credentials are dropped), the caller's name, the longest duration, and the
+/// mode (a token for an echo test makes a call without `mode` an echo test, and refuses
+/// `mode` asking for more with `403`).
+fn apply_grant(offer: &mut Offer, grant: &Grant, mode_asked: bool) -> Result<(), ApiError> {
+    if let Some(allowed) = grant.mode {
+        let wanted = match offer.mode {
+            CallMode::Echo => TokenMode::Echo,
+            CallMode::Dialog => TokenMode::Dialog,
+        };
+        if !allowed.allows(wanted) {
+            if mode_asked {
+                return Err(auth::forbidden(
+                    "the call token allows an echo test only (mode=echo)".into(),
+                ));
+            }
+            offer.mode = CallMode::Echo;
+        }
+    }
+    if let Some(payload) = grant.payload.as_deref() {
+        offer.dialog = DialParams::from_offer(Some(payload), None, None, None)
+            .map_err(|e| ApiError::BadRequest(format!("the call token's payload: {e}")))?;
+    }
+    offer.caller = grant.sub.clone();
+    offer.max_duration = grant.max_duration;
+    Ok(())
+}
+
 /// Checks the offer's fields and SDP and builds the domain [`Offer`].
 fn validate_offer(
     mut req: OfferRequest,
@@ -234,11 +275,11 @@ fn validate_offer(
         }
     }
     let mode = match mode.map(str::trim) {
-        None | Some("") => CallMode::Dialog,
+        None | Some("") | Some("dialog") => CallMode::Dialog,
         Some("echo") => CallMode::Echo,
         Some(other) => {
             return Err(ApiError::BadRequest(format!(
-                "unknown mode {:?}: use mode=echo, or leave it out for a call with the dialog app",
+                "unknown mode {:?}: use mode=echo, or mode=dialog (the default) for a call with the dialog app",
                 shown(other)
             )));
         }
@@ -267,6 +308,8 @@ fn validate_offer(
         mode,
         client,
         dialog,
+        caller: None,
+        max_duration: None,
     })
 }
 

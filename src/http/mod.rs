@@ -6,6 +6,7 @@
 //! short JSON body. [`routes`] is the one route table, used by `main` and by the tests.
 
 pub mod api;
+pub mod auth;
 pub mod error;
 mod handlers;
 mod web_page;
@@ -42,6 +43,8 @@ pub struct HttpState {
     pub offer_rate: Arc<std::sync::Mutex<voicegate_core::admission::RateLimiter>>,
     /// Most usable remote candidates in an offer.
     pub max_remote_candidates: usize,
+    /// Call tokens (`None`: `auth.mode = "none"`).
+    pub auth: Option<Arc<auth::Auth>>,
 }
 
 /// The route table.
@@ -99,6 +102,10 @@ async fn cors_headers(
         h.insert(
             header::ACCESS_CONTROL_ALLOW_HEADERS,
             HeaderValue::from_static(cors::ALLOW_HEADERS),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static(cors::EXPOSE_HEADERS),
         );
         h.append(header::VARY, HeaderValue::from_static("Origin"));
     }

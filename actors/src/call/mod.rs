@@ -244,6 +244,10 @@ impl Handler<Negotiate> for CallActor {
                 if act.offer.mode == CallMode::Dialog {
                     act.start_dialog_plane(ctx);
                 }
+                // The token's limit on the call's length counts from the answer.
+                if let Some(limit) = act.offer.max_duration {
+                    ctx.run_later(limit, |act, ctx| act.end(EndReason::MaxDuration, ctx));
+                }
                 Ok(answer)
             }
             Err(e) => {
@@ -496,6 +500,7 @@ impl CallActor {
         self.send_event(Event::CallStarted {
             from: self.offer.client.describe(),
             pcm_hz: self.settings.pcm_rate,
+            sub: self.offer.caller.clone(),
         });
     }
 

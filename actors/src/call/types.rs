@@ -121,8 +121,13 @@ pub struct Offer {
     pub mode: CallMode,
     /// Caller.
     pub client: ClientInfo,
-    /// What the offer adds to the dialog URL.
+    /// What the offer adds to the dialog URL (from the call token when it carries a payload).
     pub dialog: DialParams,
+    /// Who is calling, as the call token's `sub` says: logged, and sent in `call.started`.
+    pub caller: Option<String>,
+    /// The call ends with `max-duration` this long after it was answered (the token's
+    /// `max_duration_s`).
+    pub max_duration: Option<Duration>,
 }
 
 /// Why a call ended.
@@ -152,6 +157,8 @@ pub enum EndReason {
     NegotiationFailed,
     /// Something inside the call failed; the detail is logged.
     Internal,
+    /// The call reached the longest duration its token allowed (`max_duration_s`).
+    MaxDuration,
 }
 
 impl EndReason {
@@ -180,6 +187,7 @@ impl EndReason {
             EndReason::Shutdown => EndLabel::Shutdown,
             EndReason::NegotiationFailed => EndLabel::NegotiationFailed,
             EndReason::Internal => EndLabel::Internal,
+            EndReason::MaxDuration => EndLabel::MaxDuration,
         }
     }
 }
@@ -212,6 +220,8 @@ pub enum EndLabel {
     NegotiationFailed,
     /// `internal-error`.
     Internal,
+    /// `max-duration`.
+    MaxDuration,
 }
 
 impl LabelSet for EndLabel {
@@ -228,6 +238,7 @@ impl LabelSet for EndLabel {
         EndLabel::Shutdown,
         EndLabel::NegotiationFailed,
         EndLabel::Internal,
+        EndLabel::MaxDuration,
     ];
 
     fn label(self) -> &'static str {
@@ -244,6 +255,7 @@ impl LabelSet for EndLabel {
             EndLabel::Shutdown => "shutdown",
             EndLabel::NegotiationFailed => "negotiation-failed",
             EndLabel::Internal => "internal-error",
+            EndLabel::MaxDuration => "max-duration",
         }
     }
 

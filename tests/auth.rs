@@ -1,0 +1,202 @@
+//! Call tokens (`auth.mode = "token"`) against the real server and a real client peer: refusals
+//! cost nothing, a good token places the call, and what the token decided wins over the body.
+
+mod common;
+
+use common::TestServer;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use voicegate_core::token::{Claims, mint};
+use voicegate_testkit::dialog_app::TestDialogApp;
+use voicegate_testkit::{ClientPeer, http};
+
+const SECRET: &str = "a test secret that is long enough for HS256";
+const OLD_SECRET: &str = "the previous secret, still accepted in rotation";
+const SECOND: Duration = Duration::from_secs(1);
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn token(secret: &str, claims: Claims) -> String {
+    mint(secret.as_bytes(), &claims)
+}
+
+fn fresh(claims: Claims) -> Claims {
+    Claims {
+        exp: now() + 120,
+        ..claims
+    }
+}
+
+fn server(app: &TestDialogApp) -> TestServer {
+    let secrets = format!("{SECRET},{OLD_SECRET}");
+    TestServer::start(&[
+        ("auth.mode", "token"),
+        ("auth.secrets", &secrets),
+        ("dialog.url", &app.url()),
+    ])
+}
+
+async fn offer_sdp() -> String {
+    let (pc, _, _, _, _, sdp) = ClientPeer::offer().await.expect("offer");
+    let _ = pc.close().await;
+    sdp
+}
+
+async fn post(server: &TestServer, path: &str, auth: Option<&str>, sdp: &str) -> http::Response {
+    let bearer = auth.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = bearer
+        .as_deref()
+        .map(|b| vec![("Authorization", b)])
+        .unwrap_or_default();
+    http::post_json_with(
+        server.http,
+        path,
+        &headers,
+        &serde_json::json!({"type": "offer", "sdp": sdp, "payload": {"from": "the browser"}}),
+    )
+    .await
+    .expect("request")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offers_without_a_valid_token_get_401_and_set_nothing_up() {
+    let app = TestDialogApp::start().await;
+    let server = server(&app);
+    let sdp = offer_sdp().await;
+    let expired = token(
+        SECRET,
+        Claims {
+            exp: now() - 120,
+            ..Claims::default()
+        },
+    );
+    let forged = token("somebody else's secret, long enough", fresh(Claims::default()));
+    let cases: [(Option<&str>, &str); 4] = [
+        (None, "a call token is required"),
+        (Some("not-a-jwt"), "malformed"),
+        (Some(&expired), "expired"),
+        (Some(&forged), "signature"),
+    ];
+    for (auth, why) in cases {
+        let res = post(&server, "/webrtc/v1/offer", auth, &sdp).await;
+        assert_eq!(res.status, 401, "{why}: {}", res.text());
+        let challenge = res.header("www-authenticate").unwrap_or_default();
+        assert!(challenge.starts_with("Bearer"), "{why}: {challenge:?}");
+        assert!(
+            res.json()["error"].as_str().unwrap_or("").contains(why),
+            "{why}: {}",
+            res.text()
+        );
+    }
+    let snap = server.snapshot().await;
+    assert!(snap.calls.is_empty(), "no call was set up");
+    assert!(snap.recent_ends.is_empty(), "no call was even started");
+    assert!(app.dials().is_empty(), "no dialog app was dialled");
+    let metrics = http::request(server.http, "GET", "/metrics", &[], b"")
+        .await
+        .unwrap()
+        .text();
+    assert!(
+        metrics.contains("voicegate_offers_unauthorized_total 4"),
+        "counted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_places_the_call_and_its_claims_win_over_the_body() {
+    let app = TestDialogApp::start().await;
+    let server = server(&app);
+    // Signed with the older of the two secrets: rotation keeps it valid.
+    let t = token(
+        OLD_SECRET,
+        fresh(Claims {
+            sub: Some("user-42".into()),
+            payload: Some(serde_json::json!({"plan": "from the backend"})),
+            jti: Some("call-1".into()),
+            ..Claims::default()
+        }),
+    );
+    let bearer = format!("Bearer {t}");
+    let peer = ClientPeer::call_with_headers(
+        server.http,
+        "/webrtc/v1/offer",
+        &[("Authorization", &bearer)],
+    )
+    .await
+    .expect("call placed with a token");
+    peer.wait_connected(5 * SECOND).await.expect("media");
+    let started = app
+        .wait_type(5 * SECOND, "call.started", None)
+        .await
+        .expect("call.started");
+    assert_eq!(started["sub"], "user-42");
+    let dial = &app.dials()[0];
+    assert!(
+        dial.contains("from+the+backend") || dial.contains("from%20the%20backend"),
+        "the token's payload is dialled: {dial}"
+    );
+    peer.close().await;
+
+    // The same single-use token again: refused, nothing set up.
+    let res = post(&server, "/webrtc/v1/offer", Some(&t), &offer_sdp().await).await;
+    assert_eq!(res.status, 401, "{}", res.text());
+    assert!(res.text().contains("already used"), "{}", res.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_echo_token_allows_an_echo_test_only() {
+    let app = TestDialogApp::start().await;
+    let server = server(&app);
+    let echo_only = token(
+        SECRET,
+        fresh(Claims {
+            mode: Some("echo".into()),
+            ..Claims::default()
+        }),
+    );
+    let sdp = offer_sdp().await;
+    let res = post(&server, "/webrtc/v1/offer?mode=dialog", Some(&echo_only), &sdp).await;
+    assert_eq!(res.status, 403, "{}", res.text());
+    assert!(res.text().contains("echo test only"), "{}", res.text());
+    let res = post(&server, "/webrtc/v1/offer?mode=echo", Some(&echo_only), &sdp).await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    // Without `mode`, the token makes it an echo test: the dialog app is never dialled.
+    let res = post(&server, "/webrtc/v1/offer", Some(&echo_only), &sdp).await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(app.dials().is_empty(), "an echo test dials no app");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_ends_at_the_tokens_max_duration() {
+    let app = TestDialogApp::start().await;
+    let server = server(&app);
+    let t = token(
+        SECRET,
+        fresh(Claims {
+            max_duration_s: Some(2),
+            ..Claims::default()
+        }),
+    );
+    let bearer = format!("Bearer {t}");
+    let peer =
+        ClientPeer::call_with_headers(server.http, "/webrtc/v1/offer?mode=echo", &[(
+            "Authorization",
+            &bearer,
+        )])
+        .await
+        .expect("call placed");
+    peer.wait_connected(5 * SECOND).await.expect("media");
+    assert_eq!(
+        server
+            .end_reason(&peer.call_id, 5 * SECOND)
+            .await
+            .as_deref(),
+        Some("max-duration")
+    );
+    peer.close().await;
+}
