@@ -97,8 +97,7 @@ fn print_token(mut args: impl Iterator<Item = String>) -> anyhow::Result<()> {
             }
             "--payload" => {
                 let json = value("--payload")?;
-                claims.payload =
-                    Some(serde_json::from_str(&json).context("--payload takes JSON")?);
+                claims.payload = Some(serde_json::from_str(&json).context("--payload takes JSON")?);
             }
             "--max-duration" => {
                 claims.max_duration_s = Some(
@@ -132,7 +131,10 @@ fn print_token(mut args: impl Iterator<Item = String>) -> anyhow::Result<()> {
     claims.exp = now + ttl;
     println!(
         "{}",
-        mint(secrecy::ExposeSecret::expose_secret(secret).as_bytes(), &claims)
+        mint(
+            secrecy::ExposeSecret::expose_secret(secret).as_bytes(),
+            &claims
+        )
     );
     Ok(())
 }

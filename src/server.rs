@@ -125,7 +125,10 @@ pub fn start(cfg: &Validated) -> Result<Running, StartError> {
         trusted_proxies: Arc::new(cfg.trusted_proxies.clone()),
         offer_rate,
         max_remote_candidates: cfg.max_remote_candidates,
-        auth: cfg.auth.as_ref().map(|a| Arc::new(http::auth::Auth::new(a))),
+        auth: cfg
+            .auth
+            .as_ref()
+            .map(|a| Arc::new(http::auth::Auth::new(a))),
     });
     let server =
         HttpServer::new(move || App::new().app_data(state.clone()).configure(http::routes))

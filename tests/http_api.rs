@@ -191,7 +191,12 @@ async fn cors_reflects_any_origin_by_default() {
     );
     assert_eq!(
         res.header("access-control-allow-headers"),
-        Some("Content-Type")
+        Some("Content-Type, Authorization"),
+        "a page on another origin may send its call token"
+    );
+    assert_eq!(
+        res.header("access-control-expose-headers"),
+        Some("WWW-Authenticate, Retry-After")
     );
     assert!(
         res.headers_named("vary")

@@ -120,7 +120,8 @@ impl Event {
     pub fn to_json(&self, call_id: &str) -> String {
         let mut v = match self {
             Event::CallStarted { from, pcm_hz, sub } => {
-                let mut v = json!({"from": from, "to": "webrtc", "codec": "opus", "pcm_hz": pcm_hz});
+                let mut v =
+                    json!({"from": from, "to": "webrtc", "codec": "opus", "pcm_hz": pcm_hz});
                 if let Some(sub) = sub {
                     v["sub"] = sub.as_str().into();
                 }

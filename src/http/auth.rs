@@ -52,11 +52,11 @@ impl Auth {
         let Some((jti, exp)) = &grant.jti else {
             return Ok(());
         };
-        let verdict = self
-            .used
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .claim(jti, *exp, now_unix());
+        let verdict =
+            self.used
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .claim(jti, *exp, now_unix());
         match verdict {
             Ok(()) => Ok(()),
             Err(TokenError::UsedTokensFull) => {
