@@ -216,3 +216,109 @@ async fn sigterm_drains_then_ends_calls_with_shutdown_and_exits() {
     assert!(status.success(), "{status:?}");
     peer.close().await;
 }
+
+/// Runs the binary with `env` until it logs "listening on"; returns what it logged by then.
+fn startup_log(env: &[(&str, String)]) -> String {
+    use std::io::{BufRead, BufReader};
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_voicegate"));
+    cmd.env("VOICEGATE__MEDIA__BIND_IP", "127.0.0.1")
+        .env("VOICEGATE__MEDIA__UDP_PORT", free_port().to_string())
+        .env("VOICEGATE__ASR__POCKETSPHINX__DECODERS", "1")
+        .env("VOICEGATE__LOG__FORMAT", "text")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut log = String::new();
+    let deadline = Instant::now() + 20 * SECOND;
+    while !log.contains("listening on") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                log.push_str(&line);
+                log.push('\n');
+            }
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(log.contains("listening on"), "did not start:\n{log}");
+    log
+}
+
+#[test]
+fn beyond_loopback_without_call_tokens_the_server_warns_at_startup() {
+    let open = startup_log(&[("VOICEGATE__HTTP__BIND", format!("0.0.0.0:{}", free_port()))]);
+    assert!(open.contains("auth.mode is \"none\""), "{open}");
+    let secret = "a".repeat(40);
+    let guarded = startup_log(&[
+        ("VOICEGATE__HTTP__BIND", format!("0.0.0.0:{}", free_port())),
+        ("VOICEGATE__AUTH__MODE", "token".to_owned()),
+        ("VOICEGATE__AUTH__SECRETS", secret),
+    ]);
+    assert!(!guarded.contains("auth.mode is"), "{guarded}");
+    let local = startup_log(&[(
+        "VOICEGATE__HTTP__BIND",
+        format!("127.0.0.1:{}", free_port()),
+    )]);
+    assert!(
+        !local.contains("auth.mode is"),
+        "a laptop is not warned: {local}"
+    );
+}
+
+#[test]
+fn voicegate_token_prints_a_token_signed_with_the_first_secret() {
+    use voicegate_core::token::{TokenMode, Verifier};
+    let (first, second) = ("f".repeat(32), "s".repeat(32));
+    let out = Command::new(env!("CARGO_BIN_EXE_voicegate"))
+        .args(["token", "--ttl", "60", "--sub", "alice", "--mode", "echo"])
+        .args(["--payload", r#"{"plan":"gold"}"#, "--max-duration", "90"])
+        .env("VOICEGATE__AUTH__SECRETS", format!("{first},{second}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let grant = Verifier::new(&[first.as_bytes()], 0, 3600)
+        .verify(token.trim(), now)
+        .expect("signed with the first secret");
+    assert_eq!(grant.sub.as_deref(), Some("alice"));
+    assert_eq!(grant.mode, Some(TokenMode::Echo));
+    assert_eq!(grant.payload.as_deref(), Some(r#"{"plan":"gold"}"#));
+    assert_eq!(grant.max_duration, Some(Duration::from_secs(90)));
+    assert!(
+        Verifier::new(&[second.as_bytes()], 0, 3600)
+            .verify(token.trim(), now)
+            .is_err(),
+        "not with the second"
+    );
+    // No secret configured: a clear error, no token.
+    let out = Command::new(env!("CARGO_BIN_EXE_voicegate"))
+        .args(["token"])
+        .env_remove("VOICEGATE__AUTH__SECRETS")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("auth.secrets"));
+}
