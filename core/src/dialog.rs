@@ -93,6 +93,13 @@ pub enum Event {
         /// The press ended.
         end: bool,
     },
+    /// The caller's media stopped arriving (ICE disconnected: a network change, a tunnel, a
+    /// laptop lid) or came back. Sent only after `call.started`, in pairs; a call whose media
+    /// never comes back ends with `ice-failed`.
+    CallMedia {
+        /// What happened.
+        state: MediaState,
+    },
     /// The call ended.
     CallEnded {
         /// Why.
@@ -112,6 +119,7 @@ impl Event {
             Event::TtsEnded { .. } => "tts.ended",
             Event::TtsInterrupt { .. } => "tts.interrupt",
             Event::Dtmf { .. } => "dtmf",
+            Event::CallMedia { .. } => "call.media",
             Event::CallEnded { .. } => "call.ended",
         }
     }
@@ -164,6 +172,7 @@ impl Event {
                     .collect::<Vec<_>>(),
             }),
             Event::Dtmf { digit, end } => json!({"digit": digit.to_string(), "end": end}),
+            Event::CallMedia { state } => json!({"state": state.label()}),
             Event::CallEnded { reason } => json!({"reason": reason}),
         };
         v["type"] = self.kind().into();
@@ -175,6 +184,26 @@ impl Event {
                 .remove("utterance_id");
         }
         v.to_string()
+    }
+}
+
+/// The state a `call.media` event reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaState {
+    /// Nothing has arrived from the caller for `media.ice_disconnected_timeout_ms`: voicegate
+    /// waits for the network to come back.
+    Interrupted,
+    /// Media flows again after an interruption.
+    Restored,
+}
+
+impl MediaState {
+    /// The wire value: `interrupted` or `restored`.
+    pub fn label(self) -> &'static str {
+        match self {
+            MediaState::Interrupted => "interrupted",
+            MediaState::Restored => "restored",
+        }
     }
 }
 
@@ -892,6 +921,18 @@ mod tests {
                 })
             }),
             serde_json::json!({"type":"asr.final","call_id":"wrtc-1","text":"hi","lost_ms":60,"recovered_ms":20,"concealed_ms":40})
+        );
+        assert_eq!(
+            j(Event::CallMedia {
+                state: MediaState::Interrupted
+            }),
+            serde_json::json!({"type":"call.media","call_id":"wrtc-1","state":"interrupted"})
+        );
+        assert_eq!(
+            j(Event::CallMedia {
+                state: MediaState::Restored
+            })["state"],
+            "restored"
         );
         assert_eq!(
             j(Event::Dtmf {

@@ -51,6 +51,7 @@ impl<'a> PageMessage<'a> {
             | Event::TtsStarted { .. }
             | Event::TtsEnded { .. }
             | Event::TtsInterrupt { .. }
+            | Event::CallMedia { .. }
             | Event::CallEnded { .. } => None,
         }
     }

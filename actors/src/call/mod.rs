@@ -43,7 +43,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument;
 use voicegate_core::call_id::CallId;
-use voicegate_core::dialog::{Command, Event};
+use voicegate_core::dialog::{Command, Event, MediaState};
 use voicegate_core::page::PageMessage;
 use voicegate_core::random;
 use voicegate_core::restart::RestartBudget;
@@ -134,6 +134,8 @@ pub struct CallActor {
     dialog_up: bool,
     /// `call.started` went out.
     started_sent: bool,
+    /// Media stopped arriving at this instant (ICE disconnected) and has not come back.
+    interrupted: Option<Instant>,
     /// Children restarts allowed.
     restarts: RestartBudget,
     /// Waiting for the give-up prompt before ending with `dialog-lost`.
@@ -189,6 +191,7 @@ impl CallActor {
             page: Page::Off,
             dialog_up: false,
             started_sent: false,
+            interrupted: None,
             restarts,
             giving_up: false,
             first_audio_ms: Vec::new(),
@@ -288,10 +291,30 @@ impl Handler<FromPeer> for CallActor {
                     );
                     metrics().offer_connected.observe(self.created.elapsed());
                     self.media_connected(ctx);
+                } else if let Some(since) = self.interrupted.take() {
+                    tracing::info!(
+                        outage_ms = since.elapsed().as_millis() as u64,
+                        "media restored"
+                    );
+                    if self.started_sent {
+                        self.send_event(Event::CallMedia {
+                            state: MediaState::Restored,
+                        });
+                    }
                 }
             }
             PeerEvent::State(PeerState::Disconnected) => {
                 tracing::warn!("media disconnected; waiting for it to recover");
+                if self.phase == Phase::Connected && self.interrupted.is_none() {
+                    self.interrupted = Some(Instant::now());
+                    // Only after `call.started`: the app hears of an interruption of a call it
+                    // knows, and of its end in `call.ended` if it never recovers.
+                    if self.started_sent {
+                        self.send_event(Event::CallMedia {
+                            state: MediaState::Interrupted,
+                        });
+                    }
+                }
             }
             PeerEvent::State(PeerState::Failed) => self.end(EndReason::IceFailed, ctx),
             PeerEvent::State(PeerState::Closed) => self.end(EndReason::PeerClosed, ctx),
