@@ -382,6 +382,8 @@ pub struct Calls {
     pub auth_timeout_ms: u64,
     /// RTP silence deadline.
     pub rtp_timeout_ms: u64,
+    /// Longest audio is held for a caller whose media is interrupted.
+    pub interrupted_hold_ms: u64,
     /// Most calls at once (0: no limit).
     pub max: usize,
     /// Retry-After of a full server's 503.
@@ -667,6 +669,9 @@ impl Settings {
         if self.media.max_remote_candidates == 0 {
             return Err(invalid("media.max_remote_candidates", "must be at least 1"));
         }
+        if self.calls.interrupted_hold_ms == 0 {
+            return Err(invalid("calls.interrupted_hold_ms", "must be above 0"));
+        }
         if self.calls.auth_timeout_ms == 0 {
             return Err(invalid("calls.auth_timeout_ms", "must be above 0"));
         }
@@ -917,6 +922,7 @@ impl Settings {
             connect_timeout: Duration::from_millis(self.calls.connect_timeout_ms),
             auth_timeout: Duration::from_millis(self.calls.auth_timeout_ms),
             rtp_timeout: Duration::from_millis(self.calls.rtp_timeout_ms),
+            interrupted_hold: Duration::from_millis(self.calls.interrupted_hold_ms),
             pcm_rate: self.media.pcm_rate,
             reorder_depth: self.media.reorder_depth,
             reorder_wait: Duration::from_millis(self.media.reorder_wait_ms),

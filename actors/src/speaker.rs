@@ -18,7 +18,8 @@
 //! Failure: a synthesis error ends that utterance with `ok: false` (the player decides); a stalled
 //! audio stream is also counted here (`Limit::TtsStreamIdle`: the engines keep no metrics); the
 //! call goes on. If the codec is replaced after a failure, whatever it had queued is lost, so the
-//! utterances in progress end with `ok: false` ([`CodecReplaced`]).
+//! utterances in progress end with `ok: false` ([`PlayoutLost`]; likewise audio held too long
+//! through a media interruption).
 
 use crate::codec::{AudioCodec, EndSegment, Flush, Play};
 use crate::metrics::{Limit, metrics};
@@ -104,10 +105,12 @@ pub struct AsrFinal;
 #[rtype(result = "()")]
 pub struct SetCodec(pub Option<Addr<AudioCodec>>);
 
-/// The codec was replaced: what it had queued is gone.
+/// What the codec had queued is gone: it was replaced after a failure, or the call dropped audio
+/// held through a media interruption longer than `calls.interrupted_hold_ms`. The utterances in
+/// progress end with `ok: false`.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct CodecReplaced;
+pub struct PlayoutLost;
 
 /// The codec's reports on the speech it plays, sent straight from the codec.
 #[derive(Debug, Message)]
@@ -468,11 +471,11 @@ impl Handler<SetCodec> for Speaker {
     }
 }
 
-impl Handler<CodecReplaced> for Speaker {
+impl Handler<PlayoutLost> for Speaker {
     type Result = ();
 
-    fn handle(&mut self, _: CodecReplaced, ctx: &mut Self::Context) {
-        trace_msg!(self.call_id, "call" => "speaker", "CodecReplaced");
+    fn handle(&mut self, _: PlayoutLost, ctx: &mut Self::Context) {
+        trace_msg!(self.call_id, "call" => "speaker", "PlayoutLost");
         // The old codec's queue is gone; end what was in progress like an interrupt.
         self.input(Input::Interrupt, ctx);
     }

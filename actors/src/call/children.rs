@@ -76,6 +76,10 @@ impl CallActor {
         if let Some(s) = &self.speaker {
             s.do_send(speaker::SetCodec(Some(codec.clone())));
         }
+        if self.interrupted.is_some() {
+            // A codec restarted while the caller's media is away holds its playout too.
+            codec.do_send(crate::codec::HoldPlayout(true));
+        }
         self.codec = Some(codec);
     }
 
@@ -89,7 +93,7 @@ impl CallActor {
         metrics().restarts[Child::Codec].inc();
         self.start_codec(ctx);
         if let Some(s) = &self.speaker {
-            s.do_send(speaker::CodecReplaced);
+            s.do_send(speaker::PlayoutLost);
         }
     }
 

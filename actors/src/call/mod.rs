@@ -29,7 +29,7 @@ mod watch;
 pub use faults::{Fault, InjectFault};
 pub use types::*;
 
-use crate::codec::{AttachTrack, AudioCodec, CodecEvent};
+use crate::codec::{AttachTrack, AudioCodec, CodecEvent, HoldPlayout};
 use crate::dialog::{DialogClient, DialogEvent, Send as SendEvent};
 use crate::metrics::{ActorKind, Live, metrics};
 use crate::recognizer::{Recognizer, RecognizerEvent};
@@ -136,6 +136,8 @@ pub struct CallActor {
     started_sent: bool,
     /// Media stopped arriving at this instant (ICE disconnected) and has not come back.
     interrupted: Option<Instant>,
+    /// Drops the audio held through the interruption when it lasts too long.
+    hold_expiry: Option<SpawnHandle>,
     /// Children restarts allowed.
     restarts: RestartBudget,
     /// Waiting for the give-up prompt before ending with `dialog-lost`.
@@ -192,6 +194,7 @@ impl CallActor {
             dialog_up: false,
             started_sent: false,
             interrupted: None,
+            hold_expiry: None,
             restarts,
             giving_up: false,
             first_audio_ms: Vec::new(),
@@ -296,6 +299,7 @@ impl Handler<FromPeer> for CallActor {
                         outage_ms = since.elapsed().as_millis() as u64,
                         "media restored"
                     );
+                    self.hold_playout(false, ctx);
                     if self.started_sent {
                         self.send_event(Event::CallMedia {
                             state: MediaState::Restored,
@@ -307,6 +311,7 @@ impl Handler<FromPeer> for CallActor {
                 tracing::warn!("media disconnected; waiting for it to recover");
                 if self.phase == Phase::Connected && self.interrupted.is_none() {
                     self.interrupted = Some(Instant::now());
+                    self.hold_playout(true, ctx);
                     // Only after `call.started`: the app hears of an interruption of a call it
                     // knows, and of its end in `call.ended` if it never recovers.
                     if self.started_sent {
@@ -508,6 +513,31 @@ impl CallActor {
                 }
             }
         }));
+    }
+
+    /// While the caller's media is interrupted, the codec holds what it has queued instead of
+    /// sending it into the void; held longer than `calls.interrupted_hold_ms`, it is dropped (the
+    /// speaker ends those utterances `ok: false`), and so is what piles up in each further period.
+    fn hold_playout(&mut self, hold: bool, ctx: &mut Context<Self>) {
+        if let Some(h) = self.hold_expiry.take() {
+            ctx.cancel_future(h);
+        }
+        if let Some(codec) = &self.codec {
+            codec.do_send(HoldPlayout(hold));
+        }
+        if hold {
+            self.hold_expiry = Some(ctx.run_interval(
+                self.settings.interrupted_hold,
+                |act, _ctx| {
+                    act.span.in_scope(|| {
+                        tracing::info!("media still interrupted: dropping the audio held for the caller")
+                    });
+                    if let Some(s) = &act.speaker {
+                        s.do_send(speaker::PlayoutLost);
+                    }
+                },
+            ));
+        }
     }
 
     fn maybe_call_started(&mut self) {

@@ -25,6 +25,8 @@ pub struct CallSettings {
     pub auth_timeout: Duration,
     /// A connected call ends after this long without RTP.
     pub rtp_timeout: Duration,
+    /// Audio for a caller whose media is interrupted is held at most this long, then dropped.
+    pub interrupted_hold: Duration,
     /// PCM rate between codec and the rest of the call.
     pub pcm_rate: u32,
     /// Uplink reorder depth.

@@ -88,6 +88,12 @@ pub struct EndSegment {
 #[rtype(result = "()")]
 pub struct Flush;
 
+/// Hold the playout (`true`: the caller's media is interrupted, so nothing is sent and what is
+/// queued keeps its place) or let it play again (`false`).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct HoldPlayout(pub bool);
+
 /// Start draining the caller's track (it may arrive after the codec started).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -180,6 +186,8 @@ pub struct AudioCodec {
     rtp_timeout_reported: bool,
     /// The pending pacer wake-up.
     tick: Option<SpawnHandle>,
+    /// The caller's media is interrupted: nothing is sent, the playout keeps what it has.
+    held: bool,
     /// The pending reorder-release wake-up.
     release: Option<SpawnHandle>,
     /// Packets written.
@@ -279,6 +287,7 @@ impl AudioCodec {
             late: crate::metrics::metrics().pacer_late.batch(),
             _live: crate::metrics::Live::new(crate::metrics::ActorKind::Codec),
             tick: None,
+            held: false,
             release: None,
             sent: 0,
             write_errors: 0,
@@ -451,6 +460,31 @@ impl Handler<Flush> for AudioCodec {
     }
 }
 
+impl Handler<HoldPlayout> for AudioCodec {
+    type Result = ();
+
+    fn handle(&mut self, HoldPlayout(hold): HoldPlayout, ctx: &mut Self::Context) {
+        trace_msg!(self.call_id, "call" => "codec", "HoldPlayout", "{hold}");
+        self.held = hold;
+        let now = Instant::now();
+        if !hold {
+            return self.maybe_start(now, ctx);
+        }
+        // The talkspurt ends where it is; the segment in progress resumes with its next frame
+        // (its count of frames sent goes on), and the resumed talkspurt is marked.
+        if self.pacer.is_running() {
+            self.pacer.stop();
+            self.timeline.borrow_mut().end_talkspurt();
+            if let Some(h) = self.tick.take() {
+                ctx.cancel_future(h);
+            }
+            if let Some(l) = self.listening.as_mut() {
+                l.playing(false, now);
+            }
+        }
+    }
+}
+
 impl Handler<DownlinkLoss> for AudioCodec {
     type Result = ();
 
@@ -587,7 +621,7 @@ impl AudioCodec {
 
     /// Starts a talkspurt if the pacer is idle and audio is ready.
     fn maybe_start(&mut self, now: Instant, ctx: &mut Context<Self>) {
-        if !self.pacer.is_running() && self.playout.ready_to_start() {
+        if !self.held && !self.pacer.is_running() && self.playout.ready_to_start() {
             self.pacer.start(now);
             self.tick(ctx);
         }
