@@ -187,7 +187,8 @@ async fn cors_reflects_any_origin_by_default() {
     );
     assert_eq!(
         res.header("access-control-allow-methods"),
-        Some("POST, OPTIONS")
+        Some("POST, DELETE, OPTIONS"),
+        "the call's resource URL takes DELETE"
     );
     assert_eq!(
         res.header("access-control-allow-headers"),
@@ -196,7 +197,7 @@ async fn cors_reflects_any_origin_by_default() {
     );
     assert_eq!(
         res.header("access-control-expose-headers"),
-        Some("WWW-Authenticate, Retry-After")
+        Some("Location, WWW-Authenticate, Retry-After")
     );
     assert!(
         res.headers_named("vary")

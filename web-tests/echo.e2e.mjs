@@ -81,6 +81,9 @@ test("the page calls a server on another origin when that server's CORS allows i
   const browser = await launchBrowser(wav);
   t.after(() => browser.close());
   const { page } = browser;
+  // What the page asks of the call server, to see how it hangs up.
+  const requests = [];
+  page.on("request", (r) => requests.push({ method: r.method(), url: r.url() }));
 
   await page.goto(`${pageServer.url}/`);
   await page.selectOption("#mode", "echo");
@@ -95,7 +98,22 @@ test("the page calls a server on another origin when that server's CORS allows i
     return l.output > 0.02 && Math.abs(l.outputPeakHz - 440) <= 15;
   });
   assert.ok(heard, "the echo from the other origin was not heard");
+  const callId = await page.$eval("#callid", (e) => e.textContent);
+
+  // Hang up: the client read the Location of its call across origins (CORS exposes it) and
+  // DELETEs that URL (preflighted), and the call server ends the call as a client hangup.
   await page.click("#hangup");
+  const resource = `${callServer.url}/webrtc/v1/calls/${callId}`;
+  const deleted = await until(3000, () => requests.some((r) => r.method === "DELETE" && r.url === resource));
+  assert.ok(deleted, `no DELETE on ${resource}: ${JSON.stringify(requests.filter((r) => r.url.startsWith(callServer.url)))}`);
+  assert.ok(!requests.some((r) => r.url.includes("/webrtc/v1/hangup")), "not the old hangup endpoint");
+  const ended = await until(3000, async () => {
+    const res = await fetch(`${callServer.url}/metrics`);
+    return (await res.text()).includes('voicegate_calls_total{reason="client-hangup"} 1');
+  });
+  assert.ok(ended, `the call server did not end the call as client-hangup:\n${callServer.log}`);
+  const line = callServer.log.split("\n").find((l) => l.includes(callId) && l.includes("call ending"));
+  assert.ok(line && line.includes("reason=client-hangup"), `call ending logged as: ${line}`);
 
   // A server whose allowlist does not name the page's origin: the browser refuses to read its
   // reply, so the call fails and the page says so.

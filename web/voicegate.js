@@ -3,8 +3,9 @@
 // A plain ES module with no dependencies and no build step. It wraps the whole signaling dance:
 // getUserMedia, an RTCPeerConnection with one audio transceiver, the offer (waiting for ICE
 // gathering so the offer carries its candidates: voicegate does not trickle), the POST to
-// /webrtc/v1/offer, the answer, and the hangup. Works against a server on another origin when
-// that server's CORS allowlist lets the page's origin in.
+// /webrtc/v1/offer, the answer, and the hangup (DELETE on the call's resource URL, which the
+// offer's reply names in Location). Works against a server on another origin when that server's
+// CORS allowlist lets the page's origin in.
 //
 //   import { VoicegateCall } from "./voicegate.js";
 //   const call = new VoicegateCall({ server: "https://voice.example.com", mode: "echo" });
@@ -65,6 +66,8 @@ export class VoicegateCall extends EventTarget {
     this.token = options.token;
     this.state = States.IDLE;
     this.callId = null;
+    /** The call's resource URL (absolute), from the offer reply's Location; null before. */
+    this.location = null;
     this.pc = null;
     this.localStream = null;
     this.remoteStream = null;
@@ -123,6 +126,10 @@ export class VoicegateCall extends EventTarget {
       const reply = await res.json().catch(() => ({}));
       if (!res.ok) throw new OfferError(res.status, reply.error || res.statusText);
       this.callId = reply.call_id;
+      // Relative to the offer's URL. Absent from an older server (or one whose CORS does not
+      // expose it): hangup then falls back to the hangup endpoint.
+      const location = res.headers.get("Location");
+      this.location = location ? new URL(location, res.url).href : null;
       this.dispatchEvent(new CustomEvent("answer", { detail: { callId: this.callId } }));
       if (this.state !== States.CONNECTING) return; // hung up while the offer was in flight
       await pc.setRemoteDescription({ type: "answer", sdp: reply.sdp });
@@ -143,21 +150,31 @@ export class VoicegateCall extends EventTarget {
     sender.dtmf.insertDTMF(tones, durationMs, gapMs);
   }
 
-  /** Ends the call: tells the server (idempotent there) and closes the connection. */
+  /**
+   * Ends the call: tells the server (DELETE on the call's resource URL, or the hangup endpoint
+   * of a server that gave none; idempotent there) and closes the connection.
+   */
   async hangup() {
     if (this.state === States.ENDED || this.state === States.FAILED) return;
     const callId = this.callId;
+    // The request goes out before the connection closes, so the server hears the hangup itself
+    // rather than noticing the closed connection first. keepalive lets it finish when the page
+    // is being unloaded.
+    let told = null;
+    if (this.location) {
+      told = fetch(this.location, { method: "DELETE", keepalive: true });
+    } else if (callId) {
+      told = fetch(`${this.server}/webrtc/v1/hangup?call_id=${encodeURIComponent(callId)}`, {
+        method: "POST",
+        keepalive: true,
+      });
+    }
     this._teardown();
     this._setState(States.ENDED, { reason: "local-hangup" });
-    if (callId) {
-      try {
-        await fetch(`${this.server}/webrtc/v1/hangup?call_id=${encodeURIComponent(callId)}`, {
-          method: "POST",
-          keepalive: true,
-        });
-      } catch {
-        // The server ends the call by itself once the connection is gone.
-      }
+    try {
+      await told;
+    } catch {
+      // The server ends the call by itself once the connection is gone.
     }
   }
 

@@ -20,16 +20,18 @@ pub fn origin_allowed(origin: &str, allowlist: &[String]) -> bool {
     allowlist.is_empty() || allowlist.iter().any(|a| a == "*" || a == origin)
 }
 
-/// `Access-Control-Allow-Methods` for the signaling endpoints.
-pub const ALLOW_METHODS: &str = "POST, OPTIONS";
+/// `Access-Control-Allow-Methods` for the signaling endpoints: the union over them (`POST` for
+/// the offer and the hangup, `DELETE` for a call's resource URL), so one preflight answer fits
+/// every path; what each path supports is its own `Allow` on a `405`.
+pub const ALLOW_METHODS: &str = "POST, DELETE, OPTIONS";
 
 /// `Access-Control-Allow-Headers` for the signaling endpoints.
 /// (`Authorization` carries the call token when `auth.mode = "token"`.)
 pub const ALLOW_HEADERS: &str = "Content-Type, Authorization";
 
 /// `Access-Control-Expose-Headers`: the response headers a page on another origin may read
-/// (why it was refused, and when to retry).
-pub const EXPOSE_HEADERS: &str = "WWW-Authenticate, Retry-After";
+/// (where its call's resource is, why it was refused, and when to retry).
+pub const EXPOSE_HEADERS: &str = "Location, WWW-Authenticate, Retry-After";
 
 #[cfg(test)]
 mod tests {

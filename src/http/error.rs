@@ -11,9 +11,9 @@ pub enum ApiError {
     /// The request is unusable; the text says why.
     #[error("{0}")]
     BadRequest(String),
-    /// Wrong method for the path.
+    /// Wrong method for the path; the methods it does allow, for the `Allow` header.
     #[error("method not allowed")]
-    MethodNotAllowed,
+    MethodNotAllowed(&'static str),
     /// No such path.
     #[error("not found")]
     NotFound,
@@ -23,7 +23,7 @@ pub enum ApiError {
     /// `calls.max` reached: try again after this many seconds.
     #[error("server is at capacity (calls.max); retry later")]
     Full(u32),
-    /// The body is not of a type we read (`Content-Type` is not JSON).
+    /// The body is not of a type we read (`Content-Type` is neither JSON nor SDP).
     #[error("{0}")]
     UnsupportedMediaType(String),
     /// The body did not arrive in time.
@@ -69,7 +69,7 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Unavailable(_) | ApiError::Full(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -88,8 +88,9 @@ impl ResponseError for ApiError {
             _ => {}
         }
         let mut res = HttpResponse::build(self.status_code());
-        if matches!(self, ApiError::MethodNotAllowed) {
-            res.insert_header((actix_web::http::header::ALLOW, "POST, OPTIONS"));
+        if let ApiError::MethodNotAllowed(allow) = self {
+            // RFC 9110 §15.5.6: a 405 lists the methods the resource supports.
+            res.insert_header((actix_web::http::header::ALLOW, *allow));
         }
         if let ApiError::Full(secs)
         | ApiError::TooManyRequests {

@@ -51,9 +51,20 @@ pub async fn preflight() -> HttpResponse {
     HttpResponse::NoContent().finish()
 }
 
-/// Any other method on the signaling endpoints.
+/// What `/webrtc/v1/offer` and `/webrtc/v1/hangup` allow.
+const SIGNAL_ALLOW: &str = "POST, OPTIONS";
+
+/// What a call's resource URL allows (PATCH joins when trickle and ICE restart do).
+const CALL_ALLOW: &str = "DELETE, OPTIONS";
+
+/// Any other method on `/webrtc/v1/offer` or `/webrtc/v1/hangup`.
 pub async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed)
+    Err(ApiError::MethodNotAllowed(SIGNAL_ALLOW))
+}
+
+/// Any other method on a call's resource URL.
+pub async fn call_method_not_allowed() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed(CALL_ALLOW))
 }
 
 /// Any unknown path.
@@ -61,7 +72,10 @@ pub async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound)
 }
 
-/// `POST /webrtc/v1/offer[?mode=echo]`
+/// `POST /webrtc/v1/offer[?mode=echo]`, with the offer as JSON (`{"type": "offer", "sdp": ...}`,
+/// answered `200` with JSON) or as the bare SDP (`Content-Type: application/sdp`, answered `201
+/// Created` with the answer SDP, as a WHIP endpoint does, RFC 9725). Either reply names the
+/// call's resource URL in `Location`.
 pub async fn offer(
     req: HttpRequest,
     query: web::Query<SignalQuery>,
@@ -93,7 +107,7 @@ pub async fn offer(
         Some(auth) => Some(auth.verify(&req)?),
         None => None,
     };
-    require_json(&req)?;
+    let format = offer_format(&req)?;
     let bytes = tokio::time::timeout(
         state.body_timeout,
         read_body(&req, body, state.max_body_bytes),
@@ -103,14 +117,12 @@ pub async fn offer(
         counters().limit_hit(Limit::HttpBodyDeadline);
         ApiError::BodyTimeout(state.body_timeout.as_millis() as u64)
     })??;
-    let parsed: OfferRequest = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::BadRequest(format!(
-            "body is not valid JSON for an offer: {}",
-            shown(&e.to_string())
-        ))
-    })?;
+    let body = match format {
+        OfferFormat::Json => json_offer(&bytes)?,
+        OfferFormat::Sdp => sdp_offer(&bytes)?,
+    };
     let mut offer = validate_offer(
-        parsed,
+        body,
         query.mode.as_deref(),
         client,
         state.max_remote_candidates,
@@ -132,11 +144,20 @@ pub async fn offer(
             }
             e => e.into(),
         })?;
-    Ok(HttpResponse::Ok().json(OfferResponse {
-        sdp: &answer.sdp,
-        kind: "answer",
-        call_id: answer.call_id.as_str(),
-    }))
+    let location = (header::LOCATION, super::call_location(&answer.call_id));
+    Ok(match format {
+        OfferFormat::Json => HttpResponse::Ok()
+            .insert_header(location)
+            .json(OfferResponse {
+                sdp: &answer.sdp,
+                kind: "answer",
+                call_id: answer.call_id.as_str(),
+            }),
+        OfferFormat::Sdp => HttpResponse::Created()
+            .insert_header(location)
+            .content_type(SDP)
+            .body(answer.sdp),
+    })
 }
 
 /// `POST /webrtc/v1/hangup?call_id=<id>`: always 204 for a well-formed request; an unknown or
@@ -153,16 +174,42 @@ pub async fn hangup(
     }
     // An id we could never have issued names no call.
     if let Some(call_id) = CallId::parse(raw) {
-        state
-            .supervisor
-            .send(HangUp {
-                call_id,
-                reason: EndReason::ClientHangup,
-            })
-            .await
-            .map_err(|e| ApiError::Internal(format!("supervisor unreachable: {e}")))?;
+        hang_up(&state, call_id).await?;
     }
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// `DELETE /webrtc/v1/calls/<id>`: ends the call as `POST /webrtc/v1/hangup` does
+/// (`client-hangup`), and like it always `204` for a call that is unknown or already ended, so
+/// a repeated DELETE is harmless. Unlike the hangup's query, the id here comes from a `Location`
+/// we issued, so one that could never be a call id is the client's bug: `400`. No call token is
+/// asked for: knowing the URL (128 random bits) is the capability.
+pub async fn end_call(
+    path: web::Path<String>,
+    state: web::Data<HttpState>,
+) -> Result<HttpResponse, ApiError> {
+    let raw = path.into_inner();
+    let call_id = CallId::parse(&raw).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "{:?} is not a call id: use the Location of the offer's reply",
+            shown(&raw)
+        ))
+    })?;
+    hang_up(&state, call_id).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Asks the supervisor to end `call_id` as a client hangup; resolves once the call is released
+/// (at once when there is no such call).
+async fn hang_up(state: &HttpState, call_id: CallId) -> Result<(), ApiError> {
+    state
+        .supervisor
+        .send(HangUp {
+            call_id,
+            reason: EndReason::ClientHangup,
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("supervisor unreachable: {e}")))
 }
 
 /// Reads the body, refusing more than `limit` bytes (before reading, when Content-Length says
@@ -195,10 +242,23 @@ async fn read_body(
     Ok(buf)
 }
 
-/// `Content-Type: application/json` (any parameters) or `415`. Requiring it is what keeps a
-/// page on another origin from creating calls through its visitors' browsers with a "simple"
-/// `text/plain` POST, which needs no CORS preflight; a JSON POST from another origin does.
-fn require_json(req: &HttpRequest) -> Result<(), ApiError> {
+/// The media type of an offer or answer as bare SDP (RFC 4566 §8.1).
+const SDP: &str = "application/sdp";
+
+/// How an offer arrives, and so how it is answered.
+#[derive(Debug, Clone, Copy)]
+enum OfferFormat {
+    /// `application/json`: the seed's `{"type": "offer", "sdp": ...}`, answered with JSON.
+    Json,
+    /// `application/sdp`: the offer SDP itself, answered `201` with the answer SDP (WHIP).
+    Sdp,
+}
+
+/// `Content-Type: application/json` or `application/sdp` (any parameters), else `415`.
+/// Requiring one of them is what keeps a page on another origin from creating calls through its
+/// visitors' browsers with a "simple" `text/plain` POST, which needs no CORS preflight; neither
+/// type is CORS-safelisted, so a POST of either from another origin is preflighted.
+fn offer_format(req: &HttpRequest) -> Result<OfferFormat, ApiError> {
     let ct = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -206,10 +266,12 @@ fn require_json(req: &HttpRequest) -> Result<(), ApiError> {
         .unwrap_or("");
     let essence = ct.split(';').next().unwrap_or("").trim();
     if essence.eq_ignore_ascii_case("application/json") {
-        Ok(())
+        Ok(OfferFormat::Json)
+    } else if essence.eq_ignore_ascii_case(SDP) {
+        Ok(OfferFormat::Sdp)
     } else {
         Err(ApiError::UnsupportedMediaType(format!(
-            "Content-Type must be application/json, got {}",
+            "Content-Type must be application/json or application/sdp, got {}",
             if ct.is_empty() {
                 "none".to_owned()
             } else {
@@ -217,6 +279,69 @@ fn require_json(req: &HttpRequest) -> Result<(), ApiError> {
             }
         )))
     }
+}
+
+/// What an offer's body carries, whichever its format.
+struct OfferBody {
+    /// The offer SDP, not yet checked.
+    sdp: String,
+    /// What to dial the dialog app with.
+    dialog: DialParams,
+}
+
+/// A JSON offer: the SDP, `type: "offer"`, and the dial parameters.
+fn json_offer(bytes: &[u8]) -> Result<OfferBody, ApiError> {
+    let mut req: OfferRequest = serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "body is not valid JSON for an offer: {}",
+            shown(&e.to_string())
+        ))
+    })?;
+    let sdp = req.sdp.take().unwrap_or_default();
+    if sdp.trim().is_empty() {
+        return Err(ApiError::BadRequest(
+            "sdp is missing or empty: expected {\"sdp\": \"v=0...\", \"type\": \"offer\"}".into(),
+        ));
+    }
+    match req.kind.as_deref() {
+        Some("offer") => {}
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "type must be \"offer\", got {:?}",
+                shown(other)
+            )));
+        }
+        None => {
+            return Err(ApiError::BadRequest(
+                "type is missing: expected \"offer\"".into(),
+            ));
+        }
+    }
+    // Checked now, before any media is set up.
+    let dialog = DialParams::from_offer(
+        req.payload.as_deref().map(|p| p.get()),
+        req.api_key.as_deref(),
+        req.api_secret.as_deref(),
+        req.agent_id.as_deref(),
+    )
+    .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    Ok(OfferBody { sdp, dialog })
+}
+
+/// An `application/sdp` offer: the body is the SDP. It has no room for a dial payload; the
+/// dialog app gets the call token's, if any.
+fn sdp_offer(bytes: &[u8]) -> Result<OfferBody, ApiError> {
+    let sdp = std::str::from_utf8(bytes)
+        .map_err(|_| ApiError::BadRequest("the offer SDP is not UTF-8 text".into()))?;
+    if sdp.trim().is_empty() {
+        return Err(ApiError::BadRequest(
+            "the body is empty: expected the offer SDP (v=0...)".into(),
+        ));
+    }
+    Ok(OfferBody {
+        sdp: sdp.to_owned(),
+        dialog: DialParams::default(),
+    })
 }
 
 /// What the call token decided overrides what the browser asked for: the dial payload (the
@@ -247,33 +372,14 @@ fn apply_grant(offer: &mut Offer, grant: &Grant, mode_asked: bool) -> Result<(),
     Ok(())
 }
 
-/// Checks the offer's fields and SDP and builds the domain [`Offer`].
+/// Checks the offer's mode and SDP and builds the domain [`Offer`].
 fn validate_offer(
-    mut req: OfferRequest,
+    body: OfferBody,
     mode: Option<&str>,
     client: ClientInfo,
     max_candidates: usize,
 ) -> Result<Offer, ApiError> {
-    let sdp = req.sdp.take().unwrap_or_default();
-    if sdp.trim().is_empty() {
-        return Err(ApiError::BadRequest(
-            "sdp is missing or empty: expected {\"sdp\": \"v=0...\", \"type\": \"offer\"}".into(),
-        ));
-    }
-    match req.kind.as_deref() {
-        Some("offer") => {}
-        Some(other) => {
-            return Err(ApiError::BadRequest(format!(
-                "type must be \"offer\", got {:?}",
-                shown(other)
-            )));
-        }
-        None => {
-            return Err(ApiError::BadRequest(
-                "type is missing: expected \"offer\"".into(),
-            ));
-        }
-    }
+    let OfferBody { sdp, dialog } = body;
     let mode = match mode.map(str::trim) {
         None | Some("") | Some("dialog") => CallMode::Dialog,
         Some("echo") => CallMode::Echo,
@@ -294,14 +400,6 @@ fn validate_offer(
     }
     // Our connectivity checks go only to the audio section's usable candidates.
     let sdp = sdp::keep_audio_candidates(&sdp, summary.audio_section);
-    // Checked now, before any media is set up.
-    let dialog = DialParams::from_offer(
-        req.payload.as_deref().map(|p| p.get()),
-        req.api_key.as_deref(),
-        req.api_secret.as_deref(),
-        req.agent_id.as_deref(),
-    )
-    .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     Ok(Offer {
         sdp,
         summary,

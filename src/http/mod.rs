@@ -1,4 +1,5 @@
-//! The HTTP edge: signaling (`/webrtc/v1/offer`, `/webrtc/v1/hangup`), health, and the page.
+//! The HTTP edge: signaling (`/webrtc/v1/offer`, `/webrtc/v1/hangup`, the call resource
+//! `/webrtc/v1/calls/<id>`), health, and the page.
 //!
 //! Only this module knows the JSON of the HTTP API. Requests are validated here (body size, JSON
 //! shape, `type`, an SDP with Opus audio) and turned into domain types before any actor sees
@@ -19,7 +20,18 @@ use actix_web::middleware::{Next, from_fn};
 use actix_web::{Error, web};
 use std::sync::Arc;
 use voicegate_actors::supervisor::Supervisor;
+use voicegate_core::call_id::CallId;
 use voicegate_core::cors;
+
+/// Where the signaling API lives.
+const API: &str = "/webrtc/v1";
+
+/// A call's resource URL, `/webrtc/v1/calls/<id>`: the offer's `Location`, and what `DELETE`
+/// (and later `PATCH`) act on, as a WHIP session URL does (RFC 9725). The id's 128 random bits
+/// make the URL the capability to end the call, so it needs no call token.
+pub fn call_location(call_id: &CallId) -> String {
+    format!("{API}/calls/{call_id}")
+}
 
 /// What the handlers share.
 pub struct HttpState {
@@ -54,7 +66,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/ready").route(web::get().to(handlers::ready)))
         .service(web::resource("/metrics").route(web::get().to(handlers::metrics)))
         .service(
-            web::scope("/webrtc/v1")
+            web::scope(API)
                 .wrap(from_fn(cors_headers))
                 .service(
                     web::resource("/offer")
@@ -67,6 +79,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                         .route(web::post().to(handlers::hangup))
                         .route(web::method(Method::OPTIONS).to(handlers::preflight))
                         .default_service(web::to(handlers::method_not_allowed)),
+                )
+                // The call as a resource. A method added here (PATCH for trickle and ICE
+                // restart) goes into `handlers::CALL_ALLOW` and `cors::ALLOW_METHODS` too.
+                .service(
+                    web::resource("/calls/{call_id}")
+                        .route(web::delete().to(handlers::end_call))
+                        .route(web::method(Method::OPTIONS).to(handlers::preflight))
+                        .default_service(web::to(handlers::call_method_not_allowed)),
                 )
                 .default_service(web::to(handlers::not_found)),
         )

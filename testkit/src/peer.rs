@@ -109,6 +109,8 @@ pub struct ClientPeer {
     pub offer: String,
     /// The call id the server gave us.
     pub call_id: String,
+    /// The call's resource URL from the reply's `Location` (a path on the server).
+    pub location: Option<String>,
     /// The server's answer.
     pub answer: String,
     /// Time from the offer POST to its reply.
@@ -232,6 +234,7 @@ impl ClientPeer {
             .context("answer without call_id")?
             .to_owned();
         anyhow::ensure!(body["type"] == "answer", "reply type is {}", body["type"]);
+        let location = res.header("location").map(str::to_owned);
         pc.set_remote_description(RTCSessionDescription::answer(answer.clone())?)
             .await?;
         Ok(ClientPeer {
@@ -243,6 +246,60 @@ impl ClientPeer {
             next: Mutex::new((random::u16(), random::u32())),
             offer,
             call_id,
+            location,
+            answer,
+            answer_time,
+            offered_at,
+            network,
+        })
+    }
+
+    /// Places a call the way a WHIP client does: `POST {path}` with `Content-Type:
+    /// application/sdp` and the bare offer SDP (plus `headers`), expecting `201 Created`, the
+    /// answer SDP as the body and the call's resource URL in `Location`. The call id is the
+    /// last segment of that URL.
+    pub async fn call_sdp(
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<ClientPeer> {
+        let network = Arc::new(CuttableRuntime::default());
+        let (pc, track, ssrc, state, received, offer) = Self::offer_on(network.clone()).await?;
+        let offered_at = Instant::now();
+        let mut all = vec![("Content-Type", "application/sdp")];
+        all.extend_from_slice(headers);
+        let res = http::request(addr, "POST", path, &all, offer.as_bytes()).await?;
+        let answer_time = offered_at.elapsed();
+        if res.status != 201 {
+            let _ = pc.close().await;
+            bail!("offer refused: {} {}", res.status, res.text());
+        }
+        anyhow::ensure!(
+            res.header("content-type") == Some("application/sdp"),
+            "answer content type is {:?}",
+            res.header("content-type")
+        );
+        let location = res
+            .header("location")
+            .context("201 without Location")?
+            .to_owned();
+        let call_id = location
+            .rsplit_once('/')
+            .map(|(_, id)| id.to_owned())
+            .context("Location without a call id")?;
+        let answer = res.text();
+        pc.set_remote_description(RTCSessionDescription::answer(answer.clone())?)
+            .await?;
+        Ok(ClientPeer {
+            pc,
+            track,
+            ssrc,
+            state,
+            received,
+            next: Mutex::new((random::u16(), random::u32())),
+            offer,
+            call_id,
+            location: Some(location),
             answer,
             answer_time,
             offered_at,
