@@ -1,10 +1,13 @@
 //! Callers on real networks: a caller whose network drops for longer than the old ICE limit
 //! and comes back keeps its call, and the server's own STUN gathering works for many calls at
-//! once on the shared port. The real server on free ports, real WebRTC client peers.
+//! once on the shared port (through a real coturn). The real server on free ports, real WebRTC
+//! client peers.
 
 mod common;
 
 use common::{TestServer, eventually};
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use voicegate_core::frame::SPEECH_RATE;
 use voicegate_core::tone;
@@ -86,4 +89,170 @@ async fn a_caller_back_after_a_14_s_outage_keeps_its_call() {
     );
     peer.close().await;
     server.wait_released(Duration::from_secs(2)).await.unwrap();
+}
+
+/// A STUN server (coturn's `turnserver`, STUN only, no TLS, no auth) on a free loopback port,
+/// killed when dropped.
+struct Coturn {
+    child: Child,
+    addr: SocketAddr,
+    _dir: TempDir,
+}
+
+/// A directory of our own for coturn's database and pid file, removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Coturn {
+    /// Starts it and waits until it answers a Binding request; `None` when the binary is not
+    /// installed (`scripts/setup.sh --test` installs it).
+    fn start() -> Option<Coturn> {
+        let binary = ["/usr/bin/turnserver", "/usr/sbin/turnserver"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())?;
+        let port = UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .expect("a free loopback port")
+            .port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let dir = std::env::temp_dir().join(format!("vg-coturn-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("coturn's directory");
+        let child = Command::new(binary)
+            .args([
+                "-n",
+                "--stun-only",
+                "--no-auth",
+                "--no-tls",
+                "--no-dtls",
+                "--no-cli",
+            ])
+            .args([
+                "--listening-ip",
+                "127.0.0.1",
+                "--listening-port",
+                &port.to_string(),
+            ])
+            .arg(format!("--db={}", dir.join("turndb").display()))
+            .arg(format!(
+                "--pidfile={}",
+                dir.join("turnserver.pid").display()
+            ))
+            .args(["--no-stdout-log", "--log-file", "/dev/null"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("turnserver starts");
+        let coturn = Coturn {
+            child,
+            addr,
+            _dir: TempDir(dir),
+        };
+        coturn.wait_ready(Duration::from_secs(5));
+        Some(coturn)
+    }
+
+    /// Sends Binding requests (RFC 8489 §6) until one is answered.
+    fn wait_ready(&self, within: Duration) {
+        let probe = UdpSocket::bind("127.0.0.1:0").expect("probe socket");
+        probe
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("read timeout");
+        let mut request = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42];
+        request.extend_from_slice(b"vg-probe-001");
+        let t0 = Instant::now();
+        let mut buf = [0u8; 512];
+        while t0.elapsed() < within {
+            let _ = probe.send_to(&request, self.addr);
+            if let Ok((n, _)) = probe.recv_from(&mut buf)
+                && n >= 20
+                && buf[8..20] == request[8..20]
+            {
+                return;
+            }
+        }
+        panic!(
+            "turnserver on {} did not answer within {within:?}",
+            self.addr
+        );
+    }
+}
+
+impl Drop for Coturn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The server-reflexive candidates of an answer's RTP component: (address, port).
+fn srflx_candidates(sdp: &str) -> Vec<(String, u16)> {
+    sdp.lines()
+        .filter_map(|l| l.strip_prefix("a=candidate:"))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.get(1) != Some(&"1") || f.get(6..8) != Some(&["typ", "srflx"][..]) {
+                return None;
+            }
+            Some((f[4].to_owned(), f[5].parse().ok()?))
+        })
+        .collect()
+}
+
+const CONCURRENT: usize = 20;
+
+/// 20 calls gather through one STUN server at once, all from the shared port: each answer
+/// carries the shared port as its server-reflexive candidate (each call got its own STUN
+/// response, routed by transaction id), and all connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_gather_through_one_stun_server() {
+    let Some(coturn) = Coturn::start() else {
+        eprintln!(
+            "SKIPPED: coturn's turnserver is not installed; scripts/setup.sh --test installs it"
+        );
+        return;
+    };
+    let stun = format!("stun:{}", coturn.addr);
+    let server = TestServer::start(&[("media.ice_servers", &stun), ("calls.max", "100")]);
+    let calls = futures_util::future::join_all(
+        (0..CONCURRENT).map(|_| ClientPeer::call(server.http, ECHO)),
+    )
+    .await;
+    let peers: Vec<ClientPeer> = calls
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| c.unwrap_or_else(|e| panic!("call {i}: {e}")))
+        .collect();
+    for (i, peer) in peers.iter().enumerate() {
+        // On loopback the reflexive address equals the host candidate's (the stack keeps both),
+        // so what shows the response reached this call is that its gathering completed with it.
+        let srflx = srflx_candidates(&peer.answer);
+        assert_eq!(
+            srflx,
+            [("127.0.0.1".to_owned(), server.media.port())],
+            "call {i}: the answer's srflx candidates, want the shared port as STUN saw it:\n{}",
+            peer.answer
+        );
+        // Gathering finished on the STUN response, not on the gathering timeout.
+        assert!(
+            peer.answer_time < Duration::from_millis(1500),
+            "call {i} answered after {:?}",
+            peer.answer_time
+        );
+    }
+    for (i, peer) in peers.iter().enumerate() {
+        peer.wait_connected(Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|e| panic!("call {i}: {e}"));
+    }
+    for peer in &peers {
+        peer.close().await;
+    }
+    server.wait_released(Duration::from_secs(5)).await.unwrap();
+    drop(coturn);
 }
