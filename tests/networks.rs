@@ -238,12 +238,6 @@ async fn concurrent_calls_gather_through_one_stun_server() {
             "call {i}: the answer's srflx candidates, want the shared port as STUN saw it:\n{}",
             peer.answer
         );
-        // Gathering finished on the STUN response, not on the gathering timeout.
-        assert!(
-            peer.answer_time < Duration::from_millis(1500),
-            "call {i} answered after {:?}",
-            peer.answer_time
-        );
     }
     for (i, peer) in peers.iter().enumerate() {
         peer.wait_connected(Duration::from_secs(10))
