@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what building voicegate needs from Debian (and, with --test, what its tests need:
-# chromium for the browser test and the test's npm packages). Safe to run again: it installs
+# chromium for the browser test and the test's npm packages, coturn for the STUN/TURN tests). Safe to run again: it installs
 # only what is missing. Needs root or sudo for apt.
 #
 #   scripts/setup.sh          build and run
@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 
 # Keep in step with the Dockerfile's build and runtime stages.
 build_packages=(pkg-config libopus-dev libespeak-ng-dev libpocketsphinx-dev pocketsphinx-en-us)
-test_packages=(chromium espeak-ng iproute2 util-linux nodejs npm)
+test_packages=(chromium espeak-ng iproute2 util-linux nodejs npm coturn)
 
 want=("${build_packages[@]}")
 if [ "${1:-}" = "--test" ]; then

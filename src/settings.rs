@@ -18,7 +18,7 @@ use voicegate_core::admission::IpNet;
 use voicegate_core::call_id;
 use voicegate_core::codec::{EncoderSettings, OPUS_PCM_RATES};
 use voicegate_core::frame::{FRAME_MS, SPEECH_RATE, SpeechFrames};
-use voicegate_core::ice::{self, IceServer};
+use voicegate_core::ice::{self, IceServer, IceTimerError, IceTimers};
 use voicegate_core::listen::{BargeInSettings, EndpointSettings};
 use voicegate_core::speech::PlayerSettings;
 use voicegate_core::text::SegmentLimits;
@@ -334,6 +334,12 @@ pub struct Media {
     pub workers: usize,
     /// Gathering wait.
     pub gather_timeout_ms: u64,
+    /// Silence after which a caller's ICE is `disconnected` (it may still recover).
+    pub ice_disconnected_timeout_ms: u64,
+    /// Time in `disconnected` after which ICE has `failed` and the call ends.
+    pub ice_failed_timeout_ms: u64,
+    /// Interval of our consent checks to the caller.
+    pub ice_keepalive_ms: u64,
     /// Most usable remote candidates in an offer.
     pub max_remote_candidates: usize,
     /// Checks per call to addresses that have not authenticated.
@@ -693,7 +699,21 @@ impl Settings {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let ice_servers: Vec<IceServer> = ice::parse_ice_servers(&self.media.ice_servers)
+            .and_then(|servers| ice::refuse_turn(&servers).map(|()| servers))
             .map_err(|e| invalid("media.ice_servers", e))?;
+        let ice_timers = IceTimers::new(
+            Duration::from_millis(self.media.ice_disconnected_timeout_ms),
+            Duration::from_millis(self.media.ice_failed_timeout_ms),
+            Duration::from_millis(self.media.ice_keepalive_ms),
+        )
+        .map_err(|e| {
+            let key = match e {
+                IceTimerError::Disconnected => "media.ice_disconnected_timeout_ms",
+                IceTimerError::Failed => "media.ice_failed_timeout_ms",
+                IceTimerError::Keepalive { .. } => "media.ice_keepalive_ms",
+            };
+            invalid(key, e)
+        })?;
         // The codec runs at any Opus rate; the speech path (VAD, endpointer, recognizers) runs
         // at 16 kHz and resamples from the others. A rate is accepted only if both can take it.
         if !OPUS_PCM_RATES.contains(&self.media.pcm_rate) {
@@ -725,6 +745,20 @@ impl Settings {
         }
         if self.calls.rtp_timeout_ms < 1000 {
             return Err(invalid("calls.rtp_timeout_ms", "must be at least 1000"));
+        }
+        // A caller whose network drops sends no RTP either: an RTP timeout shorter than ICE's
+        // failure window would end the calls ICE is still waiting for.
+        let ice_failure_ms = ice_timers.failure_after().as_millis();
+        if u128::from(self.calls.rtp_timeout_ms) < ice_failure_ms {
+            return Err(invalid(
+                "calls.rtp_timeout_ms",
+                format!(
+                    "is {}, must be at least media.ice_disconnected_timeout_ms + \
+                     media.ice_failed_timeout_ms ({ice_failure_ms}), so a caller whose network \
+                     drops keeps the call as long as ICE waits for it",
+                    self.calls.rtp_timeout_ms
+                ),
+            ));
         }
 
         let d = &self.dialog;
@@ -913,6 +947,7 @@ impl Settings {
             ice_servers,
             workers: workers(self.media.workers),
             gather_timeout: Duration::from_millis(self.media.gather_timeout_ms),
+            ice_timers,
             limits: MuxLimits {
                 unconfirmed_checks: self.media.unconfirmed_check_budget,
             },
@@ -1076,10 +1111,6 @@ mod tests {
                 ("VOICEGATE__TTS__OPENAI__API_KEY", "sk-tts-secret"),
                 ("VOICEGATE__ASR__ENGINE", "openai"),
                 ("VOICEGATE__ASR__OPENAI__API_KEY", "sk-asr-secret"),
-                (
-                    "VOICEGATE__MEDIA__ICE_SERVERS",
-                    "turn:t.example:3478?username=turn-user&credential=turn-secret",
-                ),
             ]),
         )
         .unwrap();
@@ -1087,7 +1118,7 @@ mod tests {
         let v = s.validate().unwrap();
         let validated = format!("{v:?}");
         for shown in [&raw, &validated] {
-            for secret in ["sk-tts-secret", "sk-asr-secret", "turn-user", "turn-secret"] {
+            for secret in ["sk-tts-secret", "sk-asr-secret"] {
                 assert!(!shown.contains(secret), "{secret} in {shown}");
             }
         }
@@ -1098,6 +1129,119 @@ mod tests {
         use secrecy::ExposeSecret;
         assert_eq!(t.api_key.expose_secret(), "sk-tts-secret");
         assert_eq!(a.api_key.expose_secret(), "sk-asr-secret");
+    }
+
+    /// Server-side TURN is refused by name (one shared socket holds one allocation per TURN
+    /// server), without showing the credentials; STUN entries are kept.
+    #[test]
+    fn server_side_turn_is_refused_and_stun_kept() {
+        for spec in [
+            "turn:t.example:3478?username=turn-user&credential=turn-secret",
+            "stun:s.example, turns:t.example:5349?username=turn-user&credential=turn-secret",
+        ] {
+            let err =
+                Settings::load_with_env(None, env(&[("VOICEGATE__MEDIA__ICE_SERVERS", spec)]))
+                    .unwrap()
+                    .validate()
+                    .unwrap_err()
+                    .to_string();
+            assert!(err.contains("media.ice_servers"), "{err}");
+            assert!(err.contains("TURN is not supported"), "{err}");
+            assert!(err.contains("one UDP socket"), "{err}");
+            assert!(
+                !err.contains("turn-user") && !err.contains("turn-secret"),
+                "{err}"
+            );
+        }
+        let v = Settings::load_with_env(
+            None,
+            env(&[(
+                "VOICEGATE__MEDIA__ICE_SERVERS",
+                "stun:a.example:3478, stun:b.example",
+            )]),
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        let urls: Vec<&str> = v.media.ice_servers.iter().map(|s| s.url.as_str()).collect();
+        assert_eq!(urls, ["stun:a.example:3478", "stun:b.example"]);
+    }
+
+    /// The defaults survive a 20 s outage, the RTP timeout never ends a call ICE still waits
+    /// for, and each timer out of bounds is refused by its key.
+    #[test]
+    fn ice_timers_survive_an_outage_and_bound_the_rtp_timeout() {
+        let load = |pairs: &[(&str, &str)]| {
+            Settings::load_with_env(None, env(pairs))
+                .unwrap()
+                .validate()
+                .map_err(|e| e.to_string())
+        };
+        let v = load(&[]).unwrap();
+        let t = v.media.ice_timers;
+        assert_eq!(t.disconnected(), Duration::from_secs(5));
+        assert_eq!(t.failed(), Duration::from_secs(25));
+        assert_eq!(t.keepalive(), Duration::from_secs(1));
+        assert!(t.failure_after() > Duration::from_secs(20));
+        assert!(v.calls.rtp_timeout >= t.failure_after());
+
+        // Custom timers reach the media plane.
+        let v = load(&[
+            ("VOICEGATE__MEDIA__ICE_DISCONNECTED_TIMEOUT_MS", "2000"),
+            ("VOICEGATE__MEDIA__ICE_FAILED_TIMEOUT_MS", "3000"),
+            ("VOICEGATE__MEDIA__ICE_KEEPALIVE_MS", "500"),
+            ("VOICEGATE__CALLS__RTP_TIMEOUT_MS", "5000"),
+        ])
+        .unwrap();
+        assert_eq!(v.media.ice_timers.failure_after(), Duration::from_secs(5));
+        assert_eq!(v.calls.rtp_timeout, Duration::from_secs(5));
+
+        // An RTP timeout shorter than the ICE window names both sides.
+        let err = load(&[("VOICEGATE__CALLS__RTP_TIMEOUT_MS", "10000")]).unwrap_err();
+        for part in [
+            "calls.rtp_timeout_ms",
+            "media.ice_disconnected_timeout_ms",
+            "media.ice_failed_timeout_ms",
+            "30000",
+        ] {
+            assert!(err.contains(part), "{part} missing: {err}");
+        }
+        let err = load(&[
+            ("VOICEGATE__MEDIA__ICE_FAILED_TIMEOUT_MS", "40000"),
+            ("VOICEGATE__CALLS__RTP_TIMEOUT_MS", "44999"),
+        ])
+        .unwrap_err();
+        assert!(err.contains("45000"), "{err}");
+
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "ICE_DISCONNECTED_TIMEOUT_MS",
+                "0",
+                "media.ice_disconnected_timeout_ms",
+            ),
+            (
+                "ICE_DISCONNECTED_TIMEOUT_MS",
+                "60001",
+                "media.ice_disconnected_timeout_ms",
+            ),
+            ("ICE_FAILED_TIMEOUT_MS", "0", "media.ice_failed_timeout_ms"),
+            (
+                "ICE_FAILED_TIMEOUT_MS",
+                "300001",
+                "media.ice_failed_timeout_ms",
+            ),
+            ("ICE_KEEPALIVE_MS", "0", "media.ice_keepalive_ms"),
+            ("ICE_KEEPALIVE_MS", "2501", "media.ice_keepalive_ms"),
+            ("ICE_KEEPALIVE_MS", "nope", "ice_keepalive_ms"),
+        ];
+        for (k, v, key) in cases {
+            let var = format!("VOICEGATE__MEDIA__{k}");
+            let err = match Settings::load_with_env(None, env(&[(&var, v)])) {
+                Ok(s) => s.validate().unwrap_err().to_string(),
+                Err(e) => e.to_string(),
+            };
+            assert!(err.contains(key), "{k}={v}: {err}");
+        }
     }
 
     #[test]

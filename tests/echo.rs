@@ -202,7 +202,14 @@ async fn client_closing_its_connection_ends_the_call_within_2s() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_caller_ends_with_rtp_timeout() {
-    let server = TestServer::start(&[("calls.rtp_timeout_ms", "1000")]);
+    // ICE stays up (our keepalives are answered) while no RTP arrives; the RTP timeout may be
+    // no shorter than ICE's failure window, so that is shortened too.
+    let server = TestServer::start(&[
+        ("calls.rtp_timeout_ms", "1000"),
+        ("media.ice_disconnected_timeout_ms", "400"),
+        ("media.ice_failed_timeout_ms", "600"),
+        ("media.ice_keepalive_ms", "100"),
+    ]);
     let peer = ClientPeer::call(server.http, ECHO).await.unwrap();
     peer.wait_connected(Duration::from_secs(5)).await.unwrap();
     peer.send_tone(440.0, 10).await.unwrap();

@@ -97,7 +97,12 @@ async fn one_call(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_calls_leave_nothing_behind() {
     let server = TestServer::start(&[
+        // Timeouts short enough for 500 calls: the RTP timeout may be no shorter than ICE's
+        // failure window (disconnected + failed), so that is shortened too.
         ("calls.rtp_timeout_ms", "1000"),
+        ("media.ice_disconnected_timeout_ms", "400"),
+        ("media.ice_failed_timeout_ms", "600"),
+        ("media.ice_keepalive_ms", "200"),
         ("calls.connect_timeout_ms", "1000"),
     ]);
     let frames = opus_tone(440.0, 5);

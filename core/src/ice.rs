@@ -8,8 +8,18 @@
 //! startup with its text (credentials redacted) instead of failing later at gathering time:
 //! a missing host, a bad port, an unknown transport, or a TURN entry without credentials.
 //! Credentials on a `stun:` entry are ignored, since STUN binding needs none.
+//!
+//! Parsing accepts TURN entries (so their mistakes are named precisely), but the server's own
+//! gathering refuses them ([`refuse_turn`]): every call shares one UDP socket, and a TURN server
+//! keys an allocation by the client's address and port (RFC 8656 §2.2), so the calls would all
+//! share, and tear down, one relay. Callers behind restrictive NATs get TURN through the
+//! browser's own `iceServers` instead.
+//!
+//! Also here: [`IceTimers`], the ICE agent's liveness timers, and the bounds they are checked
+//! against.
 
 use secrecy::SecretString;
+use std::time::Duration;
 
 /// How to reach a TURN server, from `?transport=`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +63,14 @@ pub enum IceSpecError {
     /// A TURN entry without `username` and `credential`.
     #[error("ice server {0:?}: turn:/turns: needs ?username=...&credential=...")]
     Credentials(String),
+    /// A TURN entry for the server's own gathering, which the shared port cannot carry.
+    #[error(
+        "ice server {0:?}: TURN is not supported for the server's own gathering: all calls share \
+         one UDP socket, and a TURN server holds one allocation per client address, so the calls \
+         would share and tear down one relay; use stun: entries here, and give callers behind \
+         restrictive NATs a TURN server in the browser's iceServers"
+    )]
+    TurnOnSharedPort(String),
 }
 
 /// Parses the spec string. Empty or blank means no servers.
@@ -62,6 +80,122 @@ pub fn parse_ice_servers(spec: &str) -> Result<Vec<IceServer>, IceSpecError> {
         .filter(|e| !e.is_empty())
         .map(parse_entry)
         .collect()
+}
+
+/// Refuses TURN entries for the server's own gathering (see the module doc): the first one
+/// found is named, without its credentials.
+pub fn refuse_turn(servers: &[IceServer]) -> Result<(), IceSpecError> {
+    match servers.iter().find(|s| s.is_turn()) {
+        Some(s) => Err(IceSpecError::TurnOnSharedPort(s.url.clone())),
+        None => Ok(()),
+    }
+}
+
+impl IceServer {
+    /// Whether this is a `turn:` or `turns:` entry (its URL never carries credentials).
+    pub fn is_turn(&self) -> bool {
+        self.url.starts_with("turn:") || self.url.starts_with("turns:")
+    }
+}
+
+/// Shortest ICE timeout accepted: below it a single late packet would count as an outage.
+pub const MIN_ICE_TIMEOUT: Duration = Duration::from_millis(100);
+/// Longest `disconnected` timeout accepted: a caller silent this long is not on a blip.
+pub const MAX_ICE_DISCONNECTED: Duration = Duration::from_secs(60);
+/// Longest `failed` timeout accepted: a dead call holds its slot at most this long after
+/// `disconnected`.
+pub const MAX_ICE_FAILED: Duration = Duration::from_secs(300);
+/// Shortest keepalive interval accepted (checks are cheap, but not free for a thousand calls).
+pub const MIN_ICE_KEEPALIVE: Duration = Duration::from_millis(50);
+/// Longest keepalive interval accepted (RFC 7675 §5.1 sends consent checks every ~5 s).
+pub const MAX_ICE_KEEPALIVE: Duration = Duration::from_secs(10);
+
+/// The ICE agent's liveness timers, checked against each other and the bounds above.
+///
+/// The agent (rtc-ice 0.21, `validate_selected_pair`) measures both timeouts from the last
+/// packet received on the selected pair (a check, a response, DTLS or RTP): the connection is
+/// `disconnected` after [`IceTimers::disconnected`] of silence and `failed`, which ends the
+/// call, after `disconnected + failed` of silence ([`IceTimers::failure_after`]). Traffic that
+/// comes back before then makes it `connected` again. The keepalive is our own consent check on
+/// the selected pair; its response is what keeps a caller that sends no media alive, so at
+/// least two must fit in the `disconnected` window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IceTimers {
+    disconnected: Duration,
+    failed: Duration,
+    keepalive: Duration,
+}
+
+/// Which timer is wrong, and why.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum IceTimerError {
+    /// The `disconnected` timeout is out of bounds.
+    #[error("must be {min} to {max} ms", min = MIN_ICE_TIMEOUT.as_millis(), max = MAX_ICE_DISCONNECTED.as_millis())]
+    Disconnected,
+    /// The `failed` timeout is out of bounds.
+    #[error("must be {min} to {max} ms", min = MIN_ICE_TIMEOUT.as_millis(), max = MAX_ICE_FAILED.as_millis())]
+    Failed,
+    /// The keepalive interval is out of bounds, or too long for the `disconnected` timeout.
+    #[error(
+        "must be {min} to {max} ms and at most half the disconnected timeout ({half} ms), so one \
+         lost keepalive is not an outage",
+        min = MIN_ICE_KEEPALIVE.as_millis(),
+        max = MAX_ICE_KEEPALIVE.as_millis()
+    )]
+    Keepalive {
+        /// Half the `disconnected` timeout, in ms.
+        half: u128,
+    },
+}
+
+impl IceTimers {
+    /// Checks the timers: each within its bounds, and the keepalive at most half the
+    /// `disconnected` timeout.
+    pub fn new(
+        disconnected: Duration,
+        failed: Duration,
+        keepalive: Duration,
+    ) -> Result<Self, IceTimerError> {
+        if !(MIN_ICE_TIMEOUT..=MAX_ICE_DISCONNECTED).contains(&disconnected) {
+            return Err(IceTimerError::Disconnected);
+        }
+        if !(MIN_ICE_TIMEOUT..=MAX_ICE_FAILED).contains(&failed) {
+            return Err(IceTimerError::Failed);
+        }
+        if !(MIN_ICE_KEEPALIVE..=MAX_ICE_KEEPALIVE).contains(&keepalive)
+            || keepalive > disconnected / 2
+        {
+            return Err(IceTimerError::Keepalive {
+                half: (disconnected / 2).as_millis(),
+            });
+        }
+        Ok(IceTimers {
+            disconnected,
+            failed,
+            keepalive,
+        })
+    }
+
+    /// Silence after which the connection is `disconnected` (it may still recover).
+    pub fn disconnected(&self) -> Duration {
+        self.disconnected
+    }
+
+    /// Time in `disconnected` after which the connection is `failed`.
+    pub fn failed(&self) -> Duration {
+        self.failed
+    }
+
+    /// Interval of our consent checks on the selected pair.
+    pub fn keepalive(&self) -> Duration {
+        self.keepalive
+    }
+
+    /// Silence after which the connection fails and the call ends: `disconnected + failed`.
+    /// An outage shorter than this is survived.
+    pub fn failure_after(&self) -> Duration {
+        self.disconnected + self.failed
+    }
 }
 
 fn parse_entry(raw: &str) -> Result<IceServer, IceSpecError> {
@@ -174,6 +308,81 @@ fn check_host_port(rest: &str) -> Result<(), HostPort> {
 mod tests {
     use super::*;
     use secrecy::ExposeSecret;
+
+    #[test]
+    fn turn_is_refused_for_the_shared_port_without_its_credentials() {
+        let servers = parse_ice_servers(
+            "stun:s.example:3478, turns:t.example:5349?username=u-secret&credential=c-secret",
+        )
+        .unwrap();
+        let err = refuse_turn(&servers).unwrap_err();
+        assert_eq!(
+            err,
+            IceSpecError::TurnOnSharedPort("turns:t.example:5349".into())
+        );
+        let shown = err.to_string();
+        assert!(shown.contains("one UDP socket"), "{shown}");
+        assert!(shown.contains("iceServers"), "{shown}");
+        assert!(!shown.contains("secret"), "{shown}");
+        let turn = parse_ice_servers("turn:t.example?username=u&credential=c").unwrap();
+        assert!(refuse_turn(&turn).is_err());
+        let stun = parse_ice_servers("stun:a.example, stun:b.example:19302").unwrap();
+        assert_eq!(refuse_turn(&stun), Ok(()));
+        assert_eq!(refuse_turn(&[]), Ok(()));
+    }
+
+    #[test]
+    fn ice_timers_are_bounded_and_consistent() {
+        let ms = Duration::from_millis;
+        let t = IceTimers::new(ms(5000), ms(25_000), ms(1000)).unwrap();
+        assert_eq!(t.failure_after(), ms(30_000));
+        assert_eq!(
+            (t.disconnected(), t.failed(), t.keepalive()),
+            (ms(5000), ms(25_000), ms(1000))
+        );
+        // The edges are accepted.
+        assert!(IceTimers::new(MIN_ICE_TIMEOUT, MIN_ICE_TIMEOUT, MIN_ICE_KEEPALIVE).is_ok());
+        assert!(IceTimers::new(MAX_ICE_DISCONNECTED, MAX_ICE_FAILED, MAX_ICE_KEEPALIVE).is_ok());
+        let cases = [
+            (ms(0), ms(25_000), ms(1000), IceTimerError::Disconnected),
+            (ms(99), ms(25_000), ms(40), IceTimerError::Disconnected),
+            (
+                ms(60_001),
+                ms(25_000),
+                ms(1000),
+                IceTimerError::Disconnected,
+            ),
+            (ms(5000), ms(0), ms(1000), IceTimerError::Failed),
+            (ms(5000), ms(300_001), ms(1000), IceTimerError::Failed),
+            (
+                ms(5000),
+                ms(25_000),
+                ms(0),
+                IceTimerError::Keepalive { half: 2500 },
+            ),
+            (
+                ms(5000),
+                ms(25_000),
+                ms(2501),
+                IceTimerError::Keepalive { half: 2500 },
+            ),
+            (
+                ms(60_000),
+                ms(25_000),
+                ms(10_001),
+                IceTimerError::Keepalive { half: 30_000 },
+            ),
+        ];
+        for (d, f, k, want) in cases {
+            assert_eq!(
+                IceTimers::new(d, f, k),
+                Err(want.clone()),
+                "{d:?} {f:?} {k:?}"
+            );
+        }
+        let shown = IceTimerError::Keepalive { half: 2500 }.to_string();
+        assert!(shown.contains("2500 ms"), "{shown}");
+    }
 
     #[test]
     fn stun_only() {

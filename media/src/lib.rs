@@ -17,7 +17,7 @@ pub use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
-use voicegate_core::ice::IceServer;
+use voicegate_core::ice::{IceServer, IceTimers};
 
 /// Settings of the media plane, validated.
 #[derive(Debug, Clone)]
@@ -32,6 +32,9 @@ pub struct MediaSettings {
     pub workers: usize,
     /// Longest wait for ICE gathering.
     pub gather_timeout: Duration,
+    /// ICE liveness: when a silent caller is `disconnected`, when it has `failed`, and how
+    /// often we check consent.
+    pub ice_timers: IceTimers,
     /// Limits of the shared port.
     pub limits: mux::MuxLimits,
 }

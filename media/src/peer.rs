@@ -34,6 +34,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
+use voicegate_core::ice::IceTimers;
 use voicegate_core::random;
 use voicegate_core::timeline::Stamp;
 use webrtc::media_stream::track_local::TrackLocal;
@@ -51,12 +52,6 @@ pub const OPUS_PT: u8 = 111;
 /// The payload type we register for telephone-event/8000 (RFC 4733); Chrome offers 126.
 pub const DTMF_PT: u8 = 126;
 
-/// ICE: no inbound traffic for this long → disconnected (a Wi-Fi blip is shorter).
-const ICE_DISCONNECTED: Duration = Duration::from_secs(4);
-/// ICE: disconnected this long → failed, and the call ends.
-const ICE_FAILED: Duration = Duration::from_secs(8);
-/// ICE: consent/keepalive interval while idle.
-const ICE_KEEPALIVE: Duration = Duration::from_secs(1);
 /// ICE: pause between connectivity checks (the 200 ms default alone made connects take 210 ms).
 const ICE_CHECK_INTERVAL: Duration = Duration::from_millis(50);
 /// ICE: checks per candidate pair, keeping the default 1.4 s of trying.
@@ -160,6 +155,8 @@ pub struct MediaPlane {
     advertised: Vec<IpAddr>,
     ice_servers: Vec<RTCIceServer>,
     gather_timeout: Duration,
+    /// When a silent caller counts as disconnected and as gone (see [`IceTimers`]).
+    ice_timers: IceTimers,
 }
 
 impl MediaPlane {
@@ -181,6 +178,7 @@ impl MediaPlane {
             advertised,
             ice_servers,
             gather_timeout: settings.gather_timeout,
+            ice_timers: settings.ice_timers,
         }))
     }
 
@@ -295,9 +293,9 @@ impl Peer {
         let settings = SettingEngineBuilder::new()
             .with_multicast_dns_mode(MulticastDnsMode::Disabled)
             .with_ice_timeouts(
-                Some(ICE_DISCONNECTED),
-                Some(ICE_FAILED),
-                Some(ICE_KEEPALIVE),
+                Some(engine.ice_timers.disconnected()),
+                Some(engine.ice_timers.failed()),
+                Some(engine.ice_timers.keepalive()),
             )
             .with_ice_connection_attempts(Some(ICE_CHECK_INTERVAL), Some(ICE_MAX_CHECKS))
             .with_ice_credentials(ufrag, pwd)

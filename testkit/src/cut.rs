@@ -2,7 +2,8 @@
 //! when its laptop lid closes or its Wi-Fi drops: from one packet to the next nothing more
 //! arrives, not even the DTLS close alert or the ICE consent checks. It is the default tokio
 //! runtime with each UDP socket wrapped; once cut, sends are swallowed and receives discarded.
-//! It can also lose a share of the RTP that arrives, as a lossy path would.
+//! It can also lose a share of the RTP that arrives, as a lossy path would. A cut network can
+//! be restored, as when the Wi-Fi comes back or the laptop wakes on the same network.
 
 use std::future::Future;
 use std::io::{self, IoSliceMut};
@@ -55,6 +56,11 @@ impl CuttableRuntime {
     /// From now on no packet leaves or arrives.
     pub fn cut(&self) {
         self.cut.store(true, Ordering::Relaxed);
+    }
+
+    /// From now on packets leave and arrive again (what was sent during the cut stays lost).
+    pub fn restore(&self) {
+        self.cut.store(false, Ordering::Relaxed);
     }
 
     /// From now on every `every`-th RTP packet that arrives is lost (0: none).

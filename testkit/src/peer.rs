@@ -461,6 +461,18 @@ impl ClientPeer {
         let _ = self.pc.close().await;
     }
 
+    /// Cuts this peer's network without closing anything: from now on nothing it sends leaves
+    /// and nothing sent to it arrives, as when its Wi-Fi drops.
+    pub fn cut_network(&self) {
+        self.network.cut();
+    }
+
+    /// Restores the network [`ClientPeer::cut_network`] cut, with the same address: the
+    /// connection's checks and media flow again if both sides are still waiting for them.
+    pub fn restore_network(&self) {
+        self.network.restore();
+    }
+
     /// Vanishes: the network is cut first, so the server hears nothing more, not even the
     /// close (a browser whose machine went to sleep); then the client side is cleaned up.
     pub async fn vanish(&self) {

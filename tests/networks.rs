@@ -1,0 +1,252 @@
+//! Callers on real networks: a caller whose network drops for longer than the old ICE limit
+//! and comes back keeps its call, and the server's own STUN gathering works for many calls at
+//! once on the shared port (through a real coturn). The real server on free ports, real WebRTC
+//! client peers.
+
+mod common;
+
+use common::{TestServer, eventually};
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use voicegate_core::frame::SPEECH_RATE;
+use voicegate_core::tone;
+use voicegate_testkit::ClientPeer;
+use voicegate_testkit::peer::decode;
+
+const ECHO: &str = "/webrtc/v1/offer?mode=echo";
+
+/// Longer than the 12 s the hard-coded ICE timers (4 s + 8 s) allowed, shorter than the
+/// defaults' 30 s window; as short as that allows, since the test waits it out.
+const OUTAGE: Duration = Duration::from_secs(14);
+
+/// A caller whose network is cut for 14 s, with the default settings, then restored: the call
+/// is still there (same id, no end), and its audio is echoed again within 2 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_back_after_a_14_s_outage_keeps_its_call() {
+    let server = TestServer::start(&[]);
+    let peer = ClientPeer::call(server.http, ECHO).await.unwrap();
+    peer.wait_connected(Duration::from_secs(5)).await.unwrap();
+    peer.send_tone(440.0, 25).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(2), || peer.received_count() >= 10).await,
+        "no echo before the outage: {} packets",
+        peer.received_count()
+    );
+
+    peer.cut_network();
+    let cut_at = Instant::now();
+    // The caller keeps talking into the void, as a browser does; none of it arrives.
+    while cut_at.elapsed() < OUTAGE {
+        peer.send_tone(440.0, 50).await.unwrap();
+    }
+    let snap = server.snapshot().await;
+    assert!(
+        snap.calls.iter().any(|id| id.as_str() == peer.call_id),
+        "the call ended during a {OUTAGE:?} outage: {:?}",
+        snap.recent_ends
+    );
+
+    peer.restore_network();
+    let restored = Instant::now();
+    // A new tone after the restore, so what comes back is this audio's echo, nothing older.
+    peer.send_tone(660.0, 125).await.unwrap();
+    let back: Vec<_> = peer
+        .received()
+        .into_iter()
+        .filter(|p| p.at > restored)
+        .collect();
+    let first = back
+        .first()
+        .map(|p| p.at - restored)
+        .expect("no audio came back after the restore");
+    assert!(first < Duration::from_secs(2), "first echo after {first:?}");
+    let in_two_s = back
+        .iter()
+        .filter(|p| p.at - restored <= Duration::from_secs(2))
+        .count();
+    assert!(
+        in_two_s >= 25,
+        "only {in_two_s} packets within 2 s of the restore"
+    );
+    let pcm = decode(&back);
+    let freq = tone::dominant_frequency(&pcm[pcm.len().min(3200)..], SPEECH_RATE, 100.0, 2000.0);
+    assert!(
+        (freq - 660.0).abs() <= 10.0,
+        "after the restore the echo measured {freq} Hz, sent 660 Hz"
+    );
+
+    // Still the same call, never ended.
+    let snap = server.snapshot().await;
+    assert!(snap.calls.iter().any(|id| id.as_str() == peer.call_id));
+    assert!(
+        !snap
+            .recent_ends
+            .iter()
+            .any(|(id, _)| id.as_str() == peer.call_id),
+        "the call has an end reason: {:?}",
+        snap.recent_ends
+    );
+    peer.close().await;
+    server.wait_released(Duration::from_secs(2)).await.unwrap();
+}
+
+/// A STUN server (coturn's `turnserver`, STUN only, no TLS, no auth) on a free loopback port,
+/// killed when dropped.
+struct Coturn {
+    child: Child,
+    addr: SocketAddr,
+    _dir: TempDir,
+}
+
+/// A directory of our own for coturn's database and pid file, removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Coturn {
+    /// Starts it and waits until it answers a Binding request; `None` when the binary is not
+    /// installed (`scripts/setup.sh --test` installs it).
+    fn start() -> Option<Coturn> {
+        let binary = ["/usr/bin/turnserver", "/usr/sbin/turnserver"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())?;
+        let port = UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .expect("a free loopback port")
+            .port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let dir = std::env::temp_dir().join(format!("vg-coturn-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("coturn's directory");
+        let child = Command::new(binary)
+            .args([
+                "-n",
+                "--stun-only",
+                "--no-auth",
+                "--no-tls",
+                "--no-dtls",
+                "--no-cli",
+            ])
+            .args([
+                "--listening-ip",
+                "127.0.0.1",
+                "--listening-port",
+                &port.to_string(),
+            ])
+            .arg(format!("--db={}", dir.join("turndb").display()))
+            .arg(format!(
+                "--pidfile={}",
+                dir.join("turnserver.pid").display()
+            ))
+            .args(["--no-stdout-log", "--log-file", "/dev/null"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("turnserver starts");
+        let coturn = Coturn {
+            child,
+            addr,
+            _dir: TempDir(dir),
+        };
+        coturn.wait_ready(Duration::from_secs(5));
+        Some(coturn)
+    }
+
+    /// Sends Binding requests (RFC 8489 §6) until one is answered.
+    fn wait_ready(&self, within: Duration) {
+        let probe = UdpSocket::bind("127.0.0.1:0").expect("probe socket");
+        probe
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("read timeout");
+        let mut request = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42];
+        request.extend_from_slice(b"vg-probe-001");
+        let t0 = Instant::now();
+        let mut buf = [0u8; 512];
+        while t0.elapsed() < within {
+            let _ = probe.send_to(&request, self.addr);
+            if let Ok((n, _)) = probe.recv_from(&mut buf)
+                && n >= 20
+                && buf[8..20] == request[8..20]
+            {
+                return;
+            }
+        }
+        panic!(
+            "turnserver on {} did not answer within {within:?}",
+            self.addr
+        );
+    }
+}
+
+impl Drop for Coturn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The server-reflexive candidates of an answer's RTP component: (address, port).
+fn srflx_candidates(sdp: &str) -> Vec<(String, u16)> {
+    sdp.lines()
+        .filter_map(|l| l.strip_prefix("a=candidate:"))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.get(1) != Some(&"1") || f.get(6..8) != Some(&["typ", "srflx"][..]) {
+                return None;
+            }
+            Some((f[4].to_owned(), f[5].parse().ok()?))
+        })
+        .collect()
+}
+
+const CONCURRENT: usize = 20;
+
+/// 20 calls gather through one STUN server at once, all from the shared port: each answer
+/// carries the shared port as its server-reflexive candidate (each call got its own STUN
+/// response, routed by transaction id), and all connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_gather_through_one_stun_server() {
+    let Some(coturn) = Coturn::start() else {
+        eprintln!(
+            "SKIPPED: coturn's turnserver is not installed; scripts/setup.sh --test installs it"
+        );
+        return;
+    };
+    let stun = format!("stun:{}", coturn.addr);
+    let server = TestServer::start(&[("media.ice_servers", &stun), ("calls.max", "100")]);
+    let calls = futures_util::future::join_all(
+        (0..CONCURRENT).map(|_| ClientPeer::call(server.http, ECHO)),
+    )
+    .await;
+    let peers: Vec<ClientPeer> = calls
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| c.unwrap_or_else(|e| panic!("call {i}: {e}")))
+        .collect();
+    for (i, peer) in peers.iter().enumerate() {
+        // On loopback the reflexive address equals the host candidate's (the stack keeps both),
+        // so what shows the response reached this call is that its gathering completed with it.
+        let srflx = srflx_candidates(&peer.answer);
+        assert_eq!(
+            srflx,
+            [("127.0.0.1".to_owned(), server.media.port())],
+            "call {i}: the answer's srflx candidates, want the shared port as STUN saw it:\n{}",
+            peer.answer
+        );
+    }
+    for (i, peer) in peers.iter().enumerate() {
+        peer.wait_connected(Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|e| panic!("call {i}: {e}"));
+    }
+    for peer in &peers {
+        peer.close().await;
+    }
+    server.wait_released(Duration::from_secs(5)).await.unwrap();
+    drop(coturn);
+}
