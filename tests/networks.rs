@@ -250,3 +250,109 @@ async fn concurrent_calls_gather_through_one_stun_server() {
     server.wait_released(Duration::from_secs(5)).await.unwrap();
     drop(coturn);
 }
+
+/// Short ICE timers for the interruption tests: media counts as interrupted after 1 s of
+/// silence, and the call would fail only after 15 s.
+const SHORT_ICE: [(&str, &str); 4] = [
+    ("media.ice_disconnected_timeout_ms", "1000"),
+    ("media.ice_failed_timeout_ms", "14000"),
+    ("media.ice_keepalive_ms", "200"),
+    ("calls.rtp_timeout_ms", "15000"),
+];
+
+/// A started dialog call with the short ICE timers (plus `extra`), its dialog app and its
+/// caller. The caller sends no audio: ICE keepalives alone keep a healthy call connected.
+async fn dialog_call(
+    extra: &[(&str, &str)],
+) -> (
+    TestServer,
+    voicegate_testkit::dialog_app::TestDialogApp,
+    ClientPeer,
+) {
+    let app = voicegate_testkit::dialog_app::TestDialogApp::start().await;
+    let url = app.url();
+    let mut settings: Vec<(&str, &str)> = SHORT_ICE.to_vec();
+    settings.push(("dialog.url", &url));
+    settings.extend_from_slice(extra);
+    let server = TestServer::start(&settings);
+    let (peer, _started) = common::started_dialog_call(&server, &app).await;
+    (server, app, peer)
+}
+
+/// The dialog app hears `call.media` `interrupted` when the caller's network goes, an answer it
+/// sends meanwhile is held (nothing of it is sent into the void), and when the network comes
+/// back it hears `restored` and the answer plays whole: `tts.started`, then `tts.ended ok:true`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_sent_during_an_interruption_plays_when_media_returns() {
+    let (server, app, peer) = dialog_call(&[]).await;
+    let wait = Duration::from_secs(5);
+    peer.cut_network();
+    let interrupted = app
+        .wait_for(wait, |e| {
+            e["type"] == "call.media" && e["state"] == "interrupted"
+        })
+        .await
+        .expect("call.media interrupted");
+    assert_eq!(interrupted["call_id"], peer.call_id.as_str());
+    app.send(serde_json::json!({"type": "tts.speak", "utterance_id": "held", "text": "This answer waits for you to come back."}));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !app.types().iter().any(|t| t.starts_with("tts.")),
+        "nothing of the answer left while the caller was away: {:?}",
+        app.types()
+    );
+    let before = peer.received_count();
+    peer.restore_network();
+    app.wait_for(wait, |e| {
+        e["type"] == "call.media" && e["state"] == "restored"
+    })
+    .await
+    .expect("call.media restored");
+    app.wait_type(wait, "tts.started", Some("held"))
+        .await
+        .expect("the held answer starts once media is back");
+    let ended = app
+        .wait_type(Duration::from_secs(10), "tts.ended", Some("held"))
+        .await
+        .expect("tts.ended");
+    assert_eq!(ended["ok"], true, "{ended}");
+    let after: Vec<_> = peer.received()[before..].to_vec();
+    let loud = decode(&after)
+        .chunks(voicegate_core::frame::SPEECH_FRAME_SAMPLES)
+        .filter(|f| voicegate_core::listen::rms(f) > 200.0)
+        .count();
+    assert!(loud > 25, "the caller heard the answer: {loud} loud frames");
+    assert!(server.snapshot().await.calls.len() == 1, "the call goes on");
+    peer.close().await;
+}
+
+/// Held longer than `calls.interrupted_hold_ms`, the answer is dropped: `tts.ended ok:false`
+/// while the caller is still away, and nothing of it plays when media returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_held_past_the_bound_is_dropped_with_ok_false() {
+    let (_server, app, peer) = dialog_call(&[("calls.interrupted_hold_ms", "1500")]).await;
+    let wait = Duration::from_secs(5);
+    peer.cut_network();
+    app.wait_for(wait, |e| {
+        e["type"] == "call.media" && e["state"] == "interrupted"
+    })
+    .await
+    .expect("call.media interrupted");
+    app.send(serde_json::json!({"type": "tts.speak", "utterance_id": "late", "text": "Nobody hears this one."}));
+    let ended = app
+        .wait_type(wait, "tts.ended", Some("late"))
+        .await
+        .expect("dropped after the hold bound");
+    assert_eq!(ended["ok"], false, "{ended}");
+    assert!(
+        !app.types().iter().any(|t| t == "tts.started"),
+        "it never played"
+    );
+    peer.restore_network();
+    app.wait_for(wait, |e| {
+        e["type"] == "call.media" && e["state"] == "restored"
+    })
+    .await
+    .expect("call.media restored: the call goes on");
+    peer.close().await;
+}

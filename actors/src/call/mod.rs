@@ -530,7 +530,9 @@ impl CallActor {
                 self.settings.interrupted_hold,
                 |act, _ctx| {
                     act.span.in_scope(|| {
-                        tracing::info!("media still interrupted: dropping the audio held for the caller")
+                        tracing::info!(
+                            "media still interrupted: dropping the audio held for the caller"
+                        )
                     });
                     if let Some(s) = &act.speaker {
                         s.do_send(speaker::PlayoutLost);
