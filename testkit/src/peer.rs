@@ -209,32 +209,55 @@ impl ClientPeer {
         path: &str,
         headers: &[(&str, &str)],
     ) -> anyhow::Result<ClientPeer> {
+        Self::place(addr, path, headers, OfferForm::Json).await
+    }
+
+    /// Places a call the way a WHIP client does: `POST {path}` with `Content-Type:
+    /// application/sdp` and the bare offer SDP (plus `headers`), expecting `201 Created`, the
+    /// answer SDP as the body and the call's resource URL in `Location`. The call id is the
+    /// last segment of that URL.
+    pub async fn call_sdp(
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<ClientPeer> {
+        Self::place(addr, path, headers, OfferForm::Sdp).await
+    }
+
+    /// Offers, posts the offer in `form`, applies the answer.
+    async fn place(
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+        form: OfferForm,
+    ) -> anyhow::Result<ClientPeer> {
         let network = Arc::new(CuttableRuntime::default());
         let (pc, track, ssrc, state, received, offer) = Self::offer_on(network.clone()).await?;
         let offered_at = Instant::now();
-        let res = http::post_json_with(
-            addr,
-            path,
-            headers,
-            &serde_json::json!({"type": "offer", "sdp": offer}),
-        )
-        .await?;
+        let res = match form {
+            OfferForm::Json => {
+                let body = serde_json::json!({"type": "offer", "sdp": offer});
+                http::post_json_with(addr, path, headers, &body).await?
+            }
+            OfferForm::Sdp => {
+                let mut all = vec![("Content-Type", "application/sdp")];
+                all.extend_from_slice(headers);
+                http::request(addr, "POST", path, &all, offer.as_bytes()).await?
+            }
+        };
         let answer_time = offered_at.elapsed();
-        if res.status != 200 {
+        let expected = match form {
+            OfferForm::Json => 200,
+            OfferForm::Sdp => 201,
+        };
+        if res.status != expected {
             let _ = pc.close().await;
             bail!("offer refused: {} {}", res.status, res.text());
         }
-        let body = res.json();
-        let answer = body["sdp"]
-            .as_str()
-            .context("answer without sdp")?
-            .to_owned();
-        let call_id = body["call_id"]
-            .as_str()
-            .context("answer without call_id")?
-            .to_owned();
-        anyhow::ensure!(body["type"] == "answer", "reply type is {}", body["type"]);
-        let location = res.header("location").map(str::to_owned);
+        let (answer, call_id, location) = match form {
+            OfferForm::Json => json_reply(&res)?,
+            OfferForm::Sdp => sdp_reply(&res)?,
+        };
         pc.set_remote_description(RTCSessionDescription::answer(answer.clone())?)
             .await?;
         Ok(ClientPeer {
@@ -247,59 +270,6 @@ impl ClientPeer {
             offer,
             call_id,
             location,
-            answer,
-            answer_time,
-            offered_at,
-            network,
-        })
-    }
-
-    /// Places a call the way a WHIP client does: `POST {path}` with `Content-Type:
-    /// application/sdp` and the bare offer SDP (plus `headers`), expecting `201 Created`, the
-    /// answer SDP as the body and the call's resource URL in `Location`. The call id is the
-    /// last segment of that URL.
-    pub async fn call_sdp(
-        addr: SocketAddr,
-        path: &str,
-        headers: &[(&str, &str)],
-    ) -> anyhow::Result<ClientPeer> {
-        let network = Arc::new(CuttableRuntime::default());
-        let (pc, track, ssrc, state, received, offer) = Self::offer_on(network.clone()).await?;
-        let offered_at = Instant::now();
-        let mut all = vec![("Content-Type", "application/sdp")];
-        all.extend_from_slice(headers);
-        let res = http::request(addr, "POST", path, &all, offer.as_bytes()).await?;
-        let answer_time = offered_at.elapsed();
-        if res.status != 201 {
-            let _ = pc.close().await;
-            bail!("offer refused: {} {}", res.status, res.text());
-        }
-        anyhow::ensure!(
-            res.header("content-type") == Some("application/sdp"),
-            "answer content type is {:?}",
-            res.header("content-type")
-        );
-        let location = res
-            .header("location")
-            .context("201 without Location")?
-            .to_owned();
-        let call_id = location
-            .rsplit_once('/')
-            .map(|(_, id)| id.to_owned())
-            .context("Location without a call id")?;
-        let answer = res.text();
-        pc.set_remote_description(RTCSessionDescription::answer(answer.clone())?)
-            .await?;
-        Ok(ClientPeer {
-            pc,
-            track,
-            ssrc,
-            state,
-            received,
-            next: Mutex::new((random::u16(), random::u32())),
-            offer,
-            call_id,
-            location: Some(location),
             answer,
             answer_time,
             offered_at,
@@ -485,6 +455,49 @@ impl ClientPeer {
 const BROWSER_RATE: u32 = RTP_CLOCK;
 /// Samples in one 20 ms frame at [`BROWSER_RATE`].
 const BROWSER_FRAME: usize = frame::samples_per_frame(BROWSER_RATE);
+
+/// How a test client posts its offer.
+#[derive(Clone, Copy)]
+enum OfferForm {
+    /// `{"type": "offer", "sdp": ...}`, answered `200` with JSON.
+    Json,
+    /// The bare SDP (`application/sdp`), answered `201` with the bare answer (WHIP).
+    Sdp,
+}
+
+/// The answer SDP, call id and `Location` of a JSON offer reply.
+fn json_reply(res: &http::Response) -> anyhow::Result<(String, String, Option<String>)> {
+    let body = res.json();
+    let answer = body["sdp"]
+        .as_str()
+        .context("answer without sdp")?
+        .to_owned();
+    let call_id = body["call_id"]
+        .as_str()
+        .context("answer without call_id")?
+        .to_owned();
+    anyhow::ensure!(body["type"] == "answer", "reply type is {}", body["type"]);
+    Ok((answer, call_id, res.header("location").map(str::to_owned)))
+}
+
+/// The answer SDP, call id (the last segment of `Location`) and `Location` of an SDP offer
+/// reply.
+fn sdp_reply(res: &http::Response) -> anyhow::Result<(String, String, Option<String>)> {
+    anyhow::ensure!(
+        res.header("content-type") == Some("application/sdp"),
+        "answer content type is {:?}",
+        res.header("content-type")
+    );
+    let location = res
+        .header("location")
+        .context("201 without Location")?
+        .to_owned();
+    let call_id = location
+        .rsplit_once('/')
+        .map(|(_, id)| id.to_owned())
+        .context("Location without a call id")?;
+    Ok((res.text(), call_id, Some(location)))
+}
 
 /// Opus packets (20 ms, 48 kHz, as a browser sends them) of mono `pcm` at `rate`, with `lead`
 /// and `tail` of silence around it.
