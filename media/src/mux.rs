@@ -13,7 +13,12 @@
 //!     binds the sender's address to the connection, and only an address no other connection
 //!     holds: an address belongs to at most one call, and a stranger who knows a ufrag (or
 //!     spoofs a victim's address) can neither take a route nor be let in;
-//!   - a STUN response by its transaction id, recorded when the connection sent the request;
+//!   - a STUN response by its transaction id, recorded when the connection sent the request.
+//!     webrtc 0.21.1 sends every server-reflexive Binding request with the same all-zero
+//!     transaction id, so concurrent calls gathering through one STUN server share it; their
+//!     requests leave the same socket, so the one answer (the shared port as the server saw it)
+//!     is true for each of them, and a response goes to every connection that sent that id to
+//!     that address;
 //!   - anything else (DTLS, SRTP) by source address, from the routes bound above. Our own sends
 //!     never bind a route.
 //!
@@ -127,21 +132,76 @@ struct Table {
     by_ufrag: HashMap<String, u64>,
     /// Remote address → connection id: bound by authenticated checks only.
     by_addr: HashMap<SocketAddr, u64>,
-    /// Transaction id of a check we sent → (connection id, when).
-    by_transaction: HashMap<TransactionId, (u64, Instant)>,
+    /// Transaction id of a request we sent → who waits for its response.
+    by_transaction: HashMap<TransactionId, Waiters>,
     /// Prune `by_transaction` when it grows past this.
     prune_at: usize,
 }
 
+/// The connections waiting for the response to one transaction id, sent to one address.
+/// Almost always one; more only when a stack reuses an id (see the module's notes).
+struct Waiters {
+    to: SocketAddr,
+    /// The latest send.
+    at: Instant,
+    first: u64,
+    /// Further connections that sent the same id to the same address (empty: no allocation).
+    more: Vec<u64>,
+}
+
+impl Waiters {
+    fn includes(&self, conn: u64) -> bool {
+        self.first == conn || self.more.contains(&conn)
+    }
+
+    /// Drops `conn`; whether anyone is left.
+    fn forget(&mut self, conn: u64) -> bool {
+        self.more.retain(|c| *c != conn);
+        if self.first == conn {
+            match self.more.pop() {
+                Some(next) => self.first = next,
+                None => return false,
+            }
+        }
+        true
+    }
+}
+
 impl Table {
-    fn remember_transaction(&mut self, id: TransactionId, conn: u64, now: Instant) {
+    fn remember_transaction(&mut self, id: TransactionId, conn: u64, to: SocketAddr, now: Instant) {
         if self.by_transaction.len() >= self.prune_at.max(1024) {
             self.by_transaction
-                .retain(|_, (_, at)| now.duration_since(*at) < TRANSACTION_TTL);
+                .retain(|_, w| now.duration_since(w.at) < TRANSACTION_TTL);
             // Amortised: the next pass comes after as many inserts as entries survived.
             self.prune_at = self.by_transaction.len() * 2;
         }
-        self.by_transaction.insert(id, (conn, now));
+        match self.by_transaction.get_mut(&id) {
+            Some(w) if w.to == to && now.duration_since(w.at) < TRANSACTION_TTL => {
+                w.at = now;
+                if !w.includes(conn) {
+                    w.more.push(conn);
+                }
+            }
+            _ => {
+                self.by_transaction.insert(
+                    id,
+                    Waiters {
+                        to,
+                        at: now,
+                        first: conn,
+                        more: Vec::new(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Who gets a response with this id from `from`: the waiters, taken out of the table.
+    fn take_waiters(&mut self, id: &TransactionId, from: SocketAddr) -> Option<Waiters> {
+        match self.by_transaction.get(id) {
+            Some(w) if w.to == from => self.by_transaction.remove(id),
+            _ => None,
+        }
     }
 }
 
@@ -315,24 +375,30 @@ impl UdpMux {
             _ => None,
         };
         let mut t = self.lock();
-        let target = match kind {
-            stun::Kind::BindingRequest => checked,
-            stun::Kind::Response(txid) => match t.by_transaction.remove(&txid) {
-                Some((id, _)) => Some(id),
-                None => t.by_addr.get(&from).copied(),
+        let (target, shared) = match kind {
+            stun::Kind::BindingRequest => (checked, None),
+            stun::Kind::Response(txid) => match t.take_waiters(&txid, from) {
+                Some(w) => (Some(w.first), Some(w.more)),
+                None => (t.by_addr.get(&from).copied(), None),
             },
-            stun::Kind::OtherStun | stun::Kind::NotStun => t.by_addr.get(&from).copied(),
+            stun::Kind::OtherStun | stun::Kind::NotStun => (t.by_addr.get(&from).copied(), None),
         };
         let Some(conn) = target.and_then(|id| t.conns.get(&id)) else {
             self.rx_unroutable.fetch_add(1, Ordering::Relaxed);
             tracing::trace!(%from, len = packet.len(), "datagram matches no call");
             return;
         };
-        let datagram = Datagram {
-            data: Bytes::copy_from_slice(packet),
-            from,
-        };
-        if conn.queue.try_send(datagram).is_err() {
+        let data = Bytes::copy_from_slice(packet);
+        for id in shared.into_iter().flatten() {
+            if let Some(other) = t.conns.get(&id) {
+                self.deliver(other, data.clone(), from);
+            }
+        }
+        self.deliver(conn, data, from);
+    }
+
+    fn deliver(&self, conn: &Attached, data: Bytes, from: SocketAddr) {
+        if conn.queue.try_send(Datagram { data, from }).is_err() {
             self.rx_queue_full.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -392,7 +458,7 @@ impl UdpMux {
         }
         let mut txid = [0u8; 12];
         txid.copy_from_slice(&packet[8..20]);
-        t.remember_transaction(txid, id, Instant::now());
+        t.remember_transaction(txid, id, to, Instant::now());
         true
     }
 
@@ -420,7 +486,7 @@ impl UdpMux {
         t.conns.remove(&id);
         t.by_ufrag.retain(|_, v| *v != id);
         t.by_addr.retain(|_, v| *v != id);
-        t.by_transaction.retain(|_, (v, _)| *v != id);
+        t.by_transaction.retain(|_, w| w.forget(id));
     }
 
     fn send(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
@@ -720,12 +786,68 @@ mod tests {
         for i in 0..1024u32 {
             let mut id = [0u8; 12];
             id[..4].copy_from_slice(&i.to_be_bytes());
-            t.remember_transaction(id, 1, t0);
+            t.remember_transaction(id, 1, SERVER, t0);
         }
         assert_eq!(t.by_transaction.len(), 1024);
         // The next insert, long after, prunes the stale ones.
-        t.remember_transaction([9; 12], 2, t0 + TRANSACTION_TTL + Duration::from_secs(1));
+        t.remember_transaction(
+            [9; 12],
+            2,
+            SERVER,
+            t0 + TRANSACTION_TTL + Duration::from_secs(1),
+        );
         assert_eq!(t.by_transaction.len(), 1);
+    }
+
+    const SERVER: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 3478);
+
+    fn waiting(t: &mut Table, id: &TransactionId, from: SocketAddr) -> Vec<u64> {
+        let mut all: Vec<u64> = t
+            .take_waiters(id, from)
+            .map(|w| std::iter::once(w.first).chain(w.more).collect())
+            .unwrap_or_default();
+        all.sort_unstable();
+        all
+    }
+
+    /// webrtc 0.21.1 gathers with an all-zero transaction id: calls gathering at once through
+    /// one STUN server all get the (identical) response; it comes once, so nobody waits again.
+    #[test]
+    fn a_transaction_id_sent_by_several_connections_answers_them_all() {
+        let mut t = Table::default();
+        let now = Instant::now();
+        for conn in [3, 1, 2, 1] {
+            t.remember_transaction([0; 12], conn, SERVER, now);
+        }
+        assert_eq!(t.by_transaction.len(), 1);
+        let elsewhere = SocketAddr::new(SERVER.ip(), 9);
+        assert!(
+            waiting(&mut t, &[0; 12], elsewhere).is_empty(),
+            "wrong sender"
+        );
+        assert_eq!(waiting(&mut t, &[0; 12], SERVER), [1, 2, 3]);
+        assert!(
+            waiting(&mut t, &[0; 12], SERVER).is_empty(),
+            "answered once"
+        );
+    }
+
+    #[test]
+    fn a_detached_connection_stops_waiting_and_the_others_still_do() {
+        let mut t = Table::default();
+        let now = Instant::now();
+        for conn in [1, 2] {
+            t.remember_transaction([0; 12], conn, SERVER, now);
+        }
+        t.remember_transaction([7; 12], 1, SERVER, now);
+        t.by_transaction.retain(|_, w| w.forget(1));
+        assert_eq!(
+            t.by_transaction.len(),
+            1,
+            "conn 1's own transaction is gone"
+        );
+        assert_eq!(waiting(&mut t, &[0; 12], SERVER), [2]);
     }
 
     #[test]
