@@ -360,3 +360,81 @@ async fn an_answer_held_past_the_bound_is_dropped_with_ok_false() {
     .expect("call.media restored: the call goes on");
     peer.close().await;
 }
+
+/// A caller whose network changed restarts ICE from a new address (`PATCH` with a new
+/// fragment, as the browser client does): the call keeps its id and its dialog connection (no
+/// second `call.started`), the app hears `interrupted` then `restored`, the server answers with
+/// new credentials and a new `ETag` (the old one is refused from then on), and audio reaches
+/// the caller again within 2 s of the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ice_restart_from_a_new_address_keeps_the_call() {
+    let (server, app, peer) = dialog_call(&[]).await;
+    let wait = Duration::from_secs(5);
+    let first_etag = peer.etag.lock().unwrap().clone().expect("the offer's ETag");
+    let first_ufrag = voicegate_core::sdpfrag::IceFragment::from_sdp(&peer.answer).ufrag;
+    peer.cut_network();
+    app.wait_for(wait, |e| {
+        e["type"] == "call.media" && e["state"] == "interrupted"
+    })
+    .await
+    .expect("call.media interrupted");
+    // The network is back, but the caller moved: the restart drops its old socket.
+    peer.restore_network();
+    let restarted = Instant::now();
+    let theirs = peer.restart_ice(server.http).await.expect("ICE restart");
+    let frag = voicegate_core::sdpfrag::IceFragment::parse(&theirs, 64).expect("a fragment");
+    assert!(
+        frag.ufrag.is_some() && frag.ufrag != first_ufrag,
+        "new server credentials: {theirs}"
+    );
+    assert!(
+        !frag.candidates.is_empty(),
+        "our candidates again: {theirs}"
+    );
+    let before = peer.received_count();
+    app.send(
+        serde_json::json!({"type": "tts.speak", "utterance_id": "back", "text": "Welcome back."}),
+    );
+    assert!(
+        eventually(Duration::from_secs(2), || peer.received_count() > before).await,
+        "no audio within 2 s of the restart ({:?} ago)",
+        restarted.elapsed()
+    );
+    app.wait_for(wait, |e| {
+        e["type"] == "call.media" && e["state"] == "restored"
+    })
+    .await
+    .expect("call.media restored");
+    let ended = app
+        .wait_type(Duration::from_secs(10), "tts.ended", Some("back"))
+        .await
+        .expect("tts.ended");
+    assert_eq!(ended["ok"], true, "{ended}");
+    let started = app.types().iter().filter(|t| *t == "call.started").count();
+    assert_eq!(started, 1, "one dialog connection: {:?}", app.types());
+    assert!(!app.types().iter().any(|t| t == "call.ended"));
+    let calls = server.snapshot().await.calls;
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].as_str(), peer.call_id, "the same call");
+    // The old session's tag no longer applies.
+    let location = peer.location.clone().expect("Location");
+    let stale = voicegate_testkit::http::request(
+        server.http,
+        "PATCH",
+        &location,
+        &[
+            ("Content-Type", "application/trickle-ice-sdpfrag"),
+            ("If-Match", &first_etag),
+        ],
+        b"a=candidate:1 1 udp 1 127.0.0.1 9 typ host\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(stale.status, 412, "{}", stale.text());
+    assert_eq!(
+        stale.header("etag"),
+        peer.etag.lock().unwrap().as_deref(),
+        "a 412 names the current session"
+    );
+    peer.close().await;
+}

@@ -408,6 +408,8 @@ pub struct Metrics {
     /// Offers refused for their call token (missing, invalid, expired, reused, or not allowing
     /// the call asked for).
     pub offers_unauthorized: Counter,
+    /// ICE restarts callers asked for (`PATCH` with new credentials) and got.
+    pub ice_restarts: Counter,
     /// Offer received → answer sent.
     pub offer_answer: LatencyHistogram,
     /// Offer received → media connected.
@@ -447,6 +449,7 @@ impl Default for Metrics {
             calls_ended: PerLabel::default(),
             calls_refused_full: Counter::default(),
             offers_unauthorized: Counter::default(),
+            ice_restarts: Counter::default(),
             offer_answer: Histogram::new(&LATENCY_BUCKETS),
             offer_connected: Histogram::new(&LATENCY_BUCKETS),
             rtp_in: Counter::default(),
@@ -536,6 +539,12 @@ impl Metrics {
             "voicegate_offers_unauthorized_total",
             "Offers refused for their call token (auth.mode = token): missing, invalid, expired, reused or not allowing the call.",
             self.offers_unauthorized.get(),
+        );
+        counter(
+            &mut o,
+            "voicegate_ice_restarts_total",
+            "ICE restarts callers made on live calls (PATCH with new ICE credentials), after a network change.",
+            self.ice_restarts.get(),
         );
         self.offer_answer.render(
             &mut o,
@@ -832,6 +841,9 @@ voicegate_calls_refused_full_total 0
 # HELP voicegate_offers_unauthorized_total Offers refused for their call token (auth.mode = token): missing, invalid, expired, reused or not allowing the call.
 # TYPE voicegate_offers_unauthorized_total counter
 voicegate_offers_unauthorized_total 0
+# HELP voicegate_ice_restarts_total ICE restarts callers made on live calls (PATCH with new ICE credentials), after a network change.
+# TYPE voicegate_ice_restarts_total counter
+voicegate_ice_restarts_total 0
 # HELP voicegate_offer_answer_seconds From an offer's arrival to its answer.
 # TYPE voicegate_offer_answer_seconds histogram
 voicegate_offer_answer_seconds_bucket{le="0.001"} 0

@@ -13,7 +13,8 @@
 //! it is read.
 
 use crate::call::{
-    CallActor, CallEvent, CallServices, CallSettings, End, EndReason, Negotiate, Offer,
+    CallActor, CallEvent, CallServices, CallSettings, End, EndReason, Negotiate, Offer, PatchIce,
+    PatchReply,
 };
 use crate::trace_msg;
 use crate::workers::Workers;
@@ -24,7 +25,7 @@ use std::time::Duration;
 use voicegate_core::admission::SourceKey;
 use voicegate_core::call_id::CallId;
 use voicegate_core::untrusted::shown;
-use voicegate_media::PeerError;
+use voicegate_media::{PatchError, PeerError};
 
 /// How many recently ended calls the registry remembers, with their reasons.
 const RECENT_ENDS: usize = 256;
@@ -177,6 +178,16 @@ pub struct HangUp {
     pub reason: EndReason,
 }
 
+/// Apply a `PATCH` (trickle or ICE restart) to a call if it exists. `None`: no such call.
+#[derive(Debug, Message)]
+#[rtype(result = "Option<Result<PatchReply, PatchError>>")]
+pub struct Patch {
+    /// Which call.
+    pub call_id: CallId,
+    /// What to apply.
+    pub patch: PatchIce,
+}
+
 /// Stop taking calls, let the live ones go on for up to `grace`, then end what is left with
 /// `shutdown`. Resolves once every call is released (bounded).
 #[derive(Debug, Message)]
@@ -304,6 +315,19 @@ impl Handler<HangUp> for Supervisor {
                 actix_rt::time::sleep(Duration::from_millis(5)).await;
             }
         })
+    }
+}
+
+impl Handler<Patch> for Supervisor {
+    type Result = ResponseFuture<Option<Result<PatchReply, PatchError>>>;
+
+    fn handle(&mut self, msg: Patch, _ctx: &mut Self::Context) -> Self::Result {
+        let Some(call) = self.calls.get(&msg.call_id).cloned() else {
+            return Box::pin(async { None });
+        };
+        trace_msg!(msg.call_id, "supervisor" => "call", "PatchIce", "{} candidates", msg.patch.frag.candidates.len());
+        // A call that stops meanwhile is gone as far as the caller can tell.
+        Box::pin(async move { call.send(msg.patch).await.ok() })
     }
 }
 

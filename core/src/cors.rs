@@ -21,17 +21,18 @@ pub fn origin_allowed(origin: &str, allowlist: &[String]) -> bool {
 }
 
 /// `Access-Control-Allow-Methods` for the signaling endpoints: the union over them (`POST` for
-/// the offer and the hangup, `DELETE` for a call's resource URL), so one preflight answer fits
-/// every path; what each path supports is its own `Allow` on a `405`.
-pub const ALLOW_METHODS: &str = "POST, DELETE, OPTIONS";
+/// the offer and the hangup, `PATCH` and `DELETE` for a call's resource URL), so one preflight
+/// answer fits every path; what each path supports is its own `Allow` on a `405`.
+pub const ALLOW_METHODS: &str = "POST, PATCH, DELETE, OPTIONS";
 
 /// `Access-Control-Allow-Headers` for the signaling endpoints.
-/// (`Authorization` carries the call token when `auth.mode = "token"`.)
-pub const ALLOW_HEADERS: &str = "Content-Type, Authorization";
+/// (`Authorization` carries the call token when `auth.mode = "token"`; `If-Match` names the ICE
+/// session a `PATCH` applies to.)
+pub const ALLOW_HEADERS: &str = "Content-Type, Authorization, If-Match";
 
 /// `Access-Control-Expose-Headers`: the response headers a page on another origin may read
-/// (where its call's resource is, why it was refused, and when to retry).
-pub const EXPOSE_HEADERS: &str = "Location, WWW-Authenticate, Retry-After";
+/// (where its call's resource is, its ICE session's tag, why it was refused, and when to retry).
+pub const EXPOSE_HEADERS: &str = "Location, ETag, WWW-Authenticate, Retry-After";
 
 #[cfg(test)]
 mod tests {

@@ -22,6 +22,7 @@ pub mod random;
 pub mod resample;
 pub mod restart;
 pub mod sdp;
+pub mod sdpfrag;
 pub mod speech;
 pub mod stun;
 pub mod text;

@@ -197,7 +197,7 @@ pub fn keep_audio_candidates(sdp: &str, audio_section: usize) -> String {
 }
 
 /// `ice-char` = ALPHA / DIGIT / "+" / "/" (RFC 8839 §5.4), `min..=256` of them.
-fn ice_chars(v: &str, min: usize) -> bool {
+pub(crate) fn ice_chars(v: &str, min: usize) -> bool {
     (min..=256).contains(&v.len())
         && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')

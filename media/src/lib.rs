@@ -10,7 +10,9 @@ pub mod mux;
 pub mod peer;
 
 pub use mux::MuxError;
-pub use peer::{MediaPlane, Peer, PeerError, PeerEvent, PeerEvents, PeerState, RtpWriter};
+pub use peer::{
+    IcePatch, MediaPlane, PatchError, Peer, PeerError, PeerEvent, PeerEvents, PeerState, RtpWriter,
+};
 pub use rtc::data_channel::RTCDataChannelState as DataChannelState;
 pub use webrtc::data_channel::{DataChannel, DataChannelEvent};
 pub use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};

@@ -39,6 +39,7 @@
 //! per-connection queue drops the datagram and counts it, like a congested network would.
 
 use bytes::Bytes;
+use secrecy::{ExposeSecret, SecretSlice};
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
@@ -118,7 +119,7 @@ struct Attached {
     /// Its receive queue.
     queue: mpsc::Sender<Datagram>,
     /// Its local ICE password, the key of the checks sent to it.
-    password: Arc<[u8]>,
+    password: Arc<SecretSlice<u8>>,
     /// What the connection shares with its runtime (authentication seen).
     shared: Arc<ConnShared>,
 }
@@ -344,15 +345,15 @@ impl UdpMux {
         }
     }
 
-    /// A runtime for one connection whose local ICE credentials are `ufrag` and `password` (set
-    /// on the connection with `SettingEngineBuilder::with_ice_credentials`).
-    pub fn connection_runtime(self: &Arc<Self>, ufrag: &str, password: &str) -> Arc<MuxRuntime> {
+    /// A runtime for one connection. Checks reach it once its local ICE credentials are known
+    /// ([`MuxRuntime::set_credentials`]): the stack makes them with the answer, and new ones at
+    /// each ICE restart.
+    pub fn connection_runtime(self: &Arc<Self>) -> Arc<MuxRuntime> {
         Arc::new(MuxRuntime {
             mux: self.clone(),
             conn: Arc::new(ConnShared {
                 id: self.next_id.fetch_add(1, Ordering::Relaxed),
-                ufrag: ufrag.to_owned(),
-                password: Arc::from(password.as_bytes()),
+                credentials: Mutex::new(Credentials::default()),
                 placeholder: Mutex::new(None),
                 authenticated: std::sync::atomic::AtomicBool::new(false),
             }),
@@ -415,7 +416,7 @@ impl UdpMux {
             (id, conn.password.clone(), conn.shared.clone())
         };
         // The HMAC runs outside the lock: sends and other calls' datagrams do not wait on it.
-        if !request.verify(&password) {
+        if !request.verify(password.expose_secret()) {
             self.rx_stun_unauthenticated.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(%from, "connectivity check with a wrong or missing MESSAGE-INTEGRITY dropped");
             return None;
@@ -464,16 +465,40 @@ impl UdpMux {
 
     fn attach(&self, conn: &Arc<ConnShared>, token: u64, queue: mpsc::Sender<Datagram>) {
         let mut t = self.lock();
+        let credentials = conn.credentials();
         t.conns.insert(
             conn.id,
             Attached {
                 token,
                 queue,
-                password: conn.password.clone(),
+                password: credentials.password,
                 shared: conn.clone(),
             },
         );
-        t.by_ufrag.insert(conn.ufrag.clone(), conn.id);
+        if !credentials.ufrag.is_empty() {
+            t.by_ufrag.insert(credentials.ufrag, conn.id);
+        }
+    }
+
+    /// Gives connection `conn` new local ICE credentials: checks naming its previous ufrag are
+    /// no longer routed, checks naming the new one are verified with the new password.
+    fn rekey(&self, conn: &ConnShared, ufrag: &str, password: &str) {
+        let credentials = Credentials {
+            ufrag: ufrag.to_owned(),
+            password: Arc::new(SecretSlice::from(password.as_bytes().to_vec())),
+        };
+        let mut t = self.lock();
+        *conn.credentials.lock().unwrap_or_else(|p| p.into_inner()) = credentials.clone();
+        let Some(attached) = t.conns.get_mut(&conn.id) else {
+            // Not attached yet: attach() reads the new credentials.
+            return;
+        };
+        attached.password = credentials.password;
+        t.by_ufrag.retain(|_, v| *v != conn.id);
+        t.by_ufrag.insert(credentials.ufrag, conn.id);
+        // An ICE restart: the caller's addresses are proven again by the new generation's
+        // checks (a caller that moved must not leave its old address routed to the call).
+        t.by_addr.retain(|_, v| *v != conn.id);
     }
 
     /// Called when a virtual socket is dropped (the driver ended or rebound).
@@ -538,13 +563,39 @@ fn is_transient(e: &io::Error) -> bool {
 #[derive(Debug)]
 struct ConnShared {
     id: u64,
-    ufrag: String,
-    /// The local ICE password: the key of checks sent to this connection.
-    password: Arc<[u8]>,
+    /// Its local ICE credentials (empty until the answer is made).
+    credentials: Mutex<Credentials>,
     /// Set by the first connectivity check that verified: the caller holds our answer.
     authenticated: std::sync::atomic::AtomicBool,
     /// The address of the placeholder socket the driver bound: what its host candidate names.
     placeholder: Mutex<Option<SocketAddr>>,
+}
+
+/// A connection's local ICE credentials.
+#[derive(Debug, Clone)]
+struct Credentials {
+    /// What checks sent to it name first in USERNAME.
+    ufrag: String,
+    /// The key of checks sent to it.
+    password: Arc<SecretSlice<u8>>,
+}
+
+impl Default for Credentials {
+    fn default() -> Self {
+        Credentials {
+            ufrag: String::new(),
+            password: Arc::new(SecretSlice::from(Vec::new())),
+        }
+    }
+}
+
+impl ConnShared {
+    fn credentials(&self) -> Credentials {
+        self.credentials
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 /// A connection's runtime: tokio for everything, the shared socket for UDP.
@@ -556,6 +607,13 @@ pub struct MuxRuntime {
 }
 
 impl MuxRuntime {
+    /// Makes `ufrag` and `password` the connection's local ICE credentials, as its latest
+    /// answer gives them (the first answer, or an ICE restart's): only checks naming `ufrag` and
+    /// signed with `password` reach it from now on.
+    pub fn set_credentials(&self, ufrag: &str, password: &str) {
+        self.mux.rekey(&self.conn, ufrag, password);
+    }
+
     /// Whether an authenticated connectivity check has reached this connection: a caller that
     /// never sends one never received our answer (or is not a WebRTC peer at all).
     pub fn authenticated(&self) -> bool {

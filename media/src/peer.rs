@@ -36,14 +36,15 @@ use std::time::Duration;
 use tokio::sync::watch;
 use voicegate_core::ice::IceTimers;
 use voicegate_core::random;
+use voicegate_core::sdpfrag::IceFragment;
 use voicegate_core::timeline::Stamp;
 use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_remote::TrackRemote;
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
-    RTCIceGatheringState, RTCIceServer, RTCPeerConnectionState, RTCSessionDescription,
-    SettingEngineBuilder,
+    RTCIceCandidateInit, RTCIceGatheringState, RTCIceServer, RTCPeerConnectionState,
+    RTCSessionDescription, SettingEngineBuilder,
 };
 use webrtc::rtp_transceiver::RtpSender;
 
@@ -239,8 +240,33 @@ pub struct Peer {
     ssrc: u32,
     /// What the browser reports of our audio's loss.
     loss: ReportedLoss,
+    /// Held while a `PATCH` (trickle or ICE restart) changes the descriptions: one at a time.
+    renegotiation: tokio::sync::Mutex<()>,
     /// Keeps the connection's mux route alive with the connection.
     _runtime: Arc<MuxRuntime>,
+}
+
+/// What a `PATCH` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IcePatch {
+    /// Candidates were added (trickle); the ICE session is unchanged.
+    Trickled,
+    /// ICE restarted: our new credentials and candidates, for the reply.
+    Restarted(IceFragment),
+}
+
+/// Why a `PATCH` was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum PatchError {
+    /// `If-Match` names another ICE session (RFC 9725 §4.3.1).
+    #[error("If-Match does not name the call's current ICE session ({current})")]
+    PreconditionFailed {
+        /// The current entity tag.
+        current: String,
+    },
+    /// The stack refused the change.
+    #[error(transparent)]
+    Peer(#[from] PeerError),
 }
 
 /// The driver's callbacks, forwarded.
@@ -284,8 +310,7 @@ impl Peer {
         offer_sdp: &str,
         events: PeerEvents,
     ) -> Result<(Peer, String), PeerError> {
-        let (ufrag, pwd) = ice_credentials();
-        let runtime = engine.mux.connection_runtime(&ufrag, &pwd);
+        let runtime = engine.mux.connection_runtime();
         let (media, registry) = media_engine().map_err(PeerError::MediaEngine)?;
         let ssrc = random::u32();
         let loss = ReportedLoss::default();
@@ -298,7 +323,8 @@ impl Peer {
                 Some(engine.ice_timers.keepalive()),
             )
             .with_ice_connection_attempts(Some(ICE_CHECK_INTERVAL), Some(ICE_MAX_CHECKS))
-            .with_ice_credentials(ufrag, pwd)
+            // No pinned credentials: the stack makes them, and new ones at each ICE restart
+            // (pinned ones would be reused by a restart); the mux learns them from each answer.
             .build();
         let (gathering_tx, mut gathering_rx) = watch::channel(false);
         let handler = Arc::new(Handler {
@@ -370,16 +396,7 @@ impl Peer {
                     "ICE gathering incomplete; answering with the candidates found so far"
                 );
             }
-            let local = pc
-                .local_description()
-                .await
-                .ok_or(PeerError::NoLocalDescription)?;
-            let placeholder = runtime.placeholder_addr().ok_or(PeerError::NoSocket)?;
-            let answer = voicegate_core::sdp::rewrite_host_candidates(
-                &local.sdp,
-                placeholder,
-                &engine.candidate_addresses(),
-            );
+            let answer = local_answer(engine, pc.as_ref(), &runtime).await?;
             Ok((sender, track, ssrc, answer))
         }
         .await;
@@ -392,6 +409,7 @@ impl Peer {
                     track,
                     ssrc,
                     loss,
+                    renegotiation: tokio::sync::Mutex::new(()),
                     _runtime: runtime,
                 },
                 answer,
@@ -401,6 +419,79 @@ impl Peer {
                 Err(e)
             }
         }
+    }
+
+    /// The entity tag of the current ICE session, for `ETag` (changes at each ICE restart).
+    pub async fn ice_etag(&self) -> Option<String> {
+        Some(entity_tag(&self.pc.local_description().await?.sdp))
+    }
+
+    /// Applies a `PATCH` fragment from the caller (RFC 9725 §4.3): new credentials restart ICE
+    /// (the connection, its DTLS session and its tracks carry on; our answer has new
+    /// credentials, which the mux now routes by); otherwise its candidates are added.
+    /// `if_match` is the request's `If-Match`, checked against the current session.
+    pub async fn patch_ice(
+        &self,
+        engine: &MediaPlane,
+        frag: &IceFragment,
+        if_match: Option<&str>,
+    ) -> Result<IcePatch, PatchError> {
+        let _one_at_a_time = self.renegotiation.lock().await;
+        let local = self
+            .pc
+            .local_description()
+            .await
+            .ok_or(PeerError::NoLocalDescription)?;
+        let current = entity_tag(&local.sdp);
+        if let Some(condition) = if_match
+            && !voicegate_core::sdpfrag::if_match_allows(condition, &current)
+        {
+            return Err(PatchError::PreconditionFailed { current });
+        }
+        let remote = self
+            .pc
+            .remote_description()
+            .await
+            .ok_or(PeerError::NoLocalDescription)?;
+        let theirs = IceFragment::from_sdp(&remote.sdp);
+        let restart = frag.is_restart(
+            theirs.ufrag.as_deref().unwrap_or(""),
+            theirs.pwd.as_deref().unwrap_or(""),
+        );
+        if !restart {
+            let mid = frag.mid.clone().or(theirs.mid);
+            for c in &frag.candidates {
+                let candidate = RTCIceCandidateInit {
+                    candidate: format!("candidate:{c}"),
+                    sdp_mid: mid.clone(),
+                    sdp_mline_index: Some(0),
+                    ..Default::default()
+                };
+                self.pc
+                    .add_ice_candidate(candidate)
+                    .await
+                    .map_err(PeerError::Offer)?;
+            }
+            return Ok(IcePatch::Trickled);
+        }
+        let offer =
+            RTCSessionDescription::offer(voicegate_core::sdpfrag::with_ice(&remote.sdp, frag))
+                .map_err(PeerError::Offer)?;
+        self.pc
+            .set_remote_description(offer)
+            .await
+            .map_err(PeerError::Offer)?;
+        let answer = self
+            .pc
+            .create_answer(None)
+            .await
+            .map_err(PeerError::Answer)?;
+        self.pc
+            .set_local_description(answer)
+            .await
+            .map_err(PeerError::SetLocalDescription)?;
+        let answer = local_answer(engine, self.pc.as_ref(), &self._runtime).await?;
+        Ok(IcePatch::Restarted(IceFragment::from_sdp(&answer)))
     }
 
     /// The RTP writer for our audio, once negotiation has bound the track.
@@ -455,6 +546,37 @@ impl Peer {
             tracing::debug!(error = %e, "peer connection close reported an error");
         }
     }
+}
+
+/// Our local description as the caller gets it: host candidates rewritten to the shared port;
+/// the mux learns the (new) local credentials it carries.
+async fn local_answer(
+    engine: &MediaPlane,
+    pc: &dyn PeerConnection,
+    runtime: &MuxRuntime,
+) -> Result<String, PeerError> {
+    let local = pc
+        .local_description()
+        .await
+        .ok_or(PeerError::NoLocalDescription)?;
+    let placeholder = runtime.placeholder_addr().ok_or(PeerError::NoSocket)?;
+    let ours = IceFragment::from_sdp(&local.sdp);
+    let (Some(ufrag), Some(pwd)) = (&ours.ufrag, &ours.pwd) else {
+        return Err(PeerError::NoLocalDescription);
+    };
+    runtime.set_credentials(ufrag, pwd);
+    Ok(voicegate_core::sdp::rewrite_host_candidates(
+        &local.sdp,
+        placeholder,
+        &engine.candidate_addresses(),
+    ))
+}
+
+/// The entity tag of an ICE session (RFC 9725 §4.3.1): our local ufrag, which every restart
+/// changes.
+fn entity_tag(local_sdp: &str) -> String {
+    let ufrag = IceFragment::from_sdp(local_sdp).ufrag.unwrap_or_default();
+    format!("\"{ufrag}\"")
 }
 
 /// Sends our RTP packets with the negotiated payload type and our SSRC.
@@ -535,9 +657,4 @@ fn media_engine() -> webrtc::error::Result<(MediaEngine, Registry)> {
     let registry = configure_rtcp_reports(registry);
     let registry = configure_twcc(registry, &mut media)?;
     Ok((media, registry))
-}
-
-/// Random ICE credentials (RFC 8445 §5.3: ufrag ≥ 24 bits, password ≥ 128 bits).
-fn ice_credentials() -> (String, String) {
-    (random::alphanumeric(16), random::alphanumeric(32))
 }

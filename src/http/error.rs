@@ -43,6 +43,12 @@ pub enum ApiError {
     /// The call token does not allow what was asked.
     #[error("{0}")]
     Forbidden(String),
+    /// `If-Match` names another ICE session than the call's current one (its tag is here).
+    #[error("If-Match does not name the call's current ICE session; its ETag is {0}")]
+    PreconditionFailed(String),
+    /// No such call (a `PATCH` to an ended or unknown call).
+    #[error("no such call: it ended, or it was never placed here")]
+    NoSuchCall,
     /// Our fault; the detail is logged, not sent.
     #[error("internal error")]
     Internal(String),
@@ -70,7 +76,8 @@ impl ResponseError for ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::NotFound | ApiError::NoSuchCall => StatusCode::NOT_FOUND,
+            ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             ApiError::Unavailable(_) | ApiError::Full(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -108,6 +115,9 @@ impl ResponseError for ApiError {
                 _ => "Bearer realm=\"voicegate\", error=\"invalid_token\"",
             };
             res.insert_header((actix_web::http::header::WWW_AUTHENTICATE, challenge));
+        }
+        if let ApiError::PreconditionFailed(etag) = self {
+            res.insert_header((actix_web::http::header::ETAG, etag.as_str()));
         }
         if matches!(self, ApiError::BodyTimeout(_)) {
             // The rest of the body may still be on its way; do not keep reading it.

@@ -8,15 +8,17 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
 use std::time::Instant;
-use voicegate_actors::call::{CallMode, ClientInfo, EndReason, Offer};
+use voicegate_actors::call::{CallMode, ClientInfo, EndReason, Offer, PatchIce};
 use voicegate_actors::metrics::{Limit, metrics as counters};
-use voicegate_actors::supervisor::{HangUp, PlaceCall};
+use voicegate_actors::supervisor::{HangUp, Patch, PlaceCall};
 use voicegate_core::admission::{self, IpNet, SourceKey};
 use voicegate_core::call_id::CallId;
 use voicegate_core::dialog::DialParams;
 use voicegate_core::sdp;
+use voicegate_core::sdpfrag::{FragError, IceFragment};
 use voicegate_core::token::{Grant, TokenMode};
 use voicegate_core::untrusted::shown;
+use voicegate_media::{IcePatch, PatchError};
 
 /// `GET /health`
 pub async fn health() -> HttpResponse {
@@ -54,8 +56,8 @@ pub async fn preflight() -> HttpResponse {
 /// What `/webrtc/v1/offer` and `/webrtc/v1/hangup` allow.
 const SIGNAL_ALLOW: &str = "POST, OPTIONS";
 
-/// What a call's resource URL allows (PATCH joins when trickle and ICE restart do).
-const CALL_ALLOW: &str = "DELETE, OPTIONS";
+/// What a call's resource URL allows.
+const CALL_ALLOW: &str = "PATCH, DELETE, OPTIONS";
 
 /// Any other method on `/webrtc/v1/offer` or `/webrtc/v1/hangup`.
 pub async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
@@ -145,9 +147,12 @@ pub async fn offer(
             e => e.into(),
         })?;
     let location = (header::LOCATION, super::call_location(&answer.call_id));
+    // The ICE session's tag, for `If-Match` on a later PATCH (RFC 9725 §4.3.1).
+    let etag = (header::ETAG, ice_etag(&answer.sdp));
     Ok(match format {
         OfferFormat::Json => HttpResponse::Ok()
             .insert_header(location)
+            .insert_header(etag)
             .json(OfferResponse {
                 sdp: &answer.sdp,
                 kind: "answer",
@@ -155,6 +160,7 @@ pub async fn offer(
             }),
         OfferFormat::Sdp => HttpResponse::Created()
             .insert_header(location)
+            .insert_header(etag)
             .content_type(SDP)
             .body(answer.sdp),
     })
@@ -197,6 +203,108 @@ pub async fn end_call(
     })?;
     hang_up(&state, call_id).await?;
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// The media type of a `PATCH` body (RFC 8840).
+const SDPFRAG: &str = "application/trickle-ice-sdpfrag";
+
+/// `PATCH /webrtc/v1/calls/<id>` with an `application/trickle-ice-sdpfrag` body (RFC 9725
+/// §4.3): candidates the caller trickles (`204`), or an ICE restart when the fragment carries
+/// new ICE credentials (`200` with our new credentials and candidates as a fragment). Either
+/// reply carries the ICE session's `ETag`; an `If-Match` naming another session gets `412`.
+/// The call, its dialog connection and its playout carry on through a restart. Like DELETE, it
+/// needs no call token: the URL is the capability.
+pub async fn patch_call(
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Payload,
+    state: web::Data<HttpState>,
+) -> Result<HttpResponse, ApiError> {
+    let raw = path.into_inner();
+    let call_id = CallId::parse(&raw).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "{:?} is not a call id: use the Location of the offer's reply",
+            shown(&raw)
+        ))
+    })?;
+    let ct = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .eq_ignore_ascii_case(SDPFRAG)
+    {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "Content-Type must be {SDPFRAG}, got {}",
+            if ct.is_empty() {
+                "none".to_owned()
+            } else {
+                format!("{:?}", shown(ct))
+            }
+        )));
+    }
+    let if_match = match req.headers().get(header::IF_MATCH) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| ApiError::BadRequest("If-Match is not ASCII".into()))?
+                .to_owned(),
+        ),
+    };
+    let bytes = tokio::time::timeout(
+        state.body_timeout,
+        read_body(&req, body, state.max_body_bytes),
+    )
+    .await
+    .map_err(|_| {
+        counters().limit_hit(Limit::HttpBodyDeadline);
+        ApiError::BodyTimeout(state.body_timeout.as_millis() as u64)
+    })??;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| ApiError::BadRequest("the fragment is not UTF-8".into()))?;
+    let frag = IceFragment::parse(text, state.max_remote_candidates).map_err(|e| {
+        if matches!(e, FragError::TooManyCandidates { .. }) {
+            counters().limit_hit(Limit::RemoteCandidates);
+        }
+        ApiError::BadRequest(e.to_string())
+    })?;
+    let reply = state
+        .supervisor
+        .send(Patch {
+            call_id,
+            patch: PatchIce { frag, if_match },
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("supervisor unreachable: {e}")))?
+        .ok_or(ApiError::NoSuchCall)?
+        .map_err(|e| match e {
+            PatchError::PreconditionFailed { current } => ApiError::PreconditionFailed(current),
+            PatchError::Peer(e) if e.is_negotiation() => {
+                ApiError::BadRequest(format!("the fragment could not be applied: {e}"))
+            }
+            PatchError::Peer(e) => ApiError::Internal(e.to_string()),
+        })?;
+    let etag = (header::ETAG, reply.etag);
+    Ok(match reply.outcome {
+        IcePatch::Trickled => HttpResponse::NoContent().insert_header(etag).finish(),
+        IcePatch::Restarted(ours) => HttpResponse::Ok()
+            .insert_header(etag)
+            .content_type(SDPFRAG)
+            .body(ours.to_sdpfrag()),
+    })
+}
+
+/// The `ETag` of the ICE session an answer starts: its ufrag, which each restart changes.
+fn ice_etag(answer_sdp: &str) -> String {
+    format!(
+        "\"{}\"",
+        IceFragment::from_sdp(answer_sdp).ufrag.unwrap_or_default()
+    )
 }
 
 /// Asks the supervisor to end `call_id` as a client hangup; resolves once the call is released

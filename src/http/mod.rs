@@ -27,7 +27,7 @@ use voicegate_core::cors;
 const API: &str = "/webrtc/v1";
 
 /// A call's resource URL, `/webrtc/v1/calls/<id>`: the offer's `Location`, and what `DELETE`
-/// (and later `PATCH`) act on, as a WHIP session URL does (RFC 9725). The id's 128 random bits
+/// and `PATCH` act on, as a WHIP session URL does (RFC 9725). The id's 128 random bits
 /// make the URL the capability to end the call, so it needs no call token.
 pub fn call_location(call_id: &CallId) -> String {
     format!("{API}/calls/{call_id}")
@@ -80,10 +80,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                         .route(web::method(Method::OPTIONS).to(handlers::preflight))
                         .default_service(web::to(handlers::method_not_allowed)),
                 )
-                // The call as a resource. A method added here (PATCH for trickle and ICE
-                // restart) goes into `handlers::CALL_ALLOW` and `cors::ALLOW_METHODS` too.
+                // The call as a resource. A method added here goes into
+                // `handlers::CALL_ALLOW` and `cors::ALLOW_METHODS` too.
                 .service(
                     web::resource("/calls/{call_id}")
+                        .route(web::patch().to(handlers::patch_call))
                         .route(web::delete().to(handlers::end_call))
                         .route(web::method(Method::OPTIONS).to(handlers::preflight))
                         .default_service(web::to(handlers::call_method_not_allowed)),

@@ -29,6 +29,7 @@ use tokio::sync::watch;
 use voicegate_core::codec::{DownlinkEncoder, EncoderSettings, UplinkDecoder, UplinkSettings};
 use voicegate_core::frame::{self, RTP_CLOCK, RTP_TICKS_PER_FRAME, SPEECH_RATE};
 use voicegate_core::random;
+use voicegate_core::sdpfrag::IceFragment;
 use voicegate_core::tone::Tone;
 use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
@@ -117,6 +118,8 @@ pub struct ClientPeer {
     pub answer_time: Duration,
     /// When the offer was posted.
     pub offered_at: Instant,
+    /// The ICE session's entity tag, from the last reply that gave one (`ETag`).
+    pub etag: Mutex<Option<String>>,
     network: Arc<CuttableRuntime>,
 }
 
@@ -147,6 +150,9 @@ impl ClientPeer {
         let settings = SettingEngineBuilder::new()
             .with_multicast_dns_mode(MulticastDnsMode::Disabled)
             .with_ice_connection_attempts(Some(Duration::from_millis(50)), Some(28))
+            // An ICE restart binds a new socket, so the caller comes back from a new address,
+            // as after a change of network.
+            .with_discard_local_candidates_during_ice_restart(true)
             .build();
         let (gathering_tx, mut gathering_rx) = watch::channel(false);
         let (state_tx, state_rx) = watch::channel(RTCPeerConnectionState::New);
@@ -273,8 +279,80 @@ impl ClientPeer {
             answer,
             answer_time,
             offered_at,
+            etag: Mutex::new(res.header("etag").map(str::to_owned)),
             network,
         })
+    }
+
+    /// Restarts ICE as a browser does after a network change (`restartIce()`): a new offer with
+    /// new credentials, from a new socket (a new address to the server), its fragment sent with
+    /// `PATCH` to the call's `Location` on the server at `addr` with `If-Match` (the last ETag),
+    /// and the server's fragment applied. Returns the server's fragment.
+    pub async fn restart_ice(&self, addr: SocketAddr) -> anyhow::Result<String> {
+        let location = self.location.clone().context("the call has no Location")?;
+        let old_ufrag = IceFragment::from_sdp(&self.local_sdp().await?).ufrag;
+        self.pc.restart_ice().await?;
+        let offer = self.pc.create_offer(None).await?;
+        self.pc.set_local_description(offer).await?;
+        // Gathered when the new generation's credentials and a candidate are in place.
+        let t0 = Instant::now();
+        let ours = loop {
+            let frag = IceFragment::from_sdp(&self.local_sdp().await?);
+            if frag.ufrag != old_ufrag && !frag.candidates.is_empty() {
+                break frag;
+            }
+            anyhow::ensure!(
+                t0.elapsed() < Duration::from_secs(5),
+                "restart offer never gathered"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let if_match = self
+            .etag
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_else(|| "*".to_owned());
+        let res = http::request(
+            addr,
+            "PATCH",
+            &location,
+            &[
+                ("Content-Type", "application/trickle-ice-sdpfrag"),
+                ("If-Match", &if_match),
+            ],
+            ours.to_sdpfrag().as_bytes(),
+        )
+        .await?;
+        anyhow::ensure!(
+            res.status == 200,
+            "ICE restart refused: {} {}",
+            res.status,
+            res.text()
+        );
+        *self.etag.lock().unwrap_or_else(|p| p.into_inner()) =
+            res.header("etag").map(str::to_owned);
+        let theirs = IceFragment::parse(&res.text(), 64)?;
+        let remote = self
+            .pc
+            .remote_description()
+            .await
+            .context("no remote description")?;
+        let answer = voicegate_core::sdpfrag::with_ice(&remote.sdp, &theirs);
+        self.pc
+            .set_remote_description(RTCSessionDescription::answer(answer)?)
+            .await?;
+        Ok(res.text())
+    }
+
+    /// Our current local description (after [`ClientPeer::restart_ice`], the restart offer).
+    pub async fn local_sdp(&self) -> anyhow::Result<String> {
+        Ok(self
+            .pc
+            .local_description()
+            .await
+            .context("no local description")?
+            .sdp)
     }
 
     /// Waits until connected; returns the time from the offer POST.

@@ -47,9 +47,12 @@ use voicegate_core::dialog::{Command, Event, MediaState};
 use voicegate_core::page::PageMessage;
 use voicegate_core::random;
 use voicegate_core::restart::RestartBudget;
+use voicegate_core::sdpfrag::IceFragment;
 use voicegate_core::timeline::Timeline;
 use voicegate_core::untrusted::shown;
-use voicegate_media::{Peer, PeerError, PeerEvent, PeerState, RtpWriter, TrackRemote};
+use voicegate_media::{
+    IcePatch, PatchError, Peer, PeerError, PeerEvent, PeerState, RtpWriter, TrackRemote,
+};
 
 /// Notifications from a call to the supervisor.
 #[derive(Debug, Message)]
@@ -78,6 +81,25 @@ pub struct Negotiate {
 pub struct End {
     /// Why.
     pub reason: EndReason,
+}
+
+/// Apply a caller's `PATCH` fragment: trickled candidates, or an ICE restart.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<PatchReply, PatchError>")]
+pub struct PatchIce {
+    /// The fragment.
+    pub frag: IceFragment,
+    /// The request's `If-Match`.
+    pub if_match: Option<String>,
+}
+
+/// What a `PATCH` did, and the ICE session's entity tag after it.
+#[derive(Debug, Clone)]
+pub struct PatchReply {
+    /// Trickled, or restarted with our new fragment.
+    pub outcome: IcePatch,
+    /// The `ETag` now.
+    pub etag: String,
 }
 
 /// An event from the peer connection's driver.
@@ -263,6 +285,40 @@ impl Handler<Negotiate> for CallActor {
                 Err(e)
             }
         }))
+    }
+}
+
+impl Handler<PatchIce> for CallActor {
+    type Result = ResponseFuture<Result<PatchReply, PatchError>>;
+
+    fn handle(&mut self, msg: PatchIce, _ctx: &mut Self::Context) -> Self::Result {
+        let Some(peer) = self.peer.clone().filter(|_| self.phase != Phase::Ending) else {
+            return Box::pin(async { Err(PatchError::Peer(PeerError::NoLocalDescription)) });
+        };
+        let plane = self.services.plane.clone();
+        let span = self.span.clone();
+        Box::pin(
+            async move {
+                let outcome = peer
+                    .patch_ice(&plane, &msg.frag, msg.if_match.as_deref())
+                    .await?;
+                match &outcome {
+                    IcePatch::Restarted(_) => {
+                        metrics().ice_restarts.inc();
+                        tracing::info!("ICE restarted by the caller");
+                    }
+                    IcePatch::Trickled => {
+                        tracing::debug!(
+                            candidates = msg.frag.candidates.len(),
+                            "candidates trickled"
+                        )
+                    }
+                }
+                let etag = peer.ice_etag().await.unwrap_or_default();
+                Ok(PatchReply { outcome, etag })
+            }
+            .instrument(span),
+        )
     }
 }
 
