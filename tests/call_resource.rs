@@ -144,12 +144,16 @@ async fn delete_ends_the_call_as_a_client_hangup_and_is_idempotent() {
         );
     }
     // Other methods: 405 naming what the resource supports.
-    for method in ["GET", "POST", "PUT", "PATCH"] {
+    for method in ["GET", "POST", "PUT"] {
         let res = http::request(server.http, method, &location_of(UNKNOWN), &[], b"")
             .await
             .unwrap();
         assert_eq!(res.status, 405, "{method}");
-        assert_eq!(res.header("allow"), Some("DELETE, OPTIONS"), "{method}");
+        assert_eq!(
+            res.header("allow"),
+            Some("PATCH, DELETE, OPTIONS"),
+            "{method}"
+        );
         assert_eq!(error_of(&res), "method not allowed");
     }
     // The offer endpoint still names its own.
@@ -343,5 +347,158 @@ async fn a_page_on_an_allowed_origin_may_delete_the_call_and_read_its_location()
     .await
     .unwrap();
     assert_eq!(res.header("access-control-allow-origin"), None);
+    server.wait_released(2 * SECOND).await.unwrap();
+}
+
+const SDPFRAG: &str = "application/trickle-ice-sdpfrag";
+
+async fn patch(
+    server: &TestServer,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> http::Response {
+    http::request(server.http, "PATCH", path, headers, body.as_bytes())
+        .await
+        .expect("request")
+}
+
+/// An offer without candidates (a trickling client's), posted as bare SDP: its Location and
+/// ETag.
+async fn trickling_call(server: &TestServer) -> (String, String) {
+    let offer: String = offer_sdp()
+        .await
+        .lines()
+        .filter(|l| !l.starts_with("a=candidate:") && *l != "a=end-of-candidates")
+        .map(|l| format!("{l}\r\n"))
+        .collect();
+    let res = post_sdp(server, ECHO, "application/sdp", offer.as_bytes()).await;
+    assert_eq!(res.status, 201, "{}", res.text());
+    let etag = res.header("etag").expect("the offer's reply has an ETag");
+    assert!(etag.starts_with('"') && etag.ends_with('"'), "{etag}");
+    (
+        res.header("location").expect("Location").to_owned(),
+        etag.to_owned(),
+    )
+}
+
+/// A trickled candidate is one the server checks: `PATCH` with it (no credentials) gets `204`
+/// and the server's connectivity checks arrive at that address, naming the call's ufrags.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_candidate_is_checked() {
+    let server = TestServer::start(&[]);
+    let (location, etag) = trickling_call(&server).await;
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let port = socket.local_addr().unwrap().port();
+    let frag = format!("a=mid:0\r\na=candidate:1 1 udp 2130706431 127.0.0.1 {port} typ host\r\n");
+    let res = patch(
+        &server,
+        &location,
+        &[("Content-Type", SDPFRAG), ("If-Match", &etag)],
+        &frag,
+    )
+    .await;
+    assert_eq!(res.status, 204, "{}", res.text());
+    assert_eq!(
+        res.header("etag"),
+        Some(etag.as_str()),
+        "trickle keeps the session"
+    );
+    let mut buf = [0u8; 1500];
+    let (n, from) = tokio::time::timeout(2 * SECOND, socket.recv_from(&mut buf))
+        .await
+        .expect("a connectivity check reaches the trickled candidate")
+        .unwrap();
+    assert_eq!(from, server.media, "from the shared port");
+    assert_eq!(
+        voicegate_core::stun::classify(&buf[..n]),
+        voicegate_core::stun::Kind::BindingRequest
+    );
+    let _ = delete(&server, &location, &[]).await;
+    server.wait_released(2 * SECOND).await.unwrap();
+}
+
+/// What a PATCH cannot do gets a status and a reason: a wrong media type (415), a fragment that
+/// is not one (400, and too many candidates is counted as a limit hit), an If-Match naming
+/// another ICE session (412, with the current ETag), an unknown call (404).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patches_that_cannot_apply_are_refused_with_a_reason() {
+    let server = TestServer::start(&[("media.max_remote_candidates", "2")]);
+    let (location, etag) = trickling_call(&server).await;
+    let candidate = "a=candidate:1 1 udp 2130706431 127.0.0.1 9 typ host\r\n";
+
+    let res = patch(
+        &server,
+        &location,
+        &[("Content-Type", "text/plain")],
+        candidate,
+    )
+    .await;
+    assert_eq!(res.status, 415, "{}", res.text());
+    assert!(error_of(&res).contains(SDPFRAG), "{}", res.text());
+
+    for (body, reason) in [
+        ("v=0\r\n", "not an a= or m= line"),
+        ("a=ice-ufrag:abcd\r\n", "without a=ice-pwd"),
+        ("a=mid:0\r\n", "neither ICE credentials nor candidates"),
+        (
+            &*candidate.repeat(3).replace("1 1 udp", "7 1 udp"),
+            "at most 2",
+        ),
+    ] {
+        let res = patch(&server, &location, &[("Content-Type", SDPFRAG)], body).await;
+        assert_eq!(res.status, 400, "{body:?}: {}", res.text());
+        assert!(error_of(&res).contains(reason), "{body:?}: {}", res.text());
+    }
+
+    let res = patch(
+        &server,
+        &location,
+        &[("Content-Type", SDPFRAG), ("If-Match", "\"another\"")],
+        candidate,
+    )
+    .await;
+    assert_eq!(res.status, 412, "{}", res.text());
+    assert_eq!(res.header("etag"), Some(etag.as_str()));
+
+    let res = patch(
+        &server,
+        &location_of(UNKNOWN),
+        &[("Content-Type", SDPFRAG)],
+        candidate,
+    )
+    .await;
+    assert_eq!(res.status, 404, "{}", res.text());
+    assert!(error_of(&res).contains("no such call"), "{}", res.text());
+
+    let _ = delete(&server, &location, &[]).await;
+    server.wait_released(2 * SECOND).await.unwrap();
+}
+
+/// A page on an allowed origin may PATCH (its preflight allows the method and If-Match) and read
+/// the ETag of the offer's reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_on_an_allowed_origin_may_patch_with_if_match_and_read_the_etag() {
+    let server = TestServer::start(&[("http.allowed_origins", "https://app.example")]);
+    let res = http::request(
+        server.http,
+        "OPTIONS",
+        &location_of(UNKNOWN),
+        &[
+            ("Origin", "https://app.example"),
+            ("Access-Control-Request-Method", "PATCH"),
+            ("Access-Control-Request-Headers", "content-type, if-match"),
+        ],
+        b"",
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status, 204);
+    let methods = res.header("access-control-allow-methods").unwrap_or("");
+    assert!(methods.split(", ").any(|m| m == "PATCH"), "{methods}");
+    let headers = res.header("access-control-allow-headers").unwrap_or("");
+    assert!(headers.split(", ").any(|h| h == "If-Match"), "{headers}");
+    let exposed = res.header("access-control-expose-headers").unwrap_or("");
+    assert!(exposed.split(", ").any(|h| h == "ETag"), "{exposed}");
     server.wait_released(2 * SECOND).await.unwrap();
 }

@@ -187,17 +187,17 @@ async fn cors_reflects_any_origin_by_default() {
     );
     assert_eq!(
         res.header("access-control-allow-methods"),
-        Some("POST, DELETE, OPTIONS"),
-        "the call's resource URL takes DELETE"
+        Some("POST, PATCH, DELETE, OPTIONS"),
+        "the call's resource URL takes PATCH and DELETE"
     );
     assert_eq!(
         res.header("access-control-allow-headers"),
-        Some("Content-Type, Authorization"),
-        "a page on another origin may send its call token"
+        Some("Content-Type, Authorization, If-Match"),
+        "a page on another origin may send its call token, and name its ICE session"
     );
     assert_eq!(
         res.header("access-control-expose-headers"),
-        Some("Location, WWW-Authenticate, Retry-After")
+        Some("Location, ETag, WWW-Authenticate, Retry-After")
     );
     assert!(
         res.headers_named("vary")

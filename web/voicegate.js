@@ -16,6 +16,13 @@
 //   call.sendDtmf("1#");
 //   await call.hangup();
 //
+// When the caller's network changes (Wi-Fi to mobile, a VPN, a laptop waking), the connection
+// goes "disconnected" or "failed"; the client then restarts ICE by itself: pc.restartIce(), a new
+// offer, its ICE fragment sent with PATCH to the call's Location (RFC 9725; If-Match with the
+// ETag), and the server's fragment applied. It emits "reconnecting" (state "reconnecting") and,
+// once media flows again, "reconnected" (state "connected"). The call, its dialog and its
+// playout carry on; the server holds what it had to say meanwhile.
+//
 // The "message" events come over a data channel the client opens ("voicegate"): the caller's
 // speech as recognized ({"type": "asr.partial" | "asr.final", "text"}), what voicegate is saying
 // ({"type": "assistant", "utterance_id", "text"} per segment as it starts playing), speech state
@@ -28,6 +35,7 @@ export const States = Object.freeze({
   MICROPHONE: "microphone", // asking for the microphone
   CONNECTING: "connecting", // offer sent, waiting for media
   CONNECTED: "connected",
+  RECONNECTING: "reconnecting", // the network changed; restarting ICE
   ENDED: "ended", // hung up (by us or the server) or lost
   FAILED: "failed", // could not be set up
 });
@@ -54,6 +62,13 @@ export class VoicegateCall extends EventTarget {
    * @param {string|(() => Promise<string>)} [options.token] A call token from your backend, sent as
    *   `Authorization: Bearer` (needed when the server runs with auth.mode = "token"). A function
    *   is called for each call, so every call gets a fresh, short-lived token.
+   * @param {RTCIceTransportPolicy} [options.iceTransportPolicy] "relay" to send media through the
+   *   TURN server in iceServers only (callers behind restrictive networks); default "all".
+   * @param {boolean} [options.reconnect] Restart ICE when the network changes (default true).
+   * @param {number} [options.reconnectAfterMs] How long "disconnected" may last before a restart
+   *   (default 2000; "failed" restarts at once).
+   * @param {number} [options.maxReconnects] Restarts tried in a row before the call counts as
+   *   lost (default 6, one every reconnectAfterMs + 4 s: longer than the server waits).
    */
   constructor(options = {}) {
     super();
@@ -64,6 +79,14 @@ export class VoicegateCall extends EventTarget {
     this.gatherTimeoutMs = options.gatherTimeoutMs ?? 3000;
     this.audio = options.audio ?? { echoCancellation: true, noiseSuppression: true, autoGainControl: true };
     this.token = options.token;
+    this.iceTransportPolicy = options.iceTransportPolicy || "all";
+    this.reconnect = options.reconnect ?? true;
+    this.reconnectAfterMs = options.reconnectAfterMs ?? 2000;
+    this.maxReconnects = options.maxReconnects ?? 6;
+    /** The ICE session's entity tag (ETag), for If-Match on PATCH. */
+    this.etag = null;
+    this._restarting = false;
+    this._restartTimer = null;
     this.state = States.IDLE;
     this.callId = null;
     /** The call's resource URL (absolute), from the offer reply's Location; null before. */
@@ -86,7 +109,11 @@ export class VoicegateCall extends EventTarget {
       this._ownsStream = !stream;
       this.localStream = stream || (await navigator.mediaDevices.getUserMedia({ audio: this.audio }));
 
-      const pc = new RTCPeerConnection({ iceServers: this.iceServers, bundlePolicy: "max-bundle" });
+      const pc = new RTCPeerConnection({
+        iceServers: this.iceServers,
+        iceTransportPolicy: this.iceTransportPolicy,
+        bundlePolicy: "max-bundle",
+      });
       this.pc = pc;
       for (const track of this.localStream.getAudioTracks()) pc.addTrack(track, this.localStream);
       if (this.localStream.getAudioTracks().length === 0) pc.addTransceiver("audio", { direction: "recvonly" });
@@ -130,6 +157,7 @@ export class VoicegateCall extends EventTarget {
       // expose it): hangup then falls back to the hangup endpoint.
       const location = res.headers.get("Location");
       this.location = location ? new URL(location, res.url).href : null;
+      this.etag = res.headers.get("ETag");
       this.dispatchEvent(new CustomEvent("answer", { detail: { callId: this.callId } }));
       if (this.state !== States.CONNECTING) return; // hung up while the offer was in flight
       await pc.setRemoteDescription({ type: "answer", sdp: reply.sdp });
@@ -180,14 +208,91 @@ export class VoicegateCall extends EventTarget {
 
   _onConnectionState() {
     const s = this.pc && this.pc.connectionState;
-    if (s === "connected") this._setState(States.CONNECTED);
-    else if ((s === "failed" || s === "closed") && this.state !== States.ENDED) {
-      this._teardown();
-      this._setState(States.ENDED, { reason: `connection-${s}` });
+    if (!s || this.state === States.ENDED) return;
+    if (s === "connected") {
+      clearTimeout(this._restartTimer);
+      if (this.state === States.RECONNECTING) {
+        this._attempts = 0;
+        this.dispatchEvent(new CustomEvent("reconnected", { detail: { callId: this.callId } }));
+      }
+      this._setState(States.CONNECTED);
+    } else if (s === "closed") {
+      this._end("connection-closed");
+    } else if (!this._canRestart()) {
+      if (s === "failed") this._end("connection-failed");
+    } else if (s === "failed") {
+      this._restartIce();
+    } else if (s === "disconnected" && !this._restarting) {
+      clearTimeout(this._restartTimer);
+      this._restartTimer = setTimeout(() => {
+        if (this.pc && this.pc.connectionState !== "connected") this._restartIce();
+      }, this.reconnectAfterMs);
     }
   }
 
+  _canRestart() {
+    return this.reconnect && this.location && (this.state === States.CONNECTED || this.state === States.RECONNECTING);
+  }
+
+  _end(reason) {
+    clearTimeout(this._restartTimer);
+    this._teardown();
+    this._setState(States.ENDED, { reason });
+  }
+
+  /**
+   * Restarts ICE: a new offer with new credentials, its fragment PATCHed to the call's resource,
+   * the server's fragment applied. Tried again (up to maxReconnects in a row) while media does
+   * not come back; a call the server no longer has (404) ends.
+   */
+  async _restartIce() {
+    if (this._restarting || !this._canRestart()) return;
+    this._restarting = true;
+    clearTimeout(this._restartTimer);
+    this._attempts = (this._attempts || 0) + 1;
+    const attempt = this._attempts;
+    this._setState(States.RECONNECTING);
+    this.dispatchEvent(new CustomEvent("reconnecting", { detail: { callId: this.callId, attempt } }));
+    const pc = this.pc;
+    try {
+      pc.restartIce();
+      await pc.setLocalDescription(await pc.createOffer());
+      await waitForGathering(pc, this.gatherTimeoutMs);
+      const res = await fetch(this.location, {
+        method: "PATCH",
+        headers: { "Content-Type": "application/trickle-ice-sdpfrag", "If-Match": this.etag || "*" },
+        body: iceFragment(pc.localDescription.sdp),
+      });
+      if (res.status === 404) {
+        this._end("call-gone");
+        return;
+      }
+      if (!res.ok) throw new Error(`ICE restart refused (${res.status})`);
+      this.etag = res.headers.get("ETag") || this.etag;
+      const theirs = await res.text();
+      if (this.pc !== pc || this.state === States.ENDED) return;
+      await pc.setRemoteDescription({ type: "answer", sdp: withIce(pc.remoteDescription.sdp, theirs) });
+    } catch (err) {
+      this.dispatchEvent(new CustomEvent("reconnect-error", { detail: { error: err, attempt } }));
+    } finally {
+      this._restarting = false;
+    }
+    if (this.state !== States.RECONNECTING) return;
+    if (attempt >= this.maxReconnects) {
+      // Give the last attempt its time, then give up.
+      this._restartTimer = setTimeout(() => {
+        if (this.state === States.RECONNECTING) this._end("connection-lost");
+      }, this.reconnectAfterMs + 4000);
+      return;
+    }
+    // Not back yet: try again unless media returns first.
+    this._restartTimer = setTimeout(() => {
+      if (this.state === States.RECONNECTING) this._restartIce();
+    }, this.reconnectAfterMs + 4000);
+  }
+
   _teardown() {
+    clearTimeout(this._restartTimer);
     if (this.pc) {
       this.pc.close();
     }
@@ -216,4 +321,50 @@ export function waitForGathering(pc, timeoutMs) {
     const timer = setTimeout(done, timeoutMs);
     pc.addEventListener("icegatheringstatechange", check);
   });
+}
+
+/** The ICE part of a description as an application/trickle-ice-sdpfrag (RFC 8840). */
+export function iceFragment(sdp) {
+  const lines = sdp.split(/\r?\n/);
+  const pick = (prefix) => {
+    const l = lines.find((x) => x.startsWith(prefix));
+    return l ? l.slice(prefix.length) : null;
+  };
+  const out = [`a=ice-ufrag:${pick("a=ice-ufrag:")}`, `a=ice-pwd:${pick("a=ice-pwd:")}`];
+  const m = lines.find((x) => x.startsWith("m="));
+  if (m) out.push(m);
+  const mid = pick("a=mid:");
+  if (mid !== null) out.push(`a=mid:${mid}`);
+  const seen = new Set();
+  for (const l of lines) {
+    if (l.startsWith("a=candidate:") && !seen.has(l)) {
+      seen.add(l);
+      out.push(l);
+    }
+  }
+  out.push("a=end-of-candidates");
+  return out.join("\r\n") + "\r\n";
+}
+
+/**
+ * `sdp` with the fragment's ICE credentials in place of its own and the fragment's candidates in
+ * place of its candidates (in the first media section): the server's answer to an ICE restart.
+ */
+export function withIce(sdp, fragment) {
+  const frag = fragment.split(/\r?\n/);
+  const ufrag = frag.find((l) => l.startsWith("a=ice-ufrag:"));
+  const pwd = frag.find((l) => l.startsWith("a=ice-pwd:"));
+  const candidates = frag.filter((l) => l.startsWith("a=candidate:") || l === "a=end-of-candidates");
+  const out = [];
+  let sections = 0;
+  for (const line of sdp.split(/\r?\n/)) {
+    if (line === "") continue;
+    if (line.startsWith("m=") && ++sections === 2) out.push(...candidates);
+    if (line.startsWith("a=candidate:") || line === "a=end-of-candidates") continue;
+    if (line.startsWith("a=ice-ufrag:") && ufrag) out.push(ufrag);
+    else if (line.startsWith("a=ice-pwd:") && pwd) out.push(pwd);
+    else out.push(line);
+  }
+  if (sections < 2) out.push(...candidates);
+  return out.join("\r\n") + "\r\n";
 }
