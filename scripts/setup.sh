@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building voicegate needs from Debian (and, with --test, what its tests need:
-# chromium for the browser test and the test's npm packages, coturn for the STUN/TURN tests). Safe to run again: it installs
+# chromium for the browser test and the test's npm packages, coturn for the STUN/TURN tests,
+# nftables to cut a browser's network in the network-change test). Safe to run again: it installs
 # only what is missing. Needs root or sudo for apt.
 #
 #   scripts/setup.sh          build and run
@@ -10,7 +11,7 @@ cd "$(dirname "$0")/.."
 
 # Keep in step with the Dockerfile's build and runtime stages.
 build_packages=(pkg-config libopus-dev libespeak-ng-dev libpocketsphinx-dev pocketsphinx-en-us)
-test_packages=(chromium espeak-ng iproute2 util-linux nodejs npm coturn)
+test_packages=(chromium espeak-ng iproute2 util-linux nodejs npm coturn nftables)
 
 want=("${build_packages[@]}")
 if [ "${1:-}" = "--test" ]; then
@@ -38,8 +39,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
   $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-if [ "${1:-}" = "--test" ] && [ ! -d web-tests/node_modules/playwright-core ]; then
+# Again whenever the lock file changed since the last install.
+if [ "${1:-}" = "--test" ] && ! cmp -s web-tests/package-lock.json web-tests/node_modules/.installed-lock; then
   echo "setup: installing the browser test's npm packages"
   # playwright-core drives Debian's chromium; it never downloads a browser.
-  (cd web-tests && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
+  (cd web-tests && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error &&
+    cp package-lock.json node_modules/.installed-lock)
 fi
