@@ -4,7 +4,9 @@
 // - a caller whose network drops for 8 s (nftables in this loopback-only namespace drops every
 //   UDP packet to or from voicegate's media port) gets its call back: the page's client restarts
 //   ICE by itself, the dialog app hears call.media interrupted and restored and no call.ended, and
-//   what it says after the restore is heard.
+//   what it says after the restore is heard. The page comes from another origin than the call's
+//   server, as a team's web app does: the restart's PATCH with If-Match, and the ETag it reads,
+//   cross origins under the server's CORS.
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -161,13 +163,16 @@ test(
       VOICEGATE__MEDIA__UDP_PORT: String(udpPort),
     });
     t.after(() => server.stop());
+    const pageServer = await startVoicegate();
+    t.after(() => pageServer.stop());
     const browser = await launchBrowser(wav);
     t.after(() => browser.close());
     const { page } = browser;
     const seen = [];
     await page.exposeFunction("vgSeen", (what) => seen.push(what));
 
-    await page.goto(`${server.url}/`);
+    await page.goto(`${pageServer.url}/`);
+    await page.fill("#server", server.url);
     await page.click("#call");
     assert.equal(await connected(page), "connected", `call did not connect:\n${server.log}`);
     await page.evaluate(() => {
@@ -211,6 +216,8 @@ test(
       `one call, interrupted once and restored once: ${types}`,
     );
     assert.ok(server.log.includes("ICE restarted by the caller"), "the server saw the restart");
+    const etag = await page.evaluate(() => window.voicegatePage.call.etag);
+    assert.match(etag || "", /^"[A-Za-z0-9+/]+"$/, "the page read the ETag across origins");
     console.log(
       `network-change e2e: reconnected ${((Date.now() - restoredAt) / 1000).toFixed(1)} s after the restore, ` +
         `client events ${seen.join(",")}`,
