@@ -390,6 +390,8 @@ pub struct Calls {
     pub rtp_timeout_ms: u64,
     /// Longest audio is held for a caller whose media is interrupted.
     pub interrupted_hold_ms: u64,
+    /// ICE restarts per call (0: none).
+    pub max_ice_restarts: u32,
     /// Most calls at once (0: no limit).
     pub max: usize,
     /// Retry-After of a full server's 503.
@@ -958,6 +960,7 @@ impl Settings {
             auth_timeout: Duration::from_millis(self.calls.auth_timeout_ms),
             rtp_timeout: Duration::from_millis(self.calls.rtp_timeout_ms),
             interrupted_hold: Duration::from_millis(self.calls.interrupted_hold_ms),
+            max_ice_restarts: self.calls.max_ice_restarts,
             pcm_rate: self.media.pcm_rate,
             reorder_depth: self.media.reorder_depth,
             reorder_wait: Duration::from_millis(self.media.reorder_wait_ms),

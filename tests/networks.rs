@@ -438,3 +438,29 @@ async fn an_ice_restart_from_a_new_address_keeps_the_call() {
     );
     peer.close().await;
 }
+
+/// `calls.max_ice_restarts` bounds the restarts of one call: beyond it a restart gets `403`
+/// with the reason, the limit hit is counted, and the call goes on as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ice_restarts_beyond_the_limit_are_refused_and_the_call_goes_on() {
+    use voicegate_actors::metrics::{Limit, metrics};
+    let server = TestServer::start(&[("calls.max_ice_restarts", "1")]);
+    let peer = ClientPeer::call(server.http, ECHO).await.expect("call");
+    peer.wait_connected(Duration::from_secs(5)).await.unwrap();
+    peer.restart_ice(server.http)
+        .await
+        .expect("the first restart");
+    peer.wait_connected(Duration::from_secs(5)).await.unwrap();
+    let hits = metrics().limit_hits(Limit::IceRestarts);
+    let err = peer
+        .restart_ice(server.http)
+        .await
+        .expect_err("the second restart is refused");
+    assert!(
+        err.to_string().contains("403") && err.to_string().contains("calls.max_ice_restarts"),
+        "{err}"
+    );
+    assert!(metrics().limit_hits(Limit::IceRestarts) > hits);
+    assert_eq!(server.snapshot().await.calls.len(), 1, "the call goes on");
+    peer.close().await;
+}

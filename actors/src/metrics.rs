@@ -333,6 +333,8 @@ pub enum Limit {
     PageQueue,
     /// `auth.max_single_use_tokens` unexpired single-use tokens were held: a new one was refused.
     SingleUseTokens,
+    /// A call had restarted ICE `calls.max_ice_restarts` times: a further restart was refused.
+    IceRestarts,
 }
 
 impl LabelSet for Limit {
@@ -352,6 +354,7 @@ impl LabelSet for Limit {
         Limit::AsrDeadline,
         Limit::PageQueue,
         Limit::SingleUseTokens,
+        Limit::IceRestarts,
     ];
 
     fn label(self) -> &'static str {
@@ -371,6 +374,7 @@ impl LabelSet for Limit {
             Limit::AsrDeadline => "asr_deadline",
             Limit::PageQueue => "page_queue",
             Limit::SingleUseTokens => "single_use_tokens",
+            Limit::IceRestarts => "ice_restarts",
         }
     }
 
@@ -966,6 +970,7 @@ voicegate_limit_hits_total{limit="asr_queue_full"} 0
 voicegate_limit_hits_total{limit="asr_deadline"} 0
 voicegate_limit_hits_total{limit="page_queue"} 1
 voicegate_limit_hits_total{limit="single_use_tokens"} 0
+voicegate_limit_hits_total{limit="ice_restarts"} 0
 "#;
 
     #[test]

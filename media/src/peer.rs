@@ -264,6 +264,9 @@ pub enum PatchError {
         /// The current entity tag.
         current: String,
     },
+    /// The fragment restarts ICE, and the call may not restart again.
+    #[error("the call may not restart ICE again")]
+    RestartRefused,
     /// The stack refused the change.
     #[error(transparent)]
     Peer(#[from] PeerError),
@@ -429,12 +432,14 @@ impl Peer {
     /// Applies a `PATCH` fragment from the caller (RFC 9725 §4.3): new credentials restart ICE
     /// (the connection, its DTLS session and its tracks carry on; our answer has new
     /// credentials, which the mux now routes by); otherwise its candidates are added.
-    /// `if_match` is the request's `If-Match`, checked against the current session.
+    /// `if_match` is the request's `If-Match`, checked against the current session; a restart
+    /// is refused when `may_restart` is false.
     pub async fn patch_ice(
         &self,
         engine: &MediaPlane,
         frag: &IceFragment,
         if_match: Option<&str>,
+        may_restart: bool,
     ) -> Result<IcePatch, PatchError> {
         let _one_at_a_time = self.renegotiation.lock().await;
         let local = self
@@ -473,6 +478,9 @@ impl Peer {
                     .map_err(PeerError::Offer)?;
             }
             return Ok(IcePatch::Trickled);
+        }
+        if !may_restart {
+            return Err(PatchError::RestartRefused);
         }
         let offer =
             RTCSessionDescription::offer(voicegate_core::sdpfrag::with_ice(&remote.sdp, frag))

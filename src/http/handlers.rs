@@ -284,6 +284,9 @@ pub async fn patch_call(
         .ok_or(ApiError::NoSuchCall)?
         .map_err(|e| match e {
             PatchError::PreconditionFailed { current } => ApiError::PreconditionFailed(current),
+            PatchError::RestartRefused => ApiError::Forbidden(
+                "this call may not restart ICE again (calls.max_ice_restarts)".into(),
+            ),
             PatchError::Peer(e) if e.is_negotiation() => {
                 ApiError::BadRequest(format!("the fragment could not be applied: {e}"))
             }

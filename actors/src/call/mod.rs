@@ -31,7 +31,7 @@ pub use types::*;
 
 use crate::codec::{AttachTrack, AudioCodec, CodecEvent, HoldPlayout};
 use crate::dialog::{DialogClient, DialogEvent, Send as SendEvent};
-use crate::metrics::{ActorKind, Live, metrics};
+use crate::metrics::{ActorKind, Limit, Live, metrics};
 use crate::recognizer::{Recognizer, RecognizerEvent};
 use crate::speaker::{self, Speaker, SpeakerEvent};
 use crate::trace_msg;
@@ -158,6 +158,8 @@ pub struct CallActor {
     started_sent: bool,
     /// Media stopped arriving at this instant (ICE disconnected) and has not come back.
     interrupted: Option<Instant>,
+    /// ICE restarts the caller made.
+    ice_restarts: u32,
     /// Drops the audio held through the interruption when it lasts too long.
     hold_expiry: Option<SpawnHandle>,
     /// Children restarts allowed.
@@ -216,6 +218,7 @@ impl CallActor {
             dialog_up: false,
             started_sent: false,
             interrupted: None,
+            ice_restarts: 0,
             hold_expiry: None,
             restarts,
             giving_up: false,
@@ -289,36 +292,47 @@ impl Handler<Negotiate> for CallActor {
 }
 
 impl Handler<PatchIce> for CallActor {
-    type Result = ResponseFuture<Result<PatchReply, PatchError>>;
+    type Result = ResponseActFuture<Self, Result<PatchReply, PatchError>>;
 
     fn handle(&mut self, msg: PatchIce, _ctx: &mut Self::Context) -> Self::Result {
         let Some(peer) = self.peer.clone().filter(|_| self.phase != Phase::Ending) else {
-            return Box::pin(async { Err(PatchError::Peer(PeerError::NoLocalDescription)) });
+            return Box::pin(fut::ready(Err(PatchError::Peer(
+                PeerError::NoLocalDescription,
+            ))));
         };
         let plane = self.services.plane.clone();
-        let span = self.span.clone();
-        Box::pin(
-            async move {
-                let outcome = peer
-                    .patch_ice(&plane, &msg.frag, msg.if_match.as_deref())
-                    .await?;
-                match &outcome {
-                    IcePatch::Restarted(_) => {
-                        metrics().ice_restarts.inc();
-                        tracing::info!("ICE restarted by the caller");
-                    }
-                    IcePatch::Trickled => {
-                        tracing::debug!(
-                            candidates = msg.frag.candidates.len(),
-                            "candidates trickled"
-                        )
-                    }
+        let may_restart = self.ice_restarts < self.settings.max_ice_restarts;
+        let work = async move {
+            let outcome = peer
+                .patch_ice(&plane, &msg.frag, msg.if_match.as_deref(), may_restart)
+                .await?;
+            let etag = peer.ice_etag().await.unwrap_or_default();
+            Ok(PatchReply { outcome, etag })
+        }
+        .instrument(self.span.clone());
+        Box::pin(work.into_actor(self).map(|res, act, _ctx| {
+            let _e = act.span.clone().entered();
+            match &res {
+                Ok(PatchReply {
+                    outcome: IcePatch::Restarted(_),
+                    ..
+                }) => {
+                    act.ice_restarts += 1;
+                    metrics().ice_restarts.inc();
+                    tracing::info!(restarts = act.ice_restarts, "ICE restarted by the caller");
                 }
-                let etag = peer.ice_etag().await.unwrap_or_default();
-                Ok(PatchReply { outcome, etag })
+                Ok(_) => tracing::debug!("candidates trickled"),
+                Err(PatchError::RestartRefused) => {
+                    metrics().limit_hit(Limit::IceRestarts);
+                    tracing::info!(
+                        max = act.settings.max_ice_restarts,
+                        "an ICE restart beyond calls.max_ice_restarts refused"
+                    );
+                }
+                Err(e) => tracing::info!(error = %e, "a PATCH was not applied"),
             }
-            .instrument(span),
-        )
+            res
+        }))
     }
 }
 

@@ -27,6 +27,8 @@ pub struct CallSettings {
     pub rtp_timeout: Duration,
     /// Audio for a caller whose media is interrupted is held at most this long, then dropped.
     pub interrupted_hold: Duration,
+    /// ICE restarts a call may make (`PATCH` with new credentials); 0: none.
+    pub max_ice_restarts: u32,
     /// PCM rate between codec and the rest of the call.
     pub pcm_rate: u32,
     /// Uplink reorder depth.
