@@ -252,6 +252,13 @@ async fn with_tokens_the_offer_needs_one_and_the_resource_url_is_the_capability(
         .await
         .expect("a token places an SDP offer");
     peer.wait_connected(5 * SECOND).await.expect("media");
+    // Nor does an ICE restart (PATCH): the URL is enough.
+    peer.restart_ice(server.http)
+        .await
+        .expect("a restart without a token");
+    peer.wait_connected(5 * SECOND)
+        .await
+        .expect("media after the restart");
     // DELETE carries no token: the URL is enough.
     let res = delete(&server, peer.location.as_deref().expect("Location"), &[]).await;
     assert_eq!(res.status, 204, "{}", res.text());

@@ -391,6 +391,17 @@ async fn an_ice_restart_from_a_new_address_keeps_the_call() {
         !frag.candidates.is_empty(),
         "our candidates again: {theirs}"
     );
+    let candidates = |sdp: &str| voicegate_core::sdpfrag::IceFragment::from_sdp(sdp).candidates;
+    assert_ne!(
+        candidates(&peer.local_sdp().await.unwrap()),
+        candidates(&peer.offer),
+        "the caller comes back from a new address"
+    );
+    assert_eq!(
+        server.plane.mux().tables().ufrags,
+        1,
+        "the mux routes by the new ufrag only"
+    );
     let before = peer.received_count();
     app.send(
         serde_json::json!({"type": "tts.speak", "utterance_id": "back", "text": "Welcome back."}),
