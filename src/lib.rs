@@ -6,5 +6,6 @@
 
 pub mod demo;
 pub mod http;
+pub mod logging;
 pub mod server;
 pub mod settings;

@@ -50,7 +50,7 @@ fn main() -> anyhow::Result<()> {
     if cfg.trace_messages {
         filter.push_str(",voicegate::messages=trace");
     }
-    init_tracing(&filter, cfg.log.format);
+    init_tracing(&filter, cfg.log.format, &cfg.node_id);
 
     actix::System::new().block_on(async move {
         let running = server::start(&cfg)?;
@@ -139,16 +139,19 @@ fn print_token(mut args: impl Iterator<Item = String>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_tracing(filter: &str, format: LogFormat) {
+fn init_tracing(filter: &str, format: LogFormat, node: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+    let json = matches!(format, LogFormat::Json);
+    let builder = builder.with_writer(voicegate::logging::NodeTagged::new(node, json));
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
     }
 }
 

@@ -92,6 +92,9 @@ pub fn start(cfg: &Validated) -> Result<Running, StartError> {
         DialogTarget::Demo => demo_url(http_addr),
         DialogTarget::Url(u) => u.clone(),
     };
+    // The node is in the dial URL, so a dialog app that loses a call's socket without
+    // `call.ended` (the node died) can tell which node went.
+    dialog.url = with_query(&dialog.url, "node", &cfg.node_id);
     let dialog_shown = voicegate_core::dialog::redact(&dialog.url);
     let services = CallServices {
         plane: plane.clone(),
@@ -129,6 +132,8 @@ pub fn start(cfg: &Validated) -> Result<Running, StartError> {
             .auth
             .as_ref()
             .map(|a| Arc::new(http::auth::Auth::new(a))),
+        node_id: Arc::from(cfg.node_id.as_str()),
+        id_prefix: Arc::from(cfg.calls.id_prefix.as_str()),
     });
     let server =
         HttpServer::new(move || App::new().app_data(state.clone()).configure(http::routes))
@@ -164,6 +169,21 @@ pub fn start(cfg: &Validated) -> Result<Running, StartError> {
         server,
         ready,
     })
+}
+
+/// `url` with the query parameter `name` set to `value` (replacing any there).
+fn with_query(url: &url::Url, name: &str, value: &str) -> url::Url {
+    let pairs: Vec<(String, String)> = url
+        .query_pairs()
+        .filter(|(k, _)| k != name)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let mut out = url.clone();
+    out.query_pairs_mut()
+        .clear()
+        .extend_pairs(pairs)
+        .append_pair(name, value);
+    out
 }
 
 /// The embedded demo app's URL on this server (loopback when bound to every interface).

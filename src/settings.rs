@@ -75,6 +75,8 @@ pub struct Settings {
     pub supervision: Supervision,
     /// `[echo]`
     pub echo: Echo,
+    /// `[node]`
+    pub node: NodeConfig,
     /// `[log]`
     pub log: Log,
     /// `[tracing]`
@@ -453,6 +455,22 @@ pub struct Echo {
     pub delay_ms: u64,
 }
 
+/// `[node]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's id in a fleet; empty: derived from the host name.
+    pub id: String,
+}
+
+/// This machine's host name, for the default node id (`/proc`, else `$HOSTNAME`).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default()
+}
+
 /// `[log]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -599,6 +617,9 @@ pub struct Validated {
     pub retry_after_s: u32,
     /// How long live calls may continue after a shutdown signal.
     pub shutdown_grace: Duration,
+    /// This node's id (`node.id`, or made from the host name): in call ids, the dial URL, every
+    /// log line and metric.
+    pub node_id: String,
 }
 
 impl Settings {
@@ -742,6 +763,13 @@ impl Settings {
         }
         call_id::validate_prefix(&self.calls.id_prefix)
             .map_err(|e| invalid("calls.id_prefix", e))?;
+        let node_id = match self.node.id.trim() {
+            "" => call_id::node_id_from_hostname(&hostname()),
+            id => {
+                call_id::validate_node_id(id).map_err(|e| invalid("node.id", e))?;
+                id.to_owned()
+            }
+        };
         if self.media.gather_timeout_ms == 0 {
             return Err(invalid("media.gather_timeout_ms", "must be above 0"));
         }
@@ -955,6 +983,7 @@ impl Settings {
             },
         };
         let calls = CallSettings {
+            node_id: node_id.clone(),
             id_prefix: self.calls.id_prefix.clone(),
             connect_timeout: Duration::from_millis(self.calls.connect_timeout_ms),
             auth_timeout: Duration::from_millis(self.calls.auth_timeout_ms),
@@ -1020,6 +1049,7 @@ impl Settings {
             max_calls: self.calls.max,
             retry_after_s: self.calls.retry_after_s.max(1),
             shutdown_grace: Duration::from_millis(self.calls.shutdown_grace_ms),
+            node_id,
         })
     }
 }

@@ -99,10 +99,12 @@ async fn offers_without_a_valid_token_get_401_and_set_nothing_up() {
     assert!(snap.calls.is_empty(), "no call was set up");
     assert!(snap.recent_ends.is_empty(), "no call was even started");
     assert!(app.dials().is_empty(), "no dialog app was dialled");
-    let metrics = http::request(server.http, "GET", "/metrics", &[], b"")
-        .await
-        .unwrap()
-        .text();
+    let metrics = voicegate_testkit::without_node_label(
+        &http::request(server.http, "GET", "/metrics", &[], b"")
+            .await
+            .unwrap()
+            .text(),
+    );
     // Process-wide, and the other tests here refuse tokens too: at least these four.
     let counted: u64 = metrics
         .lines()

@@ -285,10 +285,14 @@ async fn answer_advertises_opus_with_fec_on_the_shared_port() {
             .all(|l| l.contains(&format!(" {port} typ host"))),
         "{a}"
     );
-    assert!(
-        peer.call_id.starts_with("wrtc-") && peer.call_id.len() == 37,
-        "{}",
-        peer.call_id
+    // <prefix>-<node>-<32 hex>, the node made from the host name by default.
+    let id = voicegate_core::call_id::CallId::parse(&peer.call_id).expect("one of our ids");
+    let node = id.node("wrtc").expect("the call id names the node");
+    assert!(voicegate_core::call_id::validate_node_id(node).is_ok());
+    assert_eq!(
+        peer.call_id.len(),
+        "wrtc-".len() + node.len() + 1 + 32,
+        "{id}"
     );
     peer.close().await;
 }

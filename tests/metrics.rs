@@ -27,7 +27,7 @@ async fn scrape(addr: SocketAddr) -> (String, HashMap<String, f64>) {
         "{:?}",
         res.header("content-type")
     );
-    let text = res.text();
+    let text = voicegate_testkit::without_node_label(&res.text());
     let mut values = HashMap::new();
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let (series, value) = line

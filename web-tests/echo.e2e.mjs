@@ -28,7 +28,7 @@ test("the page places an echo call and hears its own 440 Hz tone back", async (t
   const state = await until(10000, () => page.$eval("#state", (e) => (e.textContent === "connected" ? "connected" : "")));
   assert.equal(state, "connected", `call did not connect; server log:\n${server.log}`);
   const callId = await page.$eval("#callid", (e) => e.textContent);
-  assert.match(callId, /^wrtc-[0-9a-f]{32}$/);
+  assert.match(callId, /^wrtc-[a-z0-9]{1,16}-[0-9a-f]{32}$/, "<prefix>-<node>-<32 hex>");
 
   // Sample the meters for a few seconds: the microphone must be live, and what comes back must
   // be loud and peak at the tone's frequency (the analyser's bins are 48000/4096 = 11.7 Hz wide).
@@ -109,7 +109,7 @@ test("the page calls a server on another origin when that server's CORS allows i
   assert.ok(!requests.some((r) => r.url.includes("/webrtc/v1/hangup")), "not the old hangup endpoint");
   const ended = await until(3000, async () => {
     const res = await fetch(`${callServer.url}/metrics`);
-    return (await res.text()).includes('voicegate_calls_total{reason="client-hangup"} 1');
+    return /voicegate_calls_total\{node="[a-z0-9]+",reason="client-hangup"\} 1\n/.test(await res.text());
   });
   assert.ok(ended, `the call server did not end the call as client-hangup:\n${callServer.log}`);
   const line = callServer.log.split("\n").find((l) => l.includes(callId) && l.includes("call ending"));

@@ -498,6 +498,40 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition, with the shared media socket's figures when given.
+    /// The exposition as a node of a fleet serves it: `voicegate_node_info{node=...} 1` first,
+    /// and every sample labelled with `node`, so series from many nodes never collide however
+    /// they are scraped.
+    pub fn render_for_node(
+        &self,
+        media: Option<&voicegate_media::mux::UdpMux>,
+        node: &str,
+    ) -> String {
+        let plain = self.render(media);
+        let mut o = String::with_capacity(plain.len() + plain.len() / 3);
+        let _ = writeln!(
+            o,
+            "# HELP voicegate_node_info This node's id (node.id), as on its call ids and log lines.\n# TYPE voicegate_node_info gauge\nvoicegate_node_info{{node=\"{node}\"}} 1"
+        );
+        for line in plain.lines() {
+            if line.starts_with('#') {
+                o.push_str(line);
+            } else if let Some(brace) = line.find('{') {
+                o.push_str(&line[..=brace]);
+                let _ = write!(o, "node=\"{node}\",");
+                o.push_str(&line[brace + 1..]);
+            } else if let Some(space) = line.find(' ') {
+                o.push_str(&line[..space]);
+                let _ = write!(o, "{{node=\"{node}\"}}");
+                o.push_str(&line[space..]);
+            } else {
+                o.push_str(line);
+            }
+            o.push('\n');
+        }
+        o
+    }
+
+    /// The Prometheus exposition (without node labels; see [`Metrics::render_for_node`]).
     pub fn render(&self, media: Option<&voicegate_media::mux::UdpMux>) -> String {
         let mut o = String::with_capacity(4096);
         let counter = |o: &mut String, name: &str, help: &str, v: u64| {
@@ -786,6 +820,32 @@ mod tests {
 
     /// The exposition of fixed observations, byte for byte: what scrapers and dashboards read
     /// (series, label values and their order, bucket bounds, sums) stays put.
+    #[test]
+    fn a_fleet_node_labels_every_sample_with_its_id() {
+        let m = Metrics::default();
+        m.calls_ended[EndLabel::ClientHangup].inc();
+        let out = m.render_for_node(None, "b7");
+        assert!(out.starts_with("# HELP voicegate_node_info"), "{out}");
+        assert!(
+            out.contains("\nvoicegate_node_info{node=\"b7\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("\nvoicegate_calls_active{node=\"b7\"} 0\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("\nvoicegate_calls_total{node=\"b7\",reason=\"client-hangup\"} 1\n"),
+            "{out}"
+        );
+        for line in out.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.contains("node=\"b7\""), "unlabelled: {line}");
+        }
+        // Everything else is as the plain exposition has it.
+        let strip = |s: &str| s.replace("node=\"b7\",", "").replace("{node=\"b7\"}", "");
+        assert!(strip(&out).ends_with(&m.render(None)));
+    }
+
     #[test]
     fn renders_the_pinned_exposition() {
         let m = Metrics::default();

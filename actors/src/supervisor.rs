@@ -244,7 +244,8 @@ impl Handler<PlaceCall> for Supervisor {
             return Box::pin(fut::ready(Err(PlaceCallError::SourceBusy)));
         }
         let received = std::time::Instant::now();
-        let call_id = match CallId::generate(&self.settings.id_prefix) {
+        let call_id = match CallId::generate(&self.settings.id_prefix, Some(&self.settings.node_id))
+        {
             Ok(id) => id,
             Err(e) => {
                 let e = SetupError::Randomness(Box::new(e));

@@ -146,8 +146,7 @@ impl Target {
         if res.status != 200 {
             bail!("/metrics answered {}", res.status);
         }
-        Ok(res
-            .text()
+        Ok(voicegate_testkit::without_node_label(&res.text())
             .lines()
             .filter(|l| !l.starts_with('#'))
             .filter_map(|l| {

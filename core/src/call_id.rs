@@ -3,6 +3,10 @@
 //! Knowing a call id is what lets someone hang a call up, so an id carries 128 random bits from
 //! the operating system's generator (the original used the Unix time in nanoseconds). The
 //! configurable prefix keeps ids recognisable in logs: `wrtc-3f9c…`.
+//!
+//! In a fleet each node has an id (`node.id`, [`validate_node_id`]) and its call ids name it:
+//! `<prefix>-<node>-<32 hex>`, so any router (a load balancer, another node) can tell from the id
+//! alone which node holds the call ([`CallId::node`]).
 
 use std::fmt;
 
@@ -12,7 +16,11 @@ const RANDOM_BYTES: usize = 16;
 /// Longest prefix accepted from configuration.
 pub const MAX_PREFIX_LEN: usize = 32;
 
-/// A call's identity, `<prefix>-<32 lowercase hex digits>`.
+/// Longest node id.
+pub const MAX_NODE_LEN: usize = 16;
+
+/// A call's identity, `<prefix>-<node>-<32 lowercase hex digits>` (or `<prefix>-<32 hex>`
+/// from a server without a node id).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CallId(String);
 
@@ -40,16 +48,59 @@ pub fn validate_prefix(prefix: &str) -> Result<(), PrefixError> {
     }
 }
 
+/// Why a node id from configuration was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("node id {0:?} must be 1 to {MAX_NODE_LEN} lowercase ASCII letters or digits")]
+pub struct NodeIdError(pub String);
+
+/// Checks a node id: `[a-z0-9]{1,16}` (it goes into call ids, URLs, metric labels and load
+/// balancer rules unescaped).
+pub fn validate_node_id(node: &str) -> Result<(), NodeIdError> {
+    let ok = (1..=MAX_NODE_LEN).contains(&node.len())
+        && node
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(NodeIdError(node.to_owned()))
+    }
+}
+
+/// A node id made from a host name: its first label, lowercased, letters and digits only, the
+/// last 16 of them (a StatefulSet's ordinal is at the end: `voicegate-2` → `voicegate2`);
+/// `node` when nothing is left.
+pub fn node_id_from_hostname(hostname: &str) -> String {
+    let label = hostname.trim().split('.').next().unwrap_or("");
+    let kept: Vec<u8> = label
+        .bytes()
+        .map(|b| b.to_ascii_lowercase())
+        .filter(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        .collect();
+    let tail = &kept[kept.len().saturating_sub(MAX_NODE_LEN)..];
+    if tail.is_empty() {
+        "node".to_owned()
+    } else {
+        String::from_utf8_lossy(tail).into_owned()
+    }
+}
+
 impl CallId {
-    /// A fresh id with `prefix`. The prefix must have passed [`validate_prefix`].
+    /// A fresh id with `prefix` and, in a fleet, this node's id. The prefix must have passed
+    /// [`validate_prefix`] and the node [`validate_node_id`].
     ///
     /// Fails only when the operating system cannot supply random bytes.
-    pub fn generate(prefix: &str) -> Result<Self, getrandom::Error> {
+    pub fn generate(prefix: &str, node: Option<&str>) -> Result<Self, getrandom::Error> {
         let mut bytes = [0u8; RANDOM_BYTES];
         getrandom::fill(&mut bytes)?;
-        let mut id = String::with_capacity(prefix.len() + 1 + RANDOM_BYTES * 2);
+        let node_len = node.map_or(0, |n| n.len() + 1);
+        let mut id = String::with_capacity(prefix.len() + 1 + node_len + RANDOM_BYTES * 2);
         id.push_str(prefix);
         id.push('-');
+        if let Some(node) = node {
+            id.push_str(node);
+            id.push('-');
+        }
         for b in bytes {
             const HEX: &[u8; 16] = b"0123456789abcdef";
             id.push(HEX[usize::from(b >> 4)] as char);
@@ -74,6 +125,14 @@ impl CallId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The node this id names, given the fleet's call id `prefix`: `Some("b")` for
+    /// `wrtc-b-3f9c…`, `None` for an id without a node (`wrtc-3f9c…`) or with another prefix.
+    pub fn node(&self, prefix: &str) -> Option<&str> {
+        let rest = self.0.strip_prefix(prefix)?.strip_prefix('-')?;
+        let (node, _hex) = rest.rsplit_once('-')?;
+        validate_node_id(node).is_ok().then_some(node)
+    }
 }
 
 impl fmt::Display for CallId {
@@ -95,7 +154,7 @@ mod tests {
 
     #[test]
     fn generated_ids_have_prefix_and_128_bits_of_hex() {
-        let id = CallId::generate("wrtc").unwrap();
+        let id = CallId::generate("wrtc", None).unwrap();
         let (prefix, hex) = id.as_str().split_once('-').unwrap();
         assert_eq!(prefix, "wrtc");
         assert_eq!(hex.len(), 32);
@@ -109,7 +168,7 @@ mod tests {
     fn generated_ids_are_unique_and_parse_back() {
         let mut seen = HashSet::new();
         for _ in 0..10_000 {
-            let id = CallId::generate("my-app_1").unwrap();
+            let id = CallId::generate("my-app_1", None).unwrap();
             assert_eq!(CallId::parse(id.as_str()), Some(id.clone()));
             assert!(seen.insert(id), "duplicate call id");
         }
@@ -119,7 +178,9 @@ mod tests {
     fn random_part_is_not_constant_per_position() {
         // Each hex position takes several values over many ids: a broken generator (all zeros,
         // a counter) would fail this.
-        let ids: Vec<_> = (0..200).map(|_| CallId::generate("p").unwrap()).collect();
+        let ids: Vec<_> = (0..200)
+            .map(|_| CallId::generate("p", None).unwrap())
+            .collect();
         for pos in 2..34 {
             let distinct: HashSet<u8> = ids.iter().map(|id| id.as_str().as_bytes()[pos]).collect();
             assert!(distinct.len() > 4, "position {pos} barely varies");
@@ -152,5 +213,55 @@ mod tests {
         assert!(validate_prefix("has space").is_err());
         assert!(validate_prefix("slash/").is_err());
         assert!(validate_prefix(&"x".repeat(MAX_PREFIX_LEN + 1)).is_err());
+    }
+
+    #[test]
+    fn a_node_id_goes_into_the_call_id_and_is_read_back() {
+        let id = CallId::generate("wrtc", Some("b7")).unwrap();
+        assert!(id.as_str().starts_with("wrtc-b7-"), "{id}");
+        assert_eq!(CallId::parse(id.as_str()), Some(id.clone()));
+        assert_eq!(id.node("wrtc"), Some("b7"));
+        // A prefix with dashes of its own.
+        let id = CallId::generate("my-app", Some("c")).unwrap();
+        assert_eq!(id.node("my-app"), Some("c"));
+        assert_eq!(
+            CallId::generate("my-app", None).unwrap().node("my-app"),
+            None
+        );
+        assert_eq!(CallId::generate("wrtc", None).unwrap().node("wrtc"), None);
+        assert_eq!(id.node("other"), None, "another fleet's prefix");
+    }
+
+    #[test]
+    fn node_ids_are_short_lowercase_alphanumerics() {
+        for good in ["a", "node7", "0123456789abcdef"] {
+            assert_eq!(validate_node_id(good), Ok(()), "{good}");
+        }
+        for bad in ["", "A", "a-b", "a_b", "0123456789abcdefg", "nöde"] {
+            assert!(validate_node_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn host_names_make_node_ids() {
+        assert_eq!(node_id_from_hostname("voicegate-2"), "voicegate2");
+        assert_eq!(
+            node_id_from_hostname("Voicegate-12.voicegate.ns.svc"),
+            "voicegate12"
+        );
+        assert_eq!(
+            node_id_from_hostname("ip-10-0-3-17.ec2.internal"),
+            "ip100317"
+        );
+        assert_eq!(
+            node_id_from_hostname("a-very-long-host-name-of-a-pod-0"),
+            "ghostnameofapod0",
+            "the last 16, where the ordinal is"
+        );
+        assert_eq!(node_id_from_hostname(""), "node");
+        assert_eq!(node_id_from_hostname("---"), "node");
+        for h in ["voicegate-2", "X", "a.b", "12345678901234567890"] {
+            assert_eq!(validate_node_id(&node_id_from_hostname(h)), Ok(()), "{h}");
+        }
     }
 }

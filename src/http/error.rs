@@ -46,6 +46,18 @@ pub enum ApiError {
     /// `If-Match` names another ICE session than the call's current one (its tag is here).
     #[error("If-Match does not name the call's current ICE session; its ETag is {0}")]
     PreconditionFailed(String),
+    /// The call id names another node: the router in front sent it to the wrong one.
+    #[error(
+        "call {call_id} is held by node {owner}, not by this node ({this}); route requests by the node in the call id"
+    )]
+    Misdirected {
+        /// The id asked for.
+        call_id: String,
+        /// The node it names.
+        owner: String,
+        /// This node.
+        this: String,
+    },
     /// No such call (a `PATCH` to an ended or unknown call).
     #[error("no such call: it ended, or it was never placed here")]
     NoSuchCall,
@@ -78,6 +90,7 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NotFound | ApiError::NoSuchCall => StatusCode::NOT_FOUND,
             ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
+            ApiError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
             ApiError::Unavailable(_) | ApiError::Full(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,

@@ -45,7 +45,7 @@ pub async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
     let media = state.plane.mux();
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(voicegate_actors::metrics::metrics().render(Some(media)))
+        .body(voicegate_actors::metrics::metrics().render_for_node(Some(media), &state.node_id))
 }
 
 /// `OPTIONS` on the signaling endpoints (CORS preflight).
@@ -180,6 +180,7 @@ pub async fn hangup(
     }
     // An id we could never have issued names no call.
     if let Some(call_id) = CallId::parse(raw) {
+        ours(&state, &call_id)?;
         hang_up(&state, call_id).await?;
     }
     Ok(HttpResponse::NoContent().finish())
@@ -201,8 +202,22 @@ pub async fn end_call(
             shown(&raw)
         ))
     })?;
+    ours(&state, &call_id)?;
     hang_up(&state, call_id).await?;
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// `Ok` when `call_id` names this node (or no node); `421` when it names another, so a router
+/// that sends a call's requests to the wrong node shows up at once instead of a silent `204`.
+fn ours(state: &HttpState, call_id: &CallId) -> Result<(), ApiError> {
+    match call_id.node(&state.id_prefix) {
+        Some(owner) if owner != &*state.node_id => Err(ApiError::Misdirected {
+            call_id: call_id.to_string(),
+            owner: owner.to_owned(),
+            this: state.node_id.to_string(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// The media type of a `PATCH` body (RFC 8840).
@@ -227,6 +242,7 @@ pub async fn patch_call(
             shown(&raw)
         ))
     })?;
+    ours(&state, &call_id)?;
     let ct = req
         .headers()
         .get(header::CONTENT_TYPE)

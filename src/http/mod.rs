@@ -57,6 +57,11 @@ pub struct HttpState {
     pub max_remote_candidates: usize,
     /// Call tokens (`None`: `auth.mode = "none"`).
     pub auth: Option<Arc<auth::Auth>>,
+    /// This node's id, and the fleet's call id prefix: a request for a call id naming another
+    /// node is misdirected (`421`).
+    pub node_id: Arc<str>,
+    /// See `node_id`.
+    pub id_prefix: Arc<str>,
 }
 
 /// The route table.

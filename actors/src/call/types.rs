@@ -19,6 +19,8 @@ use voicegate_media::MediaPlane;
 pub struct CallSettings {
     /// Call id prefix.
     pub id_prefix: String,
+    /// This node's id, in every call id.
+    pub node_id: String,
     /// Media must connect within this after the answer.
     pub connect_timeout: Duration,
     /// A call with no authenticated connectivity check this long after its answer ends.
