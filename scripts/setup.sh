@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building voicegate needs from Debian (and, with --test, what its tests need:
 # chromium for the browser test and the test's npm packages, coturn for the STUN/TURN tests,
-# nftables to cut a browser's network in the network-change test). Safe to run again: it installs
+# nftables to cut a browser's network in the network-change test, and the pinned Python tools
+# that validate the Kubernetes manifests, in .venv-tools/). Safe to run again: it installs
 # only what is missing. Needs root or sudo for apt.
 #
 #   scripts/setup.sh          build and run
@@ -11,7 +12,7 @@ cd "$(dirname "$0")/.."
 
 # Keep in step with the Dockerfile's build and runtime stages.
 build_packages=(pkg-config libopus-dev libespeak-ng-dev libpocketsphinx-dev pocketsphinx-en-us)
-test_packages=(chromium espeak-ng iproute2 util-linux nodejs npm coturn nftables)
+test_packages=(chromium espeak-ng iproute2 util-linux nodejs npm coturn nftables python3 python3-venv)
 
 want=("${build_packages[@]}")
 if [ "${1:-}" = "--test" ]; then
@@ -45,4 +46,14 @@ if [ "${1:-}" = "--test" ] && ! cmp -s web-tests/package-lock.json web-tests/nod
   # playwright-core drives Debian's chromium; it never downloads a browser.
   (cd web-tests && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error &&
     cp package-lock.json node_modules/.installed-lock)
+fi
+
+# The manifest validators (scripts/validate-deploy.sh), pinned in scripts/deploy-tools.txt, in a
+# venv of Debian's python3 inside the checkout; again whenever the pins change.
+if [ "${1:-}" = "--test" ] && ! cmp -s scripts/deploy-tools.txt .venv-tools/.installed-requirements; then
+  echo "setup: installing the manifest validators"
+  rm -rf .venv-tools
+  /usr/bin/python3 -m venv .venv-tools
+  .venv-tools/bin/pip install --quiet --disable-pip-version-check -r scripts/deploy-tools.txt
+  cp scripts/deploy-tools.txt .venv-tools/.installed-requirements
 fi

@@ -3,6 +3,8 @@
 #   1. lint: rustfmt and clippy (set VOICEGATE_SKIP_LINT=1 to skip)
 #   2. unit and integration tests (real server, real WebRTC peers, real Opus)
 #   3. the browser end-to-end test (headless chromium in a loopback-only network namespace)
+#   4. the Kubernetes manifests, validated offline (scripts/validate-deploy.sh); it runs right
+#      after lint, since it takes a second
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +15,9 @@ if [ "${VOICEGATE_SKIP_LINT:-0}" != "1" ]; then
   cargo fmt --all -- --check
   cargo clippy --workspace --all-targets --locked -- -D warnings
 fi
+
+echo "== deploy manifests"
+scripts/validate-deploy.sh
 
 echo "== unit and integration tests"
 # Property tests run this many cases each here; SECURITY.md has the command for a million.
