@@ -6,5 +6,6 @@
 
 pub mod demo;
 pub mod http;
+pub mod llm;
 pub mod server;
 pub mod settings;
