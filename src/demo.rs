@@ -14,7 +14,7 @@
 //!   the history to `played_text`, so the model knows what the caller actually heard.
 //!
 //! When the model fails (an error status, a broken or malformed stream, a limit of
-//! [`crate::llm`]), the failure is logged once; a caller who heard nothing of the answer hears a
+//! [`crate::llm`], counted in `voicegate_limit_hits_total`), the failure is logged once; a caller who heard nothing of the answer hears a
 //! short apology, one who heard part of it keeps that part; the call goes on.
 //!
 //! With a model, the socket takes only voicegate's own dials: the URL it dials carries a random
@@ -32,6 +32,7 @@ use actix_web::{Error, HttpRequest, HttpResponse, web};
 use actix_web_actors::ws;
 use serde_json::Value;
 use std::sync::Arc;
+use voicegate_actors::metrics::{Limit, metrics};
 use voicegate_core::dialog::Command;
 use voicegate_core::untrusted::shown;
 
@@ -211,6 +212,11 @@ impl Handler<Answered> for DemoDialog {
         };
         let mut text = p.text;
         if let Err(e) = &msg.result {
+            match e {
+                LlmError::Timeout(_) => metrics().limit_hit(Limit::DemoLlmTimeout),
+                LlmError::TooLarge(_) => metrics().limit_hit(Limit::DemoLlmResponseBytes),
+                _ => {}
+            }
             tracing::warn!(
                 call_id = %shown(&self.call_id),
                 error = %shown(&e.to_string()),

@@ -11,6 +11,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
+use voicegate_actors::metrics::{Limit, metrics};
 use voicegate_testkit::chat_server::{ChatBehaviour, ChatServer};
 
 type Ws =
@@ -274,6 +275,7 @@ async fn a_failing_model_ends_in_an_apology_and_the_call_goes_on() {
 async fn a_model_that_never_finishes_is_cut_off_at_the_timeout() {
     let chat = ChatServer::start(ChatBehaviour::Stall).await;
     let server = server(&chat, &[("demo.llm.timeout_ms", "1000")]);
+    let hits = metrics().limit_hits(Limit::DemoLlmTimeout);
     let mut ws = connect(&server).await;
     let t0 = Instant::now();
     say(&mut ws, "hello").await;
@@ -293,12 +295,17 @@ async fn a_model_that_never_finishes_is_cut_off_at_the_timeout() {
             .is_some(),
         "the stalled request was not closed"
     );
+    assert!(
+        metrics().limit_hits(Limit::DemoLlmTimeout) > hits,
+        "counted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endless_answer_is_cut_off_at_the_size_limit() {
     let chat = ChatServer::start(ChatBehaviour::Flood { bytes: 200 }).await;
     let server = server(&chat, &[("demo.llm.max_response_bytes", "8192")]);
+    let hits = metrics().limit_hits(Limit::DemoLlmResponseBytes);
     let mut ws = connect(&server).await;
     say(&mut ws, "hello").await;
     let (_, chunks) = answer(&mut ws).await;
@@ -310,6 +317,10 @@ async fn an_endless_answer_is_cut_off_at_the_size_limit() {
             .await
             .is_some(),
         "the flood was not cut off"
+    );
+    assert!(
+        metrics().limit_hits(Limit::DemoLlmResponseBytes) > hits,
+        "counted"
     );
 }
 

@@ -333,6 +333,10 @@ pub enum Limit {
     PageQueue,
     /// `auth.max_single_use_tokens` unexpired single-use tokens were held: a new one was refused.
     SingleUseTokens,
+    /// The demo agent's model did not finish an answer within `demo.llm.timeout_ms`.
+    DemoLlmTimeout,
+    /// The demo agent's model sent more than `demo.llm.max_response_bytes` for one answer.
+    DemoLlmResponseBytes,
 }
 
 impl LabelSet for Limit {
@@ -352,6 +356,8 @@ impl LabelSet for Limit {
         Limit::AsrDeadline,
         Limit::PageQueue,
         Limit::SingleUseTokens,
+        Limit::DemoLlmTimeout,
+        Limit::DemoLlmResponseBytes,
     ];
 
     fn label(self) -> &'static str {
@@ -371,6 +377,8 @@ impl LabelSet for Limit {
             Limit::AsrDeadline => "asr_deadline",
             Limit::PageQueue => "page_queue",
             Limit::SingleUseTokens => "single_use_tokens",
+            Limit::DemoLlmTimeout => "demo_llm_timeout",
+            Limit::DemoLlmResponseBytes => "demo_llm_response_bytes",
         }
     }
 
@@ -954,6 +962,8 @@ voicegate_limit_hits_total{limit="asr_queue_full"} 0
 voicegate_limit_hits_total{limit="asr_deadline"} 0
 voicegate_limit_hits_total{limit="page_queue"} 1
 voicegate_limit_hits_total{limit="single_use_tokens"} 0
+voicegate_limit_hits_total{limit="demo_llm_timeout"} 0
+voicegate_limit_hits_total{limit="demo_llm_response_bytes"} 0
 "#;
 
     #[test]
