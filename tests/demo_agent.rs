@@ -360,4 +360,8 @@ async fn only_voicegate_may_dial_the_agent() {
         assert!(err.to_string().contains("403"), "{err}");
     }
     assert!(server.demo_url.contains("demo_key=demo-"));
+    // The key is redacted wherever the dial URL is logged.
+    let key = server.demo_url.split("demo_key=").nth(1).unwrap();
+    let shown = voicegate_core::dialog::redact(&server.demo_url.parse().unwrap());
+    assert!(!shown.contains(key), "{shown}");
 }
