@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what building voicegate needs from Debian (and, with --test, what its tests need:
 # chromium for the browser test and the test's npm packages, coturn for the STUN/TURN tests,
-# nftables to cut a browser's network in the network-change test, and the pinned Python tools
-# that validate the Kubernetes manifests, in .venv-tools/). Safe to run again: it installs
+# nftables to cut a browser's network in the network-change test, the pinned Python tools that
+# validate the Kubernetes manifests, in .venv-tools/, and the examples' own Python and Node
+# packages, which their tests run). Safe to run again: it installs
 # only what is missing. Needs root or sudo for apt.
 #
 #   scripts/setup.sh          build and run
@@ -25,6 +26,9 @@ for p in "${want[@]}"; do
   case "$p" in
     nodejs) command -v node >/dev/null 2>&1 && continue ;;
     npm) command -v npm >/dev/null 2>&1 && continue ;;
+    # Likewise a python3 that can make a virtual environment.
+    python3) command -v python3 >/dev/null 2>&1 && continue ;;
+    python3-venv) python3 -c 'import venv, ensurepip' >/dev/null 2>&1 && continue ;;
   esac
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
     missing+=("$p")
@@ -56,4 +60,21 @@ if [ "${1:-}" = "--test" ] && ! cmp -s scripts/deploy-tools.txt .venv-tools/.ins
   /usr/bin/python3 -m venv .venv-tools
   .venv-tools/bin/pip install --quiet --disable-pip-version-check -r scripts/deploy-tools.txt
   cp scripts/deploy-tools.txt .venv-tools/.installed-requirements
+fi
+
+if [ "${1:-}" = "--test" ]; then
+  # The examples' packages, installed the way a team copying an example would: a virtual
+  # environment under examples/ for the Python ones (never the system's site-packages), and
+  # npm ci from the lock file for the Node one. The pinned versions are in their requirements.txt
+  # and package-lock.json.
+  if ! examples/.venv/bin/python -c 'import aiohttp' >/dev/null 2>&1; then
+    echo "setup: installing the Python examples' packages into examples/.venv"
+    python3 -m venv examples/.venv
+    examples/.venv/bin/pip install --quiet --disable-pip-version-check \
+      -r examples/python-agent/requirements.txt -r examples/ivr-menu/requirements.txt
+  fi
+  if [ ! -d examples/node-agent/node_modules/ws ]; then
+    echo "setup: installing the Node example's npm packages"
+    (cd examples/node-agent && npm ci --no-audit --no-fund --loglevel=error)
+  fi
 fi

@@ -6,6 +6,7 @@
 
 pub mod demo;
 pub mod http;
+pub mod llm;
 pub mod logging;
 pub mod server;
 pub mod settings;

@@ -2,6 +2,7 @@
 //!
 //! Used by `main` and by the integration tests, so tests run the real service on free ports.
 
+use crate::demo::DemoConfig;
 use crate::http::{self, HttpState};
 use crate::settings::{AsrChoice, DialogTarget, TtsChoice, Validated};
 use actix::{Actor, Addr};
@@ -11,6 +12,7 @@ use std::sync::Arc;
 use voicegate_actors::call::CallServices;
 use voicegate_actors::supervisor::Supervisor;
 use voicegate_core::admission::RateLimiter;
+use voicegate_core::call_id::CallId;
 use voicegate_engines::asr::AsrFactory;
 use voicegate_engines::asr::openai::OpenAiAsr;
 use voicegate_engines::asr::pocketsphinx::Pocketsphinx;
@@ -33,6 +35,8 @@ pub struct Running {
     pub server: actix_web::dev::Server,
     /// Cleared when draining (`/ready` turns 503, offers are refused).
     pub ready: Arc<std::sync::atomic::AtomicBool>,
+    /// The embedded demo app's URL, with its `demo_key` (tests dial it directly).
+    pub demo_url: url::Url,
 }
 
 /// Why the service could not start.
@@ -60,6 +64,9 @@ pub enum StartError {
     /// The recognizer could not start.
     #[error("asr.engine: {0}")]
     Asr(#[source] voicegate_engines::asr::pocketsphinx::StartError),
+    /// The operating system supplied no random bytes (for the demo's key).
+    #[error("no random bytes for the demo app's key: {0}")]
+    Random(String),
 }
 
 /// Sources the offer rate limiter tracks at once (a few MB at most; see `RateLimiter`).
@@ -87,9 +94,19 @@ pub fn start(cfg: &Validated) -> Result<Running, StartError> {
         AsrChoice::Pocketsphinx(s) => Arc::new(Pocketsphinx::start(s).map_err(StartError::Asr)?),
         AsrChoice::OpenAi(s) => Arc::new(OpenAiAsr::new(s.clone())),
     };
+    // The demo agent spends a model's budget: its socket takes only dials that carry this key.
+    let demo_key = CallId::generate("demo", None)
+        .map_err(|e| StartError::Random(e.to_string()))?
+        .as_str()
+        .to_owned();
+    let demo = web::Data::new(DemoConfig {
+        llm: cfg.demo_llm.clone().map(Arc::new),
+        key: demo_key.as_str().into(),
+    });
+    let demo_url = demo_url(http_addr, cfg.demo_llm.as_ref().map(|_| demo_key.as_str()));
     let mut dialog = cfg.dialog.clone();
     dialog.url = match &cfg.dialog_target {
-        DialogTarget::Demo => demo_url(http_addr),
+        DialogTarget::Demo => demo_url.clone(),
         DialogTarget::Url(u) => u.clone(),
     };
     // The node is in the dial URL, so a dialog app that loses a call's socket without
@@ -135,15 +152,19 @@ pub fn start(cfg: &Validated) -> Result<Running, StartError> {
         node_id: Arc::from(cfg.node_id.as_str()),
         id_prefix: Arc::from(cfg.calls.id_prefix.as_str()),
     });
-    let server =
-        HttpServer::new(move || App::new().app_data(state.clone()).configure(http::routes))
-            .workers(cfg.http_workers)
-            // Signals are handled by main, which ends the calls before stopping HTTP.
-            .disable_signals()
-            .shutdown_timeout(5)
-            .listen(listener)
-            .map_err(http_err)?
-            .run();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .app_data(demo.clone())
+            .configure(http::routes)
+    })
+    .workers(cfg.http_workers)
+    // Signals are handled by main, which ends the calls before stopping HTTP.
+    .disable_signals()
+    .shutdown_timeout(5)
+    .listen(listener)
+    .map_err(http_err)?
+    .run();
     if !http_addr.ip().is_loopback() && cfg.auth.is_none() {
         tracing::warn!(
             "auth.mode is \"none\" on a non-loopback address: anyone who reaches this server can place calls (and spend your speech and LLM budget); set auth.mode = \"token\", see the README"
@@ -168,6 +189,7 @@ pub fn start(cfg: &Validated) -> Result<Running, StartError> {
         plane,
         server,
         ready,
+        demo_url,
     })
 }
 
@@ -186,8 +208,9 @@ fn with_query(url: &url::Url, name: &str, value: &str) -> url::Url {
     out
 }
 
-/// The embedded demo app's URL on this server (loopback when bound to every interface).
-fn demo_url(http: SocketAddr) -> url::Url {
+/// The embedded demo app's URL on this server (loopback when bound to every interface), with
+/// `key` as its `demo_key` when the demo needs one.
+fn demo_url(http: SocketAddr, key: Option<&str>) -> url::Url {
     let ip = if http.ip().is_unspecified() {
         if http.is_ipv4() {
             std::net::IpAddr::from([127, 0, 0, 1])
@@ -198,6 +221,10 @@ fn demo_url(http: SocketAddr) -> url::Url {
         http.ip()
     };
     let host = SocketAddr::new(ip, http.port());
-    url::Url::parse(&format!("ws://{host}/dialog/demo"))
-        .expect("a socket address makes a valid URL")
+    let mut url = url::Url::parse(&format!("ws://{host}/dialog/demo"))
+        .expect("a socket address makes a valid URL");
+    if let Some(key) = key {
+        url.query_pairs_mut().append_pair("demo_key", key);
+    }
+    url
 }

@@ -6,6 +6,7 @@
 //! [`Settings::validate`] turns them into the domain types the rest of the service uses, and
 //! names the key at fault when one cannot work.
 
+use crate::llm::LlmSettings;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
@@ -63,6 +64,8 @@ pub struct Settings {
     pub auth: AuthConfig,
     /// `[dialog]`
     pub dialog: Dialog,
+    /// `[demo]`
+    pub demo: Demo,
     /// `[tts]`
     pub tts: Tts,
     /// `[asr]`
@@ -113,6 +116,34 @@ pub struct Dialog {
     pub hold_retry: String,
     /// Prompt when giving up.
     pub hold_give_up: String,
+}
+
+/// `[demo]`: the embedded demo dialog app.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Demo {
+    /// `[demo.llm]`
+    pub llm: DemoLlm,
+}
+
+/// `[demo.llm]`: the demo as an LLM agent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DemoLlm {
+    /// Base URL of the OpenAI-compatible server; empty: the demo repeats what it heard.
+    pub base_url: String,
+    /// Model name.
+    pub model: String,
+    /// API key; `Debug` never shows it.
+    pub api_key: SecretString,
+    /// System prompt.
+    pub system_prompt: String,
+    /// Longest answer, request to last token.
+    pub timeout_ms: u64,
+    /// Most response bytes per answer.
+    pub max_response_bytes: usize,
+    /// Most history messages besides the system prompt.
+    pub max_history_messages: usize,
 }
 
 /// `[tts]`
@@ -607,6 +638,8 @@ pub struct Validated {
     pub dialog_target: DialogTarget,
     /// The dialog connection (its URL is set once the target is resolved).
     pub dialog: DialogSettings,
+    /// The embedded demo's model (`None`: the demo repeats what it heard).
+    pub demo_llm: Option<LlmSettings>,
     /// Log settings.
     pub log: Log,
     /// Log every actor message.
@@ -839,6 +872,7 @@ impl Settings {
             max_message_bytes: d.max_message_bytes,
             stable_after: Duration::from_millis(d.stable_after_ms),
         };
+        let demo_llm = self.demo.llm.validate()?;
         if self.tts.stream_idle_timeout_ms < MIN_STREAM_IDLE_MS {
             return Err(invalid(
                 "tts.stream_idle_timeout_ms",
@@ -1044,6 +1078,7 @@ impl Settings {
             asr,
             dialog_target,
             dialog,
+            demo_llm,
             log: self.log.clone(),
             trace_messages: self.tracing.messages,
             max_calls: self.calls.max,
@@ -1051,6 +1086,102 @@ impl Settings {
             shutdown_grace: Duration::from_millis(self.calls.shutdown_grace_ms),
             node_id,
         })
+    }
+}
+
+/// Bounds of `demo.llm.timeout_ms`: below a second no model answers; above ten minutes a stuck
+/// server holds a request for no one.
+const DEMO_LLM_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 1000..=600_000;
+/// Bounds of `demo.llm.max_response_bytes`: a chunk event alone is a few hundred bytes.
+const DEMO_LLM_RESPONSE_BYTES: std::ops::RangeInclusive<usize> = 1024..=16 << 20;
+/// Bounds of `demo.llm.max_history_messages`: at least one exchange.
+const DEMO_LLM_HISTORY: std::ops::RangeInclusive<usize> = 2..=1000;
+
+impl DemoLlm {
+    /// `None` when `base_url` is empty (the demo repeats); the settings otherwise.
+    fn validate(&self) -> Result<Option<LlmSettings>, SettingsError> {
+        let base = self.base_url.trim();
+        if base.is_empty() {
+            return Ok(None);
+        }
+        let url = url::Url::parse(base.trim_end_matches('/')).map_err(|e| {
+            invalid(
+                "demo.llm.base_url",
+                format!("{e} (want http:// or https://, e.g. https://api.openai.com)"),
+            )
+        })?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(invalid("demo.llm.base_url", "must be http:// or https://"));
+        }
+        if !url.username().is_empty() || url.password().is_some() || url.query().is_some() {
+            return Err(invalid(
+                "demo.llm.base_url",
+                "must carry no credentials or query (set demo.llm.api_key)",
+            ));
+        }
+        let path = url.path().trim_end_matches('/');
+        if path.ends_with("/v1") || path.ends_with(crate::llm::CHAT_PATH) {
+            return Err(invalid(
+                "demo.llm.base_url",
+                format!(
+                    "leave out the path: {}{} is appended",
+                    "{base_url}",
+                    crate::llm::CHAT_PATH
+                ),
+            ));
+        }
+        let endpoint = url::Url::parse(&format!(
+            "{}{}",
+            url.as_str().trim_end_matches('/'),
+            crate::llm::CHAT_PATH
+        ))
+        .map_err(|e| invalid("demo.llm.base_url", e))?;
+        if self.model.trim().is_empty() {
+            return Err(invalid(
+                "demo.llm.model",
+                "must be set when demo.llm.base_url is",
+            ));
+        }
+        if !DEMO_LLM_TIMEOUT_MS.contains(&self.timeout_ms) {
+            return Err(invalid(
+                "demo.llm.timeout_ms",
+                format!(
+                    "must be {} to {}",
+                    DEMO_LLM_TIMEOUT_MS.start(),
+                    DEMO_LLM_TIMEOUT_MS.end()
+                ),
+            ));
+        }
+        if !DEMO_LLM_RESPONSE_BYTES.contains(&self.max_response_bytes) {
+            return Err(invalid(
+                "demo.llm.max_response_bytes",
+                format!(
+                    "must be {} to {}",
+                    DEMO_LLM_RESPONSE_BYTES.start(),
+                    DEMO_LLM_RESPONSE_BYTES.end()
+                ),
+            ));
+        }
+        if !DEMO_LLM_HISTORY.contains(&self.max_history_messages) {
+            return Err(invalid(
+                "demo.llm.max_history_messages",
+                format!(
+                    "must be {} to {}",
+                    DEMO_LLM_HISTORY.start(),
+                    DEMO_LLM_HISTORY.end()
+                ),
+            ));
+        }
+        let key = self.api_key.expose_secret().trim();
+        Ok(Some(LlmSettings {
+            endpoint,
+            model: self.model.trim().to_owned(),
+            api_key: (!key.is_empty()).then(|| SecretString::from(key.to_owned())),
+            system_prompt: self.system_prompt.clone(),
+            timeout: Duration::from_millis(self.timeout_ms),
+            max_response_bytes: self.max_response_bytes,
+            max_history_messages: self.max_history_messages,
+        }))
     }
 }
 
@@ -1162,6 +1293,97 @@ mod tests {
         use secrecy::ExposeSecret;
         assert_eq!(t.api_key.expose_secret(), "sk-tts-secret");
         assert_eq!(a.api_key.expose_secret(), "sk-asr-secret");
+    }
+
+    /// `[demo.llm]`: off by default; on with a base URL and a model, the key from the
+    /// environment never shown; every mistake named by its key.
+    #[test]
+    fn demo_llm_is_checked_and_its_key_never_shown() {
+        let v = Settings::load_with_env(None, env(&[]))
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert!(v.demo_llm.is_none(), "the demo repeats by default");
+        let s = Settings::load_with_env(
+            None,
+            env(&[
+                ("VOICEGATE__DEMO__LLM__BASE_URL", "http://127.0.0.1:8081/"),
+                ("VOICEGATE__DEMO__LLM__MODEL", "llama"),
+                ("VOICEGATE__DEMO__LLM__API_KEY", "sk-llm-secret"),
+            ]),
+        )
+        .unwrap();
+        let v = s.validate().unwrap();
+        for shown in [format!("{:?}", s.demo), format!("{v:?}")] {
+            assert!(!shown.contains("sk-llm-secret"), "{shown}");
+        }
+        let llm = v.demo_llm.unwrap();
+        assert_eq!(
+            llm.endpoint.as_str(),
+            "http://127.0.0.1:8081/v1/chat/completions"
+        );
+        use secrecy::ExposeSecret;
+        assert_eq!(llm.api_key.unwrap().expose_secret(), "sk-llm-secret");
+        assert_eq!(
+            (
+                llm.timeout,
+                llm.max_response_bytes,
+                llm.max_history_messages
+            ),
+            (Duration::from_secs(30), 262_144, 40)
+        );
+        for (pairs, key) in [
+            (
+                vec![("VOICEGATE__DEMO__LLM__BASE_URL", "http://x.example")],
+                "demo.llm.model",
+            ),
+            (
+                vec![("VOICEGATE__DEMO__LLM__BASE_URL", "ftp://x.example")],
+                "demo.llm.base_url",
+            ),
+            (
+                vec![("VOICEGATE__DEMO__LLM__BASE_URL", "not a url")],
+                "demo.llm.base_url",
+            ),
+            (
+                vec![(
+                    "VOICEGATE__DEMO__LLM__BASE_URL",
+                    "https://api.openai.com/v1",
+                )],
+                "demo.llm.base_url",
+            ),
+            (
+                vec![("VOICEGATE__DEMO__LLM__BASE_URL", "https://u:p@x.example")],
+                "demo.llm.base_url",
+            ),
+            (
+                vec![("VOICEGATE__DEMO__LLM__TIMEOUT_MS", "10")],
+                "demo.llm.timeout_ms",
+            ),
+            (
+                vec![("VOICEGATE__DEMO__LLM__MAX_RESPONSE_BYTES", "10")],
+                "demo.llm.max_response_bytes",
+            ),
+            (
+                vec![("VOICEGATE__DEMO__LLM__MAX_HISTORY_MESSAGES", "1")],
+                "demo.llm.max_history_messages",
+            ),
+        ] {
+            let mut all = vec![
+                ("VOICEGATE__DEMO__LLM__BASE_URL", "http://x.example"),
+                ("VOICEGATE__DEMO__LLM__MODEL", "m"),
+            ];
+            if key == "demo.llm.model" {
+                all.pop();
+            }
+            all.extend(pairs);
+            let err = Settings::load_with_env(None, env(&all))
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{all:?}: {err}");
+        }
     }
 
     /// Server-side TURN is refused by name (one shared socket holds one allocation per TURN

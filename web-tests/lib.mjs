@@ -157,3 +157,34 @@ export async function until(ms, fn, every = 100) {
   }
   return v;
 }
+
+/**
+ * A local stand-in for an OpenAI-compatible chat API: `POST /v1/chat/completions` answered with
+ * server-sent events, `reply` cut into word tokens, the first after `firstAfterMs` and the rest
+ * `gapMs` apart. Resolves to { url, requests, close }; `requests` holds each request's JSON body.
+ */
+export async function startChatStandIn(reply, firstAfterMs = 200, gapMs = 50) {
+  const { createServer: createHttpServer } = await import("node:http");
+  const requests = [];
+  const server = createHttpServer((req, res) => {
+    let body = "";
+    req.on("data", (d) => (body += d));
+    req.on("end", async () => {
+      requests.push(JSON.parse(body || "null"));
+      res.writeHead(200, { "Content-Type": "text/event-stream", "Cache-Control": "no-cache" });
+      const tokens = reply.split(/(?<= )/);
+      for (let i = 0; i < tokens.length; i++) {
+        await new Promise((r) => setTimeout(r, i === 0 ? firstAfterMs : gapMs));
+        if (res.destroyed) return;
+        res.write(`data: ${JSON.stringify({ object: "chat.completion.chunk", choices: [{ index: 0, delta: { content: tokens[i] } }] })}\n\n`);
+      }
+      res.end("data: [DONE]\n\n");
+    });
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    url: `http://127.0.0.1:${server.address().port}`,
+    requests,
+    close: () => new Promise((resolve) => server.close(resolve)),
+  };
+}

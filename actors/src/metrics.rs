@@ -335,6 +335,10 @@ pub enum Limit {
     SingleUseTokens,
     /// A call had restarted ICE `calls.max_ice_restarts` times: a further restart was refused.
     IceRestarts,
+    /// The demo agent's model did not finish an answer within `demo.llm.timeout_ms`.
+    DemoLlmTimeout,
+    /// The demo agent's model sent more than `demo.llm.max_response_bytes` for one answer.
+    DemoLlmResponseBytes,
 }
 
 impl LabelSet for Limit {
@@ -355,6 +359,8 @@ impl LabelSet for Limit {
         Limit::PageQueue,
         Limit::SingleUseTokens,
         Limit::IceRestarts,
+        Limit::DemoLlmTimeout,
+        Limit::DemoLlmResponseBytes,
     ];
 
     fn label(self) -> &'static str {
@@ -375,6 +381,8 @@ impl LabelSet for Limit {
             Limit::PageQueue => "page_queue",
             Limit::SingleUseTokens => "single_use_tokens",
             Limit::IceRestarts => "ice_restarts",
+            Limit::DemoLlmTimeout => "demo_llm_timeout",
+            Limit::DemoLlmResponseBytes => "demo_llm_response_bytes",
         }
     }
 
@@ -1031,6 +1039,8 @@ voicegate_limit_hits_total{limit="asr_deadline"} 0
 voicegate_limit_hits_total{limit="page_queue"} 1
 voicegate_limit_hits_total{limit="single_use_tokens"} 0
 voicegate_limit_hits_total{limit="ice_restarts"} 0
+voicegate_limit_hits_total{limit="demo_llm_timeout"} 0
+voicegate_limit_hits_total{limit="demo_llm_response_bytes"} 0
 "#;
 
     #[test]

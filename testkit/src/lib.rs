@@ -2,6 +2,7 @@
 //! HTTP client for the signaling API, and audio measurement. No mocks: the peer speaks real
 //! ICE/DTLS/SRTP and Opus to the server under test.
 
+pub mod chat_server;
 pub mod cut;
 pub mod dialog_app;
 pub mod http;

@@ -22,6 +22,8 @@ pub struct TestServer {
     pub supervisor: Addr<Supervisor>,
     /// The media plane, to inspect the shared port's routes.
     pub plane: Arc<MediaPlane>,
+    /// The embedded demo app's URL, with its key.
+    pub demo_url: String,
     system: actix::System,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -66,6 +68,7 @@ impl TestServer {
                     running.media_addr,
                     running.supervisor.clone(),
                     running.plane.clone(),
+                    running.demo_url.to_string(),
                     actix::System::current(),
                 ))
                 .expect("test is waiting");
@@ -74,13 +77,14 @@ impl TestServer {
             // Runs until the test's drop stops the system.
             let _ = system.run();
         });
-        let (http, media, supervisor, plane, system) =
+        let (http, media, supervisor, plane, demo_url, system) =
             rx.recv().expect("server thread reports its addresses");
         TestServer {
             http,
             media,
             supervisor,
             plane,
+            demo_url,
             system,
             thread: Some(thread),
         }
