@@ -109,6 +109,13 @@ async fn call_started_carries_the_original_fields_and_the_dial_url_its_params() 
     let dial = &app.dials()[0];
     assert!(dial.contains(&format!("call_id={call_id}")), "{dial}");
     assert!(dial.contains("payload="), "{dial}");
+    let node = voicegate_core::call_id::CallId::parse(&call_id)
+        .and_then(|id| id.node("wrtc").map(str::to_owned))
+        .expect("the call id names its node");
+    assert!(
+        dial.contains(&format!("node={node}")),
+        "the dial names the node, as the call id does: {dial}"
+    );
     assert!(
         dial.contains("existing=1"),
         "other parameters are kept: {dial}"

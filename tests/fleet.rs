@@ -341,6 +341,12 @@ async fn a_fleet_behind_haproxy_routes_calls_to_their_nodes_drains_and_survives_
         hangup.text()
     );
     echo_all(&[victim]).await;
+    // An id of the node's own that it does not hold: 204, as a repeated hangup is.
+    let unknown = format!("/webrtc/v1/calls/wrtc-a-{}", "0".repeat(32));
+    let res = http::request(proxy.addr, "DELETE", &unknown, &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(res.status, 204, "{}", res.text());
 
     // Every hangup through HAProxy ends the call on its own node.
     let before: HashMap<&str, f64> = HashMap::from([
@@ -450,5 +456,10 @@ async fn a_fleet_behind_haproxy_routes_calls_to_their_nodes_drains_and_survives_
     echo_all(&after.iter().collect::<Vec<_>>()).await;
     for p in others.iter().copied().chain(&after) {
         p.close().await;
+    }
+    // Every line a node logged names it.
+    let log = a.log.lock().unwrap().clone();
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(line.ends_with(" node=a"), "a line without the node: {line}");
     }
 }
