@@ -9,8 +9,14 @@
 # Debian packages here match scripts/setup.sh: libopus-dev, libespeak-ng-dev and
 # libpocketsphinx-dev to build; their runtime libraries, the espeak-ng voices and the
 # pocketsphinx English model to run.
+#
+# The two base images are build arguments only so that a machine without a container registry
+# can build this file unchanged from local copies (scripts/container-test.sh makes them from
+# Debian and the installed Rust toolchain); everyone else keeps the defaults.
+ARG BUILD_IMAGE=rust:1.95-bookworm
+ARG RUNTIME_IMAGE=debian:bookworm-slim
 
-FROM rust:1.95-bookworm AS build
+FROM ${BUILD_IMAGE} AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends pkg-config libopus-dev libespeak-ng-dev libpocketsphinx-dev \
  && rm -rf /var/lib/apt/lists/*
@@ -18,16 +24,18 @@ WORKDIR /src
 COPY . .
 RUN cargo build --release --locked --bin voicegate
 
-FROM debian:bookworm-slim
+FROM ${RUNTIME_IMAGE}
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libopus0 libespeak-ng1 espeak-ng-data libpocketsphinx3 pocketsphinx-en-us ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --no-create-home voicegate
 COPY --from=build /src/target/release/voicegate /usr/local/bin/voicegate
 COPY config/default.toml /etc/voicegate/default.toml
+COPY deploy/healthcheck.sh /usr/local/bin/voicegate-healthcheck
 USER voicegate
 ENV VOICEGATE__HTTP__BIND=0.0.0.0:8080 \
     VOICEGATE__LOG__FORMAT=json
 EXPOSE 8080/tcp 50000/udp
-HEALTHCHECK --interval=10s --timeout=2s CMD ["/bin/bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/8080 && printf 'GET /health HTTP/1.0\\r\\n\\r\\n' >&3 && grep -q ok <&3"]
+# Probes the address in VOICEGATE__HTTP__BIND, so it follows a port changed at `docker run -e`.
+HEALTHCHECK --interval=10s --timeout=2s CMD ["/usr/local/bin/voicegate-healthcheck"]
 ENTRYPOINT ["/usr/local/bin/voicegate"]
