@@ -33,8 +33,13 @@ COPY --from=build /src/target/release/voicegate /usr/local/bin/voicegate
 COPY config/default.toml /etc/voicegate/default.toml
 COPY deploy/healthcheck.sh /usr/local/bin/voicegate-healthcheck
 USER voicegate
+# espeak-ng's audio library probes for a PulseAudio server at startup although voicegate never
+# plays sound locally; libpulse, looking for its settings under a home the user does not have
+# (or on a read-only root filesystem), writes a plain-text line to stderr, which breaks log
+# pipelines that expect JSON. A server address that fails at once keeps it from looking.
 ENV VOICEGATE__HTTP__BIND=0.0.0.0:8080 \
-    VOICEGATE__LOG__FORMAT=json
+    VOICEGATE__LOG__FORMAT=json \
+    PULSE_SERVER=unix:/dev/null
 EXPOSE 8080/tcp 50000/udp
 # Probes the address in VOICEGATE__HTTP__BIND, so it follows a port changed at `docker run -e`.
 HEALTHCHECK --interval=10s --timeout=2s CMD ["/usr/local/bin/voicegate-healthcheck"]
