@@ -8,7 +8,7 @@
 # container the bound address is not the one browsers reach: set media.public_ips (NAT 1:1).
 # Debian packages here match scripts/setup.sh: libopus-dev, libespeak-ng-dev and
 # libpocketsphinx-dev to build; their runtime libraries, the espeak-ng voices and the
-# pocketsphinx English model to run.
+# pocketsphinx English model to run. deploy/README.md says what each part of the image is for.
 #
 # The two base images are build arguments only so that a machine without a container registry
 # can build this file unchanged from local copies (scripts/container-test.sh makes them from
