@@ -2,8 +2,9 @@
 # Installs what building voicegate needs from Debian (and, with --test, what its tests need:
 # chromium for the browser test and the test's npm packages, coturn for the STUN/TURN tests,
 # nftables to cut a browser's network in the network-change test, haproxy for the fleet test,
-# the pinned Python tools that validate the Kubernetes manifests, in .venv-tools/, and the
-# examples' own Python and Node packages, which their tests run). Safe to run again: it installs
+# the pinned Python tools that validate the Kubernetes manifests, in .venv-tools/, the
+# examples' own Python and Node packages, which their tests run, and podman, runc and
+# debootstrap for the container image test). Safe to run again: it installs
 # only what is missing. Needs root or sudo for apt.
 #
 #   scripts/setup.sh          build and run
@@ -13,7 +14,7 @@ cd "$(dirname "$0")/.."
 
 # Keep in step with the Dockerfile's build and runtime stages.
 build_packages=(pkg-config libopus-dev libespeak-ng-dev libpocketsphinx-dev pocketsphinx-en-us)
-test_packages=(chromium espeak-ng iproute2 util-linux nodejs npm coturn nftables haproxy python3 python3-venv)
+test_packages=(chromium espeak-ng iproute2 util-linux nodejs npm coturn nftables haproxy python3 python3-venv podman runc debootstrap)
 
 want=("${build_packages[@]}")
 if [ "${1:-}" = "--test" ]; then

@@ -5,6 +5,8 @@
 #   3. the browser end-to-end test (headless chromium in a loopback-only network namespace)
 #   4. the Kubernetes manifests, validated offline (scripts/validate-deploy.sh); it runs right
 #      after lint, since it takes a second
+#   5. the container image: built from the Dockerfile and called the same way
+#      (scripts/container-test.sh; set VOICEGATE_SKIP_CONTAINER=1 to skip)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,3 +29,8 @@ cargo test --workspace --locked
 echo "== browser end-to-end"
 cargo build --locked -p voicegate -p voicegate-bench
 scripts/e2e.sh target/debug/voicegate
+
+if [ "${VOICEGATE_SKIP_CONTAINER:-0}" != "1" ]; then
+  echo "== container image"
+  scripts/container-test.sh
+fi

@@ -77,6 +77,88 @@ export async function startVoicegate(env = {}) {
   };
 }
 
+/**
+ * Starts the container image in $VOICEGATE_IMAGE with podman, sharing this network namespace
+ * (--network=host), on free ports bound to 127.0.0.1, and resolves once it logs "listening on".
+ * With `publish`, the container gets its own network instead and only the HTTP port and the one
+ * UDP port are published, as a deployment does, with media.public_ips naming the address callers
+ * reach. `env` adds VOICEGATE__... overrides, `podmanArgs` more options of `podman run`. stop()
+ * stops it the way an orchestrator does (SIGTERM, then a wait), resolves with its exit code and
+ * removes it.
+ */
+export async function startContainer({ env = {}, publish = false, podmanArgs = [] } = {}) {
+  const image = process.env.VOICEGATE_IMAGE;
+  if (!image) throw new Error("set VOICEGATE_IMAGE to the image to test");
+  const httpPort = await freePort();
+  const udpPort = await freePort();
+  const name = `voicegate-test-${process.pid}-${httpPort}`;
+  const settings = publish
+    ? // The image's own HTTP bind (0.0.0.0:8080) behind a published port; the UDP port is
+      // published under its own number, because answers advertise media.udp_port.
+      { VOICEGATE__MEDIA__UDP_PORT: String(udpPort), VOICEGATE__MEDIA__PUBLIC_IPS: "127.0.0.1", ...env }
+    : {
+        VOICEGATE__HTTP__BIND: `127.0.0.1:${httpPort}`,
+        VOICEGATE__MEDIA__BIND_IP: "127.0.0.1",
+        VOICEGATE__MEDIA__UDP_PORT: String(udpPort),
+        ...env,
+      };
+  const network = publish
+    ? ["-p", `127.0.0.1:${httpPort}:8080/tcp`, "-p", `127.0.0.1:${udpPort}:${udpPort}/udp`]
+    : ["--network=host"];
+  const args = ["run", "--detach", "--name", name, "--stop-timeout", "30", ...network, ...podmanArgs];
+  for (const [k, v] of Object.entries(settings)) args.push("-e", `${k}=${v}`);
+  args.push(image);
+  const run = await podman(...args);
+  if (run.code !== 0) throw new Error(`podman run failed: ${run.out}`);
+  // The container's own output (its stdout and stderr, what a log collector reads), not podman's.
+  const logs = spawn("podman", ["logs", "--follow", name], { stdio: ["ignore", "pipe", "pipe"] });
+  let log = "";
+  const onData = (d) => {
+    log += d.toString();
+    if (process.env.E2E_VERBOSE) process.stderr.write(d);
+  };
+  logs.stdout.on("data", onData);
+  logs.stderr.on("data", onData);
+  const logsDone = new Promise((resolve) => logs.once("exit", resolve));
+  const exitCode = async () => {
+    await podman("wait", name);
+    await logsDone;
+    const code = Number((await podman("inspect", "--format", "{{.State.ExitCode}}", name)).out);
+    await podman("rm", "--force", name);
+    return code;
+  };
+  const started = await until(30000, () => log.includes("listening on") || logs.exitCode !== null);
+  if (!started || !log.includes("listening on")) {
+    await podman("stop", name);
+    throw new Error(`the container did not start (exit code ${await exitCode()}):\n${log}`);
+  }
+  let stopped = null;
+  return {
+    name,
+    url: `http://127.0.0.1:${httpPort}`,
+    get log() {
+      return log;
+    },
+    podman,
+    /** Stops the container (the image's stop signal, SIGTERM, then a wait); its exit code. */
+    stop() {
+      stopped ??= podman("stop", name).then(exitCode);
+      return stopped;
+    },
+  };
+}
+
+/** Runs `podman <args>`: { code, out } with its stdout and stderr. */
+export function podman(...args) {
+  return new Promise((resolve) => {
+    const p = spawn("podman", args, { stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    p.stdout.on("data", (d) => (out += d));
+    p.stderr.on("data", (d) => (out += d));
+    p.once("exit", (code) => resolve({ code, out: out.trim() }));
+  });
+}
+
 /** Writes 16-bit PCM mono `samples` (Int16Array) at `rate` Hz as a WAV file. */
 export function writeWav(path, samples, rate) {
   const data = Buffer.alloc(samples.length * 2);
