@@ -145,6 +145,7 @@ pub fn start(cfg: &Validated) -> Result<Running, StartError> {
         trusted_proxies: Arc::new(cfg.trusted_proxies.clone()),
         offer_rate,
         max_remote_candidates: cfg.max_remote_candidates,
+        max_payload_bytes: cfg.max_payload_bytes,
         auth: cfg
             .auth
             .as_ref()

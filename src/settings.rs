@@ -11,7 +11,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
-use voicegate_actors::call::{CallSettings, HoldPrompts};
+use voicegate_actors::call::{CallSettings, EndReasonStyle, HoldPrompts};
 use voicegate_actors::codec::ListenSettings;
 use voicegate_actors::dialog::DialogSettings;
 use voicegate_actors::recognizer::RecognizerSettings;
@@ -21,6 +21,7 @@ use voicegate_core::codec::{EncoderSettings, OPUS_PCM_RATES};
 use voicegate_core::frame::{FRAME_MS, SPEECH_RATE, SpeechFrames};
 use voicegate_core::ice::{self, IceServer, IceTimerError, IceTimers};
 use voicegate_core::listen::{BargeInSettings, EndpointSettings};
+use voicegate_core::page::PageLimits;
 use voicegate_core::speech::PlayerSettings;
 use voicegate_core::text::SegmentLimits;
 use voicegate_engines::asr::openai::OpenAiAsrSettings;
@@ -80,6 +81,10 @@ pub struct Settings {
     pub echo: Echo,
     /// `[node]`
     pub node: NodeConfig,
+    /// `[compat]`
+    pub compat: Compat,
+    /// `[page]`
+    pub page: PageConfig,
     /// `[log]`
     pub log: Log,
     /// `[tracing]`
@@ -108,6 +113,8 @@ pub struct Dialog {
     pub event_buffer: usize,
     /// Largest message from the app.
     pub max_message_bytes: usize,
+    /// Longest dial `payload` (it travels in the dial URL).
+    pub max_payload_bytes: usize,
     /// Uptime after which a lost connection gets the full reconnect budget again.
     pub stable_after_ms: u64,
     /// Hold prompt on loss.
@@ -486,6 +493,36 @@ pub struct Echo {
     pub delay_ms: u64,
 }
 
+/// `[page]`: messages between the browser page and the dialog app.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageConfig {
+    /// Longest message either way, bytes of JSON text.
+    pub max_message_bytes: usize,
+    /// Messages per second a page may send, on average.
+    pub messages_per_s: f64,
+    /// Messages a page may send at once.
+    pub message_burst: u32,
+}
+
+/// `[compat]`: behaviour of the original service, for dialog apps written for it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Compat {
+    /// How `call.ended` spells its reason.
+    pub call_ended_reasons: EndReasonsConfig,
+}
+
+/// `compat.call_ended_reasons`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EndReasonsConfig {
+    /// voicegate's reasons.
+    Ours,
+    /// The original's strings.
+    Original,
+}
+
 /// `[node]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -592,6 +629,13 @@ const MIN_DIALOG_MESSAGE_BYTES: usize = 1024;
 /// Largest `dialog.max_message_bytes`: each call may hold about twice the limit while a message
 /// arrives, so a larger value would let one dialog app take hundreds of megabytes per call.
 const MAX_DIALOG_MESSAGE_BYTES: usize = 64 << 20;
+/// Largest `dialog.max_payload_bytes`: URL-encoded, such a payload is up to 3 MiB, past what
+/// any common WebSocket server takes in a request line (Go's net/http takes 1 MiB of headers).
+const MAX_DIALOG_PAYLOAD_BYTES: usize = 1 << 20;
+/// Largest `page.max_message_bytes`: the WebRTC stack hands over data channel messages of at
+/// most 16 KiB (larger ones need its detached streams), so a larger limit would promise what the
+/// page cannot send.
+const MAX_PAGE_MESSAGE_BYTES: usize = 16 * 1024;
 /// Smallest `dialog.stable_after_ms`: below it, an app that accepts and drops at once would
 /// get a fresh reconnect budget every time and be redialled without end.
 const MIN_DIALOG_STABLE_AFTER_MS: u64 = 100;
@@ -618,6 +662,8 @@ pub struct Validated {
     pub trusted_proxies: Vec<IpNet>,
     /// Most usable remote candidates in an offer.
     pub max_remote_candidates: usize,
+    /// Longest dial `payload`, bytes.
+    pub max_payload_bytes: usize,
     /// Offers per second per source (0: no limit) and the burst.
     pub offers_per_source: (f64, u32),
     /// Calls in progress per source (0: no limit).
@@ -852,6 +898,26 @@ impl Settings {
                 format!("must be {MIN_DIALOG_MESSAGE_BYTES} to {MAX_DIALOG_MESSAGE_BYTES}"),
             ));
         }
+        if !(1..=MAX_PAGE_MESSAGE_BYTES).contains(&self.page.max_message_bytes) {
+            return Err(invalid(
+                "page.max_message_bytes",
+                format!("must be 1 to {MAX_PAGE_MESSAGE_BYTES}"),
+            ));
+        }
+        if !(self.page.messages_per_s.is_finite() && self.page.messages_per_s > 0.0)
+            || self.page.message_burst == 0
+        {
+            return Err(invalid(
+                "page.messages_per_s",
+                "must be above 0 (and page.message_burst at least 1)",
+            ));
+        }
+        if !(1..=MAX_DIALOG_PAYLOAD_BYTES).contains(&d.max_payload_bytes) {
+            return Err(invalid(
+                "dialog.max_payload_bytes",
+                format!("must be 1 to {MAX_DIALOG_PAYLOAD_BYTES}"),
+            ));
+        }
         if d.stable_after_ms < MIN_DIALOG_STABLE_AFTER_MS {
             return Err(invalid(
                 "dialog.stable_after_ms",
@@ -1060,6 +1126,15 @@ impl Settings {
                 partial_interval: Duration::from_millis(self.asr.partial_interval_ms),
                 utterance_deadline: Duration::from_millis(self.asr.utterance_deadline_ms),
             },
+            page: PageLimits {
+                max_message_bytes: self.page.max_message_bytes,
+                messages_per_s: self.page.messages_per_s,
+                burst: self.page.message_burst,
+            },
+            end_reasons: match self.compat.call_ended_reasons {
+                EndReasonsConfig::Ours => EndReasonStyle::Ours,
+                EndReasonsConfig::Original => EndReasonStyle::Original,
+            },
         };
         Ok(Validated {
             http_bind,
@@ -1068,6 +1143,7 @@ impl Settings {
             body_timeout: Duration::from_millis(self.http.body_timeout_ms),
             trusted_proxies,
             max_remote_candidates: self.media.max_remote_candidates,
+            max_payload_bytes: self.dialog.max_payload_bytes,
             offers_per_source: (a.offers_per_ip_per_s, a.offer_burst),
             calls_per_source: a.calls_per_ip,
             auth,
@@ -1570,6 +1646,21 @@ mod tests {
                 "VOICEGATE__DIALOG__MAX_MESSAGE_BYTES",
                 "1000000000",
                 "dialog.max_message_bytes",
+            ),
+            (
+                "VOICEGATE__PAGE__MAX_MESSAGE_BYTES",
+                "16385",
+                "page.max_message_bytes",
+            ),
+            (
+                "VOICEGATE__PAGE__MESSAGES_PER_S",
+                "0",
+                "page.messages_per_s",
+            ),
+            (
+                "VOICEGATE__DIALOG__MAX_PAYLOAD_BYTES",
+                "0",
+                "dialog.max_payload_bytes",
             ),
             (
                 "VOICEGATE__DIALOG__STABLE_AFTER_MS",

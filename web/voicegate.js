@@ -14,6 +14,7 @@
 //   call.addEventListener("message", (e) => console.log(e.detail)); // transcript, speech state
 //   await call.start();
 //   call.sendDtmf("1#");
+//   call.send({ clicked: "pay" }); // to the dialog app, as client.message
 //   await call.hangup();
 //
 // When the caller's network changes (Wi-Fi to mobile, a VPN, a laptop waking), the connection
@@ -27,7 +28,14 @@
 // speech as recognized ({"type": "asr.partial" | "asr.final", "text"}), what voicegate is saying
 // ({"type": "assistant", "utterance_id", "text"} per segment as it starts playing), speech state
 // ({"type": "tts.started" | "tts.ended" | "tts.interrupt", ...}) and key presses
-// ({"type": "dtmf", "digit"}), in the same shapes the dialog app receives.
+// ({"type": "dtmf", "digit"}), in the same shapes the dialog app receives, and what the dialog
+// app sent the page with client.send ({"type": "message", "data"}).
+//
+// call.send(data) sends the dialog app any JSON value over the same channel; the app gets it as
+// {"type": "client.message", "data"}. Messages sent before the channel opens wait for it. The
+// server drops a message longer than its page.max_message_bytes (8 KiB by default) and what a
+// page sends faster than page.messages_per_s (10 a second, bursts of 20), so send state
+// changes, not a stream.
 
 /** Call states, in the order a successful call goes through them. */
 export const States = Object.freeze({
@@ -86,6 +94,8 @@ export class VoicegateCall extends EventTarget {
     /** The ICE session's entity tag (ETag), for If-Match on PATCH. */
     this.etag = null;
     this._restarting = false;
+    // What call.send queued before the data channel opened (JSON texts).
+    this._outbox = [];
     this._restartTimer = null;
     this.state = States.IDLE;
     this.callId = null;
@@ -134,6 +144,9 @@ export class VoicegateCall extends EventTarget {
         }
         this.dispatchEvent(new CustomEvent("message", { detail }));
       });
+      this.channel.addEventListener("open", () => {
+        for (const text of this._outbox.splice(0)) this.channel.send(text);
+      });
 
       this._setState(States.CONNECTING);
       await pc.setLocalDescription(await pc.createOffer());
@@ -166,6 +179,19 @@ export class VoicegateCall extends EventTarget {
       this._setState(States.FAILED, { error: err });
       throw err;
     }
+  }
+
+  /**
+   * Sends the dialog app a message: any JSON value but null (it arrives as
+   * {"type": "client.message", "data"}). Before the call's data channel opens, it waits.
+   */
+  send(data) {
+    if (data === undefined || data === null) throw new TypeError("send needs a JSON value");
+    if (!this.channel) throw new Error("the call has not started");
+    const text = JSON.stringify({ type: "message", data });
+    if (this.channel.readyState === "open") this.channel.send(text);
+    else if (this.channel.readyState === "connecting") this._outbox.push(text);
+    else throw new Error("the call's data channel is closed");
   }
 
   /**

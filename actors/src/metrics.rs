@@ -331,6 +331,13 @@ pub enum Limit {
     AsrDeadline,
     /// A message for the page's data channel was dropped because its queue was full.
     PageQueue,
+    /// A message between the page and the dialog app (`call.send`, `client.send`) was longer
+    /// than `page.max_message_bytes`.
+    ClientMessageBytes,
+    /// The page sent messages faster than `page.messages_per_s` (and `page.message_burst`).
+    ClientMessageRate,
+    /// The page sent a message that was binary, not JSON, or not `{"type": "message", "data"}`.
+    ClientMessageNotJson,
     /// `auth.max_single_use_tokens` unexpired single-use tokens were held: a new one was refused.
     SingleUseTokens,
     /// A call had restarted ICE `calls.max_ice_restarts` times: a further restart was refused.
@@ -357,6 +364,9 @@ impl LabelSet for Limit {
         Limit::AsrQueueFull,
         Limit::AsrDeadline,
         Limit::PageQueue,
+        Limit::ClientMessageBytes,
+        Limit::ClientMessageRate,
+        Limit::ClientMessageNotJson,
         Limit::SingleUseTokens,
         Limit::IceRestarts,
         Limit::DemoLlmTimeout,
@@ -379,6 +389,9 @@ impl LabelSet for Limit {
             Limit::AsrQueueFull => "asr_queue_full",
             Limit::AsrDeadline => "asr_deadline",
             Limit::PageQueue => "page_queue",
+            Limit::ClientMessageBytes => "client_message_bytes",
+            Limit::ClientMessageRate => "client_message_rate",
+            Limit::ClientMessageNotJson => "client_message_not_json",
             Limit::SingleUseTokens => "single_use_tokens",
             Limit::IceRestarts => "ice_restarts",
             Limit::DemoLlmTimeout => "demo_llm_timeout",
@@ -1037,6 +1050,9 @@ voicegate_limit_hits_total{limit="asr_stream_idle"} 0
 voicegate_limit_hits_total{limit="asr_queue_full"} 0
 voicegate_limit_hits_total{limit="asr_deadline"} 0
 voicegate_limit_hits_total{limit="page_queue"} 1
+voicegate_limit_hits_total{limit="client_message_bytes"} 0
+voicegate_limit_hits_total{limit="client_message_rate"} 0
+voicegate_limit_hits_total{limit="client_message_not_json"} 0
 voicegate_limit_hits_total{limit="single_use_tokens"} 0
 voicegate_limit_hits_total{limit="ice_restarts"} 0
 voicegate_limit_hits_total{limit="demo_llm_timeout"} 0

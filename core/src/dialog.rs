@@ -9,15 +9,13 @@
 //! value as false); a malformed or unknown command is reported as an error value for logging,
 //! never acted on.
 
+use crate::json_keys::fold_keys;
 use crate::speech::{PlayedSegment, TtsLimit};
 use crate::untrusted::shown;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use url::Url;
-
-/// Longest `payload` accepted, in bytes: it travels in the dial URL's query.
-pub const MAX_PAYLOAD_BYTES: usize = 4096;
 
 /// Lost, recovered and concealed audio of an utterance, in ms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -105,6 +103,12 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// The browser page sent a message (`call.send(obj)` in `web/voicegate.js`; see
+    /// [`crate::page`]).
+    ClientMessage {
+        /// What the page sent: any JSON value.
+        data: serde_json::Value,
+    },
 }
 
 impl Event {
@@ -121,6 +125,7 @@ impl Event {
             Event::Dtmf { .. } => "dtmf",
             Event::CallMedia { .. } => "call.media",
             Event::CallEnded { .. } => "call.ended",
+            Event::ClientMessage { .. } => "client.message",
         }
     }
 
@@ -174,6 +179,7 @@ impl Event {
             Event::Dtmf { digit, end } => json!({"digit": digit.to_string(), "end": end}),
             Event::CallMedia { state } => json!({"state": state.label()}),
             Event::CallEnded { reason } => json!({"reason": reason}),
+            Event::ClientMessage { data } => json!({"data": data}),
         };
         v["type"] = self.kind().into();
         v["call_id"] = call_id.into();
@@ -258,6 +264,11 @@ pub enum Command {
         /// The reason given, or `dialog-hangup`.
         reason: String,
     },
+    /// `client.send`: a message for the browser page (a `message` event of `web/voicegate.js`).
+    ClientSend {
+        /// Any JSON value.
+        data: serde_json::Value,
+    },
 }
 
 impl Command {
@@ -296,6 +307,7 @@ impl Command {
             }
             Command::Interrupt => json!({"type": "tts.interrupt"}),
             Command::Hangup { reason } => json!({"type": "hangup", "reason": reason}),
+            Command::ClientSend { data } => json!({"type": "client.send", "data": data}),
         };
         v["call_id"] = call_id.into();
         v.to_string()
@@ -318,6 +330,8 @@ impl Command {
             ),
             Command::Interrupt => self.kind().to_owned(),
             Command::Hangup { reason } => format!("hangup {:?}", shown(reason)),
+            // Never the data: it is the app's, and may be anything.
+            Command::ClientSend { .. } => self.kind().to_owned(),
         }
     }
 
@@ -329,6 +343,7 @@ impl Command {
             Command::Stream { end: true, .. } => "tts.stream.end",
             Command::Interrupt => "tts.interrupt",
             Command::Hangup { .. } => "hangup",
+            Command::ClientSend { .. } => "client.send",
         }
     }
 }
@@ -349,6 +364,9 @@ pub enum CommandError {
     /// `tts.stream` without an `utterance_id`.
     #[error("{0} needs an utterance_id")]
     MissingUtteranceId(&'static str),
+    /// `client.send` without `data` (or with `data: null`).
+    #[error("client.send needs data")]
+    MissingData,
 }
 
 #[derive(Deserialize)]
@@ -366,13 +384,43 @@ struct RawCommand {
     #[serde(default)]
     reason: Option<String>,
     #[serde(default)]
-    meta: Option<Meta>,
+    meta: Option<Box<serde_json::value::RawValue>>,
+    #[serde(default)]
+    data: Option<serde_json::Value>,
+}
+
+/// [`RawCommand`]'s fields, for [`fold_keys`]: the original matched keys case-insensitively.
+const COMMAND_FIELDS: [&str; 8] = [
+    "type",
+    "call_id",
+    "text",
+    "utterance_id",
+    "stream_end",
+    "reason",
+    "meta",
+    "data",
+];
+/// [`Meta`]'s fields, for [`fold_keys`].
+const META_FIELDS: [&str; 4] = ["llmModel", "llmFirstMs", "llmWallMs", "userText"];
+
+/// A command's `meta` object, its keys matched case-insensitively. `null` is no meta.
+fn parse_meta(raw: Option<&serde_json::value::RawValue>) -> Result<Option<Meta>, CommandError> {
+    let malformed = |e: serde_json::Error| CommandError::Malformed(format!("meta: {e}"));
+    match raw.map(|r| r.get()) {
+        None | Some("null") => Ok(None),
+        Some(text) => {
+            let folded = fold_keys(text, &META_FIELDS).map_err(malformed)?;
+            serde_json::from_str(&folded).map(Some).map_err(malformed)
+        }
+    }
 }
 
 /// Parses one text frame from the dialog app, for call `call_id`.
 pub fn parse_command(frame: &str, call_id: &str) -> Result<Command, CommandError> {
-    let raw: RawCommand =
-        serde_json::from_str(frame).map_err(|e| CommandError::Malformed(e.to_string()))?;
+    let malformed = |e: serde_json::Error| CommandError::Malformed(e.to_string());
+    let folded = fold_keys(frame, &COMMAND_FIELDS).map_err(malformed)?;
+    let raw: RawCommand = serde_json::from_str(&folded).map_err(malformed)?;
+    let meta = parse_meta(raw.meta.as_deref())?;
     if let Some(target) = raw.call_id.as_deref().map(str::trim)
         && !target.is_empty()
         && target != call_id
@@ -385,7 +433,7 @@ pub fn parse_command(frame: &str, call_id: &str) -> Result<Command, CommandError
         "tts.speak" => Ok(Command::Speak {
             utterance_id,
             text,
-            meta: raw.meta,
+            meta,
         }),
         kind @ ("tts.stream" | "tts.stream.end") => {
             if utterance_id.is_empty() {
@@ -399,7 +447,7 @@ pub fn parse_command(frame: &str, call_id: &str) -> Result<Command, CommandError
                 utterance_id,
                 text,
                 end: kind == "tts.stream.end" || raw.stream_end.unwrap_or(false),
-                meta: raw.meta,
+                meta,
             })
         }
         "tts.interrupt" => Ok(Command::Interrupt),
@@ -410,6 +458,10 @@ pub fn parse_command(frame: &str, call_id: &str) -> Result<Command, CommandError
                 .filter(|r| !r.is_empty())
                 .unwrap_or_else(|| "dialog-hangup".to_owned()),
         }),
+        "client.send" => match raw.data {
+            None | Some(serde_json::Value::Null) => Err(CommandError::MissingData),
+            Some(data) => Ok(Command::ClientSend { data }),
+        },
         other => Err(CommandError::Unknown(other.to_owned())),
     }
 }
@@ -440,15 +492,19 @@ pub enum DialParamsError {
     /// `payload` is not JSON.
     #[error("payload is not valid JSON: {0}")]
     InvalidPayload(String),
-    /// `payload` is too large to travel in a URL.
-    #[error("payload is {0} bytes; the limit is {MAX_PAYLOAD_BYTES}")]
-    PayloadTooLarge(usize),
+    /// `payload` is too large to travel in a URL: its size and the limit
+    /// (`dialog.max_payload_bytes`), in bytes.
+    #[error("payload is {0} bytes; the limit is {1}")]
+    PayloadTooLarge(usize, usize),
 }
 
 impl DialParams {
     /// The original's precedence: a `payload` that is present and neither blank nor `null` is
-    /// used alone; otherwise each non-blank credential is used.
+    /// used alone; otherwise each non-blank credential is used. A payload longer than
+    /// `max_payload_bytes` is refused: it travels in the dial URL's query, and WebSocket servers
+    /// limit the length of the request line.
     pub fn from_offer(
+        max_payload_bytes: usize,
         payload: Option<&str>,
         api_key: Option<&str>,
         api_secret: Option<&str>,
@@ -460,8 +516,8 @@ impl DialParams {
         if let Some(p) = payload {
             serde_json::from_str::<serde::de::IgnoredAny>(p)
                 .map_err(|e| DialParamsError::InvalidPayload(e.to_string()))?;
-            if p.len() > MAX_PAYLOAD_BYTES {
-                return Err(DialParamsError::PayloadTooLarge(p.len()));
+            if p.len() > max_payload_bytes {
+                return Err(DialParamsError::PayloadTooLarge(p.len(), max_payload_bytes));
             }
             return Ok(DialParams {
                 payload: Some(p.into()),
@@ -561,6 +617,9 @@ pub fn redact(url: &Url) -> String {
 mod tests {
     use super::*;
 
+    /// The payload limit of these tests (the configured default).
+    const LIMIT: usize = 4096;
+
     fn base() -> Url {
         Url::parse("ws://dialog.example/ws?call_id=old&keep=1&apiKey=stale").unwrap()
     }
@@ -574,6 +633,7 @@ mod tests {
     #[test]
     fn payload_wins_over_credentials() {
         let p = DialParams::from_offer(
+            LIMIT,
             Some(r#" {"user": "a b", "n": 1} "#),
             Some("k"),
             Some("s"),
@@ -602,13 +662,13 @@ mod tests {
         );
         // Any JSON value counts as a payload.
         assert!(
-            DialParams::from_offer(Some("42"), None, None, None)
+            DialParams::from_offer(LIMIT, Some("42"), None, None, None)
                 .unwrap()
                 .payload
                 .is_some()
         );
         assert!(
-            DialParams::from_offer(Some("\"text\""), None, None, None)
+            DialParams::from_offer(LIMIT, Some("\"text\""), None, None, None)
                 .unwrap()
                 .payload
                 .is_some()
@@ -618,13 +678,14 @@ mod tests {
     #[test]
     fn blank_or_null_payload_falls_back_to_credentials() {
         for payload in [None, Some(""), Some("  "), Some("null"), Some(" null ")] {
-            let p = DialParams::from_offer(payload, Some(" k "), Some(""), Some("agent")).unwrap();
+            let p = DialParams::from_offer(LIMIT, payload, Some(" k "), Some(""), Some("agent"))
+                .unwrap();
             assert!(p.payload.is_none(), "{payload:?}");
             assert_eq!(exposed(&p.api_key), Some("k"));
             assert!(p.api_secret.is_none(), "blank credentials are left out");
             assert_eq!(p.agent_id.as_deref(), Some("agent"));
         }
-        let p = DialParams::from_offer(None, Some("k"), Some("s"), None).unwrap();
+        let p = DialParams::from_offer(LIMIT, None, Some("k"), Some("s"), None).unwrap();
         let u = dial_url(&base(), "wrtc-2", &p);
         assert_eq!(
             query(&u),
@@ -652,19 +713,22 @@ mod tests {
     #[test]
     fn invalid_or_huge_payload_is_refused() {
         assert!(matches!(
-            DialParams::from_offer(Some("{not json"), None, None, None),
+            DialParams::from_offer(LIMIT, Some("{not json"), None, None, None),
             Err(DialParamsError::InvalidPayload(_))
         ));
-        let huge = format!("\"{}\"", "x".repeat(MAX_PAYLOAD_BYTES));
-        assert!(matches!(
-            DialParams::from_offer(Some(&huge), None, None, None),
-            Err(DialParamsError::PayloadTooLarge(_))
-        ));
+        let huge = format!("\"{}\"", "x".repeat(LIMIT));
+        assert_eq!(
+            DialParams::from_offer(LIMIT, Some(&huge), None, None, None).unwrap_err(),
+            DialParamsError::PayloadTooLarge(LIMIT + 2, LIMIT)
+        );
+        // The limit is the configured one.
+        assert!(DialParams::from_offer(LIMIT + 2, Some(&huge), None, None, None).is_ok());
     }
 
     #[test]
     fn redaction_hides_secrets_only() {
         let p = DialParams::from_offer(
+            LIMIT,
             None,
             Some("sekrit-key"),
             Some("sekrit-secret"),
@@ -691,7 +755,8 @@ mod tests {
             shown.contains("apiKey=***") || shown.contains("apiKey=%2A%2A%2A"),
             "{shown}"
         );
-        let p = DialParams::from_offer(Some(r#"{"token":"sekrit"}"#), None, None, None).unwrap();
+        let p =
+            DialParams::from_offer(LIMIT, Some(r#"{"token":"sekrit"}"#), None, None, None).unwrap();
         let shown = redact(&dial_url(&base(), "wrtc-4", &p));
         assert!(!shown.contains("sekrit"), "{shown}");
         assert!(!format!("{p:?}").contains("sekrit"));
@@ -804,6 +869,79 @@ mod tests {
                 .to_string()
                 .len()
                 < 300
+        );
+    }
+
+    #[test]
+    fn command_keys_match_whatever_their_case_as_the_original_decoded_them() {
+        assert_eq!(
+            parse_command(
+                r#"{"Type":"tts.speak","Call_ID":"wrtc-1","UTTERANCE_ID":"u1","Text":"hi","Meta":{"LLMModel":"m","userTEXT":"q"}}"#,
+                "wrtc-1"
+            ),
+            Ok(Command::Speak {
+                utterance_id: "u1".into(),
+                text: "hi".into(),
+                meta: Some(Meta {
+                    llm_model: Some("m".into()),
+                    user_text: Some("q".into()),
+                    ..Default::default()
+                }),
+            })
+        );
+        assert_eq!(
+            parse_command(r#"{"TYPE":"hangup","Reason":"bye"}"#, "wrtc-1"),
+            Ok(Command::Hangup {
+                reason: "bye".into()
+            })
+        );
+        // The values are not folded: a type is matched exactly.
+        assert_eq!(
+            parse_command(r#"{"type":"TTS.SPEAK"}"#, "wrtc-1"),
+            Err(CommandError::Unknown("TTS.SPEAK".into()))
+        );
+    }
+
+    #[test]
+    fn client_messages_carry_any_json_both_ways() {
+        assert_eq!(
+            parse_command(
+                r#"{"type":"client.send","data":{"show":[1,"two"]}}"#,
+                "wrtc-1"
+            ),
+            Ok(Command::ClientSend {
+                data: serde_json::json!({"show": [1, "two"]})
+            })
+        );
+        assert_eq!(
+            parse_command(r#"{"type":"client.send","data":"text"}"#, "wrtc-1"),
+            Ok(Command::ClientSend {
+                data: "text".into()
+            })
+        );
+        for frame in [
+            r#"{"type":"client.send"}"#,
+            r#"{"type":"client.send","data":null}"#,
+        ] {
+            assert_eq!(
+                parse_command(frame, "wrtc-1"),
+                Err(CommandError::MissingData)
+            );
+        }
+        let cmd = Command::ClientSend {
+            data: serde_json::json!({"a": 1}),
+        };
+        assert_eq!(
+            parse_command(&cmd.to_json("wrtc-1"), "wrtc-1"),
+            Ok(cmd.clone())
+        );
+        assert_eq!(cmd.summary(), "client.send");
+        let event = Event::ClientMessage {
+            data: serde_json::json!({"clicked": "yes"}),
+        };
+        assert_eq!(
+            event.to_json("wrtc-1"),
+            r#"{"call_id":"wrtc-1","data":{"clicked":"yes"},"type":"client.message"}"#
         );
     }
 

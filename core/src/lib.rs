@@ -14,6 +14,7 @@ pub mod dtmf;
 pub mod frame;
 pub mod ice;
 pub mod jitter;
+pub mod json_keys;
 pub mod listen;
 pub mod pacer;
 pub mod page;

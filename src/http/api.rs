@@ -26,6 +26,13 @@ pub struct OfferRequest {
     pub agent_id: Option<String>,
 }
 
+impl OfferRequest {
+    /// The field names as they are spelled on the wire, for matching a client's keys to them
+    /// whatever their case (`voicegate_core::json_keys`).
+    pub const FIELDS: [&'static str; 6] =
+        ["sdp", "type", "payload", "apiKey", "apiSecret", "agentId"];
+}
+
 /// `POST /webrtc/v1/offer` reply.
 #[derive(Debug, Serialize)]
 pub struct OfferResponse<'a> {

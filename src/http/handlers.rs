@@ -14,6 +14,7 @@ use voicegate_actors::supervisor::{HangUp, Patch, PlaceCall};
 use voicegate_core::admission::{self, IpNet, SourceKey};
 use voicegate_core::call_id::CallId;
 use voicegate_core::dialog::DialParams;
+use voicegate_core::json_keys::fold_keys;
 use voicegate_core::sdp;
 use voicegate_core::sdpfrag::{FragError, IceFragment};
 use voicegate_core::token::{Grant, TokenMode};
@@ -120,7 +121,7 @@ pub async fn offer(
         ApiError::BodyTimeout(state.body_timeout.as_millis() as u64)
     })??;
     let body = match format {
-        OfferFormat::Json => json_offer(&bytes)?,
+        OfferFormat::Json => json_offer(&bytes, state.max_payload_bytes)?,
         OfferFormat::Sdp => sdp_offer(&bytes)?,
     };
     let mut offer = validate_offer(
@@ -130,7 +131,12 @@ pub async fn offer(
         state.max_remote_candidates,
     )?;
     if let (Some(auth), Some(grant)) = (&state.auth, grant) {
-        apply_grant(&mut offer, &grant, query.mode.is_some())?;
+        apply_grant(
+            &mut offer,
+            &grant,
+            query.mode.is_some(),
+            state.max_payload_bytes,
+        )?;
         // Spent last: a token is not burnt by an offer refused for its body.
         auth.redeem(&grant)?;
     }
@@ -416,14 +422,18 @@ struct OfferBody {
     dialog: DialParams,
 }
 
-/// A JSON offer: the SDP, `type: "offer"`, and the dial parameters.
-fn json_offer(bytes: &[u8]) -> Result<OfferBody, ApiError> {
-    let mut req: OfferRequest = serde_json::from_slice(bytes).map_err(|e| {
+/// A JSON offer: the SDP, `type: "offer"`, and the dial parameters. Its keys are matched
+/// case-insensitively, as the original's decoder did (`SDP`, `Type`, `apikey`, `AgentID`).
+fn json_offer(bytes: &[u8], max_payload_bytes: usize) -> Result<OfferBody, ApiError> {
+    let not_json = |e: &dyn std::fmt::Display| {
         ApiError::BadRequest(format!(
             "body is not valid JSON for an offer: {}",
             shown(&e.to_string())
         ))
-    })?;
+    };
+    let text = std::str::from_utf8(bytes).map_err(|e| not_json(&e))?;
+    let folded = fold_keys(text, &OfferRequest::FIELDS).map_err(|e| not_json(&e))?;
+    let mut req: OfferRequest = serde_json::from_str(&folded).map_err(|e| not_json(&e))?;
     let sdp = req.sdp.take().unwrap_or_default();
     if sdp.trim().is_empty() {
         return Err(ApiError::BadRequest(
@@ -446,6 +456,7 @@ fn json_offer(bytes: &[u8]) -> Result<OfferBody, ApiError> {
     }
     // Checked now, before any media is set up.
     let dialog = DialParams::from_offer(
+        max_payload_bytes,
         req.payload.as_deref().map(|p| p.get()),
         req.api_key.as_deref(),
         req.api_secret.as_deref(),
@@ -475,7 +486,12 @@ fn sdp_offer(bytes: &[u8]) -> Result<OfferBody, ApiError> {
 /// body's payload and credentials are dropped), the caller's name, the longest duration, and the
 /// mode (a token for an echo test makes a call without `mode` an echo test, and refuses
 /// `mode` asking for more with `403`).
-fn apply_grant(offer: &mut Offer, grant: &Grant, mode_asked: bool) -> Result<(), ApiError> {
+fn apply_grant(
+    offer: &mut Offer,
+    grant: &Grant,
+    mode_asked: bool,
+    max_payload_bytes: usize,
+) -> Result<(), ApiError> {
     if let Some(allowed) = grant.mode {
         let wanted = match offer.mode {
             CallMode::Echo => TokenMode::Echo,
@@ -491,8 +507,9 @@ fn apply_grant(offer: &mut Offer, grant: &Grant, mode_asked: bool) -> Result<(),
         }
     }
     if let Some(payload) = grant.payload.as_deref() {
-        offer.dialog = DialParams::from_offer(Some(payload), None, None, None)
-            .map_err(|e| ApiError::BadRequest(format!("the call token's payload: {e}")))?;
+        offer.dialog =
+            DialParams::from_offer(max_payload_bytes, Some(payload), None, None, None)
+                .map_err(|e| ApiError::BadRequest(format!("the call token's payload: {e}")))?;
     }
     offer.caller = grant.sub.clone();
     offer.max_duration = grant.max_duration;

@@ -55,6 +55,8 @@ pub struct HttpState {
     pub offer_rate: Arc<std::sync::Mutex<voicegate_core::admission::RateLimiter>>,
     /// Most usable remote candidates in an offer.
     pub max_remote_candidates: usize,
+    /// Longest dial `payload` (`dialog.max_payload_bytes`), from the offer or a call token.
+    pub max_payload_bytes: usize,
     /// Call tokens (`None`: `auth.mode = "none"`).
     pub auth: Option<Arc<auth::Auth>>,
     /// This node's id, and the fleet's call id prefix: a request for a call id naming another

@@ -9,7 +9,7 @@ pub mod http;
 pub mod peer;
 pub mod speech_server;
 
-pub use peer::{ClientPeer, Received};
+pub use peer::{ClientPeer, PageChannel, Received};
 
 /// A node's `/metrics` text with its `node` label taken off every sample (and without
 /// `voicegate_node_info`), so a test reads series by their other labels whatever node served

@@ -31,6 +31,7 @@ use voicegate_core::frame::{self, RTP_CLOCK, RTP_TICKS_PER_FRAME, SPEECH_RATE};
 use voicegate_core::random;
 use voicegate_core::sdpfrag::IceFragment;
 use voicegate_core::tone::Tone;
+use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
@@ -54,6 +55,73 @@ pub struct Received {
     pub payload_type: u8,
     /// Opus payload.
     pub payload: Bytes,
+}
+
+/// The page's data channel of a call placed with [`ClientPeer::call_with_page`], as
+/// `web/voicegate.js` opens it (`voicegate`, ordered): what the server sent on it, in order.
+pub struct PageChannel {
+    channel: Arc<dyn DataChannel>,
+    open: watch::Receiver<bool>,
+    received: Arc<Mutex<Vec<String>>>,
+}
+
+impl PageChannel {
+    /// Opens the channel on `pc` (before the offer) and starts reading it.
+    async fn create(pc: &Arc<dyn PeerConnection>) -> anyhow::Result<PageChannel> {
+        let channel = pc.create_data_channel("voicegate", None).await?;
+        let (open_tx, open) = watch::channel(false);
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let (ch, rx) = (channel.clone(), received.clone());
+        tokio::spawn(async move {
+            while let Some(ev) = ch.poll().await {
+                match ev {
+                    DataChannelEvent::OnOpen => {
+                        let _ = open_tx.send(true);
+                    }
+                    DataChannelEvent::OnMessage(m) => rx
+                        .lock()
+                        .expect("no panic while holding the lock")
+                        .push(String::from_utf8_lossy(&m.data).into_owned()),
+                    DataChannelEvent::OnClose => break,
+                    _ => {}
+                }
+            }
+        });
+        Ok(PageChannel {
+            channel,
+            open,
+            received,
+        })
+    }
+
+    /// Waits until the channel is open.
+    pub async fn wait_open(&self, within: Duration) -> anyhow::Result<()> {
+        let mut open = self.open.clone();
+        tokio::time::timeout(within, open.wait_for(|o| *o))
+            .await
+            .context("the page channel did not open")??;
+        Ok(())
+    }
+
+    /// Sends a text message.
+    pub async fn send_text(&self, text: &str) -> anyhow::Result<()> {
+        self.channel.send_text(text).await?;
+        Ok(())
+    }
+
+    /// Sends a binary message.
+    pub async fn send_binary(&self, data: &[u8]) -> anyhow::Result<()> {
+        self.channel.send(bytes::BytesMut::from(data)).await?;
+        Ok(())
+    }
+
+    /// Every text the server sent so far, in order.
+    pub fn received(&self) -> Vec<String> {
+        self.received
+            .lock()
+            .expect("no panic while holding the lock")
+            .clone()
+    }
 }
 
 struct Handler {
@@ -121,6 +189,8 @@ pub struct ClientPeer {
     /// The ICE session's entity tag, from the last reply that gave one (`ETag`).
     pub etag: Mutex<Option<String>>,
     network: Arc<CuttableRuntime>,
+    /// The page's data channel, when the call was placed with one.
+    page: Option<PageChannel>,
 }
 
 impl ClientPeer {
@@ -133,11 +203,15 @@ impl ClientPeer {
         Arc<Mutex<Vec<Received>>>,
         String,
     )> {
-        Self::offer_on(Arc::new(CuttableRuntime::default())).await
+        let (pc, track, ssrc, state, received, offer, _) =
+            Self::offer_on(Arc::new(CuttableRuntime::default()), false).await?;
+        Ok((pc, track, ssrc, state, received, offer))
     }
 
+    #[allow(clippy::type_complexity)]
     async fn offer_on(
         runtime: Arc<CuttableRuntime>,
+        with_page: bool,
     ) -> anyhow::Result<(
         Arc<dyn PeerConnection>,
         Arc<TrackLocalStaticRTP>,
@@ -145,6 +219,7 @@ impl ClientPeer {
         watch::Receiver<RTCPeerConnectionState>,
         Arc<Mutex<Vec<Received>>>,
         String,
+        Option<PageChannel>,
     )> {
         let (media, registry) = media_engine()?;
         let settings = SettingEngineBuilder::new()
@@ -188,6 +263,11 @@ impl ClientPeer {
             }],
         )));
         pc.add_track(track.clone() as Arc<dyn TrackLocal>).await?;
+        let page = if with_page {
+            Some(PageChannel::create(&pc).await?)
+        } else {
+            None
+        };
         let offer = pc.create_offer(None).await?;
         pc.set_local_description(offer).await?;
         tokio::time::timeout(Duration::from_secs(5), gathering_rx.wait_for(|d| *d))
@@ -198,7 +278,7 @@ impl ClientPeer {
             .await
             .context("no local description")?
             .sdp;
-        Ok((pc, track, ssrc, state_rx, received, offer))
+        Ok((pc, track, ssrc, state_rx, received, offer, page))
     }
 
     /// Places a call against the server at `addr` through `POST {path}` (e.g.
@@ -215,7 +295,18 @@ impl ClientPeer {
         path: &str,
         headers: &[(&str, &str)],
     ) -> anyhow::Result<ClientPeer> {
-        Self::place(addr, path, headers, OfferForm::Json).await
+        Self::place(addr, path, headers, OfferForm::Json, false).await
+    }
+
+    /// Places a call like [`ClientPeer::call`], with the page's data channel open as
+    /// `web/voicegate.js` opens it ([`ClientPeer::page`]).
+    pub async fn call_with_page(addr: SocketAddr, path: &str) -> anyhow::Result<ClientPeer> {
+        Self::place(addr, path, &[], OfferForm::Json, true).await
+    }
+
+    /// The page's data channel of a call placed with [`ClientPeer::call_with_page`].
+    pub fn page(&self) -> Option<&PageChannel> {
+        self.page.as_ref()
     }
 
     /// Places a call the way a WHIP client does: `POST {path}` with `Content-Type:
@@ -227,7 +318,7 @@ impl ClientPeer {
         path: &str,
         headers: &[(&str, &str)],
     ) -> anyhow::Result<ClientPeer> {
-        Self::place(addr, path, headers, OfferForm::Sdp).await
+        Self::place(addr, path, headers, OfferForm::Sdp, false).await
     }
 
     /// Offers, posts the offer in `form`, applies the answer.
@@ -236,9 +327,11 @@ impl ClientPeer {
         path: &str,
         headers: &[(&str, &str)],
         form: OfferForm,
+        with_page: bool,
     ) -> anyhow::Result<ClientPeer> {
         let network = Arc::new(CuttableRuntime::default());
-        let (pc, track, ssrc, state, received, offer) = Self::offer_on(network.clone()).await?;
+        let (pc, track, ssrc, state, received, offer, page) =
+            Self::offer_on(network.clone(), with_page).await?;
         let offered_at = Instant::now();
         let res = match form {
             OfferForm::Json => {
@@ -281,6 +374,7 @@ impl ClientPeer {
             offered_at,
             etag: Mutex::new(res.header("etag").map(str::to_owned)),
             network,
+            page,
         })
     }
 

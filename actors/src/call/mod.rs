@@ -36,7 +36,7 @@ use crate::recognizer::{Recognizer, RecognizerEvent};
 use crate::speaker::{self, Speaker, SpeakerEvent};
 use crate::trace_msg;
 use actix::prelude::*;
-use page::Page;
+use page::{Page, PageSaid};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -44,7 +44,7 @@ use std::time::Instant;
 use tracing::Instrument;
 use voicegate_core::call_id::CallId;
 use voicegate_core::dialog::{Command, Event, MediaState};
-use voicegate_core::page::PageMessage;
+use voicegate_core::page::{PageInbox, PageMessage};
 use voicegate_core::random;
 use voicegate_core::restart::RestartBudget;
 use voicegate_core::sdpfrag::IceFragment;
@@ -156,6 +156,9 @@ pub struct CallActor {
     dialog_up: bool,
     /// `call.started` went out.
     started_sent: bool,
+    /// What the page sent before `call.started` went out (the app hears of the call first), at
+    /// most `page.message_burst`.
+    early_client_messages: Vec<serde_json::Value>,
     /// Media stopped arriving at this instant (ICE disconnected) and has not come back.
     interrupted: Option<Instant>,
     /// ICE restarts the caller made.
@@ -217,6 +220,7 @@ impl CallActor {
             page: Page::Off,
             dialog_up: false,
             started_sent: false,
+            early_client_messages: Vec::new(),
             interrupted: None,
             ice_restarts: 0,
             hold_expiry: None,
@@ -394,7 +398,12 @@ impl Handler<FromPeer> for CallActor {
             PeerEvent::State(PeerState::Failed) => self.end(EndReason::IceFailed, ctx),
             PeerEvent::State(PeerState::Closed) => self.end(EndReason::PeerClosed, ctx),
             PeerEvent::State(PeerState::Connecting) => {}
-            PeerEvent::DataChannel(channel) => self.page.open(channel, &self.span),
+            PeerEvent::DataChannel(channel) => self.page.open(
+                channel,
+                PageInbox::new(self.settings.page),
+                ctx.address().recipient(),
+                &self.span,
+            ),
             PeerEvent::Track(track) => {
                 if self.track.is_some() {
                     tracing::debug!("a second remote track is ignored");
@@ -627,6 +636,9 @@ impl CallActor {
             pcm_hz: self.settings.pcm_rate,
             sub: self.offer.caller.clone(),
         });
+        for data in std::mem::take(&mut self.early_client_messages) {
+            self.send_event(Event::ClientMessage { data });
+        }
     }
 
     /// An event for the dialog app; the page gets its copy of the kinds it shows
@@ -665,6 +677,43 @@ impl CallActor {
             }),
             Command::Interrupt => speaker.do_send(speaker::Interrupt),
             Command::Hangup { reason } => self.end(EndReason::DialogHangup(reason), ctx),
+            Command::ClientSend { data } => {
+                let text = PageMessage::Client { data: &data }.to_json();
+                let max = self.settings.page.max_message_bytes;
+                if text.len() > max {
+                    metrics().limit_hit(Limit::ClientMessageBytes);
+                    let _e = self.span.enter();
+                    tracing::debug!(
+                        bytes = text.len(),
+                        max,
+                        "client.send dropped: longer than page.max_message_bytes"
+                    );
+                } else {
+                    self.page.send_text(text, &self.span);
+                }
+            }
         }
+    }
+}
+
+/// The page sent the dialog app a message (`call.send`); its `data`, within the page's limits.
+impl Handler<PageSaid> for CallActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: PageSaid, _: &mut Context<Self>) {
+        if self.phase == Phase::Ending {
+            return;
+        }
+        if !self.started_sent {
+            if self.early_client_messages.len() < self.settings.page.burst as usize {
+                self.early_client_messages.push(msg.0);
+            } else {
+                metrics().limit_hit(Limit::ClientMessageRate);
+                let _e = self.span.enter();
+                tracing::debug!("a page message dropped: too many before call.started");
+            }
+            return;
+        }
+        self.send_event(Event::ClientMessage { data: msg.0 });
     }
 }

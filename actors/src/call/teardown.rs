@@ -49,7 +49,7 @@ impl CallActor {
         let dialog = self.dialog.take();
         let peer = self.peer.take();
         let call_id = self.call_id.clone();
-        let ended = reason.as_str().to_owned();
+        let ended = reason.wire(self.settings.end_reasons).into_owned();
         let fut = async move {
             // Utterances still queued end before the call does, in order.
             let leftovers = match speaker {

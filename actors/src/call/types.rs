@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use voicegate_core::codec::EncoderSettings;
 use voicegate_core::dialog::DialParams;
+use voicegate_core::page::PageLimits;
 use voicegate_core::sdp::OfferSummary;
 use voicegate_core::speech::PlayerSettings;
 use voicegate_engines::asr::AsrFactory;
@@ -59,6 +60,21 @@ pub struct CallSettings {
     pub listen: ListenSettings,
     /// The recognizer's partial rate and result deadline.
     pub recognizer: RecognizerSettings,
+    /// How `call.ended` spells its reason (`compat.call_ended_reasons`).
+    pub end_reasons: EndReasonStyle,
+    /// What the page and the dialog app may send each other (`[page]`).
+    pub page: PageLimits,
+}
+
+/// How `call.ended` (and the dialog WebSocket's close frame) spells the reason a call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EndReasonStyle {
+    /// voicegate's own reasons ([`EndReason::as_str`]).
+    #[default]
+    Ours,
+    /// The original service's strings ([`EndReason::original`]), for dialog apps that parse
+    /// them.
+    Original,
 }
 
 /// What the caller hears while the dialog connection is being re-established (empty: silence).
@@ -177,6 +193,40 @@ impl EndReason {
         }
     }
 
+    /// The reason as the original service spelled it (its teardown reasons), for
+    /// `compat.call_ended_reasons = "original"`. The original had fewer reasons, so several of
+    /// ours fold into one of its: a peer connection that never connected or lost ICE for good
+    /// is `pc-state:failed`; every way of losing the dialog app after the call started is
+    /// `dialog-hangup:dialog-ws-closed`; a call the dialog app never answered, or that failed
+    /// inside, is `pipeline-error`. Two have no counterpart and keep our spelling: `shutdown`
+    /// (the original dropped its calls without a reason) and `max-duration` (it had no call
+    /// tokens).
+    pub fn original(&self) -> std::borrow::Cow<'_, str> {
+        use std::borrow::Cow::{Borrowed, Owned};
+        match self {
+            EndReason::ClientHangup => Borrowed("client-hangup"),
+            EndReason::PeerClosed => Borrowed("pc-state:closed"),
+            EndReason::IceFailed | EndReason::ConnectTimeout => Borrowed("pc-state:failed"),
+            EndReason::RtpTimeout => Borrowed("rtp-read-end"),
+            EndReason::DialogHangup(reason) => Owned(format!("dialog-hangup:{reason}")),
+            EndReason::DialogClosed | EndReason::DialogLost => {
+                Borrowed("dialog-hangup:dialog-ws-closed")
+            }
+            EndReason::DialogUnreachable | EndReason::NegotiationFailed | EndReason::Internal => {
+                Borrowed("pipeline-error")
+            }
+            EndReason::Shutdown | EndReason::MaxDuration => Borrowed(self.as_str()),
+        }
+    }
+
+    /// The reason as `call.ended` spells it in `style`.
+    pub fn wire(&self, style: EndReasonStyle) -> std::borrow::Cow<'_, str> {
+        match style {
+            EndReasonStyle::Ours => std::borrow::Cow::Borrowed(self.as_str()),
+            EndReasonStyle::Original => self.original(),
+        }
+    }
+
     /// The reason's label in the metrics: a `hangup` counts as `dialog-hangup`, whatever its
     /// reason.
     pub fn label(&self) -> EndLabel {
@@ -275,5 +325,66 @@ impl LabelSet for EndLabel {
 impl std::fmt::Display for EndReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         std::fmt::Display::fmt(&voicegate_core::untrusted::shown(self.as_str()), f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn original_reasons_are_the_originals_teardown_strings() {
+        let table = [
+            (EndReason::ClientHangup, "client-hangup", "client-hangup"),
+            (EndReason::PeerClosed, "peer-closed", "pc-state:closed"),
+            (EndReason::IceFailed, "ice-failed", "pc-state:failed"),
+            (
+                EndReason::ConnectTimeout,
+                "connect-timeout",
+                "pc-state:failed",
+            ),
+            (EndReason::RtpTimeout, "rtp-timeout", "rtp-read-end"),
+            (
+                EndReason::DialogHangup("bye".into()),
+                "bye",
+                "dialog-hangup:bye",
+            ),
+            (
+                EndReason::DialogHangup("dialog-hangup".into()),
+                "dialog-hangup",
+                "dialog-hangup:dialog-hangup",
+            ),
+            (
+                EndReason::DialogClosed,
+                "dialog-closed",
+                "dialog-hangup:dialog-ws-closed",
+            ),
+            (
+                EndReason::DialogLost,
+                "dialog-lost",
+                "dialog-hangup:dialog-ws-closed",
+            ),
+            (
+                EndReason::DialogUnreachable,
+                "dialog-unreachable",
+                "pipeline-error",
+            ),
+            (
+                EndReason::NegotiationFailed,
+                "negotiation-failed",
+                "pipeline-error",
+            ),
+            (EndReason::Internal, "internal-error", "pipeline-error"),
+            (EndReason::Shutdown, "shutdown", "shutdown"),
+            (EndReason::MaxDuration, "max-duration", "max-duration"),
+        ];
+        for (reason, ours, original) in table {
+            assert_eq!(reason.wire(EndReasonStyle::Ours), ours, "{reason:?}");
+            assert_eq!(
+                reason.wire(EndReasonStyle::Original),
+                original,
+                "{reason:?}"
+            );
+        }
     }
 }
