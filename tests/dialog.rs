@@ -520,6 +520,29 @@ async fn bad_commands_are_ignored_and_the_call_goes_on() {
     peer.close().await;
 }
 
+/// A command sent as a fragmented WebSocket message (a text frame and continuation frames, as
+/// some libraries send long messages) is put together and executed; two in a row work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fragmented_command_is_put_together_and_executed() {
+    let app = TestDialogApp::start().await;
+    let server = server_for(&app, &[]);
+    let (peer, _) = started_dialog_call(&server, &app).await;
+    for id in ["frag-1", "frag-2"] {
+        assert!(app.send_fragmented(
+            json!({"type": "tts.speak", "utterance_id": id, "text": "This arrived in pieces."}),
+            4
+        ));
+        let ended = app
+            .wait_type(10 * SECOND, "tts.ended", Some(id))
+            .await
+            .unwrap_or_else(|| panic!("{id} executed: {:?}", app.types()));
+        assert_eq!(ended["ok"], true, "{ended}");
+    }
+    assert!(app.types().iter().any(|t| t == "tts.started"));
+    assert_eq!(server.snapshot().await.calls.len(), 1);
+    peer.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_speakable_still_gets_tts_ended() {
     let app = TestDialogApp::start().await;

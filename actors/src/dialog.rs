@@ -166,6 +166,8 @@ pub struct DialogClient {
     ever_connected: bool,
     /// When the app was last heard from.
     last_heard: Instant,
+    /// A fragmented message from the app, being put together.
+    fragments: Fragments,
     /// Set when stopped on purpose; the drop guard reports anything else.
     stopped_cleanly: bool,
     /// Counted in `voicegate_actors_live` while it exists.
@@ -199,6 +201,7 @@ impl DialogClient {
             state: State::Dialing,
             ever_connected: restart,
             last_heard: Instant::now(),
+            fragments: Fragments::default(),
             stopped_cleanly: false,
             _live: crate::metrics::Live::new(crate::metrics::ActorKind::Dialog),
         }
@@ -411,6 +414,37 @@ impl Drop for DialogClient {
     }
 }
 
+/// A fragmented message being put together (RFC 6455 §5.4).
+#[derive(Debug, Default)]
+struct Fragments {
+    /// The message so far; `None` between messages.
+    so_far: Option<bytes::BytesMut>,
+}
+
+impl Fragments {
+    /// Takes one fragment; the whole message once its last fragment came.
+    fn push(&mut self, item: actix_http::ws::Item) -> Option<bytes::Bytes> {
+        use actix_http::ws::Item;
+        match item {
+            Item::FirstText(b) | Item::FirstBinary(b) => {
+                self.so_far = Some(bytes::BytesMut::from(&b[..]));
+                None
+            }
+            Item::Continue(b) => {
+                if let Some(m) = self.so_far.as_mut() {
+                    m.extend_from_slice(&b);
+                }
+                None
+            }
+            Item::Last(b) => {
+                let mut m = self.so_far.take()?;
+                m.extend_from_slice(&b);
+                Some(m.freeze())
+            }
+        }
+    }
+}
+
 impl StreamHandler<Result<Frame, ReadError>> for DialogClient {
     fn handle(&mut self, item: Result<Frame, ReadError>, ctx: &mut Self::Context) {
         self.last_heard = Instant::now();
@@ -428,9 +462,19 @@ impl StreamHandler<Result<Frame, ReadError>> for DialogClient {
                     let _ = sink.write(WsMessage::Pong(p));
                 }
             }
-            // The protocol is one message per text frame; fragmented messages are not assembled
-            // (the codec still limits their total).
-            Ok(Frame::Pong(_)) | Ok(Frame::Continuation(_)) => {}
+            // A message sent in fragments is put together (the codec has already limited their
+            // total to `dialog.max_message_bytes`) and read as one.
+            Ok(Frame::Continuation(item)) => {
+                if let Some(whole) = self.fragments.push(item) {
+                    match std::str::from_utf8(&whole) {
+                        Ok(text) => self.on_text(text),
+                        Err(_) => self.span.in_scope(|| {
+                            tracing::warn!("fragmented dialog message is not UTF-8; ignored")
+                        }),
+                    }
+                }
+            }
+            Ok(Frame::Pong(_)) => {}
             Ok(Frame::Close(reason)) => {
                 let code: u16 = reason.as_ref().map_or(1005, |r| r.code.into());
                 if self.state == State::Closing {

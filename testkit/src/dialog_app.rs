@@ -25,6 +25,8 @@ struct Shared {
 
 enum Outgoing {
     Text(String),
+    /// One text message sent as these fragments (RFC 6455 §5.4).
+    Fragments(Vec<String>),
     Close(u16),
     Drop,
 }
@@ -120,6 +122,24 @@ impl TestDialogApp {
         self.outgoing(Outgoing::Text(command.to_string()))
     }
 
+    /// Sends a command as a message fragmented into `pieces` frames (a text frame, then
+    /// continuation frames, the last with FIN), as some WebSocket libraries send long messages.
+    pub fn send_fragmented(&self, command: Value, pieces: usize) -> bool {
+        let text = command.to_string();
+        let size = text.len().div_ceil(pieces.max(1)).max(1);
+        let mut parts = Vec::new();
+        let mut rest = text.as_str();
+        while !rest.is_empty() {
+            let mut cut = size.min(rest.len());
+            while !rest.is_char_boundary(cut) {
+                cut += 1;
+            }
+            parts.push(rest[..cut].to_owned());
+            rest = &rest[cut..];
+        }
+        self.outgoing(Outgoing::Fragments(parts))
+    }
+
     /// Sends raw text (for malformed-message tests).
     pub fn send_raw(&self, text: &str) -> bool {
         self.outgoing(Outgoing::Text(text.to_owned()))
@@ -182,6 +202,17 @@ async fn serve(tcp: tokio::net::TcpStream, shared: Arc<Mutex<Shared>>) {
                 Some(Outgoing::Text(t)) => {
                     if sink.send(Message::Text(t.into())).await.is_err() {
                         break;
+                    }
+                }
+                Some(Outgoing::Fragments(parts)) => {
+                    use tokio_tungstenite::tungstenite::protocol::frame::{Frame, coding::{Data, OpCode}};
+                    let last = parts.len().saturating_sub(1);
+                    for (i, part) in parts.into_iter().enumerate() {
+                        let op = if i == 0 { Data::Text } else { Data::Continue };
+                        let frame = Frame::message(part.into_bytes(), OpCode::Data(op), i == last);
+                        if sink.send(Message::Frame(frame)).await.is_err() {
+                            break;
+                        }
                     }
                 }
                 Some(Outgoing::Close(code)) => {
