@@ -270,3 +270,30 @@ export async function startChatStandIn(reply, firstAfterMs = 200, gapMs = 50) {
     close: () => new Promise((resolve) => server.close(resolve)),
   };
 }
+
+/**
+ * A dialog app (a WebSocket server on a free loopback port) for the tests that need to see what
+ * voicegate sends it: records every event in `events`, and calls `onEvent(event, say, ws)` for
+ * each, where `say(id, text)` sends a tts.speak. Returns { url, events, close }.
+ */
+export async function startDialogApp(onEvent = () => {}) {
+  const { WebSocketServer } = await import("ws");
+  const port = await freePort();
+  const wss = new WebSocketServer({ host: "127.0.0.1", port });
+  const events = [];
+  wss.on("connection", (ws) => {
+    const say = (id, text) => ws.send(JSON.stringify({ type: "tts.speak", utterance_id: id, text }));
+    ws.on("message", (data) => {
+      let e;
+      try {
+        e = JSON.parse(data.toString());
+      } catch {
+        return;
+      }
+      events.push(e);
+      onEvent(e, say, ws);
+    });
+  });
+  await new Promise((resolve) => wss.once("listening", resolve));
+  return { url: `ws://127.0.0.1:${port}/`, events, close: () => wss.close() };
+}

@@ -7,37 +7,20 @@ import assert from "node:assert/strict";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { WebSocketServer } from "ws";
-import { startVoicegate, launchBrowser, writeWav, until, freePort } from "./lib.mjs";
+import { startVoicegate, launchBrowser, writeWav, until, startDialogApp } from "./lib.mjs";
 
-/** A dialog app on a free port: records every event and answers each client.message with a client.send. */
-async function startDialogApp() {
-  const port = await freePort();
-  const wss = new WebSocketServer({ host: "127.0.0.1", port });
-  const events = [];
-  wss.on("connection", (ws) => {
-    ws.on("message", (data) => {
-      let e;
-      try {
-        e = JSON.parse(data.toString());
-      } catch {
-        return;
-      }
-      events.push(e);
-      if (e.type === "client.message") {
-        ws.send(JSON.stringify({ type: "client.send", call_id: e.call_id, data: { youSaid: e.data } }));
-      }
-    });
-  });
-  await new Promise((resolve) => wss.once("listening", resolve));
-  return { url: `ws://127.0.0.1:${port}/`, events, close: () => wss.close() };
-}
+/** Answers each client.message with a client.send. */
+const echoMessages = (e, _say, ws) => {
+  if (e.type === "client.message") {
+    ws.send(JSON.stringify({ type: "client.send", call_id: e.call_id, data: { youSaid: e.data } }));
+  }
+};
 
 test("the page and the dialog app message each other over the data channel", async (t) => {
   const dir = mkdtempSync(join(tmpdir(), "vg-e2e-"));
   const wav = join(dir, "silence.wav");
   writeWav(wav, new Int16Array(48000 * 10), 48000); // a quiet microphone
-  const app = await startDialogApp();
+  const app = await startDialogApp(echoMessages);
   t.after(() => app.close());
   const server = await startVoicegate({ VOICEGATE__DIALOG__URL: app.url });
   t.after(() => server.stop());

@@ -14,8 +14,7 @@ import { execFileSync, spawn } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { WebSocketServer } from "ws";
-import { startVoicegate, launchBrowser, writeWav, toneBursts, until, freePort } from "./lib.mjs";
+import { startVoicegate, launchBrowser, writeWav, toneBursts, until, freePort, startDialogApp } from "./lib.mjs";
 
 const TURNSERVER = ["/usr/bin/turnserver", "/usr/sbin/turnserver"].find((p) => existsSync(p));
 
@@ -117,30 +116,13 @@ test("a caller forced to relay reaches voicegate through a TURN server", { skip:
   await page.click("#hangup");
 });
 
-/** A dialog app on a free port: records every event; greets, and speaks again when media returns. */
-async function startDialogApp() {
-  const port = await freePort();
-  const wss = new WebSocketServer({ host: "127.0.0.1", port });
-  const events = [];
-  wss.on("connection", (ws) => {
-    ws.on("message", (data) => {
-      let e;
-      try {
-        e = JSON.parse(data.toString());
-      } catch {
-        return;
-      }
-      events.push(e);
-      const say = (id, text) => ws.send(JSON.stringify({ type: "tts.speak", utterance_id: id, text }));
-      if (e.type === "call.started") say("hello", "Hello there.");
-      if (e.type === "call.media" && e.state === "restored") {
-        say("back", "Welcome back. You were away for a moment, and now you can hear me again clearly.");
-      }
-    });
-  });
-  await new Promise((resolve) => wss.once("listening", resolve));
-  return { url: `ws://127.0.0.1:${port}/`, events, close: () => wss.close() };
-}
+/** Greets, and speaks again when media returns. */
+const greetAndWelcomeBack = (e, say) => {
+  if (e.type === "call.started") say("hello", "Hello there.");
+  if (e.type === "call.media" && e.state === "restored") {
+    say("back", "Welcome back. You were away for a moment, and now you can hear me again clearly.");
+  }
+};
 
 function nft(...args) {
   execFileSync("nft", args, { stdio: "pipe" });
@@ -155,7 +137,7 @@ test(
     const dir = mkdtempSync(join(tmpdir(), "vg-e2e-"));
     const wav = join(dir, "silence.wav");
     writeWav(wav, new Int16Array(48000 * 40), 48000); // a quiet microphone
-    const app = await startDialogApp();
+    const app = await startDialogApp(greetAndWelcomeBack);
     t.after(() => app.close());
     const udpPort = await freePort();
     const server = await startVoicegate({
