@@ -1617,6 +1617,22 @@ mod tests {
     }
 
     #[test]
+    fn the_node_id_is_checked_or_made_from_the_host_name() {
+        let v = Settings::load_with_env(None, env(&[("VOICEGATE__NODE__ID", "b7")]))
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(v.node_id, "b7");
+        assert_eq!(v.calls.node_id, "b7", "call ids name it");
+        let v = Settings::load_with_env(None, env(&[]))
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(v.node_id, call_id::node_id_from_hostname(&hostname()));
+        assert!(call_id::validate_node_id(&v.node_id).is_ok());
+    }
+
+    #[test]
     fn typos_and_bad_values_name_the_key() {
         let err =
             Settings::load_with_env(None, env(&[("VOICEGATE__HTTP__BINDD", "x")])).unwrap_err();
@@ -1637,6 +1653,8 @@ mod tests {
             ),
             ("VOICEGATE__MEDIA__PCM_RATE", "22050", "media.pcm_rate"),
             ("VOICEGATE__CALLS__ID_PREFIX", "a b", "calls.id_prefix"),
+            ("VOICEGATE__NODE__ID", "Node-1", "node.id"),
+            ("VOICEGATE__NODE__ID", "a234567890abcdefg", "node.id"),
             (
                 "VOICEGATE__DIALOG__MAX_MESSAGE_BYTES",
                 "100",

@@ -201,16 +201,21 @@ pub async fn end_call(
     path: web::Path<String>,
     state: web::Data<HttpState>,
 ) -> Result<HttpResponse, ApiError> {
-    let raw = path.into_inner();
-    let call_id = CallId::parse(&raw).ok_or_else(|| {
-        ApiError::BadRequest(format!(
-            "{:?} is not a call id: use the Location of the offer's reply",
-            shown(&raw)
-        ))
-    })?;
+    let call_id = resource_call_id(&path.into_inner())?;
     ours(&state, &call_id)?;
     hang_up(&state, call_id).await?;
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// The call id in a call resource's URL. It comes from a `Location` we issued, so one that could
+/// never be a call id is the client's bug: `400`.
+fn resource_call_id(raw: &str) -> Result<CallId, ApiError> {
+    CallId::parse(raw).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "{:?} is not a call id: use the Location of the offer's reply",
+            shown(raw)
+        ))
+    })
 }
 
 /// `Ok` when `call_id` names this node (or no node); `421` when it names another, so a router
@@ -241,13 +246,7 @@ pub async fn patch_call(
     body: web::Payload,
     state: web::Data<HttpState>,
 ) -> Result<HttpResponse, ApiError> {
-    let raw = path.into_inner();
-    let call_id = CallId::parse(&raw).ok_or_else(|| {
-        ApiError::BadRequest(format!(
-            "{:?} is not a call id: use the Location of the offer's reply",
-            shown(&raw)
-        ))
-    })?;
+    let call_id = resource_call_id(&path.into_inner())?;
     ours(&state, &call_id)?;
     let ct = req
         .headers()
