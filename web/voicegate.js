@@ -223,13 +223,14 @@ export class VoicegateCall extends EventTarget {
         keepalive: true,
       });
     }
-    this._teardown();
     this._setState(States.ENDED, { reason: "local-hangup" });
-    try {
-      await told;
-    } catch {
-      // The server ends the call by itself once the connection is gone.
+    // The connection closes once the server has the hangup (or after a second at most): closed
+    // first, the server could notice the closed connection before the request (a cross-origin
+    // DELETE waits for its preflight) and end the call as "peer-closed".
+    if (told) {
+      await Promise.race([told.catch(() => {}), new Promise((resolve) => setTimeout(resolve, 1000))]);
     }
+    this._teardown();
   }
 
   _onConnectionState() {
