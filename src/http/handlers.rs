@@ -111,15 +111,7 @@ pub async fn offer(
         None => None,
     };
     let format = offer_format(&req)?;
-    let bytes = tokio::time::timeout(
-        state.body_timeout,
-        read_body(&req, body, state.max_body_bytes),
-    )
-    .await
-    .map_err(|_| {
-        counters().limit_hit(Limit::HttpBodyDeadline);
-        ApiError::BodyTimeout(state.body_timeout.as_millis() as u64)
-    })??;
+    let bytes = read_body_in_time(&req, body, &state).await?;
     let body = match format {
         OfferFormat::Json => json_offer(&bytes, state.max_payload_bytes)?,
         OfferFormat::Sdp => sdp_offer(&bytes)?,
@@ -277,15 +269,7 @@ pub async fn patch_call(
                 .to_owned(),
         ),
     };
-    let bytes = tokio::time::timeout(
-        state.body_timeout,
-        read_body(&req, body, state.max_body_bytes),
-    )
-    .await
-    .map_err(|_| {
-        counters().limit_hit(Limit::HttpBodyDeadline);
-        ApiError::BodyTimeout(state.body_timeout.as_millis() as u64)
-    })??;
+    let bytes = read_body_in_time(&req, body, &state).await?;
     let text = std::str::from_utf8(&bytes)
         .map_err(|_| ApiError::BadRequest("the fragment is not UTF-8".into()))?;
     let frag = IceFragment::parse(text, state.max_remote_candidates).map_err(|e| {
@@ -342,6 +326,24 @@ async fn hang_up(state: &HttpState, call_id: CallId) -> Result<(), ApiError> {
         })
         .await
         .map_err(|e| ApiError::Internal(format!("supervisor unreachable: {e}")))
+}
+
+/// Reads the body within `http.body_timeout_ms` (`408`, counted as a limit hit) and
+/// `http.max_body_bytes` (`400`).
+async fn read_body_in_time(
+    req: &HttpRequest,
+    body: web::Payload,
+    state: &HttpState,
+) -> Result<web::BytesMut, ApiError> {
+    tokio::time::timeout(
+        state.body_timeout,
+        read_body(req, body, state.max_body_bytes),
+    )
+    .await
+    .map_err(|_| {
+        counters().limit_hit(Limit::HttpBodyDeadline);
+        ApiError::BodyTimeout(state.body_timeout.as_millis() as u64)
+    })?
 }
 
 /// Reads the body, refusing more than `limit` bytes (before reading, when Content-Length says
