@@ -9,7 +9,7 @@ use actix::{Actor, Addr};
 use actix_web::{App, HttpServer, web};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use voicegate_actors::call::CallServices;
+use voicegate_actors::call::{CallServices, EngineProfiles};
 use voicegate_actors::supervisor::Supervisor;
 use voicegate_core::admission::RateLimiter;
 use voicegate_core::call_id::CallId;
@@ -86,14 +86,29 @@ pub fn start(cfg: &Validated) -> Result<Running, StartError> {
         source,
     })?;
     let media_addr = plane.mux().local_addr();
-    let tts: Arc<dyn TtsFactory> = match &cfg.tts {
-        TtsChoice::Espeak(s) => Arc::new(Espeak::start(s).map_err(StartError::Tts)?),
-        TtsChoice::OpenAi(s) => Arc::new(OpenAiTts::new(s.clone())),
+    let tts_engine = |choice: &TtsChoice| -> Result<Arc<dyn TtsFactory>, StartError> {
+        Ok(match choice {
+            TtsChoice::Espeak(s) => Arc::new(Espeak::start(s).map_err(StartError::Tts)?),
+            TtsChoice::OpenAi(s) => Arc::new(OpenAiTts::new(s.clone())),
+        })
     };
-    let asr: Arc<dyn AsrFactory> = match &cfg.asr {
-        AsrChoice::Pocketsphinx(s) => Arc::new(Pocketsphinx::start(s).map_err(StartError::Asr)?),
-        AsrChoice::OpenAi(s) => Arc::new(OpenAiAsr::new(s.clone())),
+    let asr_engine = |choice: &AsrChoice| -> Result<Arc<dyn AsrFactory>, StartError> {
+        Ok(match choice {
+            AsrChoice::Pocketsphinx(s) => {
+                Arc::new(Pocketsphinx::start(s).map_err(StartError::Asr)?)
+            }
+            AsrChoice::OpenAi(s) => Arc::new(OpenAiAsr::new(s.clone())),
+        })
     };
+    let tts = tts_engine(&cfg.tts)?;
+    let asr = asr_engine(&cfg.asr)?;
+    let mut profiles = EngineProfiles::default();
+    for (name, choice) in &cfg.tts_profiles {
+        profiles.tts.insert(name.clone(), tts_engine(choice)?);
+    }
+    for (name, choice) in &cfg.asr_profiles {
+        profiles.asr.insert(name.clone(), asr_engine(choice)?);
+    }
     // The demo agent spends a model's budget: its socket takes only dials that carry this key.
     let demo_key = CallId::generate("demo", None)
         .map_err(|e| StartError::Random(e.to_string()))?
@@ -117,6 +132,7 @@ pub fn start(cfg: &Validated) -> Result<Running, StartError> {
         plane: plane.clone(),
         tts,
         asr,
+        profiles: Arc::new(profiles),
         dialog: Arc::new(dialog),
     };
     let supervisor = Supervisor::new(

@@ -8,7 +8,8 @@
 
 use crate::llm::LlmSettings;
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 use voicegate_actors::call::{CallSettings, EndReasonStyle, HoldPrompts};
@@ -142,6 +143,7 @@ pub struct DemoLlm {
     /// Model name.
     pub model: String,
     /// API key; `Debug` never shows it.
+    #[serde(serialize_with = "serialize_secret")]
     pub api_key: SecretString,
     /// System prompt.
     pub system_prompt: String,
@@ -173,6 +175,9 @@ pub struct Tts {
     pub espeak: TtsEspeak,
     /// `[tts.openai]`
     pub openai: TtsOpenAi,
+    /// `[tts.profiles.<name>]`: `engine` and that engine's keys over `[tts.<engine>]`.
+    #[serde(default)]
+    pub profiles: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
 }
 
 /// `[tts.segment]`
@@ -188,7 +193,7 @@ pub struct TtsSegment {
 }
 
 /// `[tts.espeak]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TtsEspeak {
     /// Voice.
@@ -198,12 +203,13 @@ pub struct TtsEspeak {
 }
 
 /// `[tts.openai]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TtsOpenAi {
     /// Base URL.
     pub base_url: String,
     /// API key; `Debug` never shows it.
+    #[serde(serialize_with = "serialize_secret")]
     pub api_key: SecretString,
     /// Model.
     pub model: String,
@@ -231,10 +237,13 @@ pub struct Asr {
     pub pocketsphinx: AsrPocketsphinx,
     /// `[asr.openai]`
     pub openai: AsrOpenAi,
+    /// `[asr.profiles.<name>]`: `engine` and that engine's keys over `[asr.<engine>]`.
+    #[serde(default)]
+    pub profiles: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
 }
 
 /// `[asr.pocketsphinx]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AsrPocketsphinx {
     /// Acoustic model.
@@ -245,6 +254,9 @@ pub struct AsrPocketsphinx {
     pub lm: String,
     /// JSGF grammar file.
     pub grammar: String,
+    /// Named JSGF grammar files a session may choose.
+    #[serde(default)]
+    pub grammars: BTreeMap<String, String>,
     /// Decoder threads.
     pub decoders: usize,
     /// Most utterances waiting for a decoder, across all calls.
@@ -252,12 +264,13 @@ pub struct AsrPocketsphinx {
 }
 
 /// `[asr.openai]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AsrOpenAi {
     /// Base URL.
     pub base_url: String,
     /// API key; `Debug` never shows it.
+    #[serde(serialize_with = "serialize_secret")]
     pub api_key: SecretString,
     /// Model.
     pub model: String,
@@ -569,7 +582,7 @@ pub enum SettingsError {
     #[error("configuration key {key}: {reason}")]
     Invalid {
         /// Dotted key.
-        key: &'static str,
+        key: String,
         /// What is wrong.
         reason: String,
     },
@@ -640,11 +653,82 @@ const MAX_PAGE_MESSAGE_BYTES: usize = 16 * 1024;
 /// get a fresh reconnect budget every time and be redialled without end.
 const MIN_DIALOG_STABLE_AFTER_MS: u64 = 100;
 
-fn invalid(key: &'static str, reason: impl ToString) -> SettingsError {
+fn invalid(key: impl Into<String>, reason: impl ToString) -> SettingsError {
     SettingsError::Invalid {
-        key,
+        key: key.into(),
         reason: reason.to_string(),
     }
+}
+
+/// Only for [`overlay`], which reads a table back at once: nothing serialized leaves memory.
+fn serialize_secret<S: serde::Serializer>(s: &SecretString, ser: S) -> Result<S::Ok, S::Error> {
+    ser.serialize_str(s.expose_secret())
+}
+
+/// A profile's or grammar's name: what `session.update` can name.
+fn profile_name(at: &str, name: &str) -> Result<(), SettingsError> {
+    if name == voicegate_core::session::DEFAULT_PROFILE {
+        return Err(invalid(
+            at,
+            "\"default\" names the top-level engine; choose another name",
+        ));
+    }
+    if !voicegate_core::session::valid_profile_name(name) {
+        return Err(invalid(
+            at,
+            "a name of letters, digits, - and _ (at most 64)",
+        ));
+    }
+    Ok(())
+}
+
+/// A profile's `engine`.
+fn profile_engine(
+    at: &str,
+    keys: &BTreeMap<String, serde_json::Value>,
+) -> Result<String, SettingsError> {
+    match keys.get("engine") {
+        Some(serde_json::Value::String(e)) => Ok(e.trim().to_owned()),
+        _ => Err(invalid(
+            format!("{at}.engine"),
+            "missing: name the profile's engine",
+        )),
+    }
+}
+
+/// The `[tts.<name>]` / `[asr.<name>]` table `base` with a profile's keys over it when the
+/// profile's engine is `name` (else `base` as it is). The profile's keys other than `engine`
+/// must be keys of its engine's table.
+fn overlay<T>(
+    at: &str,
+    keys: &BTreeMap<String, serde_json::Value>,
+    engine: &str,
+    name: &str,
+    base: &T,
+) -> Result<T, SettingsError>
+where
+    T: Serialize + serde::de::DeserializeOwned + Clone,
+{
+    if name != engine {
+        return Ok(base.clone());
+    }
+    let mut table = serde_json::to_value(base).map_err(|e| invalid(at, e))?;
+    for (k, v) in keys.iter().filter(|(k, _)| k.as_str() != "engine") {
+        let Some(slot) = table.get_mut(k) else {
+            return Err(invalid(
+                format!("{at}.{k}"),
+                format!("unknown key for the {engine} engine"),
+            ));
+        };
+        // The configuration's environment layer reads numbers as text.
+        *slot = match (&*slot, v) {
+            (serde_json::Value::Number(_), serde_json::Value::String(t)) => {
+                serde_json::from_str(t).unwrap_or_else(|_| v.clone())
+            }
+            _ => v.clone(),
+        };
+    }
+    serde_json::from_value(table).map_err(|e| invalid(at, e))
 }
 
 /// The validated configuration, in the types the service runs on.
@@ -678,8 +762,12 @@ pub struct Validated {
     pub calls: CallSettings,
     /// The speech engine.
     pub tts: TtsChoice,
+    /// `[tts.profiles.<name>]`, validated.
+    pub tts_profiles: Vec<(String, TtsChoice)>,
     /// The recognizer.
     pub asr: AsrChoice,
+    /// `[asr.profiles.<name>]`, validated.
+    pub asr_profiles: Vec<(String, AsrChoice)>,
     /// The dialog app.
     pub dialog_target: DialogTarget,
     /// The dialog connection (its URL is set once the target is resolved).
@@ -702,6 +790,104 @@ pub struct Validated {
 }
 
 impl Settings {
+    /// The speech engine `engine` with these settings; `at` names its keys in errors.
+    fn tts_choice(
+        &self,
+        at: &str,
+        engine: &str,
+        espeak: &TtsEspeak,
+        openai: &TtsOpenAi,
+    ) -> Result<TtsChoice, SettingsError> {
+        Ok(match engine.trim() {
+            "espeak" => TtsChoice::Espeak(EspeakSettings {
+                voice: espeak.voice.clone(),
+                rate_wpm: espeak.rate_wpm,
+            }),
+            "openai" => {
+                let o = openai;
+                url::Url::parse(&o.base_url)
+                    .map_err(|e| invalid(format!("{at}.openai.base_url"), e))?;
+                if !matches!(o.sample_rate, 8000..=48000) {
+                    return Err(invalid(
+                        format!("{at}.openai.sample_rate"),
+                        "must be 8000 to 48000",
+                    ));
+                }
+                TtsChoice::OpenAi(OpenAiTtsSettings {
+                    base_url: o.base_url.clone(),
+                    api_key: o.api_key.clone(),
+                    model: o.model.clone(),
+                    voice: o.voice.clone(),
+                    sample_rate: o.sample_rate,
+                    timeout: Duration::from_millis(o.timeout_ms.max(1)),
+                    stream_idle: Duration::from_millis(self.tts.stream_idle_timeout_ms),
+                })
+            }
+            other => {
+                return Err(invalid(
+                    format!("{at}.engine"),
+                    format!("{other:?}: want \"espeak\" or \"openai\""),
+                ));
+            }
+        })
+    }
+
+    /// The recognizer `engine` with these settings; `at` names its keys in errors.
+    fn asr_choice(
+        &self,
+        at: &str,
+        engine: &str,
+        pocketsphinx: &AsrPocketsphinx,
+        openai: &AsrOpenAi,
+    ) -> Result<AsrChoice, SettingsError> {
+        let read = |key: String, path: &str| {
+            std::fs::read_to_string(path).map_err(|e| invalid(key, format!("{path}: {e}")))
+        };
+        Ok(match engine.trim() {
+            "pocketsphinx" => {
+                let p = pocketsphinx;
+                let grammar = match p.grammar.trim() {
+                    "" => None,
+                    path => Some(read(format!("{at}.pocketsphinx.grammar"), path)?),
+                };
+                let mut grammars = Vec::new();
+                for (name, path) in &p.grammars {
+                    let key = format!("{at}.pocketsphinx.grammars.{name}");
+                    profile_name(&key, name)?;
+                    grammars.push((name.clone(), read(key, path.trim())?));
+                }
+                AsrChoice::Pocketsphinx(PocketsphinxSettings {
+                    hmm: p.hmm.clone().into(),
+                    dict: p.dict.clone().into(),
+                    lm: (!p.lm.trim().is_empty()).then(|| p.lm.clone().into()),
+                    grammar,
+                    grammars,
+                    decoders: p.decoders.clamp(1, 64),
+                    queue_max: p.queue_max,
+                })
+            }
+            "openai" => {
+                let o = openai;
+                url::Url::parse(&o.base_url)
+                    .map_err(|e| invalid(format!("{at}.openai.base_url"), e))?;
+                AsrChoice::OpenAi(OpenAiAsrSettings {
+                    base_url: o.base_url.clone(),
+                    api_key: o.api_key.clone(),
+                    model: o.model.clone(),
+                    language: o.language.clone(),
+                    timeout: Duration::from_millis(o.timeout_ms.max(1)),
+                    stream_idle: Duration::from_millis(self.asr.stream_idle_timeout_ms),
+                })
+            }
+            other => {
+                return Err(invalid(
+                    format!("{at}.engine"),
+                    format!("{other:?}: want \"pocketsphinx\" or \"openai\""),
+                ));
+            }
+        })
+    }
+
     /// Loads the layers: built-in defaults, `file` if given, then the environment.
     pub fn load(file: Option<&str>) -> Result<Settings, SettingsError> {
         Self::load_with_env(file, None)
@@ -963,71 +1149,37 @@ impl Settings {
                 "must be at least 1 (an utterance waits there until a decoder takes it)",
             ));
         }
-        let tts = match self.tts.engine.trim() {
-            "espeak" => TtsChoice::Espeak(EspeakSettings {
-                voice: self.tts.espeak.voice.clone(),
-                rate_wpm: self.tts.espeak.rate_wpm,
-            }),
-            "openai" => {
-                let o = &self.tts.openai;
-                url::Url::parse(&o.base_url).map_err(|e| invalid("tts.openai.base_url", e))?;
-                if !matches!(o.sample_rate, 8000..=48000) {
-                    return Err(invalid("tts.openai.sample_rate", "must be 8000 to 48000"));
-                }
-                TtsChoice::OpenAi(OpenAiTtsSettings {
-                    base_url: o.base_url.clone(),
-                    api_key: o.api_key.clone(),
-                    model: o.model.clone(),
-                    voice: o.voice.clone(),
-                    sample_rate: o.sample_rate,
-                    timeout: Duration::from_millis(o.timeout_ms.max(1)),
-                    stream_idle: Duration::from_millis(self.tts.stream_idle_timeout_ms),
-                })
-            }
-            other => {
-                return Err(invalid(
-                    "tts.engine",
-                    format!("{other:?}: want \"espeak\" or \"openai\""),
-                ));
-            }
-        };
-        let asr = match self.asr.engine.trim() {
-            "pocketsphinx" => {
-                let p = &self.asr.pocketsphinx;
-                let grammar = match p.grammar.trim() {
-                    "" => None,
-                    path => Some(std::fs::read_to_string(path).map_err(|e| {
-                        invalid("asr.pocketsphinx.grammar", format!("{path}: {e}"))
-                    })?),
-                };
-                AsrChoice::Pocketsphinx(PocketsphinxSettings {
-                    hmm: p.hmm.clone().into(),
-                    dict: p.dict.clone().into(),
-                    lm: (!p.lm.trim().is_empty()).then(|| p.lm.clone().into()),
-                    grammar,
-                    decoders: p.decoders.clamp(1, 64),
-                    queue_max: p.queue_max,
-                })
-            }
-            "openai" => {
-                let o = &self.asr.openai;
-                url::Url::parse(&o.base_url).map_err(|e| invalid("asr.openai.base_url", e))?;
-                AsrChoice::OpenAi(OpenAiAsrSettings {
-                    base_url: o.base_url.clone(),
-                    api_key: o.api_key.clone(),
-                    model: o.model.clone(),
-                    language: o.language.clone(),
-                    timeout: Duration::from_millis(o.timeout_ms.max(1)),
-                    stream_idle: Duration::from_millis(self.asr.stream_idle_timeout_ms),
-                })
-            }
-            other => {
-                return Err(invalid(
-                    "asr.engine",
-                    format!("{other:?}: want \"pocketsphinx\" or \"openai\""),
-                ));
-            }
-        };
+        let tts = self.tts_choice("tts", &self.tts.engine, &self.tts.espeak, &self.tts.openai)?;
+        let asr = self.asr_choice(
+            "asr",
+            &self.asr.engine,
+            &self.asr.pocketsphinx,
+            &self.asr.openai,
+        )?;
+        let mut tts_profiles = Vec::new();
+        for (name, keys) in &self.tts.profiles {
+            let at = format!("tts.profiles.{name}");
+            profile_name(&at, name)?;
+            let engine = profile_engine(&at, keys)?;
+            let espeak = overlay(&at, keys, &engine, "espeak", &self.tts.espeak)?;
+            let openai = overlay(&at, keys, &engine, "openai", &self.tts.openai)?;
+            tts_profiles.push((
+                name.clone(),
+                self.tts_choice(&at, &engine, &espeak, &openai)?,
+            ));
+        }
+        let mut asr_profiles = Vec::new();
+        for (name, keys) in &self.asr.profiles {
+            let at = format!("asr.profiles.{name}");
+            profile_name(&at, name)?;
+            let engine = profile_engine(&at, keys)?;
+            let pocketsphinx = overlay(&at, keys, &engine, "pocketsphinx", &self.asr.pocketsphinx)?;
+            let openai = overlay(&at, keys, &engine, "openai", &self.asr.openai)?;
+            asr_profiles.push((
+                name.clone(),
+                self.asr_choice(&at, &engine, &pocketsphinx, &openai)?,
+            ));
+        }
         let l = &self.listen;
         if l.end_silence_ms < 100 || l.speech_start_ms < 20 || l.max_utterance_ms < 1000 {
             return Err(invalid(
@@ -1151,7 +1303,9 @@ impl Settings {
             media,
             calls,
             tts,
+            tts_profiles,
             asr,
+            asr_profiles,
             dialog_target,
             dialog,
             demo_llm,
@@ -1630,6 +1784,83 @@ mod tests {
             .unwrap();
         assert_eq!(v.node_id, call_id::node_id_from_hostname(&hostname()));
         assert!(call_id::validate_node_id(&v.node_id).is_ok());
+    }
+
+    #[test]
+    fn engine_profiles_overlay_their_engine_and_bad_ones_name_their_key() {
+        let v = Settings::load_with_env(
+            None,
+            env(&[
+                ("VOICEGATE__TTS__PROFILES__SUPPORT__ENGINE", "openai"),
+                ("VOICEGATE__TTS__PROFILES__SUPPORT__VOICE", "nova"),
+                ("VOICEGATE__TTS__PROFILES__SUPPORT__SAMPLE_RATE", "16000"),
+                ("VOICEGATE__TTS__OPENAI__MODEL", "m2"),
+                ("VOICEGATE__ASR__PROFILES__REMOTE__ENGINE", "openai"),
+                ("VOICEGATE__ASR__PROFILES__REMOTE__LANGUAGE", "de"),
+            ]),
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        let [(name, TtsChoice::OpenAi(t))] = &v.tts_profiles[..] else {
+            panic!("{:?}", v.tts_profiles);
+        };
+        assert_eq!(name, "support");
+        // The profile's keys over the top-level table, which the profile does not repeat.
+        assert_eq!(
+            (t.voice.as_str(), t.sample_rate, t.model.as_str()),
+            ("nova", 16000, "m2")
+        );
+        assert!(
+            matches!(v.tts, TtsChoice::Espeak(_)),
+            "the default engine stays"
+        );
+        let [(_, AsrChoice::OpenAi(a))] = &v.asr_profiles[..] else {
+            panic!("{:?}", v.asr_profiles);
+        };
+        assert_eq!(a.language, "de");
+
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (
+                &[("VOICEGATE__TTS__PROFILES__X__VOICE", "v")],
+                "tts.profiles.x.engine",
+            ),
+            (
+                &[
+                    ("VOICEGATE__TTS__PROFILES__X__ENGINE", "espeak"),
+                    ("VOICEGATE__TTS__PROFILES__X__BASE_URL", "http://a"),
+                ],
+                "tts.profiles.x.base_url",
+            ),
+            (
+                &[("VOICEGATE__TTS__PROFILES__X__ENGINE", "festival")],
+                "tts.profiles.x.engine",
+            ),
+            (
+                &[("VOICEGATE__TTS__PROFILES__DEFAULT__ENGINE", "espeak")],
+                "tts.profiles.default",
+            ),
+            (
+                &[
+                    ("VOICEGATE__ASR__PROFILES__R__ENGINE", "openai"),
+                    ("VOICEGATE__ASR__PROFILES__R__BASE_URL", "not a url"),
+                ],
+                "asr.profiles.r.openai.base_url",
+            ),
+            (
+                &[(
+                    "VOICEGATE__ASR__POCKETSPHINX__GRAMMARS__MENU",
+                    "/nonexistent.gram",
+                )],
+                "asr.pocketsphinx.grammars.menu",
+            ),
+        ];
+        for (pairs, key) in cases {
+            let err = Settings::load_with_env(None, env(pairs))
+                .and_then(|s| s.validate().map(|_| ()))
+                .unwrap_err();
+            assert!(err.to_string().contains(key), "{pairs:?}: {err}");
+        }
     }
 
     #[test]

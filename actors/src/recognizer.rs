@@ -23,12 +23,14 @@ use crate::trace_msg;
 use actix::prelude::*;
 use futures_util::StreamExt;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use voicegate_core::call_id::CallId;
 use voicegate_core::dialog::NetReport;
 use voicegate_core::listen::UtteranceNetStats;
+use voicegate_core::session::AsrOptions;
 use voicegate_core::untrusted::shown;
-use voicegate_engines::asr::{AsrEngine, AsrUpdate, UtteranceSink};
+use voicegate_engines::asr::{AsrEngine, AsrFactory, AsrUpdate, UtteranceSink};
 
 /// How a call's recognizer behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -232,6 +234,28 @@ impl Recognizer {
 
 impl Actor for Recognizer {
     type Context = Context<Self>;
+}
+
+/// A session chose another recognizer or its options (`session.update`): the next utterance
+/// uses it; the one in progress finishes on the old one. The call checked the options with the
+/// same factory, so they hold. After a fatal engine error recognition stays off.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetEngine(pub Arc<dyn AsrFactory>, pub AsrOptions);
+
+impl Handler<SetEngine> for Recognizer {
+    type Result = ();
+
+    fn handle(&mut self, SetEngine(factory, options): SetEngine, _: &mut Self::Context) {
+        trace_msg!(self.call_id, "call" => "recognizer", "SetEngine", "{options:?}");
+        if self.engine.is_some() {
+            self.engine = Some(
+                factory
+                    .with_options(&options)
+                    .unwrap_or_else(|_| factory.for_call()),
+            );
+        }
+    }
 }
 
 impl Handler<Heard> for Recognizer {

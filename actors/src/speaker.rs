@@ -28,13 +28,15 @@ use actix::prelude::*;
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use voicegate_core::call_id::CallId;
 use voicegate_core::dialog::Event;
 use voicegate_core::resample::StreamResampler;
+use voicegate_core::session::TtsOptions;
 use voicegate_core::speech::{Input, Output, Player, PlayerSettings, SegmentId, TtsLimit};
 use voicegate_core::untrusted::shown;
-use voicegate_engines::tts::{TtsEngine, TtsError};
+use voicegate_engines::tts::{TtsEngine, TtsError, TtsFactory};
 
 /// Reports to the call.
 #[derive(Debug, Message)]
@@ -468,6 +470,24 @@ impl Handler<SetCodec> for Speaker {
                 self.send_to_codec(o);
             }
         }
+    }
+}
+
+/// A session chose another speech engine or its options (`session.update`): what is
+/// synthesized from now on uses it; syntheses already running finish on the old one. The call
+/// checked the options with the same factory, so they hold.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetEngine(pub Arc<dyn TtsFactory>, pub TtsOptions);
+
+impl Handler<SetEngine> for Speaker {
+    type Result = ();
+
+    fn handle(&mut self, SetEngine(factory, options): SetEngine, _: &mut Self::Context) {
+        trace_msg!(self.call_id, "call" => "speaker", "SetEngine", "{options:?}");
+        self.engine = factory
+            .with_options(&options)
+            .unwrap_or_else(|_| factory.for_call());
     }
 }
 

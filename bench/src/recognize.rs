@@ -63,6 +63,7 @@ pub async fn run(wav: &str, grammar: Option<&str>) -> anyhow::Result<()> {
         dict: "/usr/share/pocketsphinx/model/en-us/cmudict-en-us.dict".into(),
         lm: Some("/usr/share/pocketsphinx/model/en-us/en-us.lm.bin".into()),
         grammar,
+        grammars: Vec::new(),
         decoders: 1,
         // One utterance, recognized alone.
         queue_max: 1,

@@ -10,6 +10,7 @@
 //! never acted on.
 
 use crate::json_keys::fold_keys;
+use crate::session::{OptionError, Session, SessionUpdate};
 use crate::speech::{PlayedSegment, TtsLimit};
 use crate::untrusted::shown;
 use secrecy::{ExposeSecret, SecretString};
@@ -109,6 +110,19 @@ pub enum Event {
         /// What the page sent: any JSON value.
         data: serde_json::Value,
     },
+    /// A `session.update` took effect: the call's session as it now stands.
+    SessionUpdated {
+        /// Every setting (see [`Session::to_value`]).
+        session: Session,
+    },
+    /// A command could not be carried out, naming each option it could not take; nothing of it
+    /// took effect.
+    Error {
+        /// The command's `type`.
+        command: &'static str,
+        /// What was wrong, one entry per option.
+        errors: Vec<OptionError>,
+    },
 }
 
 impl Event {
@@ -126,6 +140,8 @@ impl Event {
             Event::CallMedia { .. } => "call.media",
             Event::CallEnded { .. } => "call.ended",
             Event::ClientMessage { .. } => "client.message",
+            Event::SessionUpdated { .. } => "session.updated",
+            Event::Error { .. } => "error",
         }
     }
 
@@ -180,6 +196,15 @@ impl Event {
             Event::CallMedia { state } => json!({"state": state.label()}),
             Event::CallEnded { reason } => json!({"reason": reason}),
             Event::ClientMessage { data } => json!({"data": data}),
+            Event::SessionUpdated { session } => json!({"session": session.to_value()}),
+            Event::Error { command, errors } => json!({
+                "command": command,
+                "message": errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
+                "errors": errors
+                    .iter()
+                    .map(|e| json!({"option": e.option, "reason": e.reason}))
+                    .collect::<Vec<_>>(),
+            }),
         };
         v["type"] = self.kind().into();
         v["call_id"] = call_id.into();
@@ -269,6 +294,15 @@ pub enum Command {
         /// Any JSON value.
         data: serde_json::Value,
     },
+    /// `session.update`: change this call's engines and listening from now on (see
+    /// [`crate::session`]). `errors` lists what the message itself got wrong; the call adds
+    /// what the engines refuse, and carries the update out only when there is nothing.
+    SessionUpdate {
+        /// What it asks for.
+        update: SessionUpdate,
+        /// Unknown or invalid options.
+        errors: Vec<OptionError>,
+    },
 }
 
 impl Command {
@@ -308,6 +342,9 @@ impl Command {
             Command::Interrupt => json!({"type": "tts.interrupt"}),
             Command::Hangup { reason } => json!({"type": "hangup", "reason": reason}),
             Command::ClientSend { data } => json!({"type": "client.send", "data": data}),
+            Command::SessionUpdate { update, .. } => {
+                json!({"type": "session.update", "session": update.to_value()})
+            }
         };
         v["call_id"] = call_id.into();
         v.to_string()
@@ -332,6 +369,9 @@ impl Command {
             Command::Hangup { reason } => format!("hangup {:?}", shown(reason)),
             // Never the data: it is the app's, and may be anything.
             Command::ClientSend { .. } => self.kind().to_owned(),
+            Command::SessionUpdate { errors, .. } => {
+                format!("session.update, {} invalid options", errors.len())
+            }
         }
     }
 
@@ -344,6 +384,7 @@ impl Command {
             Command::Interrupt => "tts.interrupt",
             Command::Hangup { .. } => "hangup",
             Command::ClientSend { .. } => "client.send",
+            Command::SessionUpdate { .. } => "session.update",
         }
     }
 }
@@ -387,10 +428,12 @@ struct RawCommand {
     meta: Option<Box<serde_json::value::RawValue>>,
     #[serde(default)]
     data: Option<serde_json::Value>,
+    #[serde(default)]
+    session: Option<serde_json::Value>,
 }
 
 /// [`RawCommand`]'s fields, for [`fold_keys`]: the original matched keys case-insensitively.
-const COMMAND_FIELDS: [&str; 8] = [
+const COMMAND_FIELDS: [&str; 9] = [
     "type",
     "call_id",
     "text",
@@ -399,6 +442,7 @@ const COMMAND_FIELDS: [&str; 8] = [
     "reason",
     "meta",
     "data",
+    "session",
 ];
 /// [`Meta`]'s fields, for [`fold_keys`].
 const META_FIELDS: [&str; 4] = ["llmModel", "llmFirstMs", "llmWallMs", "userText"];
@@ -462,6 +506,10 @@ pub fn parse_command(frame: &str, call_id: &str) -> Result<Command, CommandError
             None | Some(serde_json::Value::Null) => Err(CommandError::MissingData),
             Some(data) => Ok(Command::ClientSend { data }),
         },
+        "session.update" => {
+            let (update, errors) = crate::session::parse_update(raw.session.as_ref());
+            Ok(Command::SessionUpdate { update, errors })
+        }
         other => Err(CommandError::Unknown(other.to_owned())),
     }
 }

@@ -24,6 +24,7 @@ pub mod resample;
 pub mod restart;
 pub mod sdp;
 pub mod sdpfrag;
+pub mod session;
 pub mod speech;
 pub mod stun;
 pub mod text;

@@ -117,6 +117,12 @@ impl Endpointer {
         }
     }
 
+    /// A session changed the silence that ends an utterance (`listen.end_silence_ms`); the
+    /// utterance in progress, if any, ends by the new value.
+    pub fn set_end_silence_ms(&mut self, ms: u32) {
+        self.s.end_silence_ms = ms;
+    }
+
     /// Whether an utterance is in progress.
     pub fn in_utterance(&self) -> bool {
         self.in_utterance.is_some()
@@ -258,6 +264,12 @@ impl BargeIn {
             }
             _ => {}
         }
+    }
+
+    /// A session turned barge-in on or off (`barge_in.enabled`).
+    pub fn set_enabled(&mut self, on: bool) {
+        self.s.enabled = on;
+        self.run = 0;
     }
 
     /// A frame we played had this RMS level.

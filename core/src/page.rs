@@ -67,7 +67,9 @@ impl<'a> PageMessage<'a> {
             | Event::TtsInterrupt { .. }
             | Event::CallMedia { .. }
             | Event::CallEnded { .. }
-            | Event::ClientMessage { .. } => None,
+            | Event::ClientMessage { .. }
+            | Event::SessionUpdated { .. }
+            | Event::Error { .. } => None,
         }
     }
 

@@ -56,7 +56,12 @@ impl CallActor {
         let Some(writer) = self.writer.clone() else {
             return;
         };
-        let settings = CodecSettings::from_call(&self.settings, &self.offer);
+        let mut settings = CodecSettings::from_call(&self.settings, &self.offer);
+        // A restarted codec listens as the session last said.
+        if let Some(l) = settings.listen.as_mut() {
+            l.endpoint.end_silence_ms = self.session.end_silence_ms;
+            l.barge_in.enabled = self.session.barge_in;
+        }
         let parent = ctx.address().recipient();
         let (call_id, span) = (self.call_id.clone(), self.span.clone());
         let track = self.track.clone();

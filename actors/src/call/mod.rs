@@ -21,6 +21,7 @@ mod children;
 mod faults;
 mod hold;
 mod page;
+mod session;
 mod teardown;
 mod types;
 mod watch;
@@ -48,6 +49,7 @@ use voicegate_core::page::{PageInbox, PageMessage};
 use voicegate_core::random;
 use voicegate_core::restart::RestartBudget;
 use voicegate_core::sdpfrag::IceFragment;
+use voicegate_core::session::Session;
 use voicegate_core::timeline::Timeline;
 use voicegate_core::untrusted::shown;
 use voicegate_media::{
@@ -179,6 +181,8 @@ pub struct CallActor {
     checking_transport: bool,
     /// Watch ticks so far (the downlink loss is read every few of them).
     watches: u32,
+    /// What the dialog app chose with `session.update` (engines, endpointing, barge-in).
+    session: Session,
     /// Keeps the worker's load count right.
     _lease: crate::workers::Lease,
     /// Counts this call in `voicegate_calls_active` while it exists.
@@ -197,7 +201,12 @@ impl CallActor {
         lease: crate::workers::Lease,
     ) -> Self {
         let restarts = RestartBudget::new(settings.max_restarts, settings.restart_window);
+        let session = Session::new(
+            settings.listen.endpoint.end_silence_ms,
+            settings.listen.barge_in.enabled,
+        );
         CallActor {
+            session,
             call_id,
             span,
             settings,
@@ -677,6 +686,7 @@ impl CallActor {
             }),
             Command::Interrupt => speaker.do_send(speaker::Interrupt),
             Command::Hangup { reason } => self.end(EndReason::DialogHangup(reason), ctx),
+            Command::SessionUpdate { update, errors } => self.update_session(&update, errors),
             Command::ClientSend { data } => {
                 let text = PageMessage::Client { data: &data }.to_json();
                 let max = self.settings.page.max_message_bytes;

@@ -88,6 +88,15 @@ pub struct HoldPrompts {
     pub give_up: String,
 }
 
+/// The engines of `[tts.profiles.<name>]` and `[asr.profiles.<name>]`, by name.
+#[derive(Default)]
+pub struct EngineProfiles {
+    /// Speech engines.
+    pub tts: std::collections::BTreeMap<String, Arc<dyn TtsFactory>>,
+    /// Recognizers.
+    pub asr: std::collections::BTreeMap<String, Arc<dyn AsrFactory>>,
+}
+
 /// What every call shares: the media plane and the engines.
 #[derive(Clone)]
 pub struct CallServices {
@@ -97,6 +106,8 @@ pub struct CallServices {
     pub tts: Arc<dyn TtsFactory>,
     /// Makes each call's recognizer.
     pub asr: Arc<dyn AsrFactory>,
+    /// The named engine profiles a session may choose (`session.update`).
+    pub profiles: Arc<EngineProfiles>,
     /// The dialog connection's settings.
     pub dialog: Arc<DialogSettings>,
 }

@@ -120,6 +120,12 @@ impl Listening {
         barged
     }
 
+    /// A session changed the endpointing silence or barge-in.
+    pub fn set_session(&mut self, end_silence_ms: u32, barge_in: bool) {
+        self.endpointer.set_end_silence_ms(end_silence_ms);
+        self.barge_in.set_enabled(barge_in);
+    }
+
     /// Playback started or stopped.
     pub fn playing(&mut self, playing: bool, now: Instant) {
         self.barge_in.playing(playing, now);

@@ -485,6 +485,27 @@ impl Handler<HoldPlayout> for AudioCodec {
     }
 }
 
+/// A session changed listening (`session.update`): the endpointing silence and barge-in.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct SetListening {
+    /// Silence that ends an utterance, ms.
+    pub end_silence_ms: u32,
+    /// Caller speech interrupts voicegate's.
+    pub barge_in: bool,
+}
+
+impl Handler<SetListening> for AudioCodec {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetListening, _: &mut Self::Context) {
+        trace_msg!(self.call_id, "call" => "codec", "SetListening", "{msg:?}");
+        if let Some(l) = self.listening.as_mut() {
+            l.set_session(msg.end_silence_ms, msg.barge_in);
+        }
+    }
+}
+
 impl Handler<DownlinkLoss> for AudioCodec {
     type Result = ();
 

@@ -14,6 +14,7 @@ pub mod pocketsphinx;
 use futures_util::Stream;
 use std::pin::Pin;
 use std::rc::Rc;
+use voicegate_core::session::{AsrOptions, InvalidOption};
 
 /// A result from the engine.
 #[derive(Debug)]
@@ -90,6 +91,9 @@ pub trait AsrEngine {
 pub trait AsrFactory: Send + Sync {
     /// The engine for a new call; runs on the call's worker.
     fn for_call(&self) -> Rc<dyn AsrEngine>;
+    /// The engine with a session's options over the configured ones (`session.update`), or the
+    /// first option it cannot take. Runs on the call's worker and never blocks.
+    fn with_options(&self, options: &AsrOptions) -> Result<Rc<dyn AsrEngine>, InvalidOption>;
 }
 
 /// A WAV file (RIFF, 16-bit PCM mono) of `pcm` at `rate`.

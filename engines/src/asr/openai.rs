@@ -17,6 +17,7 @@ use secrecy::{ExposeSecret, SecretString};
 use std::rc::Rc;
 use std::time::Duration;
 use tokio::sync::oneshot;
+use voicegate_core::session::{AsrOptions, InvalidOption};
 
 /// The largest reply read: a transcription of the longest utterance is a few kilobytes.
 const MAX_REPLY_BYTES: usize = 1 << 20;
@@ -94,12 +95,42 @@ impl AsrFactory for OpenAiAsr {
     fn for_call(&self) -> Rc<dyn AsrEngine> {
         Rc::new(OpenAiEngine {
             settings: self.settings.clone(),
+            prompt: String::new(),
         })
+    }
+
+    /// `language` (`""`: the server detects it), `model` and `prompt` go into the request as
+    /// they are (the server refuses what it does not know, and that utterance gets `asr.error`);
+    /// there are no grammars.
+    fn with_options(&self, o: &AsrOptions) -> Result<Rc<dyn AsrEngine>, InvalidOption> {
+        if o.grammar.as_deref().is_some_and(|g| !g.is_empty()) {
+            return Err(InvalidOption::new(
+                "grammar",
+                "the openai engine has no grammars (a prompt can suggest words)",
+            ));
+        }
+        let mut settings = self.settings.clone();
+        if let Some(l) = &o.language {
+            settings.language.clone_from(l);
+        }
+        if let Some(m) = &o.model {
+            if m.is_empty() {
+                return Err(InvalidOption::new("model", "empty"));
+            }
+            settings.model.clone_from(m);
+        }
+        Ok(Rc::new(OpenAiEngine {
+            settings,
+            prompt: o.prompt.clone().unwrap_or_default(),
+        }))
     }
 }
 
 struct OpenAiEngine {
     settings: OpenAiAsrSettings,
+    /// A session's prompt: words to expect (no control characters, so it cannot break out of
+    /// its multipart field).
+    prompt: String,
 }
 
 struct Sink {
@@ -125,11 +156,12 @@ impl AsrEngine for OpenAiEngine {
     fn utterance(&self) -> (Box<dyn UtteranceSink>, AsrStream) {
         let (tx, rx) = oneshot::channel::<Vec<i16>>();
         let s = self.settings.clone();
+        let prompt = self.prompt.clone();
         let stream = futures_util::stream::once(async move {
             let Ok(pcm) = rx.await else {
                 return AsrUpdate::Final(None);
             };
-            match transcribe(&s, &pcm).await {
+            match transcribe(&s, &prompt, &pcm).await {
                 Ok(text) => AsrUpdate::Final(Some(text).filter(|t| !t.is_empty())),
                 Err(e) => AsrUpdate::Error(e.into()),
             }
@@ -144,7 +176,11 @@ impl AsrEngine for OpenAiEngine {
     }
 }
 
-async fn transcribe(s: &OpenAiAsrSettings, pcm: &[i16]) -> Result<String, OpenAiAsrError> {
+async fn transcribe(
+    s: &OpenAiAsrSettings,
+    prompt: &str,
+    pcm: &[i16],
+) -> Result<String, OpenAiAsrError> {
     let url = format!(
         "{}/v1/audio/transcriptions",
         s.base_url.trim_end_matches('/')
@@ -166,6 +202,9 @@ async fn transcribe(s: &OpenAiAsrSettings, pcm: &[i16]) -> Result<String, OpenAi
     field("response_format", "json");
     if !s.language.is_empty() {
         field("language", &s.language);
+    }
+    if !prompt.is_empty() {
+        field("prompt", prompt);
     }
     body.extend_from_slice(
         format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"utterance.wav\"\r\nContent-Type: audio/wav\r\n\r\n").as_bytes(),

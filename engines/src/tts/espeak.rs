@@ -9,11 +9,13 @@
 //! real time; a long segment holds the queue for a fraction of its playing time.
 
 use super::{SynthStream, TtsEngine, TtsFactory};
+use std::collections::HashSet;
 use std::ffi::{CString, c_char, c_int, c_uint, c_void};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
 use tokio::sync::mpsc;
+use voicegate_core::session::{InvalidOption, TtsOptions};
 
 /// The engine's name, for logs and errors.
 pub(super) const ENGINE: &str = "espeak";
@@ -30,6 +32,22 @@ mod ffi {
     pub const RATE: c_int = 1;
     pub const EE_OK: c_int = 0;
 
+    /// `espeak_VOICE`.
+    #[repr(C)]
+    pub struct Voice {
+        pub name: *const c_char,
+        /// Pairs of a priority byte and a NUL-terminated language name, then a zero byte (in
+        /// a search for `espeak_SetVoiceByProperties`: just the language).
+        pub languages: *const c_char,
+        pub identifier: *const c_char,
+        pub gender: u8,
+        pub age: u8,
+        pub variant: u8,
+        pub xx1: u8,
+        pub score: c_int,
+        pub spare: *mut c_void,
+    }
+
     pub type SynthCallback = unsafe extern "C" fn(*mut i16, c_int, *mut c_void) -> c_int;
 
     #[link(name = "espeak-ng")]
@@ -43,6 +61,8 @@ mod ffi {
         pub fn espeak_SetSynthCallback(cb: SynthCallback);
         pub fn espeak_SetVoiceByName(name: *const c_char) -> c_int;
         pub fn espeak_SetParameter(parameter: c_int, value: c_int, relative: c_int) -> c_int;
+        pub fn espeak_ListVoices(spec: *const Voice) -> *const *const Voice;
+        pub fn espeak_SetVoiceByProperties(spec: *const Voice) -> c_int;
         pub fn espeak_Synth(
             text: *const c_void,
             size: usize,
@@ -105,6 +125,11 @@ enum Job {
     Check {
         voice: CString,
         reply: std_mpsc::Sender<bool>,
+    },
+    /// Every name `espeak_SetVoiceByName` takes: each voice's name, identifier and languages,
+    /// lowercased, each one tried.
+    Voices {
+        reply: std_mpsc::Sender<HashSet<String>>,
     },
 }
 
@@ -173,15 +198,19 @@ fn run_worker(jobs: std_mpsc::Receiver<Job>, ready: std_mpsc::Sender<Result<u32,
     }
     // SAFETY: as above.
     unsafe { ffi::espeak_SetSynthCallback(on_audio) };
+    list_voices();
     let _ = ready.send(Ok(rate as u32));
     let mut current: Option<(CString, c_int)> = None;
     for job in jobs {
         match job {
             Job::Check { voice, reply } => {
-                // SAFETY: as above; `voice` outlives the call.
-                let ok = unsafe { ffi::espeak_SetVoiceByName(voice.as_ptr()) } == ffi::EE_OK;
+                let ok = set_voice(&voice);
                 current = None;
                 let _ = reply.send(ok);
+            }
+            Job::Voices { reply } => {
+                current = None;
+                let _ = reply.send(voice_names());
             }
             Job::Synth {
                 text,
@@ -194,11 +223,9 @@ fn run_worker(jobs: std_mpsc::Receiver<Job>, ready: std_mpsc::Sender<Result<u32,
                     continue; // cancelled while queued
                 }
                 if current.as_ref() != Some(&(voice.clone(), wpm)) {
+                    set_voice(&voice);
                     // SAFETY: as above.
-                    unsafe {
-                        ffi::espeak_SetVoiceByName(voice.as_ptr());
-                        ffi::espeak_SetParameter(ffi::RATE, wpm, 0);
-                    }
+                    unsafe { ffi::espeak_SetParameter(ffi::RATE, wpm, 0) };
                     current = Some((voice, wpm));
                 }
                 CURRENT.with(|c| *c.borrow_mut() = Some(out));
@@ -230,12 +257,92 @@ fn run_worker(jobs: std_mpsc::Receiver<Job>, ready: std_mpsc::Sender<Result<u32,
     }
 }
 
+thread_local! {
+    /// The languages the library's voices list, lowercased (on the worker thread).
+    static LANGUAGES: std::cell::RefCell<HashSet<String>> = std::cell::RefCell::new(HashSet::new());
+}
+
+/// Selects `voice` as the `espeak-ng -v` command does: by name or file, else, if it is one of
+/// the listed languages (`en-gb` is only a language), the best voice for it. On the worker
+/// thread.
+fn set_voice(voice: &std::ffi::CStr) -> bool {
+    // SAFETY: on the worker thread, after initialization.
+    if unsafe { ffi::espeak_SetVoiceByName(voice.as_ptr()) } == ffi::EE_OK {
+        return true;
+    }
+    let lower = voice.to_string_lossy().to_ascii_lowercase();
+    if !LANGUAGES.with(|l| l.borrow().contains(&lower)) {
+        return false;
+    }
+    let search = ffi::Voice {
+        name: std::ptr::null(),
+        languages: voice.as_ptr(),
+        identifier: std::ptr::null(),
+        gender: 0,
+        age: 0,
+        variant: 0,
+        xx1: 0,
+        score: 0,
+        spare: std::ptr::null_mut(),
+    };
+    // SAFETY: as above; the search and its string live through the call.
+    unsafe { ffi::espeak_SetVoiceByProperties(&search) == ffi::EE_OK }
+}
+
+/// Lists the library's voices: their names and files, and (kept in [`LANGUAGES`]) their
+/// languages. On the worker thread, once.
+fn list_voices() -> Vec<CString> {
+    let mut names = Vec::new();
+    let mut languages = HashSet::new();
+    // SAFETY: on the worker thread, after initialization; the list and its strings are the
+    // library's static data, read before any other call into it.
+    unsafe {
+        let list = ffi::espeak_ListVoices(std::ptr::null());
+        let mut i = 0;
+        while !list.is_null() && !(*list.add(i)).is_null() {
+            let v = &**list.add(i);
+            for p in [v.name, v.identifier] {
+                if !p.is_null() {
+                    names.push(std::ffi::CStr::from_ptr(p).to_owned());
+                }
+            }
+            // Priority byte, name, NUL; until a zero priority byte.
+            let mut l = v.languages;
+            while !l.is_null() && *l != 0 {
+                let name = std::ffi::CStr::from_ptr(l.add(1));
+                l = l.add(2 + name.to_bytes().len());
+                languages.insert(name.to_string_lossy().to_ascii_lowercase());
+            }
+            i += 1;
+        }
+    }
+    for l in &languages {
+        if let Ok(c) = CString::new(l.as_str()) {
+            names.push(c);
+        }
+    }
+    LANGUAGES.with(|l| *l.borrow_mut() = languages);
+    names
+}
+
+/// Every voice name the library takes, tried one by one (on the worker thread).
+fn voice_names() -> HashSet<String> {
+    list_voices()
+        .into_iter()
+        .filter(|c| set_voice(c))
+        .filter_map(|c| c.into_string().ok())
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
+}
+
 /// The engine factory.
 pub struct Espeak {
     jobs: std_mpsc::Sender<Job>,
     rate: u32,
     voice: CString,
     wpm: c_int,
+    /// Every voice name a session may choose, lowercased.
+    voices: Arc<HashSet<String>>,
 }
 
 impl Espeak {
@@ -253,14 +360,29 @@ impl Espeak {
         if !reply_rx.recv().map_err(|_| EspeakError::ThreadDied)? {
             return Err(EspeakError::NoVoice(settings.voice.clone()));
         }
+        let voices = VOICES
+            .get_or_init(|| {
+                let (tx, rx) = std_mpsc::channel();
+                jobs.send(Job::Voices { reply: tx }).ok()?;
+                rx.recv().ok().map(Arc::new)
+            })
+            .clone()
+            .ok_or(EspeakError::ThreadDied)?;
         Ok(Espeak {
             jobs,
             rate,
             voice,
             wpm: settings.rate_wpm.clamp(80, 450) as c_int,
+            voices,
         })
     }
 }
+
+/// The voices, listed once per process (the library's voices do not change while it runs).
+static VOICES: std::sync::OnceLock<Option<Arc<HashSet<String>>>> = std::sync::OnceLock::new();
+
+/// Slowest and fastest speaking rates espeak-ng takes, words per minute.
+const WPM_RANGE: std::ops::RangeInclusive<f32> = 80.0..=450.0;
 
 impl TtsFactory for Espeak {
     fn for_call(&self) -> Rc<dyn TtsEngine> {
@@ -270,6 +392,34 @@ impl TtsFactory for Espeak {
             voice: self.voice.clone(),
             wpm: self.wpm,
         })
+    }
+
+    /// `voice`: any name espeak-ng lists (`espeak-ng --voices`: a language such as `en-gb`, a
+    /// voice name or file); `speed` scales `tts.espeak.rate_wpm`, within 80-450 words per
+    /// minute.
+    fn with_options(&self, o: &TtsOptions) -> Result<Rc<dyn TtsEngine>, InvalidOption> {
+        let voice = match &o.voice {
+            None => self.voice.clone(),
+            Some(v) if self.voices.contains(&v.to_ascii_lowercase()) => {
+                CString::new(v.as_str()).map_err(|_| InvalidOption::new("voice", "NUL byte"))?
+            }
+            Some(_) => {
+                return Err(InvalidOption::new(
+                    "voice",
+                    "espeak-ng has no such voice (see espeak-ng --voices)",
+                ));
+            }
+        };
+        let wpm = match o.speed {
+            None => self.wpm,
+            Some(f) => (self.wpm as f32 * f).clamp(*WPM_RANGE.start(), *WPM_RANGE.end()) as c_int,
+        };
+        Ok(Rc::new(EspeakEngine {
+            jobs: self.jobs.clone(),
+            rate: self.rate,
+            voice,
+            wpm,
+        }))
     }
 }
 
@@ -394,5 +544,47 @@ mod tests {
             "{err:?}"
         );
         assert!(err.is_some_and(|e| e.to_string().contains("no voice")));
+    }
+
+    #[actix_rt::test]
+    async fn a_session_may_choose_any_listed_voice_and_a_speed() {
+        let espeak = Espeak::start(&EspeakSettings {
+            voice: "en-us".into(),
+            rate_wpm: 175,
+        })
+        .unwrap();
+        let voices = espeak.voices.clone();
+        assert!(voices.len() > 50, "{} voices", voices.len());
+        for v in ["en-us", "en-gb", "de", "fr"] {
+            assert!(voices.contains(v), "{v} is listed");
+        }
+        let samples = |engine: Rc<dyn TtsEngine>| async move {
+            let chunks: Vec<_> = engine
+                .synthesize("One two three four five six.")
+                .collect()
+                .await;
+            chunks.into_iter().flatten().flatten().count()
+        };
+        let normal = samples(espeak.for_call()).await;
+        let fast = samples(
+            espeak
+                .with_options(&TtsOptions {
+                    voice: Some("EN-GB".into()),
+                    speed: Some(2.0),
+                })
+                .unwrap(),
+        )
+        .await;
+        assert!(
+            fast * 3 < normal * 2,
+            "twice as fast: {fast} samples against {normal}"
+        );
+        let err = espeak
+            .with_options(&TtsOptions {
+                voice: Some("no-such-voice".into()),
+                speed: None,
+            })
+            .err();
+        assert_eq!(err.map(|e| e.option), Some("voice"));
     }
 }

@@ -15,6 +15,7 @@ pub mod openai;
 use futures_util::Stream;
 use std::pin::Pin;
 use std::rc::Rc;
+use voicegate_core::session::{InvalidOption, TtsOptions};
 
 /// A synthesis in progress: PCM chunks (mono i16 at the engine's rate), then the end of the
 /// stream; an `Err` item ends it as failed.
@@ -64,4 +65,8 @@ pub trait TtsEngine {
 pub trait TtsFactory: Send + Sync {
     /// The engine for a new call; runs on the call's worker.
     fn for_call(&self) -> Rc<dyn TtsEngine>;
+    /// The engine with a session's options over the configured ones (`session.update`), or the
+    /// first option it cannot take. Runs on the call's worker and never blocks: an engine
+    /// checks what it can know locally (a local engine's voices), a remote server the rest.
+    fn with_options(&self, options: &TtsOptions) -> Result<Rc<dyn TtsEngine>, InvalidOption>;
 }

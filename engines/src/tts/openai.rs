@@ -19,6 +19,7 @@ use futures_util::StreamExt;
 use secrecy::{ExposeSecret, SecretString};
 use std::rc::Rc;
 use std::time::Duration;
+use voicegate_core::session::{InvalidOption, TtsOptions};
 
 /// The engine's name, for logs and errors.
 pub(super) const ENGINE: &str = "openai";
@@ -91,8 +92,34 @@ impl TtsFactory for OpenAiTts {
         let client = awc::Client::builder().timeout(s.timeout).finish();
         Rc::new(OpenAiEngine {
             settings: s,
+            speed: None,
             client,
         })
+    }
+
+    /// `voice`: a name the server knows (letters, digits, `-`, `_`, `.`; the server refuses an
+    /// unknown one, and that utterance ends with `tts.ended ok:false`); `speed`: sent as the
+    /// request's `speed`.
+    fn with_options(&self, o: &TtsOptions) -> Result<Rc<dyn TtsEngine>, InvalidOption> {
+        let mut s = self.settings.clone();
+        if let Some(v) = &o.voice {
+            let ok = !v.is_empty()
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            if !ok {
+                return Err(InvalidOption::new(
+                    "voice",
+                    "want a voice name (letters, digits, -, _ and .)",
+                ));
+            }
+            s.voice.clone_from(v);
+        }
+        let client = awc::Client::builder().timeout(s.timeout).finish();
+        Ok(Rc::new(OpenAiEngine {
+            settings: s,
+            speed: o.speed,
+            client,
+        }))
     }
 }
 
@@ -104,10 +131,15 @@ struct SpeechRequest<'a> {
     voice: &'a str,
     /// Raw 16-bit little-endian mono PCM at the engine's sample rate.
     response_format: &'a str,
+    /// 0.25 to 4.0; the server's default (1.0) when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    speed: Option<f32>,
 }
 
 struct OpenAiEngine {
     settings: OpenAiTtsSettings,
+    /// A session's speed, if it chose one.
+    speed: Option<f32>,
     client: awc::Client,
 }
 
@@ -136,6 +168,7 @@ impl TtsEngine for OpenAiEngine {
             input: text,
             voice: &s.voice,
             response_format: "pcm",
+            speed: self.speed,
         });
         let stream_idle = s.stream_idle;
         Box::pin(

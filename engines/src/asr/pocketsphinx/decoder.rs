@@ -250,6 +250,8 @@ static INIT_LOCK: Mutex<()> = Mutex::new(());
 static SILENCE_LOG: Once = Once::new();
 
 const GRAMMAR_SEARCH: &str = "grammar";
+/// The language model's search, as pocketsphinx names it (`PS_DEFAULT_SEARCH`).
+const LM_SEARCH: &str = "_default";
 
 /// A pocketsphinx decoder (acoustic model + dictionary + LM or JSGF grammar).
 ///
@@ -269,6 +271,11 @@ pub struct Decoder {
     /// At least one utterance has been started (so `ps_get_hyp` has a search
     /// state to report on).
     started_once: bool,
+    /// The search used when a job names none: the grammar if one was given,
+    /// else the language model's.
+    default_search: CString,
+    /// The active search's name.
+    active: CString,
 }
 
 // SAFETY: `Decoder` exclusively owns its `ps_decoder_t` and `cmd_ln_t`; no
@@ -377,6 +384,8 @@ impl Decoder {
             cmn_init: Vec::new(),
             in_utt: false,
             started_once: false,
+            default_search: CString::new(LM_SEARCH).unwrap(),
+            active: CString::new(LM_SEARCH).unwrap(),
         };
         let cmn = dec.cmn_ptr()?;
         // SAFETY: cmn_ptr() checked the pointer and veclen; buffer has veclen floats.
@@ -387,14 +396,45 @@ impl Decoder {
         }
 
         if let Some(g) = jsgf_c {
-            dec.set_jsgf(&g)?;
+            let name = CString::new(GRAMMAR_SEARCH).unwrap();
+            dec.add_jsgf(&name, &g)?;
+            dec.activate(name.clone())?;
+            dec.default_search = name;
         }
         Ok(dec)
     }
 
-    /// Equivalent of `ps_set_jsgf_string` + `ps_set_search`, without the leak.
-    fn set_jsgf(&mut self, text: &CStr) -> Result<(), DecoderError> {
-        let name = CString::new(GRAMMAR_SEARCH).unwrap();
+    /// Adds a named grammar's search (as `g:<name>`), for [`use_search`](Self::use_search).
+    pub fn add_grammar(&mut self, name: &str, text: &str) -> Result<(), DecoderError> {
+        let text = CString::new(text).map_err(|_| DecoderError::GrammarNul)?;
+        let name = CString::new(format!("g:{name}")).map_err(|_| DecoderError::GrammarNul)?;
+        self.add_jsgf(&name, &text)
+    }
+
+    /// Makes the named grammar's search active for the next utterance; `None`: the default
+    /// one (the grammar given to [`new`](Self::new), else the language model).
+    pub fn use_search(&mut self, grammar: Option<&str>) -> Result<(), DecoderError> {
+        let name = match grammar {
+            None => self.default_search.clone(),
+            Some(g) => CString::new(format!("g:{g}")).map_err(|_| DecoderError::GrammarNul)?,
+        };
+        if name == self.active {
+            return Ok(());
+        }
+        self.activate(name)
+    }
+
+    fn activate(&mut self, name: CString) -> Result<(), DecoderError> {
+        // SAFETY: valid decoder; the name is a NUL-terminated string alive for the call.
+        if unsafe { ffi::ps_set_search(self.ps, name.as_ptr()) } < 0 {
+            return Err(DecoderError::Failed("ps_set_search"));
+        }
+        self.active = name;
+        Ok(())
+    }
+
+    /// Equivalent of `ps_set_jsgf_string`, without the leak: adds the search `name`.
+    fn add_jsgf(&mut self, name: &CStr, text: &CStr) -> Result<(), DecoderError> {
         let lw_key = CString::new("-lw").unwrap();
         // SAFETY: valid decoder/config; every object created here is freed
         // here on every path. ps_set_fsg takes its own reference to the FSG
@@ -421,9 +461,6 @@ impl Decoder {
             ffi::jsgf_grammar_free(jsgf);
             if rv < 0 {
                 return Err(DecoderError::GrammarRejected);
-            }
-            if ffi::ps_set_search(self.ps, name.as_ptr()) < 0 {
-                return Err(DecoderError::Failed("ps_set_search"));
             }
         }
         Ok(())

@@ -31,12 +31,14 @@ use decoder::Decoder;
 pub use decoder::DecoderError;
 use queue::FairQueue;
 pub use queue::Refused;
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use tokio::sync::mpsc;
+use voicegate_core::session::{AsrOptions, InvalidOption};
 
 /// Audio between partial hypotheses (samples at 16 kHz): 200 ms.
 const PARTIAL_EVERY: usize = 3200;
@@ -52,6 +54,9 @@ pub struct PocketsphinxSettings {
     pub lm: Option<PathBuf>,
     /// JSGF grammar text.
     pub grammar: Option<String>,
+    /// Named JSGF grammars (name, text) a session may choose (`asr.grammar` of
+    /// `session.update`); each decoder holds them all.
+    pub grammars: Vec<(String, String)>,
     /// Decoder threads.
     pub decoders: usize,
     /// Most utterances waiting for a decoder, across all calls.
@@ -122,6 +127,8 @@ struct Job {
     audio: std_mpsc::Receiver<Audio>,
     /// Results go here; closed when nobody awaits them any more (the job is abandoned).
     results: mpsc::UnboundedSender<Decoded>,
+    /// The named grammar to recognize with; `None`: the default search.
+    grammar: Option<Arc<str>>,
 }
 
 impl Job {
@@ -173,6 +180,8 @@ impl Shared {
 /// The engine factory: owns the decoder threads.
 pub struct Pocketsphinx {
     shared: Arc<Shared>,
+    /// The named grammars' names.
+    grammars: Arc<HashSet<String>>,
     /// The key of the next call's engine in the queue.
     next_call: AtomicU64,
 }
@@ -199,16 +208,24 @@ impl Pocketsphinx {
         // Built before the threads, so an early return below still ends the threads it started.
         let engine = Pocketsphinx {
             shared: shared.clone(),
+            grammars: Arc::new(s.grammars.iter().map(|(n, _)| n.clone()).collect()),
             next_call: AtomicU64::new(0),
         };
         for i in 0..s.decoders.max(1) {
             let (hmm, dict, lm, grammar) =
                 (s.hmm.clone(), s.dict.clone(), lm.clone(), s.grammar.clone());
+            let grammars = s.grammars.clone();
             let (shared, ready) = (shared.clone(), ready_tx.clone());
             std::thread::Builder::new()
                 .name(format!("vg-asr-{i}"))
                 .spawn(move || {
-                    let decoder = Decoder::new(&hmm, &dict, lm.as_deref(), grammar.as_deref());
+                    let decoder = Decoder::new(&hmm, &dict, lm.as_deref(), grammar.as_deref())
+                        .and_then(|mut d| {
+                            for (name, text) in &grammars {
+                                d.add_grammar(name, text)?;
+                            }
+                            Ok(d)
+                        });
                     match decoder {
                         Ok(d) => {
                             let _ = ready.send(Ok(()));
@@ -242,7 +259,8 @@ fn run(mut d: Decoder, shared: &Shared) {
         let fail = |results: &mpsc::UnboundedSender<Decoded>, e: DecoderError| {
             let _ = results.send(Decoded::Failed(e));
         };
-        if let Err(e) = d.reset_cmn().and_then(|()| d.start()) {
+        let ready = d.use_search(job.grammar.as_deref());
+        if let Err(e) = ready.and_then(|()| d.reset_cmn()).and_then(|()| d.start()) {
             fail(&job.results, e);
             continue;
         }
@@ -290,7 +308,42 @@ impl AsrFactory for Pocketsphinx {
         Rc::new(PocketsphinxEngine {
             shared: self.shared.clone(),
             call: self.next_call.fetch_add(1, Ordering::Relaxed),
+            grammar: None,
         })
+    }
+
+    /// `grammar`: one of `asr.pocketsphinx.grammars` by name (`""`: the default, the
+    /// configured grammar or else the language model). The acoustic model fixes the language
+    /// and there is one model, so `language`, `model` and `prompt` are refused: an ASR profile
+    /// with other model files is how a session changes them.
+    fn with_options(&self, o: &AsrOptions) -> Result<Rc<dyn AsrEngine>, InvalidOption> {
+        for (option, given) in [
+            ("language", &o.language),
+            ("model", &o.model),
+            ("prompt", &o.prompt),
+        ] {
+            if given.is_some() {
+                return Err(InvalidOption::new(
+                    option,
+                    "pocketsphinx takes none (choose an asr profile with other model files)",
+                ));
+            }
+        }
+        let grammar = match o.grammar.as_deref() {
+            None | Some("") => None,
+            Some(g) if self.grammars.contains(g) => Some(Arc::from(g)),
+            Some(_) => {
+                return Err(InvalidOption::new(
+                    "grammar",
+                    "no such grammar in asr.pocketsphinx.grammars",
+                ));
+            }
+        };
+        Ok(Rc::new(PocketsphinxEngine {
+            shared: self.shared.clone(),
+            call: self.next_call.fetch_add(1, Ordering::Relaxed),
+            grammar,
+        }))
     }
 }
 
@@ -298,6 +351,8 @@ struct PocketsphinxEngine {
     shared: Arc<Shared>,
     /// This call's key in the queue.
     call: u64,
+    /// The session's grammar; `None`: the default search.
+    grammar: Option<Arc<str>>,
 }
 
 struct Sink {
@@ -325,6 +380,7 @@ impl AsrEngine for PocketsphinxEngine {
         let job = Job {
             audio: audio_rx,
             results: results_tx,
+            grammar: self.grammar.clone(),
         };
         let refused = {
             let mut w = self.shared.lock();
@@ -366,6 +422,7 @@ mod tests {
             dict: "/usr/share/pocketsphinx/model/en-us/cmudict-en-us.dict".into(),
             lm: Some("/usr/share/pocketsphinx/model/en-us/en-us.lm.bin".into()),
             grammar: grammar.map(str::to_owned),
+            grammars: Vec::new(),
             decoders: 1,
             queue_max: 8,
         }
@@ -483,5 +540,107 @@ mod tests {
         let d2 = first(&mut d2_results).await;
         assert!(matches!(d2, AsrUpdate::Final(None)), "{d2:?}");
         waiting(&ps, 0).await;
+    }
+
+    /// `text` spoken by espeak-ng at 16 kHz, with silence around it.
+    async fn spoken(text: &str) -> Vec<i16> {
+        use crate::tts::TtsFactory;
+        use crate::tts::espeak::{Espeak, EspeakSettings};
+        let espeak = Espeak::start(&EspeakSettings {
+            voice: "en-us".into(),
+            rate_wpm: 150,
+        })
+        .expect("espeak-ng is installed by scripts/setup.sh");
+        let engine = espeak.for_call();
+        let rate = engine.sample_rate();
+        let pcm: Vec<i16> = engine
+            .synthesize(text)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .flatten()
+            .flatten()
+            .collect();
+        let mut r = voicegate_core::resample::StreamResampler::new(rate, 16_000).unwrap();
+        let mut out = vec![0; 4800];
+        r.push(&pcm, &mut out);
+        r.finish(&mut out);
+        out.extend([0; 4800]);
+        out
+    }
+
+    async fn recognize(engine: &Rc<dyn AsrEngine>, pcm: &[i16]) -> Option<String> {
+        let (mut sink, results) = engine.utterance();
+        sink.push(pcm);
+        sink.finish();
+        let updates: Vec<AsrUpdate> = results.collect().await;
+        match updates.into_iter().last() {
+            Some(AsrUpdate::Final(text)) => text,
+            other => panic!("no final: {other:?}"),
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_session_chooses_a_named_grammar_per_utterance_and_goes_back_to_the_default() {
+        let ps = Pocketsphinx::start(&PocketsphinxSettings {
+            grammars: vec![
+                (
+                    "colors".into(),
+                    "#JSGF V1.0; grammar c; public <c> = red | green | blue ;".into(),
+                ),
+                (
+                    "numbers".into(),
+                    "#JSGF V1.0; grammar n; public <n> = one | two | three ;".into(),
+                ),
+            ],
+            ..settings(None)
+        })
+        .expect("pocketsphinx is installed by scripts/setup.sh");
+        let green = spoken("green").await;
+        let colors = ps
+            .with_options(&AsrOptions {
+                grammar: Some("colors".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        let numbers = ps
+            .with_options(&AsrOptions {
+                grammar: Some("numbers".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        // One decoder serves them all, switching searches per utterance.
+        assert_eq!(recognize(&colors, &green).await.as_deref(), Some("green"));
+        let n = recognize(&numbers, &green).await;
+        assert!(
+            matches!(n.as_deref(), None | Some("one" | "two" | "three")),
+            "{n:?}"
+        );
+        let lm = recognize(&ps.for_call(), &green).await;
+        assert!(lm.is_some(), "the language model hears something");
+        assert_eq!(recognize(&colors, &green).await.as_deref(), Some("green"));
+
+        let refused = |o: AsrOptions| ps.with_options(&o).err().map(|e| e.option);
+        assert_eq!(
+            refused(AsrOptions {
+                grammar: Some("nope".into()),
+                ..Default::default()
+            }),
+            Some("grammar")
+        );
+        assert_eq!(
+            refused(AsrOptions {
+                language: Some("de".into()),
+                ..Default::default()
+            }),
+            Some("language")
+        );
+        assert_eq!(
+            refused(AsrOptions {
+                grammar: Some(String::new()),
+                ..Default::default()
+            }),
+            None
+        );
     }
 }
