@@ -62,8 +62,8 @@ pub fn header_name(key: &str) -> String {
     key.trim().replace('_', "-").to_ascii_lowercase()
 }
 
-/// One header sent on every dial. The value is never shown.
-#[derive(Clone)]
+/// One header sent on every dial. The value is never shown (its `Debug` is `SecretString`'s).
+#[derive(Clone, Debug)]
 pub struct DialHeader {
     /// The name, lower case (HTTP names are case-insensitive).
     name: HeaderName,
@@ -100,12 +100,6 @@ impl DialHeader {
             .expect("DialHeader::new checked that the value is a valid header value");
         value.set_sensitive(true);
         (self.name.clone(), value)
-    }
-}
-
-impl fmt::Debug for DialHeader {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: ***", self.name)
     }
 }
 
@@ -147,7 +141,7 @@ impl fmt::Display for DialHeaders {
             if i > 0 {
                 f.write_str(", ")?;
             }
-            write!(f, "{h:?}")?;
+            write!(f, "{}: ***", h.name)?;
         }
         Ok(())
     }
