@@ -192,11 +192,24 @@ pub fn start(cfg: &Validated) -> Result<Running, StartError> {
             "http.allowed_origins is empty on a non-loopback address: pages on any origin can place calls through their visitors' browsers; see SECURITY.md"
         );
     }
+    if let DialogTarget::Url(url) = &cfg.dialog_target
+        && url.scheme() == "ws"
+        && !cfg.dialog.headers.is_empty()
+        && !is_loopback_host(url)
+    {
+        tracing::warn!(
+            dialog = %dialog_shown,
+            headers = %cfg.dialog.headers,
+            "dialog.headers go to a ws:// URL beyond this machine: they cross the network in clear text; use wss://"
+        );
+    }
     tracing::info!(
         media = %media_addr,
         advertised = ?plane.candidate_addresses(),
         media_workers = cfg.media.workers,
         dialog = %dialog_shown,
+        dialog_headers = %cfg.dialog.headers,
+        dialog_tls = %cfg.dialog.tls,
         "listening on {http_addr}"
     );
     Ok(Running {
@@ -208,6 +221,16 @@ pub fn start(cfg: &Validated) -> Result<Running, StartError> {
         ready,
         demo_url,
     })
+}
+
+/// Whether `url`'s host is this machine (`localhost` or a loopback address).
+fn is_loopback_host(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
 }
 
 /// `url` with the query parameter `name` set to `value` (replacing any there).

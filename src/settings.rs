@@ -15,6 +15,7 @@ use std::time::Duration;
 use voicegate_actors::call::{CallSettings, EndReasonStyle, HoldPrompts};
 use voicegate_actors::codec::ListenSettings;
 use voicegate_actors::dialog::DialogSettings;
+use voicegate_actors::dialog_conn::{DialHeaders, DialTls, TlsError, header_name};
 use voicegate_actors::recognizer::RecognizerSettings;
 use voicegate_core::admission::IpNet;
 use voicegate_core::call_id;
@@ -41,6 +42,18 @@ const MIN_STREAM_IDLE_MS: u64 = 100;
 /// The shortest result deadline accepted for an utterance: below it, even an idle pocketsphinx
 /// decoder cannot finish a long utterance's search in time.
 const MIN_UTTERANCE_DEADLINE_MS: u64 = 1000;
+
+/// The environment's prefix of one `dialog.headers` entry: `VOICEGATE__DIALOG__HEADERS__<NAME>`.
+const HEADER_ENV_PREFIX: &str = "VOICEGATE__DIALOG__HEADERS__";
+
+/// The header name an environment variable sets (lower case, as the general source reads keys),
+/// if it is a `dialog.headers` entry.
+fn header_env_name(var: &str) -> Option<String> {
+    let head = var.get(..HEADER_ENV_PREFIX.len())?;
+    let name = &var[HEADER_ENV_PREFIX.len()..];
+    (head.eq_ignore_ascii_case(HEADER_ENV_PREFIX) && !name.is_empty())
+        .then(|| name.to_ascii_lowercase())
+}
 
 /// Keys whose environment value is a comma-separated list.
 const LIST_KEYS: &[&str] = &[
@@ -124,6 +137,13 @@ pub struct Dialog {
     pub hold_retry: String,
     /// Prompt when giving up.
     pub hold_give_up: String,
+    /// Headers sent on every dial, name to value (values are secrets).
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, SecretString>,
+    /// PEM file of certificate authorities trusted for `wss://`; empty: none.
+    pub ca_file: String,
+    /// Trust the public web roots for `wss://` (besides `ca_file`).
+    pub public_roots: bool,
 }
 
 /// `[demo]`: the embedded demo dialog app.
@@ -911,10 +931,37 @@ impl Settings {
         for k in LIST_KEYS {
             envsrc = envsrc.with_list_parse_key(k);
         }
+        // Dial headers from the environment are taken verbatim: the general source parses
+        // numbers and booleans (`007` would be sent as `7`), and a secret must arrive as typed.
+        // (A variable that is not Unicode is refused by the general source.)
+        let vars: Vec<(String, String)> = match &env {
+            Some(map) => map.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            None => std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+                .collect(),
+        };
+        let mut from_env = Vec::new();
+        for (key, value) in vars {
+            if let Some(name) = header_env_name(&key) {
+                b = b.set_override(format!("dialog.headers.{name}"), value)?;
+                from_env.push(name);
+            }
+        }
         if let Some(map) = env {
             envsrc = envsrc.source(Some(map.into_iter().collect()));
         }
-        Ok(b.add_source(envsrc).build()?.try_deserialize()?)
+        let mut settings: Settings = b.add_source(envsrc).build()?.try_deserialize()?;
+        // A file's keys keep their case and the environment's are lower case, so a file's
+        // `Authorization` and the environment's `authorization` are two keys to the layers: the
+        // environment's wins, as it does for every other key.
+        for name in from_env {
+            let header = header_name(&name);
+            settings
+                .dialog
+                .headers
+                .retain(|key, _| *key == name || header_name(key) != header);
+        }
+        Ok(settings)
     }
 
     /// Checks every value and converts to domain types.
@@ -1110,6 +1157,23 @@ impl Settings {
                 format!("must be at least {MIN_DIALOG_STABLE_AFTER_MS}"),
             ));
         }
+        let headers = DialHeaders::new(
+            d.headers
+                .iter()
+                .map(|(name, value)| (name.clone(), value.clone())),
+        )
+        .map_err(|e| invalid("dialog.headers", e))?;
+        let ca_pem = match d.ca_file.trim() {
+            "" => None,
+            path => Some(
+                std::fs::read(path)
+                    .map_err(|e| invalid("dialog.ca_file", format!("{path}: {e}")))?,
+            ),
+        };
+        let tls = DialTls::new(d.public_roots, ca_pem.as_deref()).map_err(|e| match e {
+            TlsError::NoRoots => invalid("dialog.public_roots", e),
+            e => invalid("dialog.ca_file", format!("{}: {e}", d.ca_file.trim())),
+        })?;
         let dialog = DialogSettings {
             url: url::Url::parse("ws://127.0.0.1/").expect("a constant URL parses"),
             connect_timeout: Duration::from_millis(d.connect_timeout_ms),
@@ -1123,6 +1187,8 @@ impl Settings {
             event_buffer: d.event_buffer.max(1),
             max_message_bytes: d.max_message_bytes,
             stable_after: Duration::from_millis(d.stable_after_ms),
+            headers,
+            tls,
         };
         let demo_llm = self.demo.llm.validate()?;
         if self.tts.stream_idle_timeout_ms < MIN_STREAM_IDLE_MS {
@@ -2014,5 +2080,176 @@ mod tests {
     #[test]
     fn missing_config_file_is_an_error() {
         assert!(Settings::load_with_env(Some("/nonexistent/voicegate.toml"), env(&[])).is_err());
+    }
+
+    /// The validation error for these variables, as text.
+    fn refused(pairs: &[(&str, &str)]) -> String {
+        Settings::load_with_env(None, env(pairs))
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn dial_headers_come_from_the_environment_verbatim_and_never_show() {
+        let s = Settings::load_with_env(
+            None,
+            env(&[
+                (
+                    "VOICEGATE__DIALOG__HEADERS__AUTHORIZATION",
+                    "Bearer s3cret, x",
+                ),
+                // The general source would read these as a number and a boolean.
+                ("VOICEGATE__DIALOG__HEADERS__X_API_KEY", "007"),
+                ("voicegate__dialog__headers__x_flag", "TRUE"),
+            ]),
+        )
+        .unwrap();
+        let v = s.validate().unwrap();
+        let sent: Vec<(String, String)> = v
+            .dialog
+            .headers
+            .iter()
+            .map(|h| {
+                let (n, v) = h.to_header();
+                (n.to_string(), v.to_str().unwrap().to_owned())
+            })
+            .collect();
+        assert_eq!(
+            sent,
+            [
+                ("authorization", "Bearer s3cret, x"),
+                ("x-api-key", "007"),
+                ("x-flag", "TRUE"),
+            ]
+            .map(|(n, v)| (n.to_owned(), v.to_owned()))
+        );
+        assert_eq!(
+            v.dialog.headers.to_string(),
+            "authorization: ***, x-api-key: ***, x-flag: ***"
+        );
+        for shown in [format!("{s:?}"), format!("{v:?}")] {
+            assert!(
+                !shown.contains("s3cret") && !shown.contains("007"),
+                "{shown}"
+            );
+        }
+        let none = Settings::load_with_env(None, env(&[]))
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert!(none.dialog.headers.is_empty());
+    }
+
+    #[test]
+    fn dial_headers_in_a_file_and_refused_ones_name_the_key() {
+        let dir = std::env::temp_dir().join(format!("vg-headers-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("headers.toml");
+        std::fs::write(&path, "[dialog.headers]\nAuthorization = \"Bearer f\"\n").unwrap();
+        let v = Settings::load_with_env(Some(path.to_str().unwrap()), env(&[]))
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(v.dialog.headers.to_string(), "authorization: ***");
+        std::fs::write(
+            &path,
+            "[dialog.headers]\nAuthorization = \"a\"\nauthorization = \"b\"\n",
+        )
+        .unwrap();
+        let err = Settings::load_with_env(Some(path.to_str().unwrap()), env(&[]))
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("dialog.headers") && err.contains("twice"),
+            "{err}"
+        );
+        // The environment overrides a file's header whatever the case of either key.
+        std::fs::write(&path, "[dialog.headers]\nX_Team = \"file\"\nkeep = \"k\"\n").unwrap();
+        let v = Settings::load_with_env(
+            Some(path.to_str().unwrap()),
+            env(&[("VOICEGATE__DIALOG__HEADERS__X_TEAM", "env")]),
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        let sent: Vec<String> = v
+            .dialog
+            .headers
+            .iter()
+            .map(|h| {
+                let (n, v) = h.to_header();
+                format!("{n}: {}", v.to_str().unwrap())
+            })
+            .collect();
+        assert_eq!(sent, ["keep: k", "x-team: env"]);
+        let _ = std::fs::remove_dir_all(&dir);
+
+        for (var, value, says) in [
+            (
+                "VOICEGATE__DIALOG__HEADERS__HOST",
+                "evil",
+                "\"host\" is set by the WebSocket handshake",
+            ),
+            (
+                "VOICEGATE__DIALOG__HEADERS__SEC_WEBSOCKET_KEY",
+                "x",
+                "\"sec-websocket-key\"",
+            ),
+            (
+                "VOICEGATE__DIALOG__HEADERS__CONNECTION",
+                "close",
+                "\"connection\"",
+            ),
+            (
+                "VOICEGATE__DIALOG__HEADERS__X_A",
+                "line\r\nInjected: 1",
+                "value of \"x-a\"",
+            ),
+        ] {
+            let err = refused(&[(var, value)]);
+            assert!(
+                err.contains("dialog.headers") && err.contains(says),
+                "{var}: {err}"
+            );
+            assert!(
+                !err.contains("Injected"),
+                "a refused value is not shown: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_ca_file_is_read_at_startup_and_refused_with_its_key() {
+        let v = Settings::load_with_env(None, env(&[]))
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(v.dialog.tls.to_string(), "public roots");
+
+        let err = refused(&[("VOICEGATE__DIALOG__CA_FILE", "/nonexistent/ca.pem")]);
+        assert!(
+            err.contains("dialog.ca_file") && err.contains("/nonexistent/ca.pem"),
+            "{err}"
+        );
+        let dir = std::env::temp_dir().join(format!("vg-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("empty.pem");
+        std::fs::write(&path, "no certificates here\n").unwrap();
+        let err = refused(&[("VOICEGATE__DIALOG__CA_FILE", path.to_str().unwrap())]);
+        assert!(
+            err.contains("dialog.ca_file") && err.contains("no PEM CERTIFICATE"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+
+        let err = refused(&[("VOICEGATE__DIALOG__PUBLIC_ROOTS", "false")]);
+        assert!(
+            err.contains("dialog.public_roots") && err.contains("ca_file"),
+            "{err}"
+        );
     }
 }

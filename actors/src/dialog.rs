@@ -1,8 +1,10 @@
 //! `DialogClient`: the call's WebSocket to the dialog app (voicegate is the client).
 //!
-//! It dials `dialog.url` with `call_id` and the offer's parameters in the query, sends events as
-//! JSON text frames and turns the app's frames into [`Command`]s for its `CallActor`. Malformed,
-//! unknown and misaddressed commands are logged and ignored.
+//! It dials `dialog.url` with `call_id` and the offer's parameters in the query and the configured
+//! `dialog.headers`, over the TLS configuration built at startup ([`crate::dialog_conn`]), sends
+//! events as JSON text frames and turns the app's frames into [`Command`]s for its `CallActor`.
+//! Malformed, unknown and misaddressed commands are logged and ignored. A dial refused by the
+//! certificate check is a failed dial like any other (its log line names the certificate problem).
 //!
 //! Keep-alive: a WebSocket ping every `ping_interval`; any frame from the app counts as a sign of
 //! life, so an app that is silent for hours keeps its call (the original hung up after five
@@ -27,6 +29,7 @@
 //! Failure: if the actor dies (a panic), its drop guard reports [`DialogEvent::Crashed`] and the
 //! call restarts it, which then redials like a reconnect (no second `call.started`).
 
+use crate::dialog_conn::{DialHeaders, DialTls};
 use crate::dialog_wire::{FlushThenClose, LimitedCodec, ReadError};
 use crate::error::{DialogFailure, Exit};
 use crate::trace_msg;
@@ -73,6 +76,10 @@ pub struct DialogSettings {
     pub max_message_bytes: usize,
     /// How long a connection must stay up before its loss starts a fresh row of attempts.
     pub stable_after: Duration,
+    /// Headers sent on every dial (values never shown).
+    pub headers: DialHeaders,
+    /// The TLS configuration of `wss://` dials, shared by every call.
+    pub tls: DialTls,
 }
 
 /// Reports to the call.
@@ -219,15 +226,17 @@ impl DialogClient {
         let shown = redact(&url);
         let timeout = self.settings.connect_timeout;
         let max_message = self.settings.max_message_bytes;
-        let fut = async move {
-            awc::Client::builder()
-                .timeout(timeout)
-                .finish()
-                .ws(url.as_str())
-                .max_frame_size(max_message)
-                .connect()
-                .await
-        };
+        let mut request = awc::Client::builder()
+            .connector(awc::Connector::new().rustls_0_23(self.settings.tls.config()))
+            .timeout(timeout)
+            .finish()
+            .ws(url.as_str())
+            .max_frame_size(max_message);
+        for header in self.settings.headers.iter() {
+            let (name, value) = header.to_header();
+            request = request.header(name, value);
+        }
+        let fut = request.connect();
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
             if act.state == State::Closing {
                 return;
@@ -263,7 +272,8 @@ impl DialogClient {
                         status,
                         detail: e.to_string(),
                     };
-                    tracing::warn!(url = %shown, http = status, error = %e, attempt, "dialog app dial failed");
+                    let headers = &act.settings.headers;
+                    tracing::warn!(url = %shown, %headers, http = status, error = %e, attempt, "dialog app dial failed");
                     if act.ever_connected {
                         act.reconnect(detail, ctx);
                     } else {

@@ -10,6 +10,7 @@
 pub mod call;
 pub mod codec;
 pub mod dialog;
+pub mod dialog_conn;
 pub mod dialog_wire;
 pub mod error;
 pub mod metrics;

@@ -1,6 +1,7 @@
 //! A test dialog app: a real WebSocket server on port 0 that records every event voicegate sends
-//! and sends the commands a test tells it to. It can also misbehave on purpose: drop the
-//! connection without a close frame, close normally, or stay silent.
+//! (and each dial's request headers) and sends the commands a test tells it to. It can also
+//! misbehave on purpose: drop the connection without a close frame, close normally, or stay
+//! silent. [`TestDialogApp::start_tls`] serves `wss://` with a test CA's certificate.
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
@@ -19,6 +20,8 @@ struct Shared {
     events: Vec<(Instant, Value)>,
     /// The request URI of every connection, in order.
     dials: Vec<String>,
+    /// The request headers of every connection (names lower case), in order.
+    dial_headers: Vec<Vec<(String, String)>>,
     /// The live connection's outbox.
     outbox: Option<mpsc::UnboundedSender<Outgoing>>,
 }
@@ -35,6 +38,8 @@ enum Outgoing {
 #[derive(Clone)]
 pub struct TestDialogApp {
     addr: SocketAddr,
+    /// Served over TLS (`wss://`).
+    tls: bool,
     shared: Arc<Mutex<Shared>>,
 }
 
@@ -55,12 +60,46 @@ impl TestDialogApp {
                 tokio::spawn(serve(tcp, s.clone()));
             }
         });
-        TestDialogApp { addr, shared }
+        TestDialogApp {
+            addr,
+            tls: false,
+            shared,
+        }
     }
 
-    /// The URL for `dialog.url`.
+    /// Starts on 127.0.0.1, port 0, serving `wss://` with `tls` (e.g. a
+    /// [`TestCa`](crate::tls::TestCa)'s server configuration). A connection whose TLS handshake
+    /// fails is dropped and not counted as a dial.
+    pub async fn start_tls(tls: Arc<rustls::ServerConfig>) -> TestDialogApp {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the dialog app");
+        let addr = listener.local_addr().expect("bound");
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let s = shared.clone();
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, s) = (acceptor.clone(), s.clone());
+                tokio::spawn(async move {
+                    if let Ok(stream) = acceptor.accept(tcp).await {
+                        serve(stream, s).await;
+                    }
+                });
+            }
+        });
+        TestDialogApp {
+            addr,
+            tls: true,
+            shared,
+        }
+    }
+
+    /// The URL for `dialog.url` (`wss://127.0.0.1:<port>/...` when served over TLS: the test
+    /// CA's certificate names 127.0.0.1).
     pub fn url(&self) -> String {
-        format!("ws://{}/dialog?existing=1", self.addr)
+        let scheme = if self.tls { "wss" } else { "ws" };
+        format!("{scheme}://{}/dialog?existing=1", self.addr)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
@@ -88,6 +127,11 @@ impl TestDialogApp {
     /// The request URIs of the connections so far.
     pub fn dials(&self) -> Vec<String> {
         self.lock().dials.clone()
+    }
+
+    /// The request headers of the connections so far (names lower case, in the order sent).
+    pub fn dial_headers(&self) -> Vec<Vec<(String, String)>> {
+        self.lock().dial_headers.clone()
     }
 
     /// Waits for an event matching `pred`; returns it.
@@ -169,21 +213,36 @@ impl TestDialogApp {
 }
 
 #[allow(clippy::result_large_err)] // the handshake callback's error type is tungstenite's
-async fn serve(tcp: tokio::net::TcpStream, shared: Arc<Mutex<Shared>>) {
-    let uri = Arc::new(Mutex::new(String::new()));
-    let u = uri.clone();
+async fn serve<S>(stream: S, shared: Arc<Mutex<Shared>>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    type Seen = (String, Vec<(String, String)>);
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let u = seen.clone();
     let callback = move |req: &Request, res: Response| {
-        *u.lock().expect("no panics while holding") = req.uri().to_string();
+        let headers = req
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        *u.lock().expect("no panics while holding") = (req.uri().to_string(), headers);
         Ok(res)
     };
-    let Ok(ws) = tokio_tungstenite::accept_hdr_async(tcp, callback).await else {
+    let Ok(ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
         return;
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
     {
         let mut s = shared.lock().expect("no panics while holding");
-        s.dials
-            .push(uri.lock().expect("no panics while holding").clone());
+        let (uri, headers) = std::mem::take(&mut *seen.lock().expect("no panics while holding"));
+        s.dials.push(uri);
+        s.dial_headers.push(headers);
         s.outbox = Some(tx);
     }
     let (mut sink, mut stream) = ws.split();

@@ -8,6 +8,7 @@ pub mod dialog_app;
 pub mod http;
 pub mod peer;
 pub mod speech_server;
+pub mod tls;
 
 pub use peer::{ClientPeer, PageChannel, Received};
 
