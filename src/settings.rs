@@ -15,6 +15,7 @@ use voicegate_actors::call::{CallSettings, EndReasonStyle, HoldPrompts};
 use voicegate_actors::codec::ListenSettings;
 use voicegate_actors::dialog::DialogSettings;
 use voicegate_actors::recognizer::RecognizerSettings;
+use voicegate_actors::recorder::{RecordingMode, RecordingSettings};
 use voicegate_core::admission::IpNet;
 use voicegate_core::call_id;
 use voicegate_core::codec::{EncoderSettings, OPUS_PCM_RATES};
@@ -24,6 +25,7 @@ use voicegate_core::listen::{BargeInSettings, EndpointSettings};
 use voicegate_core::page::PageLimits;
 use voicegate_core::speech::PlayerSettings;
 use voicegate_core::text::SegmentLimits;
+use voicegate_core::wav::{MAX_DATA_BYTES, WavFormat};
 use voicegate_engines::asr::openai::OpenAiAsrSettings;
 use voicegate_engines::asr::pocketsphinx::PocketsphinxSettings;
 use voicegate_engines::tts::espeak::EspeakSettings;
@@ -85,6 +87,8 @@ pub struct Settings {
     pub compat: Compat,
     /// `[page]`
     pub page: PageConfig,
+    /// `[recording]`
+    pub recording: RecordingConfig,
     /// `[log]`
     pub log: Log,
     /// `[tracing]`
@@ -505,6 +509,97 @@ pub struct PageConfig {
     pub message_burst: u32,
 }
 
+/// `[recording]`: call recordings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordingConfig {
+    /// `off`, `all` or `on-request`.
+    pub mode: String,
+    /// Where the files go.
+    pub dir: String,
+    /// The longest recording, seconds.
+    pub max_duration_s: u64,
+    /// The most audio waiting for the writer, bytes.
+    pub queue_max_bytes: usize,
+}
+
+/// Bounds of `recording.queue_max_bytes`: at least a few chunks of one call at 48 kHz; at most
+/// what a stalled disk may hold in memory.
+const RECORDING_QUEUE_BYTES: std::ops::RangeInclusive<usize> = (1 << 20)..=(1 << 30);
+
+impl RecordingConfig {
+    /// The calls' recording settings, and where the files go (`None`: recording is off).
+    fn validate(&self, pcm_rate: u32) -> Result<(RecordingSettings, Option<Recording>), SettingsError> {
+        let mode = match self.mode.trim() {
+            "off" => RecordingMode::Off,
+            "all" => RecordingMode::All,
+            "on-request" => RecordingMode::OnRequest,
+            other => {
+                return Err(invalid(
+                    "recording.mode",
+                    format!("{other:?}: want \"off\", \"all\" or \"on-request\""),
+                ));
+            }
+        };
+        // A WAV file counts its bytes in 32 bits: the longest recording must fit in one at the
+        // call's rate (stereo, 16-bit).
+        let per_s = WavFormat {
+            rate: pcm_rate,
+            channels: 2,
+        }
+        .bytes_per_second();
+        let max_s = MAX_DATA_BYTES / per_s;
+        if !(1..=max_s).contains(&self.max_duration_s) {
+            return Err(invalid(
+                "recording.max_duration_s",
+                format!(
+                    "must be 1 to {max_s} (a WAV file holds 4 GiB: {max_s} s of stereo at media.pcm_rate {pcm_rate})"
+                ),
+            ));
+        }
+        if !RECORDING_QUEUE_BYTES.contains(&self.queue_max_bytes) {
+            return Err(invalid(
+                "recording.queue_max_bytes",
+                format!(
+                    "must be {} to {}",
+                    RECORDING_QUEUE_BYTES.start(),
+                    RECORDING_QUEUE_BYTES.end()
+                ),
+            ));
+        }
+        let settings = RecordingSettings {
+            mode,
+            max_duration: Duration::from_secs(self.max_duration_s),
+        };
+        if mode == RecordingMode::Off {
+            return Ok((settings, None));
+        }
+        let dir = self.dir.trim();
+        if dir.is_empty() {
+            return Err(invalid(
+                "recording.dir",
+                "must name a directory when recording.mode is not \"off\"",
+            ));
+        }
+        Ok((
+            settings,
+            Some(Recording {
+                dir: dir.into(),
+                queue_max_bytes: self.queue_max_bytes,
+            }),
+        ))
+    }
+}
+
+/// Where recordings go and the writer's queue bound (checked on the disk at startup).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recording {
+    /// The directory.
+    pub dir: std::path::PathBuf,
+    /// The most audio waiting for the writer, bytes.
+    pub queue_max_bytes: usize,
+}
+
 /// `[compat]`: behaviour of the original service, for dialog apps written for it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -699,6 +794,8 @@ pub struct Validated {
     /// This node's id (`node.id`, or made from the host name): in call ids, the dial URL, every
     /// log line and metric.
     pub node_id: String,
+    /// Where recordings go (`None`: `recording.mode = "off"`).
+    pub recording: Option<Recording>,
 }
 
 impl Settings {
@@ -831,6 +928,7 @@ impl Settings {
                 format!("the speech path cannot resample it to {SPEECH_RATE} Hz: {e}"),
             )
         })?;
+        let (recording_settings, recording) = self.recording.validate(self.media.pcm_rate)?;
         if !(1..=32).contains(&self.media.reorder_depth) {
             return Err(invalid("media.reorder_depth", "must be 1 to 32"));
         }
@@ -1135,6 +1233,7 @@ impl Settings {
                 EndReasonsConfig::Ours => EndReasonStyle::Ours,
                 EndReasonsConfig::Original => EndReasonStyle::Original,
             },
+            recording: recording_settings,
         };
         Ok(Validated {
             http_bind,
@@ -1161,6 +1260,7 @@ impl Settings {
             retry_after_s: self.calls.retry_after_s.max(1),
             shutdown_grace: Duration::from_millis(self.calls.shutdown_grace_ms),
             node_id,
+            recording,
         })
     }
 }

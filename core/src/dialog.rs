@@ -102,12 +102,22 @@ pub enum Event {
     CallEnded {
         /// Why.
         reason: String,
+        /// The file name of the call's recording, when one was written (`recording`, omitted
+        /// otherwise).
+        recording: Option<String>,
     },
     /// The browser page sent a message (`call.send(obj)` in `web/voicegate.js`; see
     /// [`crate::page`]).
     ClientMessage {
         /// What the page sent: any JSON value.
         data: serde_json::Value,
+    },
+    /// A command could not be carried out (the call goes on).
+    Error {
+        /// What went wrong, for people.
+        message: String,
+        /// The `type` of the command it was about.
+        command: &'static str,
     },
 }
 
@@ -126,6 +136,7 @@ impl Event {
             Event::CallMedia { .. } => "call.media",
             Event::CallEnded { .. } => "call.ended",
             Event::ClientMessage { .. } => "client.message",
+            Event::Error { .. } => "error",
         }
     }
 
@@ -178,8 +189,15 @@ impl Event {
             }),
             Event::Dtmf { digit, end } => json!({"digit": digit.to_string(), "end": end}),
             Event::CallMedia { state } => json!({"state": state.label()}),
-            Event::CallEnded { reason } => json!({"reason": reason}),
+            Event::CallEnded { reason, recording } => {
+                let mut v = json!({"reason": reason});
+                if let Some(file) = recording {
+                    v["recording"] = file.as_str().into();
+                }
+                v
+            }
             Event::ClientMessage { data } => json!({"data": data}),
+            Event::Error { message, command } => json!({"message": message, "command": command}),
         };
         v["type"] = self.kind().into();
         v["call_id"] = call_id.into();
@@ -269,6 +287,10 @@ pub enum Command {
         /// Any JSON value.
         data: serde_json::Value,
     },
+    /// `recording.start`: record the call from now on (or again, after `recording.stop`).
+    RecordingStart,
+    /// `recording.stop`: stop recording (a later `recording.start` goes on in the same file).
+    RecordingStop,
 }
 
 impl Command {
@@ -308,6 +330,7 @@ impl Command {
             Command::Interrupt => json!({"type": "tts.interrupt"}),
             Command::Hangup { reason } => json!({"type": "hangup", "reason": reason}),
             Command::ClientSend { data } => json!({"type": "client.send", "data": data}),
+            Command::RecordingStart | Command::RecordingStop => json!({"type": self.kind()}),
         };
         v["call_id"] = call_id.into();
         v.to_string()
@@ -331,7 +354,9 @@ impl Command {
             Command::Interrupt => self.kind().to_owned(),
             Command::Hangup { reason } => format!("hangup {:?}", shown(reason)),
             // Never the data: it is the app's, and may be anything.
-            Command::ClientSend { .. } => self.kind().to_owned(),
+            Command::ClientSend { .. } | Command::RecordingStart | Command::RecordingStop => {
+                self.kind().to_owned()
+            }
         }
     }
 
@@ -344,6 +369,8 @@ impl Command {
             Command::Interrupt => "tts.interrupt",
             Command::Hangup { .. } => "hangup",
             Command::ClientSend { .. } => "client.send",
+            Command::RecordingStart => "recording.start",
+            Command::RecordingStop => "recording.stop",
         }
     }
 }
@@ -462,6 +489,8 @@ pub fn parse_command(frame: &str, call_id: &str) -> Result<Command, CommandError
             None | Some(serde_json::Value::Null) => Err(CommandError::MissingData),
             Some(data) => Ok(Command::ClientSend { data }),
         },
+        "recording.start" => Ok(Command::RecordingStart),
+        "recording.stop" => Ok(Command::RecordingStop),
         other => Err(CommandError::Unknown(other.to_owned())),
     }
 }
@@ -847,6 +876,25 @@ mod tests {
     }
 
     #[test]
+    fn recording_commands_parse_whatever_the_case_of_their_keys() {
+        for (frame, cmd) in [
+            (r#"{"type":"recording.start"}"#, Command::RecordingStart),
+            (
+                r#"{"TYPE":"recording.stop","Call_Id":"wrtc-1"}"#,
+                Command::RecordingStop,
+            ),
+        ] {
+            assert_eq!(parse_command(frame, "wrtc-1"), Ok(cmd.clone()));
+            assert_eq!(parse_command(&cmd.to_json("wrtc-1"), "wrtc-1"), Ok(cmd));
+        }
+        assert_eq!(
+            parse_command(r#"{"type":"RECORDING.START"}"#, "wrtc-1"),
+            Err(CommandError::Unknown("RECORDING.START".into())),
+            "values are matched as they are"
+        );
+    }
+
+    #[test]
     fn command_errors_show_the_apps_strings_on_one_line() {
         let forged = "x\n2026-12-06T00:00:00Z  INFO forged\u{1b}[2J";
         for frame in [
@@ -1038,9 +1086,24 @@ mod tests {
         );
         assert_eq!(
             j(Event::CallEnded {
-                reason: "client-hangup".into()
+                reason: "client-hangup".into(),
+                recording: None,
             }),
             serde_json::json!({"type":"call.ended","call_id":"wrtc-1","reason":"client-hangup"})
+        );
+        assert_eq!(
+            j(Event::CallEnded {
+                reason: "dialog-hangup".into(),
+                recording: Some("wrtc-1.wav".into()),
+            }),
+            serde_json::json!({"type":"call.ended","call_id":"wrtc-1","reason":"dialog-hangup","recording":"wrtc-1.wav"})
+        );
+        assert_eq!(
+            j(Event::Error {
+                message: "recording is off".into(),
+                command: "recording.start",
+            }),
+            serde_json::json!({"type":"error","call_id":"wrtc-1","message":"recording is off","command":"recording.start"})
         );
         assert_eq!(
             j(Event::AsrFinal {
@@ -1226,6 +1289,8 @@ mod properties {
                     meta,
                 }),
             Just(Command::Interrupt),
+            Just(Command::RecordingStart),
+            Just(Command::RecordingStop),
             trimmed().prop_map(|r| Command::Hangup {
                 reason: if r.is_empty() {
                     "dialog-hangup".into()

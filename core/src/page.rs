@@ -67,7 +67,8 @@ impl<'a> PageMessage<'a> {
             | Event::TtsInterrupt { .. }
             | Event::CallMedia { .. }
             | Event::CallEnded { .. }
-            | Event::ClientMessage { .. } => None,
+            | Event::ClientMessage { .. }
+            | Event::Error { .. } => None,
         }
     }
 
@@ -238,6 +239,11 @@ mod tests {
             },
             Event::CallEnded {
                 reason: "client-hangup".into(),
+                recording: Some("c1.wav".into()),
+            },
+            Event::Error {
+                message: "recording is off".into(),
+                command: "recording.start",
             },
         ];
         for e in &events {
