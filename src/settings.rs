@@ -1733,6 +1733,71 @@ mod tests {
     }
 
     #[test]
+    fn recording_is_off_by_default_and_its_keys_are_checked() {
+        let v = Settings::load_with_env(None, env(&[]))
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(v.calls.recording.mode, RecordingMode::Off);
+        assert_eq!(v.calls.recording.max_duration, Duration::from_secs(14400));
+        assert_eq!(v.recording, None);
+        let load = |pairs: &[(&str, &str)]| {
+            Settings::load_with_env(None, env(pairs))
+                .unwrap()
+                .validate()
+        };
+        let v = load(&[
+            ("VOICEGATE__RECORDING__MODE", "on-request"),
+            ("VOICEGATE__RECORDING__DIR", " /var/lib/voicegate/recordings "),
+        ])
+        .unwrap();
+        assert_eq!(v.calls.recording.mode, RecordingMode::OnRequest);
+        assert_eq!(
+            v.recording,
+            Some(Recording {
+                dir: "/var/lib/voicegate/recordings".into(),
+                queue_max_bytes: 33_554_432
+            })
+        );
+        let all = load(&[
+            ("VOICEGATE__RECORDING__MODE", "all"),
+            ("VOICEGATE__RECORDING__DIR", "rec"),
+        ])
+        .unwrap();
+        assert_eq!(all.calls.recording.mode, RecordingMode::All);
+        for (pairs, key) in [
+            (&[("VOICEGATE__RECORDING__MODE", "some")][..], "recording.mode"),
+            (&[("VOICEGATE__RECORDING__MODE", "all")][..], "recording.dir"),
+            (
+                &[("VOICEGATE__RECORDING__MAX_DURATION_S", "0")][..],
+                "recording.max_duration_s",
+            ),
+            // A WAV file holds 4 GiB: 22369 s of stereo at 48 kHz.
+            (
+                &[
+                    ("VOICEGATE__MEDIA__PCM_RATE", "48000"),
+                    ("VOICEGATE__RECORDING__MAX_DURATION_S", "22370"),
+                ][..],
+                "recording.max_duration_s",
+            ),
+            (
+                &[("VOICEGATE__RECORDING__QUEUE_MAX_BYTES", "1000")][..],
+                "recording.queue_max_bytes",
+            ),
+        ] {
+            let err = load(pairs).unwrap_err().to_string();
+            assert!(err.contains(key), "{pairs:?}: {err}");
+        }
+        assert!(
+            load(&[
+                ("VOICEGATE__MEDIA__PCM_RATE", "48000"),
+                ("VOICEGATE__RECORDING__MAX_DURATION_S", "22369"),
+            ])
+            .is_ok()
+        );
+    }
+
+    #[test]
     fn typos_and_bad_values_name_the_key() {
         let err =
             Settings::load_with_env(None, env(&[("VOICEGATE__HTTP__BINDD", "x")])).unwrap_err();
