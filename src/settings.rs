@@ -529,7 +529,10 @@ const RECORDING_QUEUE_BYTES: std::ops::RangeInclusive<usize> = (1 << 20)..=(1 <<
 
 impl RecordingConfig {
     /// The calls' recording settings, and where the files go (`None`: recording is off).
-    fn validate(&self, pcm_rate: u32) -> Result<(RecordingSettings, Option<Recording>), SettingsError> {
+    fn validate(
+        &self,
+        pcm_rate: u32,
+    ) -> Result<(RecordingSettings, Option<Recording>), SettingsError> {
         let mode = match self.mode.trim() {
             "off" => RecordingMode::Off,
             "all" => RecordingMode::All,
@@ -1748,7 +1751,10 @@ mod tests {
         };
         let v = load(&[
             ("VOICEGATE__RECORDING__MODE", "on-request"),
-            ("VOICEGATE__RECORDING__DIR", " /var/lib/voicegate/recordings "),
+            (
+                "VOICEGATE__RECORDING__DIR",
+                " /var/lib/voicegate/recordings ",
+            ),
         ])
         .unwrap();
         assert_eq!(v.calls.recording.mode, RecordingMode::OnRequest);
@@ -1766,8 +1772,14 @@ mod tests {
         .unwrap();
         assert_eq!(all.calls.recording.mode, RecordingMode::All);
         for (pairs, key) in [
-            (&[("VOICEGATE__RECORDING__MODE", "some")][..], "recording.mode"),
-            (&[("VOICEGATE__RECORDING__MODE", "all")][..], "recording.dir"),
+            (
+                &[("VOICEGATE__RECORDING__MODE", "some")][..],
+                "recording.mode",
+            ),
+            (
+                &[("VOICEGATE__RECORDING__MODE", "all")][..],
+                "recording.dir",
+            ),
             (
                 &[("VOICEGATE__RECORDING__MAX_DURATION_S", "0")][..],
                 "recording.max_duration_s",

@@ -150,8 +150,10 @@ async fn a_recorded_call_has_the_caller_left_and_voicegate_right_on_the_calls_cl
     }
     // ...then the app answers, after the caller is done (no barge-in).
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(app.send(json!({"type": "tts.speak", "utterance_id": "reply",
-        "text": "The quick brown fox jumps over the lazy dog."})));
+    assert!(
+        app.send(json!({"type": "tts.speak", "utterance_id": "reply",
+        "text": "The quick brown fox jumps over the lazy dog."}))
+    );
     let ended = app
         .wait_type(10 * SECOND, "tts.ended", Some("reply"))
         .await
@@ -177,7 +179,11 @@ async fn a_recorded_call_has_the_caller_left_and_voicegate_right_on_the_calls_cl
         });
         heard.push((p.at, pcm));
     }
-    assert!(heard.len() > 50, "the reply was heard: {} packets", heard.len());
+    assert!(
+        heard.len() > 50,
+        "the reply was heard: {} packets",
+        heard.len()
+    );
     peer.close().await;
 
     // The file is complete once the recorder has it (the call ended before call.ended).
@@ -211,9 +217,15 @@ async fn a_recorded_call_has_the_caller_left_and_voicegate_right_on_the_calls_cl
         "left: lag {left_lag} ms, correlation {left_corr:.3}; right: lag {right_lag} ms, correlation {right_corr:.3}"
     );
     assert!(left_corr > 0.8, "left is what the caller sent: {left_corr}");
-    assert!(right_corr > 0.8, "right is what the caller heard: {right_corr}");
+    assert!(
+        right_corr > 0.8,
+        "right is what the caller heard: {right_corr}"
+    );
     for (side, lag) in [("left", left_lag), ("right", right_lag)] {
-        assert!(lag.abs() <= 40, "the {side} channel is {lag} ms off the call's clock");
+        assert!(
+            lag.abs() <= 40,
+            "the {side} channel is {lag} ms off the call's clock"
+        );
     }
     assert!(
         (left_lag - right_lag).abs() <= 40,
@@ -231,8 +243,15 @@ async fn a_recorded_call_has_the_caller_left_and_voicegate_right_on_the_calls_cl
 
 /// Energy of `pcm` between `from` and `to` ms, as RMS.
 fn rms_between(pcm: &[i16], from: u64, to: u64) -> f64 {
-    let (a, b) = (from as usize * PER_MS, (to as usize * PER_MS).min(pcm.len()));
-    assert!(a < b, "{from}..{to} ms is beyond the file ({} ms)", pcm.len() / PER_MS);
+    let (a, b) = (
+        from as usize * PER_MS,
+        (to as usize * PER_MS).min(pcm.len()),
+    );
+    assert!(
+        a < b,
+        "{from}..{to} ms is beyond the file ({} ms)",
+        pcm.len() / PER_MS
+    );
     voicegate_core::listen::rms(&pcm[a..b])
 }
 
@@ -308,7 +327,10 @@ async fn on_request_records_only_between_start_and_stop() {
         quiet(stopped + 50, resumed - 50),
         "silence while stopped ({stopped}..{resumed} ms)"
     );
-    assert!(loud(resumed + 300, end.as_millis() as u64 - 300), "recording again");
+    assert!(
+        loud(resumed + 300, end.as_millis() as u64 - 300),
+        "recording again"
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -407,9 +429,6 @@ async fn a_process_killed_mid_call_leaves_a_valid_recording() {
         rms_between(&wav.channel(0), 200, 1500) > 500.0,
         "the caller's tone is there"
     );
-    assert!(
-        wav.channel(1).iter().any(|s| *s != 0),
-        "the reply is there"
-    );
+    assert!(wav.channel(1).iter().any(|s| *s != 0), "the reply is there");
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -211,7 +211,8 @@ impl Wav {
     /// Reads a canonical 16-bit PCM WAV file (as [`WavWriter`] writes them).
     pub fn parse(bytes: &[u8]) -> Result<Wav, WavParseError> {
         let u16_at = |i: usize| u16::from_le_bytes([bytes[i], bytes[i + 1]]);
-        let u32_at = |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+        let u32_at =
+            |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
         if bytes.len() < HEADER_BYTES as usize
             || &bytes[0..4] != b"RIFF"
             || &bytes[8..12] != b"WAVE"
@@ -284,7 +285,10 @@ mod tests {
         assert_eq!(wav.format, STEREO_16K);
         assert!(wav.samples.is_empty());
         // Byte-rate and block alignment, as players read them.
-        assert_eq!(u32::from_le_bytes(bytes[28..32].try_into().unwrap()), 64_000);
+        assert_eq!(
+            u32::from_le_bytes(bytes[28..32].try_into().unwrap()),
+            64_000
+        );
         assert_eq!(u16::from_le_bytes(bytes[32..34].try_into().unwrap()), 4);
     }
 
