@@ -28,6 +28,10 @@ use std::time::Duration;
 use voicegate_core::recording::Chunk;
 use voicegate_core::wav::{WavFormat, WavWriter};
 
+/// What a queued chunk costs besides its samples: the queue holds messages too, so a dialog app
+/// that sends `recording.stop` in a loop (each a chunk with next to no audio) still fills it.
+const CHUNK_OVERHEAD: usize = 64;
+
 /// Which calls are recorded (`recording.mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RecordingMode {
@@ -236,7 +240,7 @@ impl RecordingFile {
         if self.failed() {
             return Handed::Failed;
         }
-        let bytes = chunk.sample_bytes();
+        let bytes = chunk.sample_bytes() + CHUNK_OVERHEAD;
         let shared = &self.recorder.shared;
         let admitted = shared
             .queued
@@ -335,7 +339,9 @@ fn write_loop(rx: &mpsc::Receiver<Job>, shared: &Shared) {
                 files.insert(id, open);
             }
             Job::Write { id, chunk } => {
-                shared.queued.fetch_sub(chunk.sample_bytes(), Relaxed);
+                shared
+                    .queued
+                    .fetch_sub(chunk.sample_bytes() + CHUNK_OVERHEAD, Relaxed);
                 let Some(open) = files.get_mut(&id) else {
                     continue;
                 };
@@ -464,10 +470,18 @@ mod tests {
                 refused += 1;
             }
         }
-        assert_eq!(refused, 8, "room for two chunks of 400 bytes");
-        assert_eq!(rec.queued_bytes(), 800);
-        // Silence costs no queue room.
+        assert_eq!(
+            refused, 8,
+            "room for two chunks of 400 bytes (and their overhead)"
+        );
+        assert_eq!(rec.queued_bytes(), 2 * (400 + CHUNK_OVERHEAD));
+        // Silence costs no room but the message's.
         assert_eq!(file.write(chunk(1_000_000, 0, 0)), Handed::Queued);
+        assert_eq!(
+            file.write(chunk(0, 0, 0)),
+            Handed::Refused(chunk(0, 0, 0)),
+            "even empty chunks are bounded"
+        );
         assert_eq!(rx.try_iter().count(), 4, "open, two chunks, the silence");
     }
 
