@@ -57,6 +57,7 @@ fn main() -> anyhow::Result<()> {
         let handle = running.server.handle();
         let supervisor = running.supervisor.clone();
         let ready = running.ready.clone();
+        let recorder = running.recorder.clone();
         let grace = cfg.shutdown_grace;
         actix::spawn(async move {
             shutdown_signal().await;
@@ -69,6 +70,12 @@ fn main() -> anyhow::Result<()> {
             handle.stop(true).await;
         });
         running.server.await.context("http server")?;
+        // The calls are over; their recordings' last chunks are written before the exit.
+        if let Some(recorder) = recorder
+            && !recorder.sync(std::time::Duration::from_secs(5))
+        {
+            tracing::warn!("recordings still being written at exit");
+        }
         tracing::info!("stopped");
         Ok(())
     })

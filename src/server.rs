@@ -10,6 +10,7 @@ use actix_web::{App, HttpServer, web};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use voicegate_actors::call::{CallServices, EngineProfiles};
+use voicegate_actors::recorder::Recorder;
 use voicegate_actors::supervisor::Supervisor;
 use voicegate_core::admission::RateLimiter;
 use voicegate_core::call_id::CallId;
@@ -37,6 +38,8 @@ pub struct Running {
     pub ready: Arc<std::sync::atomic::AtomicBool>,
     /// The embedded demo app's URL, with its `demo_key` (tests dial it directly).
     pub demo_url: url::Url,
+    /// The recordings' writer (`None`: recording is off); `main` lets it finish before exiting.
+    pub recorder: Option<Recorder>,
 }
 
 /// Why the service could not start.
@@ -64,6 +67,9 @@ pub enum StartError {
     /// The recognizer could not start.
     #[error("asr.engine: {0}")]
     Asr(#[source] voicegate_engines::asr::pocketsphinx::StartError),
+    /// `recording.dir` cannot take recordings.
+    #[error(transparent)]
+    Recording(#[from] voicegate_actors::recorder::RecorderError),
     /// The operating system supplied no random bytes (for the demo's key).
     #[error("no random bytes for the demo app's key: {0}")]
     Random(String),
@@ -86,6 +92,14 @@ pub fn start(cfg: &Validated) -> Result<Running, StartError> {
         source,
     })?;
     let media_addr = plane.mux().local_addr();
+    let recorder = cfg
+        .recording
+        .as_ref()
+        .map(|r| Recorder::start(&r.dir, r.queue_max_bytes))
+        .transpose()?;
+    if let Some(r) = &cfg.recording {
+        tracing::info!(mode = ?cfg.calls.recording.mode, dir = %r.dir.display(), "recording calls");
+    }
     let tts_engine = |choice: &TtsChoice| -> Result<Arc<dyn TtsFactory>, StartError> {
         Ok(match choice {
             TtsChoice::Espeak(s) => Arc::new(Espeak::start(s).map_err(StartError::Tts)?),
@@ -134,6 +148,7 @@ pub fn start(cfg: &Validated) -> Result<Running, StartError> {
         asr,
         profiles: Arc::new(profiles),
         dialog: Arc::new(dialog),
+        recorder: recorder.clone(),
     };
     let supervisor = Supervisor::new(
         cfg.calls.clone(),
@@ -220,6 +235,7 @@ pub fn start(cfg: &Validated) -> Result<Running, StartError> {
         server,
         ready,
         demo_url,
+        recorder,
     })
 }
 

@@ -17,6 +17,7 @@ use voicegate_actors::codec::ListenSettings;
 use voicegate_actors::dialog::DialogSettings;
 use voicegate_actors::dialog_conn::{DialHeaders, DialTls, TlsError, header_name};
 use voicegate_actors::recognizer::RecognizerSettings;
+use voicegate_actors::recorder::{RecordingMode, RecordingSettings};
 use voicegate_core::admission::IpNet;
 use voicegate_core::call_id;
 use voicegate_core::codec::{EncoderSettings, OPUS_PCM_RATES};
@@ -26,6 +27,7 @@ use voicegate_core::listen::{BargeInSettings, EndpointSettings};
 use voicegate_core::page::PageLimits;
 use voicegate_core::speech::PlayerSettings;
 use voicegate_core::text::SegmentLimits;
+use voicegate_core::wav::{MAX_DATA_BYTES, WavFormat};
 use voicegate_engines::asr::openai::OpenAiAsrSettings;
 use voicegate_engines::asr::pocketsphinx::PocketsphinxSettings;
 use voicegate_engines::tts::espeak::EspeakSettings;
@@ -99,6 +101,8 @@ pub struct Settings {
     pub compat: Compat,
     /// `[page]`
     pub page: PageConfig,
+    /// `[recording]`
+    pub recording: RecordingConfig,
     /// `[log]`
     pub log: Log,
     /// `[tracing]`
@@ -538,6 +542,100 @@ pub struct PageConfig {
     pub message_burst: u32,
 }
 
+/// `[recording]`: call recordings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordingConfig {
+    /// `off`, `all` or `on-request`.
+    pub mode: String,
+    /// Where the files go.
+    pub dir: String,
+    /// The longest recording, seconds.
+    pub max_duration_s: u64,
+    /// The most audio waiting for the writer, bytes.
+    pub queue_max_bytes: usize,
+}
+
+/// Bounds of `recording.queue_max_bytes`: at least a few chunks of one call at 48 kHz; at most
+/// what a stalled disk may hold in memory.
+const RECORDING_QUEUE_BYTES: std::ops::RangeInclusive<usize> = (1 << 20)..=(1 << 30);
+
+impl RecordingConfig {
+    /// The calls' recording settings, and where the files go (`None`: recording is off).
+    fn validate(
+        &self,
+        pcm_rate: u32,
+    ) -> Result<(RecordingSettings, Option<Recording>), SettingsError> {
+        let mode = match self.mode.trim() {
+            "off" => RecordingMode::Off,
+            "all" => RecordingMode::All,
+            "on-request" => RecordingMode::OnRequest,
+            other => {
+                return Err(invalid(
+                    "recording.mode",
+                    format!("{other:?}: want \"off\", \"all\" or \"on-request\""),
+                ));
+            }
+        };
+        // A WAV file counts its bytes in 32 bits: the longest recording must fit in one at the
+        // call's rate (stereo, 16-bit).
+        let per_s = WavFormat {
+            rate: pcm_rate,
+            channels: 2,
+        }
+        .bytes_per_second();
+        let max_s = MAX_DATA_BYTES / per_s;
+        if !(1..=max_s).contains(&self.max_duration_s) {
+            return Err(invalid(
+                "recording.max_duration_s",
+                format!(
+                    "must be 1 to {max_s} (a WAV file holds 4 GiB: {max_s} s of stereo at media.pcm_rate {pcm_rate})"
+                ),
+            ));
+        }
+        if !RECORDING_QUEUE_BYTES.contains(&self.queue_max_bytes) {
+            return Err(invalid(
+                "recording.queue_max_bytes",
+                format!(
+                    "must be {} to {}",
+                    RECORDING_QUEUE_BYTES.start(),
+                    RECORDING_QUEUE_BYTES.end()
+                ),
+            ));
+        }
+        let settings = RecordingSettings {
+            mode,
+            max_duration: Duration::from_secs(self.max_duration_s),
+        };
+        if mode == RecordingMode::Off {
+            return Ok((settings, None));
+        }
+        let dir = self.dir.trim();
+        if dir.is_empty() {
+            return Err(invalid(
+                "recording.dir",
+                "must name a directory when recording.mode is not \"off\"",
+            ));
+        }
+        Ok((
+            settings,
+            Some(Recording {
+                dir: dir.into(),
+                queue_max_bytes: self.queue_max_bytes,
+            }),
+        ))
+    }
+}
+
+/// Where recordings go and the writer's queue bound (checked on the disk at startup).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recording {
+    /// The directory.
+    pub dir: std::path::PathBuf,
+    /// The most audio waiting for the writer, bytes.
+    pub queue_max_bytes: usize,
+}
+
 /// `[compat]`: behaviour of the original service, for dialog apps written for it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -807,6 +905,8 @@ pub struct Validated {
     /// This node's id (`node.id`, or made from the host name): in call ids, the dial URL, every
     /// log line and metric.
     pub node_id: String,
+    /// Where recordings go (`None`: `recording.mode = "off"`).
+    pub recording: Option<Recording>,
 }
 
 impl Settings {
@@ -1064,6 +1164,7 @@ impl Settings {
                 format!("the speech path cannot resample it to {SPEECH_RATE} Hz: {e}"),
             )
         })?;
+        let (recording_settings, recording) = self.recording.validate(self.media.pcm_rate)?;
         if !(1..=32).contains(&self.media.reorder_depth) {
             return Err(invalid("media.reorder_depth", "must be 1 to 32"));
         }
@@ -1353,6 +1454,7 @@ impl Settings {
                 EndReasonsConfig::Ours => EndReasonStyle::Ours,
                 EndReasonsConfig::Original => EndReasonStyle::Original,
             },
+            recording: recording_settings,
         };
         Ok(Validated {
             http_bind,
@@ -1381,6 +1483,7 @@ impl Settings {
             retry_after_s: self.calls.retry_after_s.max(1),
             shutdown_grace: Duration::from_millis(self.calls.shutdown_grace_ms),
             node_id,
+            recording,
         })
     }
 }
@@ -1927,6 +2030,80 @@ mod tests {
                 .unwrap_err();
             assert!(err.to_string().contains(key), "{pairs:?}: {err}");
         }
+    }
+
+    #[test]
+    fn recording_is_off_by_default_and_its_keys_are_checked() {
+        let v = Settings::load_with_env(None, env(&[]))
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(v.calls.recording.mode, RecordingMode::Off);
+        assert_eq!(v.calls.recording.max_duration, Duration::from_secs(14400));
+        assert_eq!(v.recording, None);
+        let load = |pairs: &[(&str, &str)]| {
+            Settings::load_with_env(None, env(pairs))
+                .unwrap()
+                .validate()
+        };
+        let v = load(&[
+            ("VOICEGATE__RECORDING__MODE", "on-request"),
+            (
+                "VOICEGATE__RECORDING__DIR",
+                " /var/lib/voicegate/recordings ",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(v.calls.recording.mode, RecordingMode::OnRequest);
+        assert_eq!(
+            v.recording,
+            Some(Recording {
+                dir: "/var/lib/voicegate/recordings".into(),
+                queue_max_bytes: 33_554_432
+            })
+        );
+        let all = load(&[
+            ("VOICEGATE__RECORDING__MODE", "all"),
+            ("VOICEGATE__RECORDING__DIR", "rec"),
+        ])
+        .unwrap();
+        assert_eq!(all.calls.recording.mode, RecordingMode::All);
+        for (pairs, key) in [
+            (
+                &[("VOICEGATE__RECORDING__MODE", "some")][..],
+                "recording.mode",
+            ),
+            (
+                &[("VOICEGATE__RECORDING__MODE", "all")][..],
+                "recording.dir",
+            ),
+            (
+                &[("VOICEGATE__RECORDING__MAX_DURATION_S", "0")][..],
+                "recording.max_duration_s",
+            ),
+            // A WAV file holds 4 GiB: 22369 s of stereo at 48 kHz.
+            (
+                &[
+                    ("VOICEGATE__MEDIA__PCM_RATE", "48000"),
+                    ("VOICEGATE__RECORDING__MAX_DURATION_S", "22370"),
+                ][..],
+                "recording.max_duration_s",
+            ),
+            (
+                &[("VOICEGATE__RECORDING__QUEUE_MAX_BYTES", "1000")][..],
+                "recording.queue_max_bytes",
+            ),
+        ] {
+            let err = load(pairs).unwrap_err().to_string();
+            assert!(err.contains(key), "{pairs:?}: {err}");
+        }
+        assert!(
+            load(&[
+                ("VOICEGATE__MEDIA__PCM_RATE", "48000"),
+                ("VOICEGATE__RECORDING__MAX_DURATION_S", "22369"),
+            ])
+            .is_ok()
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod dialog_wire;
 pub mod error;
 pub mod metrics;
 pub mod recognizer;
+pub mod recorder;
 pub mod speaker;
 pub mod supervisor;
 pub mod trace;

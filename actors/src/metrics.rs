@@ -346,6 +346,11 @@ pub enum Limit {
     DemoLlmTimeout,
     /// The demo agent's model sent more than `demo.llm.max_response_bytes` for one answer.
     DemoLlmResponseBytes,
+    /// The recording writer's queue held `recording.queue_max_bytes` of audio: a chunk of a
+    /// recording was dropped (silence in its place).
+    RecordingQueue,
+    /// A recording reached `recording.max_duration_s` and stopped (the call goes on).
+    RecordingDuration,
 }
 
 impl LabelSet for Limit {
@@ -371,6 +376,8 @@ impl LabelSet for Limit {
         Limit::IceRestarts,
         Limit::DemoLlmTimeout,
         Limit::DemoLlmResponseBytes,
+        Limit::RecordingQueue,
+        Limit::RecordingDuration,
     ];
 
     fn label(self) -> &'static str {
@@ -396,6 +403,8 @@ impl LabelSet for Limit {
             Limit::IceRestarts => "ice_restarts",
             Limit::DemoLlmTimeout => "demo_llm_timeout",
             Limit::DemoLlmResponseBytes => "demo_llm_response_bytes",
+            Limit::RecordingQueue => "recording_queue",
+            Limit::RecordingDuration => "recording_duration",
         }
     }
 
@@ -464,6 +473,10 @@ pub struct Metrics {
     pub actors_live: PerLabel<ActorKind, Gauge, { ActorKind::ALL.len() }>,
     /// How late the downlink pacer woke for its 20 ms slots.
     pub pacer_late: LatenessHistogram,
+    /// 20 ms frames of call recordings dropped because the writer's queue was full.
+    pub recording_frames_dropped: Counter,
+    /// Recording files that could not be created, written or completed.
+    pub recording_errors: Counter,
     /// Hits of each protective limit.
     limit_hits: PerLabel<Limit, Counter, { Limit::ALL.len() }>,
 }
@@ -489,6 +502,8 @@ impl Default for Metrics {
             restarts: PerLabel::default(),
             actors_live: PerLabel::default(),
             pacer_late: Histogram::new(&LATENESS_BUCKETS),
+            recording_frames_dropped: Counter::default(),
+            recording_errors: Counter::default(),
             limit_hits: PerLabel::default(),
         }
     }
@@ -703,6 +718,18 @@ impl Metrics {
                 self.limit_hits(l) + extra
             );
         }
+        counter(
+            &mut o,
+            "voicegate_recording_frames_dropped_total",
+            "20 ms frames of call recordings dropped (silence in their place) because the recording writer's queue was full: the disk is slower than the calls.",
+            self.recording_frames_dropped.get(),
+        );
+        counter(
+            &mut o,
+            "voicegate_recording_errors_total",
+            "Recording files that could not be created, written or completed (the calls went on without them).",
+            self.recording_errors.get(),
+        );
         if let Some(mux) = media {
             let s = mux.stats();
             counter(
@@ -1057,6 +1084,14 @@ voicegate_limit_hits_total{limit="single_use_tokens"} 0
 voicegate_limit_hits_total{limit="ice_restarts"} 0
 voicegate_limit_hits_total{limit="demo_llm_timeout"} 0
 voicegate_limit_hits_total{limit="demo_llm_response_bytes"} 0
+voicegate_limit_hits_total{limit="recording_queue"} 0
+voicegate_limit_hits_total{limit="recording_duration"} 0
+# HELP voicegate_recording_frames_dropped_total 20 ms frames of call recordings dropped (silence in their place) because the recording writer's queue was full: the disk is slower than the calls.
+# TYPE voicegate_recording_frames_dropped_total counter
+voicegate_recording_frames_dropped_total 0
+# HELP voicegate_recording_errors_total Recording files that could not be created, written or completed (the calls went on without them).
+# TYPE voicegate_recording_errors_total counter
+voicegate_recording_errors_total 0
 "#;
 
     #[test]

@@ -103,6 +103,9 @@ pub enum Event {
     CallEnded {
         /// Why.
         reason: String,
+        /// The file name of the call's recording, when one was written (`recording`, omitted
+        /// otherwise).
+        recording: Option<String>,
     },
     /// The browser page sent a message (`call.send(obj)` in `web/voicegate.js`; see
     /// [`crate::page`]).
@@ -115,12 +118,13 @@ pub enum Event {
         /// Every setting (see [`Session::to_value`]).
         session: Session,
     },
-    /// A command could not be carried out, naming each option it could not take; nothing of it
-    /// took effect.
+    /// A command could not be carried out (the call goes on), and nothing of it took effect.
     Error {
-        /// The command's `type`.
+        /// What went wrong, for people.
+        message: String,
+        /// The `type` of the command it was about.
         command: &'static str,
-        /// What was wrong, one entry per option.
+        /// For `session.update`: each option it could not take (empty for other commands).
         errors: Vec<OptionError>,
     },
 }
@@ -194,17 +198,30 @@ impl Event {
             }),
             Event::Dtmf { digit, end } => json!({"digit": digit.to_string(), "end": end}),
             Event::CallMedia { state } => json!({"state": state.label()}),
-            Event::CallEnded { reason } => json!({"reason": reason}),
+            Event::CallEnded { reason, recording } => {
+                let mut v = json!({"reason": reason});
+                if let Some(file) = recording {
+                    v["recording"] = file.as_str().into();
+                }
+                v
+            }
             Event::ClientMessage { data } => json!({"data": data}),
             Event::SessionUpdated { session } => json!({"session": session.to_value()}),
-            Event::Error { command, errors } => json!({
-                "command": command,
-                "message": errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
-                "errors": errors
-                    .iter()
-                    .map(|e| json!({"option": e.option, "reason": e.reason}))
-                    .collect::<Vec<_>>(),
-            }),
+            Event::Error {
+                message,
+                command,
+                errors,
+            } => {
+                let mut v = json!({"message": message, "command": command});
+                if !errors.is_empty() {
+                    v["errors"] = errors
+                        .iter()
+                        .map(|e| json!({"option": e.option, "reason": e.reason}))
+                        .collect::<Vec<_>>()
+                        .into();
+                }
+                v
+            }
         };
         v["type"] = self.kind().into();
         v["call_id"] = call_id.into();
@@ -303,6 +320,10 @@ pub enum Command {
         /// Unknown or invalid options.
         errors: Vec<OptionError>,
     },
+    /// `recording.start`: record the call from now on (or again, after `recording.stop`).
+    RecordingStart,
+    /// `recording.stop`: stop recording (a later `recording.start` goes on in the same file).
+    RecordingStop,
 }
 
 impl Command {
@@ -345,6 +366,7 @@ impl Command {
             Command::SessionUpdate { update, .. } => {
                 json!({"type": "session.update", "session": update.to_value()})
             }
+            Command::RecordingStart | Command::RecordingStop => json!({"type": self.kind()}),
         };
         v["call_id"] = call_id.into();
         v.to_string()
@@ -368,7 +390,9 @@ impl Command {
             Command::Interrupt => self.kind().to_owned(),
             Command::Hangup { reason } => format!("hangup {:?}", shown(reason)),
             // Never the data: it is the app's, and may be anything.
-            Command::ClientSend { .. } => self.kind().to_owned(),
+            Command::ClientSend { .. } | Command::RecordingStart | Command::RecordingStop => {
+                self.kind().to_owned()
+            }
             Command::SessionUpdate { errors, .. } => {
                 format!("session.update, {} invalid options", errors.len())
             }
@@ -385,6 +409,8 @@ impl Command {
             Command::Hangup { .. } => "hangup",
             Command::ClientSend { .. } => "client.send",
             Command::SessionUpdate { .. } => "session.update",
+            Command::RecordingStart => "recording.start",
+            Command::RecordingStop => "recording.stop",
         }
     }
 }
@@ -510,6 +536,8 @@ pub fn parse_command(frame: &str, call_id: &str) -> Result<Command, CommandError
             let (update, errors) = crate::session::parse_update(raw.session.as_ref());
             Ok(Command::SessionUpdate { update, errors })
         }
+        "recording.start" => Ok(Command::RecordingStart),
+        "recording.stop" => Ok(Command::RecordingStop),
         other => Err(CommandError::Unknown(other.to_owned())),
     }
 }
@@ -895,6 +923,25 @@ mod tests {
     }
 
     #[test]
+    fn recording_commands_parse_whatever_the_case_of_their_keys() {
+        for (frame, cmd) in [
+            (r#"{"type":"recording.start"}"#, Command::RecordingStart),
+            (
+                r#"{"TYPE":"recording.stop","Call_Id":"wrtc-1"}"#,
+                Command::RecordingStop,
+            ),
+        ] {
+            assert_eq!(parse_command(frame, "wrtc-1"), Ok(cmd.clone()));
+            assert_eq!(parse_command(&cmd.to_json("wrtc-1"), "wrtc-1"), Ok(cmd));
+        }
+        assert_eq!(
+            parse_command(r#"{"type":"RECORDING.START"}"#, "wrtc-1"),
+            Err(CommandError::Unknown("RECORDING.START".into())),
+            "values are matched as they are"
+        );
+    }
+
+    #[test]
     fn command_errors_show_the_apps_strings_on_one_line() {
         let forged = "x\n2026-12-06T00:00:00Z  INFO forged\u{1b}[2J";
         for frame in [
@@ -1086,9 +1133,24 @@ mod tests {
         );
         assert_eq!(
             j(Event::CallEnded {
-                reason: "client-hangup".into()
+                reason: "client-hangup".into(),
+                recording: None,
             }),
             serde_json::json!({"type":"call.ended","call_id":"wrtc-1","reason":"client-hangup"})
+        );
+        assert_eq!(
+            j(Event::CallEnded {
+                reason: "dialog-hangup".into(),
+                recording: Some("wrtc-1.wav".into()),
+            }),
+            serde_json::json!({"type":"call.ended","call_id":"wrtc-1","reason":"dialog-hangup","recording":"wrtc-1.wav"})
+        );
+        assert_eq!(
+            j(Event::Error {
+                message: "recording is off".into(),
+                command: "recording.start",
+            }),
+            serde_json::json!({"type":"error","call_id":"wrtc-1","message":"recording is off","command":"recording.start"})
         );
         assert_eq!(
             j(Event::AsrFinal {
@@ -1274,6 +1336,8 @@ mod properties {
                     meta,
                 }),
             Just(Command::Interrupt),
+            Just(Command::RecordingStart),
+            Just(Command::RecordingStop),
             trimmed().prop_map(|r| Command::Hangup {
                 reason: if r.is_empty() {
                     "dialog-hangup".into()

@@ -240,6 +240,11 @@ mod tests {
             },
             Event::CallEnded {
                 reason: "client-hangup".into(),
+                recording: Some("c1.wav".into()),
+            },
+            Event::Error {
+                message: "recording is off".into(),
+                command: "recording.start",
             },
         ];
         for e in &events {

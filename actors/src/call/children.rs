@@ -66,6 +66,7 @@ impl CallActor {
         let (call_id, span) = (self.call_id.clone(), self.span.clone());
         let track = self.track.clone();
         let timeline = self.timeline.clone();
+        let tape = self.recording.as_ref().map(|r| r.tape.clone());
         let setup = CodecSetup {
             call_id,
             span,
@@ -73,6 +74,7 @@ impl CallActor {
             track,
             writer,
             timeline,
+            tape,
             parent,
             recognizer: self.recognizer.as_ref().map(|r| r.clone().recipient()),
             speaker: self.speaker.as_ref().map(|s| s.clone().recipient()),

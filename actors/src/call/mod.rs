@@ -21,6 +21,7 @@ mod children;
 mod faults;
 mod hold;
 mod page;
+mod recording;
 mod session;
 mod teardown;
 mod types;
@@ -34,6 +35,7 @@ use crate::codec::{AttachTrack, AudioCodec, CodecEvent, HoldPlayout};
 use crate::dialog::{DialogClient, DialogEvent, Send as SendEvent};
 use crate::metrics::{ActorKind, Limit, Live, metrics};
 use crate::recognizer::{Recognizer, RecognizerEvent};
+use crate::recorder::RecordingMode;
 use crate::speaker::{self, Speaker, SpeakerEvent};
 use crate::trace_msg;
 use actix::prelude::*;
@@ -154,6 +156,8 @@ pub struct CallActor {
     recognizer: Option<Addr<Recognizer>>,
     /// Messages for the page's data channel, in order.
     page: Page,
+    /// The call's recording (dialog calls, when `recording.mode` is not `off`).
+    recording: Option<recording::CallRecording>,
     /// The dialog socket is up.
     dialog_up: bool,
     /// `call.started` went out.
@@ -205,6 +209,17 @@ impl CallActor {
             settings.listen.endpoint.end_silence_ms,
             settings.listen.barge_in.enabled,
         );
+        let recording = match (&services.recorder, settings.recording.mode, offer.mode) {
+            (Some(recorder), mode, CallMode::Dialog) if mode != RecordingMode::Off => {
+                Some(recording::CallRecording::new(
+                    mode,
+                    recorder.clone(),
+                    settings.pcm_rate,
+                    settings.recording.max_duration,
+                ))
+            }
+            _ => None,
+        };
         CallActor {
             session,
             call_id,
@@ -227,6 +242,7 @@ impl CallActor {
             dialog: None,
             recognizer: None,
             page: Page::Off,
+            recording,
             dialog_up: false,
             started_sent: false,
             early_client_messages: Vec::new(),
@@ -591,6 +607,7 @@ impl CallActor {
             match res {
                 Ok(writer) => {
                     act.writer = Some(writer);
+                    act.media_up_for_recording();
                     act.start_codec(ctx);
                     act.maybe_call_started();
                 }
@@ -687,6 +704,8 @@ impl CallActor {
             Command::Interrupt => speaker.do_send(speaker::Interrupt),
             Command::Hangup { reason } => self.end(EndReason::DialogHangup(reason), ctx),
             Command::SessionUpdate { update, errors } => self.update_session(&update, errors),
+            Command::RecordingStart => self.recording_command(true),
+            Command::RecordingStop => self.recording_command(false),
             Command::ClientSend { data } => {
                 let text = PageMessage::Client { data: &data }.to_json();
                 let max = self.settings.page.max_message_bytes;

@@ -52,11 +52,15 @@ impl CallActor {
             Some(_) => {}
         }
         if !errors.is_empty() {
-            self.span.in_scope(|| {
-                let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
-                tracing::info!(errors = %list.join("; "), "session.update refused");
-            });
+            let message = errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ");
+            self.span
+                .in_scope(|| tracing::info!(errors = %message, "session.update refused"));
             self.send_event(Event::Error {
+                message,
                 command: "session.update",
                 errors,
             });

@@ -27,6 +27,7 @@ impl CallActor {
         let _e = self.span.clone().entered();
         tracing::info!(%reason, duration_ms = self.created.elapsed().as_millis() as u64, "call ending");
         metrics().call_ended(reason.label());
+        let recording = self.finish_recording();
         if !self.first_audio_ms.is_empty() {
             let mut v = self.first_audio_ms.clone();
             v.sort_unstable();
@@ -65,6 +66,7 @@ impl CallActor {
                 let _ = d
                     .send(SendEvent(Event::CallEnded {
                         reason: ended.clone(),
+                        recording,
                     }))
                     .await;
                 let _ = d.send(Close { reason: ended }).await;

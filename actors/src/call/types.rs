@@ -4,6 +4,7 @@ use crate::codec::ListenSettings;
 use crate::dialog::DialogSettings;
 use crate::metrics::LabelSet;
 use crate::recognizer::RecognizerSettings;
+use crate::recorder::{Recorder, RecordingSettings};
 use std::sync::Arc;
 use std::time::Duration;
 use voicegate_core::codec::EncoderSettings;
@@ -64,6 +65,8 @@ pub struct CallSettings {
     pub end_reasons: EndReasonStyle,
     /// What the page and the dialog app may send each other (`[page]`).
     pub page: PageLimits,
+    /// Which calls are recorded, and for how long at most (`[recording]`).
+    pub recording: RecordingSettings,
 }
 
 /// How `call.ended` (and the dialog WebSocket's close frame) spells the reason a call ended.
@@ -110,6 +113,8 @@ pub struct CallServices {
     pub profiles: Arc<EngineProfiles>,
     /// The dialog connection's settings.
     pub dialog: Arc<DialogSettings>,
+    /// The recordings' writer (`None`: `recording.mode = "off"`).
+    pub recorder: Option<Recorder>,
 }
 
 /// What kind of call.

@@ -22,6 +22,7 @@ const LOSS_EVERY: u32 = 10;
 impl CallActor {
     /// Periodic checks: deadlines, and whether the browser closed its side.
     pub(super) fn watch(&mut self, ctx: &mut Context<Self>) {
+        self.recording_tick();
         let deadline_from = match self.phase {
             Phase::Answered(at) => Some(at),
             Phase::Negotiating => Some(self.created),

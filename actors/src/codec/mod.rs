@@ -12,6 +12,11 @@
 //! with the marker bit and a timestamp that covers the gap. The pacer only runs while audio is
 //! queued, so an idle call costs no wake-ups.
 //!
+//! Recording: when the call records, the codec lays both directions on the call's
+//! [`Tape`] as they pass: the caller's audio as it is decoded, and each frame as it is sent (a
+//! frame not sent, because nothing plays or the playout is held, is silence there). Placing is a
+//! copy into memory; the call hands the tape's audio to the recorder thread.
+//!
 //! Speech reports: in a dialog call the codec tells the call's `Speaker` directly when a
 //! segment's first and last frames leave and when the caller barges in
 //! ([`crate::speaker::PlaybackEvent`]): the speaker feeds the codec, so the codec answers it,
@@ -46,6 +51,7 @@ use voicegate_core::codec::{
 use voicegate_core::frame;
 use voicegate_core::pacer::Pacer;
 use voicegate_core::pcm::{Playout, Tag};
+use voicegate_core::recording::{Channel, Tape};
 use voicegate_core::speech::SegmentId;
 use voicegate_core::timeline::Timeline;
 use voicegate_media::{RtpWriter, TrackRemote, TrackRemoteEvent};
@@ -142,6 +148,8 @@ pub struct CodecSetup {
     pub writer: RtpWriter,
     /// Our RTP numbering, shared with the call.
     pub timeline: Rc<RefCell<Timeline>>,
+    /// The call's recording, shared with the call (when it records).
+    pub tape: Option<Rc<RefCell<Tape>>>,
     /// The call actor.
     pub parent: Recipient<CodecEvent>,
     /// Dialog calls: where utterances go.
@@ -169,6 +177,8 @@ pub struct AudioCodec {
     timeline: Rc<RefCell<Timeline>>,
     /// Where packets go.
     writer: RtpWriter,
+    /// The call's recording: both directions are placed on it as they pass.
+    tape: Option<Rc<RefCell<Tape>>>,
     /// The call actor.
     parent: Recipient<CodecEvent>,
     /// Dialog calls: the speaker, told when its segments start and end playing and of barge-ins.
@@ -223,6 +233,7 @@ impl AudioCodec {
             track,
             writer,
             timeline,
+            tape,
             parent,
             recognizer,
             speaker,
@@ -269,6 +280,7 @@ impl AudioCodec {
             pacer: Pacer::new(frame::FRAME, settings.max_catch_up),
             timeline,
             writer,
+            tape,
             parent,
             speaker,
             frame: vec![0; frame_samples],
@@ -373,6 +385,7 @@ impl StreamHandler<TrackRemoteEvent> for AudioCodec {
             playout,
             echo,
             listening,
+            tape,
             ..
         } = self;
         let mut barged = false;
@@ -381,6 +394,9 @@ impl StreamHandler<TrackRemoteEvent> for AudioCodec {
             p.payload,
             now,
             &mut |pcm: &[i16], origin| {
+                if let Some(t) = tape {
+                    t.borrow_mut().place(Channel::Caller, now, pcm);
+                }
                 if *echo {
                     playout.push(Tag::Echo, pcm);
                 }
@@ -626,9 +642,13 @@ impl AudioCodec {
                         uplink,
                         playout,
                         echo,
+                        tape,
                         ..
                     } = act;
                     uplink.release(now, &mut |pcm: &[i16], _| {
+                        if let Some(t) = tape {
+                            t.borrow_mut().place(Channel::Caller, now, pcm);
+                        }
                         if *echo {
                             playout.push(Tag::Echo, pcm);
                         }
@@ -677,6 +697,9 @@ impl AudioCodec {
             if let Some(l) = self.listening.as_mut() {
                 l.playing(true, now);
                 l.played(&self.frame);
+            }
+            if let Some(t) = &self.tape {
+                t.borrow_mut().place(Channel::Voicegate, now, &self.frame);
             }
             if (frame.first || frame.last)
                 && let Tag::Segment(segment) = frame.tag
