@@ -129,6 +129,64 @@ mod tests {
     use crate::listen::rms;
     use crate::noise::{fan, mix_at_snr};
 
+    /// Counts this thread's allocations, so a test can check a stretch of work makes none (the
+    /// other tests' threads do not disturb the count).
+    struct CountingAlloc;
+
+    thread_local! {
+        static ALLOCATIONS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    // SAFETY: every call is passed on to the system allocator unchanged; counting touches only
+    // a const-initialized thread-local `Cell`, which never allocates.
+    unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+        unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+            ALLOCATIONS.with(|a| a.set(a.get() + 1));
+            // SAFETY: the caller's contract is the system allocator's.
+            unsafe { std::alloc::System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+            // SAFETY: as above.
+            unsafe { std::alloc::System.dealloc(ptr, layout) }
+        }
+        unsafe fn realloc(
+            &self,
+            ptr: *mut u8,
+            layout: std::alloc::Layout,
+            new_size: usize,
+        ) -> *mut u8 {
+            ALLOCATIONS.with(|a| a.set(a.get() + 1));
+            // SAFETY: as above.
+            unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    #[global_allocator]
+    static COUNTING: CountingAlloc = CountingAlloc;
+
+    #[test]
+    fn after_the_first_frames_denoising_allocates_nothing() {
+        let speech = speech();
+        let noisy = mix_at_snr(&speech, &fan(SPEECH_RATE, speech.len(), 4), 5.0);
+        let mut frames = SpeechFrames::new(SPEECH_RATE, Denoise::Rnnoise).unwrap();
+        let mut heard = 0;
+        let mut run = |pcm: &[i16]| {
+            for piece in pcm.chunks_exact(SPEECH_FRAME_SAMPLES) {
+                frames.push(piece);
+                while frames.next_frame().is_some() {
+                    heard += 1;
+                }
+            }
+        };
+        // Warm-up: the buffers reach their working size, the FFT keeps its scratch.
+        run(&noisy[..SPEECH_FRAME_SAMPLES * 10]);
+        let before = ALLOCATIONS.with(|a| a.get());
+        run(&noisy[SPEECH_FRAME_SAMPLES * 10..]);
+        let allocations = ALLOCATIONS.with(|a| a.get()) - before;
+        assert!(heard > 50, "{heard} frames");
+        assert_eq!(allocations, 0, "allocations while denoising {heard} frames");
+    }
+
     #[test]
     fn labels_round_trip() {
         for d in Denoise::ALL {
