@@ -130,6 +130,7 @@ impl SpeechFrames {
 mod tests {
     use super::*;
     use crate::codec::OPUS_PCM_RATES;
+    use crate::listen::rms;
     use crate::tone::{Tone, dominant_frequency};
 
     #[test]
@@ -192,6 +193,32 @@ mod tests {
             let f =
                 dominant_frequency(&pcm[SPEECH_FRAME_SAMPLES * 5..], SPEECH_RATE, 100.0, 2000.0);
             assert!((f - 440.0).abs() <= 2.0, "{rate} Hz: heard {f} Hz");
+        }
+    }
+
+    #[test]
+    fn denoised_frames_at_every_opus_rate() {
+        // Two seconds of fan noise at the call's rate: whole speech frames come out, fewer by
+        // what the resamplers and the denoiser hold back, with the noise taken out.
+        for rate in OPUS_PCM_RATES {
+            let noise = crate::noise::fan(rate, 2 * rate as usize, 9);
+            let mut frames = SpeechFrames::new(rate, Denoise::Rnnoise).unwrap();
+            let mut out = Vec::new();
+            for piece in noise.chunks(samples_per_frame(rate)) {
+                frames.push(piece);
+                while let Some(f) = frames.next_frame() {
+                    assert_eq!(f.len(), SPEECH_FRAME_SAMPLES);
+                    out.extend_from_slice(f);
+                }
+            }
+            let n = out.len() / SPEECH_FRAME_SAMPLES;
+            assert!(
+                (2 * FRAMES_PER_SECOND as usize - 6..).contains(&n),
+                "{rate} Hz: {n} frames"
+            );
+            let second = &out[out.len() - SPEECH_RATE as usize..];
+            let drop = 20.0 * (rms(&noise) / rms(second).max(1.0)).log10();
+            assert!(drop >= 30.0, "{rate} Hz: the fan dropped by {drop:.1} dB");
         }
     }
 
