@@ -21,6 +21,7 @@ use voicegate_actors::recorder::{RecordingMode, RecordingSettings};
 use voicegate_core::admission::IpNet;
 use voicegate_core::call_id;
 use voicegate_core::codec::{EncoderSettings, OPUS_PCM_RATES};
+use voicegate_core::denoise::Denoise;
 use voicegate_core::frame::{FRAME_MS, SPEECH_RATE, SpeechFrames};
 use voicegate_core::ice::{self, IceServer, IceTimerError, IceTimers};
 use voicegate_core::listen::{BargeInSettings, EndpointSettings};
@@ -316,6 +317,8 @@ pub struct Listen {
     pub preroll_ms: u32,
     /// Longest utterance.
     pub max_utterance_ms: u32,
+    /// Noise suppression of the caller's speech: "off" or "rnnoise".
+    pub denoise: String,
 }
 
 /// `[barge_in]`
@@ -1158,7 +1161,8 @@ impl Settings {
                 format!("must be an Opus rate: {}", rates.join(", ")),
             ));
         }
-        SpeechFrames::new(self.media.pcm_rate).map_err(|e| {
+        // With the denoiser too: it resamples to 48 kHz and back.
+        SpeechFrames::new(self.media.pcm_rate, Denoise::Rnnoise).map_err(|e| {
             invalid(
                 "media.pcm_rate",
                 format!("the speech path cannot resample it to {SPEECH_RATE} Hz: {e}"),
@@ -1354,7 +1358,15 @@ impl Settings {
                 "want speech_start_ms >= 20, end_silence_ms >= 100, max_utterance_ms >= 1000",
             ));
         }
+        let denoise = Denoise::from_label(&l.denoise).ok_or_else(|| {
+            let choices: Vec<&str> = Denoise::ALL.iter().map(|d| d.label()).collect();
+            invalid(
+                "listen.denoise",
+                format!("{:?}: want one of {}", l.denoise, choices.join(", ")),
+            )
+        })?;
         let listen = ListenSettings {
+            denoise,
             endpoint: EndpointSettings {
                 speech_start_ms: l.speech_start_ms,
                 end_silence_ms: l.end_silence_ms,
@@ -2216,6 +2228,33 @@ mod tests {
         assert!(err.to_string().contains("http://x"), "{err}");
     }
 
+    /// `listen.denoise`: off by default, "rnnoise" reaches the calls' listening, anything else is
+    /// refused by name with the choices.
+    #[test]
+    fn listen_denoise_is_off_by_default_and_checked() {
+        let v = Settings::load_with_env(None, env(&[]))
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(v.calls.listen.denoise, Denoise::Off);
+        let v = Settings::load_with_env(None, env(&[("VOICEGATE__LISTEN__DENOISE", "rnnoise")]))
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(v.calls.listen.denoise, Denoise::Rnnoise);
+        for bad in ["simple", "RNNoise", ""] {
+            let err = Settings::load_with_env(None, env(&[("VOICEGATE__LISTEN__DENOISE", bad)]))
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("listen.denoise") && err.contains("off, rnnoise"),
+                "{bad:?}: {err}"
+            );
+        }
+    }
+
     /// The rule for `media.pcm_rate`: every rate the settings accept reaches a working speech
     /// path (resampled to 16 kHz speech frames); every other rate is refused by name.
     #[test]
@@ -2232,7 +2271,7 @@ mod tests {
             assert_eq!(v.calls.encoder.pcm_rate, rate);
             // One second of audio at the codec's rate becomes one second of speech frames, less
             // what the resampler still holds (see `SpeechFrames`).
-            let mut frames = SpeechFrames::new(v.calls.pcm_rate).unwrap();
+            let mut frames = SpeechFrames::new(v.calls.pcm_rate, Denoise::Off).unwrap();
             frames.push(&vec![100; rate as usize]);
             let mut n = 0;
             while let Some(f) = frames.next_frame() {

@@ -92,7 +92,7 @@ pub async fn run(plan: FloorPlan, json: bool) -> anyhow::Result<()> {
 }
 
 /// CPU time of this thread, seconds.
-fn thread_cpu() -> f64 {
+pub fn thread_cpu() -> f64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

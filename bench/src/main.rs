@@ -11,6 +11,8 @@
 //! - `floor`: the Opus decode + encode work of N calls alone, no WebRTC.
 //! - `speech`: speech latencies (TTS first audio, interrupt, turns) against a running server.
 //! - `recognize`: pocketsphinx on a WAV file.
+//! - `denoise`: the speech path on phrases in babble, fan and typing noise, with and without
+//!   `listen.denoise`: false starts, exact recognition with a grammar, the denoiser's CPU.
 //!
 //! Every load figure is of calls that really happened: it exits non-zero when no call connected
 //! or no audio flowed (and, for `hostile`, when an attacker did not run).
@@ -20,6 +22,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod denoise;
 mod dialog;
 mod floor;
 mod hostile;
@@ -40,6 +43,7 @@ const USAGE: &str = "usage:
   voicegate-bench floor [--calls N] [--seconds S] [--complexity C] [--fec on|off] [--json]
   voicegate-bench speech --server http://ip:port --dialog-listen ip:port [--runs N]
   voicegate-bench recognize <file.wav> [--grammar <file.gram>]
+  voicegate-bench denoise [--grammar <file.gram>] [--verbose]   (default tests/fixtures/test.gram)
   (`voicegate-bench echo ...` is `load --profile echo ...`)";
 
 /// Calls per step (and floor calls) when `--calls` is not given.
@@ -206,6 +210,19 @@ fn main() -> anyhow::Result<()> {
             .and_then(|i| argv.get(i + 1))
             .cloned();
         return runtime()?.block_on(recognize::run(&wav, grammar.as_deref()));
+    }
+    if argv.get(1).map(String::as_str) == Some("denoise") {
+        let mut grammar = "tests/fixtures/test.gram".to_owned();
+        let mut verbose = false;
+        let mut rest = argv[2..].iter();
+        while let Some(arg) = rest.next() {
+            match arg.as_str() {
+                "--grammar" => grammar = rest.next().context(USAGE)?.clone(),
+                "--verbose" => verbose = true,
+                _ => bail!("unknown argument {arg}\n{USAGE}"),
+            }
+        }
+        return runtime()?.block_on(denoise::run(&grammar, verbose));
     }
     let args = parse_args(&argv)?;
     if args.mode == Mode::Floor {

@@ -39,12 +39,22 @@ async fn packet_after(peer: &ClientPeer, n: usize, within: Duration) -> anyhow::
 
 /// `sentence` rendered by espeak-ng: mono PCM and its rate.
 pub async fn espeak_pcm(sentence: &str) -> anyhow::Result<(Vec<i16>, u32)> {
+    espeak_voice_pcm("en-us", 160, sentence).await
+}
+
+/// `sentence` rendered by espeak-ng with `voice` (a voice name, optionally with a `+variant`)
+/// at `rate_wpm` words a minute: mono PCM and its rate.
+pub async fn espeak_voice_pcm(
+    voice: &str,
+    rate_wpm: u32,
+    sentence: &str,
+) -> anyhow::Result<(Vec<i16>, u32)> {
     use futures_util::StreamExt;
     use voicegate_engines::tts::TtsFactory;
     let espeak = voicegate_engines::tts::espeak::Espeak::start(
         &voicegate_engines::tts::espeak::EspeakSettings {
-            voice: "en-us".into(),
-            rate_wpm: 160,
+            voice: voice.into(),
+            rate_wpm,
         },
     )?;
     let engine = espeak.for_call();

@@ -11,10 +11,13 @@
 //! the pocketsphinx acoustic models are trained on 16 kHz audio, and 16 kHz is what speech
 //! recognition APIs expect for telephony-grade speech. When the call's rate is another,
 //! [`SpeechFrames`] resamples the caller's audio to it; at the default rate it only cuts frames.
+//! It is also where the caller's speech is denoised when `listen.denoise` asks for it
+//! ([`crate::denoise`]), so everything that listens hears the same, denoised audio.
 //!
 //! The RTP side counts in Opus's clock: 48 kHz for every Opus mode and every audio bandwidth
 //! (RFC 7587 §4.1), so one 20 ms frame advances the RTP timestamp by 960 whatever the PCM rate.
 
+use crate::denoise::{Denoise, Denoiser};
 use crate::resample::{ResampleError, StreamResampler};
 use std::time::Duration;
 
@@ -59,9 +62,16 @@ const _: () = assert!(RTP_TICKS_PER_FRAME == 960);
 /// 16 kHz; endpointing and barge-in count speech in hundreds of milliseconds, so they work the
 /// same, only later by that lag. Audio pushed in pieces of any size comes out in whole frames;
 /// the rest waits for the next push.
+///
+/// With [`Denoise::Rnnoise`] the speech-rate audio goes through a [`Denoiser`] before it is cut
+/// into frames, which holds it back by another [`crate::denoise::LATENCY_MS`].
 pub struct SpeechFrames {
     /// `None` when the call's rate is [`SPEECH_RATE`].
     resampler: Option<StreamResampler>,
+    /// `None` when the call's speech is not denoised.
+    denoiser: Option<Box<Denoiser>>,
+    /// Speech-rate audio on its way from the resampler to the denoiser, when both run.
+    between: Vec<i16>,
     /// Speech-rate audio not yet handed out as a frame, from `read` on.
     pending: Vec<i16>,
     /// Where the next frame starts in `pending`.
@@ -69,16 +79,23 @@ pub struct SpeechFrames {
 }
 
 impl SpeechFrames {
-    /// Frames out of PCM at `rate` Hz. Fails only for a rate the resampler cannot convert from
-    /// (none of the Opus rates); settings validation calls this, so a call never sees the error.
-    pub fn new(rate: u32) -> Result<Self, ResampleError> {
+    /// Frames out of PCM at `rate` Hz, denoised or not. Fails only for a rate the resampler
+    /// cannot convert from (none of the Opus rates); settings validation calls this, so a call
+    /// never sees the error.
+    pub fn new(rate: u32, denoise: Denoise) -> Result<Self, ResampleError> {
         let resampler = if rate == SPEECH_RATE {
             None
         } else {
             Some(StreamResampler::new(rate, SPEECH_RATE)?)
         };
+        let denoiser = match denoise {
+            Denoise::Off => None,
+            Denoise::Rnnoise => Some(Box::new(Denoiser::new()?)),
+        };
         Ok(SpeechFrames {
             resampler,
+            denoiser,
+            between: Vec::with_capacity(SPEECH_FRAME_SAMPLES * 2),
             pending: Vec::with_capacity(SPEECH_FRAME_SAMPLES * 2),
             read: 0,
         })
@@ -88,9 +105,15 @@ impl SpeechFrames {
     pub fn push(&mut self, pcm: &[i16]) {
         self.pending.drain(..self.read);
         self.read = 0;
-        match self.resampler.as_mut() {
-            Some(r) => r.push(pcm, &mut self.pending),
-            None => self.pending.extend_from_slice(pcm),
+        match (self.resampler.as_mut(), self.denoiser.as_mut()) {
+            (None, None) => self.pending.extend_from_slice(pcm),
+            (Some(r), None) => r.push(pcm, &mut self.pending),
+            (None, Some(d)) => d.process(pcm, &mut self.pending),
+            (Some(r), Some(d)) => {
+                self.between.clear();
+                r.push(pcm, &mut self.between);
+                d.process(&self.between, &mut self.pending);
+            }
         }
     }
 
@@ -107,6 +130,7 @@ impl SpeechFrames {
 mod tests {
     use super::*;
     use crate::codec::OPUS_PCM_RATES;
+    use crate::listen::rms;
     use crate::tone::{Tone, dominant_frequency};
 
     #[test]
@@ -126,7 +150,8 @@ mod tests {
 
     /// Pushes one second of a 440 Hz tone at `rate` in 20 ms pieces; returns the frames out.
     fn one_second_at(rate: u32) -> Vec<Vec<i16>> {
-        let mut frames = SpeechFrames::new(rate).expect("every Opus rate converts to 16 kHz");
+        let mut frames =
+            SpeechFrames::new(rate, Denoise::Off).expect("every Opus rate converts to 16 kHz");
         let mut tone = Tone::new(rate, 440.0, 8000.0);
         let mut piece = vec![0i16; samples_per_frame(rate)];
         let mut out = Vec::new();
@@ -172,8 +197,34 @@ mod tests {
     }
 
     #[test]
+    fn denoised_frames_at_every_opus_rate() {
+        // Two seconds of fan noise at the call's rate: whole speech frames come out, fewer by
+        // what the resamplers and the denoiser hold back, with the noise taken out.
+        for rate in OPUS_PCM_RATES {
+            let noise = crate::noise::fan(rate, 2 * rate as usize, 9);
+            let mut frames = SpeechFrames::new(rate, Denoise::Rnnoise).unwrap();
+            let mut out = Vec::new();
+            for piece in noise.chunks(samples_per_frame(rate)) {
+                frames.push(piece);
+                while let Some(f) = frames.next_frame() {
+                    assert_eq!(f.len(), SPEECH_FRAME_SAMPLES);
+                    out.extend_from_slice(f);
+                }
+            }
+            let n = out.len() / SPEECH_FRAME_SAMPLES;
+            assert!(
+                (2 * FRAMES_PER_SECOND as usize - 6..).contains(&n),
+                "{rate} Hz: {n} frames"
+            );
+            let second = &out[out.len() - SPEECH_RATE as usize..];
+            let drop = 20.0 * (rms(&noise) / rms(second).max(1.0)).log10();
+            assert!(drop >= 30.0, "{rate} Hz: the fan dropped by {drop:.1} dB");
+        }
+    }
+
+    #[test]
     fn pieces_of_any_size_make_whole_frames() {
-        let mut frames = SpeechFrames::new(SPEECH_RATE).unwrap();
+        let mut frames = SpeechFrames::new(SPEECH_RATE, Denoise::Off).unwrap();
         frames.push(&[1; 100]);
         assert!(frames.next_frame().is_none());
         frames.push(&[2; 600]);

@@ -3,15 +3,17 @@
 //! Wraps rubato's FFT resampler (a band-limited, anti-aliased synchronous resampler) for mono
 //! i16 audio that arrives in chunks of any size: input is collected into the resampler's fixed
 //! chunk, the filter's start-up delay is trimmed so audio is not shifted, and [`finish`] flushes
-//! the tail. The chunk is small (256 frames) so the first audio is not held back long. The
-//! original resampled each chunk on its own without a filter, which aliased and clicked.
+//! the tail. The chunk is small (256 frames by default) so the first audio is not held back long;
+//! a stream that arrives in fixed pieces can choose a chunk that matches them
+//! ([`StreamResampler::with_chunk`]). The original resampled each chunk on its own without a
+//! filter, which aliased and clicked.
 //!
 //! [`finish`]: StreamResampler::finish
 
 use audioadapter_buffers::direct::InterleavedSlice;
 use rubato::{Fft, FixedSync, Indexing, Resampler};
 
-/// Input frames per resampler call.
+/// Input frames per resampler call, unless the stream chooses another.
 const CHUNK: usize = 256;
 
 /// Why a resampler could not be built.
@@ -27,6 +29,8 @@ pub struct ResampleError {
 pub struct StreamResampler {
     /// `None` when the rates are equal (samples pass through).
     inner: Option<Fft<f32>>,
+    /// Input frames per resampler call.
+    chunk: usize,
     ratio: f64,
     /// Input waiting for a whole chunk.
     pending: Vec<f32>,
@@ -42,9 +46,17 @@ pub struct StreamResampler {
 impl StreamResampler {
     /// A resampler from `from` Hz to `to` Hz.
     pub fn new(from: u32, to: u32) -> Result<Self, ResampleError> {
+        Self::with_chunk(from, to, CHUNK)
+    }
+
+    /// A resampler from `from` Hz to `to` Hz that converts `chunk` input samples at a time: audio
+    /// comes out only in whole chunks, so a chunk that matches how the input arrives holds
+    /// nothing back beyond the filter's own delay.
+    pub fn with_chunk(from: u32, to: u32, chunk: usize) -> Result<Self, ResampleError> {
         if from == to {
             return Ok(StreamResampler {
                 inner: None,
+                chunk,
                 ratio: 1.0,
                 pending: Vec::new(),
                 out: Vec::new(),
@@ -53,7 +65,7 @@ impl StreamResampler {
                 given: 0,
             });
         }
-        let inner = Fft::<f32>::new(from as usize, to as usize, CHUNK, 1, FixedSync::Input)
+        let inner = Fft::<f32>::new(from as usize, to as usize, chunk, 1, FixedSync::Input)
             .map_err(|e| ResampleError {
                 from,
                 to,
@@ -63,8 +75,9 @@ impl StreamResampler {
         let max_out = inner.output_frames_max();
         Ok(StreamResampler {
             inner: Some(inner),
+            chunk,
             ratio: f64::from(to) / f64::from(from),
-            pending: Vec::with_capacity(CHUNK),
+            pending: Vec::with_capacity(chunk),
             out: vec![0.0; max_out],
             delay_left: delay,
             taken: 0,
@@ -81,8 +94,8 @@ impl StreamResampler {
         self.taken += pcm.len();
         for &s in pcm {
             self.pending.push(f32::from(s) / 32768.0);
-            if self.pending.len() == CHUNK {
-                self.run(CHUNK, out);
+            if self.pending.len() == self.chunk {
+                self.run(self.chunk, out);
                 self.pending.clear();
             }
         }
@@ -98,7 +111,7 @@ impl StreamResampler {
         let mut guard = 0;
         while self.given < want && guard < 16 {
             let partial = self.pending.len();
-            self.pending.resize(CHUNK, 0.0);
+            self.pending.resize(self.chunk, 0.0);
             self.run(partial.max(1), out);
             self.pending.clear();
             guard += 1;
@@ -114,7 +127,7 @@ impl StreamResampler {
         let Some(inner) = self.inner.as_mut() else {
             return;
         };
-        let Ok(input) = InterleavedSlice::new(&self.pending[..], 1, CHUNK) else {
+        let Ok(input) = InterleavedSlice::new(&self.pending[..], 1, self.chunk) else {
             return;
         };
         let frames_out = self.out.len();
@@ -124,7 +137,7 @@ impl StreamResampler {
         let indexing = Indexing {
             input_offset: 0,
             output_offset: 0,
-            partial_len: (partial < CHUNK).then_some(partial),
+            partial_len: (partial < self.chunk).then_some(partial),
             active_channels_mask: None,
         };
         let Ok((_, produced)) = inner.process_into_buffer(&input, &mut output, Some(&indexing))

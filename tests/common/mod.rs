@@ -208,6 +208,12 @@ pub async fn started_dialog_call(
 
 /// `text` spoken by espeak-ng, as Opus packets with 300 ms of silence before and `tail` after.
 pub async fn spoken(text: &str, tail: Duration) -> Vec<bytes::Bytes> {
+    let (pcm, rate) = speech_pcm(text).await;
+    voicegate_testkit::peer::opus_speech(&pcm, rate, Duration::from_millis(300), tail)
+}
+
+/// `text` spoken by espeak-ng: mono PCM and its rate.
+pub async fn speech_pcm(text: &str) -> (Vec<i16>, u32) {
     use futures_util::StreamExt;
     use voicegate_engines::tts::TtsFactory;
     use voicegate_engines::tts::espeak::{Espeak, EspeakSettings};
@@ -223,10 +229,5 @@ pub async fn spoken(text: &str, tail: Duration) -> Vec<bytes::Bytes> {
         .collect::<Vec<_>>()
         .await
         .concat();
-    voicegate_testkit::peer::opus_speech(
-        &pcm,
-        engine.sample_rate(),
-        Duration::from_millis(300),
-        tail,
-    )
+    (pcm, engine.sample_rate())
 }

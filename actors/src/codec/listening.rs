@@ -9,12 +9,15 @@
 //! Everything here hears speech frames ([`voicegate_core::frame`]: 20 ms at 16 kHz), whatever
 //! the call's PCM rate: [`SpeechFrames`] resamples the decoded uplink when the rate is another,
 //! so the VAD, the endpointer's timing and the recognizer always get the audio they expect.
+//! With `listen.denoise` on, [`SpeechFrames`] also denoises them (RNNoise, per call), so the
+//! VAD, the endpointer, barge-in's level and the recognizer all hear the denoised audio.
 
 use super::CodecEvent;
 use crate::recognizer::Heard;
 use actix::Recipient;
 use std::time::Instant;
 use voicegate_core::codec::Origin;
+use voicegate_core::denoise::Denoise;
 use voicegate_core::dtmf::DtmfReceiver;
 use voicegate_core::frame::{SPEECH_FRAME_SAMPLES, SpeechFrames};
 use voicegate_core::listen::{
@@ -28,6 +31,8 @@ const BATCH_FRAMES: usize = 5;
 /// Settings of listening.
 #[derive(Debug, Clone, Copy)]
 pub struct ListenSettings {
+    /// Noise suppression of the caller's speech.
+    pub denoise: Denoise,
     /// Endpointing.
     pub endpoint: EndpointSettings,
     /// Barge-in.
@@ -53,8 +58,9 @@ pub struct Listening {
 impl Listening {
     /// Listening to PCM at `pcm_rate` Hz that sends utterances to `recognizer`.
     pub fn new(s: ListenSettings, pcm_rate: u32, recognizer: Recipient<Heard>) -> Self {
-        let frames = SpeechFrames::new(pcm_rate)
-            .expect("settings validation built SpeechFrames at media.pcm_rate at startup");
+        let frames = SpeechFrames::new(pcm_rate, s.denoise).expect(
+            "settings validation built SpeechFrames at media.pcm_rate, with the denoiser, at startup",
+        );
         Listening {
             vad: Vad::new(),
             endpointer: Endpointer::new(s.endpoint),
