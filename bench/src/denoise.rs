@@ -108,6 +108,7 @@ pub async fn run(grammar: &str, verbose: bool) -> anyhow::Result<()> {
         dict: "/usr/share/pocketsphinx/model/en-us/cmudict-en-us.dict".into(),
         lm: None,
         grammar: Some(grammar),
+        grammars: Vec::new(),
         decoders: 1,
         queue_max: 4,
     })?;

@@ -1149,8 +1149,21 @@ mod tests {
             j(Event::Error {
                 message: "recording is off".into(),
                 command: "recording.start",
+                errors: Vec::new(),
             }),
             serde_json::json!({"type":"error","call_id":"wrtc-1","message":"recording is off","command":"recording.start"})
+        );
+        assert_eq!(
+            j(Event::Error {
+                message: "tts.pitch: unknown option".into(),
+                command: "session.update",
+                errors: vec![crate::session::OptionError::new(
+                    "tts.pitch",
+                    "unknown option"
+                )],
+            }),
+            serde_json::json!({"type":"error","call_id":"wrtc-1","message":"tts.pitch: unknown option",
+                "command":"session.update","errors":[{"option":"tts.pitch","reason":"unknown option"}]})
         );
         assert_eq!(
             j(Event::AsrFinal {

@@ -245,6 +245,7 @@ mod tests {
             Event::Error {
                 message: "recording is off".into(),
                 command: "recording.start",
+                errors: Vec::new(),
             },
         ];
         for e in &events {
