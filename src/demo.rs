@@ -287,7 +287,8 @@ impl DemoDialog {
             }
             "asr.final" => {
                 let heard = event["text"].as_str().unwrap_or("").trim().to_owned();
-                if heard.is_empty() {
+                // A backchannel ("mm-hmm" over our speech) is not a turn: our speech goes on.
+                if heard.is_empty() || event["backchannel"] == true {
                     return;
                 }
                 self.turn += 1;

@@ -28,6 +28,7 @@ use voicegate_core::listen::{BargeInSettings, EndpointSettings};
 use voicegate_core::page::PageLimits;
 use voicegate_core::speech::PlayerSettings;
 use voicegate_core::text::SegmentLimits;
+use voicegate_core::turn::{Backchannels, BargeMode};
 use voicegate_core::wav::{MAX_DATA_BYTES, WavFormat};
 use voicegate_engines::asr::openai::OpenAiAsrSettings;
 use voicegate_engines::asr::pocketsphinx::PocketsphinxSettings;
@@ -64,6 +65,7 @@ const LIST_KEYS: &[&str] = &[
     "http.allowed_origins",
     "http.trusted_proxies",
     "media.public_ips",
+    "barge_in.backchannels",
 ];
 
 /// Everything in the configuration file.
@@ -319,6 +321,10 @@ pub struct Listen {
     pub max_utterance_ms: u32,
     /// Noise suppression of the caller's speech: "off" or "rnnoise".
     pub denoise: String,
+    /// Silence that ends a turn whose hypothesis looks finished and stable.
+    pub end_silence_min_ms: u32,
+    /// How long a hypothesis must stay unchanged to count as stable.
+    pub stable_ms: u32,
 }
 
 /// `[barge_in]`
@@ -333,6 +339,16 @@ pub struct BargeInConfig {
     pub warmup_ms: u32,
     /// Level margin (0: off).
     pub level_margin_db: f32,
+    /// "confirmed" or "immediate".
+    pub mode: String,
+    /// Confirmed mode: voice that pauses playback.
+    pub pause_after_ms: u32,
+    /// Confirmed mode: longest pause waiting for confirming words.
+    pub confirm_ms: u32,
+    /// Words that always make a real interruption.
+    pub min_words: usize,
+    /// What is only a backchannel.
+    pub backchannels: Vec<String>,
 }
 
 /// Which recognizer, validated.
@@ -1365,21 +1381,61 @@ impl Settings {
                 format!("{:?}: want one of {}", l.denoise, choices.join(", ")),
             )
         })?;
+        if l.end_silence_min_ms < 100 || l.end_silence_min_ms > l.end_silence_ms {
+            return Err(invalid(
+                "listen.end_silence_min_ms",
+                "want 100 to listen.end_silence_ms (equal: fixed endpointing)",
+            ));
+        }
+        if l.stable_ms > 2000 {
+            return Err(invalid("listen.stable_ms", "want 0 to 2000"));
+        }
+        let b = &self.barge_in;
+        let barge_mode = BargeMode::parse(&b.mode).ok_or_else(|| {
+            invalid(
+                "barge_in.mode",
+                format!("{:?}: want \"confirmed\" or \"immediate\"", b.mode),
+            )
+        })?;
+        if !(20..=2000).contains(&b.pause_after_ms) {
+            return Err(invalid("barge_in.pause_after_ms", "want 20 to 2000"));
+        }
+        if !(200..=10_000).contains(&b.confirm_ms) {
+            return Err(invalid("barge_in.confirm_ms", "want 200 to 10000"));
+        }
+        if !(1..=10).contains(&b.min_words) {
+            return Err(invalid("barge_in.min_words", "want 1 to 10"));
+        }
+        if b.backchannels.len() > 100 || b.backchannels.iter().any(|p| p.len() > 64) {
+            return Err(invalid(
+                "barge_in.backchannels",
+                "at most 100 phrases of at most 64 bytes",
+            ));
+        }
         let listen = ListenSettings {
             denoise,
             endpoint: EndpointSettings {
                 speech_start_ms: l.speech_start_ms,
                 end_silence_ms: l.end_silence_ms,
+                end_silence_min_ms: l.end_silence_min_ms,
+                stable_ms: l.stable_ms,
                 preroll_ms: l.preroll_ms,
                 max_utterance_ms: l.max_utterance_ms,
             },
             barge_in: BargeInSettings {
                 enabled: self.barge_in.enabled,
+                mode: barge_mode,
+                pause_after_ms: self.barge_in.pause_after_ms,
                 min_speech_ms: self.barge_in.min_speech_ms,
                 warmup_ms: self.barge_in.warmup_ms,
                 level_margin_db: (self.barge_in.level_margin_db > 0.0)
                     .then_some(self.barge_in.level_margin_db),
             },
+            backchannels: std::sync::Arc::new(Backchannels::new(
+                &self.barge_in.backchannels,
+                self.barge_in.min_words,
+            )),
+            confirm: Duration::from_millis(u64::from(self.barge_in.confirm_ms)),
         };
         let seg = &self.tts.segment;
         if seg.first_min_chars == 0

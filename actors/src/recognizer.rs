@@ -58,6 +58,8 @@ pub enum Heard {
         lost_frames: u64,
         /// Its length.
         duration: Duration,
+        /// The silence at its end: its last voiced frame was this long before the end.
+        trailing: Duration,
     },
 }
 
@@ -65,8 +67,13 @@ pub enum Heard {
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub enum RecognizerEvent {
-    /// Interim text.
+    /// Interim text (rate-limited by `asr.partial_interval_ms`, for the app).
     Partial(String),
+    /// The engine's hypothesis changed (every change, not rate-limited): what endpointing and
+    /// barge-in confirmation listen to.
+    Hypothesis(String),
+    /// An utterance ended with nothing recognized (noise, a cough).
+    Unheard,
     /// A finished utterance.
     Final {
         /// The text.
@@ -165,7 +172,7 @@ impl Recognizer {
 
     fn start(&mut self, audio: &[i16], ctx: &mut Context<Self>) {
         // An utterance that never got its end (the codec was replaced mid-utterance) ends here.
-        self.end_current(NetReport::default(), ctx);
+        self.end_current(NetReport::default(), Duration::ZERO, ctx);
         let Some(engine) = &self.engine else {
             return;
         };
@@ -184,7 +191,9 @@ impl Recognizer {
     }
 
     /// The utterance being heard ended: its result is due within the deadline.
-    fn end_current(&mut self, net: NetReport, ctx: &mut Context<Self>) {
+    /// The current utterance ended; its speech ended `trailing` before now, which is where
+    /// the time to its result is counted from.
+    fn end_current(&mut self, net: NetReport, trailing: Duration, ctx: &mut Context<Self>) {
         let Some((n, sink)) = self.current.take() else {
             return;
         };
@@ -197,7 +206,8 @@ impl Recognizer {
             act.expire(n, ctx)
         });
         if let Some(p) = self.pending.iter_mut().find(|p| p.n == n) {
-            p.ended = Some((net, Instant::now(), timer));
+            let now = Instant::now();
+            p.ended = Some((net, now.checked_sub(trailing).unwrap_or(now), timer));
         }
     }
 
@@ -276,6 +286,7 @@ impl Handler<Heard> for Recognizer {
                 net,
                 lost_frames,
                 duration,
+                trailing,
             } => {
                 trace_msg!(self.call_id, "codec" => "recognizer", "Heard::End", "{} ms", duration.as_millis());
                 let report = NetReport {
@@ -283,7 +294,7 @@ impl Handler<Heard> for Recognizer {
                     recovered_ms: net.recovered * 20,
                     concealed_ms: net.concealed * 20,
                 };
-                self.end_current(report, ctx);
+                self.end_current(report, trailing, ctx);
             }
         }
     }
@@ -295,6 +306,10 @@ impl StreamHandler<Update> for Recognizer {
             AsrUpdate::Partial(text) => {
                 let text = text.trim().to_owned();
                 let current = self.current.as_ref().is_some_and(|(c, _)| *c == n);
+                if current && !text.is_empty() {
+                    self.parent
+                        .do_send(RecognizerEvent::Hypothesis(text.clone()));
+                }
                 let due = self
                     .last_partial
                     .1
@@ -319,6 +334,8 @@ impl StreamHandler<Update> for Recognizer {
                     });
                     self.parent
                         .do_send(RecognizerEvent::Final { text, net, latency });
+                } else {
+                    self.parent.do_send(RecognizerEvent::Unheard);
                 }
             }
             AsrUpdate::Error(error) => {
@@ -417,6 +434,8 @@ mod tests {
             self.0.borrow_mut().push(match msg {
                 RecognizerEvent::Partial(t) => format!("partial {t}"),
                 RecognizerEvent::Final { text, .. } => format!("final {text}"),
+                // What endpointing listens to; these tests look at what the app gets.
+                RecognizerEvent::Hypothesis(_) | RecognizerEvent::Unheard => return,
                 RecognizerEvent::Error { message, fatal } => format!("error {fatal} {message}"),
             });
         }
@@ -430,6 +449,7 @@ mod tests {
             net: UtteranceNetStats::default(),
             lost_frames: 0,
             duration: Duration::from_millis(20),
+            trailing: Duration::ZERO,
         });
     }
 

@@ -137,6 +137,15 @@ pub enum PlaybackEvent {
         /// Its frames sent.
         frames: u32,
     },
+    /// The caller's voice paused playback (confirmed barge-in); nothing was cleared.
+    Paused {
+        /// The segment in progress, if one was.
+        segment: Option<SegmentId>,
+        /// Its frames sent.
+        frames: u32,
+    },
+    /// The pause was not an interruption: playback goes on.
+    Resumed,
 }
 
 /// The call is ending: returns the `tts.ended` events of everything still queued, then stops.
@@ -255,6 +264,11 @@ impl Speaker {
                 played_ms,
                 segments,
             }),
+            Output::Paused { id, played_ms } => self.report(Event::TtsPaused {
+                utterance_id: id,
+                played_ms,
+            }),
+            Output::Resumed { id } => self.report(Event::TtsResumed { utterance_id: id }),
             Output::SegmentStarted { id, text } => {
                 self.parent.do_send(SpeakerEvent::Segment { id, text })
             }
@@ -523,6 +537,10 @@ impl Handler<PlaybackEvent> for Speaker {
             PlaybackEvent::BargedIn { segment, frames } => {
                 self.input(Input::BargeIn { segment, frames }, ctx);
             }
+            PlaybackEvent::Paused { segment, frames } => {
+                self.input(Input::Paused { segment, frames }, ctx);
+            }
+            PlaybackEvent::Resumed => self.input(Input::Resumed, ctx),
         }
     }
 }

@@ -236,6 +236,9 @@ fn listen(caller: &[i16], denoise: Denoise, t: &mut Tally) -> anyhow::Result<Vec
     let settings = EndpointSettings {
         speech_start_ms: 120,
         end_silence_ms: 600,
+        // No recognizer hints here: fixed endpointing.
+        end_silence_min_ms: 600,
+        stable_ms: 0,
         preroll_ms: 300,
         max_utterance_ms: 15_000,
     };

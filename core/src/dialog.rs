@@ -53,6 +53,8 @@ pub enum Event {
         /// What the network did to its audio (extra fields; apps that do not know them ignore
         /// them).
         net: Option<NetReport>,
+        /// Its timing and whether it was a backchannel (extra fields too).
+        turn: Option<TurnReport>,
     },
     /// The recognizer failed.
     AsrError {
@@ -60,6 +62,19 @@ pub enum Event {
         message: String,
         /// Recognition is off for the rest of the call.
         fatal: bool,
+    },
+    /// The caller's voice paused an utterance (`barge_in.mode = "confirmed"`): it keeps its
+    /// place until their words confirm an interruption (`tts.interrupt`) or not (`tts.resumed`).
+    TtsPaused {
+        /// The utterance.
+        utterance_id: String,
+        /// Audio of it that left voicegate before the pause, ms.
+        played_ms: u32,
+    },
+    /// A paused utterance plays on where it paused.
+    TtsResumed {
+        /// The utterance.
+        utterance_id: String,
     },
     /// The first audio of an utterance left voicegate.
     TtsStarted {
@@ -136,6 +151,8 @@ impl Event {
             Event::CallStarted { .. } => "call.started",
             Event::AsrPartial { .. } => "asr.partial",
             Event::AsrFinal { .. } => "asr.final",
+            Event::TtsPaused { .. } => "tts.paused",
+            Event::TtsResumed { .. } => "tts.resumed",
             Event::AsrError { .. } => "asr.error",
             Event::TtsStarted { .. } => "tts.started",
             Event::TtsEnded { .. } => "tts.ended",
@@ -161,15 +178,26 @@ impl Event {
                 v
             }
             Event::AsrPartial { text } => json!({"text": text}),
-            Event::AsrFinal { text, net } => {
+            Event::AsrFinal { text, net, turn } => {
                 let mut v = json!({"text": text});
                 if let Some(n) = net {
                     v["lost_ms"] = n.lost_ms.into();
                     v["recovered_ms"] = n.recovered_ms.into();
                     v["concealed_ms"] = n.concealed_ms.into();
                 }
+                if let Some(t) = turn {
+                    v["end_of_speech_ms"] = t.end_of_speech_ms.into();
+                    if t.backchannel {
+                        v["backchannel"] = true.into();
+                    }
+                }
                 v
             }
+            Event::TtsPaused {
+                utterance_id,
+                played_ms,
+            } => json!({"utterance_id": utterance_id, "played_ms": played_ms}),
+            Event::TtsResumed { utterance_id } => json!({"utterance_id": utterance_id}),
             Event::AsrError { message, fatal } => json!({"message": message, "fatal": fatal}),
             Event::TtsStarted { utterance_id } => json!({"utterance_id": utterance_id}),
             Event::TtsEnded {
@@ -233,6 +261,16 @@ impl Event {
         }
         v.to_string()
     }
+}
+
+/// An `asr.final`'s turn-taking fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TurnReport {
+    /// From the caller's last voiced frame to the final being sent, ms.
+    pub end_of_speech_ms: u64,
+    /// Said over voicegate's speech, and only a backchannel ("mm-hmm", "yeah"): not a turn
+    /// (`barge_in.backchannels`); omitted when false.
+    pub backchannel: bool,
 }
 
 /// The state a `call.media` event reports.
@@ -1168,6 +1206,7 @@ mod tests {
         assert_eq!(
             j(Event::AsrFinal {
                 text: "hi".into(),
+                turn: None,
                 net: None
             }),
             serde_json::json!({"type":"asr.final","call_id":"wrtc-1","text":"hi"})
@@ -1175,6 +1214,7 @@ mod tests {
         assert_eq!(
             j(Event::AsrFinal {
                 text: "hi".into(),
+                turn: None,
                 net: Some(NetReport {
                     lost_ms: 60,
                     recovered_ms: 20,

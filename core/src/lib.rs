@@ -34,6 +34,7 @@ pub mod text;
 pub mod timeline;
 pub mod token;
 pub mod tone;
+pub mod turn;
 pub mod untrusted;
 pub mod wav;
 pub mod ws_frame;

@@ -56,8 +56,14 @@ impl Default for Vad {
 pub struct EndpointSettings {
     /// Speech needed to start an utterance.
     pub speech_start_ms: u32,
-    /// Silence that ends an utterance.
+    /// Silence that ends an utterance: the most, when the recognizer's hypothesis looks
+    /// unfinished or there is none.
     pub end_silence_ms: u32,
+    /// Silence that ends an utterance whose hypothesis looks finished and has been stable for
+    /// `stable_ms` (`listen.end_silence_min_ms`; equal to `end_silence_ms`: fixed endpointing).
+    pub end_silence_min_ms: u32,
+    /// How long a hypothesis must stay unchanged to count as stable.
+    pub stable_ms: u32,
     /// Audio kept from before the speech started.
     pub preroll_ms: u32,
     /// Longest utterance; it is cut here.
@@ -89,6 +95,8 @@ pub enum Endpoint<'a> {
         net: UtteranceNetStats,
         /// Its length.
         duration: Duration,
+        /// The silence at its end that ended it (its last voiced frame was this long ago).
+        trailing: Duration,
     },
 }
 
@@ -101,6 +109,9 @@ pub struct Endpointer {
     speech_run: u32,
     /// In an utterance: consecutive non-speech frames, frames so far, stats.
     in_utterance: Option<(u32, u32, UtteranceNetStats)>,
+    /// The recognizer's latest hypothesis in this utterance: whether it looks finished, and the
+    /// utterance's length in frames when it last changed.
+    hypothesis: Option<(bool, u32)>,
     /// Scratch for the start audio.
     start_buf: Vec<i16>,
 }
@@ -113,7 +124,29 @@ impl Endpointer {
             recent: VecDeque::new(),
             speech_run: 0,
             in_utterance: None,
+            hypothesis: None,
             start_buf: Vec::new(),
+        }
+    }
+
+    /// The recognizer's hypothesis for the utterance in progress changed to `text`: a
+    /// finished-looking one ([`crate::turn::looks_complete`]) that then stays unchanged for
+    /// `stable_ms` lets `end_silence_min_ms` of silence end the utterance; an unfinished one
+    /// ("... and") waits the full `end_silence_ms`.
+    pub fn hypothesis(&mut self, text: &str) {
+        if let Some((_, length, _)) = self.in_utterance {
+            self.hypothesis = Some((crate::turn::looks_complete(text), length));
+        }
+    }
+
+    /// Frames of silence that end the utterance now.
+    fn end_silence_frames(&self, length: u32) -> u32 {
+        let frames = |ms: u32| ms.div_ceil(FRAME_MS).max(1);
+        match self.hypothesis {
+            Some((true, at)) if (length - at.min(length)) * FRAME_MS >= self.s.stable_ms => {
+                frames(self.s.end_silence_min_ms.min(self.s.end_silence_ms))
+            }
+            _ => frames(self.s.end_silence_ms),
         }
     }
 
@@ -161,6 +194,7 @@ impl Endpointer {
                     self.recent.clear();
                     self.speech_run = 0;
                     self.in_utterance = Some((0, n, net));
+                    self.hypothesis = None;
                     out(Endpoint::Start {
                         audio: &self.start_buf,
                     });
@@ -171,14 +205,15 @@ impl Endpointer {
                 *length += 1;
                 *silence = if speech { 0 } else { *silence + 1 };
                 out(Endpoint::Audio(frame));
-                if *silence >= frames(self.s.end_silence_ms)
-                    || *length >= frames(self.s.max_utterance_ms)
+                let (silent, len, net) = (*silence, *length, *net);
+                if silent >= self.end_silence_frames(len) || len >= frames(self.s.max_utterance_ms)
                 {
-                    let (net, length) = (*net, *length);
                     self.in_utterance = None;
+                    self.hypothesis = None;
                     out(Endpoint::End {
                         net,
-                        duration: Duration::from_millis(u64::from(length * FRAME_MS)),
+                        duration: Duration::from_millis(u64::from(len * FRAME_MS)),
+                        trailing: Duration::from_millis(u64::from(silent * FRAME_MS)),
                     });
                 }
             }
@@ -190,6 +225,7 @@ impl Endpointer {
         self.recent.clear();
         self.speech_run = 0;
         self.in_utterance = None;
+        self.hypothesis = None;
     }
 }
 
@@ -216,6 +252,10 @@ pub fn rms(pcm: &[i16]) -> f64 {
 pub struct BargeInSettings {
     /// Barge-in is on.
     pub enabled: bool,
+    /// Whether voice interrupts at once or pauses until words confirm it.
+    pub mode: crate::turn::BargeMode,
+    /// Confirmed mode: voice that pauses playout.
+    pub pause_after_ms: u32,
     /// Speech needed while playing.
     pub min_speech_ms: u32,
     /// Speech is ignored this long after playback starts (0: off).
@@ -300,11 +340,27 @@ impl BargeIn {
         } else {
             0
         };
-        if self.run * FRAME_MS >= self.s.min_speech_ms.max(FRAME_MS) {
+        let needed = match self.s.mode {
+            crate::turn::BargeMode::Immediate => self.s.min_speech_ms,
+            crate::turn::BargeMode::Confirmed => self.s.pause_after_ms,
+        };
+        if self.run * FRAME_MS >= needed.max(FRAME_MS) {
             self.fired = true;
             return true;
         }
         false
+    }
+
+    /// Confirmed mode: the pause was not an interruption and playout resumes; the caller's
+    /// voice may pause it again.
+    pub fn rearm(&mut self) {
+        self.fired = false;
+        self.run = 0;
+    }
+
+    /// Voice pauses playout first, and only confirmed words interrupt.
+    pub fn confirmed(&self) -> bool {
+        self.s.mode == crate::turn::BargeMode::Confirmed
     }
 }
 
@@ -315,6 +371,8 @@ mod tests {
     const S: EndpointSettings = EndpointSettings {
         speech_start_ms: 60,
         end_silence_ms: 100,
+        end_silence_min_ms: 100,
+        stable_ms: 0,
         preroll_ms: 40,
         max_utterance_ms: 1000,
     };
@@ -337,12 +395,17 @@ mod tests {
                         format!("start{frames:?}")
                     }
                     Endpoint::Audio(a) => format!("a{}", a[0] - offset),
-                    Endpoint::End { net, duration } => {
+                    Endpoint::End {
+                        net,
+                        duration,
+                        trailing,
+                    } => {
                         format!(
-                            "end {}ms r{} c{}",
+                            "end {}ms r{} c{} t{}",
                             duration.as_millis(),
                             net.recovered,
-                            net.concealed
+                            net.concealed,
+                            trailing.as_millis()
                         )
                     }
                 })
@@ -379,7 +442,7 @@ mod tests {
                 "a7",
                 "a8",
                 "a9",
-                "end 200ms r0 c0"
+                "end 200ms r0 c0 t100"
             ]
         );
         assert!(!e.in_utterance());
@@ -392,11 +455,11 @@ mod tests {
     fn network_damage_is_counted_per_utterance() {
         let mut e = Endpointer::new(S);
         let log = run(&mut e, "srsscc.....", 0);
-        assert_eq!(log.last().unwrap(), "end 220ms r1 c2");
+        assert_eq!(log.last().unwrap(), "end 220ms r1 c2 t100");
         let log = run(&mut e, "sss.....", 50);
         assert_eq!(
             log.last().unwrap(),
-            "end 160ms r0 c0",
+            "end 160ms r0 c0 t100",
             "no carry-over between utterances"
         );
     }
@@ -412,6 +475,45 @@ mod tests {
     }
 
     #[test]
+    fn a_finished_stable_hypothesis_ends_the_turn_sooner_and_an_open_one_waits() {
+        let adaptive = EndpointSettings {
+            end_silence_ms: 600,
+            end_silence_min_ms: 200,
+            stable_ms: 100,
+            ..S
+        };
+        let ends_after = |hyp: Option<&str>, hyp_at: usize| {
+            let mut e = Endpointer::new(adaptive);
+            let mut log = run(&mut e, "ssssss", 0);
+            // Then silence, frame by frame, with the hypothesis arriving at frame `hyp_at`.
+            for i in 0..40 {
+                if i == hyp_at
+                    && let Some(h) = hyp
+                {
+                    e.hypothesis(h);
+                }
+                log.extend(run(&mut e, ".", 0));
+                if log.last().is_some_and(|l| l.starts_with("end")) {
+                    return (i + 1) * 20;
+                }
+            }
+            panic!("no end: {log:?}");
+        };
+        // No hypothesis (an engine without partials): the full 600 ms.
+        assert_eq!(ends_after(None, 0), 600);
+        // A finished-looking one, stable for 100 ms: 200 ms of silence is enough.
+        assert_eq!(ends_after(Some("turn on the kitchen lights"), 0), 200);
+        // It came late: stable 100 ms after it came (frame 10, 200 ms), so 300 ms.
+        assert_eq!(ends_after(Some("turn on the kitchen lights"), 10), 300);
+        // "... and" leaves the turn open: the full wait.
+        assert_eq!(ends_after(Some("i want to go and"), 0), 600);
+        // The trailing silence is reported.
+        let mut e = Endpointer::new(S);
+        let log = run(&mut e, "sss.....", 0);
+        assert_eq!(log.last().unwrap(), "end 160ms r0 c0 t100");
+    }
+
+    #[test]
     fn no_double_start_without_an_end() {
         let mut e = Endpointer::new(S);
         let log = run(&mut e, "sssssssss", 0);
@@ -420,6 +522,8 @@ mod tests {
 
     const B: BargeInSettings = BargeInSettings {
         enabled: true,
+        mode: crate::turn::BargeMode::Immediate,
+        pause_after_ms: 40,
         min_speech_ms: 100,
         warmup_ms: 0,
         level_margin_db: None,

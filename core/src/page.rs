@@ -63,6 +63,8 @@ impl<'a> PageMessage<'a> {
             Event::CallStarted { .. }
             | Event::AsrError { .. }
             | Event::TtsStarted { .. }
+            | Event::TtsPaused { .. }
+            | Event::TtsResumed { .. }
             | Event::TtsEnded { .. }
             | Event::TtsInterrupt { .. }
             | Event::CallMedia { .. }
@@ -201,6 +203,7 @@ mod tests {
             Event::AsrFinal {
                 text: "hello".into(),
                 net: None,
+                turn: None,
             },
             Event::Dtmf {
                 digit: '5',

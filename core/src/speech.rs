@@ -165,6 +165,16 @@ pub enum Input<'a> {
         /// Its frames sent.
         frames: u32,
     },
+    /// The caller's voice paused playback (a confirmed barge-in's first stage): `segment` was
+    /// playing with `frames` of it sent. Nothing is dropped.
+    Paused {
+        /// The segment in progress, if one was.
+        segment: Option<SegmentId>,
+        /// Its frames sent.
+        frames: u32,
+    },
+    /// The pause was not an interruption: playback goes on where it paused.
+    Resumed,
     /// A final transcript arrived (the anchor for end-to-end latency).
     AsrFinal,
     /// The call is ending: everything still queued ends.
@@ -239,6 +249,18 @@ pub enum Output {
         played_ms: u32,
         /// Its segments, in order, up to the one in progress.
         segments: Vec<PlayedSegment>,
+    },
+    /// `tts.paused`: the caller's voice paused this utterance after `played_ms` of it.
+    Paused {
+        /// Utterance id.
+        id: String,
+        /// Audio sent for it so far, in ms.
+        played_ms: u32,
+    },
+    /// `tts.resumed`: the paused utterance plays on.
+    Resumed {
+        /// Utterance id.
+        id: String,
     },
     /// An internal prompt (queued with `report: false`) is over: played, interrupted, failed or
     /// dropped because the call ends. Nothing is reported for such a prompt, so this is the only
@@ -321,6 +343,8 @@ pub struct Player {
     next_segment: SegmentId,
     /// When the last `asr.final` arrived, until an utterance's first audio consumes it.
     asr_anchor: Option<Instant>,
+    /// The utterance reported `tts.paused` and not resumed yet.
+    paused: Option<String>,
     /// Ids of streams that were cut off (interrupted, replaced, failed, refused or cut by a
     /// limit) and have not sent their last chunk: their late chunks are dropped, so an LLM
     /// stream still in flight cannot start speaking again after a barge-in.
@@ -345,6 +369,7 @@ impl Player {
             settled: 0,
             next_segment: 1,
             asr_anchor: None,
+            paused: None,
             cut_streams: VecDeque::new(),
         }
     }
@@ -479,6 +504,35 @@ impl Player {
                     });
                 }
                 self.interrupt(&mut out);
+            }
+            Input::Paused { segment, frames } => {
+                if let Some(u) = self.utterances.front()
+                    && u.started
+                    && u.report
+                {
+                    let current = match segment {
+                        Some(seg)
+                            if self
+                                .segments
+                                .get(&seg)
+                                .is_some_and(|s| s.utterance == self.front_serial) =>
+                        {
+                            frames * FRAME_MS
+                        }
+                        _ => 0,
+                    };
+                    let played: u32 = u.played.iter().map(|s| s.played_ms).sum();
+                    self.paused = Some(u.id.clone());
+                    out.push(Output::Paused {
+                        id: u.id.clone(),
+                        played_ms: played + current,
+                    });
+                }
+            }
+            Input::Resumed => {
+                if let Some(id) = self.paused.take() {
+                    out.push(Output::Resumed { id });
+                }
             }
             Input::AsrFinal => self.asr_anchor = Some(now),
         }
@@ -739,6 +793,8 @@ impl Player {
     }
 
     fn interrupt(&mut self, out: &mut Vec<Output>) {
+        // A paused utterance that is interrupted ends; it is never resumed.
+        self.paused = None;
         if self.utterances.is_empty() {
             return;
         }
@@ -951,6 +1007,10 @@ mod tests {
                         "interrupted {id} {played_ms}ms {:?}",
                         PlayedSegment::join(&segments)
                     )),
+                    Output::Paused { id, played_ms } => {
+                        self.events.push(format!("paused {id} {played_ms}ms"))
+                    }
+                    Output::Resumed { id } => self.events.push(format!("resumed {id}")),
                 }
             }
         }
@@ -1558,6 +1618,100 @@ mod barge_in_tests {
     }
 
     #[test]
+    fn a_pause_reports_what_was_heard_and_resumes_once_or_ends_in_an_interrupt() {
+        let t = Instant::now();
+        let mut p = Player::new(settings());
+        let outs = p.handle(
+            Input::Speak {
+                id: "u1",
+                text: "First sentence here. Second one now.",
+                report: true,
+            },
+            t,
+        );
+        let segs: Vec<SegmentId> = outs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Synthesize { segment, .. } => Some(*segment),
+                _ => None,
+            })
+            .collect();
+        for &s in &segs {
+            p.handle(
+                Input::Audio {
+                    segment: s,
+                    pcm: vec![1; SPEECH_FRAME_SAMPLES * 50],
+                },
+                t,
+            );
+            p.handle(
+                Input::Synthesized {
+                    segment: s,
+                    ok: true,
+                },
+                t,
+            );
+        }
+        p.handle(Input::PlaybackStarted { segment: segs[0] }, t);
+        p.handle(
+            Input::PlaybackFinished {
+                segment: segs[0],
+                frames: 50,
+            },
+            t,
+        );
+        p.handle(Input::PlaybackStarted { segment: segs[1] }, t);
+        let pause = Input::Paused {
+            segment: Some(segs[1]),
+            frames: 7,
+        };
+        let outs = p.handle(pause, t);
+        assert_eq!(
+            outs,
+            vec![Output::Paused {
+                id: "u1".into(),
+                played_ms: 50 * 20 + 7 * 20
+            }]
+        );
+        // A pause drops nothing: resuming reports once, and nothing is flushed or cancelled.
+        let outs = p.handle(Input::Resumed, t);
+        assert_eq!(outs, vec![Output::Resumed { id: "u1".into() }]);
+        assert_eq!(p.handle(Input::Resumed, t), vec![], "resumed once");
+        // Paused again, then confirmed: an interrupt, and no resume after it.
+        p.handle(
+            Input::Paused {
+                segment: Some(segs[1]),
+                frames: 9,
+            },
+            t,
+        );
+        let outs = p.handle(
+            Input::BargeIn {
+                segment: Some(segs[1]),
+                frames: 9,
+            },
+            t,
+        );
+        assert!(
+            outs.iter()
+                .any(|o| matches!(o, Output::Interrupted { played_ms, .. } if *played_ms == 50 * 20 + 9 * 20)),
+            "{outs:?}"
+        );
+        assert_eq!(p.handle(Input::Resumed, t), vec![]);
+        // Nothing playing: a pause reports nothing.
+        assert_eq!(
+            p.handle(
+                Input::Paused {
+                    segment: None,
+                    frames: 0
+                },
+                t
+            ),
+            vec![]
+        );
+    }
+
+    #[test]
     fn barge_in_reports_complete_segments_and_the_one_in_progress() {
         let t = Instant::now();
         let mut p = Player::new(settings());
@@ -1824,6 +1978,8 @@ mod properties {
                     Output::LimitHit { .. } => self.limit_hits += 1,
                     Output::SegmentStarted { .. }
                     | Output::Interrupted { .. }
+                    | Output::Paused { .. }
+                    | Output::Resumed { .. }
                     | Output::FirstAudio { .. }
                     | Output::PromptEnded { .. } => {}
                 }

@@ -46,7 +46,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument;
 use voicegate_core::call_id::CallId;
-use voicegate_core::dialog::{Command, Event, MediaState};
+use voicegate_core::dialog::{Command, Event, MediaState, TurnReport};
 use voicegate_core::page::{PageInbox, PageMessage};
 use voicegate_core::random;
 use voicegate_core::restart::RestartBudget;
@@ -187,6 +187,9 @@ pub struct CallActor {
     watches: u32,
     /// What the dialog app chose with `session.update` (engines, endpointing, barge-in).
     session: Session,
+    /// The caller's voice paused our speech during their current utterance (its final may be
+    /// a backchannel).
+    paused_this_turn: bool,
     /// Keeps the worker's load count right.
     _lease: crate::workers::Lease,
     /// Counts this call in `voicegate_calls_active` while it exists.
@@ -222,6 +225,7 @@ impl CallActor {
         };
         CallActor {
             session,
+            paused_this_turn: false,
             call_id,
             span,
             settings,
@@ -537,14 +541,29 @@ impl Handler<RecognizerEvent> for CallActor {
         }
         match msg {
             RecognizerEvent::Partial(text) => self.send_event(Event::AsrPartial { text }),
+            RecognizerEvent::Hypothesis(text) => self.tell_codec_heard(text, false),
+            RecognizerEvent::Unheard => {
+                self.tell_codec_heard(String::new(), true);
+                self.paused_this_turn = false;
+            }
             RecognizerEvent::Final { text, net, latency } => {
                 trace_msg!(self.call_id, "recognizer" => "call", "RecognizerEvent::Final", "{} chars after {} ms", text.chars().count(), latency.as_millis());
-                if let Some(s) = &self.speaker {
+                self.tell_codec_heard(text.clone(), true);
+                // Said over our speech and only a backchannel: the app sees it is not a turn.
+                let backchannel = std::mem::take(&mut self.paused_this_turn)
+                    && self.settings.listen.backchannels.is_backchannel(&text);
+                if let Some(s) = &self.speaker
+                    && !backchannel
+                {
                     s.do_send(speaker::AsrFinal);
                 }
                 self.send_event(Event::AsrFinal {
                     text,
                     net: Some(net),
+                    turn: Some(TurnReport {
+                        end_of_speech_ms: latency.as_millis() as u64,
+                        backchannel,
+                    }),
                 });
             }
             RecognizerEvent::Error { message, fatal } => {
@@ -568,7 +587,12 @@ impl Handler<SpeakerEvent> for CallActor {
                 },
                 &self.span,
             ),
-            SpeakerEvent::Tts(event) => self.send_event(event),
+            SpeakerEvent::Tts(event) => {
+                if matches!(event, Event::TtsPaused { .. }) {
+                    self.paused_this_turn = true;
+                }
+                self.send_event(event)
+            }
             SpeakerEvent::PromptEnded { id } => self.prompt_ended(&id, ctx),
             SpeakerEvent::FirstAudio {
                 id,
@@ -644,6 +668,14 @@ impl CallActor {
                     }
                 },
             ));
+        }
+    }
+
+    /// The recognizer's words for the caller's utterance, for the codec's endpointing and a
+    /// paused playback's verdict.
+    fn tell_codec_heard(&self, text: String, last: bool) {
+        if let Some(c) = &self.codec {
+            c.do_send(crate::codec::Hypothesis { text, last });
         }
     }
 

@@ -15,7 +15,8 @@
 use super::CodecEvent;
 use crate::recognizer::Heard;
 use actix::Recipient;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use voicegate_core::codec::Origin;
 use voicegate_core::denoise::Denoise;
 use voicegate_core::dtmf::DtmfReceiver;
@@ -24,12 +25,26 @@ use voicegate_core::listen::{
     BargeIn, BargeInSettings, Endpoint, EndpointSettings, Endpointer, Vad, rms,
 };
 use voicegate_core::pcm::Playout;
+use voicegate_core::turn::{Backchannels, BargeConfirm, Verdict};
+
+/// What the caller's voice does to playback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Barge {
+    /// Nothing.
+    None,
+    /// Confirmed mode: voice paused playback; words will decide.
+    Pause,
+    /// The caller interrupted: the playout was cleared.
+    Interrupt,
+    /// A pause was not an interruption: playback goes on.
+    Resume,
+}
 
 /// Frames per batch sent to the recognizer.
 const BATCH_FRAMES: usize = 5;
 
 /// Settings of listening.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ListenSettings {
     /// Noise suppression of the caller's speech.
     pub denoise: Denoise,
@@ -37,6 +52,11 @@ pub struct ListenSettings {
     pub endpoint: EndpointSettings,
     /// Barge-in.
     pub barge_in: BargeInSettings,
+    /// Confirmed barge-in: what is only a backchannel (`barge_in.backchannels`,
+    /// `barge_in.min_words`).
+    pub backchannels: Arc<Backchannels>,
+    /// Confirmed barge-in: longest pause waiting for confirming words.
+    pub confirm: Duration,
 }
 
 /// Per-call listening state.
@@ -44,6 +64,8 @@ pub struct Listening {
     vad: Vad,
     endpointer: Endpointer,
     barge_in: BargeIn,
+    /// A confirmed barge-in's second stage.
+    confirm: BargeConfirm,
     dtmf: DtmfReceiver,
     /// Where utterances go.
     recognizer: Recipient<Heard>,
@@ -65,6 +87,7 @@ impl Listening {
             vad: Vad::new(),
             endpointer: Endpointer::new(s.endpoint),
             barge_in: BargeIn::new(s.barge_in),
+            confirm: BargeConfirm::new((*s.backchannels).clone(), s.confirm),
             dtmf: DtmfReceiver::new(),
             recognizer,
             frames,
@@ -73,7 +96,9 @@ impl Listening {
         }
     }
 
-    /// Decoded caller audio. Returns true when the caller barged in (playback was cleared).
+    /// Decoded caller audio. Returns what the caller's voice does to playback: an interrupt
+    /// (the playout was cleared), a pause (confirmed mode; nothing cleared), or, when a pause
+    /// found no confirming words in time, a resume.
     pub fn heard(
         &mut self,
         pcm: &[i16],
@@ -81,8 +106,12 @@ impl Listening {
         lost_total: u64,
         now: Instant,
         playout: &mut Playout,
-    ) -> bool {
-        let mut barged = false;
+    ) -> Barge {
+        let mut barged = Barge::None;
+        if self.confirm.tick(now) == Verdict::Resume {
+            self.barge_in.rearm();
+            barged = Barge::Resume;
+        }
         self.frames.push(pcm);
         while let Some(frame) = self.frames.next_frame() {
             let speech = self.vad.is_speech(frame);
@@ -107,7 +136,11 @@ impl Listening {
                         batch.reserve(SPEECH_FRAME_SAMPLES * BATCH_FRAMES);
                     }
                 }
-                Endpoint::End { net, duration } => {
+                Endpoint::End {
+                    net,
+                    duration,
+                    trailing,
+                } => {
                     if !batch.is_empty() {
                         recognizer.do_send(Heard::Audio(std::mem::take(batch)));
                     }
@@ -115,15 +148,60 @@ impl Listening {
                         net,
                         lost_frames: lost_total.saturating_sub(*lost_at_start),
                         duration,
+                        trailing,
                     });
                 }
             });
             if self.barge_in.caller_frame(speech, level, now) {
-                playout.clear();
-                barged = true;
+                if self.barge_in.confirmed() {
+                    self.confirm.pause(now);
+                    barged = Barge::Pause;
+                } else {
+                    playout.clear();
+                    barged = Barge::Interrupt;
+                }
             }
         }
         barged
+    }
+
+    /// The recognizer's hypothesis for the caller's utterance changed (`last`: its final
+    /// result, empty when nothing was recognized): endpointing takes it as a hint, and a
+    /// paused playout gets its verdict when the words decide it.
+    pub fn hypothesis(&mut self, text: &str, last: bool, playout: &mut Playout) -> Barge {
+        if !last {
+            self.endpointer.hypothesis(text);
+        }
+        match self.confirm.heard(text, last) {
+            Verdict::Wait => Barge::None,
+            Verdict::Interrupt => {
+                playout.clear();
+                Barge::Interrupt
+            }
+            Verdict::Resume => {
+                self.barge_in.rearm();
+                Barge::Resume
+            }
+        }
+    }
+
+    /// Time passed: a pause that no words confirmed in time resumes.
+    pub fn check_pause(&mut self, now: Instant) -> Barge {
+        if self.confirm.tick(now) == Verdict::Resume {
+            self.barge_in.rearm();
+            return Barge::Resume;
+        }
+        Barge::None
+    }
+
+    /// A pause is waiting for its verdict until this instant.
+    pub fn pause_deadline(&self) -> Option<Instant> {
+        self.confirm.deadline()
+    }
+
+    /// Playback was flushed (the app interrupted): no pause is pending any more.
+    pub fn flushed(&mut self) {
+        self.confirm.clear();
     }
 
     /// A session changed the endpointing silence or barge-in.

@@ -39,7 +39,7 @@ use crate::speaker::PlaybackEvent;
 use crate::trace_msg;
 use actix::prelude::*;
 use bytes::Bytes;
-use listening::Listening;
+use listening::{Barge, Listening};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -198,6 +198,10 @@ pub struct AudioCodec {
     tick: Option<SpawnHandle>,
     /// The caller's media is interrupted: nothing is sent, the playout keeps what it has.
     held: bool,
+    /// The caller's voice paused playback (confirmed barge-in) until their words decide.
+    barge_paused: bool,
+    /// Ends a barge-in pause that no words confirmed (caller media may stop meanwhile).
+    pause_timer: Option<SpawnHandle>,
     /// The pending reorder-release wake-up.
     release: Option<SpawnHandle>,
     /// Packets written.
@@ -290,7 +294,7 @@ impl AudioCodec {
             rtp_timeout_reported: false,
             opus_pt: settings.opus_pt,
             dtmf_pt: settings.dtmf_pt,
-            listening: match (settings.listen, recognizer) {
+            listening: match (settings.listen.clone(), recognizer) {
                 (Some(l), Some(r)) => Some(Listening::new(l, rate, r)),
                 _ => None,
             },
@@ -300,6 +304,8 @@ impl AudioCodec {
             _live: crate::metrics::Live::new(crate::metrics::ActorKind::Codec),
             tick: None,
             held: false,
+            barge_paused: false,
+            pause_timer: None,
             release: None,
             sent: 0,
             write_errors: 0,
@@ -388,7 +394,7 @@ impl StreamHandler<TrackRemoteEvent> for AudioCodec {
             tape,
             ..
         } = self;
-        let mut barged = false;
+        let mut barged = Barge::None;
         uplink.push(
             p.header.sequence_number,
             p.payload,
@@ -401,13 +407,14 @@ impl StreamHandler<TrackRemoteEvent> for AudioCodec {
                     playout.push(Tag::Echo, pcm);
                 }
                 if let Some(l) = listening.as_mut() {
-                    barged |= l.heard(pcm, origin, lost, now, playout);
+                    let b = l.heard(pcm, origin, lost, now, playout);
+                    if b != Barge::None {
+                        barged = b;
+                    }
                 }
             },
         );
-        if barged {
-            self.barged_in();
-        }
+        self.barge(barged, now, ctx);
         self.after_uplink(now, ctx);
     }
 
@@ -464,10 +471,42 @@ impl Handler<EndSegment> for AudioCodec {
     }
 }
 
+/// The recognizer's hypothesis for the caller's utterance (`last`: its final result, empty
+/// when nothing was recognized), from the call: endpointing's hint, and a paused playback's
+/// verdict.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Hypothesis {
+    /// The words so far.
+    pub text: String,
+    /// The utterance's final result.
+    pub last: bool,
+}
+
+impl Handler<Hypothesis> for AudioCodec {
+    type Result = ();
+
+    fn handle(&mut self, msg: Hypothesis, ctx: &mut Self::Context) {
+        trace_msg!(self.call_id, "call" => "codec", "Hypothesis", "{} chars, last {}", msg.text.len(), msg.last);
+        let AudioCodec {
+            listening, playout, ..
+        } = self;
+        let b = listening
+            .as_mut()
+            .map_or(Barge::None, |l| l.hypothesis(&msg.text, msg.last, playout));
+        self.barge(b, Instant::now(), ctx);
+    }
+}
+
 impl Handler<Flush> for AudioCodec {
     type Result = ();
 
-    fn handle(&mut self, _: Flush, _ctx: &mut Self::Context) {
+    fn handle(&mut self, _: Flush, ctx: &mut Self::Context) {
+        // The app's interrupt (or the call's): a barge-in pause has nothing left to decide.
+        if let Some(l) = self.listening.as_mut() {
+            l.flushed();
+        }
+        self.end_pause(ctx);
         trace_msg!(self.call_id, "speaker" => "codec", "Flush");
         // The pacer finds nothing at its next slot and ends the talkspurt: silence within a
         // frame.
@@ -605,6 +644,63 @@ impl AudioCodec {
         self.reported = now;
     }
 
+    /// Carries out what the caller's voice did to playback.
+    fn barge(&mut self, b: Barge, now: Instant, ctx: &mut Context<Self>) {
+        match b {
+            Barge::None => {}
+            Barge::Interrupt => {
+                self.end_pause(ctx);
+                self.barged_in();
+            }
+            Barge::Pause => {
+                self.barge_paused = true;
+                // The talkspurt ends where it is; the segment in progress resumes with its next
+                // frame (its count of frames sent goes on), as for a held playout.
+                if self.pacer.is_running() {
+                    self.pacer.stop();
+                    self.timeline.borrow_mut().end_talkspurt();
+                    if let Some(h) = self.tick.take() {
+                        ctx.cancel_future(h);
+                    }
+                }
+                let (segment, frames) = match self.sending {
+                    Some((Tag::Segment(segment), n)) => (Some(segment), n),
+                    Some((Tag::Echo, _)) | None => (None, 0),
+                };
+                self.span.in_scope(|| {
+                    tracing::debug!(played_frames = frames, "caller's voice paused playback")
+                });
+                self.tell_speaker(PlaybackEvent::Paused { segment, frames });
+                if let Some(deadline) = self.listening.as_ref().and_then(Listening::pause_deadline)
+                {
+                    let wait = deadline.saturating_duration_since(now) + Duration::from_millis(1);
+                    self.pause_timer = Some(ctx.run_later(wait, |act, ctx| {
+                        act.pause_timer = None;
+                        let now = Instant::now();
+                        let b = act
+                            .listening
+                            .as_mut()
+                            .map_or(Barge::None, |l| l.check_pause(now));
+                        act.barge(b, now, ctx);
+                    }));
+                }
+            }
+            Barge::Resume => {
+                self.end_pause(ctx);
+                self.tell_speaker(PlaybackEvent::Resumed);
+                self.maybe_start(now, ctx);
+            }
+        }
+    }
+
+    /// No barge-in pause is pending any more.
+    fn end_pause(&mut self, ctx: &mut Context<Self>) {
+        self.barge_paused = false;
+        if let Some(h) = self.pause_timer.take() {
+            ctx.cancel_future(h);
+        }
+    }
+
     /// The caller barged in: playback was already cleared; tell the speaker what was in
     /// progress.
     fn barged_in(&mut self) {
@@ -662,7 +758,11 @@ impl AudioCodec {
 
     /// Starts a talkspurt if the pacer is idle and audio is ready.
     fn maybe_start(&mut self, now: Instant, ctx: &mut Context<Self>) {
-        if !self.held && !self.pacer.is_running() && self.playout.ready_to_start() {
+        if !self.held
+            && !self.barge_paused
+            && !self.pacer.is_running()
+            && self.playout.ready_to_start()
+        {
             self.pacer.start(now);
             self.tick(ctx);
         }

@@ -62,7 +62,7 @@ impl CodecSettings {
             rtp_timeout: s.rtp_timeout,
             opus_pt: offer.summary.opus_pt,
             dtmf_pt: offer.summary.telephone_event_pt,
-            listen: (mode == CallMode::Dialog).then_some(s.listen),
+            listen: (mode == CallMode::Dialog).then(|| s.listen.clone()),
         }
     }
 }

@@ -126,8 +126,8 @@ enum Job {
         voice: CString,
         reply: std_mpsc::Sender<bool>,
     },
-    /// Every name `espeak_SetVoiceByName` takes: each voice's name, identifier and languages,
-    /// lowercased, each one tried.
+    /// Every voice name the library lists: each voice's name, identifier and languages,
+    /// lowercased.
     Voices {
         reply: std_mpsc::Sender<HashSet<String>>,
     },
@@ -325,11 +325,12 @@ fn list_voices() -> Vec<CString> {
     names
 }
 
-/// Every voice name the library takes, tried one by one (on the worker thread).
+/// Every voice name the library lists (names, files, languages), lowercased. They are not
+/// tried one by one: loading a voice prints to the process's stderr for some languages
+/// ("Full dictionary is not installed"), and costs startup time. On the worker thread.
 fn voice_names() -> HashSet<String> {
     list_voices()
         .into_iter()
-        .filter(|c| set_voice(c))
         .filter_map(|c| c.into_string().ok())
         .map(|c| c.to_ascii_lowercase())
         .collect()

@@ -1,0 +1,265 @@
+//! Turn-taking: whether the caller's words over voicegate's speech are a real interruption or
+//! a backchannel ("mm-hmm", "yeah"), and the two-stage barge-in built on it.
+//!
+//! In `confirmed` mode ([`BargeMode::Confirmed`]) voice while voicegate speaks first *pauses*
+//! playout (the utterance keeps its place); the recognizer's words then decide
+//! ([`BargeConfirm`]): words that are not a backchannel ([`Backchannels::confirms`]) make it a
+//! real interrupt; a final result that is only a backchannel, no words at all (a cough, a
+//! keyboard), or no confirmation within `confirm` resumes playout where it paused. In
+//! `immediate` mode voice interrupts at once, as before.
+//!
+//! Time is passed in; nothing here reads a clock.
+
+use std::time::{Duration, Instant};
+
+/// How the caller's voice over voicegate's speech is taken (`barge_in.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BargeMode {
+    /// Voice pauses playout; only confirmed words interrupt (the default).
+    Confirmed,
+    /// Voice interrupts at once.
+    Immediate,
+}
+
+impl BargeMode {
+    /// `confirmed` or `immediate`.
+    pub fn parse(s: &str) -> Option<BargeMode> {
+        match s.trim() {
+            "confirmed" => Some(BargeMode::Confirmed),
+            "immediate" => Some(BargeMode::Immediate),
+            _ => None,
+        }
+    }
+}
+
+/// The words of `text`, lowercased, punctuation dropped, hyphens splitting words ("uh-huh" is
+/// "uh huh", as recognizers tend to write it anyway).
+pub fn words(text: &str) -> Vec<String> {
+    text.split(|c: char| c.is_whitespace() || c == '-')
+        .map(|w| {
+            w.chars()
+                .filter(|c| c.is_alphanumeric() || *c == '\'')
+                .flat_map(char::to_lowercase)
+                .collect::<String>()
+        })
+        .filter(|w| !w.is_empty())
+        .collect()
+}
+
+/// What counts as a backchannel (`barge_in.backchannels`, `barge_in.min_words`).
+#[derive(Debug, Clone)]
+pub struct Backchannels {
+    /// Each entry's words ("mm-hmm" is `["mm", "hmm"]`).
+    phrases: Vec<Vec<String>>,
+    /// Every word that appears in an entry.
+    vocabulary: Vec<String>,
+    /// Words that make a real interruption whatever they are.
+    min_words: usize,
+}
+
+impl Backchannels {
+    /// From the configured list and word count.
+    pub fn new(list: &[String], min_words: usize) -> Backchannels {
+        let phrases: Vec<Vec<String>> = list
+            .iter()
+            .map(|p| words(p))
+            .filter(|w| !w.is_empty())
+            .collect();
+        let mut vocabulary: Vec<String> = phrases.iter().flatten().cloned().collect();
+        vocabulary.sort();
+        vocabulary.dedup();
+        Backchannels {
+            phrases,
+            vocabulary,
+            min_words: min_words.max(1),
+        }
+    }
+
+    /// The caller's words are a backchannel: one of the listed phrases, or fewer than
+    /// `min_words` words all from the list. No words at all is not a backchannel (it is not
+    /// speech).
+    pub fn is_backchannel(&self, text: &str) -> bool {
+        let w = words(text);
+        if w.is_empty() {
+            return false;
+        }
+        if self.phrases.contains(&w) {
+            return true;
+        }
+        w.len() < self.min_words && w.iter().all(|x| self.vocabulary.binary_search(x).is_ok())
+    }
+
+    /// The words make a real interruption: some words, and not a backchannel.
+    pub fn confirms(&self, text: &str) -> bool {
+        !words(text).is_empty() && !self.is_backchannel(text)
+    }
+}
+
+/// What to do with paused playout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Keep waiting for words.
+    Wait,
+    /// A real interruption: stop and drop what was playing.
+    Interrupt,
+    /// Not an interruption: play on from where it paused.
+    Resume,
+}
+
+/// The second stage of a confirmed barge-in: from the pause to its verdict.
+#[derive(Debug)]
+pub struct BargeConfirm {
+    words: Backchannels,
+    /// Longest wait for confirming words after the pause.
+    confirm: Duration,
+    /// Paused at this instant, waiting for a verdict.
+    paused: Option<Instant>,
+}
+
+impl BargeConfirm {
+    /// A confirmer with these backchannels and wait.
+    pub fn new(words: Backchannels, confirm: Duration) -> BargeConfirm {
+        BargeConfirm {
+            words,
+            confirm,
+            paused: None,
+        }
+    }
+
+    /// Playout paused at `now` for the caller's voice.
+    pub fn pause(&mut self, now: Instant) {
+        self.paused = Some(now);
+    }
+
+    /// Waiting for a verdict.
+    pub fn is_paused(&self) -> bool {
+        self.paused.is_some()
+    }
+
+    /// The recognizer's hypothesis (`last`: the utterance's final result, possibly empty).
+    pub fn heard(&mut self, text: &str, last: bool) -> Verdict {
+        if self.paused.is_none() {
+            return Verdict::Wait;
+        }
+        let verdict = if self.words.confirms(text) {
+            Verdict::Interrupt
+        } else if last {
+            Verdict::Resume
+        } else {
+            Verdict::Wait
+        };
+        if verdict != Verdict::Wait {
+            self.paused = None;
+        }
+        verdict
+    }
+
+    /// Time passes: no confirmation within the wait resumes.
+    pub fn tick(&mut self, now: Instant) -> Verdict {
+        match self.paused {
+            Some(at) if now.saturating_duration_since(at) >= self.confirm => {
+                self.paused = None;
+                Verdict::Resume
+            }
+            _ => Verdict::Wait,
+        }
+    }
+
+    /// When the wait ends, if paused.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.paused.map(|at| at + self.confirm)
+    }
+
+    /// Playback ended another way (the app interrupted, the call ends): nothing is pending.
+    pub fn clear(&mut self) {
+        self.paused = None;
+    }
+}
+
+/// Words that leave a sentence open: a hypothesis ending in one of them is not a finished turn.
+pub const TRAILING_WORDS: [&str; 14] = [
+    "and", "but", "so", "or", "um", "uh", "because", "the", "a", "to", "of", "with", "my", "i",
+];
+
+/// Whether a hypothesis looks like a finished phrase: some words, the last not one that leaves
+/// the sentence open ([`TRAILING_WORDS`]).
+pub fn looks_complete(text: &str) -> bool {
+    match words(text).last() {
+        None => false,
+        Some(last) => !TRAILING_WORDS.contains(&last.as_str()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list() -> Backchannels {
+        let l: Vec<String> = ["mm-hmm", "uh-huh", "yeah", "right", "okay", "i see", "hmm"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        Backchannels::new(&l, 2)
+    }
+
+    #[test]
+    fn backchannels_and_real_interruptions() {
+        let b = list();
+        for t in ["mm-hmm", "Uh huh.", "yeah", "OKAY!", "i see", "hmm"] {
+            assert!(b.is_backchannel(t), "{t}");
+            assert!(!b.confirms(t), "{t}");
+        }
+        for t in [
+            "stop",
+            "wait a second",
+            "no, I meant Tuesday",
+            "yeah but",
+            "right okay",
+        ] {
+            assert!(b.confirms(t), "{t}");
+        }
+        // Nothing recognized is neither.
+        assert!(!b.is_backchannel("") && !b.confirms("  "));
+        assert_eq!(words("Uh-huh, I'm here."), ["uh", "huh", "i'm", "here"]);
+    }
+
+    #[test]
+    fn pause_then_confirm_resume_or_time_out() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut c = BargeConfirm::new(list(), Duration::from_millis(1500));
+        assert_eq!(c.heard("stop", true), Verdict::Wait, "nothing is paused");
+        // A backchannel: partials wait, its final resumes.
+        c.pause(t0);
+        assert_eq!(c.heard("yeah", false), Verdict::Wait);
+        assert_eq!(c.tick(ms(1000)), Verdict::Wait);
+        assert_eq!(c.heard("yeah", true), Verdict::Resume);
+        assert!(!c.is_paused());
+        // Words that are not a backchannel interrupt at the first partial that shows them.
+        c.pause(ms(2000));
+        assert_eq!(c.heard("no", false), Verdict::Interrupt);
+        // No words at all (a cough): the empty final resumes.
+        c.pause(ms(3000));
+        assert_eq!(c.heard("", true), Verdict::Resume);
+        // Nothing confirmed in time: resume, and the late final changes nothing.
+        c.pause(ms(4000));
+        assert_eq!(c.deadline(), Some(ms(5500)));
+        assert_eq!(c.tick(ms(5499)), Verdict::Wait);
+        assert_eq!(c.tick(ms(5500)), Verdict::Resume);
+        assert_eq!(c.heard("wait a second", true), Verdict::Wait);
+        // The call ends (or the app interrupts) while paused: nothing is left pending.
+        c.pause(ms(6000));
+        c.clear();
+        assert_eq!(c.tick(ms(9000)), Verdict::Wait);
+        assert_eq!(c.deadline(), None);
+    }
+
+    #[test]
+    fn trailing_words_leave_a_turn_open() {
+        assert!(looks_complete("turn on the kitchen lights"));
+        assert!(!looks_complete("turn on the"));
+        assert!(!looks_complete("I want to go and"));
+        assert!(!looks_complete("um"));
+        assert!(!looks_complete(""));
+    }
+}
