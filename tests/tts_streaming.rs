@@ -12,7 +12,10 @@ mod common;
 use common::{TestServer, eventually, started_dialog_call};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
+use voicegate_core::frame::SPEECH_FRAME_SAMPLES;
+use voicegate_core::listen::rms;
 use voicegate_testkit::dialog_app::TestDialogApp;
+use voicegate_testkit::peer::decode;
 use voicegate_testkit::tts_ws_server::{Behaviour, Ending, TtsWsServer, Vendor};
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -67,14 +70,22 @@ async fn stream_plays_before_its_last_chunk(vendor: Vendor) {
     let peer = started_dialog_call(&server, &app).await.0;
     let first = "Hello there, this is the first part";
     let rest = [" of a streamed answer.", " And here is one more sentence."];
+    let before = peer.received_count();
     let sent = Instant::now();
     assert!(app.send(json!({"type": "tts.stream", "utterance_id": "s", "text": first})));
-    // The last chunk waits until the caller hears the first one.
+    // The last chunk waits until the caller hears the first one (the stand-in's tone).
+    let loud = |rx: &[voicegate_testkit::Received]| {
+        decode(rx)
+            .chunks(SPEECH_FRAME_SAMPLES)
+            .position(|f| rms(f) > 200.0)
+    };
     assert!(
-        eventually(5 * SECOND, || peer.received_count() > 0).await,
+        eventually(5 * SECOND, || loud(&peer.received()[before..]).is_some()).await,
         "no audio before the stream's last chunk"
     );
-    let first_audio = peer.received()[0].at.saturating_duration_since(sent);
+    let rx = peer.received();
+    let first_loud = before + loud(&rx[before..]).expect("found above");
+    let first_audio = rx[first_loud].at.saturating_duration_since(sent);
     for chunk in rest {
         assert!(app.send(json!({"type": "tts.stream", "utterance_id": "s", "text": chunk})));
     }

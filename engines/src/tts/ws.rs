@@ -180,12 +180,18 @@ async fn run<V: Vendor>(
         }
         Ok(Ok((_, framed))) => framed.replace_codec(LimitedCodec::new(limits.max_message)),
     };
+    // Written together and flushed once: small writes one after another would wait for the
+    // peer's delayed ACK (Nagle), about 40 ms each.
     for m in request.messages {
         framed
-            .send(Message::Text(m.into()))
+            .feed(Message::Text(m.into()))
             .await
             .map_err(|e| WsTtsError::Dropped(e.to_string()))?;
     }
+    framed
+        .flush()
+        .await
+        .map_err(|e| WsTtsError::Dropped(e.to_string()))?;
     let mut pcm = PcmDecoder::default();
     // A fragmented message in progress (bounded by the codec's message limit).
     let mut fragments = BytesMut::new();
