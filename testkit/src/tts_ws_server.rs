@@ -149,6 +149,7 @@ fn tone(rate: u32, ms: usize, offset: usize) -> Vec<u8> {
         .collect()
 }
 
+#[allow(clippy::result_large_err)] // the handshake callback's error type is tungstenite's
 async fn serve(
     tcp: tokio::net::TcpStream,
     vendor: Vendor,
