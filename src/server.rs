@@ -18,6 +18,8 @@ use voicegate_engines::asr::AsrFactory;
 use voicegate_engines::asr::openai::OpenAiAsr;
 use voicegate_engines::asr::pocketsphinx::Pocketsphinx;
 use voicegate_engines::tts::TtsFactory;
+use voicegate_engines::tts::cartesia::CartesiaTts;
+use voicegate_engines::tts::elevenlabs::ElevenLabsTts;
 use voicegate_engines::tts::espeak::Espeak;
 use voicegate_engines::tts::openai::OpenAiTts;
 use voicegate_media::MediaPlane;
@@ -104,6 +106,8 @@ pub fn start(cfg: &Validated) -> Result<Running, StartError> {
         Ok(match choice {
             TtsChoice::Espeak(s) => Arc::new(Espeak::start(s).map_err(StartError::Tts)?),
             TtsChoice::OpenAi(s) => Arc::new(OpenAiTts::new(s.clone())),
+            TtsChoice::ElevenLabs(s) => Arc::new(ElevenLabsTts::new(s.clone())),
+            TtsChoice::Cartesia(s) => Arc::new(CartesiaTts::new(s.clone())),
         })
     };
     let asr_engine = |choice: &AsrChoice| -> Result<Arc<dyn AsrFactory>, StartError> {

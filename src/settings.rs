@@ -32,6 +32,8 @@ use voicegate_core::turn::{Backchannels, BargeMode};
 use voicegate_core::wav::{MAX_DATA_BYTES, WavFormat};
 use voicegate_engines::asr::openai::OpenAiAsrSettings;
 use voicegate_engines::asr::pocketsphinx::PocketsphinxSettings;
+use voicegate_engines::tts::cartesia::CartesiaSettings;
+use voicegate_engines::tts::elevenlabs::{self, ElevenLabsSettings};
 use voicegate_engines::tts::espeak::EspeakSettings;
 use voicegate_engines::tts::openai::OpenAiTtsSettings;
 use voicegate_media::MediaSettings;
@@ -186,7 +188,7 @@ pub struct DemoLlm {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tts {
-    /// `espeak` or `openai`.
+    /// `espeak`, `openai`, `elevenlabs` or `cartesia`.
     pub engine: String,
     /// Synthesis prefetch.
     pub prefetch_segments: usize,
@@ -202,6 +204,10 @@ pub struct Tts {
     pub espeak: TtsEspeak,
     /// `[tts.openai]`
     pub openai: TtsOpenAi,
+    /// `[tts.elevenlabs]`
+    pub elevenlabs: TtsElevenLabs,
+    /// `[tts.cartesia]`
+    pub cartesia: TtsCartesia,
     /// `[tts.profiles.<name>]`: `engine` and that engine's keys over `[tts.<engine>]`.
     #[serde(default)]
     pub profiles: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
@@ -246,6 +252,52 @@ pub struct TtsOpenAi {
     pub sample_rate: u32,
     /// Response timeout.
     pub timeout_ms: u64,
+}
+
+/// `[tts.elevenlabs]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TtsElevenLabs {
+    /// Base URL.
+    pub base_url: String,
+    /// API key; `Debug` never shows it.
+    #[serde(serialize_with = "serialize_secret")]
+    pub api_key: SecretString,
+    /// Voice id.
+    pub voice_id: String,
+    /// Model id.
+    pub model_id: String,
+    /// PCM rate asked for.
+    pub sample_rate: u32,
+    /// Connect timeout.
+    pub timeout_ms: u64,
+    /// Largest vendor message.
+    pub max_message_bytes: usize,
+}
+
+/// `[tts.cartesia]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TtsCartesia {
+    /// Base URL.
+    pub base_url: String,
+    /// API key; `Debug` never shows it.
+    #[serde(serialize_with = "serialize_secret")]
+    pub api_key: SecretString,
+    /// `Cartesia-Version`.
+    pub version: String,
+    /// Model id.
+    pub model_id: String,
+    /// Voice id.
+    pub voice_id: String,
+    /// Language.
+    pub language: String,
+    /// PCM rate asked for.
+    pub sample_rate: u32,
+    /// Connect timeout.
+    pub timeout_ms: u64,
+    /// Largest vendor message.
+    pub max_message_bytes: usize,
 }
 
 /// `[asr]`
@@ -385,6 +437,10 @@ pub enum TtsChoice {
     Espeak(EspeakSettings),
     /// OpenAI-compatible HTTP.
     OpenAi(OpenAiTtsSettings),
+    /// ElevenLabs' stream-input WebSocket.
+    ElevenLabs(ElevenLabsSettings),
+    /// Cartesia's WebSocket.
+    Cartesia(CartesiaSettings),
 }
 
 /// Where the dialog app is.
@@ -833,6 +889,44 @@ fn profile_engine(
     }
 }
 
+/// A streaming engine's `base_url`: a `ws://` or `wss://` URL.
+fn ws_url(at: &str, url: &str) -> Result<(), SettingsError> {
+    let u = url::Url::parse(url).map_err(|e| invalid(format!("{at}.base_url"), e))?;
+    if !matches!(u.scheme(), "ws" | "wss") {
+        return Err(invalid(
+            format!("{at}.base_url"),
+            "want a ws:// or wss:// URL",
+        ));
+    }
+    Ok(())
+}
+
+/// A vendor's voice or model id: it goes into a URL path or query.
+fn voice_id(at: &str, id: &str) -> Result<(), SettingsError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(at, "want 1 to 64 letters, digits, -, _ or ."))
+    }
+}
+
+/// A streaming engine's `max_message_bytes`.
+fn max_message(at: &str, bytes: usize) -> Result<(), SettingsError> {
+    if (4096..=16_777_216).contains(&bytes) {
+        Ok(())
+    } else {
+        Err(invalid(
+            format!("{at}.max_message_bytes"),
+            "must be 4096 to 16777216",
+        ))
+    }
+}
+
 /// The `[tts.<name>]` / `[asr.<name>]` table `base` with a profile's keys over it when the
 /// profile's engine is `name` (else `base` as it is). The profile's keys other than `engine`
 /// must be keys of its engine's table.
@@ -934,8 +1028,12 @@ impl Settings {
         &self,
         at: &str,
         engine: &str,
-        espeak: &TtsEspeak,
-        openai: &TtsOpenAi,
+        (espeak, openai, elevenlabs, cartesia): (
+            &TtsEspeak,
+            &TtsOpenAi,
+            &TtsElevenLabs,
+            &TtsCartesia,
+        ),
     ) -> Result<TtsChoice, SettingsError> {
         Ok(match engine.trim() {
             "espeak" => TtsChoice::Espeak(EspeakSettings {
@@ -962,10 +1060,61 @@ impl Settings {
                     stream_idle: Duration::from_millis(self.tts.stream_idle_timeout_ms),
                 })
             }
+            "elevenlabs" => {
+                let e = elevenlabs;
+                let at = format!("{at}.elevenlabs");
+                ws_url(&at, &e.base_url)?;
+                if !elevenlabs::SAMPLE_RATES.contains(&e.sample_rate) {
+                    return Err(invalid(
+                        format!("{at}.sample_rate"),
+                        "must be 8000, 16000, 22050, 24000, 44100 or 48000",
+                    ));
+                }
+                voice_id(&format!("{at}.voice_id"), &e.voice_id)?;
+                voice_id(&format!("{at}.model_id"), &e.model_id)?;
+                max_message(&at, e.max_message_bytes)?;
+                TtsChoice::ElevenLabs(ElevenLabsSettings {
+                    base_url: e.base_url.clone(),
+                    api_key: e.api_key.clone(),
+                    voice_id: e.voice_id.clone(),
+                    model_id: e.model_id.clone(),
+                    sample_rate: e.sample_rate,
+                    timeout: Duration::from_millis(e.timeout_ms.max(1)),
+                    stream_idle: Duration::from_millis(self.tts.stream_idle_timeout_ms),
+                    max_message_bytes: e.max_message_bytes,
+                })
+            }
+            "cartesia" => {
+                let c = cartesia;
+                let at = format!("{at}.cartesia");
+                ws_url(&at, &c.base_url)?;
+                if !matches!(c.sample_rate, 8000..=48000) {
+                    return Err(invalid(
+                        format!("{at}.sample_rate"),
+                        "must be 8000 to 48000",
+                    ));
+                }
+                voice_id(&format!("{at}.voice_id"), &c.voice_id)?;
+                max_message(&at, c.max_message_bytes)?;
+                TtsChoice::Cartesia(CartesiaSettings {
+                    base_url: c.base_url.clone(),
+                    api_key: c.api_key.clone(),
+                    version: c.version.clone(),
+                    model_id: c.model_id.clone(),
+                    voice_id: c.voice_id.clone(),
+                    language: c.language.clone(),
+                    sample_rate: c.sample_rate,
+                    timeout: Duration::from_millis(c.timeout_ms.max(1)),
+                    stream_idle: Duration::from_millis(self.tts.stream_idle_timeout_ms),
+                    max_message_bytes: c.max_message_bytes,
+                })
+            }
             other => {
                 return Err(invalid(
                     format!("{at}.engine"),
-                    format!("{other:?}: want \"espeak\" or \"openai\""),
+                    format!(
+                        "{other:?}: want \"espeak\", \"openai\", \"elevenlabs\" or \"cartesia\""
+                    ),
                 ));
             }
         })
@@ -1336,7 +1485,12 @@ impl Settings {
                 "must be at least 1 (an utterance waits there until a decoder takes it)",
             ));
         }
-        let tts = self.tts_choice("tts", &self.tts.engine, &self.tts.espeak, &self.tts.openai)?;
+        let t = &self.tts;
+        let tts = self.tts_choice(
+            "tts",
+            &t.engine,
+            (&t.espeak, &t.openai, &t.elevenlabs, &t.cartesia),
+        )?;
         let asr = self.asr_choice(
             "asr",
             &self.asr.engine,
@@ -1350,9 +1504,11 @@ impl Settings {
             let engine = profile_engine(&at, keys)?;
             let espeak = overlay(&at, keys, &engine, "espeak", &self.tts.espeak)?;
             let openai = overlay(&at, keys, &engine, "openai", &self.tts.openai)?;
+            let elevenlabs = overlay(&at, keys, &engine, "elevenlabs", &self.tts.elevenlabs)?;
+            let cartesia = overlay(&at, keys, &engine, "cartesia", &self.tts.cartesia)?;
             tts_profiles.push((
                 name.clone(),
-                self.tts_choice(&at, &engine, &espeak, &openai)?,
+                self.tts_choice(&at, &engine, (&espeak, &openai, &elevenlabs, &cartesia))?,
             ));
         }
         let mut asr_profiles = Vec::new();
@@ -2021,6 +2177,90 @@ mod tests {
             .unwrap();
         assert_eq!(v.node_id, call_id::node_id_from_hostname(&hostname()));
         assert!(call_id::validate_node_id(&v.node_id).is_ok());
+    }
+
+    #[test]
+    fn streaming_engines_validate_and_take_profiles() {
+        let load = |pairs: &[(&str, &str)]| {
+            Settings::load_with_env(None, env(pairs))
+                .map_err(|e| e.to_string())?
+                .validate()
+                .map_err(|e| e.to_string())
+        };
+        let v = load(&[
+            ("VOICEGATE__TTS__ENGINE", "elevenlabs"),
+            ("VOICEGATE__TTS__ELEVENLABS__API_KEY", "xi-key-secret"),
+            ("VOICEGATE__TTS__PROFILES__FAST__ENGINE", "cartesia"),
+            ("VOICEGATE__TTS__PROFILES__FAST__VOICE_ID", "abc-123"),
+            ("VOICEGATE__TTS__PROFILES__FAST__SAMPLE_RATE", "24000"),
+        ])
+        .unwrap();
+        let TtsChoice::ElevenLabs(e) = &v.tts else {
+            panic!("{:?}", v.tts);
+        };
+        assert_eq!((e.sample_rate, e.max_message_bytes), (16000, 1 << 20));
+        assert_eq!(e.api_key.expose_secret(), "xi-key-secret");
+        assert_eq!(e.stream_idle, Duration::from_millis(5000));
+        assert!(!format!("{v:?}").contains("xi-key-secret"));
+        let [(name, TtsChoice::Cartesia(c))] = &v.tts_profiles[..] else {
+            panic!("{:?}", v.tts_profiles);
+        };
+        assert_eq!(
+            (name.as_str(), c.voice_id.as_str(), c.sample_rate),
+            ("fast", "abc-123", 24000)
+        );
+        assert_eq!(c.model_id, "sonic-2", "the rest from [tts.cartesia]");
+
+        for (pairs, key) in [
+            (
+                &[
+                    ("VOICEGATE__TTS__ENGINE", "elevenlabs"),
+                    ("VOICEGATE__TTS__ELEVENLABS__SAMPLE_RATE", "12000"),
+                ][..],
+                "tts.elevenlabs.sample_rate",
+            ),
+            (
+                &[
+                    ("VOICEGATE__TTS__ENGINE", "elevenlabs"),
+                    (
+                        "VOICEGATE__TTS__ELEVENLABS__BASE_URL",
+                        "https://api.elevenlabs.io",
+                    ),
+                ][..],
+                "tts.elevenlabs.base_url",
+            ),
+            (
+                &[
+                    ("VOICEGATE__TTS__ENGINE", "elevenlabs"),
+                    ("VOICEGATE__TTS__ELEVENLABS__VOICE_ID", "../x"),
+                ][..],
+                "tts.elevenlabs.voice_id",
+            ),
+            (
+                &[
+                    ("VOICEGATE__TTS__ENGINE", "cartesia"),
+                    ("VOICEGATE__TTS__CARTESIA__MAX_MESSAGE_BYTES", "100"),
+                ][..],
+                "tts.cartesia.max_message_bytes",
+            ),
+            (
+                &[
+                    ("VOICEGATE__TTS__ENGINE", "cartesia"),
+                    ("VOICEGATE__TTS__CARTESIA__SAMPLE_RATE", "96000"),
+                ][..],
+                "tts.cartesia.sample_rate",
+            ),
+            (
+                &[
+                    ("VOICEGATE__TTS__PROFILES__X__ENGINE", "cartesia"),
+                    ("VOICEGATE__TTS__PROFILES__X__MAX_MESSAGE_BYTES", "1"),
+                ][..],
+                "tts.profiles.x.cartesia.max_message_bytes",
+            ),
+        ] {
+            let err = load(pairs).unwrap_err();
+            assert!(err.contains(key), "{pairs:?}: {err}");
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod http;
 pub mod peer;
 pub mod speech_server;
 pub mod tls;
+pub mod tts_ws_server;
 
 pub use peer::{ClientPeer, PageChannel, Received};
 

@@ -6,11 +6,15 @@
 //! The [`TtsFactory`] is built once at startup (that is where a missing library or a bad
 //! setting is reported) and hands each call its engine.
 //!
-//! Engines (`tts.engine`): `espeak` (embedded espeak-ng, offline, the default) and `openai` (an
-//! OpenAI-compatible `POST /v1/audio/speech`, streamed PCM).
+//! Engines (`tts.engine`): `espeak` (embedded espeak-ng, offline, the default), `openai` (an
+//! OpenAI-compatible `POST /v1/audio/speech`, streamed PCM), and two streaming WebSocket APIs,
+//! `elevenlabs` (stream-input) and `cartesia`, which share their plumbing in [`ws`].
 
+pub mod cartesia;
+pub mod elevenlabs;
 pub mod espeak;
 pub mod openai;
+pub mod ws;
 
 use futures_util::Stream;
 use std::pin::Pin;
@@ -32,6 +36,12 @@ pub enum TtsError {
     /// The HTTP request failed, was refused, or its audio stream broke or stalled.
     #[error("openai: {0}")]
     OpenAi(#[from] openai::OpenAiTtsError),
+    /// The ElevenLabs stream failed to connect, was refused, broke, or stalled.
+    #[error("elevenlabs: {0}")]
+    ElevenLabs(ws::WsTtsError),
+    /// The Cartesia stream failed to connect, was refused, broke, or stalled.
+    #[error("cartesia: {0}")]
+    Cartesia(ws::WsTtsError),
 }
 
 impl TtsError {
@@ -40,6 +50,8 @@ impl TtsError {
         match self {
             TtsError::Espeak(_) => espeak::ENGINE,
             TtsError::OpenAi(_) => openai::ENGINE,
+            TtsError::ElevenLabs(_) => elevenlabs::ENGINE,
+            TtsError::Cartesia(_) => cartesia::ENGINE,
         }
     }
 
@@ -47,8 +59,22 @@ impl TtsError {
     /// protective limit the engine enforced, which the caller counts (the engines keep no
     /// metrics).
     pub fn stalled(&self) -> bool {
-        matches!(self, TtsError::OpenAi(openai::OpenAiTtsError::Stalled(_)))
+        matches!(
+            self,
+            TtsError::OpenAi(openai::OpenAiTtsError::Stalled(_))
+                | TtsError::ElevenLabs(ws::WsTtsError::Stalled(_))
+                | TtsError::Cartesia(ws::WsTtsError::Stalled(_))
+        )
     }
+}
+
+/// Whether `v` can be a vendor's voice id: letters, digits, `-` and `_`, at most 64 bytes. It
+/// goes into a URL path (ElevenLabs) or a JSON string (Cartesia).
+fn is_voice_id(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 64
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
 }
 
 /// One call's speech engine.

@@ -1,0 +1,271 @@
+//! The streaming speech engines (`tts.engine = "elevenlabs"` / `"cartesia"`) end to end: the real
+//! server, a real WebRTC client peer, a test dialog app, and a local stand-in that speaks the
+//! vendor's WebSocket protocol and returns PCM for the text it receives, chunk by chunk.
+//!
+//! Each scenario runs for both vendors: a `tts.stream` plays before its last chunk was sent; a
+//! `tts.interrupt` stops the audio at once and cancels (Cartesia) or closes (ElevenLabs) the
+//! vendor stream in flight; a vendor that drops the connection mid-utterance ends that utterance
+//! `ok: false` and the call goes on.
+
+mod common;
+
+use common::{TestServer, eventually, started_dialog_call};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use voicegate_core::frame::SPEECH_FRAME_SAMPLES;
+use voicegate_core::listen::rms;
+use voicegate_testkit::dialog_app::TestDialogApp;
+use voicegate_testkit::peer::decode;
+use voicegate_testkit::tts_ws_server::{Behaviour, Ending, TtsWsServer, Vendor};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+fn engine(vendor: Vendor) -> &'static str {
+    match vendor {
+        Vendor::ElevenLabs => "elevenlabs",
+        Vendor::Cartesia => "cartesia",
+    }
+}
+
+/// A server whose speech engine is `vendor`'s stand-in.
+async fn setup(vendor: Vendor, behaviour: Behaviour) -> (TtsWsServer, TestDialogApp, TestServer) {
+    let tts = TtsWsServer::start(vendor, behaviour).await;
+    let app = TestDialogApp::start().await;
+    let name = engine(vendor);
+    let (url, base) = (app.url(), tts.base_url());
+    let (base_key, key_key) = (
+        format!("tts.{name}.base_url"),
+        format!("tts.{name}.api_key"),
+    );
+    let server = TestServer::start(&[
+        ("dialog.url", &url),
+        ("tts.engine", name),
+        (&base_key, &base),
+        (&key_key, "test-key-123"),
+    ]);
+    (tts, app, server)
+}
+
+/// `tts.*` events of the call as "type id [ok]".
+fn tts_log(app: &TestDialogApp) -> Vec<String> {
+    app.events()
+        .iter()
+        .filter(|e| e["type"].as_str().is_some_and(|t| t.starts_with("tts.")))
+        .map(|e: &Value| {
+            let mut s = format!(
+                "{} {}",
+                e["type"].as_str().unwrap_or(""),
+                e["utterance_id"].as_str().unwrap_or("")
+            );
+            if let Some(ok) = e["ok"].as_bool() {
+                s.push_str(&format!(" {ok}"));
+            }
+            s
+        })
+        .collect()
+}
+
+async fn stream_plays_before_its_last_chunk(vendor: Vendor) {
+    let (tts, app, server) = setup(vendor, Behaviour::default()).await;
+    let peer = started_dialog_call(&server, &app).await.0;
+    let first = "Hello there, this is the first part";
+    let rest = [" of a streamed answer.", " And here is one more sentence."];
+    let before = peer.received_count();
+    let sent = Instant::now();
+    assert!(app.send(json!({"type": "tts.stream", "utterance_id": "s", "text": first})));
+    // The last chunk waits until the caller hears the first one (the stand-in's tone).
+    let loud = |rx: &[voicegate_testkit::Received]| {
+        decode(rx)
+            .chunks(SPEECH_FRAME_SAMPLES)
+            .position(|f| rms(f) > 200.0)
+    };
+    assert!(
+        eventually(5 * SECOND, || loud(&peer.received()[before..]).is_some()).await,
+        "no audio before the stream's last chunk"
+    );
+    let rx = peer.received();
+    let first_loud = before + loud(&rx[before..]).expect("found above");
+    let first_audio = rx[first_loud].at.saturating_duration_since(sent);
+    for chunk in rest {
+        assert!(app.send(json!({"type": "tts.stream", "utterance_id": "s", "text": chunk})));
+    }
+    assert!(app.send(json!({"type": "tts.stream.end", "utterance_id": "s"})));
+    let ended = app
+        .wait_type(10 * SECOND, "tts.ended", Some("s"))
+        .await
+        .expect("the stream ends");
+    assert_eq!(ended["ok"], true, "{ended}");
+    assert_eq!(tts_log(&app), ["tts.started s", "tts.ended s true"]);
+
+    // The vendor got the whole text, segment by segment, each stream complete.
+    let streams = tts.streams();
+    assert!(streams.len() >= 2, "{streams:?}");
+    let heard: Vec<String> = streams.iter().map(|s| s.text.trim().to_owned()).collect();
+    let whole = format!("{first}{}{}", rest[0], rest[1]);
+    assert_eq!(heard.join(" "), whole);
+    for s in &streams {
+        assert_eq!(s.ending, Ending::Done, "{s:?}");
+        match vendor {
+            Vendor::ElevenLabs => {
+                assert!(s.uri.contains("/stream-input?"), "{}", s.uri);
+                assert!(s.uri.contains("output_format=pcm_16000"), "{}", s.uri);
+                assert!(
+                    s.headers
+                        .contains(&("xi-api-key".into(), "test-key-123".into()))
+                );
+                assert_eq!(s.messages[0]["text"], " ", "the opening message");
+                assert_eq!(s.messages[1]["flush"], true);
+                assert_eq!(
+                    s.messages.last().unwrap()["text"],
+                    "",
+                    "the end of the input"
+                );
+            }
+            Vendor::Cartesia => {
+                assert_eq!(s.uri, "/tts/websocket");
+                assert!(
+                    s.headers
+                        .contains(&("x-api-key".into(), "test-key-123".into()))
+                );
+                assert!(s.headers.iter().any(|(k, _)| k == "cartesia-version"));
+                let m = &s.messages[0];
+                assert_eq!(m["output_format"]["encoding"], "pcm_s16le");
+                assert_eq!(m["continue"], false);
+                assert!(m["context_id"].as_str().is_some_and(|c| !c.is_empty()));
+            }
+        }
+    }
+    // The audio the vendor sent reached the client: 30 ms per character, give or take padding.
+    let chars: usize = heard.iter().map(|t| t.chars().count()).sum();
+    let want = chars * 30 / 20;
+    assert!(
+        eventually(2 * SECOND, || peer.received_count() >= want).await,
+        "{} packets for {want} frames of audio",
+        peer.received_count()
+    );
+    println!(
+        "{}: first audio {} ms after the stream's first chunk",
+        engine(vendor),
+        first_audio.as_millis()
+    );
+    peer.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elevenlabs_stream_plays_before_its_last_chunk() {
+    stream_plays_before_its_last_chunk(Vendor::ElevenLabs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cartesia_stream_plays_before_its_last_chunk() {
+    stream_plays_before_its_last_chunk(Vendor::Cartesia).await;
+}
+
+async fn interrupt_stops_audio_and_the_vendor_stream(vendor: Vendor) {
+    // Audio at real-time pace, so a synthesis is still in flight when the interrupt comes.
+    let (tts, app, server) = setup(
+        vendor,
+        Behaviour {
+            chunk_gap: Duration::from_millis(100),
+            ..Behaviour::default()
+        },
+    )
+    .await;
+    let peer = started_dialog_call(&server, &app).await.0;
+    let long = "This is a long answer that keeps going for a while. ".repeat(6);
+    assert!(app.send(json!({"type": "tts.stream", "utterance_id": "long", "text": long})));
+    assert!(app.send(json!({"type": "tts.stream.end", "utterance_id": "long"})));
+    app.wait_type(5 * SECOND, "tts.started", Some("long"))
+        .await
+        .expect("started");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sent_at = Instant::now();
+    assert!(app.send(json!({"type": "tts.interrupt"})));
+    let ended = app
+        .wait_type(5 * SECOND, "tts.ended", Some("long"))
+        .await
+        .expect("ended");
+    assert_eq!(ended["ok"], false);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let last = peer.received().iter().map(|p| p.at).max().unwrap();
+    let after = last.saturating_duration_since(sent_at);
+    assert!(
+        after <= Duration::from_millis(60),
+        "audio went on {after:?} after the interrupt"
+    );
+    // The vendor saw the stream in flight stop: a cancel for its context (Cartesia), or the
+    // socket closed before the end (ElevenLabs).
+    let want = match vendor {
+        Vendor::ElevenLabs => Ending::ClosedEarly,
+        Vendor::Cartesia => Ending::Cancelled,
+    };
+    assert!(
+        eventually(2 * SECOND, || tts
+            .streams()
+            .iter()
+            .any(|s| s.ending == want))
+        .await,
+        "{:?}",
+        tts.streams()
+    );
+    assert!(
+        tts.streams().iter().all(|s| s.ending != Ending::Open),
+        "nothing is left open: {:?}",
+        tts.streams()
+    );
+    println!(
+        "{}: interrupt to last packet at the client {} ms",
+        engine(vendor),
+        after.as_millis()
+    );
+    peer.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elevenlabs_interrupt_stops_audio_and_closes_the_vendor_stream() {
+    interrupt_stops_audio_and_the_vendor_stream(Vendor::ElevenLabs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cartesia_interrupt_stops_audio_and_cancels_the_vendor_context() {
+    interrupt_stops_audio_and_the_vendor_stream(Vendor::Cartesia).await;
+}
+
+async fn a_dropped_connection_fails_one_utterance(vendor: Vendor) {
+    let (tts, app, server) = setup(
+        vendor,
+        Behaviour {
+            drop_first_after: Some(2),
+            ..Behaviour::default()
+        },
+    )
+    .await;
+    let peer = started_dialog_call(&server, &app).await.0;
+    assert!(app.send(
+        json!({"type": "tts.speak", "utterance_id": "a", "text": "The vendor drops this one."})
+    ));
+    let ended = app
+        .wait_type(5 * SECOND, "tts.ended", Some("a"))
+        .await
+        .expect("ended");
+    assert_eq!(ended["ok"], false, "{ended}");
+    assert_eq!(tts.streams()[0].ending, Ending::Dropped);
+    assert!(app.send(json!({"type": "tts.speak", "utterance_id": "b", "text": "This one plays."})));
+    let ended = app
+        .wait_type(5 * SECOND, "tts.ended", Some("b"))
+        .await
+        .expect("ended");
+    assert_eq!(ended["ok"], true, "{ended}");
+    assert_eq!(server.snapshot().await.calls.len(), 1, "the call goes on");
+    peer.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elevenlabs_dropped_connection_fails_one_utterance_and_the_call_goes_on() {
+    a_dropped_connection_fails_one_utterance(Vendor::ElevenLabs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cartesia_dropped_connection_fails_one_utterance_and_the_call_goes_on() {
+    a_dropped_connection_fails_one_utterance(Vendor::Cartesia).await;
+}
