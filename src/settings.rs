@@ -357,6 +357,8 @@ pub struct AsrOpenAi {
     pub language: String,
     /// Timeout.
     pub timeout_ms: u64,
+    /// Ask for streamed transcriptions.
+    pub stream: bool,
 }
 
 /// `[listen]`
@@ -1165,6 +1167,7 @@ impl Settings {
                     language: o.language.clone(),
                     timeout: Duration::from_millis(o.timeout_ms.max(1)),
                     stream_idle: Duration::from_millis(self.asr.stream_idle_timeout_ms),
+                    stream: o.stream,
                 })
             }
             other => {

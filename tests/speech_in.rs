@@ -302,6 +302,74 @@ async fn openai_asr_gets_a_wav_of_the_utterance_and_its_text_is_the_final() {
     peer.close().await;
 }
 
+/// A server that streams its transcription gives partials before the final; one that refuses
+/// `stream` (whisper-1) is asked again without it, and not asked again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_asr_streams_partials_when_the_server_can_and_falls_back_once_when_not() {
+    let stt = SpeechServer::start(Behaviour::TranscribeStream {
+        text: "one two three four five".into(),
+        gap: Duration::from_millis(120),
+    })
+    .await;
+    let app = TestDialogApp::start().await;
+    let base = stt.base_url();
+    let first = server(
+        &app,
+        &[
+            ("asr.engine", "openai"),
+            ("asr.openai.base_url", &base),
+            ("asr.partial_interval_ms", "100"),
+        ],
+    );
+    let peer = started(&first, &app).await;
+    let form = hello_to_the_recognizer(&peer, &app, &stt, "one two three four five").await;
+    assert_eq!(form.fields.get("stream").map(String::as_str), Some("true"));
+    let partials: Vec<String> = of_type(&app, "asr.partial")
+        .iter()
+        .map(|e| e["text"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        partials.len() >= 2
+            && partials
+                .iter()
+                .all(|p| "one two three four five".starts_with(p.as_str())),
+        "{partials:?}"
+    );
+    peer.close().await;
+
+    drop(first);
+    let stt = SpeechServer::start(Behaviour::RefuseStream("not streamed".into())).await;
+    let app = TestDialogApp::start().await;
+    let base = stt.base_url();
+    let second = server(
+        &app,
+        &[("asr.engine", "openai"), ("asr.openai.base_url", &base)],
+    );
+    let peer = started(&second, &app).await;
+    let speech = spoken("hello world", Duration::from_millis(1000)).await;
+    for n in 1..=2 {
+        peer.send_paced(&speech).await.unwrap();
+        assert!(
+            eventually(5 * SECOND, || of_type(&app, "asr.final").len() == n).await,
+            "{:?}",
+            app.types()
+        );
+    }
+    assert!(
+        of_type(&app, "asr.final")
+            .iter()
+            .all(|f| f["text"] == "not streamed")
+    );
+    let asked: Vec<bool> = stt
+        .requests()
+        .iter()
+        .map(|r| r.form.as_ref().unwrap().fields.contains_key("stream"))
+        .collect();
+    assert_eq!(asked, [true, false, false], "asked once, then never again");
+    assert!(of_type(&app, "asr.error").is_empty());
+    peer.close().await;
+}
+
 /// At another `media.pcm_rate` the speech path still hears 16 kHz: the utterance is found, cut
 /// at the right length and sent to the recognizer as 16 kHz audio.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

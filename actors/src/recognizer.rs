@@ -190,9 +190,8 @@ impl Recognizer {
         });
     }
 
-    /// The utterance being heard ended: its result is due within the deadline.
-    /// The current utterance ended; its speech ended `trailing` before now, which is where
-    /// the time to its result is counted from.
+    /// The utterance being heard ended: its result is due within the deadline. Its speech
+    /// ended `trailing` before now, which is where the time to its result is counted from.
     fn end_current(&mut self, net: NetReport, trailing: Duration, ctx: &mut Context<Self>) {
         let Some((n, sink)) = self.current.take() else {
             return;
@@ -305,7 +304,9 @@ impl StreamHandler<Update> for Recognizer {
         match update {
             AsrUpdate::Partial(text) => {
                 let text = text.trim().to_owned();
-                let current = self.current.as_ref().is_some_and(|(c, _)| *c == n);
+                // The latest utterance's: while it is heard, or after it ended for an engine that
+                // streams its result (openai's events). An older one's partials are stale.
+                let current = n == self.count;
                 if current && !text.is_empty() {
                     self.parent
                         .do_send(RecognizerEvent::Hypothesis(text.clone()));

@@ -161,6 +161,156 @@ async fn turns(app: &TestDialogApp, peer: &ClientPeer, runs: usize) -> anyhow::R
     Ok(())
 }
 
+/// A noise over voicegate's speech: a cough (a short noise burst with a fast decay), a keyboard
+/// burst (clicks), a door knock (three low thumps). Deterministic, at 48 kHz.
+fn noise(kind: &str) -> Vec<i16> {
+    let rate = 48_000usize;
+    let mut seed: u32 = 0x9e37_79b9;
+    let mut rnd = move || {
+        seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        f64::from((seed >> 8) as i32 - (1 << 23)) / f64::from(1 << 23)
+    };
+    let mut out = vec![0i16; rate * 6 / 10];
+    match kind {
+        "cough" => {
+            for (i, s) in out.iter_mut().enumerate().take(rate * 3 / 10) {
+                let env = (-(i as f64) / (rate as f64 * 0.08)).exp();
+                *s = (rnd() * 14_000.0 * env) as i16;
+            }
+        }
+        "keyboard" => {
+            for k in 0..8 {
+                let at = k * rate * 6 / 100;
+                for i in 0..rate / 200 {
+                    let env = (-(i as f64) / (rate as f64 * 0.001)).exp();
+                    out[at + i] = (rnd() * 16_000.0 * env) as i16;
+                }
+            }
+        }
+        _ => {
+            // A door knock: three 120 Hz thumps.
+            for k in 0..3 {
+                let at = k * rate * 18 / 100;
+                for i in 0..rate * 6 / 100 {
+                    let t = i as f64 / rate as f64;
+                    let env = (-t / 0.015).exp();
+                    out[at + i] =
+                        ((2.0 * std::f64::consts::PI * 120.0 * t).sin() * 20_000.0 * env) as i16;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Two-stage barge-in: backchannels and noises played over voicegate's speech must not
+/// interrupt it, real interruptions must; for each, the time from the caller's voice onset to
+/// the last packet of the answer before the pause (or the interrupt) at the client.
+async fn barge(app: &TestDialogApp, peer: &ClientPeer, rounds: usize) -> anyhow::Result<()> {
+    let backchannels = ["mm hmm", "yeah", "uh huh", "okay"];
+    let noises = ["cough", "keyboard", "knock"];
+    let interruptions = ["stop", "wait a second", "no I meant Tuesday"];
+    let mut cases: Vec<(String, bool, Vec<bytes::Bytes>)> = Vec::new();
+    for b in backchannels {
+        let (pcm, rate) = espeak_pcm(b).await?;
+        let p = voicegate_testkit::peer::opus_speech(
+            &pcm,
+            rate,
+            Duration::from_millis(300),
+            Duration::from_millis(1500),
+        );
+        cases.push((b.to_owned(), false, p));
+    }
+    for n in noises {
+        let p = voicegate_testkit::peer::opus_speech(
+            &noise(n),
+            48_000,
+            Duration::from_millis(300),
+            Duration::from_millis(1500),
+        );
+        cases.push((n.to_owned(), false, p));
+    }
+    for i in interruptions {
+        let (pcm, rate) = espeak_pcm(i).await?;
+        let p = voicegate_testkit::peer::opus_speech(
+            &pcm,
+            rate,
+            Duration::from_millis(300),
+            Duration::from_millis(1500),
+        );
+        cases.push((i.to_owned(), true, p));
+    }
+    let long = "This is a long answer that goes on for quite a while, so that there is time to talk over it. ".repeat(3);
+    let mut wrong = Vec::new();
+    let mut onset_to_stop = Vec::new();
+    let (mut false_n, mut false_total, mut true_n, mut true_total) = (0, 0, 0, 0);
+    let mut k = 0;
+    for _ in 0..rounds {
+        for (label, real, packets) in &cases {
+            k += 1;
+            let id = format!("barge-{k}");
+            app.send(json!({"type": "tts.speak", "utterance_id": id, "text": long}));
+            app.wait_type(Duration::from_secs(5), "tts.started", Some(&id))
+                .await
+                .context("tts.started")?;
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            // 300 ms of silence lead, then the voice: onset is the 16th packet's send.
+            let mut tick = tokio::time::interval(voicegate_core::frame::FRAME);
+            let mut onset = Instant::now();
+            for (i, p) in packets.iter().enumerate() {
+                tick.tick().await;
+                if i == 15 {
+                    onset = Instant::now();
+                }
+                peer.send(p.clone()).await?;
+            }
+            let interrupted = app
+                .events()
+                .iter()
+                .any(|e| e["type"] == "tts.interrupt" && e["utterance_id"] == id.as_str());
+            if *real {
+                true_total += 1;
+                true_n += usize::from(interrupted);
+            } else {
+                false_total += 1;
+                false_n += usize::from(interrupted);
+                if interrupted {
+                    wrong.push(label.clone());
+                }
+            }
+            // The answer's audio stopped (paused or interrupted) at the last packet before the
+            // longest gap after the onset.
+            let rx: Vec<Instant> = peer
+                .received()
+                .iter()
+                .map(|p| p.at)
+                .filter(|t| *t >= onset - Duration::from_millis(200))
+                .collect();
+            if let Some(w) = rx
+                .windows(2)
+                .find(|w| w[1].duration_since(w[0]) > Duration::from_millis(60))
+            {
+                onset_to_stop.push(w[0].saturating_duration_since(onset).as_secs_f64() * 1e3);
+            }
+            app.send(json!({"type": "tts.interrupt"}));
+            app.wait_type(Duration::from_secs(5), "tts.ended", Some(&id))
+                .await
+                .context("tts.ended")?;
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+    }
+    println!(
+        "barge-in: backchannels and noises that interrupted: {false_n} of {false_total} {wrong:?}; real interruptions that interrupted: {true_n} of {true_total}"
+    );
+    let n = onset_to_stop.len();
+    println!(
+        "barge-in, {n} pauses: caller voice onset -> the answer's last packet before it stopped, at the client p50 {:.0} ms p95 {:.0} ms",
+        pct(&mut onset_to_stop, 0.5),
+        pct(&mut onset_to_stop, 0.95)
+    );
+    Ok(())
+}
+
 /// Runs the speech benchmark.
 pub async fn run(server: SocketAddr, dialog_listen: SocketAddr, runs: usize) -> anyhow::Result<()> {
     let app = TestDialogApp::start_on(dialog_listen).await;
@@ -205,6 +355,7 @@ pub async fn run(server: SocketAddr, dialog_listen: SocketAddr, runs: usize) -> 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     turns(&app, &peer, runs).await?;
+    barge(&app, &peer, runs.div_ceil(10).max(1)).await?;
     peer.close().await;
     let n = first_byte.len();
     println!(

@@ -84,6 +84,18 @@ pub enum Behaviour {
     Fail(u16),
     /// 200 with `{"text": ...}` (a transcription).
     Transcribe(String),
+    /// A streaming transcription server (OpenAI's gpt-4o models): with `stream=true` in the
+    /// form, server-sent events, a `transcript.text.delta` per word `gap` apart, then
+    /// `transcript.text.done`; without it, `{"text": ...}`.
+    TranscribeStream {
+        /// The transcript.
+        text: String,
+        /// Time between deltas.
+        gap: Duration,
+    },
+    /// A server that does not stream (whisper-1): `400` when the form asks for `stream`,
+    /// `{"text": ...}` otherwise.
+    RefuseStream(String),
     /// 200 with the head and `pcm` (s16le) as one chunk, then nothing more, without closing
     /// (a server that hangs mid-answer). Holds the connection until the client closes it.
     Stall {
@@ -202,6 +214,9 @@ async fn serve(
         .iter()
         .find(|(k, v)| k == "content-type" && v.starts_with("multipart/form-data"))
         .and_then(|(_, v)| parse_form(v, &body));
+    let stream_asked = form
+        .as_ref()
+        .is_some_and(|f| f.fields.get("stream").is_some_and(|v| v == "true"));
     let n = {
         let mut requests = requests.lock().expect("no panics while holding");
         requests.push(Recorded {
@@ -219,7 +234,43 @@ async fn serve(
         }
         other => other,
     };
+    let behaviour = match behaviour {
+        Behaviour::RefuseStream(_) if stream_asked => Behaviour::Fail(400),
+        Behaviour::RefuseStream(text) => Behaviour::Transcribe(text),
+        Behaviour::TranscribeStream { text, .. } if !stream_asked => Behaviour::Transcribe(text),
+        other => other,
+    };
     match behaviour {
+        Behaviour::TranscribeStream { text, gap } => {
+            let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+            if tcp.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            let chunk = |data: String| {
+                let event = format!("data: {data}\n\n");
+                format!("{:x}\r\n{event}\r\n", event.len())
+            };
+            for (i, word) in text.split(' ').enumerate() {
+                let delta = if i == 0 {
+                    word.to_owned()
+                } else {
+                    format!(" {word}")
+                };
+                let data = serde_json::json!({"type": "transcript.text.delta", "delta": delta});
+                if tcp
+                    .write_all(chunk(data.to_string()).as_bytes())
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                tokio::time::sleep(gap).await;
+            }
+            let done = serde_json::json!({"type": "transcript.text.done", "text": text});
+            let _ = tcp.write_all(chunk(done.to_string()).as_bytes()).await;
+            let _ = tcp.write_all(b"0\r\n\r\n").await;
+        }
+        Behaviour::RefuseStream(_) => unreachable!("mapped above"),
         Behaviour::Transcribe(text) => {
             let body = serde_json::json!({ "text": text }).to_string();
             let res = format!(

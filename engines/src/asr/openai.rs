@@ -1,6 +1,9 @@
 //! An OpenAI-compatible transcription engine: one `POST {base_url}/v1/audio/transcriptions` per
 //! utterance (multipart: the utterance as a 16 kHz WAV, the model, optionally the language),
-//! answered with `{"text": "..."}`. No partials: the text arrives once the utterance ended.
+//! answered with `{"text": "..."}`, or, when streaming is on and the server supports it, with
+//! server-sent events (`transcript.text.delta`, then `transcript.text.done`) that become partial
+//! results as the server decodes. A server that refuses `stream` is asked once more without it,
+//! and the factory remembers not to ask again.
 //!
 //! Deadlines: `timeout` bounds the wait for the reply's head; its body must keep moving (no bytes
 //! for `stream_idle` fails the utterance: [`OpenAiAsrError::Stalled`], which the recognizer counts
@@ -9,12 +12,14 @@
 //! way the dialog app gets `asr.error` and the call goes on.
 
 use super::{AsrEngine, AsrFactory, AsrStream, AsrUpdate, UtteranceSink, wav};
-use crate::idle::{Stalled, idle_timeout};
+use crate::idle::{IdleTimeout, Stalled, idle_timeout};
 use awc::error::{PayloadError, SendRequestError};
 use awc::http::StatusCode;
 use futures_util::StreamExt;
 use secrecy::{ExposeSecret, SecretString};
 use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use voicegate_core::session::{AsrOptions, InvalidOption};
@@ -38,6 +43,10 @@ pub struct OpenAiAsrSettings {
     /// Longest wait for the next bytes of the reply once it started
     /// (`asr.stream_idle_timeout_ms`).
     pub stream_idle: Duration,
+    /// Ask for a streamed transcription (`stream=true`: partial text as server-sent events,
+    /// as OpenAI's gpt-4o transcription models answer); a server that refuses it (`400`, as
+    /// for whisper-1) is asked again without, and not asked again by this process.
+    pub stream: bool,
 }
 
 /// Why a transcription failed.
@@ -82,12 +91,15 @@ pub enum OpenAiAsrError {
 /// The factory.
 pub struct OpenAiAsr {
     settings: OpenAiAsrSettings,
+    /// Streaming is asked for (until a server refused it).
+    stream: Arc<AtomicBool>,
 }
 
 impl OpenAiAsr {
     /// A factory for `settings`.
     pub fn new(settings: OpenAiAsrSettings) -> Self {
-        OpenAiAsr { settings }
+        let stream = Arc::new(AtomicBool::new(settings.stream));
+        OpenAiAsr { settings, stream }
     }
 }
 
@@ -96,6 +108,7 @@ impl AsrFactory for OpenAiAsr {
         Rc::new(OpenAiEngine {
             settings: self.settings.clone(),
             prompt: String::new(),
+            stream: self.stream.clone(),
         })
     }
 
@@ -122,6 +135,7 @@ impl AsrFactory for OpenAiAsr {
         Ok(Rc::new(OpenAiEngine {
             settings,
             prompt: o.prompt.clone().unwrap_or_default(),
+            stream: self.stream.clone(),
         }))
     }
 }
@@ -131,6 +145,8 @@ struct OpenAiEngine {
     /// A session's prompt: words to expect (no control characters, so it cannot break out of
     /// its multipart field).
     prompt: String,
+    /// Streaming is asked for (shared with the factory).
+    stream: Arc<AtomicBool>,
 }
 
 struct Sink {
@@ -155,17 +171,13 @@ impl AsrEngine for OpenAiEngine {
 
     fn utterance(&self) -> (Box<dyn UtteranceSink>, AsrStream) {
         let (tx, rx) = oneshot::channel::<Vec<i16>>();
-        let s = self.settings.clone();
-        let prompt = self.prompt.clone();
-        let stream = futures_util::stream::once(async move {
-            let Ok(pcm) = rx.await else {
-                return AsrUpdate::Final(None);
-            };
-            match transcribe(&s, &prompt, &pcm).await {
-                Ok(text) => AsrUpdate::Final(Some(text).filter(|t| !t.is_empty())),
-                Err(e) => AsrUpdate::Error(e.into()),
-            }
-        });
+        let start = State::Start {
+            pcm: rx,
+            settings: self.settings.clone(),
+            prompt: self.prompt.clone(),
+            stream: self.stream.clone(),
+        };
+        let stream = futures_util::stream::unfold(start, next_update);
         (
             Box::new(Sink {
                 pcm: Vec::new(),
@@ -176,11 +188,149 @@ impl AsrEngine for OpenAiEngine {
     }
 }
 
-async fn transcribe(
+/// Where an utterance's transcription stands.
+enum State {
+    /// Waiting for the utterance's audio.
+    Start {
+        pcm: oneshot::Receiver<Vec<i16>>,
+        settings: OpenAiAsrSettings,
+        prompt: String,
+        stream: Arc<AtomicBool>,
+    },
+    /// Reading server-sent events: the body, bytes not parsed yet, the text so far.
+    Events {
+        body: IdleTimeout<awc::ClientResponse>,
+        pending: Vec<u8>,
+        text: String,
+    },
+    /// The final result went out.
+    Done,
+}
+
+/// The next result of an utterance: the audio is sent when it ended; a JSON reply is the final
+/// result, a stream of events gives partials and then the final.
+async fn next_update(state: State) -> Option<(AsrUpdate, State)> {
+    match state {
+        State::Done => None,
+        State::Start {
+            pcm,
+            settings,
+            prompt,
+            stream,
+        } => {
+            let Ok(pcm) = pcm.await else {
+                return Some((AsrUpdate::Final(None), State::Done));
+            };
+            let asked = stream.load(Ordering::Relaxed);
+            let mut reply = request(&settings, &prompt, &pcm, asked).await;
+            if asked
+                && matches!(&reply, Err(OpenAiAsrError::Status { status, .. }) if *status == StatusCode::BAD_REQUEST)
+            {
+                // The server does not stream (whisper-1 refuses `stream`): ask again without,
+                // and never ask this process's server again.
+                stream.store(false, Ordering::Relaxed);
+                reply = request(&settings, &prompt, &pcm, false).await;
+            }
+            match reply {
+                Err(e) => Some((AsrUpdate::Error(e.into()), State::Done)),
+                Ok(Reply::Text(text)) => Some((
+                    AsrUpdate::Final(Some(text).filter(|t| !t.is_empty())),
+                    State::Done,
+                )),
+                Ok(Reply::Events(body)) => {
+                    Box::pin(next_update(State::Events {
+                        body,
+                        pending: Vec::new(),
+                        text: String::new(),
+                    }))
+                    .await
+                }
+            }
+        }
+        State::Events {
+            mut body,
+            mut pending,
+            mut text,
+        } => loop {
+            // One event per blank-line-separated block; its `data:` line is the JSON.
+            if let Some(end) = pending.windows(2).position(|w| w == b"\n\n") {
+                let block: Vec<u8> = pending.drain(..end + 2).collect();
+                let block = String::from_utf8_lossy(&block);
+                for line in block.lines() {
+                    let Some(data) = line.strip_prefix("data:").map(str::trim) else {
+                        continue;
+                    };
+                    if data == "[DONE]" {
+                        return Some((final_of(text), State::Done));
+                    }
+                    let Ok(v) = serde_json::from_str::<serde_json::Value>(data) else {
+                        continue;
+                    };
+                    match v["type"].as_str() {
+                        Some("transcript.text.delta") => {
+                            text.push_str(v["delta"].as_str().unwrap_or(""));
+                            let partial = text.trim().to_owned();
+                            let next = State::Events {
+                                body,
+                                pending,
+                                text,
+                            };
+                            return Some((AsrUpdate::Partial(partial), next));
+                        }
+                        Some("transcript.text.done") => {
+                            let done = v["text"].as_str().map_or(text, str::to_owned);
+                            return Some((final_of(done), State::Done));
+                        }
+                        _ => {}
+                    }
+                }
+                continue;
+            }
+            match body.next().await {
+                None => return Some((final_of(text), State::Done)),
+                Some(Err(stalled)) => {
+                    let e = OpenAiAsrError::Stalled(stalled);
+                    return Some((AsrUpdate::Error(e.into()), State::Done));
+                }
+                Some(Ok(Err(e))) => {
+                    return Some((
+                        AsrUpdate::Error(OpenAiAsrError::Read(e).into()),
+                        State::Done,
+                    ));
+                }
+                Some(Ok(Ok(chunk))) => {
+                    if pending.len() + chunk.len() > MAX_REPLY_BYTES {
+                        return Some((
+                            AsrUpdate::Error(OpenAiAsrError::TooLarge.into()),
+                            State::Done,
+                        ));
+                    }
+                    // Servers may end lines with CRLF.
+                    pending.extend(chunk.iter().filter(|b| **b != b'\r'));
+                }
+            }
+        },
+    }
+}
+
+fn final_of(text: String) -> AsrUpdate {
+    AsrUpdate::Final(Some(text.trim().to_owned()).filter(|t| !t.is_empty()))
+}
+
+/// What the server answered.
+enum Reply {
+    /// The whole transcription.
+    Text(String),
+    /// Server-sent events, to be read as they come.
+    Events(IdleTimeout<awc::ClientResponse>),
+}
+
+async fn request(
     s: &OpenAiAsrSettings,
     prompt: &str,
     pcm: &[i16],
-) -> Result<String, OpenAiAsrError> {
+    stream: bool,
+) -> Result<Reply, OpenAiAsrError> {
     let url = format!(
         "{}/v1/audio/transcriptions",
         s.base_url.trim_end_matches('/')
@@ -206,6 +356,9 @@ async fn transcribe(
     if !prompt.is_empty() {
         field("prompt", prompt);
     }
+    if stream {
+        field("stream", "true");
+    }
     body.extend_from_slice(
         format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"utterance.wav\"\r\nContent-Type: audio/wav\r\n\r\n").as_bytes(),
     );
@@ -225,8 +378,16 @@ async fn transcribe(
         Err(source) => return Err(OpenAiAsrError::Send { url, source }),
     };
     let status = res.status();
-    let mut bytes = Vec::new();
+    let events = res
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
     let mut body = idle_timeout(res, s.stream_idle);
+    if status.is_success() && events {
+        return Ok(Reply::Events(body));
+    }
+    let mut bytes = Vec::new();
     while let Some(chunk) = body.next().await {
         let chunk = match chunk {
             Ok(Ok(chunk)) => chunk,
@@ -250,7 +411,7 @@ async fn transcribe(
     let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(OpenAiAsrError::NotJson)?;
     v["text"]
         .as_str()
-        .map(|t| t.trim().to_owned())
+        .map(|t| Reply::Text(t.trim().to_owned()))
         .ok_or(OpenAiAsrError::NoText)
 }
 
@@ -267,6 +428,7 @@ mod tests {
             language: String::new(),
             timeout: Duration::from_secs(1),
             stream_idle: Duration::from_secs(1),
+            stream: false,
         };
         let shown = format!("{s:?}");
         assert!(!shown.contains("sk-secret"), "{shown}");
