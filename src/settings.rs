@@ -399,6 +399,8 @@ pub struct BargeInConfig {
     pub pause_after_ms: u32,
     /// Confirmed mode: longest pause waiting for confirming words.
     pub confirm_ms: u32,
+    /// Confirmed mode: how long a confirming partial result must stand.
+    pub confirm_stable_ms: u32,
     /// Words that always make a real interruption.
     pub min_words: usize,
     /// What is only a backchannel.
@@ -1562,6 +1564,12 @@ impl Settings {
         if !(200..=10_000).contains(&b.confirm_ms) {
             return Err(invalid("barge_in.confirm_ms", "want 200 to 10000"));
         }
+        if b.confirm_stable_ms > b.confirm_ms {
+            return Err(invalid(
+                "barge_in.confirm_stable_ms",
+                "want at most barge_in.confirm_ms",
+            ));
+        }
         if !(1..=10).contains(&b.min_words) {
             return Err(invalid("barge_in.min_words", "want 1 to 10"));
         }
@@ -1595,6 +1603,7 @@ impl Settings {
                 self.barge_in.min_words,
             )),
             confirm: Duration::from_millis(u64::from(self.barge_in.confirm_ms)),
+            confirm_stable: Duration::from_millis(u64::from(self.barge_in.confirm_stable_ms)),
         };
         let seg = &self.tts.segment;
         if seg.first_min_chars == 0

@@ -264,10 +264,45 @@ async fn barge(app: &TestDialogApp, peer: &ClientPeer, rounds: usize) -> anyhow:
                 }
                 peer.send(p.clone()).await?;
             }
+            let finals_before = app
+                .events()
+                .iter()
+                .filter(|e| e["type"] == "asr.final")
+                .count();
             let interrupted = app
                 .events()
                 .iter()
                 .any(|e| e["type"] == "tts.interrupt" && e["utterance_id"] == id.as_str());
+            if std::env::var_os("BENCH_VERBOSE").is_some() {
+                let heard: Vec<String> = app
+                    .events()
+                    .iter()
+                    .filter(|e| {
+                        e["type"] == "asr.final"
+                            || e["type"] == "asr.partial"
+                            || e["type"].as_str().is_some_and(|t| {
+                                t.starts_with("tts.p")
+                                    || t.starts_with("tts.r")
+                                    || t == "tts.interrupt"
+                            })
+                    })
+                    .map(|e| {
+                        format!(
+                            "{} {}",
+                            e["type"].as_str().unwrap_or(""),
+                            e["text"]
+                                .as_str()
+                                .or(e["utterance_id"].as_str())
+                                .unwrap_or("")
+                        )
+                    })
+                    .collect();
+                let _ = finals_before;
+                println!(
+                    "case {label:?}: interrupted {interrupted}; last events {:?}",
+                    &heard[heard.len().saturating_sub(6)..]
+                );
+            }
             if *real {
                 true_total += 1;
                 true_n += usize::from(interrupted);

@@ -107,28 +107,39 @@ pub enum Verdict {
 }
 
 /// The second stage of a confirmed barge-in: from the pause to its verdict.
+///
+/// A final result decides at once. A partial one decides only once it has stood unchanged for
+/// `stable`: the first partials of an utterance are the recognizer's early guesses ("no" for
+/// the start of "mm-hmm"), revised as more audio comes.
 #[derive(Debug)]
 pub struct BargeConfirm {
     words: Backchannels,
     /// Longest wait for confirming words after the pause.
     confirm: Duration,
+    /// How long a confirming partial must stand.
+    stable: Duration,
     /// Paused at this instant, waiting for a verdict.
     paused: Option<Instant>,
+    /// The latest partial confirms an interruption, since this instant.
+    confirming: Option<Instant>,
 }
 
 impl BargeConfirm {
-    /// A confirmer with these backchannels and wait.
-    pub fn new(words: Backchannels, confirm: Duration) -> BargeConfirm {
+    /// A confirmer with these backchannels, wait and partial stability.
+    pub fn new(words: Backchannels, confirm: Duration, stable: Duration) -> BargeConfirm {
         BargeConfirm {
             words,
             confirm,
+            stable,
             paused: None,
+            confirming: None,
         }
     }
 
     /// Playout paused at `now` for the caller's voice.
     pub fn pause(&mut self, now: Instant) {
         self.paused = Some(now);
+        self.confirming = None;
     }
 
     /// Waiting for a verdict.
@@ -136,43 +147,66 @@ impl BargeConfirm {
         self.paused.is_some()
     }
 
-    /// The recognizer's hypothesis (`last`: the utterance's final result, possibly empty).
-    pub fn heard(&mut self, text: &str, last: bool) -> Verdict {
+    /// The recognizer's hypothesis at `now` (`last`: the utterance's final result, possibly
+    /// empty). A changed partial restarts its stability wait.
+    pub fn heard(&mut self, text: &str, last: bool, now: Instant) -> Verdict {
         if self.paused.is_none() {
             return Verdict::Wait;
         }
-        let verdict = if self.words.confirms(text) {
-            Verdict::Interrupt
-        } else if last {
-            Verdict::Resume
-        } else {
-            Verdict::Wait
+        let confirms = self.words.confirms(text);
+        let verdict = match (last, confirms) {
+            (true, true) => Verdict::Interrupt,
+            (true, false) => Verdict::Resume,
+            (false, true) => {
+                self.confirming = Some(now);
+                return self.tick(now);
+            }
+            (false, false) => {
+                self.confirming = None;
+                Verdict::Wait
+            }
         };
         if verdict != Verdict::Wait {
             self.paused = None;
+            self.confirming = None;
         }
         verdict
     }
 
-    /// Time passes: no confirmation within the wait resumes.
+    /// Time passes: a confirming partial that stood for `stable` interrupts; no confirmation
+    /// within the wait resumes.
     pub fn tick(&mut self, now: Instant) -> Verdict {
-        match self.paused {
-            Some(at) if now.saturating_duration_since(at) >= self.confirm => {
-                self.paused = None;
-                Verdict::Resume
+        let Some(at) = self.paused else {
+            return Verdict::Wait;
+        };
+        let verdict = match self.confirming {
+            Some(since) if now.saturating_duration_since(since) >= self.stable => {
+                Verdict::Interrupt
             }
+            _ if now.saturating_duration_since(at) >= self.confirm => Verdict::Resume,
             _ => Verdict::Wait,
+        };
+        if verdict != Verdict::Wait {
+            self.paused = None;
+            self.confirming = None;
         }
+        verdict
     }
 
-    /// When the wait ends, if paused.
+    /// When the next decision falls due without new words, if paused: a confirming partial's
+    /// stability, or the end of the wait.
     pub fn deadline(&self) -> Option<Instant> {
-        self.paused.map(|at| at + self.confirm)
+        let end = self.paused? + self.confirm;
+        Some(match self.confirming {
+            Some(since) => end.min(since + self.stable),
+            None => end,
+        })
     }
 
     /// Playback ended another way (the app interrupted, the call ends): nothing is pending.
     pub fn clear(&mut self) {
         self.paused = None;
+        self.confirming = None;
     }
 }
 
@@ -227,28 +261,50 @@ mod tests {
     fn pause_then_confirm_resume_or_time_out() {
         let t0 = Instant::now();
         let ms = |n| t0 + Duration::from_millis(n);
-        let mut c = BargeConfirm::new(list(), Duration::from_millis(1500));
-        assert_eq!(c.heard("stop", true), Verdict::Wait, "nothing is paused");
+        let mut c = BargeConfirm::new(
+            list(),
+            Duration::from_millis(1500),
+            Duration::from_millis(300),
+        );
+        assert_eq!(
+            c.heard("stop", true, t0),
+            Verdict::Wait,
+            "nothing is paused"
+        );
         // A backchannel: partials wait, its final resumes.
         c.pause(t0);
-        assert_eq!(c.heard("yeah", false), Verdict::Wait);
+        assert_eq!(c.heard("yeah", false, ms(100)), Verdict::Wait);
         assert_eq!(c.tick(ms(1000)), Verdict::Wait);
-        assert_eq!(c.heard("yeah", true), Verdict::Resume);
+        assert_eq!(c.heard("yeah", true, ms(1100)), Verdict::Resume);
         assert!(!c.is_paused());
-        // Words that are not a backchannel interrupt at the first partial that shows them.
+        // An early guess that is revised in time does not interrupt ("no" for "mm-hmm")...
         c.pause(ms(2000));
-        assert_eq!(c.heard("no", false), Verdict::Interrupt);
-        // No words at all (a cough): the empty final resumes.
+        assert_eq!(c.heard("no", false, ms(2100)), Verdict::Wait);
+        assert_eq!(c.deadline(), Some(ms(2400)));
+        assert_eq!(c.tick(ms(2300)), Verdict::Wait);
+        assert_eq!(c.heard("mm hmm", false, ms(2350)), Verdict::Wait);
+        assert_eq!(c.tick(ms(2700)), Verdict::Wait);
+        assert_eq!(c.heard("mm hmm", true, ms(2800)), Verdict::Resume);
+        // ...a confirming partial that stands interrupts, and so does a confirming final.
         c.pause(ms(3000));
-        assert_eq!(c.heard("", true), Verdict::Resume);
-        // Nothing confirmed in time: resume, and the late final changes nothing.
+        assert_eq!(c.heard("wait", false, ms(3100)), Verdict::Wait);
+        assert_eq!(c.heard("wait a", false, ms(3200)), Verdict::Wait);
+        assert_eq!(c.tick(ms(3499)), Verdict::Wait);
+        assert_eq!(c.tick(ms(3500)), Verdict::Interrupt);
         c.pause(ms(4000));
-        assert_eq!(c.deadline(), Some(ms(5500)));
-        assert_eq!(c.tick(ms(5499)), Verdict::Wait);
-        assert_eq!(c.tick(ms(5500)), Verdict::Resume);
-        assert_eq!(c.heard("wait a second", true), Verdict::Wait);
-        // The call ends (or the app interrupts) while paused: nothing is left pending.
+        assert_eq!(c.heard("stop", true, ms(4300)), Verdict::Interrupt);
+        // No words at all (a cough): the empty final resumes.
+        c.pause(ms(5000));
+        assert_eq!(c.heard("", true, ms(5400)), Verdict::Resume);
+        // Nothing confirmed in time: resume, and the late final changes nothing.
         c.pause(ms(6000));
+        assert_eq!(c.deadline(), Some(ms(7500)));
+        assert_eq!(c.tick(ms(7499)), Verdict::Wait);
+        assert_eq!(c.tick(ms(7500)), Verdict::Resume);
+        assert_eq!(c.heard("wait a second", true, ms(7600)), Verdict::Wait);
+        // The call ends (or the app interrupts) while paused: nothing is left pending.
+        c.pause(ms(8000));
+        c.heard("stop", false, ms(8100));
         c.clear();
         assert_eq!(c.tick(ms(9000)), Verdict::Wait);
         assert_eq!(c.deadline(), None);

@@ -57,6 +57,8 @@ pub struct ListenSettings {
     pub backchannels: Arc<Backchannels>,
     /// Confirmed barge-in: longest pause waiting for confirming words.
     pub confirm: Duration,
+    /// Confirmed barge-in: how long a confirming partial result must stand.
+    pub confirm_stable: Duration,
 }
 
 /// Per-call listening state.
@@ -87,7 +89,7 @@ impl Listening {
             vad: Vad::new(),
             endpointer: Endpointer::new(s.endpoint),
             barge_in: BargeIn::new(s.barge_in),
-            confirm: BargeConfirm::new((*s.backchannels).clone(), s.confirm),
+            confirm: BargeConfirm::new((*s.backchannels).clone(), s.confirm, s.confirm_stable),
             dtmf: DtmfReceiver::new(),
             recognizer,
             frames,
@@ -107,11 +109,7 @@ impl Listening {
         now: Instant,
         playout: &mut Playout,
     ) -> Barge {
-        let mut barged = Barge::None;
-        if self.confirm.tick(now) == Verdict::Resume {
-            self.barge_in.rearm();
-            barged = Barge::Resume;
-        }
+        let mut barged = self.check_pause(now, playout);
         self.frames.push(pcm);
         while let Some(frame) = self.frames.next_frame() {
             let speech = self.vad.is_speech(frame);
@@ -168,11 +166,22 @@ impl Listening {
     /// The recognizer's hypothesis for the caller's utterance changed (`last`: its final
     /// result, empty when nothing was recognized): endpointing takes it as a hint, and a
     /// paused playout gets its verdict when the words decide it.
-    pub fn hypothesis(&mut self, text: &str, last: bool, playout: &mut Playout) -> Barge {
+    pub fn hypothesis(
+        &mut self,
+        text: &str,
+        last: bool,
+        now: Instant,
+        playout: &mut Playout,
+    ) -> Barge {
         if !last {
             self.endpointer.hypothesis(text);
         }
-        match self.confirm.heard(text, last) {
+        let verdict = self.confirm.heard(text, last, now);
+        self.carry_out(verdict, playout)
+    }
+
+    fn carry_out(&mut self, verdict: Verdict, playout: &mut Playout) -> Barge {
+        match verdict {
             Verdict::Wait => Barge::None,
             Verdict::Interrupt => {
                 playout.clear();
@@ -185,13 +194,11 @@ impl Listening {
         }
     }
 
-    /// Time passed: a pause that no words confirmed in time resumes.
-    pub fn check_pause(&mut self, now: Instant) -> Barge {
-        if self.confirm.tick(now) == Verdict::Resume {
-            self.barge_in.rearm();
-            return Barge::Resume;
-        }
-        Barge::None
+    /// Time passed: a confirming partial that stood interrupts; a pause that no words
+    /// confirmed in time resumes.
+    pub fn check_pause(&mut self, now: Instant, playout: &mut Playout) -> Barge {
+        let verdict = self.confirm.tick(now);
+        self.carry_out(verdict, playout)
     }
 
     /// A pause is waiting for its verdict until this instant.

@@ -491,10 +491,14 @@ impl Handler<Hypothesis> for AudioCodec {
         let AudioCodec {
             listening, playout, ..
         } = self;
-        let b = listening
-            .as_mut()
-            .map_or(Barge::None, |l| l.hypothesis(&msg.text, msg.last, playout));
-        self.barge(b, Instant::now(), ctx);
+        let now = Instant::now();
+        let b = listening.as_mut().map_or(Barge::None, |l| {
+            l.hypothesis(&msg.text, msg.last, now, playout)
+        });
+        self.barge(b, now, ctx);
+        if self.barge_paused {
+            self.arm_pause_timer(now, ctx);
+        }
     }
 }
 
@@ -502,9 +506,13 @@ impl Handler<Flush> for AudioCodec {
     type Result = ();
 
     fn handle(&mut self, _: Flush, ctx: &mut Self::Context) {
-        // The app's interrupt (or the call's): a barge-in pause has nothing left to decide.
+        // The app's interrupt (or the call's): a barge-in pause has nothing left to decide, and
+        // its stopped pacer will not find the playout dry: playback ends here.
         if let Some(l) = self.listening.as_mut() {
             l.flushed();
+            if self.barge_paused {
+                l.playing(false, Instant::now());
+            }
         }
         self.end_pause(ctx);
         trace_msg!(self.call_id, "speaker" => "codec", "Flush");
@@ -649,6 +657,13 @@ impl AudioCodec {
         match b {
             Barge::None => {}
             Barge::Interrupt => {
+                if self.barge_paused {
+                    // The pacer stopped at the pause, so no tick will find the playout dry:
+                    // playback ends here.
+                    if let Some(l) = self.listening.as_mut() {
+                        l.playing(false, now);
+                    }
+                }
                 self.end_pause(ctx);
                 self.barged_in();
             }
@@ -671,19 +686,7 @@ impl AudioCodec {
                     tracing::debug!(played_frames = frames, "caller's voice paused playback")
                 });
                 self.tell_speaker(PlaybackEvent::Paused { segment, frames });
-                if let Some(deadline) = self.listening.as_ref().and_then(Listening::pause_deadline)
-                {
-                    let wait = deadline.saturating_duration_since(now) + Duration::from_millis(1);
-                    self.pause_timer = Some(ctx.run_later(wait, |act, ctx| {
-                        act.pause_timer = None;
-                        let now = Instant::now();
-                        let b = act
-                            .listening
-                            .as_mut()
-                            .map_or(Barge::None, |l| l.check_pause(now));
-                        act.barge(b, now, ctx);
-                    }));
-                }
+                self.arm_pause_timer(now, ctx);
             }
             Barge::Resume => {
                 self.end_pause(ctx);
@@ -691,6 +694,32 @@ impl AudioCodec {
                 self.maybe_start(now, ctx);
             }
         }
+    }
+
+    /// Wakes up when the paused barge-in's next decision falls due without new words (the
+    /// caller's frames check it too, but their media may stop).
+    fn arm_pause_timer(&mut self, now: Instant, ctx: &mut Context<Self>) {
+        if let Some(h) = self.pause_timer.take() {
+            ctx.cancel_future(h);
+        }
+        let Some(deadline) = self.listening.as_ref().and_then(Listening::pause_deadline) else {
+            return;
+        };
+        let wait = deadline.saturating_duration_since(now) + Duration::from_millis(1);
+        self.pause_timer = Some(ctx.run_later(wait, |act, ctx| {
+            act.pause_timer = None;
+            let now = Instant::now();
+            let AudioCodec {
+                listening, playout, ..
+            } = act;
+            let b = listening
+                .as_mut()
+                .map_or(Barge::None, |l| l.check_pause(now, playout));
+            act.barge(b, now, ctx);
+            if act.barge_paused {
+                act.arm_pause_timer(now, ctx);
+            }
+        }));
     }
 
     /// No barge-in pause is pending any more.
