@@ -25,7 +25,7 @@ pub mod wire;
 
 use super::{AsrEngine, AsrFactory, AsrStream, AsrUpdate, UtteranceSink};
 use crate::idle::Stalled;
-use awc::error::{WsClientError, WsProtocolError as ProtocolError};
+use awc::error::{SendRequestError, WsClientError, WsProtocolError as ProtocolError};
 use awc::ws::{Frame, Message};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -301,7 +301,10 @@ impl Session {
             request = request.header("Authorization", format!("Token {key}"));
         }
         let framed = match tokio::time::timeout(s.connect_timeout, request.connect()).await {
-            Err(_) => return Err(DeepgramError::ConnectTimeout(s.connect_timeout)),
+            // awc's own timeout (the same) may fire first.
+            Err(_) | Ok(Err(WsClientError::SendRequest(SendRequestError::Timeout))) => {
+                return Err(DeepgramError::ConnectTimeout(s.connect_timeout));
+            }
             Ok(Err(WsClientError::InvalidResponseStatus(status))) => {
                 return Err(DeepgramError::Status {
                     url: shown_url,
