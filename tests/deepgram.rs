@@ -196,6 +196,21 @@ async fn started(server: &TestServer, app: &TestDialogApp) -> ClientPeer {
     peer
 }
 
+/// A series' value in the server's `/metrics` (process-wide: other tests' calls move it too).
+async fn metric(server: &TestServer, series: &str) -> f64 {
+    let res = voicegate_testkit::http::request(server.http, "GET", "/metrics", &[], b"")
+        .await
+        .unwrap();
+    let text = voicegate_testkit::without_node_label(&res.text());
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{series} is not exposed"))
+}
+
+const OK: &str = r#"voicegate_engine_requests_total{engine="deepgram",outcome="ok"}"#;
+const ERRORS: &str = r#"voicegate_engine_requests_total{engine="deepgram",outcome="error"}"#;
+const FIRSTS: &str = r#"voicegate_engine_first_result_seconds_count{engine="deepgram"}"#;
+
 fn of_type(app: &TestDialogApp, kind: &str) -> Vec<Value> {
     app.events()
         .into_iter()
@@ -209,6 +224,7 @@ async fn a_callers_utterances_reach_the_dialog_app_as_partials_then_one_final_ea
     let app = TestDialogApp::start().await;
     let server = server(&app, &dg);
     let peer = started(&server, &app).await;
+    let (ok, firsts) = (metric(&server, OK).await, metric(&server, FIRSTS).await);
     for n in 1..=2 {
         peer.send_paced(&spoken("hello world", SECOND).await)
             .await
@@ -244,6 +260,8 @@ async fn a_callers_utterances_reach_the_dialog_app_as_partials_then_one_final_ea
     assert_eq!(connections.len(), 2, "one connection per utterance");
     assert_eq!(connections[0].header("authorization"), Some("Token call-key"));
     assert!(connections[0].audio_bytes > 32_000, "the utterance's audio");
+    assert!(metric(&server, OK).await - ok >= 2.0);
+    assert!(metric(&server, FIRSTS).await - firsts >= 2.0);
     peer.close().await;
 }
 
@@ -257,6 +275,7 @@ async fn a_vendor_dropping_mid_utterance_gives_asr_error_and_the_call_goes_on() 
     let app = TestDialogApp::start().await;
     let server = server(&app, &dg);
     let peer = started(&server, &app).await;
+    let errors = metric(&server, ERRORS).await;
     peer.send_paced(&spoken("hello world", SECOND).await)
         .await
         .unwrap();
@@ -270,6 +289,7 @@ async fn a_vendor_dropping_mid_utterance_gives_asr_error_and_the_call_goes_on() 
         "deepgram: the server closed the stream mid-utterance"
     );
     assert!(of_type(&app, "asr.final").is_empty());
+    assert!(metric(&server, ERRORS).await - errors >= 1.0);
     // The vendor recovers; the next utterance is heard on a new connection.
     dg.set_behaviour(Behaviour::hears("hello world"));
     peer.send_paced(&spoken("hello world", SECOND).await)
