@@ -2156,10 +2156,18 @@ mod tests {
 
         let many = vec!["w"; MAX_KEYWORDS + 1].join(",");
         let cases: &[(&str, &str, &str)] = &[
-            ("BASE_URL", "https://api.deepgram.com", "asr.deepgram.base_url"),
+            (
+                "BASE_URL",
+                "https://api.deepgram.com",
+                "asr.deepgram.base_url",
+            ),
             ("BASE_URL", "not a url", "asr.deepgram.base_url"),
             ("KEYWORDS", &many, "asr.deepgram.keywords"),
-            ("CONNECT_TIMEOUT_MS", "99", "asr.deepgram.connect_timeout_ms"),
+            (
+                "CONNECT_TIMEOUT_MS",
+                "99",
+                "asr.deepgram.connect_timeout_ms",
+            ),
             ("KEEPALIVE_MS", "10000", "asr.deepgram.keepalive_ms"),
             ("KEEPALIVE_MS", "999", "asr.deepgram.keepalive_ms"),
             ("MAX_BUFFERED_MS", "499", "asr.deepgram.max_buffered_ms"),

@@ -47,10 +47,9 @@ async fn drain(results: AsrStream) -> Vec<String> {
         .map(|u| match u {
             AsrUpdate::Partial(t) => format!("partial {t}"),
             AsrUpdate::Final(t) => format!("final {}", t.unwrap_or_default()),
-            AsrUpdate::Error(e) => format!(
-                "error{} {e}",
-                if e.stalled() { " (stalled)" } else { "" }
-            ),
+            AsrUpdate::Error(e) => {
+                format!("error{} {e}", if e.stalled() { " (stalled)" } else { "" })
+            }
         })
         .collect()
         .await
@@ -108,8 +107,15 @@ async fn a_quiet_stream_gets_keepalives_and_each_utterance_its_own_connection() 
         .iter()
         .filter(|c| c.as_str() == r#"{"type":"KeepAlive"}"#)
         .count();
-    assert!((2..=4).contains(&keepalives), "{:?}", connections[0].controls);
-    assert_eq!(connections[0].controls.last().unwrap(), r#"{"type":"CloseStream"}"#);
+    assert!(
+        (2..=4).contains(&keepalives),
+        "{:?}",
+        connections[0].controls
+    );
+    assert_eq!(
+        connections[0].controls.last().unwrap(),
+        r#"{"type":"CloseStream"}"#
+    );
 }
 
 #[actix_web::test]
@@ -242,7 +248,10 @@ async fn a_callers_utterances_reach_the_dialog_app_as_partials_then_one_final_ea
         .collect();
     // Each utterance: partials, then its one final.
     let first_final = kinds.iter().position(|k| k == "asr.final").unwrap();
-    assert!(first_final > 0, "a partial before the first final: {kinds:?}");
+    assert!(
+        first_final > 0,
+        "a partial before the first final: {kinds:?}"
+    );
     assert!(kinds[..first_final].iter().all(|k| k == "asr.partial"));
     assert!(kinds[first_final + 1] == "asr.partial", "{kinds:?}");
     assert_eq!(kinds.iter().filter(|k| *k == "asr.final").count(), 2);
@@ -258,7 +267,10 @@ async fn a_callers_utterances_reach_the_dialog_app_as_partials_then_one_final_ea
     );
     let connections = dg.connections();
     assert_eq!(connections.len(), 2, "one connection per utterance");
-    assert_eq!(connections[0].header("authorization"), Some("Token call-key"));
+    assert_eq!(
+        connections[0].header("authorization"),
+        Some("Token call-key")
+    );
     assert!(connections[0].audio_bytes > 32_000, "the utterance's audio");
     assert!(metric(&server, OK).await - ok >= 2.0);
     assert!(metric(&server, FIRSTS).await - firsts >= 2.0);

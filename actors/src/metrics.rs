@@ -183,7 +183,11 @@ impl<const N: usize> Histogram<N> {
     /// followed by a comma) before `le`.
     fn render_series(&self, o: &mut String, name: &str, labels: &str) {
         for (b, le) in self.buckets.iter().zip(self.bounds) {
-            let _ = writeln!(o, "{name}_bucket{{{labels}le=\"{le}\"}} {}", b.load(Relaxed));
+            let _ = writeln!(
+                o,
+                "{name}_bucket{{{labels}le=\"{le}\"}} {}",
+                b.load(Relaxed)
+            );
         }
         let count = self.count.load(Relaxed);
         let _ = writeln!(o, "{name}_bucket{{{labels}le=\"+Inf\"}} {count}");
@@ -626,8 +630,11 @@ pub struct Metrics {
     /// Recording files that could not be created, written or completed.
     pub recording_errors: Counter,
     /// Speech engine requests (utterances recognized, syntheses), by engine and outcome.
-    pub engine_requests:
-        PerLabel<EngineLabel, PerLabel<Outcome, Counter, { Outcome::ALL.len() }>, { EngineLabel::ALL.len() }>,
+    pub engine_requests: PerLabel<
+        EngineLabel,
+        PerLabel<Outcome, Counter, { Outcome::ALL.len() }>,
+        { EngineLabel::ALL.len() },
+    >,
     /// Time to an engine request's first result, by engine: for recognition, from the
     /// utterance's first audio handed to the engine to its first partial or final; for
     /// synthesis, from the request to its first audio.

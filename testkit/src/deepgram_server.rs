@@ -117,6 +117,7 @@ impl DeepgramStandIn {
         self.connections.lock().expect("not poisoned").clone()
     }
 
+    #[allow(clippy::result_large_err)] // the handshake callback's error type is tungstenite's
     async fn serve(self, tcp: tokio::net::TcpStream) {
         let behaviour = self.behaviour.lock().expect("not poisoned").clone();
         let mut seen = Connection::default();

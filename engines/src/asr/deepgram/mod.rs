@@ -245,7 +245,8 @@ impl AsrEngine for DeepgramEngine {
             (updates_rx, AbortOnDrop(task)),
             |(mut rx, guard)| async move { rx.recv().await.map(|u| (u, (rx, guard))) },
         );
-        let max = self.settings.max_buffered_ms as usize * voicegate_core::frame::SPEECH_RATE as usize
+        let max = self.settings.max_buffered_ms as usize
+            * voicegate_core::frame::SPEECH_RATE as usize
             / 1000;
         (
             Box::new(Sink {

@@ -261,7 +261,11 @@ mod tests {
         assert_eq!(t.update("hello there", false), "hello there");
         assert_eq!(t.update("hello there", true), "hello there");
         assert_eq!(t.update("how", false), "hello there how");
-        assert_eq!(t.update("", true), "hello there", "an empty final settles nothing");
+        assert_eq!(
+            t.update("", true),
+            "hello there",
+            "an empty final settles nothing"
+        );
         assert_eq!(t.update("how are you", false), "hello there how are you");
         assert_eq!(t.text(false), "hello there");
         assert_eq!(t.update("how are you", true), "hello there how are you");
@@ -295,7 +299,10 @@ mod tests {
                 endpointing_ms: 0,
             },
         );
-        assert!(bare.ends_with("interim_results=true&endpointing=false"), "{bare}");
+        assert!(
+            bare.ends_with("interim_results=true&endpointing=false"),
+            "{bare}"
+        );
         // Nothing in a value can add a parameter.
         let sneaky = listen_url(
             "ws://h",
