@@ -84,7 +84,16 @@ pub struct DeepgramStandIn {
 impl DeepgramStandIn {
     /// Starts on 127.0.0.1, port 0.
     pub async fn start(behaviour: Behaviour) -> DeepgramStandIn {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        Self::start_on(
+            "127.0.0.1:0".parse().expect("a constant address"),
+            behaviour,
+        )
+        .await
+    }
+
+    /// Starts on `addr`.
+    pub async fn start_on(addr: SocketAddr, behaviour: Behaviour) -> DeepgramStandIn {
+        let listener = TcpListener::bind(addr)
             .await
             .expect("bind the Deepgram stand-in");
         let addr = listener.local_addr().expect("bound");

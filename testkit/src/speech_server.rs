@@ -84,6 +84,8 @@ pub enum Behaviour {
     Fail(u16),
     /// 200 with `{"text": ...}` (a transcription).
     Transcribe(String),
+    /// As `Transcribe`, answered after a fixed delay (a vendor's processing time).
+    TranscribeAfter(String, Duration),
     /// 200 with the head and `pcm` (s16le) as one chunk, then nothing more, without closing
     /// (a server that hangs mid-answer). Holds the connection until the client closes it.
     Stall {
@@ -112,9 +114,18 @@ pub struct SpeechServer {
 impl SpeechServer {
     /// Starts on 127.0.0.1, port 0.
     pub async fn start(behaviour: Behaviour) -> SpeechServer {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        Self::start_on(
+            "127.0.0.1:0".parse().expect("a constant address"),
+            behaviour,
+        )
+        .await
+    }
+
+    /// Starts on `addr`.
+    pub async fn start_on(addr: SocketAddr, behaviour: Behaviour) -> SpeechServer {
+        let listener = TcpListener::bind(addr)
             .await
-            .expect("bind loopback");
+            .expect("bind the speech server");
         let addr = listener.local_addr().expect("bound");
         let requests = Arc::new(Mutex::new(Vec::new()));
         let abandoned = Arc::new(AtomicUsize::new(0));
@@ -219,8 +230,11 @@ async fn serve(
         }
         other => other,
     };
+    if let Behaviour::TranscribeAfter(_, delay) = &behaviour {
+        tokio::time::sleep(*delay).await;
+    }
     match behaviour {
-        Behaviour::Transcribe(text) => {
+        Behaviour::Transcribe(text) | Behaviour::TranscribeAfter(text, _) => {
             let body = serde_json::json!({ "text": text }).to_string();
             let res = format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
