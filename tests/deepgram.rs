@@ -274,6 +274,35 @@ async fn a_callers_utterances_reach_the_dialog_app_as_partials_then_one_final_ea
     assert!(connections[0].audio_bytes > 32_000, "the utterance's audio");
     assert!(metric(&server, OK).await - ok >= 2.0);
     assert!(metric(&server, FIRSTS).await - firsts >= 2.0);
+
+    // session.update: a grammar is refused; language, model and prompt words reach the next
+    // utterance's request.
+    assert!(app.send(
+        serde_json::json!({"type": "session.update", "session": {"asr": {"grammar": "menu"}}})
+    ));
+    let refused = app
+        .wait_type(5 * SECOND, "error", None)
+        .await
+        .expect("the grammar is refused");
+    assert_eq!(refused["errors"][0]["option"], "asr.grammar", "{refused}");
+    assert!(app.send(
+        serde_json::json!({"type": "session.update", "session": {"asr": {
+        "language": "de", "model": "nova-2", "prompt": "Küche, Licht"}}})
+    ));
+    app.wait_type(5 * SECOND, "session.updated", None)
+        .await
+        .expect("session.updated");
+    peer.send_paced(&spoken("hello world", SECOND).await)
+        .await
+        .unwrap();
+    assert!(eventually(5 * SECOND, || of_type(&app, "asr.final").len() == 3).await);
+    let uri = &dg.connections()[2].uri;
+    assert!(
+        uri.contains(
+            "&model=nova-2&language=de&endpointing=300&keywords=K%C3%BCche&keywords=Licht"
+        ),
+        "{uri}"
+    );
     peer.close().await;
 }
 
