@@ -15,6 +15,7 @@ use voicegate_actors::supervisor::Supervisor;
 use voicegate_core::admission::RateLimiter;
 use voicegate_core::call_id::CallId;
 use voicegate_engines::asr::AsrFactory;
+use voicegate_engines::asr::deepgram::Deepgram;
 use voicegate_engines::asr::openai::OpenAiAsr;
 use voicegate_engines::asr::pocketsphinx::Pocketsphinx;
 use voicegate_engines::tts::TtsFactory;
@@ -116,6 +117,7 @@ pub fn start(cfg: &Validated) -> Result<Running, StartError> {
                 Arc::new(Pocketsphinx::start(s).map_err(StartError::Asr)?)
             }
             AsrChoice::OpenAi(s) => Arc::new(OpenAiAsr::new(s.clone())),
+            AsrChoice::Deepgram(s) => Arc::new(Deepgram::new(s.clone())),
         })
     };
     let tts = tts_engine(&cfg.tts)?;

@@ -30,6 +30,7 @@ use voicegate_core::speech::PlayerSettings;
 use voicegate_core::text::SegmentLimits;
 use voicegate_core::turn::{Backchannels, BargeMode};
 use voicegate_core::wav::{MAX_DATA_BYTES, WavFormat};
+use voicegate_engines::asr::deepgram::{DeepgramSettings, MAX_KEYWORDS};
 use voicegate_engines::asr::openai::OpenAiAsrSettings;
 use voicegate_engines::asr::pocketsphinx::PocketsphinxSettings;
 use voicegate_engines::tts::cartesia::CartesiaSettings;
@@ -63,6 +64,7 @@ fn header_env_name(var: &str) -> Option<String> {
 
 /// Keys whose environment value is a comma-separated list.
 const LIST_KEYS: &[&str] = &[
+    "asr.deepgram.keywords",
     "auth.secrets",
     "http.allowed_origins",
     "http.trusted_proxies",
@@ -304,7 +306,7 @@ pub struct TtsCartesia {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Asr {
-    /// `pocketsphinx` or `openai`.
+    /// `pocketsphinx`, `openai` or `deepgram`.
     pub engine: String,
     /// Partial rate limit.
     pub partial_interval_ms: u64,
@@ -316,6 +318,8 @@ pub struct Asr {
     pub pocketsphinx: AsrPocketsphinx,
     /// `[asr.openai]`
     pub openai: AsrOpenAi,
+    /// `[asr.deepgram]`
+    pub deepgram: AsrDeepgram,
     /// `[asr.profiles.<name>]`: `engine` and that engine's keys over `[asr.<engine>]`.
     #[serde(default)]
     pub profiles: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
@@ -359,6 +363,31 @@ pub struct AsrOpenAi {
     pub timeout_ms: u64,
     /// Ask for streamed transcriptions.
     pub stream: bool,
+}
+
+/// `[asr.deepgram]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AsrDeepgram {
+    /// Base URL (`wss://` or `ws://`).
+    pub base_url: String,
+    /// API key; `Debug` never shows it.
+    #[serde(serialize_with = "serialize_secret")]
+    pub api_key: SecretString,
+    /// Model.
+    pub model: String,
+    /// Language.
+    pub language: String,
+    /// Words to boost.
+    pub keywords: Vec<String>,
+    /// Deepgram's endpointing silence; 0: off.
+    pub endpointing_ms: u32,
+    /// Connection deadline.
+    pub connect_timeout_ms: u64,
+    /// `KeepAlive` interval without audio.
+    pub keepalive_ms: u64,
+    /// Most audio held for the connection.
+    pub max_buffered_ms: u32,
 }
 
 /// `[listen]`
@@ -414,6 +443,8 @@ pub enum AsrChoice {
     Pocketsphinx(PocketsphinxSettings),
     /// OpenAI-compatible HTTP.
     OpenAi(OpenAiAsrSettings),
+    /// Deepgram's streaming WebSocket.
+    Deepgram(DeepgramSettings),
 }
 
 /// `[supervision]`
@@ -1131,6 +1162,7 @@ impl Settings {
         engine: &str,
         pocketsphinx: &AsrPocketsphinx,
         openai: &AsrOpenAi,
+        deepgram: &AsrDeepgram,
     ) -> Result<AsrChoice, SettingsError> {
         let read = |key: String, path: &str| {
             std::fs::read_to_string(path).map_err(|e| invalid(key, format!("{path}: {e}")))
@@ -1172,10 +1204,51 @@ impl Settings {
                     stream: o.stream,
                 })
             }
+            "deepgram" => {
+                let d = deepgram;
+                let key = |k: &str| format!("{at}.deepgram.{k}");
+                let url = url::Url::parse(&d.base_url).map_err(|e| invalid(key("base_url"), e))?;
+                if !matches!(url.scheme(), "wss" | "ws") {
+                    return Err(invalid(
+                        key("base_url"),
+                        "want wss:// (or ws://), e.g. wss://api.deepgram.com",
+                    ));
+                }
+                if d.keywords.len() > MAX_KEYWORDS {
+                    return Err(invalid(key("keywords"), format!("at most {MAX_KEYWORDS}")));
+                }
+                if d.connect_timeout_ms < 100 {
+                    return Err(invalid(key("connect_timeout_ms"), "at least 100"));
+                }
+                if !(1000..=9000).contains(&d.keepalive_ms) {
+                    return Err(invalid(
+                        key("keepalive_ms"),
+                        "want 1000 to 9000 (the server closes a stream without audio for 10 s)",
+                    ));
+                }
+                if !(500..=60_000).contains(&d.max_buffered_ms) {
+                    return Err(invalid(key("max_buffered_ms"), "want 500 to 60000"));
+                }
+                if d.endpointing_ms > 10_000 {
+                    return Err(invalid(key("endpointing_ms"), "at most 10000 (0: off)"));
+                }
+                AsrChoice::Deepgram(DeepgramSettings {
+                    base_url: d.base_url.clone(),
+                    api_key: d.api_key.clone(),
+                    model: d.model.clone(),
+                    language: d.language.clone(),
+                    keywords: d.keywords.clone(),
+                    endpointing_ms: d.endpointing_ms,
+                    connect_timeout: Duration::from_millis(d.connect_timeout_ms),
+                    stream_idle: Duration::from_millis(self.asr.stream_idle_timeout_ms),
+                    keepalive: Duration::from_millis(d.keepalive_ms),
+                    max_buffered_ms: d.max_buffered_ms,
+                })
+            }
             other => {
                 return Err(invalid(
                     format!("{at}.engine"),
-                    format!("{other:?}: want \"pocketsphinx\" or \"openai\""),
+                    format!("{other:?}: want \"pocketsphinx\", \"openai\" or \"deepgram\""),
                 ));
             }
         })
@@ -1501,6 +1574,7 @@ impl Settings {
             &self.asr.engine,
             &self.asr.pocketsphinx,
             &self.asr.openai,
+            &self.asr.deepgram,
         )?;
         let mut tts_profiles = Vec::new();
         for (name, keys) in &self.tts.profiles {
@@ -1523,9 +1597,10 @@ impl Settings {
             let engine = profile_engine(&at, keys)?;
             let pocketsphinx = overlay(&at, keys, &engine, "pocketsphinx", &self.asr.pocketsphinx)?;
             let openai = overlay(&at, keys, &engine, "openai", &self.asr.openai)?;
+            let deepgram = overlay(&at, keys, &engine, "deepgram", &self.asr.deepgram)?;
             asr_profiles.push((
                 name.clone(),
-                self.asr_choice(&at, &engine, &pocketsphinx, &openai)?,
+                self.asr_choice(&at, &engine, &pocketsphinx, &openai, &deepgram)?,
             ));
         }
         let l = &self.listen;
@@ -2349,6 +2424,73 @@ mod tests {
                 .and_then(|s| s.validate().map(|_| ()))
                 .unwrap_err();
             assert!(err.to_string().contains(key), "{pairs:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn deepgram_is_configured_per_call_or_per_profile_and_its_bounds_name_their_key() {
+        let v = Settings::load_with_env(
+            None,
+            env(&[
+                ("VOICEGATE__ASR__ENGINE", "deepgram"),
+                ("VOICEGATE__ASR__DEEPGRAM__API_KEY", "dg-key"),
+                ("VOICEGATE__ASR__DEEPGRAM__KEYWORDS", "voicegate:2,Opus"),
+                ("VOICEGATE__ASR__PROFILES__FAST__ENGINE", "deepgram"),
+                ("VOICEGATE__ASR__PROFILES__FAST__ENDPOINTING_MS", "100"),
+                ("VOICEGATE__ASR__PROFILES__FAST__LANGUAGE", "de"),
+            ]),
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        let AsrChoice::Deepgram(d) = &v.asr else {
+            panic!("{:?}", v.asr);
+        };
+        assert_eq!(d.base_url, "wss://api.deepgram.com");
+        assert_eq!(d.keywords, ["voicegate:2", "Opus"]);
+        assert_eq!(
+            (d.model.as_str(), d.endpointing_ms, d.max_buffered_ms),
+            ("nova-3", 300, 10000)
+        );
+        assert_eq!(d.connect_timeout, Duration::from_secs(5));
+        assert_eq!(d.keepalive, Duration::from_secs(5));
+        assert!(!format!("{v:?}").contains("dg-key"), "the key never shows");
+        let [(name, AsrChoice::Deepgram(p))] = &v.asr_profiles[..] else {
+            panic!("{:?}", v.asr_profiles);
+        };
+        assert_eq!(name, "fast");
+        assert_eq!((p.endpointing_ms, p.language.as_str()), (100, "de"));
+        assert_eq!(p.keywords, d.keywords, "the rest from [asr.deepgram]");
+
+        let many = vec!["w"; MAX_KEYWORDS + 1].join(",");
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "BASE_URL",
+                "https://api.deepgram.com",
+                "asr.deepgram.base_url",
+            ),
+            ("BASE_URL", "not a url", "asr.deepgram.base_url"),
+            ("KEYWORDS", &many, "asr.deepgram.keywords"),
+            (
+                "CONNECT_TIMEOUT_MS",
+                "99",
+                "asr.deepgram.connect_timeout_ms",
+            ),
+            ("KEEPALIVE_MS", "10000", "asr.deepgram.keepalive_ms"),
+            ("KEEPALIVE_MS", "999", "asr.deepgram.keepalive_ms"),
+            ("MAX_BUFFERED_MS", "499", "asr.deepgram.max_buffered_ms"),
+            ("MAX_BUFFERED_MS", "60001", "asr.deepgram.max_buffered_ms"),
+            ("ENDPOINTING_MS", "10001", "asr.deepgram.endpointing_ms"),
+        ];
+        for (k, value, key) in cases {
+            let var = format!("VOICEGATE__ASR__DEEPGRAM__{k}");
+            let err = Settings::load_with_env(
+                None,
+                env(&[("VOICEGATE__ASR__ENGINE", "deepgram"), (&var, value)]),
+            )
+            .and_then(|s| s.validate().map(|_| ()))
+            .unwrap_err();
+            assert!(err.to_string().contains(key), "{k}={value}: {err}");
         }
     }
 

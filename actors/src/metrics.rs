@@ -146,6 +146,11 @@ impl<const N: usize> Histogram<N> {
         self.add(&one);
     }
 
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Relaxed)
+    }
+
     /// An empty batch over this histogram's buckets, to be filled elsewhere and [`add`]ed.
     ///
     /// [`add`]: Histogram::add
@@ -171,13 +176,33 @@ impl<const N: usize> Histogram<N> {
     /// Writes the histogram as the series `name` (`_bucket`, `_sum`, `_count`).
     fn render(&self, o: &mut String, name: &str, help: &str) {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} histogram");
+        self.render_series(o, name, "");
+    }
+
+    /// Writes the histogram's samples (no HELP/TYPE) with `labels` (`engine="x",` — each
+    /// followed by a comma) before `le`.
+    fn render_series(&self, o: &mut String, name: &str, labels: &str) {
         for (b, le) in self.buckets.iter().zip(self.bounds) {
-            let _ = writeln!(o, "{name}_bucket{{le=\"{le}\"}} {}", b.load(Relaxed));
+            let _ = writeln!(
+                o,
+                "{name}_bucket{{{labels}le=\"{le}\"}} {}",
+                b.load(Relaxed)
+            );
         }
         let count = self.count.load(Relaxed);
-        let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(o, "{name}_sum {}", self.sum_us.load(Relaxed) as f64 / 1e6);
-        let _ = writeln!(o, "{name}_count {count}");
+        let _ = writeln!(o, "{name}_bucket{{{labels}le=\"+Inf\"}} {count}");
+        let plain = labels.trim_end_matches(',');
+        let braces = if plain.is_empty() {
+            String::new()
+        } else {
+            format!("{{{plain}}}")
+        };
+        let _ = writeln!(
+            o,
+            "{name}_sum{braces} {}",
+            self.sum_us.load(Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(o, "{name}_count{braces} {count}");
     }
 }
 
@@ -413,6 +438,133 @@ impl LabelSet for Limit {
     }
 }
 
+/// Speech engines, as the `engine` label of the per-engine metrics
+/// (`voicegate_engine_requests_total`, `voicegate_engine_first_result_seconds`). An engine is
+/// known by its `name()`; recognition and synthesis engines of one vendor get labels of their
+/// own (`openai-asr`, `openai-tts`), and a name not listed here counts as `other`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineLabel {
+    /// Embedded recognition (`asr.engine = "pocketsphinx"`).
+    Pocketsphinx,
+    /// OpenAI-compatible transcription over HTTP (`asr.engine = "openai"`).
+    OpenAiAsr,
+    /// Deepgram's streaming recognition over a WebSocket (`asr.engine = "deepgram"`).
+    Deepgram,
+    /// Embedded synthesis (`tts.engine = "espeak"`).
+    Espeak,
+    /// OpenAI-compatible speech over HTTP (`tts.engine = "openai"`).
+    OpenAiTts,
+    /// ElevenLabs synthesis (`tts.engine = "elevenlabs"`).
+    ElevenLabs,
+    /// Cartesia synthesis (`tts.engine = "cartesia"`).
+    Cartesia,
+    /// An engine whose name is not listed (a test's engine).
+    Other,
+}
+
+impl EngineLabel {
+    /// The label of the recognition engine called `name` (its `AsrEngine::name`).
+    pub fn asr(name: &str) -> EngineLabel {
+        match name {
+            "pocketsphinx" => EngineLabel::Pocketsphinx,
+            "openai" => EngineLabel::OpenAiAsr,
+            "deepgram" => EngineLabel::Deepgram,
+            _ => EngineLabel::Other,
+        }
+    }
+
+    /// The label of the synthesis engine called `name` (its `TtsEngine::name`).
+    pub fn tts(name: &str) -> EngineLabel {
+        match name {
+            "espeak" => EngineLabel::Espeak,
+            "openai" => EngineLabel::OpenAiTts,
+            "elevenlabs" => EngineLabel::ElevenLabs,
+            "cartesia" => EngineLabel::Cartesia,
+            _ => EngineLabel::Other,
+        }
+    }
+}
+
+impl LabelSet for EngineLabel {
+    const ALL: &'static [EngineLabel] = &[
+        EngineLabel::Pocketsphinx,
+        EngineLabel::OpenAiAsr,
+        EngineLabel::Deepgram,
+        EngineLabel::Espeak,
+        EngineLabel::OpenAiTts,
+        EngineLabel::ElevenLabs,
+        EngineLabel::Cartesia,
+        EngineLabel::Other,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            EngineLabel::Pocketsphinx => "pocketsphinx",
+            EngineLabel::OpenAiAsr => "openai-asr",
+            EngineLabel::Deepgram => "deepgram",
+            EngineLabel::Espeak => "espeak",
+            EngineLabel::OpenAiTts => "openai-tts",
+            EngineLabel::ElevenLabs => "elevenlabs",
+            EngineLabel::Cartesia => "cartesia",
+            EngineLabel::Other => "other",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// How one engine request ended (an utterance recognized, a synthesis), as the `outcome` label
+/// of `voicegate_engine_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// It gave its result (a recognition with nothing heard counts too).
+    Ok,
+    /// The engine failed it.
+    Error,
+    /// A deadline or an idle limit cut it (`asr.utterance_deadline_ms`, a stalled reply).
+    Timeout,
+    /// A bound refused it before it ran (a full decoder queue).
+    Refused,
+    /// voicegate dropped it before it ended (a barge-in, the call's end).
+    Cancelled,
+}
+
+impl LabelSet for Outcome {
+    const ALL: &'static [Outcome] = &[
+        Outcome::Ok,
+        Outcome::Error,
+        Outcome::Timeout,
+        Outcome::Refused,
+        Outcome::Cancelled,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Error => "error",
+            Outcome::Timeout => "timeout",
+            Outcome::Refused => "refused",
+            Outcome::Cancelled => "cancelled",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A [`LatencyHistogram`] that can be made by `Default` (for [`PerLabel`] tables).
+#[derive(Debug)]
+pub struct Latency(pub LatencyHistogram);
+
+impl Default for Latency {
+    fn default() -> Self {
+        Latency(Histogram::new(&LATENCY_BUCKETS))
+    }
+}
+
 /// Counts one live actor of a kind for as long as it exists (drop included, so an actor that
 /// dies in a panic is still counted out).
 #[derive(Debug)]
@@ -477,6 +629,16 @@ pub struct Metrics {
     pub recording_frames_dropped: Counter,
     /// Recording files that could not be created, written or completed.
     pub recording_errors: Counter,
+    /// Speech engine requests (utterances recognized, syntheses), by engine and outcome.
+    pub engine_requests: PerLabel<
+        EngineLabel,
+        PerLabel<Outcome, Counter, { Outcome::ALL.len() }>,
+        { EngineLabel::ALL.len() },
+    >,
+    /// Time to an engine request's first result, by engine: for recognition, from the
+    /// utterance's first audio handed to the engine to its first partial or final; for
+    /// synthesis, from the request to its first audio.
+    pub engine_first_result: PerLabel<EngineLabel, Latency, { EngineLabel::ALL.len() }>,
     /// Hits of each protective limit.
     limit_hits: PerLabel<Limit, Counter, { Limit::ALL.len() }>,
 }
@@ -504,6 +666,8 @@ impl Default for Metrics {
             pacer_late: Histogram::new(&LATENESS_BUCKETS),
             recording_frames_dropped: Counter::default(),
             recording_errors: Counter::default(),
+            engine_requests: PerLabel::default(),
+            engine_first_result: PerLabel::default(),
             limit_hits: PerLabel::default(),
         }
     }
@@ -526,6 +690,16 @@ impl Metrics {
     /// Counts one hit of `limit`.
     pub fn limit_hit(&self, limit: Limit) {
         self.limit_hits[limit].inc();
+    }
+
+    /// Counts one engine request's end.
+    pub fn engine_request(&self, engine: EngineLabel, outcome: Outcome) {
+        self.engine_requests[engine][outcome].inc();
+    }
+
+    /// Records the time to an engine request's first result.
+    pub fn engine_first_result(&self, engine: EngineLabel, d: Duration) {
+        self.engine_first_result[engine].0.observe(d);
     }
 
     /// Hits of `limit` so far.
@@ -730,6 +904,29 @@ impl Metrics {
             "Recording files that could not be created, written or completed (the calls went on without them).",
             self.recording_errors.get(),
         );
+        let _ = writeln!(
+            o,
+            "# HELP voicegate_engine_requests_total Speech engine requests (utterances recognized, syntheses), by engine and outcome.\n# TYPE voicegate_engine_requests_total counter"
+        );
+        for (e, per) in self.engine_requests.iter() {
+            for (r, c) in per.iter() {
+                let _ = writeln!(
+                    o,
+                    "voicegate_engine_requests_total{{engine=\"{}\",outcome=\"{}\"}} {}",
+                    e.label(),
+                    r.label(),
+                    c.get()
+                );
+            }
+        }
+        let name = "voicegate_engine_first_result_seconds";
+        let _ = writeln!(
+            o,
+            "# HELP {name} Time to a speech engine's first result, by engine: recognition from an utterance's first audio to its first partial or final, synthesis from the request to its first audio.\n# TYPE {name} histogram"
+        );
+        for (e, h) in self.engine_first_result.iter() {
+            h.0.render_series(&mut o, name, &format!("engine=\"{}\",", e.label()));
+        }
         if let Some(mux) = media {
             let s = mux.stats();
             counter(
@@ -814,6 +1011,8 @@ mod tests {
         listed_in_index_order::<ActorKind>();
         listed_in_index_order::<Child>();
         listed_in_index_order::<EndLabel>();
+        listed_in_index_order::<EngineLabel>();
+        listed_in_index_order::<Outcome>();
     }
 
     /// `call.ended` and the logs read as they always did; the metrics count every `hangup` as
@@ -915,6 +1114,11 @@ mod tests {
         m.restarts[Child::Dialog].inc();
         m.limit_hit(Limit::PageQueue);
         m.limit_hit(Limit::IceCheckBudget);
+        m.engine_request(EngineLabel::asr("deepgram"), Outcome::Ok);
+        m.engine_request(EngineLabel::tts("openai"), Outcome::Cancelled);
+        m.engine_request(EngineLabel::asr("a test's engine"), Outcome::Timeout);
+        m.engine_first_result(EngineLabel::asr("deepgram"), Duration::from_millis(40));
+        m.engine_first_result(EngineLabel::tts("elevenlabs"), Duration::from_millis(3));
         let text = m.render(None);
         // The driver task count is process-wide (other tests' peers move it).
         let end = text.find("# HELP voicegate_media_tasks_live").unwrap();
@@ -1092,6 +1296,170 @@ voicegate_recording_frames_dropped_total 0
 # HELP voicegate_recording_errors_total Recording files that could not be created, written or completed (the calls went on without them).
 # TYPE voicegate_recording_errors_total counter
 voicegate_recording_errors_total 0
+# HELP voicegate_engine_requests_total Speech engine requests (utterances recognized, syntheses), by engine and outcome.
+# TYPE voicegate_engine_requests_total counter
+voicegate_engine_requests_total{engine="pocketsphinx",outcome="ok"} 0
+voicegate_engine_requests_total{engine="pocketsphinx",outcome="error"} 0
+voicegate_engine_requests_total{engine="pocketsphinx",outcome="timeout"} 0
+voicegate_engine_requests_total{engine="pocketsphinx",outcome="refused"} 0
+voicegate_engine_requests_total{engine="pocketsphinx",outcome="cancelled"} 0
+voicegate_engine_requests_total{engine="openai-asr",outcome="ok"} 0
+voicegate_engine_requests_total{engine="openai-asr",outcome="error"} 0
+voicegate_engine_requests_total{engine="openai-asr",outcome="timeout"} 0
+voicegate_engine_requests_total{engine="openai-asr",outcome="refused"} 0
+voicegate_engine_requests_total{engine="openai-asr",outcome="cancelled"} 0
+voicegate_engine_requests_total{engine="deepgram",outcome="ok"} 1
+voicegate_engine_requests_total{engine="deepgram",outcome="error"} 0
+voicegate_engine_requests_total{engine="deepgram",outcome="timeout"} 0
+voicegate_engine_requests_total{engine="deepgram",outcome="refused"} 0
+voicegate_engine_requests_total{engine="deepgram",outcome="cancelled"} 0
+voicegate_engine_requests_total{engine="espeak",outcome="ok"} 0
+voicegate_engine_requests_total{engine="espeak",outcome="error"} 0
+voicegate_engine_requests_total{engine="espeak",outcome="timeout"} 0
+voicegate_engine_requests_total{engine="espeak",outcome="refused"} 0
+voicegate_engine_requests_total{engine="espeak",outcome="cancelled"} 0
+voicegate_engine_requests_total{engine="openai-tts",outcome="ok"} 0
+voicegate_engine_requests_total{engine="openai-tts",outcome="error"} 0
+voicegate_engine_requests_total{engine="openai-tts",outcome="timeout"} 0
+voicegate_engine_requests_total{engine="openai-tts",outcome="refused"} 0
+voicegate_engine_requests_total{engine="openai-tts",outcome="cancelled"} 1
+voicegate_engine_requests_total{engine="elevenlabs",outcome="ok"} 0
+voicegate_engine_requests_total{engine="elevenlabs",outcome="error"} 0
+voicegate_engine_requests_total{engine="elevenlabs",outcome="timeout"} 0
+voicegate_engine_requests_total{engine="elevenlabs",outcome="refused"} 0
+voicegate_engine_requests_total{engine="elevenlabs",outcome="cancelled"} 0
+voicegate_engine_requests_total{engine="cartesia",outcome="ok"} 0
+voicegate_engine_requests_total{engine="cartesia",outcome="error"} 0
+voicegate_engine_requests_total{engine="cartesia",outcome="timeout"} 0
+voicegate_engine_requests_total{engine="cartesia",outcome="refused"} 0
+voicegate_engine_requests_total{engine="cartesia",outcome="cancelled"} 0
+voicegate_engine_requests_total{engine="other",outcome="ok"} 0
+voicegate_engine_requests_total{engine="other",outcome="error"} 0
+voicegate_engine_requests_total{engine="other",outcome="timeout"} 1
+voicegate_engine_requests_total{engine="other",outcome="refused"} 0
+voicegate_engine_requests_total{engine="other",outcome="cancelled"} 0
+# HELP voicegate_engine_first_result_seconds Time to a speech engine's first result, by engine: recognition from an utterance's first audio to its first partial or final, synthesis from the request to its first audio.
+# TYPE voicegate_engine_first_result_seconds histogram
+voicegate_engine_first_result_seconds_bucket{engine="pocketsphinx",le="0.001"} 0
+voicegate_engine_first_result_seconds_bucket{engine="pocketsphinx",le="0.0025"} 0
+voicegate_engine_first_result_seconds_bucket{engine="pocketsphinx",le="0.005"} 0
+voicegate_engine_first_result_seconds_bucket{engine="pocketsphinx",le="0.01"} 0
+voicegate_engine_first_result_seconds_bucket{engine="pocketsphinx",le="0.025"} 0
+voicegate_engine_first_result_seconds_bucket{engine="pocketsphinx",le="0.05"} 0
+voicegate_engine_first_result_seconds_bucket{engine="pocketsphinx",le="0.1"} 0
+voicegate_engine_first_result_seconds_bucket{engine="pocketsphinx",le="0.25"} 0
+voicegate_engine_first_result_seconds_bucket{engine="pocketsphinx",le="0.5"} 0
+voicegate_engine_first_result_seconds_bucket{engine="pocketsphinx",le="1"} 0
+voicegate_engine_first_result_seconds_bucket{engine="pocketsphinx",le="2.5"} 0
+voicegate_engine_first_result_seconds_bucket{engine="pocketsphinx",le="5"} 0
+voicegate_engine_first_result_seconds_bucket{engine="pocketsphinx",le="+Inf"} 0
+voicegate_engine_first_result_seconds_sum{engine="pocketsphinx"} 0
+voicegate_engine_first_result_seconds_count{engine="pocketsphinx"} 0
+voicegate_engine_first_result_seconds_bucket{engine="openai-asr",le="0.001"} 0
+voicegate_engine_first_result_seconds_bucket{engine="openai-asr",le="0.0025"} 0
+voicegate_engine_first_result_seconds_bucket{engine="openai-asr",le="0.005"} 0
+voicegate_engine_first_result_seconds_bucket{engine="openai-asr",le="0.01"} 0
+voicegate_engine_first_result_seconds_bucket{engine="openai-asr",le="0.025"} 0
+voicegate_engine_first_result_seconds_bucket{engine="openai-asr",le="0.05"} 0
+voicegate_engine_first_result_seconds_bucket{engine="openai-asr",le="0.1"} 0
+voicegate_engine_first_result_seconds_bucket{engine="openai-asr",le="0.25"} 0
+voicegate_engine_first_result_seconds_bucket{engine="openai-asr",le="0.5"} 0
+voicegate_engine_first_result_seconds_bucket{engine="openai-asr",le="1"} 0
+voicegate_engine_first_result_seconds_bucket{engine="openai-asr",le="2.5"} 0
+voicegate_engine_first_result_seconds_bucket{engine="openai-asr",le="5"} 0
+voicegate_engine_first_result_seconds_bucket{engine="openai-asr",le="+Inf"} 0
+voicegate_engine_first_result_seconds_sum{engine="openai-asr"} 0
+voicegate_engine_first_result_seconds_count{engine="openai-asr"} 0
+voicegate_engine_first_result_seconds_bucket{engine="deepgram",le="0.001"} 0
+voicegate_engine_first_result_seconds_bucket{engine="deepgram",le="0.0025"} 0
+voicegate_engine_first_result_seconds_bucket{engine="deepgram",le="0.005"} 0
+voicegate_engine_first_result_seconds_bucket{engine="deepgram",le="0.01"} 0
+voicegate_engine_first_result_seconds_bucket{engine="deepgram",le="0.025"} 0
+voicegate_engine_first_result_seconds_bucket{engine="deepgram",le="0.05"} 1
+voicegate_engine_first_result_seconds_bucket{engine="deepgram",le="0.1"} 1
+voicegate_engine_first_result_seconds_bucket{engine="deepgram",le="0.25"} 1
+voicegate_engine_first_result_seconds_bucket{engine="deepgram",le="0.5"} 1
+voicegate_engine_first_result_seconds_bucket{engine="deepgram",le="1"} 1
+voicegate_engine_first_result_seconds_bucket{engine="deepgram",le="2.5"} 1
+voicegate_engine_first_result_seconds_bucket{engine="deepgram",le="5"} 1
+voicegate_engine_first_result_seconds_bucket{engine="deepgram",le="+Inf"} 1
+voicegate_engine_first_result_seconds_sum{engine="deepgram"} 0.04
+voicegate_engine_first_result_seconds_count{engine="deepgram"} 1
+voicegate_engine_first_result_seconds_bucket{engine="espeak",le="0.001"} 0
+voicegate_engine_first_result_seconds_bucket{engine="espeak",le="0.0025"} 0
+voicegate_engine_first_result_seconds_bucket{engine="espeak",le="0.005"} 0
+voicegate_engine_first_result_seconds_bucket{engine="espeak",le="0.01"} 0
+voicegate_engine_first_result_seconds_bucket{engine="espeak",le="0.025"} 0
+voicegate_engine_first_result_seconds_bucket{engine="espeak",le="0.05"} 0
+voicegate_engine_first_result_seconds_bucket{engine="espeak",le="0.1"} 0
+voicegate_engine_first_result_seconds_bucket{engine="espeak",le="0.25"} 0
+voicegate_engine_first_result_seconds_bucket{engine="espeak",le="0.5"} 0
+voicegate_engine_first_result_seconds_bucket{engine="espeak",le="1"} 0
+voicegate_engine_first_result_seconds_bucket{engine="espeak",le="2.5"} 0
+voicegate_engine_first_result_seconds_bucket{engine="espeak",le="5"} 0
+voicegate_engine_first_result_seconds_bucket{engine="espeak",le="+Inf"} 0
+voicegate_engine_first_result_seconds_sum{engine="espeak"} 0
+voicegate_engine_first_result_seconds_count{engine="espeak"} 0
+voicegate_engine_first_result_seconds_bucket{engine="openai-tts",le="0.001"} 0
+voicegate_engine_first_result_seconds_bucket{engine="openai-tts",le="0.0025"} 0
+voicegate_engine_first_result_seconds_bucket{engine="openai-tts",le="0.005"} 0
+voicegate_engine_first_result_seconds_bucket{engine="openai-tts",le="0.01"} 0
+voicegate_engine_first_result_seconds_bucket{engine="openai-tts",le="0.025"} 0
+voicegate_engine_first_result_seconds_bucket{engine="openai-tts",le="0.05"} 0
+voicegate_engine_first_result_seconds_bucket{engine="openai-tts",le="0.1"} 0
+voicegate_engine_first_result_seconds_bucket{engine="openai-tts",le="0.25"} 0
+voicegate_engine_first_result_seconds_bucket{engine="openai-tts",le="0.5"} 0
+voicegate_engine_first_result_seconds_bucket{engine="openai-tts",le="1"} 0
+voicegate_engine_first_result_seconds_bucket{engine="openai-tts",le="2.5"} 0
+voicegate_engine_first_result_seconds_bucket{engine="openai-tts",le="5"} 0
+voicegate_engine_first_result_seconds_bucket{engine="openai-tts",le="+Inf"} 0
+voicegate_engine_first_result_seconds_sum{engine="openai-tts"} 0
+voicegate_engine_first_result_seconds_count{engine="openai-tts"} 0
+voicegate_engine_first_result_seconds_bucket{engine="elevenlabs",le="0.001"} 0
+voicegate_engine_first_result_seconds_bucket{engine="elevenlabs",le="0.0025"} 0
+voicegate_engine_first_result_seconds_bucket{engine="elevenlabs",le="0.005"} 1
+voicegate_engine_first_result_seconds_bucket{engine="elevenlabs",le="0.01"} 1
+voicegate_engine_first_result_seconds_bucket{engine="elevenlabs",le="0.025"} 1
+voicegate_engine_first_result_seconds_bucket{engine="elevenlabs",le="0.05"} 1
+voicegate_engine_first_result_seconds_bucket{engine="elevenlabs",le="0.1"} 1
+voicegate_engine_first_result_seconds_bucket{engine="elevenlabs",le="0.25"} 1
+voicegate_engine_first_result_seconds_bucket{engine="elevenlabs",le="0.5"} 1
+voicegate_engine_first_result_seconds_bucket{engine="elevenlabs",le="1"} 1
+voicegate_engine_first_result_seconds_bucket{engine="elevenlabs",le="2.5"} 1
+voicegate_engine_first_result_seconds_bucket{engine="elevenlabs",le="5"} 1
+voicegate_engine_first_result_seconds_bucket{engine="elevenlabs",le="+Inf"} 1
+voicegate_engine_first_result_seconds_sum{engine="elevenlabs"} 0.003
+voicegate_engine_first_result_seconds_count{engine="elevenlabs"} 1
+voicegate_engine_first_result_seconds_bucket{engine="cartesia",le="0.001"} 0
+voicegate_engine_first_result_seconds_bucket{engine="cartesia",le="0.0025"} 0
+voicegate_engine_first_result_seconds_bucket{engine="cartesia",le="0.005"} 0
+voicegate_engine_first_result_seconds_bucket{engine="cartesia",le="0.01"} 0
+voicegate_engine_first_result_seconds_bucket{engine="cartesia",le="0.025"} 0
+voicegate_engine_first_result_seconds_bucket{engine="cartesia",le="0.05"} 0
+voicegate_engine_first_result_seconds_bucket{engine="cartesia",le="0.1"} 0
+voicegate_engine_first_result_seconds_bucket{engine="cartesia",le="0.25"} 0
+voicegate_engine_first_result_seconds_bucket{engine="cartesia",le="0.5"} 0
+voicegate_engine_first_result_seconds_bucket{engine="cartesia",le="1"} 0
+voicegate_engine_first_result_seconds_bucket{engine="cartesia",le="2.5"} 0
+voicegate_engine_first_result_seconds_bucket{engine="cartesia",le="5"} 0
+voicegate_engine_first_result_seconds_bucket{engine="cartesia",le="+Inf"} 0
+voicegate_engine_first_result_seconds_sum{engine="cartesia"} 0
+voicegate_engine_first_result_seconds_count{engine="cartesia"} 0
+voicegate_engine_first_result_seconds_bucket{engine="other",le="0.001"} 0
+voicegate_engine_first_result_seconds_bucket{engine="other",le="0.0025"} 0
+voicegate_engine_first_result_seconds_bucket{engine="other",le="0.005"} 0
+voicegate_engine_first_result_seconds_bucket{engine="other",le="0.01"} 0
+voicegate_engine_first_result_seconds_bucket{engine="other",le="0.025"} 0
+voicegate_engine_first_result_seconds_bucket{engine="other",le="0.05"} 0
+voicegate_engine_first_result_seconds_bucket{engine="other",le="0.1"} 0
+voicegate_engine_first_result_seconds_bucket{engine="other",le="0.25"} 0
+voicegate_engine_first_result_seconds_bucket{engine="other",le="0.5"} 0
+voicegate_engine_first_result_seconds_bucket{engine="other",le="1"} 0
+voicegate_engine_first_result_seconds_bucket{engine="other",le="2.5"} 0
+voicegate_engine_first_result_seconds_bucket{engine="other",le="5"} 0
+voicegate_engine_first_result_seconds_bucket{engine="other",le="+Inf"} 0
+voicegate_engine_first_result_seconds_sum{engine="other"} 0
+voicegate_engine_first_result_seconds_count{engine="other"} 0
 "#;
 
     #[test]

@@ -18,7 +18,7 @@
 //! So an engine that never answers (a stalled server, a long decoder queue, a bug) costs one
 //! utterance, and nothing about it is kept waiting for the rest of the call.
 
-use crate::metrics::{Limit, metrics};
+use crate::metrics::{EngineLabel, Limit, Outcome, metrics};
 use crate::trace_msg;
 use actix::prelude::*;
 use futures_util::StreamExt;
@@ -119,6 +119,10 @@ struct Pending {
     n: u64,
     /// Its engine session's results.
     results: SpawnHandle,
+    /// Its engine, for the per-engine metrics.
+    engine: EngineLabel,
+    /// When its first audio went to the engine; `None` once its first result came.
+    started: Option<Instant>,
     /// Once it ended: what the network did to it, when it ended, and its deadline timer.
     ended: Option<(NetReport, Instant, SpawnHandle)>,
 }
@@ -186,6 +190,8 @@ impl Recognizer {
         self.pending.push(Pending {
             n,
             results,
+            engine: EngineLabel::asr(engine.name()),
+            started: Some(Instant::now()),
             ended: None,
         });
     }
@@ -210,10 +216,18 @@ impl Recognizer {
         }
     }
 
-    /// Utterance `n` has its result (or failed): no deadline for it any more.
-    fn settle(&mut self, n: u64, ctx: &mut Context<Self>) -> Option<(NetReport, Instant)> {
+    /// Utterance `n` has its result (or failed): no deadline for it any more. Counts it under
+    /// `outcome` in `voicegate_engine_requests_total`.
+    fn settle(
+        &mut self,
+        n: u64,
+        outcome: Outcome,
+        ctx: &mut Context<Self>,
+    ) -> Option<(NetReport, Instant)> {
         let i = self.pending.iter().position(|p| p.n == n)?;
-        let (net, ended_at, timer) = self.pending.remove(i).ended?;
+        let p = self.pending.remove(i);
+        metrics().engine_request(p.engine, outcome);
+        let (net, ended_at, timer) = p.ended?;
         ctx.cancel_future(timer);
         Some((net, ended_at))
     }
@@ -227,6 +241,7 @@ impl Recognizer {
         // Dropping the session aborts it at the engine.
         ctx.cancel_future(p.results);
         metrics().limit_hit(Limit::AsrDeadline);
+        metrics().engine_request(p.engine, Outcome::Timeout);
         let ms = self.settings.utterance_deadline.as_millis();
         self.span.in_scope(|| {
             tracing::warn!(
@@ -301,6 +316,13 @@ impl Handler<Heard> for Recognizer {
 
 impl StreamHandler<Update> for Recognizer {
     fn handle(&mut self, Update { n, update }: Update, ctx: &mut Self::Context) {
+        // The first result of an utterance, partial or final (an error is none).
+        if !matches!(update, AsrUpdate::Error(_))
+            && let Some(p) = self.pending.iter_mut().find(|p| p.n == n)
+            && let Some(started) = p.started.take()
+        {
+            metrics().engine_first_result(p.engine, started.elapsed());
+        }
         match update {
             AsrUpdate::Partial(text) => {
                 let text = text.trim().to_owned();
@@ -322,7 +344,7 @@ impl StreamHandler<Update> for Recognizer {
             }
             AsrUpdate::Final(text) => {
                 let (net, ended_at) = self
-                    .settle(n, ctx)
+                    .settle(n, Outcome::Ok, ctx)
                     .unwrap_or_else(|| (NetReport::default(), Instant::now()));
                 if let Some(text) = text.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()) {
                     let latency = ended_at.elapsed();
@@ -340,7 +362,14 @@ impl StreamHandler<Update> for Recognizer {
                 }
             }
             AsrUpdate::Error(error) => {
-                self.settle(n, ctx);
+                let outcome = if error.refused() {
+                    Outcome::Refused
+                } else if error.stalled() {
+                    Outcome::Timeout
+                } else {
+                    Outcome::Error
+                };
+                self.settle(n, outcome, ctx);
                 // The engines' own limits are counted here: the engines keep no metrics.
                 if error.stalled() {
                     metrics().limit_hit(Limit::AsrStreamIdle);
@@ -468,6 +497,10 @@ mod tests {
             utterance_deadline: Duration::from_millis(1000),
         };
         let deadlines_before = metrics().limit_hits(Limit::AsrDeadline);
+        let counted = |o| metrics().engine_requests[EngineLabel::Other][o].get();
+        let (ok_before, timeouts_before) = (counted(Outcome::Ok), counted(Outcome::Timeout));
+        let firsts = || metrics().engine_first_result[EngineLabel::Other].0.count();
+        let firsts_before = firsts();
         let parent = Collect(heard.clone()).start().recipient();
         let span = tracing::Span::none();
         let call_id = CallId::parse("test-00000000000000000000000000000001").unwrap();
@@ -502,6 +535,11 @@ mod tests {
             metrics().limit_hits(Limit::AsrDeadline) - deadlines_before,
             1
         );
+        // Per engine: one utterance answered, one timed out; the one answered had a first
+        // result, the timed-out one none.
+        assert_eq!(counted(Outcome::Ok) - ok_before, 1);
+        assert_eq!(counted(Outcome::Timeout) - timeouts_before, 1);
+        assert_eq!(firsts() - firsts_before, 1);
         // The recognizer keeps working after a timeout.
         utterance(&r);
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -22,7 +22,7 @@
 //! through a media interruption).
 
 use crate::codec::{AudioCodec, EndSegment, Flush, Play};
-use crate::metrics::{Limit, metrics};
+use crate::metrics::{EngineLabel, Limit, Outcome, metrics};
 use crate::trace_msg;
 use actix::prelude::*;
 use futures_util::StreamExt;
@@ -167,6 +167,18 @@ struct Synthesis {
     handle: SpawnHandle,
     resampler: StreamResampler,
     failed: bool,
+    /// Its engine, for the per-engine metrics.
+    engine: EngineLabel,
+    /// When it was asked for; `None` once its first audio came.
+    started: Option<Instant>,
+}
+
+impl Synthesis {
+    /// Dropped before it ended (a barge-in, a cut, the call's end): counted as cancelled.
+    fn cancel(self, ctx: &mut Context<Speaker>) {
+        ctx.cancel_future(self.handle);
+        metrics().engine_request(self.engine, Outcome::Cancelled);
+    }
 }
 
 /// The actor.
@@ -229,7 +241,7 @@ impl Speaker {
             Output::Synthesize { segment, text } => self.synthesize(segment, &text, ctx),
             Output::Cancel { segment } => {
                 if let Some(s) = self.synths.remove(&segment) {
-                    ctx.cancel_future(s.handle);
+                    s.cancel(ctx);
                 }
             }
             o @ (Output::Play { .. } | Output::EndOfSegment { .. } | Output::FlushPlayback) => {
@@ -342,6 +354,8 @@ impl Speaker {
                 handle,
                 resampler,
                 failed: false,
+                engine: EngineLabel::tts(self.engine.name()),
+                started: Some(Instant::now()),
             },
         );
     }
@@ -361,6 +375,11 @@ impl StreamHandler<SynthItem> for Speaker {
         }
         match msg.item {
             Some(Ok(pcm)) => {
+                if !pcm.is_empty()
+                    && let Some(started) = s.started.take()
+                {
+                    metrics().engine_first_result(s.engine, started.elapsed());
+                }
                 let mut out = Vec::with_capacity(
                     pcm.len() * self.pcm_rate as usize / self.engine.sample_rate().max(1) as usize
                         + 16,
@@ -381,6 +400,14 @@ impl StreamHandler<SynthItem> for Speaker {
                 if e.stalled() {
                     metrics().limit_hit(Limit::TtsStreamIdle);
                 }
+                metrics().engine_request(
+                    s.engine,
+                    if e.stalled() {
+                        Outcome::Timeout
+                    } else {
+                        Outcome::Error
+                    },
+                );
                 // The detail may quote the engine's server (an error body).
                 let error = e.to_string();
                 self.span.in_scope(|| {
@@ -398,6 +425,7 @@ impl StreamHandler<SynthItem> for Speaker {
             None => {
                 let mut tail = Vec::new();
                 s.resampler.finish(&mut tail);
+                metrics().engine_request(s.engine, Outcome::Ok);
                 self.synths.remove(&msg.segment);
                 if !tail.is_empty() {
                     self.input(
@@ -560,7 +588,7 @@ impl Handler<Finish> for Speaker {
                 }),
                 Output::Cancel { segment } => {
                     if let Some(s) = self.synths.remove(&segment) {
-                        ctx.cancel_future(s.handle);
+                        s.cancel(ctx);
                     }
                 }
                 _ => {}

@@ -11,6 +11,8 @@
 //! - `floor`: the Opus decode + encode work of N calls alone, no WebRTC.
 //! - `speech`: speech latencies (TTS first audio, interrupt, turns) against a running server.
 //! - `recognize`: pocketsphinx on a WAV file.
+//! - `stand-ins`: local recognition vendors (Deepgram streaming, OpenAI-compatible) with a fixed
+//!   first-result delay, for `speech` runs that compare the engines.
 //! - `denoise`: the speech path on phrases in babble, fan and typing noise, with and without
 //!   `listen.denoise`: false starts, exact recognition with a grammar, the denoiser's CPU.
 //!
@@ -29,6 +31,7 @@ mod hostile;
 mod load;
 mod recognize;
 mod speech;
+mod stand_ins;
 mod target;
 
 use load::{Profile, StepPlan};
@@ -44,6 +47,8 @@ const USAGE: &str = "usage:
   voicegate-bench speech --server http://ip:port --dialog-listen ip:port [--runs N]
   voicegate-bench recognize <file.wav> [--grammar <file.gram>]
   voicegate-bench denoise [--grammar <file.gram>] [--verbose]   (default tests/fixtures/test.gram)
+  voicegate-bench stand-ins [--delay-ms 100] [--deepgram-listen ip:port] [--openai-listen ip:port]
+                        (recognition vendors on this machine for `speech` runs, until stopped)
   (`voicegate-bench echo ...` is `load --profile echo ...`)";
 
 /// Calls per step (and floor calls) when `--calls` is not given.
@@ -223,6 +228,20 @@ fn main() -> anyhow::Result<()> {
             }
         }
         return runtime()?.block_on(denoise::run(&grammar, verbose));
+    }
+    if argv.get(1).map(String::as_str) == Some("stand-ins") {
+        let mut s = stand_ins::Args::default();
+        let mut rest = argv[2..].iter();
+        while let Some(arg) = rest.next() {
+            let mut value = || rest.next().context(USAGE);
+            match arg.as_str() {
+                "--delay-ms" => s.delay = Duration::from_millis(value()?.parse()?),
+                "--deepgram-listen" => s.deepgram = value()?.parse()?,
+                "--openai-listen" => s.openai = value()?.parse()?,
+                _ => bail!("unknown argument {arg}\n{USAGE}"),
+            }
+        }
+        return runtime()?.block_on(stand_ins::run(s));
     }
     let args = parse_args(&argv)?;
     if args.mode == Mode::Floor {

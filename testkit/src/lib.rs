@@ -4,6 +4,7 @@
 
 pub mod chat_server;
 pub mod cut;
+pub mod deepgram_server;
 pub mod dialog_app;
 pub mod http;
 pub mod peer;

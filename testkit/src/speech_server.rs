@@ -96,6 +96,8 @@ pub enum Behaviour {
     /// A server that does not stream (whisper-1): `400` when the form asks for `stream`,
     /// `{"text": ...}` otherwise.
     RefuseStream(String),
+    /// As `Transcribe`, answered after a fixed delay (a vendor's processing time).
+    TranscribeAfter(String, Duration),
     /// 200 with the head and `pcm` (s16le) as one chunk, then nothing more, without closing
     /// (a server that hangs mid-answer). Holds the connection until the client closes it.
     Stall {
@@ -124,9 +126,18 @@ pub struct SpeechServer {
 impl SpeechServer {
     /// Starts on 127.0.0.1, port 0.
     pub async fn start(behaviour: Behaviour) -> SpeechServer {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        Self::start_on(
+            "127.0.0.1:0".parse().expect("a constant address"),
+            behaviour,
+        )
+        .await
+    }
+
+    /// Starts on `addr`.
+    pub async fn start_on(addr: SocketAddr, behaviour: Behaviour) -> SpeechServer {
+        let listener = TcpListener::bind(addr)
             .await
-            .expect("bind loopback");
+            .expect("bind the speech server");
         let addr = listener.local_addr().expect("bound");
         let requests = Arc::new(Mutex::new(Vec::new()));
         let abandoned = Arc::new(AtomicUsize::new(0));
@@ -240,6 +251,9 @@ async fn serve(
         Behaviour::TranscribeStream { text, .. } if !stream_asked => Behaviour::Transcribe(text),
         other => other,
     };
+    if let Behaviour::TranscribeAfter(_, delay) = &behaviour {
+        tokio::time::sleep(*delay).await;
+    }
     match behaviour {
         Behaviour::TranscribeStream { text, gap } => {
             let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
@@ -271,7 +285,7 @@ async fn serve(
             let _ = tcp.write_all(b"0\r\n\r\n").await;
         }
         Behaviour::RefuseStream(_) => unreachable!("mapped above"),
-        Behaviour::Transcribe(text) => {
+        Behaviour::Transcribe(text) | Behaviour::TranscribeAfter(text, _) => {
             let body = serde_json::json!({ "text": text }).to_string();
             let res = format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

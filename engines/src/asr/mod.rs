@@ -5,9 +5,13 @@
 //! caller speaks (if the engine has them), then exactly one `Final`. Engines do their blocking
 //! work off the call's worker (pocketsphinx on decoder threads, HTTP asynchronously).
 //!
-//! Engines (`asr.engine`): `pocketsphinx` (embedded, offline, the default) and `openai` (an
-//! OpenAI-compatible `POST /v1/audio/transcriptions` per utterance).
+//! Engines (`asr.engine`): `pocketsphinx` (embedded, offline, the default), `openai` (an
+//! OpenAI-compatible `POST /v1/audio/transcriptions` per utterance) and `deepgram` (Deepgram's
+//! streaming listen API over a WebSocket per utterance, with partials as the caller speaks).
+//! A streaming engine needs nothing more from the trait: the sink takes audio as it comes and
+//! the stream gives partials before the final.
 
+pub mod deepgram;
 pub mod openai;
 pub mod pocketsphinx;
 
@@ -40,6 +44,10 @@ pub enum AsrError {
     /// sense.
     #[error("openai asr: {0}")]
     OpenAi(#[from] openai::OpenAiAsrError),
+    /// The streaming session failed to open, broke, stalled, overflowed, or the server
+    /// reported an error or closed it mid-utterance.
+    #[error("deepgram: {0}")]
+    Deepgram(#[from] deepgram::DeepgramError),
 }
 
 impl AsrError {
@@ -55,7 +63,11 @@ impl AsrError {
     /// The reply went quiet past its idle limit (`asr.stream_idle_timeout_ms`): a protective
     /// limit the engine enforced, which the caller counts (the engines keep no metrics).
     pub fn stalled(&self) -> bool {
-        matches!(self, AsrError::OpenAi(openai::OpenAiAsrError::Stalled(_)))
+        matches!(
+            self,
+            AsrError::OpenAi(openai::OpenAiAsrError::Stalled(_))
+                | AsrError::Deepgram(deepgram::DeepgramError::Stalled(_))
+        )
     }
 
     /// The decoder queue's bound refused the utterance (`asr.pocketsphinx.queue_max`): a

@@ -1,0 +1,346 @@
+//! The Deepgram streaming engine against a local stand-in that speaks Deepgram's listen protocol
+//! (testkit `deepgram_server`): first the engine alone (what goes over the wire, partials and the
+//! final, keep-alives, every failure mode), then whole calls with a real WebRTC client peer whose
+//! utterances reach the dialog app as partials and one final each, and a vendor that drops the
+//! connection mid-utterance costs one `asr.error` while the call goes on.
+
+mod common;
+
+use common::{TestServer, eventually, spoken};
+use futures_util::StreamExt;
+use serde_json::Value;
+use std::time::Duration;
+use voicegate_engines::asr::deepgram::{Deepgram, DeepgramSettings};
+use voicegate_engines::asr::{AsrFactory, AsrStream, AsrUpdate, UtteranceSink};
+use voicegate_testkit::ClientPeer;
+use voicegate_testkit::deepgram_server::{Behaviour, DeepgramStandIn};
+use voicegate_testkit::dialog_app::TestDialogApp;
+
+const SECOND: Duration = Duration::from_secs(1);
+
+fn settings(base_url: String) -> DeepgramSettings {
+    DeepgramSettings {
+        base_url,
+        api_key: "test-key".into(),
+        model: "nova-3".into(),
+        language: "en-US".into(),
+        keywords: vec!["kitchen:2".into()],
+        endpointing_ms: 300,
+        connect_timeout: SECOND,
+        stream_idle: Duration::from_millis(500),
+        keepalive: Duration::from_secs(5),
+        max_buffered_ms: 5000,
+    }
+}
+
+/// Pushes `ms` of audio in 20 ms frames, letting the session run between them.
+async fn speak(sink: &mut Box<dyn UtteranceSink>, ms: u32) {
+    for _ in 0..ms / 20 {
+        sink.push(&[100; 320]);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Every update until the stream ends, as text.
+async fn drain(results: AsrStream) -> Vec<String> {
+    results
+        .map(|u| match u {
+            AsrUpdate::Partial(t) => format!("partial {t}"),
+            AsrUpdate::Final(t) => format!("final {}", t.unwrap_or_default()),
+            AsrUpdate::Error(e) => {
+                format!("error{} {e}", if e.stalled() { " (stalled)" } else { "" })
+            }
+        })
+        .collect()
+        .await
+}
+
+#[actix_web::test]
+async fn audio_streams_out_and_results_come_back_as_partials_then_one_final() {
+    let dg = DeepgramStandIn::start(Behaviour::hears("turn on the kitchen lights")).await;
+    let engine = Deepgram::new(settings(dg.base_url())).for_call();
+    let (mut sink, results) = engine.utterance();
+    speak(&mut sink, 1200).await;
+    sink.finish();
+    let got = drain(results).await;
+    assert_eq!(
+        got,
+        [
+            "partial turn",
+            "partial turn on",
+            "partial turn on the",
+            "partial turn on the kitchen",
+            "partial turn on the kitchen lights",
+            "final turn on the kitchen lights",
+        ]
+    );
+    let [c] = &dg.connections()[..] else {
+        panic!("{:?}", dg.connections());
+    };
+    assert_eq!(
+        c.uri,
+        "/v1/listen?encoding=linear16&sample_rate=16000&channels=1&interim_results=true\
+         &model=nova-3&language=en-US&endpointing=300&keywords=kitchen:2"
+    );
+    assert_eq!(c.header("authorization"), Some("Token test-key"));
+    assert_eq!(c.audio_bytes, 1200 * 32, "every sample, as 16-bit");
+    assert_eq!(c.controls, [r#"{"type":"CloseStream"}"#]);
+}
+
+#[actix_web::test]
+async fn a_quiet_stream_gets_keepalives_and_each_utterance_its_own_connection() {
+    let dg = DeepgramStandIn::start(Behaviour::hears("yes")).await;
+    let mut s = settings(dg.base_url());
+    s.keepalive = Duration::from_millis(100);
+    let engine = Deepgram::new(s).for_call();
+    for _ in 0..2 {
+        let (mut sink, results) = engine.utterance();
+        speak(&mut sink, 200).await;
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        sink.finish();
+        assert_eq!(drain(results).await.last().unwrap(), "final yes");
+    }
+    let connections = dg.connections();
+    assert_eq!(connections.len(), 2);
+    let keepalives = connections[0]
+        .controls
+        .iter()
+        .filter(|c| c.as_str() == r#"{"type":"KeepAlive"}"#)
+        .count();
+    assert!(
+        (2..=4).contains(&keepalives),
+        "{:?}",
+        connections[0].controls
+    );
+    assert_eq!(
+        connections[0].controls.last().unwrap(),
+        r#"{"type":"CloseStream"}"#
+    );
+}
+
+#[actix_web::test]
+async fn a_vendor_that_drops_mid_utterance_fails_it() {
+    let dg = DeepgramStandIn::start(Behaviour {
+        drop_after_bytes: Some(6400),
+        ..Behaviour::hears("never finished")
+    })
+    .await;
+    let engine = Deepgram::new(settings(dg.base_url())).for_call();
+    let (mut sink, results) = engine.utterance();
+    speak(&mut sink, 600).await;
+    sink.finish();
+    let got = drain(results).await;
+    // The TCP connection ends without a close frame.
+    assert_eq!(
+        got.last().unwrap(),
+        "error deepgram: the server closed the stream mid-utterance",
+        "{got:?}"
+    );
+    assert!(!got.iter().any(|u| u.starts_with("final")), "{got:?}");
+}
+
+#[actix_web::test]
+async fn a_vendor_that_never_answers_close_stream_stalls() {
+    let dg = DeepgramStandIn::start(Behaviour {
+        ignore_close_stream: true,
+        ..Behaviour::hears("hello")
+    })
+    .await;
+    let engine = Deepgram::new(settings(dg.base_url())).for_call();
+    let (mut sink, results) = engine.utterance();
+    speak(&mut sink, 300).await;
+    sink.finish();
+    let got = drain(results).await;
+    assert_eq!(
+        got.last().unwrap(),
+        "error (stalled) deepgram: the stream stalled: nothing received for 500 ms",
+        "{got:?}"
+    );
+}
+
+#[actix_web::test]
+async fn no_connection_in_time_or_too_much_audio_waiting_fails_the_utterance() {
+    // A listener that never completes the upgrade.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut s = settings(format!("ws://{}", silent.local_addr().unwrap()));
+    s.connect_timeout = Duration::from_millis(300);
+    let (mut sink, results) = Deepgram::new(s).for_call().utterance();
+    sink.push(&[0; 320]);
+    sink.finish();
+    assert_eq!(
+        drain(results).await,
+        ["error deepgram: no connection within 300 ms"]
+    );
+
+    let dg = DeepgramStandIn::start(Behaviour::hears("lost")).await;
+    let mut s = settings(dg.base_url());
+    s.max_buffered_ms = 100;
+    let (mut sink, results) = Deepgram::new(s).for_call().utterance();
+    // 200 ms before the connection can have opened.
+    sink.push(&[0; 3200]);
+    sink.finish();
+    assert_eq!(
+        drain(results).await,
+        ["error deepgram: more than 100 ms of audio waiting to be sent"]
+    );
+    drop(silent);
+}
+
+fn server(app: &TestDialogApp, dg: &DeepgramStandIn) -> TestServer {
+    let url = app.url();
+    let base = dg.base_url();
+    TestServer::start(&[
+        ("dialog.url", url.as_str()),
+        ("asr.engine", "deepgram"),
+        ("asr.deepgram.base_url", base.as_str()),
+        ("asr.deepgram.api_key", "call-key"),
+    ])
+}
+
+async fn started(server: &TestServer, app: &TestDialogApp) -> ClientPeer {
+    let (peer, _) = common::started_dialog_call(server, app).await;
+    peer
+}
+
+/// A series' value in the server's `/metrics` (process-wide: other tests' calls move it too).
+async fn metric(server: &TestServer, series: &str) -> f64 {
+    let res = voicegate_testkit::http::request(server.http, "GET", "/metrics", &[], b"")
+        .await
+        .unwrap();
+    let text = voicegate_testkit::without_node_label(&res.text());
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{series} is not exposed"))
+}
+
+const OK: &str = r#"voicegate_engine_requests_total{engine="deepgram",outcome="ok"}"#;
+const ERRORS: &str = r#"voicegate_engine_requests_total{engine="deepgram",outcome="error"}"#;
+const FIRSTS: &str = r#"voicegate_engine_first_result_seconds_count{engine="deepgram"}"#;
+
+fn of_type(app: &TestDialogApp, kind: &str) -> Vec<Value> {
+    app.events()
+        .into_iter()
+        .filter(|e| e["type"] == kind)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callers_utterances_reach_the_dialog_app_as_partials_then_one_final_each() {
+    let dg = DeepgramStandIn::start(Behaviour::hears("hello world")).await;
+    let app = TestDialogApp::start().await;
+    let server = server(&app, &dg);
+    let peer = started(&server, &app).await;
+    let (ok, firsts) = (metric(&server, OK).await, metric(&server, FIRSTS).await);
+    for n in 1..=2 {
+        peer.send_paced(&spoken("hello world", SECOND).await)
+            .await
+            .unwrap();
+        assert!(
+            eventually(5 * SECOND, || of_type(&app, "asr.final").len() == n).await,
+            "no final {n}: {:?}",
+            app.types()
+        );
+    }
+    let kinds: Vec<String> = app
+        .types()
+        .into_iter()
+        .filter(|t| t.starts_with("asr."))
+        .collect();
+    // Each utterance: partials, then its one final.
+    let first_final = kinds.iter().position(|k| k == "asr.final").unwrap();
+    assert!(
+        first_final > 0,
+        "a partial before the first final: {kinds:?}"
+    );
+    assert!(kinds[..first_final].iter().all(|k| k == "asr.partial"));
+    assert!(kinds[first_final + 1] == "asr.partial", "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| *k == "asr.final").count(), 2);
+    for f in of_type(&app, "asr.final") {
+        assert_eq!(f["text"], "hello world");
+    }
+    assert!(
+        of_type(&app, "asr.partial")
+            .iter()
+            .all(|p| "hello world".starts_with(p["text"].as_str().unwrap())),
+        "{:?}",
+        of_type(&app, "asr.partial")
+    );
+    let connections = dg.connections();
+    assert_eq!(connections.len(), 2, "one connection per utterance");
+    assert_eq!(
+        connections[0].header("authorization"),
+        Some("Token call-key")
+    );
+    assert!(connections[0].audio_bytes > 32_000, "the utterance's audio");
+    assert!(metric(&server, OK).await - ok >= 2.0);
+    assert!(metric(&server, FIRSTS).await - firsts >= 2.0);
+
+    // session.update: a grammar is refused; language, model and prompt words reach the next
+    // utterance's request.
+    assert!(app.send(
+        serde_json::json!({"type": "session.update", "session": {"asr": {"grammar": "menu"}}})
+    ));
+    let refused = app
+        .wait_type(5 * SECOND, "error", None)
+        .await
+        .expect("the grammar is refused");
+    assert_eq!(refused["errors"][0]["option"], "asr.grammar", "{refused}");
+    assert!(app.send(
+        serde_json::json!({"type": "session.update", "session": {"asr": {
+        "language": "de", "model": "nova-2", "prompt": "Küche, Licht"}}})
+    ));
+    app.wait_type(5 * SECOND, "session.updated", None)
+        .await
+        .expect("session.updated");
+    peer.send_paced(&spoken("hello world", SECOND).await)
+        .await
+        .unwrap();
+    assert!(eventually(5 * SECOND, || of_type(&app, "asr.final").len() == 3).await);
+    let uri = &dg.connections()[2].uri;
+    assert!(
+        uri.contains(
+            "&model=nova-2&language=de&endpointing=300&keywords=K%C3%BCche&keywords=Licht"
+        ),
+        "{uri}"
+    );
+    peer.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vendor_dropping_mid_utterance_gives_asr_error_and_the_call_goes_on() {
+    let dg = DeepgramStandIn::start(Behaviour {
+        drop_after_bytes: Some(8000),
+        ..Behaviour::hears("hello world")
+    })
+    .await;
+    let app = TestDialogApp::start().await;
+    let server = server(&app, &dg);
+    let peer = started(&server, &app).await;
+    let errors = metric(&server, ERRORS).await;
+    peer.send_paced(&spoken("hello world", SECOND).await)
+        .await
+        .unwrap();
+    let e = app
+        .wait_type(5 * SECOND, "asr.error", None)
+        .await
+        .expect("asr.error");
+    assert_eq!(e["fatal"], false);
+    assert_eq!(
+        e["message"],
+        "deepgram: the server closed the stream mid-utterance"
+    );
+    assert!(of_type(&app, "asr.final").is_empty());
+    assert!(metric(&server, ERRORS).await - errors >= 1.0);
+    // The vendor recovers; the next utterance is heard on a new connection.
+    dg.set_behaviour(Behaviour::hears("hello world"));
+    peer.send_paced(&spoken("hello world", SECOND).await)
+        .await
+        .unwrap();
+    let f = app
+        .wait_type(5 * SECOND, "asr.final", None)
+        .await
+        .expect("the call goes on");
+    assert_eq!(f["text"], "hello world");
+    assert_eq!(server.snapshot().await.calls.len(), 1);
+    peer.close().await;
+}
