@@ -11,8 +11,9 @@
 //! - `floor`: the Opus decode + encode work of N calls alone, no WebRTC.
 //! - `speech`: speech latencies (TTS first audio, interrupt, turns) against a running server.
 //! - `recognize`: pocketsphinx on a WAV file.
-//! - `stand-ins`: local recognition vendors (Deepgram streaming, OpenAI-compatible) with a fixed
-//!   first-result delay, for `speech` runs that compare the engines.
+//! - `stand-ins`: local speech vendors (recognition: Deepgram streaming, OpenAI-compatible;
+//!   synthesis: OpenAI-compatible, ElevenLabs, Cartesia) with a fixed first-result delay, for
+//!   `speech` runs that compare the engines.
 //! - `denoise`: the speech path on phrases in babble, fan and typing noise, with and without
 //!   `listen.denoise`: false starts, exact recognition with a grammar, the denoiser's CPU.
 //!
@@ -48,6 +49,7 @@ const USAGE: &str = "usage:
   voicegate-bench recognize <file.wav> [--grammar <file.gram>]
   voicegate-bench denoise [--grammar <file.gram>] [--verbose]   (default tests/fixtures/test.gram)
   voicegate-bench stand-ins [--delay-ms 100] [--deepgram-listen ip:port] [--openai-listen ip:port]
+                            [--openai-tts-listen ip:port] [--elevenlabs-listen ip:port] [--cartesia-listen ip:port]
                         (recognition vendors on this machine for `speech` runs, until stopped)
   (`voicegate-bench echo ...` is `load --profile echo ...`)";
 
@@ -238,6 +240,9 @@ fn main() -> anyhow::Result<()> {
                 "--delay-ms" => s.delay = Duration::from_millis(value()?.parse()?),
                 "--deepgram-listen" => s.deepgram = value()?.parse()?,
                 "--openai-listen" => s.openai = value()?.parse()?,
+                "--openai-tts-listen" => s.openai_tts = value()?.parse()?,
+                "--elevenlabs-listen" => s.elevenlabs = value()?.parse()?,
+                "--cartesia-listen" => s.cartesia = value()?.parse()?,
                 _ => bail!("unknown argument {arg}\n{USAGE}"),
             }
         }

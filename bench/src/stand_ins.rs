@@ -1,12 +1,14 @@
-//! `voicegate-bench stand-ins`: local recognition vendors for comparing the engines with the
-//! `speech` probe: the test kit's Deepgram listen stand-in and its OpenAI-compatible
-//! transcription stand-in, each holding its first result back by a fixed delay (a vendor's
-//! processing time), until the process is stopped. Both "hear" the same fixed sentence.
+//! `voicegate-bench stand-ins`: local speech vendors for comparing the engines with the
+//! `speech` probe, each holding its first result back by a fixed delay (a vendor's processing
+//! time), until the process is stopped: the test kit's Deepgram listen stand-in and its
+//! OpenAI-compatible transcription stand-in (both "hear" the same fixed sentence), and its
+//! OpenAI-compatible speech, ElevenLabs and Cartesia stand-ins (a tone for the text received).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 use voicegate_testkit::deepgram_server::{self, DeepgramStandIn};
 use voicegate_testkit::speech_server::{self, SpeechServer};
+use voicegate_testkit::tts_ws_server::{self, TtsWsServer};
 
 /// What both stand-ins say they heard.
 const HEARD: &str = "what is the weather like today";
@@ -19,6 +21,12 @@ pub struct Args {
     pub deepgram: SocketAddr,
     /// The OpenAI-compatible stand-in (`asr.openai.base_url = http://<this>`).
     pub openai: SocketAddr,
+    /// The OpenAI-compatible speech stand-in (`tts.openai.base_url = http://<this>`).
+    pub openai_tts: SocketAddr,
+    /// The ElevenLabs stand-in (`tts.elevenlabs.base_url = ws://<this>`).
+    pub elevenlabs: SocketAddr,
+    /// The Cartesia stand-in (`tts.cartesia.base_url = ws://<this>`).
+    pub cartesia: SocketAddr,
 }
 
 impl Default for Args {
@@ -27,6 +35,9 @@ impl Default for Args {
             delay: Duration::from_millis(100),
             deepgram: ([127, 0, 0, 1], 18201).into(),
             openai: ([127, 0, 0, 1], 18202).into(),
+            openai_tts: ([127, 0, 0, 1], 18203).into(),
+            elevenlabs: ([127, 0, 0, 1], 18204).into(),
+            cartesia: ([127, 0, 0, 1], 18205).into(),
         }
     }
 }
@@ -46,11 +57,34 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         speech_server::Behaviour::TranscribeAfter(HEARD.into(), a.delay),
     )
     .await;
+    // Two seconds of a 440 Hz tone at 24 kHz, streamed in 100 ms chunks.
+    let mut tone = vec![0i16; 48_000];
+    voicegate_core::tone::Tone::new(24_000, 440.0, 8000.0).fill(&mut tone);
+    let speech = speech_server::Behaviour::Stream {
+        pcm: tone,
+        chunk: 4800,
+        gap: Duration::from_millis(20),
+    };
+    let tts = SpeechServer::start_on(
+        a.openai_tts,
+        speech_server::Behaviour::After(a.delay, Box::new(speech)),
+    )
+    .await;
+    let ws = tts_ws_server::Behaviour {
+        first_delay: a.delay,
+        ..Default::default()
+    };
+    let el = TtsWsServer::start_on(a.elevenlabs, tts_ws_server::Vendor::ElevenLabs, ws).await;
+    let ca = TtsWsServer::start_on(a.cartesia, tts_ws_server::Vendor::Cartesia, ws).await;
     println!(
-        "stand-ins (first result after {} ms): asr.deepgram.base_url = {}, asr.openai.base_url = {}",
+        "stand-ins (first result after {} ms): asr.deepgram.base_url = {}, asr.openai.base_url = {}, \
+         tts.openai.base_url = {}, tts.elevenlabs.base_url = {}, tts.cartesia.base_url = {}",
         a.delay.as_millis(),
         dg.base_url(),
-        oa.base_url()
+        oa.base_url(),
+        tts.base_url(),
+        el.base_url(),
+        ca.base_url()
     );
     std::future::pending::<()>().await;
     Ok(())

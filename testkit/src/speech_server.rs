@@ -110,6 +110,8 @@ pub enum Behaviour {
         /// Time between bytes.
         every: Duration,
     },
+    /// The behaviour, after a fixed delay (a vendor's time to its first byte).
+    After(Duration, Box<Behaviour>),
     /// Request `n` gets the `n`-th behaviour; requests past the end get the last one.
     Script(Vec<Behaviour>),
 }
@@ -254,6 +256,13 @@ async fn serve(
     if let Behaviour::TranscribeAfter(_, delay) = &behaviour {
         tokio::time::sleep(*delay).await;
     }
+    let behaviour = match behaviour {
+        Behaviour::After(delay, then) => {
+            tokio::time::sleep(delay).await;
+            *then
+        }
+        other => other,
+    };
     match behaviour {
         Behaviour::TranscribeStream { text, gap } => {
             let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
@@ -349,5 +358,6 @@ async fn serve(
         }
         // An empty script: no answer; the connection closes.
         Behaviour::Script(_) => {}
+        Behaviour::After(..) => unreachable!("unwrapped above"),
     }
 }

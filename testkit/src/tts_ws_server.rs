@@ -95,9 +95,14 @@ pub struct TtsWsServer {
 impl TtsWsServer {
     /// Starts on 127.0.0.1, port 0.
     pub async fn start(vendor: Vendor, behaviour: Behaviour) -> TtsWsServer {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        Self::start_on(([127, 0, 0, 1], 0).into(), vendor, behaviour).await
+    }
+
+    /// Starts on `addr` (the bench's stand-ins listen where they are told).
+    pub async fn start_on(addr: SocketAddr, vendor: Vendor, behaviour: Behaviour) -> TtsWsServer {
+        let listener = TcpListener::bind(addr)
             .await
-            .expect("bind loopback");
+            .expect("bind the speech stand-in");
         let addr = listener.local_addr().expect("bound");
         let streams = Arc::new(Mutex::new(Vec::new()));
         let s = streams.clone();
