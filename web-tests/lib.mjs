@@ -5,7 +5,7 @@
 // every candidate is 127.0.0.1 and nothing leaves the machine.
 
 import { spawn } from "node:child_process";
-import { mkdtempSync, writeFileSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, writeFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createServer } from "node:net";
@@ -160,6 +160,25 @@ export function podman(...args) {
 }
 
 /** Writes 16-bit PCM mono `samples` (Int16Array) at `rate` Hz as a WAV file. */
+/** Samples of a 16-bit mono WAV (as espeak-ng writes it) and its rate. */
+export function readWav(path) {
+  const b = readFileSync(path);
+  let i = 12;
+  let rate = 0;
+  while (i + 8 <= b.length) {
+    const id = b.toString("ascii", i, i + 4);
+    const len = b.readUInt32LE(i + 4);
+    if (id === "fmt ") rate = b.readUInt32LE(i + 12);
+    if (id === "data") {
+      const out = new Int16Array(len / 2);
+      for (let k = 0; k < out.length; k++) out[k] = b.readInt16LE(i + 8 + 2 * k);
+      return { samples: out, rate };
+    }
+    i += 8 + len + (len & 1);
+  }
+  throw new Error(`no data in ${path}`);
+}
+
 export function writeWav(path, samples, rate) {
   const data = Buffer.alloc(samples.length * 2);
   samples.forEach((s, i) => data.writeInt16LE(s, i * 2));

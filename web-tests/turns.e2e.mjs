@@ -7,29 +7,10 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { startVoicegate, launchBrowser, writeWav, until } from "./lib.mjs";
-
-/** Samples of a 16-bit mono WAV (as espeak-ng writes it) and its rate. */
-function readWav(path) {
-  const b = readFileSync(path);
-  let i = 12;
-  let rate = 0;
-  while (i + 8 <= b.length) {
-    const id = b.toString("ascii", i, i + 4);
-    const len = b.readUInt32LE(i + 4);
-    if (id === "fmt ") rate = b.readUInt32LE(i + 12);
-    if (id === "data") {
-      const out = new Int16Array(len / 2);
-      for (let k = 0; k < out.length; k++) out[k] = b.readInt16LE(i + 8 + 2 * k);
-      return { samples: out, rate };
-    }
-    i += 8 + len + (len & 1);
-  }
-  throw new Error(`no data in ${path}`);
-}
+import { startVoicegate, launchBrowser, writeWav, until, readWav } from "./lib.mjs";
 
 function say(dir, name, text) {
   const path = join(dir, `${name}.wav`);

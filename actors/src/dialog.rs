@@ -30,7 +30,7 @@
 //! call restarts it, which then redials like a reconnect (no second `call.started`).
 
 use crate::dialog_conn::{DialHeaders, DialTls};
-use crate::dialog_wire::{FlushThenClose, LimitedCodec, ReadError};
+use crate::dialog_wire::{FlushThenClose, LimitedCodec, ReadError, dialog_codec};
 use crate::error::{DialogFailure, Exit};
 use crate::trace_msg;
 use actix::io::SinkWrite;
@@ -245,7 +245,7 @@ impl DialogClient {
             match res {
                 Ok((_, framed)) => {
                     // awc's own codec would buffer a whole declared frame before checking it.
-                    let framed = framed.replace_codec(LimitedCodec::new(max_message));
+                    let framed = framed.replace_codec(dialog_codec(max_message));
                     let (sink, stream) = framed.split();
                     act.reader = Some(ctx.add_stream(stream));
                     let sink = SinkWrite::new(FlushThenClose(sink), ctx);

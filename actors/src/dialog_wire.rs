@@ -1,13 +1,9 @@
-//! The dialog WebSocket's plumbing below the actor: awc's client codec behind a check of each
-//! frame's declared length, and a write half that flushes before it shuts down.
+//! The dialog WebSocket's plumbing below the actor: the engines' [`LimitedCodec`] (each
+//! frame's declared length checked before its payload is kept) counting its refusals, and a
+//! write half that flushes before it shuts down.
 //!
-//! actix-http's frame parser buffers a frame's whole declared payload before it compares the
-//! length with its own limit, so that limit does not bound memory. [`LimitedCodec`] reads each
-//! frame's header first and refuses a message by its declared length
-//! ([`voicegate_core::ws_frame`]), before any of its payload is kept: the read buffer never
-//! holds more than one permitted frame and one read. A refusal is counted under
-//! `dialog_message_bytes` in `voicegate_limit_hits_total` and is final for the connection
-//! (every later read fails the same way), so the client closes it.
+//! A refusal is counted under `dialog_message_bytes` in `voicegate_limit_hits_total` and is
+//! final for the connection (every later read fails the same way), so the client closes it.
 //!
 //! actix-codec's `Framed` shuts the socket down without writing what its write buffer still
 //! holds, so a close frame written just before closing never left: [`FlushThenClose`] flushes
@@ -16,88 +12,15 @@
 //! A separate file from the actor because it is plain code with tests of its own.
 
 use crate::metrics::{Limit, metrics};
-use actix_codec::{Decoder, Encoder};
-use awc::error::WsProtocolError;
-use awc::ws::{Codec, Frame, Message};
-use bytes::BytesMut;
 use futures_util::Sink;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
-use voicegate_core::ws_frame::{MessageLimit, TooBig, peek_header};
+pub use voicegate_engines::ws_codec::{LimitedCodec, ReadError};
 
-/// Why reading from the dialog app failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ReadError {
-    /// A message larger than `dialog.max_message_bytes` was announced.
-    #[error(transparent)]
-    TooBig(#[from] TooBig),
-    /// The WebSocket protocol was broken, or the connection failed.
-    #[error("{0}")]
-    Protocol(#[from] WsProtocolError),
-}
-
-impl From<std::io::Error> for ReadError {
-    fn from(e: std::io::Error) -> Self {
-        ReadError::Protocol(WsProtocolError::Io(e))
-    }
-}
-
-/// awc's client codec, refusing messages over a size limit by their declared length.
-#[derive(Debug)]
-pub struct LimitedCodec {
-    /// The parser and encoder.
-    inner: Codec,
-    /// The message size limit.
-    limit: MessageLimit,
-    /// Set once a message was refused: the connection reads nothing more.
-    refused: Option<TooBig>,
-}
-
-impl LimitedCodec {
-    /// A client codec for messages of at most `max_bytes`.
-    pub fn new(max_bytes: usize) -> Self {
-        LimitedCodec {
-            inner: Codec::new().max_size(max_bytes).client_mode(),
-            limit: MessageLimit::new(max_bytes as u64),
-            refused: None,
-        }
-    }
-}
-
-impl Decoder for LimitedCodec {
-    type Item = Frame;
-    type Error = ReadError;
-
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, ReadError> {
-        if let Some(too_big) = self.refused {
-            return Err(too_big.into());
-        }
-        // Without the bytes that carry the length, the parser cannot have a frame either.
-        let Some(header) = peek_header(src) else {
-            return Ok(None);
-        };
-        if let Err(too_big) = self.limit.check(&header) {
-            self.refused = Some(too_big);
-            metrics().limit_hit(Limit::DialogMessageBytes);
-            // Nothing of this connection is read any more; let go of what arrived.
-            src.clear();
-            return Err(too_big.into());
-        }
-        let frame = self.inner.decode(src)?;
-        if frame.is_some() {
-            // The parser took the frame whose header was peeked off the front of `src`.
-            self.limit.read(&header);
-        }
-        Ok(frame)
-    }
-}
-
-impl Encoder<Message> for LimitedCodec {
-    type Error = WsProtocolError;
-
-    fn encode(&mut self, item: Message, dst: &mut BytesMut) -> Result<(), WsProtocolError> {
-        self.inner.encode(item, dst)
-    }
+/// The dialog WebSocket's codec: [`LimitedCodec`] at `dialog.max_message_bytes`, counting a
+/// refusal under `dialog_message_bytes`.
+pub fn dialog_codec(max_bytes: usize) -> LimitedCodec {
+    LimitedCodec::new(max_bytes).on_refused(|| metrics().limit_hit(Limit::DialogMessageBytes))
 }
 
 /// A sink whose close flushes what is buffered before it closes the sink below (see the module
@@ -129,6 +52,10 @@ impl<I, S: Sink<I> + Unpin> Sink<I> for FlushThenClose<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use actix_codec::{Decoder, Encoder};
+    use awc::error::WsProtocolError;
+    use awc::ws::{Frame, Message};
+    use bytes::BytesMut;
 
     /// An unmasked frame header as a server sends it (RFC 6455 §5.2).
     fn header(fin: bool, opcode: u8, len: u64) -> Vec<u8> {
@@ -153,7 +80,7 @@ mod tests {
 
     #[test]
     fn a_frame_within_the_limit_is_decoded_even_when_it_arrives_in_pieces() {
-        let mut codec = LimitedCodec::new(1024);
+        let mut codec = dialog_codec(1024);
         let bytes = frame(true, 0x1, &[b'x'; 1000]);
         let mut src = BytesMut::new();
         for chunk in bytes.chunks(100) {
@@ -170,7 +97,7 @@ mod tests {
     #[test]
     fn a_huge_declared_frame_is_refused_from_its_header_alone() {
         let before = metrics().limit_hits(Limit::DialogMessageBytes);
-        let mut codec = LimitedCodec::new(1 << 20);
+        let mut codec = dialog_codec(1 << 20);
         let mut src = BytesMut::from(&header(true, 0x2, 150_000_000)[..]);
         src.extend_from_slice(&[0; 100]);
         match codec.decode(&mut src) {
@@ -187,7 +114,7 @@ mod tests {
 
     #[test]
     fn fragments_are_limited_as_one_message() {
-        let mut codec = LimitedCodec::new(1000);
+        let mut codec = dialog_codec(1000);
         let mut src = BytesMut::new();
         src.extend_from_slice(&frame(false, 0x1, &[b'a'; 600]));
         src.extend_from_slice(&frame(true, 0x9, b"ping"));
@@ -205,7 +132,7 @@ mod tests {
 
     #[test]
     fn protocol_errors_still_come_from_the_parser() {
-        let mut codec = LimitedCodec::new(1000);
+        let mut codec = dialog_codec(1000);
         // A masked frame from the server (RFC 6455 §5.1).
         let mut src = BytesMut::from(&[0x81u8, 0x82, 1, 2, 3, 4, 5, 6][..]);
         assert!(matches!(
@@ -244,7 +171,7 @@ mod tests {
     #[test]
     fn encodes_like_the_client_codec() {
         let mut ours = BytesMut::new();
-        LimitedCodec::new(1000)
+        dialog_codec(1000)
             .encode(Message::Text("hi".into()), &mut ours)
             .unwrap();
         // Masked (a client's frames are), two bytes of payload.

@@ -16,3 +16,4 @@
 pub mod asr;
 pub mod idle;
 pub mod tts;
+pub mod ws_codec;

@@ -19,14 +19,13 @@
 
 use super::{SynthStream, TtsError};
 use crate::idle::Stalled;
-use actix_codec::{Decoder, Encoder};
-use awc::error::WsProtocolError;
-use awc::ws::{CloseCode, CloseReason, Codec, Frame, Message};
+use crate::ws_codec::{LimitedCodec, ReadError};
+use awc::ws::{CloseCode, CloseReason, Frame, Message};
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use std::time::Duration;
-use voicegate_core::ws_frame::{MessageLimit, TooBig, peek_header};
+use voicegate_core::ws_frame::TooBig;
 
 /// PCM chunks a synthesis may hold between the socket and the speaker: the socket is not read
 /// while the channel is full, so a vendor faster than the call never grows memory.
@@ -305,71 +304,6 @@ impl PcmDecoder {
             .chunks_exact(2)
             .map(|b| i16::from_le_bytes([b[0], b[1]]))
             .collect())
-    }
-}
-
-/// Why reading failed.
-#[derive(Debug, thiserror::Error)]
-enum ReadError {
-    #[error(transparent)]
-    TooBig(#[from] TooBig),
-    #[error("{0}")]
-    Protocol(#[from] WsProtocolError),
-}
-
-impl From<std::io::Error> for ReadError {
-    fn from(e: std::io::Error) -> Self {
-        ReadError::Protocol(WsProtocolError::Io(e))
-    }
-}
-
-/// awc's client codec, refusing a message by its declared length before its payload is read
-/// (actix-http's parser buffers a whole declared frame before it checks its own limit).
-struct LimitedCodec {
-    inner: Codec,
-    limit: MessageLimit,
-    refused: Option<TooBig>,
-}
-
-impl LimitedCodec {
-    fn new(max_bytes: usize) -> Self {
-        LimitedCodec {
-            inner: Codec::new().max_size(max_bytes).client_mode(),
-            limit: MessageLimit::new(max_bytes as u64),
-            refused: None,
-        }
-    }
-}
-
-impl Decoder for LimitedCodec {
-    type Item = Frame;
-    type Error = ReadError;
-
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, ReadError> {
-        if let Some(too_big) = self.refused {
-            return Err(too_big.into());
-        }
-        let Some(header) = peek_header(src) else {
-            return Ok(None);
-        };
-        if let Err(too_big) = self.limit.check(&header) {
-            self.refused = Some(too_big);
-            src.clear();
-            return Err(too_big.into());
-        }
-        let frame = self.inner.decode(src)?;
-        if frame.is_some() {
-            self.limit.read(&header);
-        }
-        Ok(frame)
-    }
-}
-
-impl Encoder<Message> for LimitedCodec {
-    type Error = WsProtocolError;
-
-    fn encode(&mut self, item: Message, dst: &mut BytesMut) -> Result<(), WsProtocolError> {
-        self.inner.encode(item, dst)
     }
 }
 
