@@ -97,46 +97,60 @@ async fn stream_plays_before_its_last_chunk(vendor: Vendor) {
     assert_eq!(ended["ok"], true, "{ended}");
     assert_eq!(tts_log(&app), ["tts.started s", "tts.ended s true"]);
 
-    // The vendor got the whole text, segment by segment, each stream complete.
+    // The vendor got the whole text on one connection, segment by segment, each flushed as it
+    // came, and the stream ended normally.
     let streams = tts.streams();
-    assert!(streams.len() >= 2, "{streams:?}");
-    let heard: Vec<String> = streams.iter().map(|s| s.text.trim().to_owned()).collect();
+    assert_eq!(
+        streams.len(),
+        1,
+        "one stream for the utterance: {streams:?}"
+    );
+    let s = &streams[0];
+    assert_eq!(s.ending, Ending::Done, "{s:?}");
     let whole = format!("{first}{}{}", rest[0], rest[1]);
-    assert_eq!(heard.join(" "), whole);
-    for s in &streams {
-        assert_eq!(s.ending, Ending::Done, "{s:?}");
-        match vendor {
-            Vendor::ElevenLabs => {
-                assert!(s.uri.contains("/stream-input?"), "{}", s.uri);
-                assert!(s.uri.contains("output_format=pcm_16000"), "{}", s.uri);
-                assert!(
-                    s.headers
-                        .contains(&("xi-api-key".into(), "test-key-123".into()))
-                );
-                assert_eq!(s.messages[0]["text"], " ", "the opening message");
-                assert_eq!(s.messages[1]["flush"], true);
-                assert_eq!(
-                    s.messages.last().unwrap()["text"],
-                    "",
-                    "the end of the input"
-                );
-            }
-            Vendor::Cartesia => {
-                assert_eq!(s.uri, "/tts/websocket");
-                assert!(
-                    s.headers
-                        .contains(&("x-api-key".into(), "test-key-123".into()))
-                );
-                assert!(s.headers.iter().any(|(k, _)| k == "cartesia-version"));
-                let m = &s.messages[0];
-                assert_eq!(m["output_format"]["encoding"], "pcm_s16le");
-                assert_eq!(m["continue"], false);
-                assert!(m["context_id"].as_str().is_some_and(|c| !c.is_empty()));
-            }
+    let words = |t: &str| t.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert_eq!(words(&s.text), whole);
+    let flushes = s.messages.iter().filter(|m| m["flush"] == true).count();
+    assert!(flushes >= 2, "each segment is flushed: {:?}", s.messages);
+    match vendor {
+        Vendor::ElevenLabs => {
+            assert!(s.uri.contains("/stream-input?"), "{}", s.uri);
+            assert!(s.uri.contains("output_format=pcm_16000"), "{}", s.uri);
+            assert!(s.uri.contains("sync_alignment=true"), "{}", s.uri);
+            assert!(
+                s.headers
+                    .contains(&("xi-api-key".into(), "test-key-123".into()))
+            );
+            assert_eq!(s.messages[0]["text"], " ", "the opening message");
+            assert_eq!(
+                s.messages.last().unwrap()["text"],
+                "",
+                "the end of the input"
+            );
+        }
+        Vendor::Cartesia => {
+            assert_eq!(s.uri, "/tts/websocket");
+            assert!(
+                s.headers
+                    .contains(&("x-api-key".into(), "test-key-123".into()))
+            );
+            assert!(s.headers.iter().any(|(k, _)| k == "cartesia-version"));
+            let m = &s.messages[0];
+            assert_eq!(m["output_format"]["encoding"], "pcm_s16le");
+            assert_eq!(m["continue"], true, "more text follows on the context");
+            assert!(m["context_id"].as_str().is_some_and(|c| !c.is_empty()));
+            assert_eq!(s.messages.last().unwrap()["continue"], false);
         }
     }
+    let heard = [s.text.trim().to_owned()];
     // The audio the vendor sent reached the client: 30 ms per character, give or take padding.
-    let chars: usize = heard.iter().map(|t| t.chars().count()).sum();
+    let chars: usize = s
+        .messages
+        .iter()
+        .filter_map(|m| m["text"].as_str().or(m["transcript"].as_str()))
+        .map(|t| t.trim().chars().count())
+        .sum();
+    let _ = heard;
     let want = chars * 30 / 20;
     assert!(
         eventually(2 * SECOND, || peer.received_count() >= want).await,
@@ -268,4 +282,110 @@ async fn elevenlabs_dropped_connection_fails_one_utterance_and_the_call_goes_on(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cartesia_dropped_connection_fails_one_utterance_and_the_call_goes_on() {
     a_dropped_connection_fails_one_utterance(Vendor::Cartesia).await;
+}
+
+/// The caller barges in on the second segment of an utterance spoken in one vendor stream: the
+/// audio was cut into segments where the vendor said (Cartesia's `flush_done`, ElevenLabs'
+/// alignment), so `tts.interrupt` reports the first segment complete, at its length, and the
+/// second in progress.
+async fn barge_in_reports_each_segment_of_one_stream(vendor: Vendor) {
+    // Audio at real-time pace, so the second segment is still arriving when the caller speaks.
+    let (tts, app, server) = setup(
+        vendor,
+        Behaviour {
+            chunk_gap: Duration::from_millis(100),
+            ..Behaviour::default()
+        },
+    )
+    .await;
+    let peer = started_dialog_call(&server, &app).await.0;
+    // 24 characters: 720 ms of the stand-in's audio.
+    let first = "First sentence is short.";
+    let second = "The second sentence is a good deal longer, it goes on for a while.";
+    let text = format!("{first} {second}");
+    assert!(app.send(json!({"type": "tts.speak", "utterance_id": "u", "text": text})));
+    app.wait_type(5 * SECOND, "tts.started", Some("u"))
+        .await
+        .expect("started");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let speech = common::spoken("stop talking please", Duration::from_millis(1000)).await;
+    peer.send_paced(&speech).await.unwrap();
+    let interrupt = app
+        .wait_type(4 * SECOND, "tts.interrupt", Some("u"))
+        .await
+        .expect("tts.interrupt");
+    let segments = interrupt["played_segments"].as_array().expect("segments");
+    assert_eq!(segments.len(), 2, "{interrupt}");
+    assert_eq!(segments[0]["text"], first, "{interrupt}");
+    assert_eq!(segments[0]["complete"], true, "{interrupt}");
+    let first_ms = segments[0]["played_ms"].as_i64().unwrap();
+    assert!(
+        (first_ms - 720).abs() <= 40,
+        "the first segment is its own audio: {first_ms} ms of 720"
+    );
+    assert_eq!(segments[1]["text"], second, "{interrupt}");
+    assert_eq!(segments[1]["complete"], false, "{interrupt}");
+    assert!(
+        segments[1]["played_ms"].as_i64().unwrap() > 0,
+        "{interrupt}"
+    );
+    // One vendor stream spoke both, and it was stopped.
+    let streams = tts.streams();
+    assert_eq!(streams.len(), 1, "{streams:?}");
+    assert!(
+        eventually(2 * SECOND, || tts.streams()[0].ending != Ending::Open).await,
+        "{:?}",
+        tts.streams()
+    );
+    println!(
+        "{}: barge-in on the second segment: {interrupt}",
+        engine(vendor)
+    );
+    peer.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elevenlabs_barge_in_reports_each_segment_of_one_stream() {
+    barge_in_reports_each_segment_of_one_stream(Vendor::ElevenLabs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cartesia_barge_in_reports_each_segment_of_one_stream() {
+    barge_in_reports_each_segment_of_one_stream(Vendor::Cartesia).await;
+}
+
+/// A stream that pauses longer than a Cartesia context lives (a second after its last audio):
+/// the idle context is ended and the rest is spoken in a new one, on the same connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cartesia_a_long_pause_in_a_stream_starts_a_new_context() {
+    let (tts, app, server) = setup(Vendor::Cartesia, Behaviour::default()).await;
+    let peer = started_dialog_call(&server, &app).await.0;
+    assert!(app.send(json!({"type": "tts.stream", "utterance_id": "s", "text": "Let me think. "})));
+    app.wait_type(5 * SECOND, "tts.started", Some("s"))
+        .await
+        .expect("started");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(app.send(json!({"type": "tts.stream", "utterance_id": "s", "text": "Here it is."})));
+    assert!(app.send(json!({"type": "tts.stream.end", "utterance_id": "s"})));
+    let ended = app
+        .wait_type(5 * SECOND, "tts.ended", Some("s"))
+        .await
+        .expect("ended");
+    assert_eq!(ended["ok"], true, "{ended}");
+    let streams = tts.streams();
+    assert_eq!(streams.len(), 1, "{streams:?}");
+    let m = &streams[0].messages;
+    let contexts: Vec<&str> = m.iter().filter_map(|m| m["context_id"].as_str()).collect();
+    let first = contexts[0];
+    let second = *contexts.last().unwrap();
+    assert_ne!(first, second, "{m:?}");
+    // The first context was ended with `continue: false` before the second began.
+    let end_of_first = m
+        .iter()
+        .position(|m| m["context_id"] == first && m["continue"] == false)
+        .expect("the first context is ended");
+    let start_of_second = m.iter().position(|m| m["context_id"] == second).unwrap();
+    assert!(end_of_first < start_of_second, "{m:?}");
+    assert_eq!(streams[0].ending, Ending::Done);
+    peer.close().await;
 }

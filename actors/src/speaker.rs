@@ -36,7 +36,7 @@ use voicegate_core::resample::StreamResampler;
 use voicegate_core::session::TtsOptions;
 use voicegate_core::speech::{Input, Output, Player, PlayerSettings, SegmentId, TtsLimit};
 use voicegate_core::untrusted::shown;
-use voicegate_engines::tts::{TtsEngine, TtsError, TtsFactory};
+use voicegate_engines::tts::{TtsEngine, TtsError, TtsFactory, UtteranceSynth};
 
 /// Reports to the call.
 #[derive(Debug, Message)]
@@ -201,6 +201,9 @@ pub struct Speaker {
     waiting: Vec<Output>,
     /// Syntheses in flight.
     synths: HashMap<SegmentId, Synthesis>,
+    /// The engine's handle for each utterance with segments synthesized, by serial: a
+    /// streaming engine speaks an utterance in one vendor context.
+    voices: HashMap<u64, Box<dyn UtteranceSynth>>,
     /// Counted in `voicegate_actors_live` while it exists.
     _live: crate::metrics::Live,
 }
@@ -225,6 +228,7 @@ impl Speaker {
             codec: None,
             waiting: Vec::new(),
             synths: HashMap::new(),
+            voices: HashMap::new(),
             _live: crate::metrics::Live::new(crate::metrics::ActorKind::Speaker),
         }
     }
@@ -238,7 +242,15 @@ impl Speaker {
 
     fn execute(&mut self, output: Output, ctx: &mut Context<Self>) {
         match output {
-            Output::Synthesize { segment, text } => self.synthesize(segment, &text, ctx),
+            Output::Synthesize {
+                segment,
+                utterance,
+                text,
+            } => self.synthesize(segment, utterance, &text, ctx),
+            Output::UtteranceDone { utterance } => {
+                // Its vendor context ends (or is cancelled, if segments were in flight).
+                self.voices.remove(&utterance);
+            }
             Output::Cancel { segment } => {
                 if let Some(s) = self.synths.remove(&segment) {
                     s.cancel(ctx);
@@ -324,7 +336,13 @@ impl Speaker {
         }
     }
 
-    fn synthesize(&mut self, segment: SegmentId, text: &str, ctx: &mut Context<Self>) {
+    fn synthesize(
+        &mut self,
+        segment: SegmentId,
+        utterance: u64,
+        text: &str,
+        ctx: &mut Context<Self>,
+    ) {
         let resampler = match StreamResampler::new(self.engine.sample_rate(), self.pcm_rate) {
             Ok(r) => r,
             Err(e) => {
@@ -334,9 +352,12 @@ impl Speaker {
             }
         };
         trace_msg!(self.call_id, "speaker" => "engine", "Synthesize", "segment {segment}, {} chars", text.chars().count());
+        let engine = &self.engine;
         let stream = self
-            .engine
-            .synthesize(text)
+            .voices
+            .entry(utterance)
+            .or_insert_with(|| engine.clone().utterance())
+            .segment(text)
             .map(move |r| SynthItem {
                 segment,
                 item: Some(r),

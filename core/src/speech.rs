@@ -184,12 +184,23 @@ pub enum Input<'a> {
 /// What the actor must do, in order.
 #[derive(Debug, PartialEq)]
 pub enum Output {
-    /// Start synthesizing `text` for `segment`.
+    /// Start synthesizing `text` for `segment`. An utterance's segments are asked for in order,
+    /// so an engine with vendor contexts can speak them in one ([`Output::UtteranceDone`] ends
+    /// it).
     Synthesize {
         /// Segment.
         segment: SegmentId,
+        /// Its utterance's serial number: unique for the call.
+        utterance: u64,
         /// Sanitized text.
         text: String,
+    },
+    /// The utterance with this serial number is over (played, failed, interrupted, or the call
+    /// ends): no segment of it will be synthesized any more. Follows its `Ended`/`PromptEnded`
+    /// and the `Cancel`s of its segments.
+    UtteranceDone {
+        /// Its serial number, as in [`Output::Synthesize`].
+        utterance: u64,
     },
     /// Stop synthesizing `segment` and discard what it produces.
     Cancel {
@@ -420,8 +431,9 @@ impl Player {
             Input::Interrupt => self.interrupt(&mut out),
             Input::CallEnding => {
                 self.cancel_all(&mut out);
-                for u in self.take_all() {
-                    out.push(u.ended(false));
+                let first = self.front_serial;
+                for (serial, u) in (first..).zip(self.take_all()) {
+                    u.end(false, serial, &mut out);
                 }
                 return out;
             }
@@ -733,6 +745,7 @@ impl Player {
                     s.synthesizing = true;
                     out.push(Output::Synthesize {
                         segment: id,
+                        utterance: s.utterance,
                         text: s.text.clone(),
                     });
                 }
@@ -746,11 +759,12 @@ impl Player {
                 break;
             }
             let u = self.utterances.pop_front().expect("front exists");
+            let serial = self.front_serial;
             self.front_serial += 1;
             self.settled = self.settled.saturating_sub(1);
             // Nothing speakable, or all of it played: ok unless it failed or hit a limit.
             let ok = !u.failed && u.limit.is_none();
-            out.push(u.ended(ok));
+            u.end(ok, serial, out);
         }
     }
 
@@ -800,11 +814,12 @@ impl Player {
         }
         out.push(Output::FlushPlayback);
         self.cancel_all(out);
-        for u in self.take_all() {
+        let first = self.front_serial;
+        for (serial, u) in (first..).zip(self.take_all()) {
             if u.segmenter.is_some() {
                 self.cut(&u.id);
             }
-            out.push(u.ended(false));
+            u.end(false, serial, out);
         }
     }
 
@@ -891,9 +906,10 @@ impl Utterance {
     }
 
     /// How its end is told: `tts.ended` for the dialog app's utterances, [`Output::PromptEnded`]
-    /// for an internal prompt (which is never reported).
-    fn ended(self, ok: bool) -> Output {
-        if self.report {
+    /// for an internal prompt (which is never reported); then [`Output::UtteranceDone`] for the
+    /// engine.
+    fn end(self, ok: bool, serial: u64, out: &mut Vec<Output>) {
+        out.push(if self.report {
             Output::Ended {
                 id: self.id,
                 ok,
@@ -901,7 +917,8 @@ impl Utterance {
             }
         } else {
             Output::PromptEnded { id: self.id }
-        }
+        });
+        out.push(Output::UtteranceDone { utterance: serial });
     }
 }
 
@@ -928,6 +945,10 @@ mod tests {
         limits: Vec<String>,
         /// Internal prompts that ended, by id.
         prompts_ended: Vec<String>,
+        /// Each synthesis's segment and utterance.
+        utterance_of: Vec<(SegmentId, u64)>,
+        /// Utterances done, in order.
+        done: Vec<u64>,
     }
 
     fn settings() -> PlayerSettings {
@@ -957,6 +978,8 @@ mod tests {
                 heard: vec![],
                 limits: vec![],
                 prompts_ended: vec![],
+                utterance_of: vec![],
+                done: vec![],
             }
         }
 
@@ -964,8 +987,28 @@ mod tests {
             let outs = self.p.handle(i, self.t);
             for o in outs {
                 match o {
-                    Output::Synthesize { segment, .. } => self.synthesizing.push(segment),
+                    Output::Synthesize {
+                        segment, utterance, ..
+                    } => {
+                        assert!(
+                            !self.done.contains(&utterance),
+                            "a segment of a finished utterance"
+                        );
+                        self.synthesizing.push(segment);
+                        self.utterance_of.push((segment, utterance));
+                    }
+                    Output::UtteranceDone { utterance } => {
+                        assert!(!self.done.contains(&utterance), "done twice");
+                        self.done.push(utterance);
+                    }
                     Output::Cancel { segment } => {
+                        assert!(
+                            !self
+                                .utterance_of
+                                .iter()
+                                .any(|&(s, u)| s == segment && self.done.contains(&u)),
+                            "a cancel after its utterance was done"
+                        );
                         self.synthesizing.retain(|s| *s != segment);
                         self.cancelled.push(segment);
                     }
@@ -1176,6 +1219,32 @@ mod tests {
         r.speak("u3", "After the interrupt.");
         r.run();
         assert_eq!(&r.events[3..], ["started u3", "ended u3 true"]);
+    }
+
+    #[test]
+    fn segments_name_their_utterance_and_each_utterance_is_done_once() {
+        let mut r = Rig::new();
+        r.speak("u1", "One sentence here. Another sentence. A third one.");
+        r.stream("s1", "Streamed first part. ", false);
+        r.run();
+        // u1's three segments share one serial; the stream's first segment has the next.
+        let serials: Vec<u64> = r.utterance_of.iter().map(|&(_, u)| u).collect();
+        assert_eq!(serials, [0, 0, 0, 1]);
+        assert_eq!(r.done, [0], "the open stream is not done");
+        r.stream("s1", "And the rest.", true);
+        r.run();
+        assert_eq!(r.utterance_of.last().map(|&(_, u)| u), Some(1));
+        assert_eq!(r.done, [0, 1]);
+        // An interrupt: the cancels come first, then each utterance is done once.
+        r.speak("u2", "One sentence here. Another sentence. A third one.");
+        r.speak("u3", "Queued behind.");
+        r.synth_one(SPEECH_FRAME_SAMPLES);
+        r.input(Input::Interrupt);
+        assert_eq!(r.done, [0, 1, 2, 3]);
+        // The call's end does the same for what is queued then.
+        r.speak("u4", "Last words.");
+        r.input(Input::CallEnding);
+        assert_eq!(r.done, [0, 1, 2, 3, 4]);
     }
 
     #[test]
@@ -1812,10 +1881,11 @@ mod barge_in_tests {
                 Output::Interrupted { .. } => "interrupted",
                 Output::FlushPlayback => "flush",
                 Output::Ended { ok: false, .. } => "ended",
+                Output::UtteranceDone { .. } => "done",
                 _ => "other",
             })
             .collect();
-        assert_eq!(kinds, ["interrupted", "flush", "ended"]);
+        assert_eq!(kinds, ["interrupted", "flush", "ended", "done"]);
         assert!(p.is_idle());
     }
 
@@ -1932,6 +2002,8 @@ mod properties {
         events: Vec<(String, String)>,
         limit_hits: usize,
         ended_with_reason: usize,
+        /// Utterances done.
+        done: std::collections::HashSet<u64>,
     }
 
     impl Sim {
@@ -1944,13 +2016,22 @@ mod properties {
                 events: Vec::new(),
                 limit_hits: 0,
                 ended_with_reason: 0,
+                done: std::collections::HashSet::new(),
             }
         }
 
         fn input(&mut self, input: Input<'_>) {
             for o in self.p.handle(input, self.t) {
                 match o {
-                    Output::Synthesize { segment, text } => {
+                    Output::Synthesize {
+                        segment,
+                        text,
+                        utterance,
+                    } => {
+                        assert!(
+                            !self.done.contains(&utterance),
+                            "a segment of a finished utterance"
+                        );
                         assert!(!text.is_empty());
                         assert!(
                             text.chars().all(|c| c == '\n' || !c.is_control()),
@@ -1959,6 +2040,9 @@ mod properties {
                         self.synthesizing.push_back(segment);
                     }
                     Output::Cancel { segment } => self.synthesizing.retain(|s| *s != segment),
+                    Output::UtteranceDone { utterance } => {
+                        assert!(self.done.insert(utterance), "an utterance done twice");
+                    }
                     Output::Play { segment, pcm } => match self.codec.back_mut() {
                         Some(c) if c.0 == segment => c.1 += pcm.len(),
                         _ => self.codec.push_back((segment, pcm.len(), false, false)),

@@ -3,8 +3,13 @@
 //! Cartesia's TTS WebSocket (`/tts/websocket`). Each returns PCM (a tone, [`MS_PER_CHAR`] per
 //! character) for the text it receives, base64-encoded in JSON, chunk by chunk ([`CHUNK_MS`]
 //! each, [`CHUNK_GAP`] apart: faster than real time, like the vendors), after a fixed
-//! first-result delay. It records what it received and how each stream ended, so a test sees a
-//! cancel or a close. It can also drop the connection mid-answer.
+//! first-result delay per generation. Like the vendors, it generates what it holds at each
+//! flush (ElevenLabs `flush: true`; Cartesia `flush: true`, then a `flush_done` with the flush's
+//! id, its chunks carrying that `flush_id`) and at the end of the input (ElevenLabs' empty text,
+//! then `isFinal`; Cartesia's `continue: false`, then `done`), while it keeps reading. ElevenLabs
+//! chunks carry their characters' alignment (`chars`, `charStartTimesMs`, `charDurationsMs`,
+//! relative to the chunk). It records what it received and how each connection ended, so a
+//! test sees a cancel or a close. It can also drop the connection mid-answer.
 
 use base64::Engine as _;
 use futures_util::{SinkExt, StreamExt};
@@ -35,7 +40,7 @@ pub enum Vendor {
 /// How the stand-in answers.
 #[derive(Debug, Clone, Copy)]
 pub struct Behaviour {
-    /// Wait before the first audio of each stream (after its text arrived).
+    /// Wait before the first audio of each generation (a flush, or the end of the input).
     pub first_delay: Duration,
     /// Drop the first stream's TCP connection (no close frame) after this many audio messages.
     pub drop_first_after: Option<usize>,
@@ -62,7 +67,7 @@ pub enum Ending {
     Done,
     /// The client sent a cancel (Cartesia `{"context_id", "cancel": true}`) before the end.
     Cancelled,
-    /// The client closed the socket (or it broke) before the end.
+    /// The client closed the socket (or it broke) before the end (of its last context).
     ClosedEarly,
     /// The stand-in dropped it on purpose.
     Dropped,
@@ -194,136 +199,285 @@ async fn serve(
         });
         s.len() - 1
     };
-    let update = |f: &mut dyn FnMut(&mut Stream)| {
-        f(&mut streams.lock().expect("no panics while holding")[index]);
+    let mut conn = Conn {
+        vendor,
+        behaviour,
+        streams,
+        index,
+        uri,
+        rate: 16000,
+        buffer: String::new(),
+        context: String::new(),
+        flush_id: 1,
+        jobs: std::collections::VecDeque::new(),
+        sent: 0,
     };
     let (mut tx, mut rx) = ws.split();
-    // Read until the input is complete (ElevenLabs: the empty text; Cartesia: `continue: false`).
-    let mut messages = Vec::new();
-    let mut context = String::new();
     loop {
-        match rx.next().await {
-            Some(Ok(Message::Text(t))) => {
-                let v: Value = serde_json::from_str(&t).unwrap_or(Value::Null);
-                messages.push(v.clone());
-                let text = v["text"]
-                    .as_str()
-                    .or(v["transcript"].as_str())
-                    .unwrap_or("")
-                    .to_owned();
-                let cancel = v["cancel"] == true;
-                update(&mut |s| {
-                    s.messages.push(v.clone());
-                    s.text.push_str(&text);
-                    if cancel {
-                        s.ending = Ending::Cancelled;
+        let Some(job) = conn.jobs.pop_front() else {
+            match rx.next().await {
+                Some(Ok(Message::Text(t))) => {
+                    if !conn.take(&t) {
+                        return;
                     }
-                });
-                if cancel {
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                    conn.closed();
                     return;
                 }
-                if let Some(c) = v["context_id"].as_str() {
-                    context = c.to_owned();
-                }
-                let complete = match vendor {
-                    Vendor::ElevenLabs => v["text"] == "",
-                    Vendor::Cartesia => v["continue"] != true,
-                };
-                if complete {
-                    break;
-                }
+                Some(Ok(_)) => {}
             }
-            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
-                update(&mut |s| s.ending = Ending::ClosedEarly);
-                return;
-            }
-            Some(Ok(_)) => {}
+            continue;
+        };
+        if !conn.generate(job, &mut tx, &mut rx).await {
+            return;
         }
     }
-    let rate = rate_of(vendor, &uri, &messages);
-    let text = streams.lock().expect("no panics while holding")[index]
-        .text
-        .trim()
-        .to_owned();
-    let total_ms = text.chars().count() * MS_PER_CHAR;
-    let b64 = base64::engine::general_purpose::STANDARD;
-    tokio::time::sleep(behaviour.first_delay).await;
-    let mut sent_ms = 0;
-    let mut sent = 0;
-    while sent_ms < total_ms {
-        if index == 0 && behaviour.drop_first_after.is_some_and(|n| sent >= n) {
-            update(&mut |s| s.ending = Ending::Dropped);
-            // Dropping both halves drops the TCP connection without a close frame.
-            return;
+}
+
+/// A generation the stand-in owes: the text of one flush, or of the end of the input.
+struct Job {
+    text: String,
+    /// Cartesia's flush id for its chunks and `flush_done`; `None` at the end of the input.
+    flush_id: Option<u64>,
+    /// The input is complete after it: send the end marker.
+    end: bool,
+}
+
+/// One connection's state.
+struct Conn {
+    vendor: Vendor,
+    behaviour: Behaviour,
+    streams: Arc<Mutex<Vec<Stream>>>,
+    index: usize,
+    uri: String,
+    rate: u32,
+    /// Text received and not generated yet.
+    buffer: String,
+    /// Cartesia's context id.
+    context: String,
+    /// Cartesia's current flush id.
+    flush_id: u64,
+    jobs: std::collections::VecDeque<Job>,
+    /// Audio messages sent.
+    sent: usize,
+}
+
+type WsTx = futures_util::stream::SplitSink<
+    tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    Message,
+>;
+type WsRx =
+    futures_util::stream::SplitStream<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>>;
+
+impl Conn {
+    fn update(&self, f: impl FnOnce(&mut Stream)) {
+        f(&mut self.streams.lock().expect("no panics while holding")[self.index]);
+    }
+
+    /// The client closed the connection, or it broke: early unless its last context was done.
+    fn closed(&self) {
+        self.update(|s| {
+            if s.ending == Ending::Open {
+                s.ending = Ending::ClosedEarly;
+            }
+        });
+    }
+
+    /// Takes one text message: records it and queues the generations it asks for. False when it
+    /// cancelled the stream.
+    fn take(&mut self, t: &str) -> bool {
+        let v: Value = serde_json::from_str(t).unwrap_or(Value::Null);
+        let text = v["text"]
+            .as_str()
+            .or(v["transcript"].as_str())
+            .unwrap_or("")
+            .to_owned();
+        let cancel = v["cancel"] == true;
+        self.update(|s| {
+            s.messages.push(v.clone());
+            s.text.push_str(&text);
+            if cancel {
+                s.ending = Ending::Cancelled;
+            }
+        });
+        if cancel {
+            return false;
         }
-        let ms = CHUNK_MS.min(total_ms - sent_ms);
-        let audio = b64.encode(tone(rate, ms, rate as usize * sent_ms / 1000));
-        let msg = match vendor {
-            Vendor::ElevenLabs => json!({
-                "audio": audio,
-                "isFinal": null,
-                "normalizedAlignment": null,
-                "alignment": null,
-            }),
-            Vendor::Cartesia => json!({
-                "type": "chunk",
-                "data": audio,
-                "done": false,
-                "status_code": 206,
-                "step_time": 10,
-                "context_id": context,
-            }),
+        if let Some(r) = v["output_format"]["sample_rate"].as_u64() {
+            self.rate = r as u32;
+        }
+        match self.vendor {
+            Vendor::ElevenLabs => {
+                self.rate = rate_of(self.vendor, &self.uri, &[]);
+                if text.is_empty() && v.get("text").is_some() {
+                    // The end of the input.
+                    self.jobs.push_back(Job {
+                        text: std::mem::take(&mut self.buffer),
+                        flush_id: None,
+                        end: true,
+                    });
+                } else {
+                    self.buffer.push_str(&text);
+                    if v["flush"] == true {
+                        self.jobs.push_back(Job {
+                            text: std::mem::take(&mut self.buffer),
+                            flush_id: None,
+                            end: false,
+                        });
+                    }
+                }
+            }
+            Vendor::Cartesia => {
+                if let Some(c) = v["context_id"].as_str()
+                    && c != self.context
+                {
+                    // A new context: its flush ids start again, and it is open.
+                    c.clone_into(&mut self.context);
+                    self.flush_id = 1;
+                    self.update(|s| s.ending = Ending::Open);
+                }
+                self.buffer.push_str(&text);
+                if v["flush"] == true {
+                    self.jobs.push_back(Job {
+                        text: std::mem::take(&mut self.buffer),
+                        flush_id: Some(self.flush_id),
+                        end: false,
+                    });
+                    self.flush_id += 1;
+                }
+                if v["continue"] != true {
+                    self.jobs.push_back(Job {
+                        text: std::mem::take(&mut self.buffer),
+                        flush_id: None,
+                        end: true,
+                    });
+                }
+            }
+        }
+        true
+    }
+
+    /// Sends one generation's audio, reading the client between chunks. False when the
+    /// connection is over.
+    async fn generate(&mut self, job: Job, tx: &mut WsTx, rx: &mut WsRx) -> bool {
+        let text = job.text.trim().to_owned();
+        let chars: Vec<char> = text.chars().collect();
+        let total_ms = chars.len() * MS_PER_CHAR;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let rate = self.rate;
+        if total_ms > 0 && !self.wait(self.behaviour.first_delay, rx).await {
+            return false;
+        }
+        let mut sent_ms = 0;
+        while sent_ms < total_ms {
+            if self.index == 0
+                && self
+                    .behaviour
+                    .drop_first_after
+                    .is_some_and(|n| self.sent >= n)
+            {
+                self.update(|s| s.ending = Ending::Dropped);
+                // Dropping both halves drops the TCP connection without a close frame.
+                return false;
+            }
+            let ms = CHUNK_MS.min(total_ms - sent_ms);
+            let audio = b64.encode(tone(rate, ms, rate as usize * sent_ms / 1000));
+            let msg = match self.vendor {
+                Vendor::ElevenLabs => {
+                    // The characters that start in this chunk, timed from its start.
+                    let first = sent_ms.div_ceil(MS_PER_CHAR);
+                    let last = (sent_ms + ms).div_ceil(MS_PER_CHAR).min(chars.len());
+                    let here: Vec<String> =
+                        chars[first..last].iter().map(|c| c.to_string()).collect();
+                    let starts: Vec<usize> =
+                        (first..last).map(|i| i * MS_PER_CHAR - sent_ms).collect();
+                    let durations = vec![MS_PER_CHAR; here.len()];
+                    json!({
+                        "audio": audio,
+                        "isFinal": null,
+                        "normalizedAlignment": null,
+                        "alignment": {
+                            "chars": here,
+                            "charStartTimesMs": starts,
+                            "charDurationsMs": durations,
+                        },
+                    })
+                }
+                Vendor::Cartesia => json!({
+                    "type": "chunk",
+                    "data": audio,
+                    "done": false,
+                    "status_code": 206,
+                    "step_time": 10,
+                    "context_id": self.context,
+                    "flush_id": job.flush_id.unwrap_or(self.flush_id),
+                }),
+            };
+            if tx
+                .send(Message::Text(msg.to_string().into()))
+                .await
+                .is_err()
+            {
+                self.update(|s| s.ending = Ending::ClosedEarly);
+                return false;
+            }
+            self.sent += 1;
+            sent_ms += ms;
+            let sent = self.sent;
+            self.update(|s| s.chunks_sent = sent);
+            if !self.wait(self.behaviour.chunk_gap, rx).await {
+                return false;
+            }
+        }
+        let marker = match (self.vendor, job.flush_id, job.end) {
+            (Vendor::Cartesia, Some(id), _) => Some(json!({
+                "type": "flush_done", "done": false, "flush_done": true, "flush_id": id,
+                "status_code": 206, "context_id": self.context,
+            })),
+            (Vendor::Cartesia, None, true) => Some(json!({
+                "type": "done", "done": true, "status_code": 206, "context_id": self.context,
+            })),
+            (Vendor::ElevenLabs, _, true) => Some(json!({"audio": null, "isFinal": true})),
+            _ => None,
         };
-        if tx
-            .send(Message::Text(msg.to_string().into()))
-            .await
-            .is_err()
+        if let Some(m) = marker
+            && tx.send(Message::Text(m.to_string().into())).await.is_err()
         {
-            update(&mut |s| s.ending = Ending::ClosedEarly);
-            return;
+            self.update(|s| s.ending = Ending::ClosedEarly);
+            return false;
         }
-        sent += 1;
-        sent_ms += ms;
-        update(&mut |s| s.chunks_sent = sent);
-        // Watch for a cancel or a close between messages.
-        let wait = tokio::time::sleep(behaviour.chunk_gap);
+        if job.end {
+            self.update(|s| s.ending = Ending::Done);
+            if self.vendor == Vendor::ElevenLabs {
+                // The stream-input API closes the connection after `isFinal`.
+                let _ = tx.send(Message::Close(None)).await;
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Waits `d`, taking what the client sends meanwhile. False when it cancelled or closed.
+    async fn wait(&mut self, d: Duration, rx: &mut WsRx) -> bool {
+        let wait = tokio::time::sleep(d);
         tokio::pin!(wait);
         loop {
             tokio::select! {
-                _ = &mut wait => break,
+                _ = &mut wait => return true,
                 m = rx.next() => match m {
                     Some(Ok(Message::Text(t))) => {
-                        let v: Value = serde_json::from_str(&t).unwrap_or(Value::Null);
-                        let cancel = v["cancel"] == true;
-                        update(&mut |s| {
-                            s.messages.push(v.clone());
-                            if cancel {
-                                s.ending = Ending::Cancelled;
-                            }
-                        });
-                        if cancel {
-                            return;
+                        if !self.take(&t) {
+                            return false;
                         }
                     }
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
-                        update(&mut |s| s.ending = Ending::ClosedEarly);
-                        return;
+                        self.closed();
+                        return false;
                     }
                     Some(Ok(_)) => {}
                 }
             }
         }
-    }
-    let end = match vendor {
-        Vendor::ElevenLabs => json!({"audio": null, "isFinal": true}),
-        Vendor::Cartesia => json!({
-            "type": "done", "done": true, "status_code": 206, "context_id": context,
-        }),
-    };
-    let _ = tx.send(Message::Text(end.to_string().into())).await;
-    update(&mut |s| s.ending = Ending::Done);
-    if vendor == Vendor::ElevenLabs {
-        // The stream-input API closes the connection after `isFinal`.
-        let _ = tx.send(Message::Close(None)).await;
     }
 }

@@ -1,22 +1,20 @@
-//! Cartesia's TTS WebSocket: a generation request per context id, raw PCM out.
+//! Cartesia's TTS WebSocket: one context per utterance, fed as the text arrives, raw PCM out.
 //!
-//! Each segment the player cuts is one context on its own connection
-//! (`GET {base_url}/tts/websocket`, the key in `X-API-Key`, the API version in
-//! `Cartesia-Version`): one generation request with the segment's transcript, a fresh
-//! `context_id` and `continue: false` (nothing follows on that context), asking for
-//! `raw`/`pcm_s16le` at the configured rate. The vendor answers `{"type": "chunk", "data":
-//! "<base64 PCM>", …}` messages for the context and `{"type": "done"}` at its end, or
-//! `{"type": "error"}`. Dropping the synthesis sends `{"context_id": …, "cancel": true}` and
-//! closes the socket. [`ws`](super::ws) holds the deadlines and bounds.
-//!
-//! Why a context and a connection per segment, not one context per utterance with `continue`:
-//! the player must attribute every sample to its segment (`tts.interrupt`'s `played_text`
-//! depends on it), and a context's audio carries no boundary between its inputs. The player
-//! sends a `tts.stream`'s first segment as soon as it is cut and prefetches the next, so audio
-//! starts before the stream's last chunk and the next connection is up while one plays.
+//! An utterance is one connection (`GET {base_url}/tts/websocket`, the key in `X-API-Key`, the
+//! API version in `Cartesia-Version`) and one `context_id`: each segment the player cuts is sent
+//! as a generation request with `continue: true` (the context keeps its prosody from one
+//! segment to the next), followed by a flush (an empty transcript with `flush: true`), and the
+//! end of the utterance is an empty transcript with `continue: false`. The vendor answers
+//! `{"type": "chunk", "data": "<base64 PCM>", "flush_id": n, …}` messages, a
+//! `{"type": "flush_done"}` when a flushed segment's audio is complete (that is where the speaker
+//! cuts the audio into segments, for `played_text`), `{"type": "done"}` at the context's end, or
+//! `{"type": "error"}`. Dropping the utterance sends `{"context_id": …, "cancel": true}` and
+//! closes the socket. Cartesia ends a context a second after its last audio, so a context with
+//! no segment waiting for [`CONTEXT_LINGER`] is ended by us and the next segment starts a new
+//! one on the same connection. [`ws`](super::ws) holds the stream, the deadlines and bounds.
 
-use super::ws::{self, Limits, Reply, Request, Vendor, json};
-use super::{SynthStream, TtsEngine, TtsError, TtsFactory};
+use super::ws::{ContextUtterance, Limits, Reply, Request, Wire, json};
+use super::{SynthStream, TtsEngine, TtsError, TtsFactory, UtteranceSynth};
 use secrecy::{ExposeSecret, SecretString};
 use std::cell::Cell;
 use std::rc::Rc;
@@ -25,6 +23,10 @@ use voicegate_core::session::{InvalidOption, TtsOptions};
 
 /// The engine's name, for logs and errors.
 pub(super) const ENGINE: &str = "cartesia";
+
+/// A context with no segment waiting is ended after this long, before the vendor expires it
+/// (a second after its last audio).
+pub const CONTEXT_LINGER: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The `generation_config.speed` the API takes.
 pub const SPEED_RANGE: std::ops::RangeInclusive<f32> = 0.6..=1.5;
@@ -71,7 +73,7 @@ impl TtsFactory for CartesiaTts {
         Rc::new(CartesiaEngine {
             settings: self.settings.clone(),
             speed: None,
-            contexts: Cell::new(0),
+            contexts: Rc::default(),
         })
     }
 
@@ -99,7 +101,7 @@ impl TtsFactory for CartesiaTts {
         Ok(Rc::new(CartesiaEngine {
             settings: s,
             speed: o.speed,
-            contexts: Cell::new(0),
+            contexts: Rc::default(),
         }))
     }
 }
@@ -108,8 +110,8 @@ struct CartesiaEngine {
     settings: CartesiaSettings,
     /// A session's speed, if it chose one.
     speed: Option<f32>,
-    /// Context ids handed out (`vg-<n>`).
-    contexts: Cell<u64>,
+    /// Context ids handed out (`vg-<n>`), for the call.
+    contexts: Rc<Cell<u64>>,
 }
 
 /// A generation request.
@@ -125,6 +127,8 @@ struct Generate<'a> {
     generation_config: Option<GenerationConfig>,
     #[serde(rename = "continue")]
     more: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    flush: bool,
 }
 
 #[derive(serde::Serialize)]
@@ -154,54 +158,83 @@ impl TtsEngine for CartesiaEngine {
         self.settings.sample_rate
     }
 
+    /// One segment in a context of its own.
     fn synthesize(&self, text: &str) -> SynthStream {
+        self.context().segment(text)
+    }
+
+    fn utterance(self: Rc<Self>) -> Box<dyn UtteranceSynth> {
+        Box::new(self.context())
+    }
+}
+
+impl CartesiaEngine {
+    /// An utterance's stream.
+    fn context(&self) -> ContextUtterance {
+        let s = self.settings.clone();
+        let limits = Limits {
+            connect: s.timeout,
+            idle: s.stream_idle,
+            max_message: s.max_message_bytes,
+            sample_rate: s.sample_rate,
+        };
+        let (speed, contexts) = (self.speed, self.contexts.clone());
+        ContextUtterance::new(
+            Box::new(move || {
+                let url = format!("{}/tts/websocket", s.base_url.trim_end_matches('/'));
+                let mut headers = vec![("Cartesia-Version", s.version.clone())];
+                let key = s.api_key.expose_secret();
+                if !key.is_empty() {
+                    headers.push(("X-API-Key", key.to_owned()));
+                }
+                let mut wire = CartesiaWire {
+                    settings: s.clone(),
+                    speed,
+                    contexts: contexts.clone(),
+                    context_id: String::new(),
+                };
+                wire.renew();
+                (Request { url, headers }, Box::new(wire))
+            }),
+            limits,
+            TtsError::Cartesia,
+        )
+    }
+}
+
+/// The vendor's messages for one connection, one context at a time.
+struct CartesiaWire {
+    settings: CartesiaSettings,
+    speed: Option<f32>,
+    contexts: Rc<Cell<u64>>,
+    /// The context in use.
+    context_id: String,
+}
+
+impl CartesiaWire {
+    /// A generation request on the current context (every field but the transcript,
+    /// `continue` and `flush` stays the same within a context, as the API asks).
+    fn request(&self, transcript: &str, more: bool, flush: bool) -> String {
         let s = &self.settings;
-        let n = self.contexts.get() + 1;
-        self.contexts.set(n);
-        let context_id = format!("vg-{n}");
-        let url = format!("{}/tts/websocket", s.base_url.trim_end_matches('/'));
-        let mut headers = vec![("Cartesia-Version", s.version.clone())];
-        let key = s.api_key.expose_secret();
-        if !key.is_empty() {
-            headers.push(("X-API-Key", key.to_owned()));
-        }
-        let messages = vec![json(&Generate {
+        json(&Generate {
             model_id: &s.model_id,
-            transcript: text,
+            transcript,
             voice: Voice {
                 mode: "id",
                 id: &s.voice_id,
             },
             language: &s.language,
-            context_id: &context_id,
+            context_id: &self.context_id,
             output_format: OutputFormat {
                 container: "raw",
                 encoding: "pcm_s16le",
                 sample_rate: s.sample_rate,
             },
             generation_config: self.speed.map(|speed| GenerationConfig { speed }),
-            more: false,
-        })];
-        ws::synthesize(
-            Request {
-                url,
-                headers,
-                messages,
-            },
-            CartesiaWire { context_id },
-            Limits {
-                connect: s.timeout,
-                idle: s.stream_idle,
-                max_message: s.max_message_bytes,
-            },
-            TtsError::Cartesia,
-        )
+            more,
+            flush,
+        })
     }
-}
-
-/// The vendor's messages for one context.
-struct CartesiaWire {
-    context_id: String,
 }
 
 #[derive(serde::Deserialize)]
@@ -226,29 +259,32 @@ struct Cancel<'a> {
     cancel: bool,
 }
 
-impl Vendor for CartesiaWire {
-    fn parse(&self, text: &[u8]) -> Result<Reply, String> {
-        let a: Answer =
-            serde_json::from_slice(text).map_err(|e| format!("unreadable message: {e}"))?;
-        if a.kind == "error" {
-            let parts: Vec<String> = [a.title, a.message, a.error]
-                .into_iter()
-                .flatten()
-                .collect();
-            return Err(parts.join(": "));
-        }
-        if a.context_id
-            .as_deref()
-            .is_some_and(|c| c != self.context_id)
-        {
-            // Only our context runs on this connection.
-            return Ok(Reply::Other);
-        }
-        Ok(match (a.kind.as_str(), a.data) {
-            ("chunk", Some(data)) if !data.is_empty() => Reply::Audio(data),
-            ("done", _) => Reply::Done,
-            _ => Reply::Other,
-        })
+impl Wire for CartesiaWire {
+    fn open(&mut self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// The transcript (transcripts are joined verbatim, so it ends with a space), then a flush:
+    /// the vendor generates it now and says when its audio is complete.
+    fn segment(&mut self, text: &str) -> Vec<String> {
+        vec![
+            self.request(&format!("{} ", text.trim_end()), true, false),
+            self.request("", true, true),
+        ]
+    }
+
+    fn finish(&mut self) -> Vec<String> {
+        vec![self.request("", false, false)]
+    }
+
+    fn linger(&self) -> Option<std::time::Duration> {
+        Some(CONTEXT_LINGER)
+    }
+
+    fn renew(&mut self) {
+        let n = self.contexts.get() + 1;
+        self.contexts.set(n);
+        self.context_id = format!("vg-{n}");
     }
 
     fn cancel(&self) -> Option<String> {
@@ -256,6 +292,34 @@ impl Vendor for CartesiaWire {
             context_id: &self.context_id,
             cancel: true,
         }))
+    }
+
+    fn parse(&mut self, text: &[u8]) -> Result<Reply, String> {
+        let a: Answer =
+            serde_json::from_slice(text).map_err(|e| format!("unreadable message: {e}"))?;
+        if a.context_id
+            .as_deref()
+            .is_some_and(|c| c != self.context_id)
+        {
+            // A context we ended (its `done`, or audio cancelled with it).
+            return Ok(Reply::Other);
+        }
+        if a.kind == "error" {
+            let parts: Vec<String> = [a.title, a.message, a.error]
+                .into_iter()
+                .flatten()
+                .collect();
+            return Err(parts.join(": "));
+        }
+        Ok(match (a.kind.as_str(), a.data) {
+            ("chunk", Some(data)) if !data.is_empty() => Reply::Audio {
+                b64: data,
+                ends: Vec::new(),
+            },
+            ("flush_done", _) => Reply::SegmentDone,
+            ("done", _) => Reply::Done,
+            _ => Reply::Other,
+        })
     }
 }
 
@@ -285,12 +349,23 @@ mod tests {
 
     #[test]
     fn reads_the_vendor_messages() {
-        let w = CartesiaWire {
-            context_id: "vg-1".into(),
+        let mut w = CartesiaWire {
+            settings: settings(),
+            speed: None,
+            contexts: Rc::default(),
+            context_id: String::new(),
         };
+        w.renew();
         assert_eq!(
-            w.parse(br#"{"type":"chunk","data":"AAA=","done":false,"status_code":206,"step_time":1,"context_id":"vg-1"}"#),
-            Ok(Reply::Audio("AAA=".into()))
+            w.parse(br#"{"type":"chunk","data":"AAA=","done":false,"status_code":206,"step_time":1,"context_id":"vg-1","flush_id":1}"#),
+            Ok(Reply::Audio {
+                b64: "AAA=".into(),
+                ends: vec![]
+            })
+        );
+        assert_eq!(
+            w.parse(br#"{"type":"flush_done","done":false,"flush_done":true,"flush_id":1,"status_code":206,"context_id":"vg-1"}"#),
+            Ok(Reply::SegmentDone)
         );
         assert_eq!(
             w.parse(br#"{"type":"done","done":true,"status_code":206,"context_id":"vg-1"}"#),
@@ -312,6 +387,31 @@ mod tests {
             w.cancel().as_deref(),
             Some(r#"{"context_id":"vg-1","cancel":true}"#)
         );
+        // A segment is its transcript with `continue`, then a flush; the end is `continue: false`.
+        let m: Vec<serde_json::Value> = w
+            .segment("Hello there.")
+            .iter()
+            .map(|m| serde_json::from_str(m).unwrap())
+            .collect();
+        assert_eq!(m[0]["transcript"], "Hello there. ");
+        assert_eq!(
+            (&m[0]["continue"], &m[0]["flush"]),
+            (&true.into(), &serde_json::Value::Null)
+        );
+        assert_eq!(
+            (&m[1]["transcript"], &m[1]["flush"]),
+            (&"".into(), &true.into())
+        );
+        let end: serde_json::Value = serde_json::from_str(&w.finish()[0]).unwrap();
+        assert_eq!(end["continue"], false);
+        // After a linger the next context has a new id, and the old one's messages are ignored.
+        w.renew();
+        assert_eq!(
+            w.parse(br#"{"type":"done","done":true,"context_id":"vg-1"}"#),
+            Ok(Reply::Other)
+        );
+        let next: serde_json::Value = serde_json::from_str(&w.segment("x")[0]).unwrap();
+        assert_eq!(next["context_id"], "vg-2");
     }
 
     #[test]

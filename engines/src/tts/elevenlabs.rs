@@ -1,22 +1,25 @@
-//! ElevenLabs' stream-input WebSocket: text in, base64 PCM out.
+//! ElevenLabs' stream-input WebSocket: one stream per utterance, fed as the text arrives.
 //!
-//! Each segment the player cuts is one vendor stream on its own connection
-//! (`GET {base_url}/v1/text-to-speech/{voice_id}/stream-input?model_id=…&output_format=pcm_{rate}`,
+//! An utterance is one vendor stream on one connection
+//! (`GET {base_url}/v1/text-to-speech/{voice_id}/stream-input?model_id=…&output_format=pcm_{rate}&sync_alignment=true`,
 //! the key in the `xi-api-key` header): the opening message (`{"text": " "}` with the voice
-//! settings), the segment's text with `flush: true` so generation starts at once, and the empty
-//! text that ends the input. The vendor answers `{"audio": "<base64 PCM>", …}` messages and
-//! `{"isFinal": true}` at the end. The player sends the first segment of a `tts.stream` as soon
-//! as it is cut, so audio starts before the stream's last chunk; dropping the synthesis closes
-//! the socket (the vendor stops generating). [`ws`](super::ws) holds the deadlines and bounds.
+//! settings), then each segment the player cuts as it comes, with `flush: true` so its audio
+//! starts at once while the stream keeps the utterance's prosody, and at the end the empty text
+//! that ends the input. The vendor answers `{"audio": "<base64 PCM>", "alignment": {"chars":
+//! […], "charStartTimesMs": […], …}, …}` messages and `{"isFinal": true}` at the end.
 //!
-//! Why one connection per segment: the stream-input API reports no boundary between the audio
-//! of two flushed texts on one socket, and the player must attribute every sample to its segment
-//! (`tts.interrupt`'s `played_text` depends on it). The player prefetches, so the next segment's
-//! connection is set up while the current one plays.
+//! The stream marks no boundary between two flushed texts, so the audio is cut into segments by
+//! its alignment (`sync_alignment=true` puts each chunk's characters in it): a segment ends where
+//! the first letter or digit of the next one starts, or with the chunk that holds its last one
+//! (letters and digits are counted, so spacing and punctuation the vendor adds or drops do not
+//! matter). A chunk without alignment belongs to the segment in progress. Dropping the utterance
+//! closes the socket (the vendor stops generating). [`ws`](super::ws) holds the stream, the
+//! deadlines and bounds.
 
-use super::ws::{self, Limits, Reply, Request, Vendor, json};
-use super::{SynthStream, TtsEngine, TtsError, TtsFactory};
+use super::ws::{ContextUtterance, END_OF_CHUNK, Limits, Reply, Request, Wire, json};
+use super::{SynthStream, TtsEngine, TtsError, TtsFactory, UtteranceSynth};
 use secrecy::{ExposeSecret, SecretString};
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::Duration;
 use voicegate_core::session::{InvalidOption, TtsOptions};
@@ -135,56 +138,65 @@ impl TtsEngine for ElevenLabsEngine {
         self.settings.sample_rate
     }
 
+    /// One segment in a stream of its own.
     fn synthesize(&self, text: &str) -> SynthStream {
-        let s = &self.settings;
-        let url = format!(
-            "{}/v1/text-to-speech/{}/stream-input?model_id={}&output_format=pcm_{}",
-            s.base_url.trim_end_matches('/'),
-            s.voice_id,
-            s.model_id,
-            s.sample_rate
-        );
-        let mut headers = Vec::new();
-        let key = s.api_key.expose_secret();
-        if !key.is_empty() {
-            headers.push(("xi-api-key", key.to_owned()));
-        }
-        // The API wants each text to end with a space (it marks the end of a word).
-        let segment = format!("{} ", text.trim_end());
-        let messages = vec![
-            json(&Open {
-                text: " ",
-                voice_settings: self.speed.map(|speed| VoiceSettings { speed }),
+        self.stream().segment(text)
+    }
+
+    fn utterance(self: Rc<Self>) -> Box<dyn UtteranceSynth> {
+        Box::new(self.stream())
+    }
+}
+
+impl ElevenLabsEngine {
+    /// An utterance's stream.
+    fn stream(&self) -> ContextUtterance {
+        let s = self.settings.clone();
+        let limits = Limits {
+            connect: s.timeout,
+            idle: s.stream_idle,
+            max_message: s.max_message_bytes,
+            sample_rate: s.sample_rate,
+        };
+        let speed = self.speed;
+        ContextUtterance::new(
+            Box::new(move || {
+                let url = format!(
+                    "{}/v1/text-to-speech/{}/stream-input?model_id={}&output_format=pcm_{}&sync_alignment=true",
+                    s.base_url.trim_end_matches('/'),
+                    s.voice_id,
+                    s.model_id,
+                    s.sample_rate
+                );
+                let mut headers = Vec::new();
+                let key = s.api_key.expose_secret();
+                if !key.is_empty() {
+                    headers.push(("xi-api-key", key.to_owned()));
+                }
+                let wire = ElevenLabsWire {
+                    speed,
+                    owed: VecDeque::new(),
+                };
+                (Request { url, headers }, Box::new(wire))
             }),
-            json(&Text {
-                text: &segment,
-                flush: true,
-            }),
-            // The end of the input: the vendor sends what is left, then `isFinal`.
-            json(&Text {
-                text: "",
-                flush: false,
-            }),
-        ];
-        ws::synthesize(
-            Request {
-                url,
-                headers,
-                messages,
-            },
-            ElevenLabsWire,
-            Limits {
-                connect: s.timeout,
-                idle: s.stream_idle,
-                max_message: s.max_message_bytes,
-            },
+            limits,
             TtsError::ElevenLabs,
         )
     }
 }
 
-/// The vendor's messages.
-struct ElevenLabsWire;
+/// The vendor's messages for one stream.
+struct ElevenLabsWire {
+    speed: Option<f32>,
+    /// For each segment sent whose audio has not all come, the letters and digits its audio
+    /// has still to speak.
+    owed: VecDeque<usize>,
+}
+
+/// What the alignment counts: letters and digits.
+fn counted(c: char) -> bool {
+    c.is_alphanumeric()
+}
 
 #[derive(serde::Deserialize)]
 struct Answer {
@@ -193,28 +205,125 @@ struct Answer {
     #[serde(default, rename = "isFinal")]
     is_final: Option<bool>,
     #[serde(default)]
+    alignment: Option<Alignment>,
+    #[serde(default)]
     error: Option<serde_json::Value>,
     #[serde(default)]
     message: Option<String>,
 }
 
-impl Vendor for ElevenLabsWire {
-    fn parse(&self, text: &[u8]) -> Result<Reply, String> {
+/// The characters a chunk speaks, and where each starts in it.
+#[derive(serde::Deserialize)]
+struct Alignment {
+    #[serde(default)]
+    chars: Vec<String>,
+    #[serde(default, rename = "charStartTimesMs")]
+    starts: Vec<f64>,
+}
+
+impl ElevenLabsWire {
+    /// Where segments end within a chunk that speaks `alignment`.
+    fn ends(&mut self, alignment: Option<Alignment>) -> Vec<u32> {
+        let mut ends = Vec::new();
+        // Segments with nothing to count end where the chunk starts.
+        while self.owed.front() == Some(&0) {
+            self.owed.pop_front();
+            ends.push(0);
+        }
+        let Some(a) = alignment else {
+            return ends;
+        };
+        // Segments completed in this chunk, waiting for the start of the next counted character.
+        let mut completed = 0;
+        for (i, ch) in a.chars.iter().enumerate() {
+            let n = ch.chars().filter(|&c| counted(c)).count();
+            if n == 0 {
+                continue;
+            }
+            if completed > 0 {
+                let at = a
+                    .starts
+                    .get(i)
+                    .map_or(END_OF_CHUNK, |&ms| ms.max(0.0) as u32);
+                ends.extend(std::iter::repeat_n(at, completed));
+                completed = 0;
+            }
+            for _ in 0..n {
+                let Some(front) = self.owed.front_mut() else {
+                    break;
+                };
+                *front = front.saturating_sub(1);
+                if *front == 0 {
+                    self.owed.pop_front();
+                    completed += 1;
+                    while self.owed.front() == Some(&0) {
+                        self.owed.pop_front();
+                        completed += 1;
+                    }
+                }
+            }
+        }
+        ends.extend(std::iter::repeat_n(END_OF_CHUNK, completed));
+        ends
+    }
+}
+
+impl Wire for ElevenLabsWire {
+    fn open(&mut self) -> Vec<String> {
+        vec![json(&Open {
+            text: " ",
+            voice_settings: self.speed.map(|speed| VoiceSettings { speed }),
+        })]
+    }
+
+    /// The text (the API wants each to end with a space: it marks the end of a word), flushed.
+    fn segment(&mut self, text: &str) -> Vec<String> {
+        self.owed
+            .push_back(text.chars().filter(|&c| counted(c)).count());
+        vec![json(&Text {
+            text: &format!("{} ", text.trim_end()),
+            flush: true,
+        })]
+    }
+
+    /// The empty text: the vendor sends what is left, then `isFinal`.
+    fn finish(&mut self) -> Vec<String> {
+        vec![json(&Text {
+            text: "",
+            flush: false,
+        })]
+    }
+
+    /// One stream for the utterance; the vendor closes it after its own inactivity timeout, and
+    /// the next segment opens another.
+    fn linger(&self) -> Option<Duration> {
+        None
+    }
+
+    fn renew(&mut self) {}
+
+    /// Closing the socket is the cancel.
+    fn cancel(&self) -> Option<String> {
+        None
+    }
+
+    fn parse(&mut self, text: &[u8]) -> Result<Reply, String> {
         let a: Answer =
             serde_json::from_slice(text).map_err(|e| format!("unreadable message: {e}"))?;
         if let Some(e) = a.error.filter(|e| !e.is_null()) {
             return Err(format!("{e}: {}", a.message.unwrap_or_default()));
         }
         match (a.audio.filter(|a| !a.is_empty()), a.is_final) {
-            (Some(audio), _) => Ok(Reply::Audio(audio)),
-            (None, Some(true)) => Ok(Reply::Done),
+            (Some(b64), _) => Ok(Reply::Audio {
+                b64,
+                ends: self.ends(a.alignment),
+            }),
+            (None, Some(true)) => {
+                self.owed.clear();
+                Ok(Reply::Done)
+            }
             (None, _) => Ok(Reply::Other),
         }
-    }
-
-    /// Closing the socket is the cancel.
-    fn cancel(&self) -> Option<String> {
-        None
     }
 }
 
@@ -242,10 +351,16 @@ mod tests {
 
     #[test]
     fn reads_the_vendor_messages() {
-        let w = ElevenLabsWire;
+        let mut w = ElevenLabsWire {
+            speed: None,
+            owed: VecDeque::new(),
+        };
         assert_eq!(
-            w.parse(br#"{"audio":"AAA=","isFinal":null,"alignment":{}}"#),
-            Ok(Reply::Audio("AAA=".into()))
+            w.parse(br#"{"audio":"AAA=","isFinal":null,"alignment":null}"#),
+            Ok(Reply::Audio {
+                b64: "AAA=".into(),
+                ends: vec![]
+            })
         );
         assert_eq!(
             w.parse(br#"{"audio":null,"isFinal":true}"#),
@@ -258,6 +373,44 @@ mod tests {
             .unwrap_err();
         assert!(e.contains("bad voice"), "{e}");
         assert!(w.parse(b"not json").is_err());
+    }
+
+    /// A chunk of audio speaking `text`, one character every 10 ms.
+    fn chunk(text: &str) -> Vec<u8> {
+        let chars: Vec<String> = text.chars().map(String::from).collect();
+        let starts: Vec<usize> = (0..chars.len()).map(|i| i * 10).collect();
+        serde_json::to_vec(&serde_json::json!({
+            "audio": "AAAA",
+            "isFinal": null,
+            "alignment": {"chars": chars, "charStartTimesMs": starts, "charDurationsMs": starts},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_alignment_cuts_the_audio_into_segments() {
+        let mut w = ElevenLabsWire {
+            speed: None,
+            owed: VecDeque::new(),
+        };
+        w.segment("Hi, Bo.");
+        w.segment("OK then!");
+        w.segment("...");
+        w.segment("Next one.");
+        let ends = |w: &mut ElevenLabsWire, text: &str| match w.parse(&chunk(text)).unwrap() {
+            Reply::Audio { ends, .. } => ends,
+            r => panic!("{r:?}"),
+        };
+        // "Hi" and half of "Bo": no end yet.
+        assert_eq!(ends(&mut w, "Hi, B"), Vec::<u32>::new());
+        // "o" ends the first segment where "OK" starts (30 ms); "then" ends the second with
+        // the chunk, and the punctuation-only segment after it too (nothing of it to count).
+        assert_eq!(ends(&mut w, "o. OK then"), [30, END_OF_CHUNK, END_OF_CHUNK]);
+        // The third's letters are spread over two chunks.
+        assert_eq!(ends(&mut w, "!Next"), Vec::<u32>::new());
+        // The last ends with the chunk that holds its last letter.
+        assert_eq!(ends(&mut w, " one."), [END_OF_CHUNK]);
+        assert!(w.owed.is_empty());
     }
 
     #[test]

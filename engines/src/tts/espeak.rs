@@ -437,6 +437,11 @@ impl TtsEngine for EspeakEngine {
         ENGINE
     }
 
+    /// Each segment alone: the engine has no context to carry.
+    fn utterance(self: Rc<Self>) -> Box<dyn super::UtteranceSynth> {
+        Box::new(super::EachSegment(self))
+    }
+
     fn sample_rate(&self) -> u32 {
         self.rate
     }

@@ -2,7 +2,9 @@
 //!
 //! An engine turns one segment of text into a stream of PCM chunks at its native rate; dropping
 //! the stream cancels the synthesis (the espeak-ng worker stops at its next chunk, an HTTP
-//! request is aborted). Engines live on the call's media worker, so they need not be `Send`.
+//! request is aborted). An utterance's segments are asked for in order through
+//! [`TtsEngine::utterance`]: the streaming engines speak them in one vendor context, fed as the
+//! text arrives, so prosody carries across segments; the others synthesize each on its own. Engines live on the call's media worker, so they need not be `Send`.
 //! The [`TtsFactory`] is built once at startup (that is where a missing library or a bad
 //! setting is reported) and hands each call its engine.
 //!
@@ -83,8 +85,27 @@ pub trait TtsEngine {
     fn name(&self) -> &'static str;
     /// The rate of the PCM it produces.
     fn sample_rate(&self) -> u32;
-    /// Starts synthesizing `text`.
+    /// Starts synthesizing `text` on its own.
     fn synthesize(&self, text: &str) -> SynthStream;
+    /// Starts an utterance: its segments, asked for in order, are synthesized through the
+    /// returned handle, and dropping it says no segment follows. The streaming engines speak
+    /// them in one vendor context ([`ws`]); the others synthesize each alone ([`EachSegment`]).
+    fn utterance(self: Rc<Self>) -> Box<dyn UtteranceSynth>;
+}
+
+/// One utterance's segments, synthesized in order.
+pub trait UtteranceSynth {
+    /// Starts synthesizing the utterance's next segment; its audio only.
+    fn segment(&mut self, text: &str) -> SynthStream;
+}
+
+/// Each segment synthesized on its own, for the engines without vendor contexts.
+pub struct EachSegment(pub Rc<dyn TtsEngine>);
+
+impl UtteranceSynth for EachSegment {
+    fn segment(&mut self, text: &str) -> SynthStream {
+        self.0.synthesize(text)
+    }
 }
 
 /// Makes each call's engine.

@@ -1,30 +1,47 @@
 //! The WebSocket plumbing the streaming speech engines share (`elevenlabs`, `cartesia`).
 //!
-//! One synthesis is one vendor stream: [`synthesize`] spawns a task on the call's worker that
-//! connects, sends the vendor's opening messages, and turns the vendor's base64 PCM messages
-//! into chunks for the [`SynthStream`] through a bounded channel ([`CHANNEL_CHUNKS`]). The task
-//! owns the socket, so dropping the stream (a cancelled segment, `tts.interrupt`, a barge-in)
-//! is seen at once: the task sends the vendor's cancel message, if it has one, and a close frame
-//! ([`CLOSE_GRACE`] at most), then ends.
+//! **One vendor stream per utterance.** An utterance's segments are synthesized through one
+//! [`ContextUtterance`]: its first segment spawns a task on the call's worker that connects and
+//! sends the vendor's opening messages; every segment's text is sent on that connection as the
+//! player asks for it, each followed by the vendor's flush, so the vendor speaks the utterance in
+//! one context (prosody carries from one segment to the next) and starts each segment's audio at
+//! once. The vendor's audio is cut back into segments where the vendor says a segment ends
+//! ([`Reply::Audio::ends`] from ElevenLabs' character alignment, [`Reply::SegmentDone`] from
+//! Cartesia's `flush_done`), so the player still knows which text every sample speaks
+//! (`tts.interrupt`'s `played_text`). Each segment's audio goes to its own [`SynthStream`]
+//! through a bounded channel ([`CHANNEL_CHUNKS`]); the socket is not read while the oldest
+//! segment's channel is full.
 //!
-//! Deadlines and bounds: the connection (TCP, TLS, upgrade) must be up within `connect`; after
-//! it, a quiet socket (no message for `idle`, `tts.stream_idle_timeout_ms`) ends the synthesis
-//! as [`WsTtsError::Stalled`]; a message is refused by its declared length before its payload is
-//! read (`max_message`), so a vendor cannot make the call hold more than one message. A vendor
-//! that closes or drops the connection before it said it was done fails the synthesis
-//! ([`WsTtsError::Dropped`]): that utterance ends `ok: false`, the call goes on.
+//! **Ends.** When the utterance is over (its handle is dropped) and every segment's audio came,
+//! the task sends the vendor's end of input, waits for its end marker and closes. If segments are
+//! still in flight and all of them were dropped (`tts.interrupt`, a barge-in, the call's end),
+//! it sends the vendor's cancel message and a close frame ([`CLOSE_GRACE`] at most) at once. A
+//! vendor whose contexts expire when idle ([`Wire::linger`]: Cartesia's expire a second after
+//! their last audio) gets the context ended after that quiet time, and the next segment opens a
+//! new context on the same connection.
 //!
-//! The vendor's wire format stays in its engine ([`Vendor`]): this file knows WebSocket frames,
-//! not JSON.
+//! Deadlines and bounds: the connection (TCP, TLS, upgrade) must be up within `connect`; while a
+//! segment waits for audio (or the end marker), a quiet socket (no message for `idle`,
+//! `tts.stream_idle_timeout_ms`) fails it as [`WsTtsError::Stalled`]; a message is refused by
+//! its declared length before its payload is read (`max_message`), so a vendor cannot make the
+//! call hold more than one message. A vendor that closes or drops the connection before the
+//! audio it owes fails the segments waiting ([`WsTtsError::Dropped`]): that utterance ends
+//! `ok: false`, the call goes on.
+//!
+//! The vendor's wire format stays in its engine ([`Wire`]): this file knows WebSocket frames
+//! and segments, not JSON.
 
-use super::{SynthStream, TtsError};
+use super::{SynthStream, TtsError, UtteranceSynth};
 use crate::idle::Stalled;
 use crate::ws_codec::{LimitedCodec, ReadError};
 use awc::ws::{CloseCode, CloseReason, Frame, Message};
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
+use std::collections::VecDeque;
 use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 use voicegate_core::ws_frame::TooBig;
 
 /// PCM chunks a synthesis may hold between the socket and the speaker: the socket is not read
@@ -74,58 +91,148 @@ pub enum WsTtsError {
 /// What one vendor message means.
 #[derive(Debug, PartialEq)]
 pub enum Reply {
-    /// Raw 16-bit little-endian PCM, base64-encoded on the wire.
-    Audio(String),
-    /// The synthesis is complete.
+    /// Raw 16-bit little-endian PCM, base64-encoded on the wire, for the oldest segment still
+    /// waiting. `ends`: where segments end within it, in ms from its start, in order
+    /// ([`END_OF_CHUNK`]: at its end); what follows the last end belongs to the next segment.
+    Audio {
+        /// The PCM.
+        b64: String,
+        /// Segment ends within it.
+        ends: Vec<u32>,
+    },
+    /// The oldest waiting segment's audio is complete.
+    SegmentDone,
+    /// The context is complete (after [`Wire::finish`]): every segment still waiting ends.
     Done,
-    /// Nothing for us (timestamps, alignment).
+    /// Nothing for us (timestamps, another context's messages).
     Other,
 }
 
-/// A vendor's wire format.
-pub trait Vendor: 'static {
-    /// Reads one text message; `Err` is the vendor's error, quoted.
-    fn parse(&self, text: &[u8]) -> Result<Reply, String>;
-    /// What to send when the synthesis is dropped before it is done (before the close frame).
+/// In [`Reply::Audio::ends`]: the segment ends with this chunk.
+pub const END_OF_CHUNK: u32 = u32::MAX;
+
+/// A vendor's wire format for one stream of contexts.
+pub trait Wire: 'static {
+    /// Messages sent once the connection is up, before the first segment.
+    fn open(&mut self) -> Vec<String>;
+    /// Messages carrying one segment's text, flushed so its audio starts now.
+    fn segment(&mut self, text: &str) -> Vec<String>;
+    /// Messages ending the input: the vendor sends what is left, then its end marker
+    /// ([`Reply::Done`]).
+    fn finish(&mut self) -> Vec<String>;
+    /// After this long with no segment waiting, the context is ended ([`Wire::finish`], without
+    /// waiting for its end marker) and [`Wire::renew`] starts the next; `None`: one context for
+    /// the whole connection.
+    fn linger(&self) -> Option<Duration>;
+    /// Starts a new context on the same connection (after a [`Wire::linger`]).
+    fn renew(&mut self);
+    /// What to send when the context is dropped before its end (before the close frame).
     fn cancel(&self) -> Option<String>;
+    /// Reads one message; `Err` is the vendor's error, quoted.
+    fn parse(&mut self, text: &[u8]) -> Result<Reply, String>;
 }
 
-/// Where to connect and what to say first.
+/// Where to connect.
 pub struct Request {
     /// `ws://` or `wss://` URL, query included.
     pub url: String,
     /// Extra headers (the API key among them).
     pub headers: Vec<(&'static str, String)>,
-    /// Text messages sent in order once the connection is up.
-    pub messages: Vec<String>,
 }
 
-/// Deadlines and bounds of one synthesis.
+/// Deadlines and bounds of one stream.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Longest wait for the connection.
     pub connect: Duration,
-    /// Longest quiet time once connected.
+    /// Longest quiet time while audio is owed.
     pub idle: Duration,
     /// Largest vendor message, bytes.
     pub max_message: usize,
+    /// The PCM rate (to place [`Reply::Audio::ends`]).
+    pub sample_rate: u32,
 }
 
-/// Starts one synthesis on the call's worker (see the module doc); `wrap` names the engine in
-/// its errors.
-pub fn synthesize<V: Vendor>(
-    request: Request,
-    vendor: V,
+/// Opens a vendor stream: where to connect and the wire for it.
+pub type Opener = Box<dyn Fn() -> (Request, Box<dyn Wire>)>;
+
+/// One utterance's segments through one vendor stream (see the module doc). Dropping it says
+/// no segment follows.
+pub struct ContextUtterance {
+    open: Opener,
     limits: Limits,
     wrap: fn(WsTtsError) -> TtsError,
-) -> SynthStream {
-    let (tx, rx) = tokio::sync::mpsc::channel(CHANNEL_CHUNKS);
-    // Runs on the call's worker (a `LocalSet`), like every engine.
-    tokio::task::spawn_local(async move {
-        if let Err(e) = run(request, &vendor, limits, &tx).await {
-            let _ = tx.send(Err(wrap(e))).await;
+    /// The running stream's segment queue; `None` before the first segment.
+    segments: Option<mpsc::UnboundedSender<Segment>>,
+}
+
+impl ContextUtterance {
+    /// An utterance whose stream `open` describes; `wrap` names the engine in errors.
+    pub fn new(open: Opener, limits: Limits, wrap: fn(WsTtsError) -> TtsError) -> Self {
+        ContextUtterance {
+            open,
+            limits,
+            wrap,
+            segments: None,
         }
-    });
+    }
+}
+
+/// A segment for the stream: its text and where its audio goes.
+struct Segment {
+    text: String,
+    tx: Tx,
+}
+
+impl UtteranceSynth for ContextUtterance {
+    fn segment(&mut self, text: &str) -> SynthStream {
+        let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+        let mut segment = Segment {
+            text: text.to_owned(),
+            tx,
+        };
+        // The running stream takes it, unless it has ended (the vendor closed it, or it failed):
+        // then a new one does.
+        if let Some(queue) = &self.segments {
+            match queue.send(segment) {
+                Ok(()) => return receiver_stream(rx),
+                Err(mpsc::error::SendError(s)) => segment = s,
+            }
+        }
+        // The queue is bounded by the player: it asks for a few segments ahead at most.
+        let (queue, segments) = mpsc::unbounded_channel();
+        let _ = queue.send(segment);
+        self.segments = Some(queue);
+        let (request, wire) = (self.open)();
+        let (limits, wrap) = (self.limits, self.wrap);
+        // Runs on the call's worker (a `LocalSet`), like every engine.
+        tokio::task::spawn_local(async move {
+            let mut stream = Stream {
+                wire,
+                limits,
+                segments,
+                waiting: VecDeque::new(),
+                pcm: PcmDecoder::default(),
+            };
+            match stream.run(request).await {
+                Err(e) => stream.fail(e, wrap).await,
+                // The vendor closed an idle connection: a segment sent to this stream meanwhile
+                // fails (the next one opens a new stream).
+                Ok(()) => {
+                    stream
+                        .fail(
+                            WsTtsError::Dropped("the vendor closed the connection".into()),
+                            wrap,
+                        )
+                        .await
+                }
+            }
+        });
+        receiver_stream(rx)
+    }
+}
+
+fn receiver_stream(rx: mpsc::Receiver<Result<Vec<i16>, TtsError>>) -> SynthStream {
     Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     }))
@@ -137,7 +244,7 @@ pub fn json<T: serde::Serialize>(message: &T) -> String {
     serde_json::to_string(message).expect("plain structs serialize")
 }
 
-type Tx = tokio::sync::mpsc::Sender<Result<Vec<i16>, TtsError>>;
+type Tx = mpsc::Sender<Result<Vec<i16>, TtsError>>;
 
 /// The endpoint for messages: the URL without its query (which may name the voice and model,
 /// not secrets, but is long).
@@ -145,142 +252,292 @@ fn shown_url(url: &str) -> String {
     url.split('?').next().unwrap_or(url).to_owned()
 }
 
-async fn run<V: Vendor>(
-    request: Request,
-    vendor: &V,
+/// How often a stream whose utterance is over looks whether its segments were all dropped.
+const DROP_CHECK: Duration = Duration::from_millis(20);
+
+/// The task's state.
+struct Stream {
+    wire: Box<dyn Wire>,
     limits: Limits,
-    tx: &Tx,
-) -> Result<(), WsTtsError> {
-    let url = shown_url(&request.url);
-    let client = awc::Client::builder().timeout(limits.connect).finish();
-    let mut ws = client
-        .ws(request.url.as_str())
-        .max_frame_size(limits.max_message);
-    for (name, value) in &request.headers {
-        ws = ws.header(*name, value.as_str());
-    }
-    let connect = tokio::select! {
-        // Dropped while connecting: nothing to cancel at the vendor yet.
-        _ = tx.closed() => return Ok(()),
-        c = tokio::time::timeout(limits.connect, ws.connect()) => c,
-    };
-    let mut framed = match connect {
-        Err(_) => {
-            return Err(WsTtsError::ConnectTimeout {
-                url,
-                limit: limits.connect,
-            });
+    segments: mpsc::UnboundedReceiver<Segment>,
+    /// Segments sent to the vendor whose audio has not all come, oldest first.
+    waiting: VecDeque<Tx>,
+    pcm: PcmDecoder,
+}
+
+/// Where the stream is.
+#[derive(PartialEq)]
+enum Phase {
+    /// Segments may come.
+    Open,
+    /// The utterance is over; segments are still waiting for audio.
+    Closing,
+    /// The end of input was sent; waiting for the end marker.
+    Finishing,
+}
+
+impl Stream {
+    async fn run(&mut self, request: Request) -> Result<(), WsTtsError> {
+        let limits = self.limits;
+        let url = shown_url(&request.url);
+        let client = awc::Client::builder().timeout(limits.connect).finish();
+        let mut ws = client
+            .ws(request.url.as_str())
+            .max_frame_size(limits.max_message);
+        for (name, value) in &request.headers {
+            ws = ws.header(*name, value.as_str());
         }
-        Ok(Err(e)) => {
-            return Err(WsTtsError::Connect {
-                url,
-                detail: e.to_string(),
-            });
+        let connect = tokio::time::timeout(limits.connect, ws.connect()).await;
+        let mut framed = match connect {
+            Err(_) => {
+                return Err(WsTtsError::ConnectTimeout {
+                    url,
+                    limit: limits.connect,
+                });
+            }
+            Ok(Err(e)) => {
+                return Err(WsTtsError::Connect {
+                    url,
+                    detail: e.to_string(),
+                });
+            }
+            Ok(Ok((_, framed))) => framed.replace_codec(LimitedCodec::new(limits.max_message)),
+        };
+        for m in self.wire.open() {
+            framed
+                .feed(Message::Text(m.into()))
+                .await
+                .map_err(dropped)?;
         }
-        Ok(Ok((_, framed))) => framed.replace_codec(LimitedCodec::new(limits.max_message)),
-    };
-    // Written together and flushed once: small writes one after another would wait for the
-    // peer's delayed ACK (Nagle), about 40 ms each.
-    for m in request.messages {
-        framed
-            .feed(Message::Text(m.into()))
-            .await
-            .map_err(|e| WsTtsError::Dropped(e.to_string()))?;
-    }
-    framed
-        .flush()
-        .await
-        .map_err(|e| WsTtsError::Dropped(e.to_string()))?;
-    let mut pcm = PcmDecoder::default();
-    // A fragmented message in progress (bounded by the codec's message limit).
-    let mut fragments = BytesMut::new();
-    loop {
-        let next = tokio::select! {
-            _ = tx.closed() => {
-                cancel(&mut framed, vendor).await;
-                return Ok(());
-            }
-            n = tokio::time::timeout(limits.idle, framed.next()) => n,
-        };
-        let frame = match next {
-            Err(_) => return Err(WsTtsError::Stalled(Stalled(limits.idle))),
-            Ok(None) => return Err(WsTtsError::Dropped("connection lost".into())),
-            Ok(Some(Err(ReadError::TooBig(t)))) => return Err(t.into()),
-            Ok(Some(Err(ReadError::Protocol(e)))) => {
-                return Err(WsTtsError::Dropped(e.to_string()));
-            }
-            Ok(Some(Ok(frame))) => frame,
-        };
-        let text: Bytes = match frame {
-            Frame::Text(b) | Frame::Binary(b) => b,
-            Frame::Continuation(item) => {
-                use actix_http::ws::Item;
-                match item {
-                    Item::FirstText(b) | Item::FirstBinary(b) => {
-                        fragments.clear();
-                        fragments.extend_from_slice(&b);
-                        continue;
-                    }
-                    Item::Continue(b) => {
-                        fragments.extend_from_slice(&b);
-                        continue;
-                    }
-                    Item::Last(b) => {
-                        fragments.extend_from_slice(&b);
-                        fragments.split().freeze()
-                    }
+        let mut phase = Phase::Open;
+        // When the last message came (the idle limit counts from it while audio is owed), and
+        // since when the context has had no segment waiting (for the linger; `None` once it
+        // was ended or while a segment waits).
+        let mut last_message = Instant::now();
+        let mut quiet_since = None;
+        let mut sent_any = false;
+        let linger = self.wire.linger();
+        // A fragmented message in progress (bounded by the codec's message limit).
+        let mut fragments = BytesMut::new();
+        loop {
+            let owed = !self.waiting.is_empty() || phase == Phase::Finishing;
+            if phase == Phase::Closing {
+                if self.waiting.is_empty() && !sent_any {
+                    // Dropped before any text was sent: nothing to end at the vendor.
+                    close(&mut framed, "cancelled").await;
+                    return Ok(());
                 }
-            }
-            Frame::Ping(p) => {
-                let _ = framed.send(Message::Pong(p)).await;
-                continue;
-            }
-            Frame::Pong(_) => continue,
-            Frame::Close(reason) => {
-                let why = reason
-                    .map(|r| format!("close {:?} {}", r.code, r.description.unwrap_or_default()))
-                    .unwrap_or_else(|| "closed".into());
-                return Err(WsTtsError::Dropped(why));
-            }
-        };
-        match vendor.parse(&text).map_err(WsTtsError::Vendor)? {
-            Reply::Audio(b64) => {
-                let samples = pcm.push(&b64)?;
-                if !samples.is_empty() && tx.send(Ok(samples)).await.is_err() {
-                    cancel(&mut framed, vendor).await;
+                if self.waiting.is_empty() {
+                    // Every segment's audio came: end the input, wait for the end marker.
+                    for m in self.wire.finish() {
+                        framed
+                            .feed(Message::Text(m.into()))
+                            .await
+                            .map_err(dropped)?;
+                    }
+                    framed.flush().await.map_err(dropped)?;
+                    phase = Phase::Finishing;
+                    last_message = Instant::now();
+                    continue;
+                }
+                if self.waiting.iter().all(|t| t.is_closed()) {
+                    if let Some(m) = self.wire.cancel() {
+                        let _ =
+                            tokio::time::timeout(CLOSE_GRACE, framed.send(Message::Text(m.into())))
+                                .await;
+                    }
+                    close(&mut framed, "cancelled").await;
                     return Ok(());
                 }
             }
-            Reply::Done => {
-                let _ = tokio::time::timeout(
-                    CLOSE_GRACE,
-                    framed.send(Message::Close(Some(CloseCode::Normal.into()))),
-                )
-                .await;
-                return Ok(());
+            let idle_at = last_message + limits.idle;
+            let linger_at = linger.zip(quiet_since).map(|(l, q)| q + l);
+            tokio::select! {
+                segment = self.segments.recv(), if phase == Phase::Open => match segment {
+                    Some(Segment { tx, .. }) if tx.is_closed() && self.waiting.is_empty() => {
+                        // Dropped before it was sent (an interrupt while connecting).
+                    }
+                    Some(Segment { text, tx }) => {
+                        // Written together and flushed once: small writes one after another
+                        // would wait for the peer's delayed ACK (Nagle), about 40 ms each.
+                        for m in self.wire.segment(&text) {
+                            framed.feed(Message::Text(m.into())).await.map_err(dropped)?;
+                        }
+                        framed.flush().await.map_err(dropped)?;
+                        if self.waiting.is_empty() {
+                            last_message = Instant::now();
+                        }
+                        self.waiting.push_back(tx);
+                        sent_any = true;
+                        quiet_since = None;
+                    }
+                    None => phase = Phase::Closing,
+                },
+                _ = tokio::time::sleep_until(idle_at), if owed => {
+                    return Err(WsTtsError::Stalled(Stalled(limits.idle)));
+                }
+                _ = async { tokio::time::sleep_until(linger_at.expect("guarded")).await },
+                    if phase == Phase::Open && !owed && linger_at.is_some() && sent_any => {
+                    // The vendor's context would expire: end it, and start the next one for
+                    // whatever segment comes.
+                    for m in self.wire.finish() {
+                        framed.feed(Message::Text(m.into())).await.map_err(dropped)?;
+                    }
+                    framed.flush().await.map_err(dropped)?;
+                    self.wire.renew();
+                    quiet_since = None;
+                }
+                _ = tokio::time::sleep(DROP_CHECK), if phase == Phase::Closing => {}
+                next = framed.next() => {
+                    last_message = Instant::now();
+                    let frame = match next {
+                        None => return self.ended("connection lost".into(), phase),
+                        Some(Err(ReadError::TooBig(t))) => return Err(t.into()),
+                        Some(Err(ReadError::Protocol(e))) => {
+                            return Err(WsTtsError::Dropped(e.to_string()));
+                        }
+                        Some(Ok(frame)) => frame,
+                    };
+                    let text: Bytes = match frame {
+                        Frame::Text(b) | Frame::Binary(b) => b,
+                        Frame::Continuation(item) => {
+                            use actix_http::ws::Item;
+                            match item {
+                                Item::FirstText(b) | Item::FirstBinary(b) => {
+                                    fragments.clear();
+                                    fragments.extend_from_slice(&b);
+                                    continue;
+                                }
+                                Item::Continue(b) => {
+                                    fragments.extend_from_slice(&b);
+                                    continue;
+                                }
+                                Item::Last(b) => {
+                                    fragments.extend_from_slice(&b);
+                                    fragments.split().freeze()
+                                }
+                            }
+                        }
+                        Frame::Ping(p) => {
+                            let _ = framed.send(Message::Pong(p)).await;
+                            continue;
+                        }
+                        Frame::Pong(_) => continue,
+                        Frame::Close(reason) => {
+                            let why = reason
+                                .map(|r| {
+                                    format!(
+                                        "close {:?} {}",
+                                        r.code,
+                                        r.description.unwrap_or_default()
+                                    )
+                                })
+                                .unwrap_or_else(|| "closed".into());
+                            return self.ended(why, phase);
+                        }
+                    };
+                    match self.wire.parse(&text).map_err(WsTtsError::Vendor)? {
+                        Reply::Audio { b64, ends } => self.audio(&b64, &ends).await?,
+                        Reply::SegmentDone => {
+                            self.waiting.pop_front();
+                        }
+                        Reply::Done => {
+                            // Whatever still waits ends here (its audio is complete).
+                            self.waiting.clear();
+                            if phase == Phase::Finishing {
+                                let _ = tokio::time::timeout(
+                                    CLOSE_GRACE,
+                                    framed.send(Message::Close(Some(CloseCode::Normal.into()))),
+                                )
+                                .await;
+                                return Ok(());
+                            }
+                        }
+                        Reply::Other => {}
+                    }
+                    if self.waiting.is_empty() && phase == Phase::Open && quiet_since.is_none() {
+                        quiet_since = Some(Instant::now());
+                    }
+                }
             }
-            Reply::Other => {}
+        }
+    }
+
+    /// Hands a chunk's samples to the segments it belongs to.
+    async fn audio(&mut self, b64: &str, ends: &[u32]) -> Result<(), WsTtsError> {
+        let samples = self.pcm.push(b64)?;
+        let mut from = 0;
+        for &end in ends {
+            let at = if end == END_OF_CHUNK {
+                samples.len()
+            } else {
+                (end as usize * self.limits.sample_rate as usize / 1000).clamp(from, samples.len())
+            };
+            self.deliver(&samples[from..at]).await;
+            self.waiting.pop_front();
+            from = at;
+        }
+        self.deliver(&samples[from..]).await;
+        Ok(())
+    }
+
+    /// Sends samples to the oldest waiting segment (dropped if it was cancelled, or if the
+    /// vendor sent more than it owed).
+    async fn deliver(&mut self, samples: &[i16]) {
+        if samples.is_empty() {
+            return;
+        }
+        if let Some(tx) = self.waiting.front()
+            && !tx.is_closed()
+        {
+            let _ = tx.send(Ok(samples.to_vec())).await;
+        }
+    }
+
+    /// The vendor closed or dropped the connection: an error if audio was owed, else the stream
+    /// just ends (a vendor closing an idle connection) and the next segment opens another.
+    fn ended(&self, why: String, phase: Phase) -> Result<(), WsTtsError> {
+        if self.waiting.is_empty() && phase != Phase::Finishing {
+            Ok(())
+        } else {
+            Err(WsTtsError::Dropped(why))
+        }
+    }
+
+    /// Fails the segments waiting and those queued: the oldest gets the error, the others
+    /// that it came first.
+    async fn fail(&mut self, e: WsTtsError, wrap: fn(WsTtsError) -> TtsError) {
+        self.segments.close();
+        let detail = e.to_string();
+        let mut first = Some(e);
+        let queued = std::iter::from_fn(|| self.segments.try_recv().ok().map(|s| s.tx));
+        let all: Vec<Tx> = self.waiting.drain(..).chain(queued).collect();
+        for tx in all {
+            let e = first.take().unwrap_or_else(|| {
+                WsTtsError::Dropped(format!("an earlier segment failed: {detail}"))
+            });
+            let _ = tx.send(Err(wrap(e))).await;
         }
     }
 }
 
-/// Tells the vendor to stop (its cancel message, then a close frame), within [`CLOSE_GRACE`].
-async fn cancel<S, V: Vendor>(framed: &mut S, vendor: &V)
+/// A connection error while writing: the vendor is gone.
+fn dropped(e: impl std::fmt::Display) -> WsTtsError {
+    WsTtsError::Dropped(e.to_string())
+}
+
+/// Sends a close frame, within [`CLOSE_GRACE`].
+async fn close<S>(framed: &mut S, why: &'static str)
 where
     S: futures_util::Sink<Message> + Unpin,
 {
-    let _ = tokio::time::timeout(CLOSE_GRACE, async {
-        if let Some(m) = vendor.cancel() {
-            framed.send(Message::Text(m.into())).await.ok()?;
-        }
-        framed
-            .send(Message::Close(Some(CloseReason {
-                code: CloseCode::Normal,
-                description: Some("cancelled".into()),
-            })))
-            .await
-            .ok()
-    })
+    let _ = tokio::time::timeout(
+        CLOSE_GRACE,
+        framed.send(Message::Close(Some(CloseReason {
+            code: CloseCode::Normal,
+            description: Some(why.into()),
+        }))),
+    )
     .await;
 }
 
