@@ -301,6 +301,7 @@ impl Session {
         if !key.is_empty() {
             request = request.header("Authorization", format!("Token {key}"));
         }
+        let connecting = Instant::now();
         let framed = match tokio::time::timeout(s.connect_timeout, request.connect()).await {
             // awc's own timeout (the same) may fire first.
             Err(_) | Ok(Err(WsClientError::SendRequest(SendRequestError::Timeout))) => {
@@ -320,6 +321,11 @@ impl Session {
             }
             Ok(Ok((_, framed))) => framed,
         };
+        // The setup a connection per utterance costs (BENCHMARKS.md quotes it).
+        tracing::debug!(
+            setup_ms = connecting.elapsed().as_secs_f64() * 1000.0,
+            "deepgram connected"
+        );
         if self.overflowed.get() {
             // The connection took longer than the buffer holds: the utterance's start is lost.
             return Err(DeepgramError::Overflow(s.max_buffered_ms));
