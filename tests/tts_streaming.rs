@@ -46,6 +46,14 @@ async fn setup(vendor: Vendor, behaviour: Behaviour) -> (TtsWsServer, TestDialog
     (tts, app, server)
 }
 
+/// The stand-in sends its audio at real-time pace (one 100 ms chunk every 100 ms).
+fn real_time() -> Behaviour {
+    Behaviour {
+        chunk_gap: Duration::from_millis(100),
+        ..Behaviour::default()
+    }
+}
+
 /// `tts.*` events of the call as "type id [ok]".
 fn tts_log(app: &TestDialogApp) -> Vec<String> {
     app.events()
@@ -176,15 +184,8 @@ async fn cartesia_stream_plays_before_its_last_chunk() {
 }
 
 async fn interrupt_stops_audio_and_the_vendor_stream(vendor: Vendor) {
-    // Audio at real-time pace, so a synthesis is still in flight when the interrupt comes.
-    let (tts, app, server) = setup(
-        vendor,
-        Behaviour {
-            chunk_gap: Duration::from_millis(100),
-            ..Behaviour::default()
-        },
-    )
-    .await;
+    // A synthesis is still in flight when the interrupt comes.
+    let (tts, app, server) = setup(vendor, real_time()).await;
     let peer = started_dialog_call(&server, &app).await.0;
     let long = "This is a long answer that keeps going for a while. ".repeat(6);
     assert!(app.send(json!({"type": "tts.stream", "utterance_id": "long", "text": long})));
@@ -289,15 +290,8 @@ async fn cartesia_dropped_connection_fails_one_utterance_and_the_call_goes_on() 
 /// alignment), so `tts.interrupt` reports the first segment complete, at its length, and the
 /// second in progress.
 async fn barge_in_reports_each_segment_of_one_stream(vendor: Vendor) {
-    // Audio at real-time pace, so the second segment is still arriving when the caller speaks.
-    let (tts, app, server) = setup(
-        vendor,
-        Behaviour {
-            chunk_gap: Duration::from_millis(100),
-            ..Behaviour::default()
-        },
-    )
-    .await;
+    // The second segment is still arriving when the caller speaks.
+    let (tts, app, server) = setup(vendor, real_time()).await;
     let peer = started_dialog_call(&server, &app).await.0;
     // 24 characters: 720 ms of the stand-in's audio.
     let first = "First sentence is short.";
