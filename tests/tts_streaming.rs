@@ -383,3 +383,40 @@ async fn cartesia_a_long_pause_in_a_stream_starts_a_new_context() {
     assert_eq!(streams[0].ending, Ending::Done);
     peer.close().await;
 }
+
+/// A vendor that marks no segment's end (no `flush_done`, no alignment): a one-segment utterance
+/// still ends, and at once, because voicegate ends the input as soon as the utterance's last
+/// segment was asked for, and the vendor's end marker closes it.
+async fn an_unmarked_last_segment_ends_with_the_stream(vendor: Vendor) {
+    let (tts, app, server) = setup(
+        vendor,
+        Behaviour {
+            no_segment_marks: true,
+            ..Behaviour::default()
+        },
+    )
+    .await;
+    let peer = started_dialog_call(&server, &app).await.0;
+    assert!(
+        app.send(json!({"type": "tts.speak", "utterance_id": "u", "text": "Just one sentence."}))
+    );
+    let ended = app
+        .wait_type(5 * SECOND, "tts.ended", Some("u"))
+        .await
+        .expect("ended");
+    assert_eq!(ended["ok"], true, "{ended}");
+    let streams = tts.streams();
+    assert_eq!(streams.len(), 1, "{streams:?}");
+    assert_eq!(streams[0].ending, Ending::Done);
+    peer.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elevenlabs_an_unmarked_last_segment_ends_with_the_stream() {
+    an_unmarked_last_segment_ends_with_the_stream(Vendor::ElevenLabs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cartesia_an_unmarked_last_segment_ends_with_the_stream() {
+    an_unmarked_last_segment_ends_with_the_stream(Vendor::Cartesia).await;
+}

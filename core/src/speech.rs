@@ -195,9 +195,10 @@ pub enum Output {
         /// Sanitized text.
         text: String,
     },
-    /// The utterance with this serial number is over (played, failed, interrupted, or the call
-    /// ends): no segment of it will be synthesized any more. Follows its `Ended`/`PromptEnded`
-    /// and the `Cancel`s of its segments.
+    /// No segment of the utterance with this serial number will be asked for any more: it takes
+    /// no more text and every segment it has was asked for, or it is over (played, failed,
+    /// interrupted, the call ends; then it follows its `Ended`/`PromptEnded` and its segments'
+    /// `Cancel`s). Once per utterance. Syntheses in flight go on (a `Cancel` still stops them).
     UtteranceDone {
         /// Its serial number, as in [`Output::Synthesize`].
         utterance: u64,
@@ -316,6 +317,9 @@ struct Utterance {
     played: Vec<PlayedSegment>,
     /// When the command that created it arrived.
     received: Instant,
+    /// [`Output::UtteranceDone`] was given: it takes no more text and every segment it has was
+    /// asked for.
+    released: bool,
 }
 
 #[derive(Debug)]
@@ -678,6 +682,9 @@ impl Player {
 
     /// Moves things along: feed audio in order, end segments, start syntheses, end utterances.
     fn pump(&mut self, out: &mut Vec<Output>) {
+        // Where this pump's release check starts: an utterance the cursor moves past now may
+        // just have been closed.
+        let first = self.settled;
         self.settle();
         // Hand audio to the codec in play order (utterance by utterance; an utterance whose
         // stream is still open holds back everything after it), up to the first segment still
@@ -752,6 +759,19 @@ impl Player {
                 ahead += 1;
             }
             i += 1;
+        }
+        // An utterance that takes no more text and has asked for every segment it has is done
+        // for the engine: a streaming engine ends its input now, so the vendor's end marker
+        // closes the last segment (instead of the vendor having to mark it).
+        let reach = i.max(self.settled + 1).min(self.utterances.len());
+        for ui in first.min(reach)..reach {
+            let u = &self.utterances[ui];
+            if u.closed && !u.released && u.queued.iter().all(|id| self.segments[id].synthesizing) {
+                self.utterances[ui].released = true;
+                out.push(Output::UtteranceDone {
+                    utterance: self.front_serial + ui as u64,
+                });
+            }
         }
         // Utterances at the front that have nothing left end now, in order.
         while let Some(u) = self.utterances.front() {
@@ -902,6 +922,7 @@ impl Utterance {
             queued: VecDeque::new(),
             played: Vec::new(),
             received,
+            released: false,
         }
     }
 
@@ -909,6 +930,7 @@ impl Utterance {
     /// for an internal prompt (which is never reported); then [`Output::UtteranceDone`] for the
     /// engine.
     fn end(self, ok: bool, serial: u64, out: &mut Vec<Output>) {
+        let released = self.released;
         out.push(if self.report {
             Output::Ended {
                 id: self.id,
@@ -918,7 +940,9 @@ impl Utterance {
         } else {
             Output::PromptEnded { id: self.id }
         });
-        out.push(Output::UtteranceDone { utterance: serial });
+        if !released {
+            out.push(Output::UtteranceDone { utterance: serial });
+        }
     }
 }
 
@@ -1002,13 +1026,6 @@ mod tests {
                         self.done.push(utterance);
                     }
                     Output::Cancel { segment } => {
-                        assert!(
-                            !self
-                                .utterance_of
-                                .iter()
-                                .any(|&(s, u)| s == segment && self.done.contains(&u)),
-                            "a cancel after its utterance was done"
-                        );
                         self.synthesizing.retain(|s| *s != segment);
                         self.cancelled.push(segment);
                     }
@@ -1225,24 +1242,38 @@ mod tests {
     fn segments_name_their_utterance_and_each_utterance_is_done_once() {
         let mut r = Rig::new();
         r.speak("u1", "One sentence here. Another sentence. A third one.");
+        // Two of its three segments are asked for (prefetch 2): not done for the engine yet.
+        let serials = |r: &Rig| r.utterance_of.iter().map(|&(_, u)| u).collect::<Vec<_>>();
+        assert_eq!(serials(&r), [0, 0]);
+        assert!(r.done.is_empty());
+        r.run();
+        assert_eq!(serials(&r), [0, 0, 0]);
+        assert_eq!(r.done, [0]);
+        // An open stream is not done, whatever it has asked for.
         r.stream("s1", "Streamed first part. ", false);
         r.run();
-        // u1's three segments share one serial; the stream's first segment has the next.
-        let serials: Vec<u64> = r.utterance_of.iter().map(|&(_, u)| u).collect();
-        assert_eq!(serials, [0, 0, 0, 1]);
+        assert_eq!(serials(&r), [0, 0, 0, 1]);
         assert_eq!(r.done, [0], "the open stream is not done");
+        // Its end: its last segment is asked for and it is done at once, before that segment
+        // is synthesized (a streaming engine ends its input there).
         r.stream("s1", "And the rest.", true);
-        r.run();
         assert_eq!(r.utterance_of.last().map(|&(_, u)| u), Some(1));
         assert_eq!(r.done, [0, 1]);
-        // An interrupt: the cancels come first, then each utterance is done once.
-        r.speak("u2", "One sentence here. Another sentence. A third one.");
+        assert!(!r.synthesizing.is_empty());
+        r.run();
+        assert_eq!(r.done, [0, 1], "once each");
+        // An interrupt: an utterance not done yet is done after its segments' cancels.
+        r.speak(
+            "u2",
+            "One here. Another one. A third one. A fourth one. A fifth one.",
+        );
         r.speak("u3", "Queued behind.");
         r.synth_one(SPEECH_FRAME_SAMPLES);
+        assert_eq!(r.done, [0, 1]);
         r.input(Input::Interrupt);
         assert_eq!(r.done, [0, 1, 2, 3]);
         // The call's end does the same for what is queued then.
-        r.speak("u4", "Last words.");
+        r.speak("u4", "Last words. And more words. And even more.");
         r.input(Input::CallEnding);
         assert_eq!(r.done, [0, 1, 2, 3, 4]);
     }
@@ -1885,7 +1916,8 @@ mod barge_in_tests {
                 _ => "other",
             })
             .collect();
-        assert_eq!(kinds, ["interrupted", "flush", "ended", "done"]);
+        // Both segments were asked for, so the engine was told the utterance was done before.
+        assert_eq!(kinds, ["interrupted", "flush", "ended"]);
         assert!(p.is_idle());
     }
 

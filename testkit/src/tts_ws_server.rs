@@ -46,6 +46,8 @@ pub struct Behaviour {
     pub drop_first_after: Option<usize>,
     /// Time between audio messages.
     pub chunk_gap: Duration,
+    /// Mark no segment's end: no `flush_done` (Cartesia), no alignment (ElevenLabs).
+    pub no_segment_marks: bool,
 }
 
 impl Default for Behaviour {
@@ -54,6 +56,7 @@ impl Default for Behaviour {
             first_delay: Duration::ZERO,
             drop_first_after: None,
             chunk_gap: CHUNK_GAP,
+            no_segment_marks: false,
         }
     }
 }
@@ -393,15 +396,16 @@ impl Conn {
                     let starts: Vec<usize> =
                         (first..last).map(|i| i * MS_PER_CHAR - sent_ms).collect();
                     let durations = vec![MS_PER_CHAR; here.len()];
+                    let alignment = json!({
+                        "chars": here,
+                        "charStartTimesMs": starts,
+                        "charDurationsMs": durations,
+                    });
                     json!({
                         "audio": audio,
                         "isFinal": null,
                         "normalizedAlignment": null,
-                        "alignment": {
-                            "chars": here,
-                            "charStartTimesMs": starts,
-                            "charDurationsMs": durations,
-                        },
+                        "alignment": if self.behaviour.no_segment_marks { Value::Null } else { alignment },
                     })
                 }
                 Vendor::Cartesia => json!({
@@ -431,6 +435,7 @@ impl Conn {
             }
         }
         let marker = match (self.vendor, job.flush_id, job.end) {
+            (Vendor::Cartesia, Some(_), _) if self.behaviour.no_segment_marks => None,
             (Vendor::Cartesia, Some(id), _) => Some(json!({
                 "type": "flush_done", "done": false, "flush_done": true, "flush_id": id,
                 "status_code": 206, "context_id": self.context,

@@ -12,7 +12,8 @@
 //! its alignment (`sync_alignment=true` puts each chunk's characters in it): a segment ends where
 //! the first letter or digit of the next one starts, or with the chunk that holds its last one
 //! (letters and digits are counted, so spacing and punctuation the vendor adds or drops do not
-//! matter). A chunk without alignment belongs to the segment in progress. Dropping the utterance
+//! matter). A chunk without alignment belongs to the segment in progress; the last segment also
+//! ends with the stream's `isFinal`, since the input is ended as soon as it was sent. Dropping the utterance
 //! closes the socket (the vendor stops generating). [`ws`](super::ws) holds the stream, the
 //! deadlines and bounds.
 

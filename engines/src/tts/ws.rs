@@ -12,10 +12,11 @@
 //! through a bounded channel ([`CHANNEL_CHUNKS`]); the socket is not read while the oldest
 //! segment's channel is full.
 //!
-//! **Ends.** When the utterance is over (its handle is dropped) and every segment's audio came,
-//! the task sends the vendor's end of input, waits for its end marker and closes. If segments are
-//! still in flight and all of them were dropped (`tts.interrupt`, a barge-in, the call's end),
-//! it sends the vendor's cancel message and a close frame ([`CLOSE_GRACE`] at most) at once. A
+//! **Ends.** When the utterance is over (its handle is dropped), the task sends the vendor's end
+//! of input at once, takes what is still owed, and closes at the vendor's end marker (which ends
+//! every segment still waiting). If segments are still in flight and all of them were dropped
+//! (`tts.interrupt`, a barge-in, the call's end), it sends the vendor's cancel message and a
+//! close frame ([`CLOSE_GRACE`] at most) at once. A
 //! vendor whose contexts expire when idle ([`Wire::linger`]: Cartesia's expire a second after
 //! their last audio) gets the context ended after that quiet time, and the next segment opens a
 //! new context on the same connection.
@@ -270,9 +271,9 @@ struct Stream {
 enum Phase {
     /// Segments may come.
     Open,
-    /// The utterance is over; segments are still waiting for audio.
+    /// The utterance is over: the end of input goes out next.
     Closing,
-    /// The end of input was sent; waiting for the end marker.
+    /// The end of input was sent; waiting for what is owed and the end marker.
     Finishing,
 }
 
@@ -321,34 +322,38 @@ impl Stream {
         let mut fragments = BytesMut::new();
         loop {
             let owed = !self.waiting.is_empty() || phase == Phase::Finishing;
+            let dropped_all =
+                !self.waiting.is_empty() && self.waiting.iter().all(|t| t.is_closed());
+            if phase != Phase::Open && dropped_all {
+                // The utterance is over and nobody wants the audio still owed: cancel it.
+                if let Some(m) = self.wire.cancel() {
+                    let _ = tokio::time::timeout(CLOSE_GRACE, framed.send(Message::Text(m.into())))
+                        .await;
+                }
+                close(&mut framed, "cancelled").await;
+                return Ok(());
+            }
             if phase == Phase::Closing {
-                if self.waiting.is_empty() && !sent_any {
+                if !sent_any {
                     // Dropped before any text was sent: nothing to end at the vendor.
                     close(&mut framed, "cancelled").await;
                     return Ok(());
                 }
+                // No segment follows: end the input now. The vendor sends what it owes, then
+                // its end marker, which ends every segment still waiting (so the last one does
+                // not depend on the vendor marking its end).
+                for m in self.wire.finish() {
+                    framed
+                        .feed(Message::Text(m.into()))
+                        .await
+                        .map_err(dropped)?;
+                }
+                framed.flush().await.map_err(dropped)?;
+                phase = Phase::Finishing;
                 if self.waiting.is_empty() {
-                    // Every segment's audio came: end the input, wait for the end marker.
-                    for m in self.wire.finish() {
-                        framed
-                            .feed(Message::Text(m.into()))
-                            .await
-                            .map_err(dropped)?;
-                    }
-                    framed.flush().await.map_err(dropped)?;
-                    phase = Phase::Finishing;
                     last_message = Instant::now();
-                    continue;
                 }
-                if self.waiting.iter().all(|t| t.is_closed()) {
-                    if let Some(m) = self.wire.cancel() {
-                        let _ =
-                            tokio::time::timeout(CLOSE_GRACE, framed.send(Message::Text(m.into())))
-                                .await;
-                    }
-                    close(&mut framed, "cancelled").await;
-                    return Ok(());
-                }
+                continue;
             }
             let idle_at = last_message + limits.idle;
             let linger_at = linger.zip(quiet_since).map(|(l, q)| q + l);
@@ -387,7 +392,7 @@ impl Stream {
                     self.wire.renew();
                     quiet_since = None;
                 }
-                _ = tokio::time::sleep(DROP_CHECK), if phase == Phase::Closing => {}
+                _ = tokio::time::sleep(DROP_CHECK), if phase == Phase::Finishing && !self.waiting.is_empty() => {}
                 next = framed.next() => {
                     last_message = Instant::now();
                     let frame = match next {
