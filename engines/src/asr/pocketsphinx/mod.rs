@@ -27,8 +27,8 @@ mod decoder;
 mod queue;
 
 use super::{AsrEngine, AsrFactory, AsrStream, AsrUpdate, UtteranceSink};
-use decoder::Decoder;
 pub use decoder::DecoderError;
+use decoder::{Decoder, SCORE_NATS};
 use queue::FairQueue;
 pub use queue::Refused;
 use std::collections::HashSet;
@@ -98,10 +98,10 @@ pub enum PocketsphinxError {
 /// turns it into one.
 #[derive(Debug)]
 enum Decoded {
-    /// The hypothesis so far.
-    Partial(String),
-    /// The final text; `None` when nothing was recognized.
-    Final(Option<String>),
+    /// The hypothesis so far, and its confidence ([`confidence`]).
+    Partial(String, Option<f32>),
+    /// The final text (`None` when nothing was recognized) and its confidence.
+    Final(Option<String>, Option<f32>),
     /// The decoder failed on this utterance.
     Failed(DecoderError),
 }
@@ -109,8 +109,8 @@ enum Decoded {
 impl From<Decoded> for AsrUpdate {
     fn from(d: Decoded) -> AsrUpdate {
         match d {
-            Decoded::Partial(h) => AsrUpdate::Partial(h),
-            Decoded::Final(text) => AsrUpdate::Final(text),
+            Decoded::Partial(h, c) => AsrUpdate::Partial(h, c),
+            Decoded::Final(text, c) => AsrUpdate::Final(text, c),
             Decoded::Failed(e) => AsrUpdate::Error(PocketsphinxError::Decoder(e).into()),
         }
     }
@@ -225,11 +225,20 @@ impl Pocketsphinx {
                                 d.add_grammar(name, text)?;
                             }
                             Ok(d)
+                        })
+                        .and_then(|d| {
+                            // Grammar results get a confidence against a free phone loop.
+                            let phones = if grammar.is_some() || !grammars.is_empty() {
+                                Some(Decoder::phone_loop(&hmm, &dict)?)
+                            } else {
+                                None
+                            };
+                            Ok((d, phones))
                         });
                     match decoder {
-                        Ok(d) => {
+                        Ok((d, phones)) => {
                             let _ = ready.send(Ok(()));
-                            run(d, &shared);
+                            run(d, phones, &shared);
                         }
                         Err(e) => {
                             let _ = ready.send(Err(e));
@@ -253,8 +262,32 @@ impl Drop for Pocketsphinx {
     }
 }
 
-/// A decoder thread: one utterance at a time.
-fn run(mut d: Decoder, shared: &Shared) {
+/// How well the words of a grammar's hypothesis match the audio, from 0 to 1: the likelihood
+/// of the audio along the words' path (acoustic score only, without the grammar's weights)
+/// against along the best free phone sequence ([`Decoder::phone_loop`]), as a geometric mean
+/// per frame of the words (the silence around them fits both paths alike and would only
+/// dilute it), capped at 1. `words`: the hypothesis's acoustic score and word frames;
+/// `phones`: the phone loop's score over the same audio.
+///
+/// A grammar has no garbage model: noise, or words it does not list, still come out as its
+/// closest phrase, but that phrase then fits the audio much worse than free phones do.
+fn confidence(words: (i64, u32), phones: (i64, u32)) -> f32 {
+    let per_frame = (words.0 - phones.0) as f64 / f64::from(words.1.max(1)) * SCORE_NATS;
+    per_frame.min(0.0).exp() as f32
+}
+
+/// The confidence of `d`'s current hypothesis, if it comes from a grammar and the phone loop
+/// followed the same audio.
+fn confidence_of(d: &mut Decoder, phones: Option<&mut Decoder>) -> Option<f32> {
+    if !d.grammar_active() {
+        return None;
+    }
+    Some(confidence(d.acoustic_score()?, phones?.acoustic_score()?))
+}
+
+/// A decoder thread: one utterance at a time. `phones`, if any, follows each grammar
+/// utterance's audio as a free phone loop, for the results' confidence.
+fn run(mut d: Decoder, mut phones: Option<Decoder>, shared: &Shared) {
     while let Some(job) = shared.next_job() {
         let fail = |results: &mpsc::UnboundedSender<Decoded>, e: DecoderError| {
             let _ = results.send(Decoded::Failed(e));
@@ -263,6 +296,13 @@ fn run(mut d: Decoder, shared: &Shared) {
         if let Err(e) = ready.and_then(|()| d.reset_cmn()).and_then(|()| d.start()) {
             fail(&job.results, e);
             continue;
+        }
+        // The phone loop runs only beside a grammar; if it fails, results have no confidence.
+        let mut loop_: Option<&mut Decoder> = phones.as_mut().filter(|_| d.grammar_active());
+        if let Some(p) = loop_.as_deref_mut()
+            && p.reset_cmn().and_then(|()| p.start()).is_err()
+        {
+            loop_ = None;
         }
         let mut since_partial = 0;
         let mut last = String::new();
@@ -278,6 +318,12 @@ fn run(mut d: Decoder, shared: &Shared) {
                 fail(&job.results, e);
                 break;
             }
+            if let Some(p) = loop_.as_deref_mut()
+                && p.process(&pcm).is_err()
+            {
+                let _ = p.finish();
+                loop_ = None;
+            }
             since_partial += pcm.len();
             if since_partial >= PARTIAL_EVERY {
                 since_partial = 0;
@@ -285,9 +331,14 @@ fn run(mut d: Decoder, shared: &Shared) {
                     && h != last
                 {
                     last.clone_from(&h);
-                    let _ = job.results.send(Decoded::Partial(h));
+                    let c = confidence_of(&mut d, loop_.as_deref_mut());
+                    let _ = job.results.send(Decoded::Partial(h, c));
                 }
             }
+        }
+        let loop_done = loop_.as_deref_mut().map(|p| p.finish().is_ok());
+        if loop_done == Some(false) {
+            loop_ = None;
         }
         if job.abandoned() {
             // Ends the utterance without searching for a result nobody will read.
@@ -296,7 +347,10 @@ fn run(mut d: Decoder, shared: &Shared) {
         }
         match d.finish() {
             Ok(text) => {
-                let _ = job.results.send(Decoded::Final(text));
+                let c = text
+                    .as_ref()
+                    .and_then(|_| confidence_of(&mut d, loop_.as_deref_mut()));
+                let _ = job.results.send(Decoded::Final(text, c));
             }
             Err(e) => fail(&job.results, e),
         }
@@ -440,7 +494,7 @@ mod tests {
         sink.finish();
         let updates: Vec<AsrUpdate> = results.collect().await;
         assert!(
-            matches!(updates.last(), Some(AsrUpdate::Final(None))),
+            matches!(updates.last(), Some(AsrUpdate::Final(None, _))),
             "{updates:?}"
         );
 
@@ -534,11 +588,11 @@ mod tests {
         b1_sink.push(&[0; 16_000]);
         b1_sink.finish();
         let b1 = first(&mut b1_results).await;
-        assert!(matches!(b1, AsrUpdate::Final(None)), "{b1:?}");
+        assert!(matches!(b1, AsrUpdate::Final(None, _)), "{b1:?}");
         d2_sink.push(&[0; 16_000]);
         d2_sink.finish();
         let d2 = first(&mut d2_results).await;
-        assert!(matches!(d2, AsrUpdate::Final(None)), "{d2:?}");
+        assert!(matches!(d2, AsrUpdate::Final(None, _)), "{d2:?}");
         waiting(&ps, 0).await;
     }
 
@@ -575,7 +629,7 @@ mod tests {
         sink.finish();
         let updates: Vec<AsrUpdate> = results.collect().await;
         match updates.into_iter().last() {
-            Some(AsrUpdate::Final(text)) => text,
+            Some(AsrUpdate::Final(text, _)) => text,
             other => panic!("no final: {other:?}"),
         }
     }
@@ -641,6 +695,67 @@ mod tests {
                 ..Default::default()
             }),
             None
+        );
+    }
+
+    #[test]
+    fn confidence_is_the_per_frame_likelihood_ratio_capped_at_one() {
+        // As good as free phones, or better (the grammar's path may fit better than the
+        // pruned loop): 1.
+        assert_eq!(confidence((-1000, 50), (-1000, 120)), 1.0);
+        assert_eq!(confidence((-900, 50), (-1000, 120)), 1.0);
+        // Worse by 5 units a word frame: exp(-5 * SCORE_NATS), about 0.6.
+        let c = confidence((-1250, 50), (-1000, 120));
+        assert!(
+            (f64::from(c) - (-5.0 * SCORE_NATS).exp()).abs() < 1e-6,
+            "{c}"
+        );
+        assert!((0.59..0.61).contains(&c), "{c}");
+    }
+
+    /// The final and partial results of `pcm`.
+    async fn results(engine: &Rc<dyn AsrEngine>, pcm: &[i16]) -> Vec<AsrUpdate> {
+        let (mut sink, results) = engine.utterance();
+        for chunk in pcm.chunks(1600) {
+            sink.push(chunk);
+        }
+        sink.finish();
+        results.collect().await
+    }
+
+    #[actix_rt::test]
+    async fn grammar_results_say_how_well_the_words_fit_the_audio() {
+        let ps = Pocketsphinx::start(&settings(Some(
+            "#JSGF V1.0; grammar g; public <s> = stop | wait a second ;",
+        )))
+        .expect("pocketsphinx is installed by scripts/setup.sh");
+        let engine = ps.for_call();
+        // Words the grammar lists fit it as well as free phones.
+        let updates = results(&engine, &spoken("wait a second").await).await;
+        let Some(AsrUpdate::Final(Some(text), Some(c))) = updates.last() else {
+            panic!("{updates:?}");
+        };
+        assert_eq!(text, "wait a second");
+        assert!(*c > 0.9, "{updates:?}");
+        assert!(
+            updates
+                .iter()
+                .all(|u| matches!(u, AsrUpdate::Partial(_, Some(_)) | AsrUpdate::Final(..))),
+            "{updates:?}"
+        );
+        // Words it does not list are forced onto a phrase, which fits them badly.
+        let updates = results(&engine, &spoken("please call me back tomorrow").await).await;
+        match updates.last() {
+            Some(AsrUpdate::Final(Some(_), Some(c))) => assert!(*c < 0.5, "{updates:?}"),
+            Some(AsrUpdate::Final(None, None)) => {}
+            _ => panic!("{updates:?}"),
+        }
+        // The language model's results have none.
+        let lm = Pocketsphinx::start(&settings(None)).unwrap();
+        let updates = results(&lm.for_call(), &spoken("stop").await).await;
+        assert!(
+            matches!(updates.last(), Some(AsrUpdate::Final(Some(_), None))),
+            "{updates:?}"
         );
     }
 }
