@@ -212,8 +212,6 @@ mod ffi {
             name: *const c_char,
             lm: *mut c_void,
         ) -> c_int;
-        // int ps_get_n_frames(ps_decoder_t *ps);
-        pub fn ps_get_n_frames(ps: *mut ps_decoder_t) -> c_int;
         // ps_seg_t *ps_seg_iter(ps_decoder_t *ps);   (NULL if no hypothesis)
         pub fn ps_seg_iter(ps: *mut ps_decoder_t) -> *mut ps_seg_t;
         // ps_seg_t *ps_seg_next(ps_seg_t *seg);   (frees seg and returns NULL at the end)
@@ -286,6 +284,20 @@ const LOOP_SEARCH: &str = "phones";
 /// Natural-log units of one unit of a path score: scores are in log base 1.0001, shifted right
 /// by 10 bits (the library's `SENSCR_SHIFT`).
 pub const SCORE_NATS: f64 = 1024.0 * 0.000_099_995;
+
+/// A stretch of a hypothesis: a word, a silence or noise filler, or (for the phone loop) a
+/// phone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    /// First frame (100 a second).
+    pub start: i32,
+    /// Last frame, included.
+    pub end: i32,
+    /// Acoustic score, in the library's scaled log units ([`SCORE_NATS`]).
+    pub ascr: i32,
+    /// A silence or noise filler, not a word.
+    pub filler: bool,
+}
 
 /// A pocketsphinx decoder (acoustic model + dictionary + LM or JSGF grammar).
 ///
@@ -446,7 +458,7 @@ impl Decoder {
 
     /// A decoder that recognizes free phone sequences (context-dependent phones, any phone
     /// after any other, no phonetic language model): the best acoustic match of any speech,
-    /// against which [`acoustic_score`](Self::acoustic_score) of a grammar's path is compared.
+    /// against which the [`segments`](Self::segments) of a grammar's hypothesis are compared.
     ///
     /// Its beams are narrower than the library's defaults (`1e-10` against `1e-48`): a full
     /// triphone loop with the default beams decodes about three times slower than real time;
@@ -486,47 +498,42 @@ impl Decoder {
         name == GRAMMAR_SEARCH.as_bytes() || name.starts_with(b"g:")
     }
 
-    /// The current hypothesis's acoustic score (its path score without the grammar's or
-    /// language model's weights and the filler penalties, in the library's scaled log units,
-    /// see [`SCORE_NATS`]) and the frames (100 a second) its words span, silences and noise
-    /// fillers excluded (for the phone loop, whose "words" are phones: every frame decoded so
-    /// far); `None` before any hypothesis, or when it spans no word.
-    pub fn acoustic_score(&mut self) -> Option<(i64, u32)> {
+    /// The current hypothesis's segments (its words, silences and noise fillers; for the
+    /// phone loop, its phones) with their acoustic scores; empty before any hypothesis.
+    pub fn segments(&mut self) -> Vec<Segment> {
+        let mut out = Vec::new();
         if !self.started_once {
-            return None;
+            return out;
         }
         let mut score: i32 = 0;
         // SAFETY: valid decoder; out pointer is a live i32.
         if unsafe { ffi::ps_get_hyp(self.ps, &mut score) }.is_null() {
-            return None;
+            return out;
         }
-        let phones = self.active.as_bytes() == LOOP_SEARCH.as_bytes();
-        let (mut language, mut frames) = (0i64, 0u32);
         // SAFETY: valid decoder; the iterator is walked to its end (ps_seg_next frees it and
         // returns NULL there) and never used after; the word is read before the next step;
         // the out pointers are live integers.
         unsafe {
             let mut seg = ffi::ps_seg_iter(self.ps);
             while !seg.is_null() {
-                let (mut a, mut l, mut b) = (0, 0, 0);
-                ffi::ps_seg_prob(seg, &mut a, &mut l, &mut b);
-                language += i64::from(l);
+                let (mut ascr, mut l, mut b) = (0, 0, 0);
+                ffi::ps_seg_prob(seg, &mut ascr, &mut l, &mut b);
+                let (mut start, mut end) = (0, 0);
+                ffi::ps_seg_frames(seg, &mut start, &mut end);
                 let word = ffi::ps_seg_word(seg);
-                // Fillers are named <sil>, <s>, </s>, [NOISE], ... in the noise dictionary.
+                // Fillers are named <sil>, <s>, </s>, [NOISE], +SPN+, ... in the noise
+                // dictionary and the acoustic model.
                 let filler = word.is_null() || matches!(*word as u8, b'<' | b'[' | b'+');
-                if !filler {
-                    let (mut sf, mut ef) = (0, 0);
-                    ffi::ps_seg_frames(seg, &mut sf, &mut ef);
-                    frames += (ef - sf + 1).max(0) as u32;
-                }
+                out.push(Segment {
+                    start,
+                    end,
+                    ascr,
+                    filler,
+                });
                 seg = ffi::ps_seg_next(seg);
             }
         }
-        if phones {
-            // SAFETY: valid decoder.
-            frames = unsafe { ffi::ps_get_n_frames(self.ps) }.max(0) as u32;
-        }
-        (frames > 0).then_some((i64::from(score) - language, frames))
+        out
     }
 
     /// Adds a named grammar's search (as `g:<name>`), for [`use_search`](Self::use_search).

@@ -28,7 +28,7 @@ mod queue;
 
 use super::{AsrEngine, AsrFactory, AsrStream, AsrUpdate, UtteranceSink};
 pub use decoder::DecoderError;
-use decoder::{Decoder, SCORE_NATS};
+use decoder::{Decoder, SCORE_NATS, Segment};
 use queue::FairQueue;
 pub use queue::Refused;
 use std::collections::HashSet;
@@ -219,6 +219,8 @@ impl Pocketsphinx {
             std::thread::Builder::new()
                 .name(format!("vg-asr-{i}"))
                 .spawn(move || {
+                    // Grammar results get a confidence against a free phone loop.
+                    let rated = grammar.is_some() || !grammars.is_empty();
                     let decoder = Decoder::new(&hmm, &dict, lm.as_deref(), grammar.as_deref())
                         .and_then(|mut d| {
                             for (name, text) in &grammars {
@@ -227,8 +229,7 @@ impl Pocketsphinx {
                             Ok(d)
                         })
                         .and_then(|d| {
-                            // Grammar results get a confidence against a free phone loop.
-                            let phones = if grammar.is_some() || !grammars.is_empty() {
+                            let phones = if rated {
                                 Some(Decoder::phone_loop(&hmm, &dict)?)
                             } else {
                                 None
@@ -262,18 +263,45 @@ impl Drop for Pocketsphinx {
     }
 }
 
-/// How well the words of a grammar's hypothesis match the audio, from 0 to 1: the likelihood
-/// of the audio along the words' path (acoustic score only, without the grammar's weights)
-/// against along the best free phone sequence ([`Decoder::phone_loop`]), as a geometric mean
-/// per frame of the words (the silence around them fits both paths alike and would only
-/// dilute it), capped at 1. `words`: the hypothesis's acoustic score and word frames;
-/// `phones`: the phone loop's score over the same audio.
+/// How well a grammar's hypothesis matches the audio, from 0 to 1, against the best free
+/// phone sequence over the same audio ([`Decoder::phone_loop`]): the likelihood ratio of the
+/// two, as a geometric mean per frame of the words, capped at 1. `None` when the hypothesis
+/// has no word.
 ///
 /// A grammar has no garbage model: noise, or words it does not list, still come out as its
-/// closest phrase, but that phrase then fits the audio much worse than free phones do.
-fn confidence(words: (i64, u32), phones: (i64, u32)) -> f32 {
-    let per_frame = (words.0 - phones.0) as f64 / f64::from(words.1.max(1)) * SCORE_NATS;
-    per_frame.min(0.0).exp() as f32
+/// closest phrase, which then fits worse than free phones do, either where the phrase lies or
+/// in the silence the grammar put around it to hide the rest of the sound (espeak-ng's
+/// "uh huh" became "stop" with the "uh" taken as silence). So the words' frames and the
+/// silences' frames are compared with the phones over the same frames (a phone straddling an
+/// edge shares its score out by frame), and each part counts only where it fits worse: where
+/// the grammar's path scores better than the loop (which is pruned, and does poorly on digital
+/// silence), that does not make up for the other part.
+fn confidence(hypothesis: &[Segment], phones: &[Segment]) -> Option<f32> {
+    let on_phones = |s: &Segment| -> f64 {
+        phones
+            .iter()
+            .filter(|p| p.end >= p.start)
+            .map(|p| {
+                let overlap = (s.end.min(p.end) - s.start.max(p.start) + 1).max(0);
+                f64::from(p.ascr) * f64::from(overlap) / f64::from(p.end - p.start + 1)
+            })
+            .sum()
+    };
+    let (mut frames, mut words, mut fillers) = (0i64, 0f64, 0f64);
+    for s in hypothesis.iter().filter(|s| s.end >= s.start) {
+        let worse = f64::from(s.ascr) - on_phones(s);
+        if s.filler {
+            fillers += worse;
+        } else {
+            frames += i64::from(s.end - s.start + 1);
+            words += worse;
+        }
+    }
+    if frames == 0 {
+        return None;
+    }
+    let per_frame = (words.min(0.0) + fillers.min(0.0)) / frames as f64 * SCORE_NATS;
+    Some(per_frame.exp() as f32)
 }
 
 /// The confidence of `d`'s current hypothesis, if it comes from a grammar and the phone loop
@@ -282,7 +310,7 @@ fn confidence_of(d: &mut Decoder, phones: Option<&mut Decoder>) -> Option<f32> {
     if !d.grammar_active() {
         return None;
     }
-    Some(confidence(d.acoustic_score()?, phones?.acoustic_score()?))
+    confidence(&d.segments(), &phones?.segments())
 }
 
 /// A decoder thread: one utterance at a time. `phones`, if any, follows each grammar
@@ -347,9 +375,7 @@ fn run(mut d: Decoder, mut phones: Option<Decoder>, shared: &Shared) {
         }
         match d.finish() {
             Ok(text) => {
-                let c = text
-                    .as_ref()
-                    .and_then(|_| confidence_of(&mut d, loop_.as_deref_mut()));
+                let c = text.as_ref().and_then(|_| confidence_of(&mut d, loop_));
                 let _ = job.results.send(Decoded::Final(text, c));
             }
             Err(e) => fail(&job.results, e),
@@ -699,18 +725,52 @@ mod tests {
     }
 
     #[test]
-    fn confidence_is_the_per_frame_likelihood_ratio_capped_at_one() {
-        // As good as free phones, or better (the grammar's path may fit better than the
-        // pruned loop): 1.
-        assert_eq!(confidence((-1000, 50), (-1000, 120)), 1.0);
-        assert_eq!(confidence((-900, 50), (-1000, 120)), 1.0);
-        // Worse by 5 units a word frame: exp(-5 * SCORE_NATS), about 0.6.
-        let c = confidence((-1250, 50), (-1000, 120));
+    fn confidence_compares_words_and_silences_with_free_phones_over_the_same_frames() {
+        let seg = |start, end, ascr, filler| Segment {
+            start,
+            end,
+            ascr,
+            filler,
+        };
+        let phones = [
+            seg(0, 9, -1000, true),
+            seg(10, 29, -200, false),
+            seg(30, 49, -300, false),
+            seg(50, 59, -900, true),
+        ];
+        // Words and silences as good as free phones over their frames, or better (the loop is
+        // pruned): 1.
+        let fits = [
+            seg(0, 9, -100, true),
+            seg(10, 49, -500, false),
+            seg(50, 59, -100, true),
+        ];
+        assert_eq!(confidence(&fits, &phones), Some(1.0));
+        // Words worse by 5 units a frame: exp(-5 * SCORE_NATS), about 0.6. A phone straddling
+        // the word's edge counts for its frames inside (frames 20-39 get half of each); the
+        // silences fitting better make up for nothing.
+        let worse = [
+            seg(0, 19, -200, true),
+            seg(20, 39, -250 - 100, false),
+            seg(40, 59, -500, true),
+        ];
+        let c = confidence(&worse, &phones).unwrap();
         assert!(
             (f64::from(c) - (-5.0 * SCORE_NATS).exp()).abs() < 1e-6,
             "{c}"
         );
         assert!((0.59..0.61).contains(&c), "{c}");
+        // Words that fit, but the sound before them taken as silence fits badly (100 units
+        // worse, over 20 word frames): just as unsure.
+        let hidden = [
+            seg(0, 19, -1100 - 100, true),
+            seg(20, 39, -250, false),
+            seg(40, 59, -1050, true),
+        ];
+        assert_eq!(confidence(&hidden, &phones), Some(c));
+        // No word: no confidence.
+        assert_eq!(confidence(&[seg(0, 59, -10, true)], &phones), None);
+        assert_eq!(confidence(&[], &phones), None);
     }
 
     /// The final and partial results of `pcm`.
