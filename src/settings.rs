@@ -432,6 +432,8 @@ pub struct BargeInConfig {
     pub confirm_stable_ms: u32,
     /// Words that always make a real interruption.
     pub min_words: usize,
+    /// The least confidence (0 to 1) of words that interrupt, for recognizers that give one.
+    pub min_confidence: f32,
     /// What is only a backchannel.
     pub backchannels: Vec<String>,
 }
@@ -1648,6 +1650,9 @@ impl Settings {
         if !(1..=10).contains(&b.min_words) {
             return Err(invalid("barge_in.min_words", "want 1 to 10"));
         }
+        if !(0.0..=1.0).contains(&b.min_confidence) {
+            return Err(invalid("barge_in.min_confidence", "want 0 to 1"));
+        }
         if b.backchannels.len() > 100 || b.backchannels.iter().any(|p| p.len() > 64) {
             return Err(invalid(
                 "barge_in.backchannels",
@@ -1676,6 +1681,7 @@ impl Settings {
             backchannels: std::sync::Arc::new(Backchannels::new(
                 &self.barge_in.backchannels,
                 self.barge_in.min_words,
+                self.barge_in.min_confidence,
             )),
             confirm: Duration::from_millis(u64::from(self.barge_in.confirm_ms)),
             confirm_stable: Duration::from_millis(u64::from(self.barge_in.confirm_stable_ms)),
@@ -2662,6 +2668,16 @@ mod tests {
                 "5000",
                 "tts.max_queued_utterances",
             ),
+            (
+                "VOICEGATE__BARGE_IN__MIN_CONFIDENCE",
+                "1.5",
+                "barge_in.min_confidence",
+            ),
+            (
+                "VOICEGATE__BARGE_IN__MIN_CONFIDENCE",
+                "-0.1",
+                "barge_in.min_confidence",
+            ),
         ];
         for (k, v, key) in cases {
             let err = Settings::load_with_env(None, env(&[(k, v)]))
@@ -2676,6 +2692,22 @@ mod tests {
                 .validate()
                 .unwrap_err();
         assert!(err.to_string().contains("http://x"), "{err}");
+    }
+
+    /// `barge_in.min_confidence`: 0.6 by default, reaches the calls' backchannel rule.
+    #[test]
+    fn barge_in_min_confidence_reaches_the_backchannel_rule() {
+        let v = Settings::load_with_env(None, env(&[]))
+            .unwrap()
+            .validate()
+            .unwrap();
+        let b = &v.calls.listen.backchannels;
+        assert!(b.confirms("stop", Some(0.6)) && !b.confirms("stop", Some(0.59)));
+        let v = Settings::load_with_env(None, env(&[("VOICEGATE__BARGE_IN__MIN_CONFIDENCE", "0")]))
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert!(v.calls.listen.backchannels.confirms("stop", Some(0.0)));
     }
 
     /// `listen.denoise`: off by default, "rnnoise" reaches the calls' listening, anything else is

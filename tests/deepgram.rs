@@ -45,8 +45,8 @@ async fn speak(sink: &mut Box<dyn UtteranceSink>, ms: u32) {
 async fn drain(results: AsrStream) -> Vec<String> {
     results
         .map(|u| match u {
-            AsrUpdate::Partial(t) => format!("partial {t}"),
-            AsrUpdate::Final(t) => format!("final {}", t.unwrap_or_default()),
+            AsrUpdate::Partial(t, _) => format!("partial {t}"),
+            AsrUpdate::Final(t, _) => format!("final {}", t.unwrap_or_default()),
             AsrUpdate::Error(e) => {
                 format!("error{} {e}", if e.stalled() { " (stalled)" } else { "" })
             }

@@ -189,3 +189,103 @@ async fn real_words_interrupt_with_what_was_heard_and_a_noise_only_pauses() {
     peer.close().await;
     let _ = std::fs::remove_file(grammar);
 }
+
+/// A cough-like noise burst at 48 kHz: 300 ms of noise that decays fast, no words in it.
+fn cough() -> Vec<i16> {
+    let mut x: u32 = 0x2545_f491;
+    (0..48_000 * 3 / 10)
+        .map(|i| {
+            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let noise = f64::from((x >> 16) as i16) / 32768.0;
+            let envelope = (-(i as f64) / (48_000.0 * 0.07)).exp();
+            (noise * envelope * 15_000.0) as i16
+        })
+        .collect()
+}
+
+/// Plays a cough over a long answer with `barge_in.min_confidence` at `min_confidence` (or
+/// its default); returns the app's events once the answer ended.
+async fn cough_over_an_answer(grammar: &str, min_confidence: Option<&str>) -> Vec<Value> {
+    let app = TestDialogApp::start().await;
+    let url = app.url();
+    let mut overrides = vec![
+        ("dialog.url", url.as_str()),
+        ("asr.pocketsphinx.grammar", grammar),
+    ];
+    if let Some(c) = min_confidence {
+        overrides.push(("barge_in.min_confidence", c));
+    }
+    let server = TestServer::start(&overrides);
+    let (peer, _) = started_dialog_call(&server, &app).await;
+    assert!(app.send(json!({"type": "tts.speak", "utterance_id": "c", "text": LONG})));
+    app.wait_type(5 * SECOND, "tts.started", Some("c"))
+        .await
+        .expect("tts.started");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let packets = voicegate_testkit::peer::opus_speech(
+        &cough(),
+        48_000,
+        Duration::from_millis(300),
+        Duration::from_millis(1500),
+    );
+    peer.send_paced(&packets).await.unwrap();
+    app.wait_type(20 * SECOND, "tts.ended", Some("c"))
+        .await
+        .expect("tts.ended");
+    // The cough's final, if any, follows its end of speech.
+    let _ = app.wait_type(3 * SECOND, "asr.final", None).await;
+    peer.close().await;
+    app.events()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cough_the_grammar_forces_onto_a_phrase_is_too_unsure_to_interrupt() {
+    let grammar = grammar_file();
+    let kinds = |events: &[Value]| -> Vec<String> {
+        events
+            .iter()
+            .filter_map(|e| e["type"].as_str())
+            .filter(|t| t.starts_with("tts.") || t.starts_with("asr.final"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let final_of = |events: &[Value]| {
+        events
+            .iter()
+            .find(|e| e["type"] == "asr.final")
+            .cloned()
+            .expect("the grammar turned the cough into words")
+    };
+    // Without the confidence rule (0: off), the grammar, which has no "none of these", turns
+    // the cough into one of its phrases, and that interrupts the answer.
+    let off = cough_over_an_answer(&grammar, Some("0")).await;
+    assert!(
+        kinds(&off).contains(&"tts.interrupt".to_owned()),
+        "{:?}",
+        kinds(&off)
+    );
+    let forced = final_of(&off);
+    assert!(forced.get("backchannel").is_none(), "{forced}");
+    // With the default rule, those words fit the cough too badly: paused, resumed, and the
+    // answer plays to its end; the words reach the app as not taking the turn.
+    let on = cough_over_an_answer(&grammar, None).await;
+    assert_eq!(
+        kinds(&on)
+            .iter()
+            .filter(|k| k.starts_with("tts.") && *k != "tts.started")
+            .collect::<Vec<_>>(),
+        ["tts.paused", "tts.resumed", "tts.ended"],
+        "{on:?}"
+    );
+    let ended = on.iter().find(|e| e["type"] == "tts.ended").unwrap();
+    assert_eq!(ended["ok"], true, "{ended}");
+    let unsure = final_of(&on);
+    assert_eq!(unsure["text"], forced["text"], "{unsure}");
+    assert_eq!(unsure["backchannel"], true, "{unsure}");
+    let c = unsure["confidence"]
+        .as_f64()
+        .expect("a grammar result's confidence");
+    assert!(c < 0.6, "{unsure}");
+    println!("cough: heard {:?} with confidence {c}", unsure["text"]);
+    let _ = std::fs::remove_file(grammar);
+}

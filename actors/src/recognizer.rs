@@ -67,17 +67,20 @@ pub enum Heard {
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub enum RecognizerEvent {
-    /// Interim text (rate-limited by `asr.partial_interval_ms`, for the app).
-    Partial(String),
-    /// The engine's hypothesis changed (every change, not rate-limited): what endpointing and
-    /// barge-in confirmation listen to.
-    Hypothesis(String),
+    /// Interim text (rate-limited by `asr.partial_interval_ms`, for the app) and the engine's
+    /// confidence in it, if it gives one.
+    Partial(String, Option<f32>),
+    /// The engine's hypothesis changed (every change, not rate-limited), with its confidence:
+    /// what endpointing and barge-in confirmation listen to.
+    Hypothesis(String, Option<f32>),
     /// An utterance ended with nothing recognized (noise, a cough).
     Unheard,
     /// A finished utterance.
     Final {
         /// The text.
         text: String,
+        /// The engine's confidence in it, if it gives one.
+        confidence: Option<f32>,
         /// What the network did to it.
         net: NetReport,
         /// From the end of speech to this result.
@@ -324,14 +327,14 @@ impl StreamHandler<Update> for Recognizer {
             metrics().engine_first_result(p.engine, started.elapsed());
         }
         match update {
-            AsrUpdate::Partial(text) => {
+            AsrUpdate::Partial(text, confidence) => {
                 let text = text.trim().to_owned();
                 // The latest utterance's: while it is heard, or after it ended for an engine that
                 // streams its result (openai's events). An older one's partials are stale.
                 let current = n == self.count;
                 if current && !text.is_empty() {
                     self.parent
-                        .do_send(RecognizerEvent::Hypothesis(text.clone()));
+                        .do_send(RecognizerEvent::Hypothesis(text.clone(), confidence));
                 }
                 let due = self
                     .last_partial
@@ -339,10 +342,11 @@ impl StreamHandler<Update> for Recognizer {
                     .is_none_or(|t| t.elapsed() >= self.settings.partial_interval);
                 if current && !text.is_empty() && text != self.last_partial.0 && due {
                     self.last_partial = (text.clone(), Some(Instant::now()));
-                    self.parent.do_send(RecognizerEvent::Partial(text));
+                    self.parent
+                        .do_send(RecognizerEvent::Partial(text, confidence));
                 }
             }
-            AsrUpdate::Final(text) => {
+            AsrUpdate::Final(text, confidence) => {
                 let (net, ended_at) = self
                     .settle(n, Outcome::Ok, ctx)
                     .unwrap_or_else(|| (NetReport::default(), Instant::now()));
@@ -355,8 +359,12 @@ impl StreamHandler<Update> for Recognizer {
                             "heard"
                         )
                     });
-                    self.parent
-                        .do_send(RecognizerEvent::Final { text, net, latency });
+                    self.parent.do_send(RecognizerEvent::Final {
+                        text,
+                        confidence,
+                        net,
+                        latency,
+                    });
                 } else {
                     self.parent.do_send(RecognizerEvent::Unheard);
                 }
@@ -444,7 +452,7 @@ mod tests {
                 if !answers {
                     std::future::pending::<()>().await;
                 }
-                AsrUpdate::Final(Some("later".into()))
+                AsrUpdate::Final(Some("later".into()), None)
             });
             (Box::new(Sink(tx)), Box::pin(stream))
         }
@@ -462,10 +470,10 @@ mod tests {
 
         fn handle(&mut self, msg: RecognizerEvent, _ctx: &mut Self::Context) {
             self.0.borrow_mut().push(match msg {
-                RecognizerEvent::Partial(t) => format!("partial {t}"),
+                RecognizerEvent::Partial(t, _) => format!("partial {t}"),
                 RecognizerEvent::Final { text, .. } => format!("final {text}"),
                 // What endpointing listens to; these tests look at what the app gets.
-                RecognizerEvent::Hypothesis(_) | RecognizerEvent::Unheard => return,
+                RecognizerEvent::Hypothesis(..) | RecognizerEvent::Unheard => return,
                 RecognizerEvent::Error { message, fatal } => format!("error {fatal} {message}"),
             });
         }

@@ -289,7 +289,7 @@ async fn recognize(ps: &Pocketsphinx, audio: &[i16]) -> anyhow::Result<Option<St
     sink.finish();
     let updates: Vec<AsrUpdate> = results.collect().await;
     match updates.last() {
-        Some(AsrUpdate::Final(text)) => Ok(text.clone().filter(|t| !t.is_empty())),
+        Some(AsrUpdate::Final(text, _)) => Ok(text.clone().filter(|t| !t.is_empty())),
         other => anyhow::bail!("recognition failed: {other:?}"),
     }
 }

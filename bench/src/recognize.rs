@@ -77,8 +77,8 @@ pub async fn run(wav: &str, grammar: Option<&str>) -> anyhow::Result<()> {
     sink.finish();
     let updates: Vec<AsrUpdate> = results.collect().await;
     match updates.last() {
-        Some(AsrUpdate::Final(Some(text))) => println!("{text}"),
-        Some(AsrUpdate::Final(None)) => println!(),
+        Some(AsrUpdate::Final(Some(text), _)) => println!("{text}"),
+        Some(AsrUpdate::Final(None, _)) => println!(),
         other => bail!("recognition failed: {other:?}"),
     }
     Ok(())

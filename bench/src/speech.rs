@@ -287,8 +287,12 @@ async fn barge(app: &TestDialogApp, peer: &ClientPeer, rounds: usize) -> anyhow:
                             })
                     })
                     .map(|e| {
+                        let confidence = e["confidence"]
+                            .as_f64()
+                            .map(|c| format!(" ({c})"))
+                            .unwrap_or_default();
                         format!(
-                            "{} {}",
+                            "{} {}{confidence}",
                             e["type"].as_str().unwrap_or(""),
                             e["text"]
                                 .as_str()

@@ -45,11 +45,15 @@ pub enum Event {
     AsrPartial {
         /// Text so far.
         text: String,
+        /// How sure the recognizer is of it (0 to 1), if it says (an extra field).
+        confidence: Option<f32>,
     },
     /// A finished user utterance.
     AsrFinal {
         /// The text.
         text: String,
+        /// How sure the recognizer is of it (0 to 1), if it says (an extra field).
+        confidence: Option<f32>,
         /// What the network did to its audio (extra fields; apps that do not know them ignore
         /// them).
         net: Option<NetReport>,
@@ -177,9 +181,23 @@ impl Event {
                 }
                 v
             }
-            Event::AsrPartial { text } => json!({"text": text}),
-            Event::AsrFinal { text, net, turn } => {
+            Event::AsrPartial { text, confidence } => {
                 let mut v = json!({"text": text});
+                if let Some(c) = confidence {
+                    v["confidence"] = two_places(*c).into();
+                }
+                v
+            }
+            Event::AsrFinal {
+                text,
+                confidence,
+                net,
+                turn,
+            } => {
+                let mut v = json!({"text": text});
+                if let Some(c) = confidence {
+                    v["confidence"] = two_places(*c).into();
+                }
                 if let Some(n) = net {
                     v["lost_ms"] = n.lost_ms.into();
                     v["recovered_ms"] = n.recovered_ms.into();
@@ -263,13 +281,19 @@ impl Event {
     }
 }
 
+/// A confidence as JSON: two decimals are all it means.
+fn two_places(c: f32) -> f64 {
+    (f64::from(c.clamp(0.0, 1.0)) * 100.0).round() / 100.0
+}
+
 /// An `asr.final`'s turn-taking fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TurnReport {
     /// From the caller's last voiced frame to the final being sent, ms.
     pub end_of_speech_ms: u64,
-    /// Said over voicegate's speech, and only a backchannel ("mm-hmm", "yeah"): not a turn
-    /// (`barge_in.backchannels`); omitted when false.
+    /// Said over voicegate's speech and not taken as an interruption: only a backchannel
+    /// ("mm-hmm", "yeah", `barge_in.backchannels`), or words the recognizer is unsure of
+    /// (below `barge_in.min_confidence`); omitted when false.
     pub backchannel: bool,
 }
 
@@ -1206,6 +1230,7 @@ mod tests {
         assert_eq!(
             j(Event::AsrFinal {
                 text: "hi".into(),
+                confidence: None,
                 turn: None,
                 net: None
             }),
@@ -1213,7 +1238,27 @@ mod tests {
         );
         assert_eq!(
             j(Event::AsrFinal {
+                text: "stop".into(),
+                confidence: Some(0.466),
+                turn: Some(TurnReport {
+                    end_of_speech_ms: 210,
+                    backchannel: true
+                }),
+                net: None
+            }),
+            serde_json::json!({"type":"asr.final","call_id":"wrtc-1","text":"stop","confidence":0.47,"end_of_speech_ms":210,"backchannel":true})
+        );
+        assert_eq!(
+            j(Event::AsrPartial {
+                text: "sto".into(),
+                confidence: Some(1.0),
+            }),
+            serde_json::json!({"type":"asr.partial","call_id":"wrtc-1","text":"sto","confidence":1.0})
+        );
+        assert_eq!(
+            j(Event::AsrFinal {
                 text: "hi".into(),
+                confidence: None,
                 turn: None,
                 net: Some(NetReport {
                     lost_ms: 60,

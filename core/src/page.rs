@@ -199,9 +199,13 @@ mod tests {
     #[test]
     fn what_the_caller_said_and_pressed_is_mirrored_as_the_dialog_app_gets_it() {
         let events = [
-            Event::AsrPartial { text: "hel".into() },
+            Event::AsrPartial {
+                text: "hel".into(),
+                confidence: None,
+            },
             Event::AsrFinal {
                 text: "hello".into(),
+                confidence: Some(0.9),
                 net: None,
                 turn: None,
             },

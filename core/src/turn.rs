@@ -46,7 +46,8 @@ pub fn words(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// What counts as a backchannel (`barge_in.backchannels`, `barge_in.min_words`).
+/// What counts as a backchannel (`barge_in.backchannels`, `barge_in.min_words`), and how sure
+/// the recognizer must be of words for them to interrupt (`barge_in.min_confidence`).
 #[derive(Debug, Clone)]
 pub struct Backchannels {
     /// Each entry's words ("mm-hmm" is `["mm", "hmm"]`).
@@ -55,11 +56,13 @@ pub struct Backchannels {
     vocabulary: Vec<String>,
     /// Words that make a real interruption whatever they are.
     min_words: usize,
+    /// The least confidence (0 to 1) of words that interrupt, when the recognizer gives one.
+    min_confidence: f32,
 }
 
 impl Backchannels {
-    /// From the configured list and word count.
-    pub fn new(list: &[String], min_words: usize) -> Backchannels {
+    /// From the configured list, word count and least confidence.
+    pub fn new(list: &[String], min_words: usize, min_confidence: f32) -> Backchannels {
         let phrases: Vec<Vec<String>> = list
             .iter()
             .map(|p| words(p))
@@ -72,6 +75,7 @@ impl Backchannels {
             phrases,
             vocabulary,
             min_words: min_words.max(1),
+            min_confidence,
         }
     }
 
@@ -89,9 +93,14 @@ impl Backchannels {
         w.len() < self.min_words && w.iter().all(|x| self.vocabulary.binary_search(x).is_ok())
     }
 
-    /// The words make a real interruption: some words, and not a backchannel.
-    pub fn confirms(&self, text: &str) -> bool {
-        !words(text).is_empty() && !self.is_backchannel(text)
+    /// The words make a real interruption: some words, not a backchannel, and, if the
+    /// recognizer says how confident it is of them (0 to 1), at least `min_confidence`. A
+    /// recognizer forced to choose among a grammar's phrases turns noise or an unlisted
+    /// backchannel into the closest phrase ("stop" for a cough), but with a low confidence.
+    pub fn confirms(&self, text: &str, confidence: Option<f32>) -> bool {
+        !words(text).is_empty()
+            && !self.is_backchannel(text)
+            && confidence.is_none_or(|c| c >= self.min_confidence)
     }
 }
 
@@ -148,12 +157,19 @@ impl BargeConfirm {
     }
 
     /// The recognizer's hypothesis at `now` (`last`: the utterance's final result, possibly
-    /// empty). A changed partial restarts its stability wait.
-    pub fn heard(&mut self, text: &str, last: bool, now: Instant) -> Verdict {
+    /// empty) with its confidence if the recognizer gives one. A changed partial restarts its
+    /// stability wait.
+    pub fn heard(
+        &mut self,
+        text: &str,
+        confidence: Option<f32>,
+        last: bool,
+        now: Instant,
+    ) -> Verdict {
         if self.paused.is_none() {
             return Verdict::Wait;
         }
-        let confirms = self.words.confirms(text);
+        let confirms = self.words.confirms(text, confidence);
         let verdict = match (last, confirms) {
             (true, true) => Verdict::Interrupt,
             (true, false) => Verdict::Resume,
@@ -233,7 +249,7 @@ mod tests {
             .iter()
             .map(|s| s.to_string())
             .collect();
-        Backchannels::new(&l, 2)
+        Backchannels::new(&l, 2, 0.6)
     }
 
     #[test]
@@ -241,7 +257,7 @@ mod tests {
         let b = list();
         for t in ["mm-hmm", "Uh huh.", "yeah", "OKAY!", "i see", "hmm"] {
             assert!(b.is_backchannel(t), "{t}");
-            assert!(!b.confirms(t), "{t}");
+            assert!(!b.confirms(t, None), "{t}");
         }
         for t in [
             "stop",
@@ -250,10 +266,10 @@ mod tests {
             "yeah but",
             "right okay",
         ] {
-            assert!(b.confirms(t), "{t}");
+            assert!(b.confirms(t, None), "{t}");
         }
         // Nothing recognized is neither.
-        assert!(!b.is_backchannel("") && !b.confirms("  "));
+        assert!(!b.is_backchannel("") && !b.confirms("  ", None));
         assert_eq!(words("Uh-huh, I'm here."), ["uh", "huh", "i'm", "here"]);
     }
 
@@ -267,47 +283,90 @@ mod tests {
             Duration::from_millis(300),
         );
         assert_eq!(
-            c.heard("stop", true, t0),
+            c.heard("stop", None, true, t0),
             Verdict::Wait,
             "nothing is paused"
         );
         // A backchannel: partials wait, its final resumes.
         c.pause(t0);
-        assert_eq!(c.heard("yeah", false, ms(100)), Verdict::Wait);
+        assert_eq!(c.heard("yeah", None, false, ms(100)), Verdict::Wait);
         assert_eq!(c.tick(ms(1000)), Verdict::Wait);
-        assert_eq!(c.heard("yeah", true, ms(1100)), Verdict::Resume);
+        assert_eq!(c.heard("yeah", None, true, ms(1100)), Verdict::Resume);
         assert!(!c.is_paused());
         // An early guess that is revised in time does not interrupt ("no" for "mm-hmm")...
         c.pause(ms(2000));
-        assert_eq!(c.heard("no", false, ms(2100)), Verdict::Wait);
+        assert_eq!(c.heard("no", None, false, ms(2100)), Verdict::Wait);
         assert_eq!(c.deadline(), Some(ms(2400)));
         assert_eq!(c.tick(ms(2300)), Verdict::Wait);
-        assert_eq!(c.heard("mm hmm", false, ms(2350)), Verdict::Wait);
+        assert_eq!(c.heard("mm hmm", None, false, ms(2350)), Verdict::Wait);
         assert_eq!(c.tick(ms(2700)), Verdict::Wait);
-        assert_eq!(c.heard("mm hmm", true, ms(2800)), Verdict::Resume);
+        assert_eq!(c.heard("mm hmm", None, true, ms(2800)), Verdict::Resume);
         // ...a confirming partial that stands interrupts, and so does a confirming final.
         c.pause(ms(3000));
-        assert_eq!(c.heard("wait", false, ms(3100)), Verdict::Wait);
-        assert_eq!(c.heard("wait a", false, ms(3200)), Verdict::Wait);
+        assert_eq!(c.heard("wait", None, false, ms(3100)), Verdict::Wait);
+        assert_eq!(c.heard("wait a", None, false, ms(3200)), Verdict::Wait);
         assert_eq!(c.tick(ms(3499)), Verdict::Wait);
         assert_eq!(c.tick(ms(3500)), Verdict::Interrupt);
         c.pause(ms(4000));
-        assert_eq!(c.heard("stop", true, ms(4300)), Verdict::Interrupt);
+        assert_eq!(c.heard("stop", None, true, ms(4300)), Verdict::Interrupt);
         // No words at all (a cough): the empty final resumes.
         c.pause(ms(5000));
-        assert_eq!(c.heard("", true, ms(5400)), Verdict::Resume);
+        assert_eq!(c.heard("", None, true, ms(5400)), Verdict::Resume);
         // Nothing confirmed in time: resume, and the late final changes nothing.
         c.pause(ms(6000));
         assert_eq!(c.deadline(), Some(ms(7500)));
         assert_eq!(c.tick(ms(7499)), Verdict::Wait);
         assert_eq!(c.tick(ms(7500)), Verdict::Resume);
-        assert_eq!(c.heard("wait a second", true, ms(7600)), Verdict::Wait);
+        assert_eq!(
+            c.heard("wait a second", None, true, ms(7600)),
+            Verdict::Wait
+        );
         // The call ends (or the app interrupts) while paused: nothing is left pending.
         c.pause(ms(8000));
-        c.heard("stop", false, ms(8100));
+        c.heard("stop", None, false, ms(8100));
         c.clear();
         assert_eq!(c.tick(ms(9000)), Verdict::Wait);
         assert_eq!(c.deadline(), None);
+    }
+
+    #[test]
+    fn words_the_recognizer_is_unsure_of_do_not_interrupt() {
+        let b = list();
+        // Confident words interrupt, unsure ones do not; an engine that gives no confidence
+        // is taken at its word; a backchannel stays one however sure.
+        assert!(b.confirms("stop", Some(0.95)) && b.confirms("stop", Some(0.6)));
+        assert!(!b.confirms("stop", Some(0.47)) && !b.confirms("stop", Some(0.0)));
+        assert!(b.confirms("stop", None));
+        assert!(!b.confirms("yeah", Some(1.0)));
+        assert!(Backchannels::new(&[], 2, 0.0).confirms("stop", Some(0.0)));
+
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut c = BargeConfirm::new(b, Duration::from_millis(1500), Duration::from_millis(300));
+        // A cough forced onto "stop": the unsure partial neither interrupts when it stands nor
+        // holds a stability wait; the unsure final resumes.
+        c.pause(t0);
+        assert_eq!(c.heard("stop", Some(0.22), false, ms(200)), Verdict::Wait);
+        assert_eq!(c.deadline(), Some(ms(1500)));
+        assert_eq!(c.tick(ms(600)), Verdict::Wait);
+        assert_eq!(c.heard("stop", Some(0.47), true, ms(700)), Verdict::Resume);
+        // A real "stop": an unsure early partial waits, the sure final interrupts...
+        c.pause(ms(2000));
+        assert_eq!(c.heard("stop", Some(0.55), false, ms(2200)), Verdict::Wait);
+        assert_eq!(c.tick(ms(2600)), Verdict::Wait);
+        assert_eq!(
+            c.heard("stop", Some(1.0), true, ms(2700)),
+            Verdict::Interrupt
+        );
+        // ...and a sure partial that stands interrupts as before.
+        c.pause(ms(3000));
+        assert_eq!(
+            c.heard("wait a", Some(0.55), false, ms(3100)),
+            Verdict::Wait
+        );
+        assert_eq!(c.heard("wait a", Some(0.9), false, ms(3200)), Verdict::Wait);
+        assert_eq!(c.tick(ms(3499)), Verdict::Wait);
+        assert_eq!(c.tick(ms(3500)), Verdict::Interrupt);
     }
 
     #[test]

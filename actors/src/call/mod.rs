@@ -540,18 +540,32 @@ impl Handler<RecognizerEvent> for CallActor {
             return;
         }
         match msg {
-            RecognizerEvent::Partial(text) => self.send_event(Event::AsrPartial { text }),
-            RecognizerEvent::Hypothesis(text) => self.tell_codec_heard(text, false),
+            RecognizerEvent::Partial(text, confidence) => {
+                self.send_event(Event::AsrPartial { text, confidence })
+            }
+            RecognizerEvent::Hypothesis(text, confidence) => {
+                self.tell_codec_heard(text, confidence, false)
+            }
             RecognizerEvent::Unheard => {
-                self.tell_codec_heard(String::new(), true);
+                self.tell_codec_heard(String::new(), None, true);
                 self.paused_this_turn = false;
             }
-            RecognizerEvent::Final { text, net, latency } => {
+            RecognizerEvent::Final {
+                text,
+                confidence,
+                net,
+                latency,
+            } => {
                 trace_msg!(self.call_id, "recognizer" => "call", "RecognizerEvent::Final", "{} chars after {} ms", text.chars().count(), latency.as_millis());
-                self.tell_codec_heard(text.clone(), true);
-                // Said over our speech and only a backchannel: the app sees it is not a turn.
+                self.tell_codec_heard(text.clone(), confidence, true);
+                // Said over our speech and not an interruption (only a backchannel, or words
+                // the recognizer is unsure of): the app sees it is not a turn.
                 let backchannel = std::mem::take(&mut self.paused_this_turn)
-                    && self.settings.listen.backchannels.is_backchannel(&text);
+                    && !self
+                        .settings
+                        .listen
+                        .backchannels
+                        .confirms(&text, confidence);
                 if let Some(s) = &self.speaker
                     && !backchannel
                 {
@@ -559,6 +573,7 @@ impl Handler<RecognizerEvent> for CallActor {
                 }
                 self.send_event(Event::AsrFinal {
                     text,
+                    confidence,
                     net: Some(net),
                     turn: Some(TurnReport {
                         end_of_speech_ms: latency.as_millis() as u64,
@@ -673,9 +688,13 @@ impl CallActor {
 
     /// The recognizer's words for the caller's utterance, for the codec's endpointing and a
     /// paused playback's verdict.
-    fn tell_codec_heard(&self, text: String, last: bool) {
+    fn tell_codec_heard(&self, text: String, confidence: Option<f32>, last: bool) {
         if let Some(c) = &self.codec {
-            c.do_send(crate::codec::Hypothesis { text, last });
+            c.do_send(crate::codec::Hypothesis {
+                text,
+                confidence,
+                last,
+            });
         }
     }
 

@@ -164,11 +164,13 @@ impl Listening {
     }
 
     /// The recognizer's hypothesis for the caller's utterance changed (`last`: its final
-    /// result, empty when nothing was recognized): endpointing takes it as a hint, and a
-    /// paused playout gets its verdict when the words decide it.
+    /// result, empty when nothing was recognized; `confidence`: the recognizer's, if it gives
+    /// one): endpointing takes it as a hint, and a paused playout gets its verdict when the
+    /// words decide it.
     pub fn hypothesis(
         &mut self,
         text: &str,
+        confidence: Option<f32>,
         last: bool,
         now: Instant,
         playout: &mut Playout,
@@ -176,7 +178,7 @@ impl Listening {
         if !last {
             self.endpointer.hypothesis(text);
         }
-        let verdict = self.confirm.heard(text, last, now);
+        let verdict = self.confirm.heard(text, confidence, last, now);
         self.carry_out(verdict, playout)
     }
 

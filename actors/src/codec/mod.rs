@@ -479,6 +479,8 @@ impl Handler<EndSegment> for AudioCodec {
 pub struct Hypothesis {
     /// The words so far.
     pub text: String,
+    /// The recognizer's confidence in them (0 to 1), if it gives one.
+    pub confidence: Option<f32>,
     /// The utterance's final result.
     pub last: bool,
 }
@@ -493,7 +495,7 @@ impl Handler<Hypothesis> for AudioCodec {
         } = self;
         let now = Instant::now();
         let b = listening.as_mut().map_or(Barge::None, |l| {
-            l.hypothesis(&msg.text, msg.last, now, playout)
+            l.hypothesis(&msg.text, msg.confidence, msg.last, now, playout)
         });
         self.barge(b, now, ctx);
         if self.barge_paused {

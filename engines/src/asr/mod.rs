@@ -23,10 +23,11 @@ use voicegate_core::session::{AsrOptions, InvalidOption};
 /// A result from the engine.
 #[derive(Debug)]
 pub enum AsrUpdate {
-    /// The hypothesis so far.
-    Partial(String),
-    /// The utterance's final text; `None` when nothing was recognized (noise).
-    Final(Option<String>),
+    /// The hypothesis so far, and how confident the engine is of it (0 to 1), if it says.
+    Partial(String, Option<f32>),
+    /// The utterance's final text (`None` when nothing was recognized: noise) and how
+    /// confident the engine is of it (0 to 1), if it says.
+    Final(Option<String>, Option<f32>),
     /// The engine failed for this utterance, or for the rest of the call
     /// ([`AsrError::is_fatal`]).
     Error(AsrError),

@@ -219,7 +219,7 @@ async fn next_update(state: State) -> Option<(AsrUpdate, State)> {
             stream,
         } => {
             let Ok(pcm) = pcm.await else {
-                return Some((AsrUpdate::Final(None), State::Done));
+                return Some((AsrUpdate::Final(None, None), State::Done));
             };
             let asked = stream.load(Ordering::Relaxed);
             let mut reply = request(&settings, &prompt, &pcm, asked).await;
@@ -234,7 +234,7 @@ async fn next_update(state: State) -> Option<(AsrUpdate, State)> {
             match reply {
                 Err(e) => Some((AsrUpdate::Error(e.into()), State::Done)),
                 Ok(Reply::Text(text)) => Some((
-                    AsrUpdate::Final(Some(text).filter(|t| !t.is_empty())),
+                    AsrUpdate::Final(Some(text).filter(|t| !t.is_empty()), None),
                     State::Done,
                 )),
                 Ok(Reply::Events(body)) => {
@@ -275,7 +275,7 @@ async fn next_update(state: State) -> Option<(AsrUpdate, State)> {
                                 pending,
                                 text,
                             };
-                            return Some((AsrUpdate::Partial(partial), next));
+                            return Some((AsrUpdate::Partial(partial, None), next));
                         }
                         Some("transcript.text.done") => {
                             let done = v["text"].as_str().map_or(text, str::to_owned);
@@ -314,7 +314,7 @@ async fn next_update(state: State) -> Option<(AsrUpdate, State)> {
 }
 
 fn final_of(text: String) -> AsrUpdate {
-    AsrUpdate::Final(Some(text.trim().to_owned()).filter(|t| !t.is_empty()))
+    AsrUpdate::Final(Some(text.trim().to_owned()).filter(|t| !t.is_empty()), None)
 }
 
 /// What the server answered.

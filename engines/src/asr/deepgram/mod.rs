@@ -273,7 +273,7 @@ impl Session {
     async fn run(mut self) {
         let updates = self.updates.clone();
         let last = match self.recognize().await {
-            Ok(text) => AsrUpdate::Final(Some(text).filter(|t| !t.is_empty())),
+            Ok(text) => AsrUpdate::Final(Some(text).filter(|t| !t.is_empty()), None),
             Err(e) => AsrUpdate::Error(e.into()),
         };
         let _ = updates.send(last).await;
@@ -393,7 +393,7 @@ impl Session {
                                         return Ok(transcript.text(false));
                                     }
                                     if !so_far.is_empty() {
-                                        let _ = self.updates.send(AsrUpdate::Partial(so_far)).await;
+                                        let _ = self.updates.send(AsrUpdate::Partial(so_far, None)).await;
                                     }
                                 }
                                 ServerMessage::Metadata if ended => {

@@ -27,8 +27,8 @@ mod decoder;
 mod queue;
 
 use super::{AsrEngine, AsrFactory, AsrStream, AsrUpdate, UtteranceSink};
-use decoder::Decoder;
 pub use decoder::DecoderError;
+use decoder::{Decoder, SCORE_NATS, Segment};
 use queue::FairQueue;
 pub use queue::Refused;
 use std::collections::HashSet;
@@ -98,10 +98,10 @@ pub enum PocketsphinxError {
 /// turns it into one.
 #[derive(Debug)]
 enum Decoded {
-    /// The hypothesis so far.
-    Partial(String),
-    /// The final text; `None` when nothing was recognized.
-    Final(Option<String>),
+    /// The hypothesis so far, and its confidence ([`confidence`]).
+    Partial(String, Option<f32>),
+    /// The final text (`None` when nothing was recognized) and its confidence.
+    Final(Option<String>, Option<f32>),
     /// The decoder failed on this utterance.
     Failed(DecoderError),
 }
@@ -109,8 +109,8 @@ enum Decoded {
 impl From<Decoded> for AsrUpdate {
     fn from(d: Decoded) -> AsrUpdate {
         match d {
-            Decoded::Partial(h) => AsrUpdate::Partial(h),
-            Decoded::Final(text) => AsrUpdate::Final(text),
+            Decoded::Partial(h, c) => AsrUpdate::Partial(h, c),
+            Decoded::Final(text, c) => AsrUpdate::Final(text, c),
             Decoded::Failed(e) => AsrUpdate::Error(PocketsphinxError::Decoder(e).into()),
         }
     }
@@ -219,17 +219,27 @@ impl Pocketsphinx {
             std::thread::Builder::new()
                 .name(format!("vg-asr-{i}"))
                 .spawn(move || {
+                    // Grammar results get a confidence against a free phone loop.
+                    let rated = grammar.is_some() || !grammars.is_empty();
                     let decoder = Decoder::new(&hmm, &dict, lm.as_deref(), grammar.as_deref())
                         .and_then(|mut d| {
                             for (name, text) in &grammars {
                                 d.add_grammar(name, text)?;
                             }
                             Ok(d)
+                        })
+                        .and_then(|d| {
+                            let phones = if rated {
+                                Some(Decoder::phone_loop(&hmm, &dict)?)
+                            } else {
+                                None
+                            };
+                            Ok((d, phones))
                         });
                     match decoder {
-                        Ok(d) => {
+                        Ok((d, phones)) => {
                             let _ = ready.send(Ok(()));
-                            run(d, &shared);
+                            run(d, phones, &shared);
                         }
                         Err(e) => {
                             let _ = ready.send(Err(e));
@@ -253,8 +263,59 @@ impl Drop for Pocketsphinx {
     }
 }
 
-/// A decoder thread: one utterance at a time.
-fn run(mut d: Decoder, shared: &Shared) {
+/// How well a grammar's hypothesis matches the audio, from 0 to 1, against the best free
+/// phone sequence over the same audio ([`Decoder::phone_loop`]): the likelihood ratio of the
+/// two, as a geometric mean per frame of the words, capped at 1. `None` when the hypothesis
+/// has no word.
+///
+/// A grammar has no garbage model: noise, or words it does not list, still come out as its
+/// closest phrase, which then fits worse than free phones do, either where the phrase lies or
+/// in the silence the grammar put around it to hide the rest of the sound (espeak-ng's
+/// "uh huh" became "stop" with the "uh" taken as silence). So the words' frames and the
+/// silences' frames are compared with the phones over the same frames (a phone straddling an
+/// edge shares its score out by frame), and each part counts only where it fits worse: where
+/// the grammar's path scores better than the loop (which is pruned, and does poorly on digital
+/// silence), that does not make up for the other part.
+fn confidence(hypothesis: &[Segment], phones: &[Segment]) -> Option<f32> {
+    let on_phones = |s: &Segment| -> f64 {
+        phones
+            .iter()
+            .filter(|p| p.end >= p.start)
+            .map(|p| {
+                let overlap = (s.end.min(p.end) - s.start.max(p.start) + 1).max(0);
+                f64::from(p.ascr) * f64::from(overlap) / f64::from(p.end - p.start + 1)
+            })
+            .sum()
+    };
+    let (mut frames, mut words, mut fillers) = (0i64, 0f64, 0f64);
+    for s in hypothesis.iter().filter(|s| s.end >= s.start) {
+        let worse = f64::from(s.ascr) - on_phones(s);
+        if s.filler {
+            fillers += worse;
+        } else {
+            frames += i64::from(s.end - s.start + 1);
+            words += worse;
+        }
+    }
+    if frames == 0 {
+        return None;
+    }
+    let per_frame = (words.min(0.0) + fillers.min(0.0)) / frames as f64 * SCORE_NATS;
+    Some(per_frame.exp() as f32)
+}
+
+/// The confidence of `d`'s current hypothesis, if it comes from a grammar and the phone loop
+/// followed the same audio.
+fn confidence_of(d: &mut Decoder, phones: Option<&mut Decoder>) -> Option<f32> {
+    if !d.grammar_active() {
+        return None;
+    }
+    confidence(&d.segments(), &phones?.segments())
+}
+
+/// A decoder thread: one utterance at a time. `phones`, if any, follows each grammar
+/// utterance's audio as a free phone loop, for the results' confidence.
+fn run(mut d: Decoder, mut phones: Option<Decoder>, shared: &Shared) {
     while let Some(job) = shared.next_job() {
         let fail = |results: &mpsc::UnboundedSender<Decoded>, e: DecoderError| {
             let _ = results.send(Decoded::Failed(e));
@@ -263,6 +324,13 @@ fn run(mut d: Decoder, shared: &Shared) {
         if let Err(e) = ready.and_then(|()| d.reset_cmn()).and_then(|()| d.start()) {
             fail(&job.results, e);
             continue;
+        }
+        // The phone loop runs only beside a grammar; if it fails, results have no confidence.
+        let mut loop_: Option<&mut Decoder> = phones.as_mut().filter(|_| d.grammar_active());
+        if let Some(p) = loop_.as_deref_mut()
+            && p.reset_cmn().and_then(|()| p.start()).is_err()
+        {
+            loop_ = None;
         }
         let mut since_partial = 0;
         let mut last = String::new();
@@ -278,6 +346,12 @@ fn run(mut d: Decoder, shared: &Shared) {
                 fail(&job.results, e);
                 break;
             }
+            if let Some(p) = loop_.as_deref_mut()
+                && p.process(&pcm).is_err()
+            {
+                let _ = p.finish();
+                loop_ = None;
+            }
             since_partial += pcm.len();
             if since_partial >= PARTIAL_EVERY {
                 since_partial = 0;
@@ -285,9 +359,14 @@ fn run(mut d: Decoder, shared: &Shared) {
                     && h != last
                 {
                     last.clone_from(&h);
-                    let _ = job.results.send(Decoded::Partial(h));
+                    let c = confidence_of(&mut d, loop_.as_deref_mut());
+                    let _ = job.results.send(Decoded::Partial(h, c));
                 }
             }
+        }
+        let loop_done = loop_.as_deref_mut().map(|p| p.finish().is_ok());
+        if loop_done == Some(false) {
+            loop_ = None;
         }
         if job.abandoned() {
             // Ends the utterance without searching for a result nobody will read.
@@ -296,7 +375,8 @@ fn run(mut d: Decoder, shared: &Shared) {
         }
         match d.finish() {
             Ok(text) => {
-                let _ = job.results.send(Decoded::Final(text));
+                let c = text.as_ref().and_then(|_| confidence_of(&mut d, loop_));
+                let _ = job.results.send(Decoded::Final(text, c));
             }
             Err(e) => fail(&job.results, e),
         }
@@ -440,7 +520,7 @@ mod tests {
         sink.finish();
         let updates: Vec<AsrUpdate> = results.collect().await;
         assert!(
-            matches!(updates.last(), Some(AsrUpdate::Final(None))),
+            matches!(updates.last(), Some(AsrUpdate::Final(None, _))),
             "{updates:?}"
         );
 
@@ -534,11 +614,11 @@ mod tests {
         b1_sink.push(&[0; 16_000]);
         b1_sink.finish();
         let b1 = first(&mut b1_results).await;
-        assert!(matches!(b1, AsrUpdate::Final(None)), "{b1:?}");
+        assert!(matches!(b1, AsrUpdate::Final(None, _)), "{b1:?}");
         d2_sink.push(&[0; 16_000]);
         d2_sink.finish();
         let d2 = first(&mut d2_results).await;
-        assert!(matches!(d2, AsrUpdate::Final(None)), "{d2:?}");
+        assert!(matches!(d2, AsrUpdate::Final(None, _)), "{d2:?}");
         waiting(&ps, 0).await;
     }
 
@@ -575,7 +655,7 @@ mod tests {
         sink.finish();
         let updates: Vec<AsrUpdate> = results.collect().await;
         match updates.into_iter().last() {
-            Some(AsrUpdate::Final(text)) => text,
+            Some(AsrUpdate::Final(text, _)) => text,
             other => panic!("no final: {other:?}"),
         }
     }
@@ -641,6 +721,101 @@ mod tests {
                 ..Default::default()
             }),
             None
+        );
+    }
+
+    #[test]
+    fn confidence_compares_words_and_silences_with_free_phones_over_the_same_frames() {
+        let seg = |start, end, ascr, filler| Segment {
+            start,
+            end,
+            ascr,
+            filler,
+        };
+        let phones = [
+            seg(0, 9, -1000, true),
+            seg(10, 29, -200, false),
+            seg(30, 49, -300, false),
+            seg(50, 59, -900, true),
+        ];
+        // Words and silences as good as free phones over their frames, or better (the loop is
+        // pruned): 1.
+        let fits = [
+            seg(0, 9, -100, true),
+            seg(10, 49, -500, false),
+            seg(50, 59, -100, true),
+        ];
+        assert_eq!(confidence(&fits, &phones), Some(1.0));
+        // Words worse by 5 units a frame: exp(-5 * SCORE_NATS), about 0.6. A phone straddling
+        // the word's edge counts for its frames inside (frames 20-39 get half of each); the
+        // silences fitting better make up for nothing.
+        let worse = [
+            seg(0, 19, -200, true),
+            seg(20, 39, -250 - 100, false),
+            seg(40, 59, -500, true),
+        ];
+        let c = confidence(&worse, &phones).unwrap();
+        assert!(
+            (f64::from(c) - (-5.0 * SCORE_NATS).exp()).abs() < 1e-6,
+            "{c}"
+        );
+        assert!((0.59..0.61).contains(&c), "{c}");
+        // Words that fit, but the sound before them taken as silence fits badly (100 units
+        // worse, over 20 word frames): just as unsure.
+        let hidden = [
+            seg(0, 19, -1100 - 100, true),
+            seg(20, 39, -250, false),
+            seg(40, 59, -1050, true),
+        ];
+        assert_eq!(confidence(&hidden, &phones), Some(c));
+        // No word: no confidence.
+        assert_eq!(confidence(&[seg(0, 59, -10, true)], &phones), None);
+        assert_eq!(confidence(&[], &phones), None);
+    }
+
+    /// The final and partial results of `pcm`.
+    async fn results(engine: &Rc<dyn AsrEngine>, pcm: &[i16]) -> Vec<AsrUpdate> {
+        let (mut sink, results) = engine.utterance();
+        for chunk in pcm.chunks(1600) {
+            sink.push(chunk);
+        }
+        sink.finish();
+        results.collect().await
+    }
+
+    #[actix_rt::test]
+    async fn grammar_results_say_how_well_the_words_fit_the_audio() {
+        let ps = Pocketsphinx::start(&settings(Some(
+            "#JSGF V1.0; grammar g; public <s> = stop | wait a second ;",
+        )))
+        .expect("pocketsphinx is installed by scripts/setup.sh");
+        let engine = ps.for_call();
+        // Words the grammar lists fit it as well as free phones.
+        let updates = results(&engine, &spoken("wait a second").await).await;
+        let Some(AsrUpdate::Final(Some(text), Some(c))) = updates.last() else {
+            panic!("{updates:?}");
+        };
+        assert_eq!(text, "wait a second");
+        assert!(*c > 0.9, "{updates:?}");
+        assert!(
+            updates
+                .iter()
+                .all(|u| matches!(u, AsrUpdate::Partial(_, Some(_)) | AsrUpdate::Final(..))),
+            "{updates:?}"
+        );
+        // Words it does not list are forced onto a phrase, which fits them badly.
+        let updates = results(&engine, &spoken("please call me back tomorrow").await).await;
+        match updates.last() {
+            Some(AsrUpdate::Final(Some(_), Some(c))) => assert!(*c < 0.5, "{updates:?}"),
+            Some(AsrUpdate::Final(None, None)) => {}
+            _ => panic!("{updates:?}"),
+        }
+        // The language model's results have none.
+        let lm = Pocketsphinx::start(&settings(None)).unwrap();
+        let updates = results(&lm.for_call(), &spoken("stop").await).await;
+        assert!(
+            matches!(updates.last(), Some(AsrUpdate::Final(Some(_), None))),
+            "{updates:?}"
         );
     }
 }
