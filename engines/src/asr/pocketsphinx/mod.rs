@@ -2,11 +2,14 @@
 //!
 //! Decoding is blocking CPU work, so it never runs on a call's worker: a fixed pool of decoder
 //! threads (`asr.pocketsphinx.decoders`) each owns one decoder, and an utterance takes one
-//! thread for as long as it lasts.
+//! thread for as long as it lasts. Audio streams to it through a channel; the thread reports the
+//! hypothesis as it grows (partials) and the final result when the utterance ends. Every
+//! utterance starts from a fresh cepstral mean: pocketsphinx otherwise carries its audio
+//! normalisation across utterances, and one noisy utterance spoils the next few.
 //!
 //! Models load on first need, on the decoder threads: a decoder with the general language
 //! model holds about 95 MB, and a server that never recognizes anything should not pay it. At
-//! startup only what can be checked without loading is checked ([`decoder::validate`]: the
+//! startup only what can be checked without loading is checked (`decoder::validate`: the
 //! files, the grammars and their words), so a bad configuration still fails fast. The first
 //! call that may need recognition (its engine is made) has one decoder built in the background;
 //! further decoders are built only when utterances overlap (an idle thread with a decoder is
@@ -15,10 +18,7 @@
 //! language model: pocketsphinx can attach one `ngram_model_t` to several decoders
 //! (`ps_set_lm`), but sphinxbase 5prealpha's trie keeps scoring caches inside the model
 //! (`lm_trie_t`'s `hist_cache` and `backoff_cache`), so decoders running at the same time on
-//! different threads would race on them. Audio streams to it through a channel; the thread reports the
-//! hypothesis as it grows (partials) and the final result when the utterance ends. Every
-//! utterance starts from a fresh cepstral mean: pocketsphinx otherwise carries its audio
-//! normalisation across utterances, and one noisy utterance spoils the next few.
+//! different threads would race on them.
 //!
 //! With a JSGF grammar (`asr.pocketsphinx.grammar`) recognition is constrained to the phrases it
 //! lists, which is exact for menus and commands; without one the general English language model
