@@ -322,3 +322,56 @@ fn voicegate_token_prints_a_token_signed_with_the_first_secret() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("auth.secrets"));
 }
+
+/// The recognizer's models load on first need, yet a bad model path or grammar still stops
+/// startup at once, naming it.
+#[test]
+fn a_bad_pocketsphinx_model_path_or_grammar_still_fails_startup() {
+    let dir = std::env::temp_dir().join(format!("vg-ops-gram-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let gram = dir.join("bad.gram");
+    std::fs::write(
+        &gram,
+        "#JSGF V1.0; grammar g; public <s> = hello xyzzyplugh ;",
+    )
+    .unwrap();
+    for (key, value, expect) in [
+        (
+            "VOICEGATE__ASR__POCKETSPHINX__LM",
+            "/nonexistent/en-us.lm.bin".to_owned(),
+            "language model not found: /nonexistent/en-us.lm.bin",
+        ),
+        (
+            "VOICEGATE__ASR__POCKETSPHINX__HMM",
+            "/nonexistent/en-us".to_owned(),
+            "no mdef: /nonexistent/en-us",
+        ),
+        (
+            "VOICEGATE__ASR__POCKETSPHINX__GRAMMAR",
+            gram.display().to_string(),
+            "\"xyzzyplugh\" is not in the dictionary",
+        ),
+    ] {
+        let t0 = Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_voicegate"))
+            .env(
+                "VOICEGATE__HTTP__BIND",
+                format!("127.0.0.1:{}", free_port()),
+            )
+            .env("VOICEGATE__MEDIA__BIND_IP", "127.0.0.1")
+            .env("VOICEGATE__MEDIA__UDP_PORT", free_port().to_string())
+            .env("VOICEGATE__LOG__FORMAT", "text")
+            .env(key, &value)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{key}={value} started:\n{text}");
+        assert!(text.contains(expect), "{key}={value}:\n{text}");
+        assert!(t0.elapsed() < 10 * SECOND, "{key}: {:?}", t0.elapsed());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

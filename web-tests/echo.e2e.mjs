@@ -124,3 +124,34 @@ test("the page calls a server on another origin when that server's CORS allows i
   const error = await page.$eval("#error", (e) => e.textContent);
   assert.ok(error.length > 0, "the page shows why");
 });
+
+// Setup latency as a browser sees it: calls placed from the page one after another, each hung
+// up once connected; every call's offer → connected is logged (launchBrowser), and their median.
+// Measured, not asserted: timing goals live in BENCHMARKS.md.
+test("the page connects echo calls one after another and reports offer → connected", async (t) => {
+  const CALLS = Number(process.env.E2E_CONNECT_CALLS || 10);
+  const dir = mkdtempSync(join(tmpdir(), "vg-e2e-"));
+  const wav = join(dir, "tone440.wav");
+  writeWav(wav, toneBursts(440, 5), 48000);
+  const server = await startVoicegate();
+  t.after(() => server.stop());
+  const browser = await launchBrowser(wav);
+  t.after(() => browser.close());
+  const { page } = browser;
+  await page.goto(`${server.url}/`);
+  await page.selectOption("#mode", "echo");
+  const state = () => page.$eval("#state", (e) => e.textContent);
+  for (let i = 0; i < CALLS; i++) {
+    await page.click("#call");
+    const connected = await until(10000, async () => ((await state()) === "connected" ? "connected" : ""));
+    assert.equal(connected, "connected", `call ${i} did not connect; server log:\n${server.log}`);
+    await page.click("#hangup");
+    assert.equal(await until(3000, async () => ((await state()) === "ended" ? "ended" : "")), "ended");
+  }
+  assert.equal(browser.connectTimes.length, CALLS, "every call reported its offer → connected");
+  const sorted = [...browser.connectTimes].sort((a, b) => a - b);
+  console.log(
+    `offer→connected (chromium, ${CALLS} calls): p50 ${median(sorted).toFixed(1)} ms, ` +
+      `min ${sorted[0].toFixed(1)}, max ${sorted[sorted.length - 1].toFixed(1)} ms`,
+  );
+});

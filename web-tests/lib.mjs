@@ -236,10 +236,41 @@ export async function launchBrowser(wav) {
       "--allow-loopback-in-peer-connection",
     ],
   });
+  // Every call's offer → connected as the page saw it: from the POST of its offer to the first
+  // "connected" of its RTCPeerConnection. Each is logged as it happens and kept in connectTimes.
+  const connectTimes = [];
+  await context.exposeFunction("__voicegateConnected", (ms) => {
+    connectTimes.push(ms);
+    console.log(`offer→connected (chromium): ${ms.toFixed(1)} ms`);
+  });
+  await context.addInitScript(() => {
+    let offeredAt = null;
+    const fetch0 = window.fetch.bind(window);
+    window.fetch = (input, init) => {
+      const url = typeof input === "string" ? input : input instanceof URL ? input.href : input.url;
+      const method = (init && init.method) || (typeof input === "object" && input.method) || "GET";
+      if (method.toUpperCase() === "POST" && url.includes("/webrtc/v1/offer")) offeredAt = performance.now();
+      return fetch0(input, init);
+    };
+    const Base = window.RTCPeerConnection;
+    window.RTCPeerConnection = class extends Base {
+      constructor(...args) {
+        super(...args);
+        let reported = false;
+        this.addEventListener("connectionstatechange", () => {
+          if (!reported && this.connectionState === "connected" && offeredAt !== null) {
+            reported = true;
+            window.__voicegateConnected(performance.now() - offeredAt);
+          }
+        });
+      }
+    };
+  });
   const page = context.pages()[0] || (await context.newPage());
   return {
     context,
     page,
+    connectTimes,
     async close() {
       await context.close();
       rmSync(profile, { recursive: true, force: true });

@@ -314,7 +314,7 @@ pub async fn measure(
         "failed": failures.len(),
         "seconds": plan.duration.as_secs(),
         "answer_ms": {"p50": pct(&answer, 0.5), "p99": pct(&answer, 0.99)},
-        "connect_ms": {"p50": pct(&connect, 0.5), "p99": pct(&connect, 0.99)},
+        "connect_ms": {"p50": pct(&connect, 0.5), "p95": pct(&connect, 0.95), "p99": pct(&connect, 0.99)},
         "uplink": {"sent": sent, "received_at_server": rtp_in, "lost_at_server": up_lost},
         "downlink": {"received": received, "lost": down_lost, "calls_without_audio": silent_calls},
         "echo_ratio": {"worst_call": echo_worst, "overall": echo_overall},

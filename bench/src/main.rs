@@ -5,6 +5,9 @@
 //!   that still holds the quality bar. Against a server it starts itself (`--spawn`, optionally
 //!   pinned with `--pin`) or one already running (`--server`, `--pid`).
 //! - `soak`: one long step, the server's RSS sampled over time.
+//! - `sequential`: many echo calls one after another, ended every way a call ends, and the
+//!   server's open files, threads, live calls, actors, driver tasks, routes and RSS compared with
+//!   a baseline afterwards.
 //! - `hostile`: N echo calls measured like a `load` step while garbage UDP, an offer flood
 //!   from one address and a misbehaving dialog app run against the same server (with its
 //!   default limits); fails unless every call connected, got its echo back and lost no uplink.
@@ -31,6 +34,7 @@ mod floor;
 mod hostile;
 mod load;
 mod recognize;
+mod sequential;
 mod speech;
 mod stand_ins;
 mod target;
@@ -44,6 +48,8 @@ const USAGE: &str = "usage:
   voicegate-bench soak  [--profile echo|dialog] (--spawn ... | --server ...) --calls N --minutes M [--sample-s S] [--pin ...] [--json]
   voicegate-bench hostile --spawn <voicegate binary> [--calls 40] [--seconds 20] [--stagger-ms MS]
                         [--attacks garbage,flood,app] [--json]
+  voicegate-bench sequential --spawn <voicegate binary> [--calls 10000] [--warmup 100] [--frames 5]
+                        [--sample-every 1000] [--rss-slack-pct 5] [--json]
   voicegate-bench floor [--calls N] [--seconds S] [--complexity C] [--fec on|off] [--json]
   voicegate-bench speech --server http://ip:port --dialog-listen ip:port [--runs N]
   voicegate-bench recognize <file.wav> [--grammar <file.gram>]
@@ -63,6 +69,7 @@ enum Mode {
     Hostile,
     Floor,
     Speech,
+    Sequential,
 }
 
 struct Args {
@@ -84,6 +91,10 @@ struct Args {
     dialog_listen: SocketAddr,
     runs: usize,
     attacks: hostile::Attacks,
+    warmup: usize,
+    frames: usize,
+    sample_every: usize,
+    rss_slack_pct: f64,
     json: bool,
 }
 
@@ -106,6 +117,10 @@ fn parse_args(argv: &[String]) -> anyhow::Result<Args> {
         dialog_listen: "127.0.0.1:18100".parse()?,
         runs: 20,
         attacks: hostile::Attacks::ALL,
+        warmup: 100,
+        frames: 5,
+        sample_every: 1000,
+        rss_slack_pct: 5.0,
         json: false,
     };
     let mut it = argv.iter().skip(1);
@@ -122,6 +137,7 @@ fn parse_args(argv: &[String]) -> anyhow::Result<Args> {
             "hostile" if first => a.mode = Mode::Hostile,
             "floor" if first => a.mode = Mode::Floor,
             "speech" if first => a.mode = Mode::Speech,
+            "sequential" if first => a.mode = Mode::Sequential,
             "--profile" => {
                 a.profile = match val()?.as_str() {
                     "echo" => Profile::Echo,
@@ -177,6 +193,10 @@ fn parse_args(argv: &[String]) -> anyhow::Result<Args> {
             "--dialog-listen" => a.dialog_listen = val()?.parse()?,
             "--runs" => a.runs = val()?.parse()?,
             "--attacks" => a.attacks = hostile::Attacks::parse(&val()?)?,
+            "--warmup" => a.warmup = val()?.parse()?,
+            "--frames" => a.frames = val()?.parse()?,
+            "--sample-every" => a.sample_every = val()?.parse()?,
+            "--rss-slack-pct" => a.rss_slack_pct = val()?.parse()?,
             "--json" => a.json = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -199,6 +219,12 @@ fn parse_args(argv: &[String]) -> anyhow::Result<Args> {
         anyhow::ensure!(
             a.profile == Profile::Echo && a.pin.is_none() && a.ramp.is_none(),
             "hostile takes no --profile, --pin or --ramp: it is one step of echo calls"
+        );
+    }
+    if a.mode == Mode::Sequential {
+        anyhow::ensure!(
+            a.spawn.is_some() && a.profile == Profile::Echo && a.pin.is_none() && a.ramp.is_none(),
+            "sequential needs --spawn (it runs the server with short media timeouts and reads its /proc) and takes no --profile, --pin or --ramp"
         );
     }
     if a.pin.is_some() && a.spawn.is_none() {
@@ -274,6 +300,16 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 async fn run(args: Args) -> anyhow::Result<()> {
     if args.mode == Mode::Speech {
         return speech::run(args.server, args.dialog_listen, args.runs).await;
+    }
+    if let (Mode::Sequential, Some(binary)) = (args.mode, &args.spawn) {
+        let plan = sequential::SequentialPlan {
+            calls: args.calls.unwrap_or(10_000),
+            warmup: args.warmup,
+            frames: args.frames,
+            sample_every: args.sample_every,
+            rss_slack: args.rss_slack_pct / 100.0,
+        };
+        return sequential::run(binary, plan, args.json).await;
     }
     if let (Mode::Hostile, Some(binary)) = (args.mode, &args.spawn) {
         let plan = hostile::HostilePlan {

@@ -27,6 +27,8 @@ const ATTR_USERNAME: u16 = 0x0006;
 const ATTR_MESSAGE_INTEGRITY: u16 = 0x0008;
 /// Length of a MESSAGE-INTEGRITY value.
 const INTEGRITY_LEN: usize = 20;
+/// Attribute type of USE-CANDIDATE (RFC 8445 §16.1): the controlling agent nominates the pair.
+const ATTR_USE_CANDIDATE: u16 = 0x0025;
 
 /// A STUN transaction id.
 pub type TransactionId = [u8; 12];
@@ -75,6 +77,8 @@ pub struct BindingRequest<'a> {
     pub local_ufrag: &'a str,
     /// Offset of the MESSAGE-INTEGRITY attribute's header, when there is one.
     integrity_at: Option<usize>,
+    /// Whether it carries USE-CANDIDATE: the caller nominates the pair it arrived on.
+    pub nominates: bool,
 }
 
 impl<'a> BindingRequest<'a> {
@@ -92,6 +96,7 @@ impl<'a> BindingRequest<'a> {
         let msg = &b[..HEADER + msg_len];
         let mut username = None;
         let mut integrity_at = None;
+        let mut nominates = false;
         let mut i = HEADER;
         while i + 4 <= msg.len() {
             let typ = u16::from_be_bytes([msg[i], msg[i + 1]]);
@@ -110,6 +115,7 @@ impl<'a> BindingRequest<'a> {
                     // §14.5: attributes after MESSAGE-INTEGRITY (but FINGERPRINT) are ignored.
                     break;
                 }
+                ATTR_USE_CANDIDATE => nominates = true,
                 _ => {}
             }
             i += 4 + ((len + 3) & !3);
@@ -118,6 +124,7 @@ impl<'a> BindingRequest<'a> {
             msg,
             local_ufrag: username?,
             integrity_at,
+            nominates,
         })
     }
 
@@ -144,6 +151,21 @@ impl<'a> BindingRequest<'a> {
 /// Builds a Binding request with USERNAME `username` and, keyed with `password`,
 /// MESSAGE-INTEGRITY (for tests and tools; the WebRTC stack builds the real ones).
 pub fn binding_request(txid: TransactionId, username: &str, password: Option<&[u8]>) -> Vec<u8> {
+    request(txid, username, password, false)
+}
+
+/// Builds a Binding request like [`binding_request`] that also nominates its pair
+/// (USE-CANDIDATE), as the controlling agent's final check does.
+pub fn nominating_request(txid: TransactionId, username: &str, password: &[u8]) -> Vec<u8> {
+    request(txid, username, Some(password), true)
+}
+
+fn request(
+    txid: TransactionId,
+    username: &str,
+    password: Option<&[u8]>,
+    nominate: bool,
+) -> Vec<u8> {
     let mut m = vec![0x00, 0x01, 0, 0];
     m.extend_from_slice(&MAGIC_COOKIE);
     m.extend_from_slice(&txid);
@@ -151,6 +173,10 @@ pub fn binding_request(txid: TransactionId, username: &str, password: Option<&[u
     m.extend_from_slice(&0x0024u16.to_be_bytes());
     m.extend_from_slice(&4u16.to_be_bytes());
     m.extend_from_slice(&0x6e7f_1effu32.to_be_bytes());
+    if nominate {
+        m.extend_from_slice(&ATTR_USE_CANDIDATE.to_be_bytes());
+        m.extend_from_slice(&0u16.to_be_bytes());
+    }
     m.extend_from_slice(&ATTR_USERNAME.to_be_bytes());
     m.extend_from_slice(&(username.len() as u16).to_be_bytes());
     m.extend_from_slice(username.as_bytes());
@@ -208,6 +234,15 @@ mod tests {
             let ok = BindingRequest::parse(&bad).is_some_and(|r| r.verify(b"the-local-password"));
             assert!(!ok, "byte {i} flipped");
         }
+    }
+
+    #[test]
+    fn tells_a_nominating_check() {
+        let plain = binding_request(TX, "abcd:wxyz", Some(b"pw"));
+        assert!(!BindingRequest::parse(&plain).unwrap().nominates);
+        let m = nominating_request(TX, "abcd:wxyz", b"pw");
+        let r = BindingRequest::parse(&m).unwrap();
+        assert!(r.nominates && r.verify(b"pw"));
     }
 
     /// Browsers end their checks with FINGERPRINT after MESSAGE-INTEGRITY; the length in the

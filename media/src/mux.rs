@@ -110,6 +110,8 @@ impl Default for MuxLimits {
 struct Datagram {
     data: Bytes,
     from: SocketAddr,
+    /// An authenticated check that nominates its pair (see [`ConnShared::kick`]).
+    nominates: bool,
 }
 
 /// One attached connection, as the receive loop sees it.
@@ -356,6 +358,7 @@ impl UdpMux {
                 credentials: Mutex::new(Credentials::default()),
                 placeholder: Mutex::new(None),
                 authenticated: std::sync::atomic::AtomicBool::new(false),
+                kick: std::sync::atomic::AtomicBool::new(false),
             }),
             inner: TokioRuntime,
         })
@@ -375,6 +378,8 @@ impl UdpMux {
             stun::Kind::BindingRequest => self.route_check(packet, from),
             _ => None,
         };
+        let nominates = checked.is_some_and(|(_, n)| n);
+        let checked = checked.map(|(id, _)| id);
         let mut t = self.lock();
         let (target, shared) = match kind {
             stun::Kind::BindingRequest => (checked, None),
@@ -392,22 +397,28 @@ impl UdpMux {
         let data = Bytes::copy_from_slice(packet);
         for id in shared.into_iter().flatten() {
             if let Some(other) = t.conns.get(&id) {
-                self.deliver(other, data.clone(), from);
+                self.deliver(other, data.clone(), from, false);
             }
         }
-        self.deliver(conn, data, from);
+        self.deliver(conn, data, from, nominates);
     }
 
-    fn deliver(&self, conn: &Attached, data: Bytes, from: SocketAddr) {
-        if conn.queue.try_send(Datagram { data, from }).is_err() {
+    fn deliver(&self, conn: &Attached, data: Bytes, from: SocketAddr, nominates: bool) {
+        let datagram = Datagram {
+            data,
+            from,
+            nominates,
+        };
+        if conn.queue.try_send(datagram).is_err() {
             self.rx_queue_full.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// Routes a connectivity check: to the connection its USERNAME names, only if its
     /// MESSAGE-INTEGRITY verifies with that connection's password; binds `from` to the
-    /// connection unless another one holds it.
-    fn route_check(&self, packet: &[u8], from: SocketAddr) -> Option<u64> {
+    /// connection unless another one holds it. Returns the connection and whether the check
+    /// nominates its pair.
+    fn route_check(&self, packet: &[u8], from: SocketAddr) -> Option<(u64, bool)> {
         let request = BindingRequest::parse(packet)?;
         let (id, password, shared) = {
             let t = self.lock();
@@ -438,7 +449,7 @@ impl UdpMux {
             }
         }
         shared.authenticated.store(true, Ordering::Relaxed);
-        Some(id)
+        Some((id, request.nominates))
     }
 
     /// Called for every datagram a connection sends: a connectivity check's transaction is
@@ -569,6 +580,16 @@ struct ConnShared {
     authenticated: std::sync::atomic::AtomicBool,
     /// The address of the placeholder socket the driver bound: what its host candidate names.
     placeholder: Mutex<Option<SocketAddr>>,
+    /// Set when the driver reads an authenticated check that nominates a pair; the driver's
+    /// next timer then fires at once. Working around rtc 0.21.1: when ICE selects the pair, its
+    /// DTLS handler starts the handshake (we answer `a=setup:active`, so we send the
+    /// ClientHello) but leaves the ClientHello in the DTLS endpoint's queue, which only the
+    /// connection's timer drains (`handle_timeout`), so the handshake waited for the next ICE
+    /// check, 50 ms later. The driver's timer is this runtime's [`Runtime::sleep`]: the one
+    /// made right after the nominating check was handled (the driver reads, handles what it
+    /// read, then sleeps, all on its one task) returns at once. Costs one wake-up per
+    /// nomination.
+    kick: std::sync::atomic::AtomicBool,
 }
 
 /// A connection's local ICE credentials.
@@ -685,6 +706,7 @@ impl Runtime for MuxRuntime {
         self.mux.attach(&self.conn, token, tx);
         Ok(Arc::new(VirtualSocket {
             mux: self.mux.clone(),
+            conn: self.conn.clone(),
             id: self.conn.id,
             token,
             rx: Mutex::new(rx),
@@ -718,6 +740,9 @@ impl Runtime for MuxRuntime {
     }
 
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+        if self.conn.kick.swap(false, Ordering::AcqRel) {
+            return self.inner.sleep(Duration::ZERO);
+        }
         self.inner.sleep(duration)
     }
 
@@ -741,6 +766,8 @@ impl Runtime for MuxRuntime {
 /// What the driver gets instead of a socket of its own.
 struct VirtualSocket {
     mux: Arc<UdpMux>,
+    /// What it shares with its connection's runtime (the kick).
+    conn: Arc<ConnShared>,
     id: u64,
     token: u64,
     rx: Mutex<mpsc::Receiver<Datagram>>,
@@ -820,6 +847,9 @@ impl AsyncUdpSocket for VirtualSocket {
                     Err(_) => break,
                 }
             };
+            if d.nominates {
+                self.conn.kick.store(true, Ordering::Release);
+            }
             let len = d.data.len().min(bufs[n].len());
             bufs[n][..len].copy_from_slice(&d.data[..len]);
             let mut m = RecvMeta::default();
@@ -919,6 +949,57 @@ mod tests {
         );
         assert!(err.to_string().starts_with("bind: "), "{err}");
         assert!(std::error::Error::source(&err).is_some());
+    }
+
+    /// The workaround for the DTLS handshake that waited for the next ICE check: the driver's
+    /// first timer after it read a nominating check fires at once, and only that one.
+    #[tokio::test]
+    async fn a_nominating_check_makes_the_next_timer_fire_at_once() {
+        const PASSWORD: &[u8] = b"the-servers-ice-password";
+        let mux = UdpMux::bind("127.0.0.1:0".parse().unwrap(), MuxLimits::default()).unwrap();
+        let rt = mux.connection_runtime();
+        let socket = rt
+            .wrap_udp_socket(UdpSocket::bind("127.0.0.1:0").unwrap())
+            .unwrap();
+        rt.set_credentials("srvu", std::str::from_utf8(PASSWORD).unwrap());
+        let caller = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let read_one = || {
+            std::future::poll_fn(|cx| {
+                let mut buf = [0u8; MAX_DATAGRAM];
+                let mut bufs = [IoSliceMut::new(&mut buf)];
+                let mut meta = [RecvMeta::default()];
+                socket.poll_recv(cx, &mut bufs, &mut meta)
+            })
+        };
+        let fires_at_once = |rt: &Arc<MuxRuntime>| {
+            let sleep = rt.sleep(Duration::from_secs(3600));
+            async move {
+                tokio::time::timeout(Duration::from_millis(100), sleep)
+                    .await
+                    .is_ok()
+            }
+        };
+        let check = stun::binding_request([1; 12], "srvu:caller", Some(PASSWORD));
+        caller.send_to(&check, mux.local_addr()).unwrap();
+        assert_eq!(read_one().await.unwrap(), 1);
+        assert!(!fires_at_once(&rt).await, "a plain check changes nothing");
+        let nominating = stun::nominating_request([2; 12], "srvu:caller", PASSWORD);
+        caller.send_to(&nominating, mux.local_addr()).unwrap();
+        // Not before the driver has read it.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!fires_at_once(&rt).await, "the driver has not read it yet");
+        assert_eq!(read_one().await.unwrap(), 1);
+        assert!(fires_at_once(&rt).await, "the timer after the nomination");
+        assert!(!fires_at_once(&rt).await, "only that one");
+        // A nomination that does not authenticate is not delivered at all.
+        let forged = stun::nominating_request([3; 12], "srvu:caller", b"a-guessed-password");
+        caller.send_to(&forged, mux.local_addr()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while mux.stats().rx_stun_unauthenticated == 0 {
+            assert!(Instant::now() < deadline, "the forged check was never seen");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(!fires_at_once(&rt).await, "a forged nomination");
     }
 
     #[test]

@@ -54,6 +54,18 @@ pub enum DecoderError {
     /// The decoder refused the grammar, usually for a word its dictionary lacks.
     #[error("grammar rejected by the decoder (word not in the dictionary?)")]
     GrammarRejected,
+    /// A word of the grammar is in neither the dictionary nor the acoustic model's noise
+    /// dictionary (words are matched case-sensitively, as the decoder does).
+    #[error("grammar word {0:?} is not in the dictionary")]
+    GrammarWord(String),
+    /// The dictionary could not be read while checking a grammar's words.
+    #[error("cannot read the dictionary {}: {reason}", .path.display())]
+    DictRead {
+        /// The file.
+        path: PathBuf,
+        /// Why (the I/O error's text).
+        reason: String,
+    },
     /// `ps_process_raw` failed with this code.
     #[error("ps_process_raw failed ({0})")]
     ProcessRaw(c_int),
@@ -120,6 +132,21 @@ mod ffi {
         _data: [u8; 0],
         _marker: PhantomData<(*mut u8, PhantomPinned)>,
     }
+    /// Leading part of `struct fsg_model_s` (public in sphinxbase/fsg_model.h) up to its
+    /// vocabulary. Only read.
+    #[repr(C)]
+    pub struct fsg_model_prefix {
+        pub refcount: c_int,
+        pub name: *mut c_char,
+        pub n_word: i32,
+        pub n_word_alloc: i32,
+        pub vocab: *mut *mut c_char,
+    }
+    #[cfg(target_pointer_width = "64")]
+    const _: () = {
+        assert!(std::mem::offset_of!(fsg_model_prefix, n_word) == 16);
+        assert!(std::mem::offset_of!(fsg_model_prefix, vocab) == 24);
+    };
 
     /// Leading part of `struct feat_s` (`feat_t`, public in sphinxbase/feat.h)
     /// up to and including `cmn_struct`. Only read, never written or moved.
@@ -262,6 +289,10 @@ mod ffi {
         pub fn jsgf_grammar_free(jsgf: *mut jsgf_t);
         // int fsg_model_free(fsg_model_t *fsg);   (refcounted)
         pub fn fsg_model_free(fsg: *mut fsg_model_t) -> c_int;
+        // logmath_t *logmath_init(float64 base, int shift, int use_table);
+        pub fn logmath_init(base: f64, shift: c_int, use_table: c_int) -> *mut logmath_t;
+        // int logmath_free(logmath_t *lmath);   (refcounted)
+        pub fn logmath_free(lmath: *mut logmath_t) -> c_int;
         // void cmn_live_set(cmn_t *cmn, mfcc_t const *vec);
         pub fn cmn_live_set(cmn: *mut cmn_t, vec: *const f32);
         // void cmn_live_get(cmn_t *cmn, mfcc_t *vec);
@@ -342,6 +373,135 @@ fn path_cstring(p: &Path, what: &'static str) -> Result<CString, DecoderError> {
     })
 }
 
+/// The checks that need no decoder: a search to run, the model files present.
+fn check_files(
+    hmm: &Path,
+    dict: &Path,
+    lm: Option<&Path>,
+    has_grammar: bool,
+) -> Result<(), DecoderError> {
+    if lm.is_none() && !has_grammar {
+        return Err(DecoderError::NoSearch);
+    }
+    // Pre-validate files for clear error messages. (Measured: for missing files ps_init itself
+    // also just returns NULL. Corrupt model files are NOT survivable — a truncated `mdef`
+    // segfaults inside ps_init — so the model files must be trusted.)
+    if !hmm.join("mdef").is_file() {
+        return Err(DecoderError::NoMdef(hmm.to_owned()));
+    }
+    if !dict.is_file() {
+        return Err(DecoderError::NoDict(dict.to_owned()));
+    }
+    if let Some(lm) = lm
+        && !lm.is_file()
+    {
+        return Err(DecoderError::NoLm(lm.to_owned()));
+    }
+    Ok(())
+}
+
+/// Checks what [`Decoder::new`] and [`Decoder::add_grammar`] would refuse, without building a
+/// decoder (which loads the acoustic model, the dictionary and the language model: ~95 MB and
+/// most of a second): the search and the model files, and that every grammar parses, has a
+/// public rule, and uses only words of the dictionary (or the acoustic model's noise
+/// dictionary), matched case-sensitively as the decoder matches them. What remains for the
+/// decoder to find is a corrupt model file.
+///
+/// `grammar` is the default search's grammar (without one, `lm` must be given), `named` the
+/// grammars a session may choose.
+pub fn validate(
+    hmm: &Path,
+    dict: &Path,
+    lm: Option<&Path>,
+    grammar: Option<&str>,
+    named: &[&str],
+) -> Result<(), DecoderError> {
+    check_files(hmm, dict, lm, grammar.is_some())?;
+    let mut words = std::collections::BTreeSet::new();
+    for g in grammar.iter().chain(named) {
+        grammar_words(g, &mut words)?;
+    }
+    if words.is_empty() {
+        return Ok(());
+    }
+    for file in [dict.to_owned(), hmm.join("noisedict")] {
+        let text = match std::fs::read(&file) {
+            Ok(t) => t,
+            // The noise dictionary is optional for the decoder too.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && file != dict => continue,
+            Err(e) => {
+                return Err(DecoderError::DictRead {
+                    path: file,
+                    reason: e.to_string(),
+                });
+            }
+        };
+        for line in text.split(|b| *b == b'\n') {
+            let word = line
+                .split(|b| b.is_ascii_whitespace())
+                .find(|w| !w.is_empty());
+            if let Some(w) = word {
+                words.remove(w);
+            }
+        }
+    }
+    match words.into_iter().next() {
+        None => Ok(()),
+        Some(w) => Err(DecoderError::GrammarWord(
+            String::from_utf8_lossy(&w).into_owned(),
+        )),
+    }
+}
+
+/// Parses a JSGF grammar as the decoder will and adds the words of its public rule to `words`.
+fn grammar_words(
+    text: &str,
+    words: &mut std::collections::BTreeSet<Vec<u8>>,
+) -> Result<(), DecoderError> {
+    let text = CString::new(text).map_err(|_| DecoderError::GrammarNul)?;
+    let _guard = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    SILENCE_LOG.call_once(|| unsafe { ffi::err_set_logfp(std::ptr::null_mut()) });
+    // SAFETY: every object created here is freed here on every path; the FSG is read only
+    // through the mirrored public prefix of `fsg_model_t` (offsets asserted above), its
+    // `n_word` vocabulary entries being NUL-terminated strings it owns until freed.
+    unsafe {
+        let jsgf = ffi::jsgf_parse_string(text.as_ptr(), std::ptr::null_mut());
+        if jsgf.is_null() {
+            return Err(DecoderError::GrammarParse);
+        }
+        let rule = ffi::jsgf_get_public_rule(jsgf);
+        if rule.is_null() {
+            ffi::jsgf_grammar_free(jsgf);
+            return Err(DecoderError::GrammarNoPublicRule);
+        }
+        // pocketsphinx's own -logbase, without the lookup table (only the words are read).
+        let lmath = ffi::logmath_init(1.0001, 0, 0);
+        if lmath.is_null() {
+            ffi::jsgf_grammar_free(jsgf);
+            return Err(DecoderError::Failed("logmath_init"));
+        }
+        let fsg = ffi::jsgf_build_fsg(jsgf, rule, lmath, 1.0);
+        if fsg.is_null() {
+            ffi::logmath_free(lmath);
+            ffi::jsgf_grammar_free(jsgf);
+            return Err(DecoderError::GrammarFsg);
+        }
+        let prefix = fsg as *const ffi::fsg_model_prefix;
+        let n = (*prefix).n_word.max(0) as usize;
+        let vocab = (*prefix).vocab;
+        for i in 0..n {
+            let w = *vocab.add(i);
+            if !w.is_null() {
+                words.insert(CStr::from_ptr(w).to_bytes().to_vec());
+            }
+        }
+        ffi::fsg_model_free(fsg);
+        ffi::logmath_free(lmath);
+        ffi::jsgf_grammar_free(jsgf);
+    }
+    Ok(())
+}
+
 impl Decoder {
     /// Create a decoder.
     ///
@@ -362,24 +522,7 @@ impl Decoder {
         lm: Option<&Path>,
         jsgf: Option<&str>,
     ) -> Result<Decoder, DecoderError> {
-        if lm.is_none() && jsgf.is_none() {
-            return Err(DecoderError::NoSearch);
-        }
-        // Pre-validate files for clear error messages. (Measured: for missing
-        // files ps_init itself also just returns NULL. Corrupt model files are
-        // NOT survivable — a truncated `mdef` segfaults inside ps_init — so
-        // the model files must be trusted.)
-        if !hmm.join("mdef").is_file() {
-            return Err(DecoderError::NoMdef(hmm.to_owned()));
-        }
-        if !dict.is_file() {
-            return Err(DecoderError::NoDict(dict.to_owned()));
-        }
-        if let Some(lm) = lm
-            && !lm.is_file()
-        {
-            return Err(DecoderError::NoLm(lm.to_owned()));
-        }
+        check_files(hmm, dict, lm, jsgf.is_some())?;
         let jsgf_c = match jsgf {
             Some(g) => Some(CString::new(g).map_err(|_| DecoderError::GrammarNul)?),
             None => None,

@@ -7,6 +7,19 @@
 //! utterance starts from a fresh cepstral mean: pocketsphinx otherwise carries its audio
 //! normalisation across utterances, and one noisy utterance spoils the next few.
 //!
+//! Models load on first need, on the decoder threads: a decoder with the general language
+//! model holds about 95 MB, and a server that never recognizes anything should not pay it. At
+//! startup only what can be checked without loading is checked (`decoder::validate`: the
+//! files, the grammars and their words), so a bad configuration still fails fast. The first
+//! call that may need recognition (its engine is made) has one decoder built in the background;
+//! further decoders are built only when utterances overlap (an idle thread with a decoder is
+//! always preferred), so the pool grows to `decoders` with the load. An utterance that arrives
+//! before its decoder is built waits for it (well under a second). Decoders do not share the
+//! language model: pocketsphinx can attach one `ngram_model_t` to several decoders
+//! (`ps_set_lm`), but sphinxbase 5prealpha's trie keeps scoring caches inside the model
+//! (`lm_trie_t`'s `hist_cache` and `backoff_cache`), so decoders running at the same time on
+//! different threads would race on them.
+//!
 //! With a JSGF grammar (`asr.pocketsphinx.grammar`) recognition is constrained to the phrases it
 //! lists, which is exact for menus and commands; without one the general English language model
 //! is used (slower at the end of an utterance, and approximate).
@@ -66,16 +79,13 @@ pub struct PocketsphinxSettings {
 /// Why the engine could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// A decoder could not be built (missing model files, a grammar that does not parse or uses
-    /// words the dictionary lacks).
+    /// The model files or grammars are unusable (missing files, a grammar that does not parse
+    /// or uses words the dictionary lacks).
     #[error("pocketsphinx: {0}")]
     Decoder(#[from] DecoderError),
     /// A decoder thread could not be spawned.
     #[error("cannot start a pocketsphinx thread: {0}")]
     Spawn(#[source] std::io::Error),
-    /// A decoder thread ended (it panicked) before it reported.
-    #[error("a pocketsphinx thread died")]
-    ThreadDied,
 }
 
 /// Why an utterance was not recognized. The text does not name the engine:
@@ -151,6 +161,22 @@ struct Waiting {
     jobs: FairQueue<Job>,
     /// The factory was dropped: the decoder threads end.
     closed: bool,
+    /// A call that may need recognition started and no decoder is built or being built: a
+    /// thread without one should build it now, before the first utterance.
+    warm: bool,
+    /// Decoders built or being built.
+    decoders: usize,
+    /// Threads that have a decoder (or are building one ahead of need) and hold no job; while
+    /// there is one, threads without a decoder leave the jobs to it rather than build another.
+    spare: usize,
+}
+
+/// What a decoder thread is asked to do next.
+enum Work {
+    /// Recognize an utterance.
+    Job(Job),
+    /// Build the decoder ahead of the first utterance.
+    Warm,
 }
 
 impl Shared {
@@ -160,20 +186,115 @@ impl Shared {
         self.waiting.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The next job for a decoder thread, waiting for one; `None` once the engine is gone.
-    fn next_job(&self) -> Option<Job> {
+    /// The next work for a decoder thread (`ready`: it has a decoder), waiting for some;
+    /// `None` once the engine is gone. A thread without a decoder takes a job only when no
+    /// other thread has a spare one, and a warm-up request only it can serve.
+    fn next_work(&self, ready: bool) -> Option<Work> {
         let mut w = self.lock();
         loop {
             if w.closed {
                 return None;
             }
-            while let Some((_, job)) = w.jobs.pop() {
-                if !job.abandoned() {
-                    return Some(job);
+            if ready || w.spare == 0 {
+                let mut taken = None;
+                while let Some((_, job)) = w.jobs.pop() {
+                    if !job.abandoned() {
+                        taken = Some(job);
+                        break;
+                    }
                 }
+                if let Some(job) = taken {
+                    if ready {
+                        w.spare -= 1;
+                        if w.spare == 0 && !w.jobs.is_empty() {
+                            // Threads without a decoder left these to a spare one; none is left.
+                            self.queued.notify_all();
+                        }
+                    } else {
+                        w.decoders += 1;
+                    }
+                    return Some(Work::Job(job));
+                }
+            }
+            if !ready && w.warm {
+                w.warm = false;
+                w.decoders += 1;
+                w.spare += 1;
+                return Some(Work::Warm);
             }
             w = self.queued.wait(w).unwrap_or_else(|p| p.into_inner());
         }
+    }
+
+    /// A thread finished a job: its decoder is spare.
+    fn done(&self) {
+        self.lock().spare += 1;
+    }
+
+    /// A decoder could not be built (`ahead`: for a warm-up): it no longer counts.
+    fn build_failed(&self, ahead: bool) {
+        let mut w = self.lock();
+        w.decoders = w.decoders.saturating_sub(1);
+        if ahead {
+            w.spare = w.spare.saturating_sub(1);
+            drop(w);
+            // Jobs left to the thread that was building may be taken by the others now.
+            self.queued.notify_all();
+        }
+    }
+
+    /// A call that may need recognition starts: have a decoder built if there is none.
+    fn warm_up(&self) {
+        let mut w = self.lock();
+        if w.decoders == 0 && !w.warm && !w.closed {
+            w.warm = true;
+            drop(w);
+            self.queued.notify_all();
+        }
+    }
+}
+
+/// What every decoder is built from.
+struct Model {
+    hmm: PathBuf,
+    dict: PathBuf,
+    /// `None` with a grammar: the grammar is the active search and the LM is not loaded (it
+    /// costs ~60 MB per decoder).
+    lm: Option<PathBuf>,
+    grammar: Option<String>,
+    grammars: Vec<(String, String)>,
+}
+
+/// A decoder thread's decoders: the recognizer, and with a grammar the free phone loop that
+/// follows each grammar utterance's audio for the results' confidence.
+struct Loaded {
+    d: Decoder,
+    phones: Option<Decoder>,
+}
+
+impl Model {
+    fn build(&self) -> Result<Loaded, DecoderError> {
+        let mut d = Decoder::new(
+            &self.hmm,
+            &self.dict,
+            self.lm.as_deref(),
+            self.grammar.as_deref(),
+        )?;
+        for (name, text) in &self.grammars {
+            d.add_grammar(name, text)?;
+        }
+        // Grammar results get a confidence against a free phone loop. Without one (it cannot
+        // fail where the recognizer was built from the same files, but if it did) they have
+        // none, and barge-in takes them at their word.
+        let rated = self.grammar.is_some() || !self.grammars.is_empty();
+        let phones = rated
+            .then(|| Decoder::phone_loop(&self.hmm, &self.dict))
+            .transpose()
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "no phone loop: grammar results carry no confidence");
+                None
+            });
+        Ok(Loaded { d, phones })
     }
 }
 
@@ -187,24 +308,39 @@ pub struct Pocketsphinx {
 }
 
 impl Pocketsphinx {
-    /// Starts the decoder threads; fails if a decoder cannot be built (missing model files, a
-    /// grammar that does not parse or uses words the dictionary lacks).
+    /// Checks the model files and grammars and starts the decoder threads, which build their
+    /// decoders on first need; fails if a file is missing or a grammar does not parse or uses
+    /// words the dictionary lacks.
     pub fn start(s: &PocketsphinxSettings) -> Result<Pocketsphinx, StartError> {
+        let model = Arc::new(Model {
+            hmm: s.hmm.clone(),
+            dict: s.dict.clone(),
+            lm: if s.grammar.is_some() {
+                None
+            } else {
+                s.lm.clone()
+            },
+            grammar: s.grammar.clone(),
+            grammars: s.grammars.clone(),
+        });
+        let named: Vec<&str> = s.grammars.iter().map(|(_, g)| g.as_str()).collect();
+        decoder::validate(
+            &model.hmm,
+            &model.dict,
+            model.lm.as_deref(),
+            model.grammar.as_deref(),
+            &named,
+        )?;
         let shared = Arc::new(Shared {
             waiting: Mutex::new(Waiting {
                 jobs: FairQueue::new(s.queue_max),
                 closed: false,
+                warm: false,
+                decoders: 0,
+                spare: 0,
             }),
             queued: Condvar::new(),
         });
-        let (ready_tx, ready_rx) = std_mpsc::channel::<Result<(), DecoderError>>();
-        // The grammar is the active search when given; the LM is then not loaded (it costs ~60 MB
-        // per decoder).
-        let lm = if s.grammar.is_some() {
-            None
-        } else {
-            s.lm.clone()
-        };
         // Built before the threads, so an early return below still ends the threads it started.
         let engine = Pocketsphinx {
             shared: shared.clone(),
@@ -212,47 +348,18 @@ impl Pocketsphinx {
             next_call: AtomicU64::new(0),
         };
         for i in 0..s.decoders.max(1) {
-            let (hmm, dict, lm, grammar) =
-                (s.hmm.clone(), s.dict.clone(), lm.clone(), s.grammar.clone());
-            let grammars = s.grammars.clone();
-            let (shared, ready) = (shared.clone(), ready_tx.clone());
+            let (model, shared) = (model.clone(), shared.clone());
             std::thread::Builder::new()
                 .name(format!("vg-asr-{i}"))
-                .spawn(move || {
-                    // Grammar results get a confidence against a free phone loop.
-                    let rated = grammar.is_some() || !grammars.is_empty();
-                    let decoder = Decoder::new(&hmm, &dict, lm.as_deref(), grammar.as_deref())
-                        .and_then(|mut d| {
-                            for (name, text) in &grammars {
-                                d.add_grammar(name, text)?;
-                            }
-                            Ok(d)
-                        })
-                        .and_then(|d| {
-                            let phones = if rated {
-                                Some(Decoder::phone_loop(&hmm, &dict)?)
-                            } else {
-                                None
-                            };
-                            Ok((d, phones))
-                        });
-                    match decoder {
-                        Ok((d, phones)) => {
-                            let _ = ready.send(Ok(()));
-                            run(d, phones, &shared);
-                        }
-                        Err(e) => {
-                            let _ = ready.send(Err(e));
-                        }
-                    }
-                })
+                .spawn(move || run(&model, &shared))
                 .map_err(StartError::Spawn)?;
         }
-        drop(ready_tx);
-        for _ in 0..s.decoders.max(1) {
-            ready_rx.recv().map_err(|_| StartError::ThreadDied)??;
-        }
         Ok(engine)
+    }
+
+    /// Decoders built or being built (they are built on first need).
+    pub fn decoders(&self) -> usize {
+        self.shared.lock().decoders
     }
 }
 
@@ -260,6 +367,42 @@ impl Drop for Pocketsphinx {
     fn drop(&mut self) {
         self.shared.lock().closed = true;
         self.shared.queued.notify_all();
+    }
+}
+
+/// A decoder thread: builds its decoder on first need, then one utterance at a time.
+fn run(model: &Model, shared: &Shared) {
+    let mut decoder: Option<Loaded> = None;
+    while let Some(work) = shared.next_work(decoder.is_some()) {
+        let job = match work {
+            Work::Warm => {
+                match model.build() {
+                    Ok(d) => decoder = Some(d),
+                    // The first utterance tries again and reports the error.
+                    Err(_) => shared.build_failed(true),
+                }
+                continue;
+            }
+            Work::Job(job) => job,
+        };
+        let d = match &mut decoder {
+            Some(d) => d,
+            None => match model.build() {
+                Ok(d) => decoder.insert(d),
+                Err(e) => {
+                    shared.build_failed(false);
+                    let _ = job.results.send(Decoded::Failed(e));
+                    continue;
+                }
+            },
+        };
+        let last = decode(&mut d.d, d.phones.as_mut(), &job);
+        // Free for the next job before the result goes out, so the next utterance (which its
+        // call may send as soon as it has this one's result) finds this decoder spare.
+        shared.done();
+        if let Some(last) = last {
+            let _ = job.results.send(last);
+        }
     }
 }
 
@@ -313,78 +456,74 @@ fn confidence_of(d: &mut Decoder, phones: Option<&mut Decoder>) -> Option<f32> {
     confidence(&d.segments(), &phones?.segments())
 }
 
-/// A decoder thread: one utterance at a time. `phones`, if any, follows each grammar
-/// utterance's audio as a free phone loop, for the results' confidence.
-fn run(mut d: Decoder, mut phones: Option<Decoder>, shared: &Shared) {
-    while let Some(job) = shared.next_job() {
-        let fail = |results: &mpsc::UnboundedSender<Decoded>, e: DecoderError| {
-            let _ = results.send(Decoded::Failed(e));
-        };
-        let ready = d.use_search(job.grammar.as_deref());
-        if let Err(e) = ready.and_then(|()| d.reset_cmn()).and_then(|()| d.start()) {
-            fail(&job.results, e);
-            continue;
-        }
-        // The phone loop runs only beside a grammar; if it fails, results have no confidence.
-        let mut loop_: Option<&mut Decoder> = phones.as_mut().filter(|_| d.grammar_active());
-        if let Some(p) = loop_.as_deref_mut()
-            && p.reset_cmn().and_then(|()| p.start()).is_err()
-        {
-            loop_ = None;
-        }
-        let mut since_partial = 0;
-        let mut last = String::new();
-        // Until the end, or the call went away mid-utterance (the channel closed), or nobody
-        // awaits the result any more: finish either way, so the decoder is ready for the next
-        // job. (The audio channel cannot stay open and silent for long: the endpointer ends
-        // every utterance within `listen.max_utterance_ms` of audio.)
-        while let Ok(Audio::Chunk(pcm)) = job.audio.recv() {
-            if job.abandoned() {
-                break;
-            }
-            if let Err(e) = d.process(&pcm) {
-                fail(&job.results, e);
-                break;
-            }
-            if let Some(p) = loop_.as_deref_mut()
-                && p.process(&pcm).is_err()
-            {
-                let _ = p.finish();
-                loop_ = None;
-            }
-            since_partial += pcm.len();
-            if since_partial >= PARTIAL_EVERY {
-                since_partial = 0;
-                if let Some(h) = d.partial()
-                    && h != last
-                {
-                    last.clone_from(&h);
-                    let c = confidence_of(&mut d, loop_.as_deref_mut());
-                    let _ = job.results.send(Decoded::Partial(h, c));
-                }
-            }
-        }
-        let loop_done = loop_.as_deref_mut().map(|p| p.finish().is_ok());
-        if loop_done == Some(false) {
-            loop_ = None;
-        }
+/// Recognizes one utterance, sending its partial results; returns the last thing to send (the
+/// final text or the failure), `None` when nobody awaits it. `phones`, if any, follows a
+/// grammar utterance's audio as a free phone loop, for the results' confidence.
+fn decode(d: &mut Decoder, phones: Option<&mut Decoder>, job: &Job) -> Option<Decoded> {
+    let ready = d.use_search(job.grammar.as_deref());
+    if let Err(e) = ready.and_then(|()| d.reset_cmn()).and_then(|()| d.start()) {
+        return Some(Decoded::Failed(e));
+    }
+    // The phone loop runs only beside a grammar; if it fails, results have no confidence.
+    let mut loop_: Option<&mut Decoder> = phones.filter(|_| d.grammar_active());
+    if let Some(p) = loop_.as_deref_mut()
+        && p.reset_cmn().and_then(|()| p.start()).is_err()
+    {
+        loop_ = None;
+    }
+    let mut since_partial = 0;
+    let mut last = String::new();
+    // Until the end, or the call went away mid-utterance (the channel closed), or nobody
+    // awaits the result any more: finish either way, so the decoder is ready for the next
+    // job. (The audio channel cannot stay open and silent for long: the endpointer ends
+    // every utterance within `listen.max_utterance_ms` of audio.)
+    while let Ok(Audio::Chunk(pcm)) = job.audio.recv() {
         if job.abandoned() {
-            // Ends the utterance without searching for a result nobody will read.
-            let _ = d.finish();
-            continue;
+            break;
         }
-        match d.finish() {
-            Ok(text) => {
-                let c = text.as_ref().and_then(|_| confidence_of(&mut d, loop_));
-                let _ = job.results.send(Decoded::Final(text, c));
+        if let Err(e) = d.process(&pcm) {
+            let _ = job.results.send(Decoded::Failed(e));
+            break;
+        }
+        if let Some(p) = loop_.as_deref_mut()
+            && p.process(&pcm).is_err()
+        {
+            let _ = p.finish();
+            loop_ = None;
+        }
+        since_partial += pcm.len();
+        if since_partial >= PARTIAL_EVERY {
+            since_partial = 0;
+            if let Some(h) = d.partial()
+                && h != last
+            {
+                last.clone_from(&h);
+                let c = confidence_of(d, loop_.as_deref_mut());
+                let _ = job.results.send(Decoded::Partial(h, c));
             }
-            Err(e) => fail(&job.results, e),
         }
     }
+    let loop_done = loop_.as_deref_mut().map(|p| p.finish().is_ok());
+    if loop_done == Some(false) {
+        loop_ = None;
+    }
+    if job.abandoned() {
+        // Ends the utterance without searching for a result nobody will read.
+        let _ = d.finish();
+        return None;
+    }
+    Some(match d.finish() {
+        Ok(text) => {
+            let c = text.as_ref().and_then(|_| confidence_of(d, loop_));
+            Decoded::Final(text, c)
+        }
+        Err(e) => Decoded::Failed(e),
+    })
 }
 
 impl AsrFactory for Pocketsphinx {
     fn for_call(&self) -> Rc<dyn AsrEngine> {
+        self.shared.warm_up();
         Rc::new(PocketsphinxEngine {
             shared: self.shared.clone(),
             call: self.next_call.fetch_add(1, Ordering::Relaxed),
@@ -419,6 +558,7 @@ impl AsrFactory for Pocketsphinx {
                 ));
             }
         };
+        self.shared.warm_up();
         Ok(Rc::new(PocketsphinxEngine {
             shared: self.shared.clone(),
             call: self.next_call.fetch_add(1, Ordering::Relaxed),
@@ -481,7 +621,8 @@ impl AsrEngine for PocketsphinxEngine {
             let update = AsrUpdate::Error(err.into());
             return (sink, Box::pin(futures_util::stream::iter([update])));
         }
-        self.shared.queued.notify_one();
+        // All: a thread without a decoder leaves the job to an idle one with a decoder.
+        self.shared.queued.notify_all();
         // Unbounded, but a decoder sends at most one partial per 200 ms of audio and one final.
         let stream = futures_util::stream::unfold(results_rx, |mut rx| async move {
             let decoded = rx.recv().await?;
@@ -529,13 +670,49 @@ mod tests {
         )))
         .err();
         assert!(
-            matches!(
-                bad,
-                Some(StartError::Decoder(DecoderError::GrammarRejected))
-            ),
+            matches!(&bad, Some(StartError::Decoder(DecoderError::GrammarWord(w))) if w == "xyzzyplugh"),
             "{bad:?}"
         );
         assert!(bad.is_some_and(|e| e.to_string().contains("dictionary")));
+        // Words are matched as the decoder matches them: case-sensitively.
+        let upper = Pocketsphinx::start(&settings(Some(
+            "#JSGF V1.0; grammar g; public <s> = HELLO world ;",
+        )))
+        .err();
+        assert!(
+            matches!(&upper, Some(StartError::Decoder(DecoderError::GrammarWord(w))) if w == "HELLO"),
+            "{upper:?}"
+        );
+        let unparsable =
+            Pocketsphinx::start(&settings(Some("#JSGF V1.0; grammar g; public <s> = ("))).err();
+        assert!(
+            matches!(
+                unparsable,
+                Some(StartError::Decoder(DecoderError::GrammarParse))
+            ),
+            "{unparsable:?}"
+        );
+        let bad_named = Pocketsphinx::start(&PocketsphinxSettings {
+            grammars: vec![(
+                "menu".into(),
+                "#JSGF V1.0; grammar m; public <m> = one | zorkmid ;".into(),
+            )],
+            ..settings(None)
+        })
+        .err();
+        assert!(
+            matches!(&bad_named, Some(StartError::Decoder(DecoderError::GrammarWord(w))) if w == "zorkmid"),
+            "{bad_named:?}"
+        );
+        let no_lm = Pocketsphinx::start(&PocketsphinxSettings {
+            lm: Some("/nonexistent.lm.bin".into()),
+            ..settings(None)
+        })
+        .err();
+        assert!(
+            matches!(no_lm, Some(StartError::Decoder(DecoderError::NoLm(_)))),
+            "{no_lm:?}"
+        );
         let missing = Pocketsphinx::start(&PocketsphinxSettings {
             hmm: "/nonexistent".into(),
             ..settings(None)
@@ -546,6 +723,63 @@ mod tests {
             "{missing:?}"
         );
         assert!(missing.is_some_and(|e| e.to_string().contains("mdef")));
+    }
+
+    /// Waits until `n` decoders are built or being built.
+    async fn decoders(ps: &Pocketsphinx, n: usize) {
+        let t0 = std::time::Instant::now();
+        while ps.decoders() != n {
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(10),
+                "{} decoders, want {n}",
+                ps.decoders()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    #[actix_rt::test]
+    async fn models_load_on_first_need_and_the_pool_grows_only_when_utterances_overlap() {
+        let ps = Pocketsphinx::start(&PocketsphinxSettings {
+            decoders: 2,
+            ..settings(Some(
+                "#JSGF V1.0; grammar c; public <c> = red | green | blue ;",
+            ))
+        })
+        .expect("pocketsphinx is installed by scripts/setup.sh");
+        let green = spoken("green").await;
+        // Started, checked, nothing loaded.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert_eq!(ps.decoders(), 0);
+        // A call that may need recognition: one decoder is built in the background, and the
+        // first utterance, sent at once, waits for it and is recognized.
+        let engine = ps.for_call();
+        decoders(&ps, 1).await;
+        assert_eq!(recognize(&engine, &green).await.as_deref(), Some("green"));
+        // More calls, one utterance at a time: still the one decoder.
+        for _ in 0..3 {
+            let other = ps.for_call();
+            assert_eq!(recognize(&other, &green).await.as_deref(), Some("green"));
+        }
+        assert_eq!(ps.decoders(), 1);
+        // Two utterances at once: the second thread builds its decoder.
+        let (mut a, a_results) = engine.utterance();
+        a.push(&[0; 1600]);
+        let other = ps.for_call();
+        let (mut b, b_results) = other.utterance();
+        decoders(&ps, 2).await;
+        for sink in [&mut a, &mut b] {
+            sink.push(&green);
+        }
+        a.finish();
+        b.finish();
+        for results in [a_results, b_results] {
+            let updates: Vec<AsrUpdate> = results.collect().await;
+            assert!(
+                matches!(updates.last(), Some(AsrUpdate::Final(Some(t), _)) if t == "green"),
+                "{updates:?}"
+            );
+        }
     }
 
     /// Waits until `n` utterances wait in the queue.

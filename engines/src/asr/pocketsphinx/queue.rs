@@ -75,6 +75,11 @@ impl<T> FairQueue<T> {
         self.len
     }
 
+    /// Whether no job waits.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     /// Queues `job` for `call`, or hands it back with the reason it was refused.
     pub fn push(&mut self, call: u64, job: T) -> Result<(), (Refused, T)> {
         let mine = self.waiting.get(&call).map_or(0, VecDeque::len);
