@@ -453,6 +453,50 @@ pub fn validate(
     }
 }
 
+/// A JSGF grammar and the FSG built from its public rule; dropping it frees both, the FSG first.
+struct Fsg {
+    jsgf: *mut ffi::jsgf_t,
+    fsg: *mut ffi::fsg_model_t,
+}
+
+impl Fsg {
+    /// Parses `text` and builds its public rule with `lmath` and language weight `lw`.
+    ///
+    /// # Safety
+    /// `lmath` is a valid logmath object (the FSG keeps its own reference).
+    unsafe fn build(text: &CStr, lmath: *mut ffi::logmath_t, lw: f32) -> Result<Fsg, DecoderError> {
+        // SAFETY: `text` is NUL-terminated; each object is freed on every path (by `Fsg`'s drop
+        // once both exist).
+        unsafe {
+            let jsgf = ffi::jsgf_parse_string(text.as_ptr(), std::ptr::null_mut());
+            if jsgf.is_null() {
+                return Err(DecoderError::GrammarParse);
+            }
+            let rule = ffi::jsgf_get_public_rule(jsgf);
+            if rule.is_null() {
+                ffi::jsgf_grammar_free(jsgf);
+                return Err(DecoderError::GrammarNoPublicRule);
+            }
+            let fsg = ffi::jsgf_build_fsg(jsgf, rule, lmath, lw);
+            if fsg.is_null() {
+                ffi::jsgf_grammar_free(jsgf);
+                return Err(DecoderError::GrammarFsg);
+            }
+            Ok(Fsg { jsgf, fsg })
+        }
+    }
+}
+
+impl Drop for Fsg {
+    fn drop(&mut self) {
+        // SAFETY: both were made by `Fsg::build` and are freed only here.
+        unsafe {
+            ffi::fsg_model_free(self.fsg);
+            ffi::jsgf_grammar_free(self.jsgf);
+        }
+    }
+}
+
 /// Parses a JSGF grammar as the decoder will and adds the words of its public rule to `words`.
 fn grammar_words(
     text: &str,
@@ -465,28 +509,17 @@ fn grammar_words(
     // through the mirrored public prefix of `fsg_model_t` (offsets asserted above), its
     // `n_word` vocabulary entries being NUL-terminated strings it owns until freed.
     unsafe {
-        let jsgf = ffi::jsgf_parse_string(text.as_ptr(), std::ptr::null_mut());
-        if jsgf.is_null() {
-            return Err(DecoderError::GrammarParse);
-        }
-        let rule = ffi::jsgf_get_public_rule(jsgf);
-        if rule.is_null() {
-            ffi::jsgf_grammar_free(jsgf);
-            return Err(DecoderError::GrammarNoPublicRule);
-        }
         // pocketsphinx's own -logbase, without the lookup table (only the words are read).
         let lmath = ffi::logmath_init(1.0001, 0, 0);
         if lmath.is_null() {
-            ffi::jsgf_grammar_free(jsgf);
             return Err(DecoderError::Failed("logmath_init"));
         }
-        let fsg = ffi::jsgf_build_fsg(jsgf, rule, lmath, 1.0);
-        if fsg.is_null() {
+        let built = Fsg::build(&text, lmath, 1.0);
+        let Ok(fsg) = built else {
             ffi::logmath_free(lmath);
-            ffi::jsgf_grammar_free(jsgf);
-            return Err(DecoderError::GrammarFsg);
-        }
-        let prefix = fsg as *const ffi::fsg_model_prefix;
+            return built.map(|_| ());
+        };
+        let prefix = fsg.fsg as *const ffi::fsg_model_prefix;
         let n = (*prefix).n_word.max(0) as usize;
         let vocab = (*prefix).vocab;
         for i in 0..n {
@@ -495,9 +528,8 @@ fn grammar_words(
                 words.insert(CStr::from_ptr(w).to_bytes().to_vec());
             }
         }
-        ffi::fsg_model_free(fsg);
+        drop(fsg);
         ffi::logmath_free(lmath);
-        ffi::jsgf_grammar_free(jsgf);
     }
     Ok(())
 }
@@ -716,24 +748,10 @@ impl Decoder {
         // (and copies what it needs), so dropping ours and the JSGF
         // afterwards is what upstream's fixed ps_set_jsgf_string does too.
         unsafe {
-            let jsgf = ffi::jsgf_parse_string(text.as_ptr(), std::ptr::null_mut());
-            if jsgf.is_null() {
-                return Err(DecoderError::GrammarParse);
-            }
-            let rule = ffi::jsgf_get_public_rule(jsgf);
-            if rule.is_null() {
-                ffi::jsgf_grammar_free(jsgf);
-                return Err(DecoderError::GrammarNoPublicRule);
-            }
             let lw = ffi::cmd_ln_float_r(self.config, lw_key.as_ptr()) as f32;
-            let fsg = ffi::jsgf_build_fsg(jsgf, rule, ffi::ps_get_logmath(self.ps), lw);
-            if fsg.is_null() {
-                ffi::jsgf_grammar_free(jsgf);
-                return Err(DecoderError::GrammarFsg);
-            }
-            let rv = ffi::ps_set_fsg(self.ps, name.as_ptr(), fsg);
-            ffi::fsg_model_free(fsg);
-            ffi::jsgf_grammar_free(jsgf);
+            let fsg = Fsg::build(text, ffi::ps_get_logmath(self.ps), lw)?;
+            let rv = ffi::ps_set_fsg(self.ps, name.as_ptr(), fsg.fsg);
+            drop(fsg);
             if rv < 0 {
                 return Err(DecoderError::GrammarRejected);
             }
