@@ -16,9 +16,9 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use voicegate_testkit::{ClientPeer, http};
+use voicegate_testkit::ClientPeer;
+use voicegate_testkit::endings::place_and_end;
 
-const ECHO: &str = "/webrtc/v1/offer?mode=echo";
 const SECOND: Duration = Duration::from_secs(1);
 
 /// What a run does.
@@ -46,34 +46,6 @@ pub const SHORT_TIMEOUTS: [(&str, &str); 5] = [
     ("VOICEGATE__MEDIA__ICE_KEEPALIVE_MS", "200"),
     ("VOICEGATE__CALLS__CONNECT_TIMEOUT_MS", "1000"),
 ];
-
-/// How call `i` ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ending {
-    /// `POST /webrtc/v1/hangup`.
-    HangUp,
-    /// `DELETE` on the call's resource URL.
-    Delete,
-    /// The browser's `pc.close()`.
-    Close,
-    /// The network goes away mid-call: nothing more is sent or received.
-    Vanish,
-    /// Offers, takes the answer, never connects.
-    NeverConnect,
-    /// Connected, then stops sending while the connection stays up (ends by RTP timeout).
-    Silent,
-}
-
-fn ending(i: usize) -> Ending {
-    match i % 10 {
-        3 => Ending::Vanish,
-        6 => Ending::Close,
-        9 if i % 20 == 9 => Ending::NeverConnect,
-        9 => Ending::Silent,
-        n if n % 2 == 0 => Ending::HangUp,
-        _ => Ending::Delete,
-    }
-}
 
 /// What is counted of the server.
 #[derive(Debug, Clone, Copy)]
@@ -149,62 +121,6 @@ async fn settle(target: &Target, pid: u32, within: Duration) -> anyhow::Result<R
     }
 }
 
-/// Places call `i` and ends it its way; returns its offer → connected time, if it connected.
-/// A silent caller is left in `lingering` (its call ends by the RTP timeout).
-async fn one_call(
-    target: &Target,
-    i: usize,
-    frames: &[Bytes],
-    lingering: &mut Vec<ClientPeer>,
-) -> anyhow::Result<Option<Duration>> {
-    let how = ending(i);
-    if how == Ending::NeverConnect {
-        let (pc, _track, _ssrc, _state, _rx, offer) = ClientPeer::offer().await?;
-        let res = http::post_offer(target.http, ECHO, &offer).await?;
-        let _ = pc.close().await;
-        anyhow::ensure!(res.status == 200, "call {i}: offer answered {}", res.status);
-        return Ok(None);
-    }
-    let peer = ClientPeer::call(target.http, ECHO)
-        .await
-        .with_context(|| format!("call {i}"))?;
-    let connected = match peer.wait_connected(5 * SECOND).await {
-        Ok(t) => t,
-        Err(e) => {
-            peer.close().await;
-            return Err(e.context(format!("call {i}")));
-        }
-    };
-    peer.send_paced(frames).await?;
-    match how {
-        Ending::HangUp => {
-            let path = format!("/webrtc/v1/hangup?call_id={}", peer.call_id);
-            let res = http::request(target.http, "POST", &path, &[], b"").await?;
-            peer.close().await;
-            anyhow::ensure!(
-                res.status == 204,
-                "call {i}: hangup answered {}",
-                res.status
-            );
-        }
-        Ending::Delete => {
-            let location = peer.location.clone().context("no Location")?;
-            let res = http::request(target.http, "DELETE", &location, &[], b"").await?;
-            peer.close().await;
-            anyhow::ensure!(
-                res.status == 204,
-                "call {i}: DELETE answered {}",
-                res.status
-            );
-        }
-        Ending::Close => peer.close().await,
-        Ending::Vanish => peer.vanish().await,
-        Ending::Silent => lingering.push(peer),
-        Ending::NeverConnect => unreachable!("handled above"),
-    }
-    Ok(Some(connected))
-}
-
 /// Places calls `from..to`, closing silent callers once their calls have ended; returns the
 /// connect times.
 async fn calls(
@@ -216,7 +132,7 @@ async fn calls(
 ) -> anyhow::Result<Vec<f64>> {
     let mut connect = vec![];
     for i in range {
-        if let Some(t) = one_call(target, i, frames, lingering).await? {
+        if let Some(t) = place_and_end(target.http, i, frames, lingering).await? {
             connect.push(t.as_secs_f64() * 1e3);
         }
         if lingering.len() > 8 {

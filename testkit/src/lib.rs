@@ -6,6 +6,7 @@ pub mod chat_server;
 pub mod cut;
 pub mod deepgram_server;
 pub mod dialog_app;
+pub mod endings;
 pub mod http;
 pub mod peer;
 pub mod speech_server;
