@@ -12,6 +12,10 @@ cd "$(dirname "$0")/.."
 
 scripts/setup.sh --test
 
+# A clean build of the suite takes several GB (target/); say how much room there was, so a full
+# disk reads as such in a failed run's log.
+echo "== disk: $(df -h --output=avail . | tail -1 | tr -d ' ') free"
+
 if [ "${VOICEGATE_SKIP_LINT:-0}" != "1" ]; then
   echo "== lint"
   cargo fmt --all -- --check
