@@ -96,17 +96,17 @@ impl Supervisor {
         self.calls.remove(call_id)
     }
 
-    /// A supervisor with `workers` media workers. Must run inside an actix system.
+    /// A supervisor placing calls on `workers`. Must run inside an actix system.
     pub fn new(
         settings: CallSettings,
         services: CallServices,
-        workers: usize,
+        workers: Workers,
         max_calls: usize,
     ) -> Self {
         Supervisor {
             settings: Arc::new(settings),
             services,
-            workers: Workers::start(workers),
+            workers,
             calls: HashMap::new(),
             sources: HashMap::new(),
             calls_per_source: 0,

@@ -36,6 +36,39 @@ impl Workers {
         Workers { workers }
     }
 
+    /// How many workers there are (at least one).
+    pub fn count(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Runs the shared port's receive loop on the first worker: a datagram for a call on that
+    /// worker reaches its connection without a cross-thread wake-up (with one worker, none
+    /// crosses), and the others get one hop each, as from a receive thread of its own. (Every
+    /// worker polling the socket would wake them all for each datagram.) Waits until the socket
+    /// is registered there, so a failure is the caller's error.
+    pub fn receive(
+        &self,
+        receiver: voicegate_media::Receiver,
+    ) -> Result<(), voicegate_media::MuxError> {
+        let gone = || {
+            voicegate_media::MuxError::ReceiveLoop(std::io::Error::other(
+                "the media worker stopped",
+            ))
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let (arbiter, _) = &self.workers[0];
+        let sent = arbiter.spawn_fn(move || {
+            let started = receiver.register().map(|receive| {
+                actix::spawn(receive);
+            });
+            let _ = tx.send(started);
+        });
+        if !sent {
+            return Err(gone());
+        }
+        rx.recv().unwrap_or_else(|_| Err(gone()))
+    }
+
     /// The least loaded worker and a lease on it.
     pub fn pick(&self) -> (ArbiterHandle, Lease) {
         let (index, (arbiter, load)) = self
@@ -132,6 +165,37 @@ mod tests {
         assert_eq!(b.send(Poke { explode: false }).await.unwrap(), "b");
         assert!(!a.connected());
         assert_eq!(log.lock().unwrap().as_slice(), ["a panicked"]);
+        workers.stop();
+    }
+
+    /// The shared port is read on the first worker: a datagram sent to it is received there,
+    /// and no thread of its own is started for it.
+    #[actix_rt::test]
+    async fn the_shared_port_is_read_on_a_worker() {
+        use voicegate_media::mux::{MuxLimits, UdpMux};
+        let workers = Workers::start(2);
+        let mux = UdpMux::bind_with(
+            "127.0.0.1:0".parse().unwrap(),
+            MuxLimits::default(),
+            |receiver| workers.receive(receiver),
+        )
+        .expect("binds");
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sender.send_to(b"not stun", mux.local_addr()).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while mux.stats().rx == 0 {
+            assert!(std::time::Instant::now() < deadline, "nothing was received");
+            actix_rt::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let threads: Vec<String> = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|n| n.trim().to_owned())
+            .collect();
+        assert!(
+            !threads.iter().any(|n| n == "vg-udp-recv"),
+            "a receive thread was started: {threads:?}"
+        );
         workers.stop();
     }
 }

@@ -9,7 +9,7 @@ mod loss;
 pub mod mux;
 pub mod peer;
 
-pub use mux::MuxError;
+pub use mux::{MuxError, Receiver};
 pub use peer::{
     IcePatch, MediaPlane, PatchError, Peer, PeerError, PeerEvent, PeerEvents, PeerState, RtpWriter,
 };

@@ -34,9 +34,10 @@
 //! DTLS work unchanged. This leans on how the driver binds sockets in 0.21.1; the integration
 //! tests pin it (concurrent calls over one port, mappings released on close).
 //!
-//! Failure: the receive loop runs on its own thread and survives transient socket errors (an
-//! ICMP unreachable from a vanished browser surfaces as `ConnectionRefused`). A full
-//! per-connection queue drops the datagram and counts it, like a congested network would.
+//! Failure: the receive loop (on a media worker in the server, see [`Receiver`]) survives
+//! transient socket errors (an ICMP unreachable from a vanished browser surfaces as
+//! `ConnectionRefused`). A full per-connection queue drops the datagram and counts it, like a
+//! congested network would.
 
 use bytes::Bytes;
 use secrecy::{ExposeSecret, SecretSlice};
@@ -270,6 +271,17 @@ impl fmt::Debug for UdpMux {
 impl UdpMux {
     /// Binds the shared socket and starts the receive loop on its own thread.
     pub fn bind(addr: SocketAddr, limits: MuxLimits) -> Result<Arc<Self>, MuxError> {
+        Self::bind_with(addr, limits, Receiver::on_own_thread)
+    }
+
+    /// Binds the shared socket and hands its receive side to `receive`, which starts the loop
+    /// where the caller wants it (the server runs it on a media worker; see [`Receiver`]). An
+    /// error from `receive` is an error of the bind: the port is not opened deaf.
+    pub fn bind_with(
+        addr: SocketAddr,
+        limits: MuxLimits,
+        receive: impl FnOnce(Receiver) -> Result<(), MuxError>,
+    ) -> Result<Arc<Self>, MuxError> {
         use socket2::{Domain, Protocol, Socket, Type};
         let at = |step| move |source| MuxError::Socket { step, source };
         let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
@@ -282,17 +294,6 @@ impl UdpMux {
         let socket: UdpSocket = sock.into();
         let local_addr = socket.local_addr().map_err(at("local address"))?;
         let recv_socket = socket.try_clone().map_err(at("clone"))?;
-        // The receive loop's runtime and socket registration are made here, so a failure is an
-        // error of `bind` and not a port that silently never receives.
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .enable_time()
-            .build()
-            .map_err(MuxError::ReceiveLoop)?;
-        let recv_socket = {
-            let _in_runtime = rt.enter();
-            tokio::net::UdpSocket::from_std(recv_socket).map_err(MuxError::ReceiveLoop)?
-        };
         let mux = Arc::new(UdpMux {
             socket,
             local_addr,
@@ -309,11 +310,10 @@ impl UdpMux {
             rx_addr_conflicts: AtomicU64::new(0),
             tx_checks_over_budget: AtomicU64::new(0),
         });
-        let weak = Arc::downgrade(&mux);
-        std::thread::Builder::new()
-            .name("vg-udp-recv".into())
-            .spawn(move || rt.block_on(receive_loop(weak, recv_socket)))
-            .map_err(MuxError::ReceiveLoop)?;
+        receive(Receiver {
+            mux: Arc::downgrade(&mux),
+            socket: recv_socket,
+        })?;
         Ok(mux)
     }
 
@@ -538,6 +538,47 @@ impl UdpMux {
             }
             Err(e) => Err(e),
         }
+    }
+}
+
+/// The shared socket's receive side, not yet running. The loop reads every datagram and routes
+/// it to its connection's queue; a connection whose driver runs on the same thread as the loop
+/// gets it without a cross-thread wake-up.
+pub struct Receiver {
+    mux: Weak<UdpMux>,
+    socket: UdpSocket,
+}
+
+impl fmt::Debug for Receiver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Receiver")
+    }
+}
+
+impl Receiver {
+    /// Registers the socket with the tokio runtime this is called in and returns the loop, to be
+    /// spawned on that same runtime. It ends when the mux is dropped.
+    pub fn register(self) -> Result<impl Future<Output = ()> + Send + 'static, MuxError> {
+        let socket = tokio::net::UdpSocket::from_std(self.socket).map_err(MuxError::ReceiveLoop)?;
+        Ok(receive_loop(self.mux, socket))
+    }
+
+    /// Runs the loop on a thread of its own, with its own runtime.
+    pub fn on_own_thread(self) -> Result<(), MuxError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(MuxError::ReceiveLoop)?;
+        let receive = {
+            let _in_runtime = rt.enter();
+            self.register()?
+        };
+        std::thread::Builder::new()
+            .name("vg-udp-recv".into())
+            .spawn(move || rt.block_on(receive))
+            .map_err(MuxError::ReceiveLoop)?;
+        Ok(())
     }
 }
 

@@ -161,9 +161,13 @@ pub struct MediaPlane {
 }
 
 impl MediaPlane {
-    /// Binds the shared port and works out which addresses to advertise.
-    pub fn start(settings: &crate::MediaSettings) -> Result<Arc<Self>, MuxError> {
-        let mux = UdpMux::bind(settings.bind, settings.limits)?;
+    /// Binds the shared port, hands its receive side to `receive` (which starts the loop where
+    /// it should run) and works out which addresses to advertise.
+    pub fn start(
+        settings: &crate::MediaSettings,
+        receive: impl FnOnce(crate::Receiver) -> Result<(), MuxError>,
+    ) -> Result<Arc<Self>, MuxError> {
+        let mux = UdpMux::bind_with(settings.bind, settings.limits, receive)?;
         let advertised = advertised_addresses(settings.bind.ip(), &settings.public_ips);
         let ice_servers = settings
             .ice_servers
