@@ -8,6 +8,7 @@
 //! the recognizer drive live in `voicegate-engines`.
 
 pub mod call;
+pub mod clock;
 pub mod codec;
 pub mod dialog;
 pub mod dialog_conn;

@@ -31,7 +31,12 @@ impl Workers {
     /// Starts `n` worker threads (at least one). Must run inside an actix system.
     pub fn start(n: usize) -> Self {
         let workers = (0..n.max(1))
-            .map(|_| (Arbiter::new(), Arc::new(AtomicUsize::new(0))))
+            .map(|_| {
+                let arbiter = Arbiter::new();
+                // Each worker's pacer clock (and its timerfd) exists from the start.
+                arbiter.spawn_fn(crate::clock::start_here);
+                (arbiter, Arc::new(AtomicUsize::new(0)))
+            })
             .collect();
         Workers { workers }
     }

@@ -870,8 +870,15 @@ impl AudioCodec {
             );
         }
         if let Some(next) = self.pacer.next_due() {
-            let delay = next.saturating_duration_since(Instant::now());
-            self.tick = Some(ctx.run_later(delay, |act, ctx| act.tick(ctx)));
+            // The worker's precise clock: tokio's timers would round the slot up to a
+            // millisecond and fire anywhere in the one after (see `crate::clock`).
+            self.tick = Some(
+                ctx.spawn(
+                    crate::clock::sleep_until(next)
+                        .into_actor(self)
+                        .map(|(), act, ctx| act.tick(ctx)),
+                ),
+            );
         }
     }
 }
