@@ -126,12 +126,17 @@ async fn one_call(
         voicegate_core::random::u32() as u64 % 20_000,
     ))
     .await;
+    // And at an independent point of the looped audio: calls are placed 10 ms apart, so
+    // starting every caller at the top of its loop would bunch the dialog profile's questions
+    // (and the answers) of all calls into the first seconds of every 5 s cycle.
+    let offset = voicegate_core::random::u32() as usize % uplink.len().max(1);
     let mut tick = tokio::time::interval(voicegate_core::frame::FRAME);
     let start = Instant::now();
     let mut sent = 0;
     while start.elapsed() < duration {
         tick.tick().await;
-        peer.send(uplink[sent % uplink.len()].clone()).await?;
+        peer.send(uplink[(offset + sent) % uplink.len()].clone())
+            .await?;
         sent += 1;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
