@@ -392,6 +392,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let mut best = None;
     let mut best_prefix = None;
+    let mut best_kernel = None;
     let mut all_held = true;
     let mut first = true;
     for n in steps {
@@ -425,6 +426,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         } else {
             all_held = false;
         }
+        if r["kernel_quality_ok"] == true {
+            best_kernel = Some(n);
+        }
         // A step where calls could not even connect is past saturation: larger ones only
         // repeat that. A step that missed the jitter bar may be noise; the ramp goes on.
         if args.ramp.is_some() && r["failed"].as_u64().unwrap_or(0) > 0 {
@@ -435,6 +439,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let summary = serde_json::json!({
             "largest_calls_holding_quality": best,
             "largest_calls_with_every_step_up_to_it_holding": best_prefix,
+            "largest_calls_holding_quality_by_kernel_receive_times": best_kernel,
         });
         if args.json {
             println!("{summary}");
@@ -446,6 +451,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     best_prefix.map_or("none".to_owned(), |n| n.to_string())
                 ),
                 None => println!("no step held the quality bar"),
+            }
+            match best_kernel {
+                Some(n) => println!(
+                    "largest N holding it by the kernel's receive times (jitter without the generator's scheduling): {n}"
+                ),
+                None => println!("no step held it by the kernel's receive times either"),
             }
         }
     }

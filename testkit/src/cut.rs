@@ -4,15 +4,19 @@
 //! runtime with each UDP socket wrapped; once cut, sends are swallowed and receives discarded.
 //! It can also lose a share of the RTP that arrives, as a lossy path would. A cut network can
 //! be restored, as when the Wi-Fi comes back or the laptop wakes on the same network.
+//!
+//! It also keeps each RTP packet's receive time as the kernel stamped it, by sequence number
+//! ([`Arrivals`]), so a load test can measure jitter without the client's own scheduling.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use webrtc::runtime::{
     AsyncInterval, AsyncTcpListener, AsyncTcpStream, AsyncUdpSocket, JoinHandle, RecvMeta, Runtime,
     TokioRuntime, Transmit,
@@ -23,7 +27,51 @@ use webrtc::runtime::{
 pub struct CuttableRuntime {
     cut: Arc<AtomicBool>,
     loss: Arc<Loss>,
+    arrivals: Arc<Arrivals>,
     inner: TokioRuntime,
+}
+
+/// When the kernel received each RTP packet, by sequence number, until the reader takes it.
+#[derive(Debug, Default)]
+pub struct Arrivals {
+    at: Mutex<HashMap<u16, Instant>>,
+}
+
+/// Stamps kept at most (a reader that takes none cannot grow it).
+const ARRIVALS_KEPT: usize = 4096;
+
+impl Arrivals {
+    /// The kernel's receive time of the RTP packet with sequence number `seq`, once.
+    pub fn take(&self, seq: u16) -> Option<Instant> {
+        self.at.lock().expect("no panic while holding").remove(&seq)
+    }
+
+    fn put(&self, seq: u16, at: Instant) {
+        let mut m = self.at.lock().expect("no panic while holding");
+        if m.len() >= ARRIVALS_KEPT {
+            m.clear();
+        }
+        m.insert(seq, at);
+    }
+}
+
+/// The kernel's receive time of a datagram (the socket layer reads `SO_TIMESTAMPNS`, as time
+/// since the Unix epoch) as an `Instant`.
+fn kernel_instant(since_epoch: Duration) -> Option<Instant> {
+    let stamped = SystemTime::UNIX_EPOCH + since_epoch;
+    let (now, wall) = (Instant::now(), SystemTime::now());
+    now.checked_sub(wall.duration_since(stamped).ok()?)
+}
+
+/// The sequence number of an RTP packet (SRTP leaves the header in the clear); `None` for
+/// anything else (RFC 7983: RTP's first byte is 128-191; RTCP packet types are 192-223).
+fn rtp_seq(datagram: &[u8]) -> Option<u16> {
+    match datagram {
+        [128..=191, b, hi, lo, ..] if !(192..=223).contains(b) => {
+            Some(u16::from_be_bytes([*hi, *lo]))
+        }
+        _ => None,
+    }
 }
 
 /// Every `every`-th arriving RTP packet is lost (0: none).
@@ -36,9 +84,9 @@ struct Loss {
 impl Loss {
     fn drops(&self, datagram: &[u8]) -> bool {
         let every = self.every.load(Ordering::Relaxed);
-        // RTP, not RTCP (RFC 7983: first byte 128-191; RTCP packet types 192-223).
-        let rtp = matches!(datagram, [128..=191, b, ..] if !(192..=223).contains(b));
-        every > 0 && rtp && self.seen.fetch_add(1, Ordering::Relaxed) % every == every - 1
+        every > 0
+            && rtp_seq(datagram).is_some()
+            && self.seen.fetch_add(1, Ordering::Relaxed) % every == every - 1
     }
 }
 
@@ -47,6 +95,7 @@ impl Default for CuttableRuntime {
         CuttableRuntime {
             cut: Arc::default(),
             loss: Arc::default(),
+            arrivals: Arc::default(),
             inner: TokioRuntime,
         }
     }
@@ -61,6 +110,11 @@ impl CuttableRuntime {
     /// From now on packets leave and arrive again (what was sent during the cut stays lost).
     pub fn restore(&self) {
         self.cut.store(false, Ordering::Relaxed);
+    }
+
+    /// The kernel's receive times of the RTP packets that arrive.
+    pub fn arrivals(&self) -> Arc<Arrivals> {
+        self.arrivals.clone()
     }
 
     /// From now on every `every`-th RTP packet that arrives is lost (0: none).
@@ -87,6 +141,7 @@ impl Runtime for CuttableRuntime {
             inner: self.inner.wrap_udp_socket(socket)?,
             cut: self.cut.clone(),
             loss: self.loss.clone(),
+            arrivals: self.arrivals.clone(),
         }))
     }
 
@@ -141,6 +196,7 @@ struct CuttableSocket {
     inner: Arc<dyn AsyncUdpSocket>,
     cut: Arc<AtomicBool>,
     loss: Arc<Loss>,
+    arrivals: Arc<Arrivals>,
 }
 
 impl AsyncUdpSocket for CuttableSocket {
@@ -180,6 +236,15 @@ impl AsyncUdpSocket for CuttableSocket {
                             meta[kept] = m;
                         }
                         kept += 1;
+                    }
+                    for i in 0..kept {
+                        let m = meta[i];
+                        if m.stride >= m.len
+                            && let Some(seq) = rtp_seq(&bufs[i][..m.len])
+                            && let Some(at) = m.timestamp.and_then(kernel_instant)
+                        {
+                            self.arrivals.put(seq, at);
+                        }
                     }
                     if kept > 0 {
                         return Poll::Ready(Ok(kept));

@@ -45,6 +45,9 @@ use webrtc::peer_connection::{
 pub struct Received {
     /// When it arrived.
     pub at: Instant,
+    /// When the kernel received it, where the socket could say (without the time the client's
+    /// own WebRTC stack and tasks took to hand it over).
+    pub kernel_at: Option<Instant>,
     /// Sequence number.
     pub seq: u16,
     /// RTP timestamp.
@@ -128,6 +131,7 @@ struct Handler {
     gathering: watch::Sender<bool>,
     state: watch::Sender<RTCPeerConnectionState>,
     received: Arc<Mutex<Vec<Received>>>,
+    arrivals: Arc<crate::cut::Arrivals>,
 }
 
 #[async_trait::async_trait]
@@ -144,6 +148,7 @@ impl PeerConnectionEventHandler for Handler {
 
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
         let received = self.received.clone();
+        let arrivals = self.arrivals.clone();
         // Drain continuously on a task of its own; the callback must not block the driver.
         tokio::spawn(async move {
             while let Some(ev) = track.poll().await {
@@ -153,6 +158,7 @@ impl PeerConnectionEventHandler for Handler {
                         .expect("no panics while holding")
                         .push(Received {
                             at: Instant::now(),
+                            kernel_at: arrivals.take(p.header.sequence_number),
                             seq: p.header.sequence_number,
                             timestamp: p.header.timestamp,
                             marker: p.header.marker,
@@ -241,6 +247,7 @@ impl ClientPeer {
                 gathering: gathering_tx,
                 state: state_tx,
                 received: received.clone(),
+                arrivals: runtime.arrivals(),
             }))
             .with_udp_addrs(vec!["127.0.0.1:0"])
             .with_runtime(runtime)
