@@ -255,3 +255,51 @@ impl AsyncUdpSocket for CuttableSocket {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_rtp_has_a_sequence_number() {
+        // RTP (version 2, payload type 111, sequence 0x1234), with and without the marker bit.
+        assert_eq!(rtp_seq(&[0x80, 111, 0x12, 0x34, 0, 0]), Some(0x1234));
+        assert_eq!(rtp_seq(&[0x90, 0x80 | 111, 0xff, 0xff]), Some(0xffff));
+        // RTCP sender report, STUN, DTLS, and a datagram too short to hold a sequence number.
+        assert_eq!(rtp_seq(&[0x80, 200, 0, 6]), None);
+        assert_eq!(rtp_seq(&[0x00, 0x01, 0x00, 0x0c]), None);
+        assert_eq!(rtp_seq(&[22, 0xfe, 0xfd, 0]), None);
+        assert_eq!(rtp_seq(&[0x80, 111, 0x12]), None);
+    }
+
+    #[test]
+    fn arrivals_are_taken_once_and_stay_bounded() {
+        let a = Arrivals::default();
+        let t = Instant::now();
+        a.put(7, t);
+        assert_eq!(a.take(7), Some(t));
+        assert_eq!(a.take(7), None, "taken once");
+        for seq in 0..(ARRIVALS_KEPT as u16 + 10) {
+            a.put(seq, t);
+        }
+        assert!(a.at.lock().unwrap().len() <= ARRIVALS_KEPT);
+    }
+
+    #[test]
+    fn a_kernel_stamp_reads_as_the_instant_it_was() {
+        let wall = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap();
+        let at = kernel_instant(wall - Duration::from_millis(30)).expect("a past stamp");
+        let ago = at.elapsed();
+        assert!(
+            ago >= Duration::from_millis(30) && ago < Duration::from_secs(1),
+            "{ago:?}"
+        );
+        assert_eq!(
+            kernel_instant(wall + Duration::from_secs(60)),
+            None,
+            "a future stamp"
+        );
+    }
+}
