@@ -2254,6 +2254,7 @@ mod tests {
         assert_eq!(s.echo.delay_ms, 200);
         assert_eq!(s.media.udp_port, 50100);
         assert_eq!(s.validate().unwrap().calls.echo_delay_frames, 10);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

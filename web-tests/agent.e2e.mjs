@@ -6,10 +6,8 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { startVoicegate, launchBrowser, writeWav, until, readWav, startChatStandIn } from "./lib.mjs";
+import { startVoicegate, launchBrowser, writeWav, until, readWav, startChatStandIn, tempDir } from "./lib.mjs";
 
 const REPO = new URL("..", import.meta.url).pathname;
 const GRAMMAR = join(REPO, "tests/fixtures/test.gram");
@@ -20,7 +18,7 @@ const ANSWER = "the quick brown fox jumps over the lazy dog";
 test("the page talks to the demo agent and hears the model's answer", async (t) => {
   const llm = await startChatStandIn(`${ANSWER}.`, 200, 60);
   t.after(() => llm.close());
-  const dir = mkdtempSync(join(tmpdir(), "vg-e2e-"));
+  const dir = tempDir(t);
   const speech = join(dir, "speech.wav");
   execFileSync("espeak-ng", ["-v", "en-us", "-s", "160", "-w", speech, QUESTION]);
   const { samples, rate } = readWav(speech);

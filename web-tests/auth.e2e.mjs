@@ -6,10 +6,8 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { startVoicegate, launchBrowser, writeWav, toneBursts, until } from "./lib.mjs";
+import { startVoicegate, launchBrowser, writeWav, toneBursts, until, tempDir } from "./lib.mjs";
 
 const SECRET = "an end-to-end test secret of forty bytes.";
 
@@ -23,7 +21,7 @@ function mintToken(...args) {
 }
 
 test("a page on another origin places a call with a token from `voicegate token`", async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), "vg-e2e-"));
+  const dir = tempDir(t);
   const wav = join(dir, "tone440.wav");
   writeWav(wav, toneBursts(440, 10), 48000);
   const pageServer = await startVoicegate();

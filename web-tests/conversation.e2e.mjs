@@ -7,10 +7,8 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { startVoicegate, launchBrowser, writeWav, until, readWav } from "./lib.mjs";
+import { startVoicegate, launchBrowser, writeWav, until, readWav, tempDir } from "./lib.mjs";
 
 const REPO = new URL("..", import.meta.url).pathname;
 const GRAMMAR = join(REPO, "tests/fixtures/test.gram");
@@ -42,7 +40,7 @@ function voicedRegions(samples, rate) {
 }
 
 test("a spoken conversation from the page, checked by ear", async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), "vg-e2e-"));
+  const dir = tempDir(t);
   const speech = join(dir, "speech.wav");
   execFileSync("espeak-ng", ["-v", "en-us", "-s", "160", "-w", speech, SENTENCE]);
   const { samples, rate } = readWav(speech);

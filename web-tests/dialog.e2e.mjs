@@ -3,13 +3,11 @@
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { startVoicegate, launchBrowser, writeWav, until } from "./lib.mjs";
+import { startVoicegate, launchBrowser, writeWav, until, tempDir } from "./lib.mjs";
 
 test("a normal call from the page hears the demo app's greeting", async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), "vg-e2e-"));
+  const dir = tempDir(t);
   const wav = join(dir, "silence.wav");
   writeWav(wav, new Int16Array(48000 * 10), 48000); // a quiet microphone
 

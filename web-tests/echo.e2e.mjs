@@ -3,15 +3,14 @@
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, mkdirSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { startVoicegate, launchBrowser, writeWav, toneBursts, until } from "./lib.mjs";
+import { startVoicegate, launchBrowser, writeWav, toneBursts, until, tempDir } from "./lib.mjs";
 
 const ARTIFACTS = new URL("./artifacts/", import.meta.url).pathname;
 
 test("the page places an echo call and hears its own 440 Hz tone back", async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), "vg-e2e-"));
+  const dir = tempDir(t);
   const wav = join(dir, "tone440.wav");
   writeWav(wav, toneBursts(440, 10), 48000);
 
@@ -68,7 +67,7 @@ function median(xs) {
 }
 
 test("the page calls a server on another origin when that server's CORS allows it", async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), "vg-e2e-"));
+  const dir = tempDir(t);
   const wav = join(dir, "tone440.wav");
   writeWav(wav, toneBursts(440, 10), 48000);
   // The page comes from one server; the call goes to another (another port: another origin).
@@ -130,7 +129,7 @@ test("the page calls a server on another origin when that server's CORS allows i
 // Measured, not asserted: timing goals live in BENCHMARKS.md.
 test("the page connects echo calls one after another and reports offer → connected", async (t) => {
   const CALLS = Number(process.env.E2E_CONNECT_CALLS || 10);
-  const dir = mkdtempSync(join(tmpdir(), "vg-e2e-"));
+  const dir = tempDir(t);
   const wav = join(dir, "tone440.wav");
   writeWav(wav, toneBursts(440, 5), 48000);
   const server = await startVoicegate();

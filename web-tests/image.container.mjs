@@ -7,10 +7,9 @@
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, readFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { startContainer, launchBrowser, writeWav, toneBursts, until } from "./lib.mjs";
+import { startContainer, launchBrowser, writeWav, toneBursts, until, tempDir } from "./lib.mjs";
 
 /** The lines of `log` that are not a JSON object: plain text from the program or a library. */
 function nonJsonLines(log) {
@@ -72,7 +71,7 @@ test("the image serves /health and /ready, passes its HEALTHCHECK on another por
 
 /** Places a call from the page at `server.url` in `mode` ("echo" or "" for dialog). */
 async function call(t, server, mode, wavSamples) {
-  const dir = mkdtempSync(join(tmpdir(), "vg-container-"));
+  const dir = tempDir(t, "vg-container-");
   const wav = join(dir, "mic.wav");
   writeWav(wav, wavSamples, 48000);
   const browser = await launchBrowser(wav);

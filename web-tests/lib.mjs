@@ -347,3 +347,10 @@ export async function startDialogApp(onEvent = () => {}) {
   await new Promise((resolve) => wss.once("listening", resolve));
   return { url: `ws://127.0.0.1:${port}/`, events, close: () => wss.close() };
 }
+
+/** A fresh directory under the system's temp dir (for a test's WAV files), removed when `t` ends. */
+export function tempDir(t, prefix = "vg-e2e-") {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}

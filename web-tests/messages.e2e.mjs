@@ -4,10 +4,8 @@
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { startVoicegate, launchBrowser, writeWav, until, startDialogApp } from "./lib.mjs";
+import { startVoicegate, launchBrowser, writeWav, until, startDialogApp, tempDir } from "./lib.mjs";
 
 /** Answers each client.message with a client.send. */
 const echoMessages = (e, _say, ws) => {
@@ -17,7 +15,7 @@ const echoMessages = (e, _say, ws) => {
 };
 
 test("the page and the dialog app message each other over the data channel", async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), "vg-e2e-"));
+  const dir = tempDir(t);
   const wav = join(dir, "silence.wav");
   writeWav(wav, new Int16Array(48000 * 10), 48000); // a quiet microphone
   const app = await startDialogApp(echoMessages);

@@ -14,7 +14,7 @@ import { execFileSync, spawn } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { startVoicegate, launchBrowser, writeWav, toneBursts, until, freePort, startDialogApp } from "./lib.mjs";
+import { startVoicegate, launchBrowser, writeWav, toneBursts, until, freePort, startDialogApp, tempDir } from "./lib.mjs";
 
 const TURNSERVER = ["/usr/bin/turnserver", "/usr/sbin/turnserver"].find((p) => existsSync(p));
 
@@ -84,7 +84,7 @@ async function connected(page, ms = 10000) {
 }
 
 test("a caller forced to relay reaches voicegate through a TURN server", { skip: !TURNSERVER && "coturn is not installed (scripts/setup.sh --test)" }, async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), "vg-e2e-"));
+  const dir = tempDir(t);
   const wav = join(dir, "tone440.wav");
   writeWav(wav, toneBursts(440, 12), 48000);
   const turn = await startCoturn();
@@ -134,7 +134,7 @@ test(
   "an 8 s network cut: the page restarts ICE, the call and its dialog go on, speech is heard again",
   { skip: !NFT && "nftables is not installed (scripts/setup.sh --test)" },
   async (t) => {
-    const dir = mkdtempSync(join(tmpdir(), "vg-e2e-"));
+    const dir = tempDir(t);
     const wav = join(dir, "silence.wav");
     writeWav(wav, new Int16Array(48000 * 40), 48000); // a quiet microphone
     const app = await startDialogApp(greetAndWelcomeBack);

@@ -7,10 +7,9 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { startVoicegate, launchBrowser, writeWav, until, readWav } from "./lib.mjs";
+import { startVoicegate, launchBrowser, writeWav, until, readWav, tempDir } from "./lib.mjs";
 
 function say(dir, name, text) {
   const path = join(dir, `${name}.wav`);
@@ -19,7 +18,7 @@ function say(dir, name, text) {
 }
 
 test("a backchannel over the greeting is not a turn; a sentence over an answer is", async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), "vg-e2e-"));
+  const dir = tempDir(t);
   const grammar = join(dir, "turns.gram");
   writeFileSync(
     grammar,
