@@ -91,12 +91,13 @@ pub fn start(cfg: &Validated) -> Result<Running, StartError> {
     };
     let listener = std::net::TcpListener::bind(cfg.http_bind).map_err(http_err)?;
     let http_addr = listener.local_addr().map_err(http_err)?;
-    // The media workers first: with one worker, the shared port's receive loop runs on it, so
-    // no datagram crosses threads (about 8 % less CPU per call). With several, a thread of its
-    // own keeps the receive work off the first worker's pacers (measured in BENCHMARKS.md).
+    // The media workers first: with one or two workers, the shared port's receive loop runs on
+    // the first, so no datagram crosses threads (one worker: about 8 % less CPU per call) or
+    // half of them do (two: 5-9 % less than a receive thread, measured in BENCHMARKS.md). With
+    // more, a thread of its own keeps the whole machine's receive work off one worker's pacers.
     let workers = Workers::start(cfg.media.workers);
     let receive = |receiver: voicegate_media::Receiver| match workers.count() {
-        1 => workers.receive(receiver),
+        1 | 2 => workers.receive(receiver),
         _ => receiver.on_own_thread(),
     };
     let plane = MediaPlane::start(&cfg.media, receive).map_err(|source| {

@@ -79,12 +79,10 @@ async fn echo_packets_are_paced_and_numbered() {
     peer.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn twenty_concurrent_echo_calls_share_one_port() {
-    let server = TestServer::start(&[]);
-    let frames = 100;
-    // Each call sends its own frequency: an echo that lands in the wrong call fails the check.
-    let tasks: Vec<_> = (0..20)
+/// Places `calls` concurrent echo calls, each sending its own frequency (an echo that lands in
+/// the wrong call fails the check), and checks each hears itself back.
+async fn concurrent_echo_calls(server: &TestServer, calls: u32, frames: usize) {
+    let tasks: Vec<_> = (0..calls)
         .map(|i| {
             let http = server.http;
             tokio::spawn(async move {
@@ -122,9 +120,38 @@ async fn twenty_concurrent_echo_calls_share_one_port() {
         );
         assert!(ids.insert(id));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_concurrent_echo_calls_share_one_port() {
+    // Two media workers (the test servers' default): the first reads the shared port.
+    let server = TestServer::start(&[]);
+    let frames = 100;
+    concurrent_echo_calls(&server, 20, frames).await;
     // All of it went through the one port, and everything is released afterwards.
     let stats = server.plane.mux().stats();
     assert!(stats.rx > 20 * frames as u64, "{stats:?}");
+    assert_eq!(stats.rx_queue_full, 0, "{stats:?}");
+    server.wait_released(Duration::from_secs(5)).await.unwrap();
+}
+
+/// With more than two media workers the shared port is read by a thread of its own, and every
+/// worker's calls get their datagrams from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_three_workers_a_receive_thread_serves_every_worker() {
+    let server = TestServer::start(&[("media.workers", "3")]);
+    let threads: Vec<String> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_owned())
+        .collect();
+    assert!(
+        threads.iter().any(|n| n == "vg-udp-recv"),
+        "no receive thread: {threads:?}"
+    );
+    // Six calls: two on each worker.
+    concurrent_echo_calls(&server, 6, 100).await;
+    let stats = server.plane.mux().stats();
     assert_eq!(stats.rx_queue_full, 0, "{stats:?}");
     server.wait_released(Duration::from_secs(5)).await.unwrap();
 }
