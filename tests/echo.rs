@@ -140,11 +140,7 @@ async fn twenty_concurrent_echo_calls_share_one_port() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_three_workers_a_receive_thread_serves_every_worker() {
     let server = TestServer::start(&[("media.workers", "3")]);
-    let threads: Vec<String> = std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .map(|n| n.trim().to_owned())
-        .collect();
+    let threads = voicegate_actors::workers::thread_names();
     assert!(
         threads.iter().any(|n| n == "vg-udp-recv"),
         "no receive thread: {threads:?}"

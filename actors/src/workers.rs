@@ -108,6 +108,20 @@ impl Workers {
     }
 }
 
+/// The names of this process's threads, for tests that check which threads a server started
+/// (Linux: `/proc/self/task`).
+#[cfg(any(test, feature = "test-hooks"))]
+pub fn thread_names() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .map(|tasks| {
+            tasks
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .map(|n| n.trim().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     //! The isolation the call design rests on: a panic inside one actor's handler ends that
@@ -192,11 +206,7 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "nothing was received");
             actix_rt::time::sleep(std::time::Duration::from_millis(5)).await;
         }
-        let threads: Vec<String> = std::fs::read_dir("/proc/self/task")
-            .unwrap()
-            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-            .map(|n| n.trim().to_owned())
-            .collect();
+        let threads = thread_names();
         assert!(
             !threads.iter().any(|n| n == "vg-udp-recv"),
             "a receive thread was started: {threads:?}"
