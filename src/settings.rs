@@ -533,8 +533,6 @@ pub struct Media {
     pub max_remote_candidates: usize,
     /// Checks per call to addresses that have not authenticated.
     pub unconfirmed_check_budget: u32,
-    /// Whether a connected call gets a UDP socket of its own on the media port.
-    pub direct_sockets: bool,
     /// PCM rate of the codec, in Hz: one of the Opus rates. The echo path and the downlink run
     /// at it; the speech path resamples the caller's audio to 16 kHz when it differs, and speech
     /// synthesis is resampled to it.
@@ -1718,7 +1716,6 @@ impl Settings {
             ice_timers,
             limits: MuxLimits {
                 unconfirmed_checks: self.media.unconfirmed_check_budget,
-                direct_sockets: self.media.direct_sockets,
             },
         };
         let calls = CallSettings {

@@ -971,24 +971,7 @@ impl Metrics {
                 "Datagrams dropped because the socket's send buffer was full.",
                 s.tx_dropped,
             );
-            counter(
-                &mut o,
-                "voicegate_media_datagrams_direct_total",
-                "Of the datagrams received, those a call read from its own socket (no routing, no hop between threads).",
-                s.rx_direct,
-            );
-            counter(
-                &mut o,
-                "voicegate_media_direct_socket_failures_total",
-                "Calls' own sockets that could not be opened (the call stayed on the shared socket).",
-                s.direct_failures,
-            );
             let t = mux.tables();
-            let _ = writeln!(
-                o,
-                "# HELP voicegate_media_direct_sockets Connected calls' own sockets on the media port.\n# TYPE voicegate_media_direct_sockets gauge\nvoicegate_media_direct_sockets {}",
-                t.direct_sockets
-            );
             let _ = writeln!(
                 o,
                 "# HELP voicegate_media_routes Routing entries on the shared media port, by table.\n# TYPE voicegate_media_routes gauge"

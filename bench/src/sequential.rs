@@ -105,8 +105,7 @@ async fn resources(target: &Target, pid: u32) -> anyhow::Result<Resources> {
         calls: sum(&m, "voicegate_calls_active"),
         actors: sum(&m, "voicegate_actors_live"),
         tasks: sum(&m, "voicegate_media_tasks_live"),
-        // A call's own socket is a route the kernel keeps for it.
-        routes: sum(&m, "voicegate_media_routes") + sum(&m, "voicegate_media_direct_sockets"),
+        routes: sum(&m, "voicegate_media_routes"),
     })
 }
 

@@ -98,14 +98,18 @@ impl TestServer {
             .expect("supervisor alive")
     }
 
-    /// Waits until no call is registered and no route (and no call's own socket) is left on
-    /// the shared port.
+    /// Waits until no call is registered and no route is left on the shared port.
     pub async fn wait_released(&self, within: Duration) -> Result<Duration, String> {
         let t0 = Instant::now();
         loop {
             let snap = self.snapshot().await;
             let tables = self.plane.mux().tables();
-            if snap.calls.is_empty() && tables == voicegate_media::mux::MuxTables::default() {
+            if snap.calls.is_empty()
+                && tables.conns == 0
+                && tables.ufrags == 0
+                && tables.addrs == 0
+                && tables.transactions == 0
+            {
                 return Ok(t0.elapsed());
             }
             if t0.elapsed() > within {
