@@ -51,6 +51,7 @@ fn main() -> anyhow::Result<()> {
         filter.push_str(",voicegate::messages=trace");
     }
     init_tracing(&filter, cfg.log.format, &cfg.node_id);
+    raise_open_files_limit();
 
     actix::System::new().block_on(async move {
         let running = server::start(&cfg)?;
@@ -179,4 +180,31 @@ async fn shutdown_signal() {
             std::future::pending::<()>().await;
         }
     }
+}
+
+/// Raises the soft limit on open files to the hard one and logs both: a login shell's soft limit
+/// is often 1024, and `calls.max` (1000 by default) dialog calls hold a WebSocket each, next to
+/// the HTTP connections and the engines' sockets. A limit that cannot be raised is kept.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    let before = limit.rlim_cur;
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            limit.rlim_cur = before;
+        }
+    }
+    tracing::info!(
+        open_files = limit.rlim_cur,
+        was = before,
+        "open-files limit"
+    );
 }

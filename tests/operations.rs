@@ -219,8 +219,12 @@ async fn sigterm_drains_then_ends_calls_with_shutdown_and_exits() {
 
 /// Runs the binary with `env` until it logs "listening on"; returns what it logged by then.
 fn startup_log(env: &[(&str, String)]) -> String {
+    startup_log_of(Command::new(env!("CARGO_BIN_EXE_voicegate")), env)
+}
+
+/// [`startup_log`] of `cmd`, a command that runs the binary.
+fn startup_log_of(mut cmd: Command, env: &[(&str, String)]) -> String {
     use std::io::{BufRead, BufReader};
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_voicegate"));
     cmd.env("VOICEGATE__MEDIA__BIND_IP", "127.0.0.1")
         .env("VOICEGATE__MEDIA__UDP_PORT", free_port().to_string())
         .env("VOICEGATE__ASR__POCKETSPHINX__DECODERS", "1")
@@ -257,6 +261,32 @@ fn startup_log(env: &[(&str, String)]) -> String {
     let _ = child.wait();
     assert!(log.contains("listening on"), "did not start:\n{log}");
     log
+}
+
+/// The binary raises its soft open-files limit to the hard one and says so: a login shell's
+/// 1024 would cap a server at about that many dialog calls (a WebSocket each).
+#[test]
+fn the_open_files_limit_is_raised_to_the_hard_one_at_startup() {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let hard: u64 = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(4))
+        .and_then(|h| h.parse().ok())
+        .expect("a hard limit on open files");
+    assert!(hard > 256, "this machine's hard limit is {hard}");
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("ulimit -Sn 256 && exec \"$0\"")
+        .arg(env!("CARGO_BIN_EXE_voicegate"));
+    let log = startup_log_of(
+        cmd,
+        &[(
+            "VOICEGATE__HTTP__BIND",
+            format!("127.0.0.1:{}", free_port()),
+        )],
+    );
+    assert!(log.contains(&format!("open_files={hard} was=256")), "{log}");
 }
 
 #[test]
