@@ -281,19 +281,23 @@ pub async fn stream_answer(
 ) -> Result<(), LlmError> {
     let work = async {
         let url = settings.endpoint.to_string();
-        let client = awc::Client::builder().timeout(CONNECT_TIMEOUT).finish();
-        let mut req = client
+        // The worker's pool, shared with the speech engines: a turn after the first skips the
+        // handshakes.
+        let mut req = voicegate_engines::http::client()
             .post(url.as_str())
+            .timeout(CONNECT_TIMEOUT)
             .insert_header(("Accept", "text/event-stream"));
         if let Some(key) = &settings.api_key {
             req = req.bearer_auth(key.expose_secret());
         }
-        let mut res = req
-            .send_json(&ChatRequest {
-                model: &settings.model,
-                messages,
-                stream: true,
-            })
+        let body = serde_json::to_vec(&ChatRequest {
+            model: &settings.model,
+            messages,
+            stream: true,
+        })
+        .expect("strings serialize");
+        let req = req.insert_header(("Content-Type", "application/json"));
+        let mut res = voicegate_engines::http::send(req, body.into())
             .await
             .map_err(|e| LlmError::Send {
                 url: url.clone(),

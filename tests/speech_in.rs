@@ -366,6 +366,8 @@ async fn openai_asr_streams_partials_when_the_server_can_and_falls_back_once_whe
         .map(|r| r.form.as_ref().unwrap().fields.contains_key("stream"))
         .collect();
     assert_eq!(asked, [true, false, false], "asked once, then never again");
+    // The call's three requests went out on one connection (the worker's pool).
+    assert_eq!(stt.connections(), 1);
     assert!(of_type(&app, "asr.error").is_empty());
     peer.close().await;
 }

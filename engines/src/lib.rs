@@ -14,6 +14,7 @@
 //! API keys are [`secrecy::SecretString`]s, so no `Debug` output or log line can show one.
 
 pub mod asr;
+pub mod http;
 pub mod idle;
 pub mod tts;
 pub mod ws_codec;

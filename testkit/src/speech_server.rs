@@ -2,6 +2,11 @@
 //! PCM streamed in chunked transfer encoding, or with an error status. It records each request
 //! (path, headers, JSON body) so tests can check what the engine sent. It can also misbehave the
 //! way a broken server does: start a reply and then stall, or trickle it forever.
+//!
+//! Like a vendor's server it keeps connections alive: a complete answer leaves the connection
+//! open for the client's next request (unless the request said `Connection: close`), and it
+//! counts the connections it accepted, so tests can see a client reuse them. It can close
+//! connections that sat idle for a while, as many servers do after a few seconds.
 
 use serde_json::Value;
 use std::net::SocketAddr;
@@ -123,6 +128,18 @@ pub struct SpeechServer {
     requests: Arc<Mutex<Vec<Recorded>>>,
     /// Stalled or trickled replies whose client gave up (closed the connection).
     abandoned: Arc<AtomicUsize>,
+    /// Connections accepted.
+    connections: Arc<AtomicUsize>,
+}
+
+/// What a connection shares with the server.
+#[derive(Clone)]
+struct Shared {
+    behaviour: Behaviour,
+    requests: Arc<Mutex<Vec<Recorded>>>,
+    abandoned: Arc<AtomicUsize>,
+    /// Close a kept-alive connection after this long without a request.
+    idle_close: Option<Duration>,
 }
 
 impl SpeechServer {
@@ -137,23 +154,49 @@ impl SpeechServer {
 
     /// Starts on `addr`.
     pub async fn start_on(addr: SocketAddr, behaviour: Behaviour) -> SpeechServer {
+        Self::start_with(addr, behaviour, None).await
+    }
+
+    /// Starts on 127.0.0.1, port 0, closing a kept-alive connection once it has had no request
+    /// for `idle` (as a server with a keep-alive timeout does).
+    pub async fn start_closing_idle(behaviour: Behaviour, idle: Duration) -> SpeechServer {
+        Self::start_with(
+            "127.0.0.1:0".parse().expect("a constant address"),
+            behaviour,
+            Some(idle),
+        )
+        .await
+    }
+
+    async fn start_with(
+        addr: SocketAddr,
+        behaviour: Behaviour,
+        idle_close: Option<Duration>,
+    ) -> SpeechServer {
         let listener = TcpListener::bind(addr)
             .await
             .expect("bind the speech server");
         let addr = listener.local_addr().expect("bound");
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let abandoned = Arc::new(AtomicUsize::new(0));
-        let (r, a) = (requests.clone(), abandoned.clone());
+        let shared = Shared {
+            behaviour,
+            requests: Arc::new(Mutex::new(Vec::new())),
+            abandoned: Arc::new(AtomicUsize::new(0)),
+            idle_close,
+        };
+        let connections = Arc::new(AtomicUsize::new(0));
+        let server = SpeechServer {
+            addr,
+            requests: shared.requests.clone(),
+            abandoned: shared.abandoned.clone(),
+            connections: connections.clone(),
+        };
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                tokio::spawn(serve(tcp, behaviour.clone(), r.clone(), a.clone()));
+                connections.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(serve(tcp, shared.clone()));
             }
         });
-        SpeechServer {
-            addr,
-            requests,
-            abandoned,
-        }
+        server
     }
 
     /// The base URL for `tts.openai.base_url`.
@@ -173,28 +216,50 @@ impl SpeechServer {
     pub fn abandoned(&self) -> usize {
         self.abandoned.load(Ordering::SeqCst)
     }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
 }
 
-async fn serve(
-    mut tcp: TcpStream,
-    behaviour: Behaviour,
-    requests: Arc<Mutex<Vec<Recorded>>>,
-    abandoned: Arc<AtomicUsize>,
-) {
+/// Serves requests on one connection until either side closes it.
+async fn serve(mut tcp: TcpStream, shared: Shared) {
     let mut buf = Vec::new();
-    let mut tmp = [0u8; 4096];
-    // Headers.
-    let header_end = loop {
-        let Ok(n) = tcp.read(&mut tmp).await else {
+    let mut first = true;
+    loop {
+        let idle = if first { None } else { shared.idle_close };
+        first = false;
+        let read = read_request(&mut tcp, &mut buf);
+        let request = match idle {
+            Some(idle) => match tokio::time::timeout(idle, read).await {
+                Ok(r) => r,
+                Err(_) => return, // idle too long: close, as a keep-alive timeout does
+            },
+            None => read.await,
+        };
+        let Some(request) = request else {
             return;
         };
-        if n == 0 {
+        if !answer(&mut tcp, request, &shared).await {
             return;
         }
-        buf.extend_from_slice(&tmp[..n]);
+    }
+}
+
+/// Reads one request (head and `Content-Length` body) from `buf` and then the connection;
+/// leaves what follows it in `buf`. `None` when the connection ends first.
+async fn read_request(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Request> {
+    let mut tmp = [0u8; 4096];
+    let header_end = loop {
         if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break p;
         }
+        let n = tcp.read(&mut tmp).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&tmp[..n]);
     };
     let head = String::from_utf8_lossy(&buf[..header_end]).to_string();
     let mut lines = head.split("\r\n");
@@ -212,16 +277,41 @@ async fn serve(
         .find(|(k, _)| k == "content-length")
         .and_then(|(_, v)| v.parse().ok())
         .unwrap_or(0);
-    let mut body = buf[header_end + 4..].to_vec();
-    while body.len() < length {
-        let Ok(n) = tcp.read(&mut tmp).await else {
-            return;
-        };
+    let start = header_end + 4;
+    while buf.len() < start + length {
+        let n = tcp.read(&mut tmp).await.ok()?;
         if n == 0 {
-            break;
+            return None;
         }
-        body.extend_from_slice(&tmp[..n]);
+        buf.extend_from_slice(&tmp[..n]);
     }
+    let body = buf[start..start + length].to_vec();
+    buf.drain(..start + length);
+    Some(Request {
+        path,
+        headers,
+        body,
+    })
+}
+
+/// A request as read.
+struct Request {
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+/// Answers one request; whether the connection stays open for the next.
+async fn answer(tcp: &mut TcpStream, request: Request, shared: &Shared) -> bool {
+    let Request {
+        path,
+        headers,
+        body,
+    } = request;
+    let keep = !headers
+        .iter()
+        .any(|(k, v)| k == "connection" && v.eq_ignore_ascii_case("close"));
+    let connection = if keep { "keep-alive" } else { "close" };
     let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let form = headers
         .iter()
@@ -231,7 +321,7 @@ async fn serve(
         .as_ref()
         .is_some_and(|f| f.fields.get("stream").is_some_and(|v| v == "true"));
     let n = {
-        let mut requests = requests.lock().expect("no panics while holding");
+        let mut requests = shared.requests.lock().expect("no panics while holding");
         requests.push(Recorded {
             path,
             headers,
@@ -240,7 +330,7 @@ async fn serve(
         });
         requests.len() - 1
     };
-    let behaviour = match behaviour {
+    let behaviour = match shared.behaviour.clone() {
         Behaviour::Script(mut steps) if !steps.is_empty() => {
             let last = steps.len() - 1;
             steps.swap_remove(n.min(last))
@@ -263,11 +353,16 @@ async fn serve(
         }
         other => other,
     };
-    match behaviour {
+    // Complete answers keep the connection for the next request unless the client asked to
+    // close it; the misbehaving ones close it.
+    let complete = |head: &str| format!("{head}Connection: {connection}\r\n\r\n");
+    let sent = match behaviour {
         Behaviour::TranscribeStream { text, gap } => {
-            let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+            let head = complete(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n",
+            );
             if tcp.write_all(head.as_bytes()).await.is_err() {
-                return;
+                return false;
             }
             let chunk = |data: String| {
                 let event = format!("data: {data}\n\n");
@@ -285,35 +380,42 @@ async fn serve(
                     .await
                     .is_err()
                 {
-                    return;
+                    return false;
                 }
                 tokio::time::sleep(gap).await;
             }
             let done = serde_json::json!({"type": "transcript.text.done", "text": text});
-            let _ = tcp.write_all(chunk(done.to_string()).as_bytes()).await;
-            let _ = tcp.write_all(b"0\r\n\r\n").await;
+            let mut end = chunk(done.to_string()).into_bytes();
+            end.extend_from_slice(b"0\r\n\r\n");
+            tcp.write_all(&end).await.is_ok()
         }
         Behaviour::RefuseStream(_) => unreachable!("mapped above"),
         Behaviour::Transcribe(text) | Behaviour::TranscribeAfter(text, _) => {
             let body = serde_json::json!({ "text": text }).to_string();
-            let res = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            let head = complete(&format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
                 body.len()
-            );
-            let _ = tcp.write_all(res.as_bytes()).await;
+            ));
+            tcp.write_all(format!("{head}{body}").as_bytes())
+                .await
+                .is_ok()
         }
         Behaviour::Fail(status) => {
             let body = r#"{"error":{"message":"test failure"}}"#;
-            let res = format!(
-                "HTTP/1.1 {status} Test\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            let head = complete(&format!(
+                "HTTP/1.1 {status} Test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
                 body.len()
-            );
-            let _ = tcp.write_all(res.as_bytes()).await;
+            ));
+            tcp.write_all(format!("{head}{body}").as_bytes())
+                .await
+                .is_ok()
         }
         Behaviour::Stream { pcm, chunk, gap } => {
-            let head = "HTTP/1.1 200 OK\r\nContent-Type: audio/pcm\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+            let head = complete(
+                "HTTP/1.1 200 OK\r\nContent-Type: audio/pcm\r\nTransfer-Encoding: chunked\r\n",
+            );
             if tcp.write_all(head.as_bytes()).await.is_err() {
-                return;
+                return false;
             }
             let bytes: Vec<u8> = pcm.iter().flat_map(|s| s.to_le_bytes()).collect();
             for piece in bytes.chunks(chunk.max(1)) {
@@ -321,11 +423,11 @@ async fn serve(
                 frame.extend_from_slice(piece);
                 frame.extend_from_slice(b"\r\n");
                 if tcp.write_all(&frame).await.is_err() {
-                    return; // the engine cancelled
+                    return false; // the engine cancelled
                 }
                 tokio::time::sleep(gap).await;
             }
-            let _ = tcp.write_all(b"0\r\n\r\n").await;
+            tcp.write_all(b"0\r\n\r\n").await.is_ok()
         }
         Behaviour::Stall { pcm } => {
             let head = "HTTP/1.1 200 OK\r\nContent-Type: audio/pcm\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
@@ -338,26 +440,29 @@ async fn serve(
                 out.extend_from_slice(b"\r\n");
             }
             if tcp.write_all(&out).await.is_err() {
-                return;
+                return false;
             }
             // Nothing more: wait for the client to give up.
             let mut sink = [0u8; 1024];
             while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
-            abandoned.fetch_add(1, Ordering::SeqCst);
+            shared.abandoned.fetch_add(1, Ordering::SeqCst);
+            false
         }
         Behaviour::Trickle { every } => {
             let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
             if tcp.write_all(head.as_bytes()).await.is_err() {
-                return;
+                return false;
             }
             // One space at a time (JSON allows leading whitespace), until the client gives up.
             while tcp.write_all(b"1\r\n \r\n").await.is_ok() {
                 tokio::time::sleep(every).await;
             }
-            abandoned.fetch_add(1, Ordering::SeqCst);
+            shared.abandoned.fetch_add(1, Ordering::SeqCst);
+            false
         }
         // An empty script: no answer; the connection closes.
-        Behaviour::Script(_) => {}
+        Behaviour::Script(_) => false,
         Behaviour::After(..) => unreachable!("unwrapped above"),
-    }
+    };
+    sent && keep
 }

@@ -364,16 +364,19 @@ async fn request(
     );
     body.extend_from_slice(&wav(pcm, voicegate_core::frame::SPEECH_RATE));
     body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-    let client = awc::Client::builder().timeout(s.timeout).finish();
-    let mut req = client.post(url.clone()).insert_header((
-        "Content-Type",
-        format!("multipart/form-data; boundary={boundary}"),
-    ));
+    // The worker's pool: after the first utterance, the next ones skip the handshakes.
+    let mut req = crate::http::client()
+        .post(url.clone())
+        .timeout(s.timeout)
+        .insert_header((
+            "Content-Type",
+            format!("multipart/form-data; boundary={boundary}"),
+        ));
     let key = s.api_key.expose_secret();
     if !key.is_empty() {
         req = req.bearer_auth(key);
     }
-    let res = match req.send_body(body).await {
+    let res = match crate::http::send(req, body.into()).await {
         Ok(res) => res,
         Err(source) => return Err(OpenAiAsrError::Send { url, source }),
     };

@@ -87,13 +87,9 @@ impl OpenAiTts {
 
 impl TtsFactory for OpenAiTts {
     fn for_call(&self) -> Rc<dyn TtsEngine> {
-        let s = self.settings.clone();
-        // The HTTP client is per call: it lives on the call's worker thread.
-        let client = awc::Client::builder().timeout(s.timeout).finish();
         Rc::new(OpenAiEngine {
-            settings: s,
+            settings: self.settings.clone(),
             speed: None,
-            client,
         })
     }
 
@@ -114,11 +110,9 @@ impl TtsFactory for OpenAiTts {
             }
             s.voice.clone_from(v);
         }
-        let client = awc::Client::builder().timeout(s.timeout).finish();
         Ok(Rc::new(OpenAiEngine {
             settings: s,
             speed: o.speed,
-            client,
         }))
     }
 }
@@ -140,7 +134,6 @@ struct OpenAiEngine {
     settings: OpenAiTtsSettings,
     /// A session's speed, if it chose one.
     speed: Option<f32>,
-    client: awc::Client,
 }
 
 impl TtsEngine for OpenAiEngine {
@@ -160,21 +153,25 @@ impl TtsEngine for OpenAiEngine {
     fn synthesize(&self, text: &str) -> SynthStream {
         let s = &self.settings;
         let url = format!("{}/v1/audio/speech", s.base_url.trim_end_matches('/'));
-        let mut req = self
-            .client
+        // The worker's pool (`crate::http`): a sentence after the first skips the handshakes.
+        let mut req = crate::http::client()
             .post(url.clone())
+            .timeout(s.timeout)
             .insert_header(("Accept", "audio/pcm"));
         let key = s.api_key.expose_secret();
         if !key.is_empty() {
             req = req.bearer_auth(key);
         }
-        let send = req.send_json(&SpeechRequest {
+        let body = serde_json::to_vec(&SpeechRequest {
             model: &s.model,
             input: text,
             voice: &s.voice,
             response_format: "pcm",
             speed: self.speed,
-        });
+        })
+        .expect("strings and numbers serialize");
+        let req = req.insert_header(("Content-Type", "application/json"));
+        let send = crate::http::send(req, body.into());
         let stream_idle = s.stream_idle;
         Box::pin(
             futures_util::stream::once(async move {
