@@ -56,7 +56,10 @@ const USAGE: &str = "usage:
   voicegate-bench denoise [--grammar <file.gram>] [--verbose]   (default tests/fixtures/test.gram)
   voicegate-bench stand-ins [--delay-ms 100] [--deepgram-listen ip:port] [--openai-listen ip:port]
                             [--openai-tts-listen ip:port] [--elevenlabs-listen ip:port] [--cartesia-listen ip:port]
-                        (recognition vendors on this machine for `speech` runs, until stopped)
+                            [--connection-setup-ms 0] [--no-keep-alive]
+                        (speech vendors on this machine for `speech` runs, until stopped; the
+                        OpenAI-compatible ones hold each new connection --connection-setup-ms, the
+                        handshakes' round trips over a network, and keep connections unless told not to)
   (`voicegate-bench echo ...` is `load --profile echo ...`)";
 
 /// Calls per step (and floor calls) when `--calls` is not given.
@@ -264,6 +267,10 @@ fn main() -> anyhow::Result<()> {
             let mut value = || rest.next().context(USAGE);
             match arg.as_str() {
                 "--delay-ms" => s.delay = Duration::from_millis(value()?.parse()?),
+                "--connection-setup-ms" => {
+                    s.connections.setup = Duration::from_millis(value()?.parse()?)
+                }
+                "--no-keep-alive" => s.connections.keep_alive = false,
                 "--deepgram-listen" => s.deepgram = value()?.parse()?,
                 "--openai-listen" => s.openai = value()?.parse()?,
                 "--openai-tts-listen" => s.openai_tts = value()?.parse()?,

@@ -17,6 +17,9 @@ const HEARD: &str = "what is the weather like today";
 pub struct Args {
     /// First-result delay.
     pub delay: Duration,
+    /// How the OpenAI-compatible stand-ins treat connections: what a new one costs (the
+    /// handshakes' round trips over a network) and whether they keep them.
+    pub connections: speech_server::Options,
     /// The Deepgram stand-in (`asr.deepgram.base_url = ws://<this>`).
     pub deepgram: SocketAddr,
     /// The OpenAI-compatible stand-in (`asr.openai.base_url = http://<this>`).
@@ -33,6 +36,7 @@ impl Default for Args {
     fn default() -> Self {
         Args {
             delay: Duration::from_millis(100),
+            connections: speech_server::Options::default(),
             deepgram: ([127, 0, 0, 1], 18201).into(),
             openai: ([127, 0, 0, 1], 18202).into(),
             openai_tts: ([127, 0, 0, 1], 18203).into(),
@@ -52,9 +56,10 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         },
     )
     .await;
-    let oa = SpeechServer::start_on(
+    let oa = SpeechServer::start_with(
         a.openai,
         speech_server::Behaviour::TranscribeAfter(HEARD.into(), a.delay),
+        a.connections,
     )
     .await;
     // Two seconds of a 440 Hz tone at 24 kHz, streamed in 100 ms chunks.
@@ -65,9 +70,10 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         chunk: 4800,
         gap: Duration::from_millis(20),
     };
-    let tts = SpeechServer::start_on(
+    let tts = SpeechServer::start_with(
         a.openai_tts,
         speech_server::Behaviour::After(a.delay, Box::new(speech)),
+        a.connections,
     )
     .await;
     let ws = tts_ws_server::Behaviour {
@@ -86,6 +92,15 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         el.base_url(),
         ca.base_url()
     );
-    std::future::pending::<()>().await;
-    Ok(())
+    // What the OpenAI-compatible stand-ins saw, every 10 s: requests against connections.
+    loop {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        println!(
+            "openai stand-ins: transcription {} requests on {} connections, speech {} on {}",
+            oa.requests().len(),
+            oa.connections(),
+            tts.requests().len(),
+            tts.connections()
+        );
+    }
 }

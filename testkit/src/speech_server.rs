@@ -138,8 +138,29 @@ struct Shared {
     behaviour: Behaviour,
     requests: Arc<Mutex<Vec<Recorded>>>,
     abandoned: Arc<AtomicUsize>,
+    options: Options,
+}
+
+/// How the server treats connections.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
     /// Close a kept-alive connection after this long without a request.
-    idle_close: Option<Duration>,
+    pub idle_close: Option<Duration>,
+    /// How long a new connection waits before its first request is read: what opening one
+    /// costs a client over a network (the TCP and TLS handshakes, two to three round trips).
+    pub setup: Duration,
+    /// Keep connections for the next request (`false`: every answer says `Connection: close`).
+    pub keep_alive: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            idle_close: None,
+            setup: Duration::ZERO,
+            keep_alive: true,
+        }
+    }
 }
 
 impl SpeechServer {
@@ -154,7 +175,7 @@ impl SpeechServer {
 
     /// Starts on `addr`.
     pub async fn start_on(addr: SocketAddr, behaviour: Behaviour) -> SpeechServer {
-        Self::start_with(addr, behaviour, None).await
+        Self::start_with(addr, behaviour, Options::default()).await
     }
 
     /// Starts on 127.0.0.1, port 0, closing a kept-alive connection once it has had no request
@@ -163,15 +184,19 @@ impl SpeechServer {
         Self::start_with(
             "127.0.0.1:0".parse().expect("a constant address"),
             behaviour,
-            Some(idle),
+            Options {
+                idle_close: Some(idle),
+                ..Options::default()
+            },
         )
         .await
     }
 
-    async fn start_with(
+    /// Starts on `addr` with `options`.
+    pub async fn start_with(
         addr: SocketAddr,
         behaviour: Behaviour,
-        idle_close: Option<Duration>,
+        options: Options,
     ) -> SpeechServer {
         let listener = TcpListener::bind(addr)
             .await
@@ -181,7 +206,7 @@ impl SpeechServer {
             behaviour,
             requests: Arc::new(Mutex::new(Vec::new())),
             abandoned: Arc::new(AtomicUsize::new(0)),
-            idle_close,
+            options,
         };
         let connections = Arc::new(AtomicUsize::new(0));
         let server = SpeechServer {
@@ -225,10 +250,15 @@ impl SpeechServer {
 
 /// Serves requests on one connection until either side closes it.
 async fn serve(mut tcp: TcpStream, shared: Shared) {
+    tokio::time::sleep(shared.options.setup).await;
     let mut buf = Vec::new();
     let mut first = true;
     loop {
-        let idle = if first { None } else { shared.idle_close };
+        let idle = if first {
+            None
+        } else {
+            shared.options.idle_close
+        };
         first = false;
         let read = read_request(&mut tcp, &mut buf);
         let request = match idle {
@@ -308,9 +338,10 @@ async fn answer(tcp: &mut TcpStream, request: Request, shared: &Shared) -> bool 
         headers,
         body,
     } = request;
-    let keep = !headers
-        .iter()
-        .any(|(k, v)| k == "connection" && v.eq_ignore_ascii_case("close"));
+    let keep = shared.options.keep_alive
+        && !headers
+            .iter()
+            .any(|(k, v)| k == "connection" && v.eq_ignore_ascii_case("close"));
     let connection = if keep { "keep-alive" } else { "close" };
     let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let form = headers
