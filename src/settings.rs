@@ -344,6 +344,8 @@ pub struct AsrPocketsphinx {
     pub decoders: usize,
     /// Most utterances waiting for a decoder, across all calls.
     pub queue_max: usize,
+    /// A decoder with no utterance for this long is unloaded; 0 keeps decoders loaded.
+    pub unload_idle_ms: u64,
 }
 
 /// `[asr.openai]`
@@ -1190,6 +1192,8 @@ impl Settings {
                     grammars,
                     decoders: p.decoders.clamp(1, 64),
                     queue_max: p.queue_max,
+                    unload_idle: (p.unload_idle_ms > 0)
+                        .then(|| Duration::from_millis(p.unload_idle_ms)),
                 })
             }
             "openai" => {
@@ -1947,6 +1951,7 @@ mod tests {
             panic!("pocketsphinx is the default recognizer");
         };
         assert_eq!(p.queue_max, 8);
+        assert_eq!(p.unload_idle, Some(Duration::from_secs(300)));
     }
 
     #[test]

@@ -86,6 +86,7 @@ async fn series_are_exposed_and_move_with_real_calls() {
         "voicegate_pacer_lateness_seconds_bucket{le=\"0.002\"}",
         "voicegate_actor_restarts_total{child=\"codec\"}",
         "voicegate_actor_restarts_total{child=\"dialog\"}",
+        "voicegate_asr_decoders_loaded",
     ] {
         get(&before, series);
     }
@@ -142,6 +143,13 @@ async fn series_are_exposed_and_move_with_real_calls() {
     app.wait_type(5 * SECOND, "asr.final", None)
         .await
         .expect("asr.final");
+    // The recognizer's decoder is loaded (and stays so: the idle time is minutes).
+    assert!(
+        get(
+            &scrape(server.http).await.1,
+            "voicegate_asr_decoders_loaded"
+        ) >= 1.0
+    );
     assert!(app.drop_connection());
     assert!(
         eventually(5 * SECOND, || app.dials().len() == 2 && app.connected()).await,

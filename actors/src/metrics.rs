@@ -990,6 +990,11 @@ impl Metrics {
             "# HELP voicegate_media_tasks_live WebRTC driver tasks alive.\n# TYPE voicegate_media_tasks_live gauge\nvoicegate_media_tasks_live {}",
             voicegate_media::mux::live_tasks()
         );
+        let _ = writeln!(
+            o,
+            "# HELP voicegate_asr_decoders_loaded pocketsphinx decoders loaded (built on first need, unloaded after asr.pocketsphinx.unload_idle_ms idle).\n# TYPE voicegate_asr_decoders_loaded gauge\nvoicegate_asr_decoders_loaded {}",
+            voicegate_engines::asr::pocketsphinx::decoders_loaded()
+        );
         o
     }
 }

@@ -111,6 +111,7 @@ pub async fn run(grammar: &str, verbose: bool) -> anyhow::Result<()> {
         grammars: Vec::new(),
         decoders: 1,
         queue_max: 4,
+        unload_idle: None,
     })?;
     let mut phrases = Vec::new();
     for p in PHRASES {

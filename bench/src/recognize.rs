@@ -67,6 +67,7 @@ pub async fn run(wav: &str, grammar: Option<&str>) -> anyhow::Result<()> {
         decoders: 1,
         // One utterance, recognized alone.
         queue_max: 1,
+        unload_idle: None,
     })?;
     use voicegate_engines::asr::AsrFactory;
     let engine = ps.for_call();

@@ -14,7 +14,10 @@
 //! call that may need recognition (its engine is made) has one decoder built in the background;
 //! further decoders are built only when utterances overlap (an idle thread with a decoder is
 //! always preferred), so the pool grows to `decoders` with the load. An utterance that arrives
-//! before its decoder is built waits for it (well under a second). Decoders do not share the
+//! before its decoder is built waits for it (well under a second). A decoder that has had no
+//! utterance for `unload_idle` is dropped and its memory handed back to the system (a burst of
+//! calls should not hold its peak for good); the next call that may need recognition has one
+//! built again in the background, as the first did. Decoders do not share the
 //! language model: pocketsphinx can attach one `ngram_model_t` to several decoders
 //! (`ps_set_lm`), but sphinxbase 5prealpha's trie keeps scoring caches inside the model
 //! (`lm_trie_t`'s `hist_cache` and `backoff_cache`), so decoders running at the same time on
@@ -47,9 +50,10 @@ pub use queue::Refused;
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use voicegate_core::session::{AsrOptions, InvalidOption};
 
@@ -74,6 +78,16 @@ pub struct PocketsphinxSettings {
     pub decoders: usize,
     /// Most utterances waiting for a decoder, across all calls.
     pub queue_max: usize,
+    /// A decoder idle this long is unloaded (`None`: decoders stay loaded).
+    pub unload_idle: Option<Duration>,
+}
+
+/// Decoders loaded in this process, by every engine (a gauge for the metrics).
+static LOADED: AtomicUsize = AtomicUsize::new(0);
+
+/// Decoders loaded in this process now.
+pub fn decoders_loaded() -> usize {
+    LOADED.load(Ordering::Relaxed)
 }
 
 /// Why the engine could not start.
@@ -177,6 +191,8 @@ enum Work {
     Job(Job),
     /// Build the decoder ahead of the first utterance.
     Warm,
+    /// Drop the decoder: it had nothing to do for `unload_idle`.
+    Unload,
 }
 
 impl Shared {
@@ -188,8 +204,12 @@ impl Shared {
 
     /// The next work for a decoder thread (`ready`: it has a decoder), waiting for some;
     /// `None` once the engine is gone. A thread without a decoder takes a job only when no
-    /// other thread has a spare one, and a warm-up request only it can serve.
-    fn next_work(&self, ready: bool) -> Option<Work> {
+    /// other thread has a spare one, and a warm-up request only it can serve. A thread with a
+    /// decoder that finds nothing to do for `unload_idle` is told to drop it.
+    fn next_work(&self, ready: bool, unload_idle: Option<Duration>) -> Option<Work> {
+        let unload_at = unload_idle
+            .filter(|_| ready)
+            .map(|idle| Instant::now() + idle);
         let mut w = self.lock();
         loop {
             if w.closed {
@@ -222,7 +242,22 @@ impl Shared {
                 w.spare += 1;
                 return Some(Work::Warm);
             }
-            w = self.queued.wait(w).unwrap_or_else(|p| p.into_inner());
+            w = match unload_at {
+                None => self.queued.wait(w).unwrap_or_else(|p| p.into_inner()),
+                Some(at) => {
+                    let left = at.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        // Idle all along (a job would have been taken above): unload.
+                        w.spare -= 1;
+                        w.decoders -= 1;
+                        return Some(Work::Unload);
+                    }
+                    self.queued
+                        .wait_timeout(w, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
         }
     }
 
@@ -347,11 +382,12 @@ impl Pocketsphinx {
             grammars: Arc::new(s.grammars.iter().map(|(n, _)| n.clone()).collect()),
             next_call: AtomicU64::new(0),
         };
+        let unload_idle = s.unload_idle;
         for i in 0..s.decoders.max(1) {
             let (model, shared) = (model.clone(), shared.clone());
             std::thread::Builder::new()
                 .name(format!("vg-asr-{i}"))
-                .spawn(move || run(&model, &shared))
+                .spawn(move || run(&model, &shared, unload_idle))
                 .map_err(StartError::Spawn)?;
         }
         Ok(engine)
@@ -370,17 +406,22 @@ impl Drop for Pocketsphinx {
     }
 }
 
-/// A decoder thread: builds its decoder on first need, then one utterance at a time.
-fn run(model: &Model, shared: &Shared) {
+/// A decoder thread: builds its decoder on first need, then one utterance at a time; drops it
+/// after `unload_idle` without work.
+fn run(model: &Model, shared: &Shared, unload_idle: Option<Duration>) {
     let mut decoder: Option<Loaded> = None;
-    while let Some(work) = shared.next_work(decoder.is_some()) {
+    while let Some(work) = shared.next_work(decoder.is_some(), unload_idle) {
         let job = match work {
             Work::Warm => {
                 match model.build() {
-                    Ok(d) => decoder = Some(d),
+                    Ok(d) => decoder = Some(loaded(d)),
                     // The first utterance tries again and reports the error.
                     Err(_) => shared.build_failed(true),
                 }
+                continue;
+            }
+            Work::Unload => {
+                unload(&mut decoder);
                 continue;
             }
             Work::Job(job) => job,
@@ -388,7 +429,7 @@ fn run(model: &Model, shared: &Shared) {
         let d = match &mut decoder {
             Some(d) => d,
             None => match model.build() {
-                Ok(d) => decoder.insert(d),
+                Ok(d) => decoder.insert(loaded(d)),
                 Err(e) => {
                     shared.build_failed(false);
                     let _ = job.results.send(Decoded::Failed(e));
@@ -403,6 +444,27 @@ fn run(model: &Model, shared: &Shared) {
         if let Some(last) = last {
             let _ = job.results.send(last);
         }
+    }
+    unload(&mut decoder);
+}
+
+/// Counts a decoder just built.
+fn loaded(d: Loaded) -> Loaded {
+    LOADED.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!("pocketsphinx decoder loaded");
+    d
+}
+
+/// Drops the thread's decoder, if any, and hands the freed memory back to the system: most of
+/// a decoder is many small allocations, which glibc would otherwise keep for the process.
+fn unload(decoder: &mut Option<Loaded>) {
+    if decoder.take().is_some() {
+        LOADED.fetch_sub(1, Ordering::Relaxed);
+        // SAFETY: malloc_trim only releases free heap memory; it has no preconditions.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+        tracing::debug!("pocketsphinx decoder unloaded (idle)");
     }
 }
 
@@ -646,6 +708,7 @@ mod tests {
             grammars: Vec::new(),
             decoders: 1,
             queue_max: 8,
+            unload_idle: None,
         }
     }
 
@@ -780,6 +843,57 @@ mod tests {
                 "{updates:?}"
             );
         }
+    }
+
+    #[actix_rt::test]
+    async fn an_idle_decoder_is_unloaded_and_the_next_call_loads_one_again() {
+        let idle = std::time::Duration::from_millis(400);
+        let ps = Pocketsphinx::start(&PocketsphinxSettings {
+            unload_idle: Some(idle),
+            ..settings(Some(
+                "#JSGF V1.0; grammar c; public <c> = red | green | blue ;",
+            ))
+        })
+        .expect("pocketsphinx is installed by scripts/setup.sh");
+        let green = spoken("green").await;
+        let engine = ps.for_call();
+        decoders(&ps, 1).await;
+        assert_eq!(recognize(&engine, &green).await.as_deref(), Some("green"));
+        // An utterance that lasts longer than the idle time keeps its decoder: audio comes in
+        // pieces over 0.8 s, and the decoder is still there for the result.
+        let (mut sink, results) = engine.utterance();
+        for piece in green.chunks(green.len() / 8 + 1) {
+            sink.push(piece);
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            assert_eq!(ps.decoders(), 1, "busy, not idle");
+        }
+        sink.finish();
+        let updates: Vec<AsrUpdate> = results.collect().await;
+        assert!(
+            matches!(updates.last(), Some(AsrUpdate::Final(Some(t), _)) if t == "green"),
+            "{updates:?}"
+        );
+        let done = std::time::Instant::now();
+        // Then nothing to do: unloaded once the idle time has passed, not before.
+        decoders(&ps, 0).await;
+        assert!(
+            done.elapsed() >= idle,
+            "unloaded after {:?}",
+            done.elapsed()
+        );
+        // The next call has one built in the background, and is recognized.
+        let next = ps.for_call();
+        decoders(&ps, 1).await;
+        assert_eq!(recognize(&next, &green).await.as_deref(), Some("green"));
+        // An engine that keeps its decoders does not unload them.
+        let kept = Pocketsphinx::start(&settings(Some(
+            "#JSGF V1.0; grammar c; public <c> = red | green | blue ;",
+        )))
+        .expect("started");
+        let engine = kept.for_call();
+        assert_eq!(recognize(&engine, &green).await.as_deref(), Some("green"));
+        tokio::time::sleep(2 * idle).await;
+        assert_eq!(kept.decoders(), 1);
     }
 
     /// Waits until `n` utterances wait in the queue.
