@@ -867,13 +867,14 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             assert_eq!(ps.decoders(), 1, "busy, not idle");
         }
+        // The decoder's last work comes after this instant (ending the utterance).
+        let done = std::time::Instant::now();
         sink.finish();
         let updates: Vec<AsrUpdate> = results.collect().await;
         assert!(
             matches!(updates.last(), Some(AsrUpdate::Final(Some(t), _)) if t == "green"),
             "{updates:?}"
         );
-        let done = std::time::Instant::now();
         // Then nothing to do: unloaded once the idle time has passed, not before.
         decoders(&ps, 0).await;
         assert!(
