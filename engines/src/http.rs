@@ -25,8 +25,8 @@
 //!   seconds), and they would share one flow-control window. What is saved is the handshakes,
 //!   which keeping HTTP/1.1 connections saves as well.
 //! - There is no bound on connections in the pool: `calls.max` bounds the calls, and each call
-//!   has at most one request of each kind in flight. awc's default of 100 per worker would queue
-//!   the 101st call's request behind the others instead.
+//!   has few requests in flight (one transcription, at most `tts.prefetch_segments` syntheses).
+//!   awc's default of 100 per worker would queue the requests past it behind the others.
 
 use awc::error::{ConnectError, FreezeRequestError, SendRequestError};
 use awc::{ClientRequest, ClientResponse};
