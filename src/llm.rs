@@ -290,14 +290,12 @@ pub async fn stream_answer(
         if let Some(key) = &settings.api_key {
             req = req.bearer_auth(key.expose_secret());
         }
-        let body = serde_json::to_vec(&ChatRequest {
+        let body = ChatRequest {
             model: &settings.model,
             messages,
             stream: true,
-        })
-        .expect("strings serialize");
-        let req = req.insert_header(("Content-Type", "application/json"));
-        let mut res = voicegate_engines::http::send(req, body.into())
+        };
+        let mut res = voicegate_engines::http::send_json(req, &body)
             .await
             .map_err(|e| LlmError::Send {
                 url: url.clone(),

@@ -28,7 +28,7 @@
 //!   has few requests in flight (one transcription, at most `tts.prefetch_segments` syntheses).
 //!   awc's default of 100 per worker would queue the requests past it behind the others.
 
-use awc::error::{ConnectError, FreezeRequestError, SendRequestError};
+use awc::error::{ConnectError, SendRequestError};
 use awc::{ClientRequest, ClientResponse};
 use bytes::Bytes;
 use std::time::Duration;
@@ -62,9 +62,7 @@ pub fn client() -> awc::Client {
 /// connection the server was closing), once more on a new one. A request that got an answer,
 /// even an error status, or ran past its `timeout`, is not sent again.
 pub async fn send(request: ClientRequest, body: Bytes) -> Result<ClientResponse, SendRequestError> {
-    let request = request
-        .freeze()
-        .map_err(|e: FreezeRequestError| SendRequestError::from(e))?;
+    let request = request.freeze().map_err(SendRequestError::from)?;
     match request.send_body(body.clone()).await {
         Err(e) if closed_unanswered(&e) => {
             tracing::debug!(error = %e, "the connection closed before an answer; sending again");
@@ -72,6 +70,18 @@ pub async fn send(request: ClientRequest, body: Bytes) -> Result<ClientResponse,
         }
         other => other,
     }
+}
+
+/// [`send`] with `body` as JSON (`Content-Type: application/json`). The bodies sent are plain
+/// structs of strings and numbers, which always serialize. The body is serialized now, so the
+/// future borrows nothing.
+pub fn send_json<T: serde::Serialize>(
+    request: ClientRequest,
+    body: &T,
+) -> impl std::future::Future<Output = Result<ClientResponse, SendRequestError>> + 'static {
+    let body = serde_json::to_vec(body).expect("a request body of strings and numbers");
+    let request = request.insert_header(("Content-Type", "application/json"));
+    send(request, body.into())
 }
 
 /// The connection ended before a response head: closed (`Disconnected`), or broken while the

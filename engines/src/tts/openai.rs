@@ -162,16 +162,14 @@ impl TtsEngine for OpenAiEngine {
         if !key.is_empty() {
             req = req.bearer_auth(key);
         }
-        let body = serde_json::to_vec(&SpeechRequest {
+        let body = SpeechRequest {
             model: &s.model,
             input: text,
             voice: &s.voice,
             response_format: "pcm",
             speed: self.speed,
-        })
-        .expect("strings and numbers serialize");
-        let req = req.insert_header(("Content-Type", "application/json"));
-        let send = crate::http::send(req, body.into());
+        };
+        let send = crate::http::send_json(req, &body);
         let stream_idle = s.stream_idle;
         Box::pin(
             futures_util::stream::once(async move {
