@@ -50,7 +50,8 @@ const USAGE: &str = "usage:
                         [--attacks garbage,flood,app] [--json]
   voicegate-bench sequential --spawn <voicegate binary> [--calls 10000] [--warmup 100] [--frames 5]
                         [--sample-every 1000] [--rss-slack-pct 5] [--json]
-  voicegate-bench floor [--calls N] [--seconds S] [--complexity C] [--fec on|off] [--json]
+  voicegate-bench floor [--calls N] [--seconds S] [--complexity C] [--fec on|off]
+                        [--phase spread|lockstep] [--json]
   voicegate-bench speech --server http://ip:port --dialog-listen ip:port [--runs N]
   voicegate-bench recognize <file.wav> [--grammar <file.gram>]
   voicegate-bench denoise [--grammar <file.gram>] [--verbose]   (default tests/fixtures/test.gram)
@@ -91,6 +92,7 @@ struct Args {
     pin: Option<(String, String)>,
     complexity: i32,
     fec: bool,
+    lockstep: bool,
     dialog_listen: SocketAddr,
     runs: usize,
     attacks: hostile::Attacks,
@@ -117,6 +119,7 @@ fn parse_args(argv: &[String]) -> anyhow::Result<Args> {
         pin: None,
         complexity: 5,
         fec: true,
+        lockstep: false,
         dialog_listen: "127.0.0.1:18100".parse()?,
         runs: 20,
         attacks: hostile::Attacks::ALL,
@@ -191,6 +194,13 @@ fn parse_args(argv: &[String]) -> anyhow::Result<Args> {
                     "on" => true,
                     "off" => false,
                     v => bail!("--fec {v}: want on or off"),
+                }
+            }
+            "--phase" => {
+                a.lockstep = match val()?.as_str() {
+                    "spread" => false,
+                    "lockstep" => true,
+                    v => bail!("--phase {v}: want spread or lockstep"),
                 }
             }
             "--dialog-listen" => a.dialog_listen = val()?.parse()?,
@@ -288,6 +298,7 @@ fn main() -> anyhow::Result<()> {
             seconds: args.seconds,
             complexity: args.complexity,
             fec: args.fec,
+            lockstep: args.lockstep,
         };
         return runtime()?.block_on(floor::run(plan, args.json));
     }
@@ -468,4 +479,30 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(line: &str) -> anyhow::Result<Args> {
+        let argv: Vec<String> = format!("voicegate-bench {line}")
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        parse_args(&argv)
+    }
+
+    #[test]
+    fn the_floor_spreads_its_calls_over_the_audio_unless_told_lockstep() {
+        let a = args("floor --calls 10").unwrap();
+        assert!(a.mode == Mode::Floor && !a.lockstep);
+        assert!(args("floor --phase lockstep").unwrap().lockstep);
+        assert!(!args("floor --phase spread").unwrap().lockstep);
+        let Err(e) = args("floor --phase sideways") else {
+            panic!("an unknown phase was accepted")
+        };
+        let e = e.to_string();
+        assert!(e.contains("want spread or lockstep"), "{e}");
+    }
 }
