@@ -8,8 +8,8 @@
 //! load generator's callers are: with every call decoding the same packet and encoding the same
 //! frame in turn (`--phase lockstep`, how the floor was measured before 2026-12-07's sixth
 //! pass) libopus runs the same data-dependent path a hundred times over, and its branches and
-//! tables are warmer than in any server, so the floor reads about 15 % cheaper than the codec's
-//! real cost.
+//! tables are warmer than in any server, so the floor reads about a fifth cheaper than the
+//! codec's real cost (BENCHMARKS.md, issue 15's sixth pass).
 
 use std::time::{Duration, Instant};
 use voicegate_core::codec::{DownlinkEncoder, EncoderSettings, UplinkDecoder, UplinkSettings};
@@ -75,6 +75,7 @@ pub async fn run(plan: FloorPlan, json: bool) -> anyhow::Result<()> {
         }
     }
     let cpu_s = thread_cpu() - cpu0;
+    let phase = if plan.lockstep { "lockstep" } else { "spread" };
     let wall_s = wall0.elapsed().as_secs_f64();
     anyhow::ensure!(bytes_out > 0, "nothing was encoded: the floor did not run");
     let audio_s = (plan.calls as u64 * plan.seconds) as f64;
@@ -84,7 +85,7 @@ pub async fn run(plan: FloorPlan, json: bool) -> anyhow::Result<()> {
         "audio_seconds_per_call": plan.seconds,
         "complexity": plan.complexity,
         "fec": plan.fec,
-        "phase": if plan.lockstep { "lockstep" } else { "spread" },
+        "phase": phase,
         "cpu_s": cpu_s,
         "wall_s": wall_s,
         "cpu_percent_of_one_core_per_call": per_call_pct,
@@ -101,7 +102,7 @@ pub async fn run(plan: FloorPlan, json: bool) -> anyhow::Result<()> {
             plan.seconds,
             plan.complexity,
             if plan.fec { "on" } else { "off" },
-            if plan.lockstep { "lockstep" } else { "spread" },
+            phase,
             per_call_pct,
             cpu_s * 1e6 / (plan.calls * frames) as f64,
             100.0 / per_call_pct
