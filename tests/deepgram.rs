@@ -88,6 +88,36 @@ async fn audio_streams_out_and_results_come_back_as_partials_then_one_final() {
 }
 
 #[actix_web::test]
+async fn results_carry_the_servers_confidence_averaged_over_the_words() {
+    // Every partial and the final carry the server's confidence; without one in the results,
+    // none.
+    for confidence in [Some(0.42), None] {
+        let dg = DeepgramStandIn::start(Behaviour {
+            confidence,
+            ..Behaviour::hears("turn on the lights")
+        })
+        .await;
+        let engine = Deepgram::new(settings(dg.base_url())).for_call();
+        let (mut sink, results) = engine.utterance();
+        speak(&mut sink, 1000).await;
+        sink.finish();
+        let got: Vec<(String, Option<f32>)> = results
+            .filter_map(|u| async move {
+                match u {
+                    AsrUpdate::Partial(t, c) => Some((format!("partial {t}"), c)),
+                    AsrUpdate::Final(t, c) => Some((format!("final {}", t.unwrap_or_default()), c)),
+                    AsrUpdate::Error(e) => panic!("{e}"),
+                }
+            })
+            .collect()
+            .await;
+        assert_eq!(got.len(), 5, "{got:?}");
+        assert_eq!(got[4].0, "final turn on the lights");
+        assert!(got.iter().all(|(_, c)| *c == confidence), "{got:?}");
+    }
+}
+
+#[actix_web::test]
 async fn a_quiet_stream_gets_keepalives_and_each_utterance_its_own_connection() {
     let dg = DeepgramStandIn::start(Behaviour::hears("yes")).await;
     let mut s = settings(dg.base_url());
@@ -257,6 +287,7 @@ async fn a_callers_utterances_reach_the_dialog_app_as_partials_then_one_final_ea
     assert_eq!(kinds.iter().filter(|k| *k == "asr.final").count(), 2);
     for f in of_type(&app, "asr.final") {
         assert_eq!(f["text"], "hello world");
+        assert_eq!(f["confidence"], 0.99, "{f}");
     }
     assert!(
         of_type(&app, "asr.partial")
@@ -343,4 +374,67 @@ async fn a_vendor_dropping_mid_utterance_gives_asr_error_and_the_call_goes_on() 
     assert_eq!(f["text"], "hello world");
     assert_eq!(server.snapshot().await.calls.len(), 1);
     peer.close().await;
+}
+
+const LONG: &str = "This is a long answer that keeps going for a while, so that the caller \
+                    has time to say something over it before it ends.";
+
+/// The dialog app's `tts.*` events, in order, after `tts.started`.
+fn tts_after_start(app: &TestDialogApp) -> Vec<String> {
+    app.types()
+        .into_iter()
+        .filter(|t| t.starts_with("tts.") && t != "tts.started")
+        .collect()
+}
+
+/// The caller says "hello world" over a long answer; returns the answer's `tts.*` events and
+/// the utterance's final.
+async fn words_over_an_answer(confidence: f32) -> (Vec<String>, Value) {
+    let dg = DeepgramStandIn::start(Behaviour {
+        confidence: Some(confidence),
+        ..Behaviour::hears("hello world")
+    })
+    .await;
+    let app = TestDialogApp::start().await;
+    let server = server(&app, &dg);
+    let peer = started(&server, &app).await;
+    assert!(app.send(serde_json::json!({"type": "tts.speak", "utterance_id": "a", "text": LONG})));
+    app.wait_type(5 * SECOND, "tts.started", Some("a"))
+        .await
+        .expect("tts.started");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    peer.send_paced(&spoken("hello world", Duration::from_millis(900)).await)
+        .await
+        .unwrap();
+    app.wait_type(20 * SECOND, "tts.ended", Some("a"))
+        .await
+        .expect("tts.ended");
+    let fin = app
+        .wait_type(3 * SECOND, "asr.final", None)
+        .await
+        .expect("asr.final");
+    peer.close().await;
+    (tts_after_start(&app), fin)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn words_the_vendor_is_unsure_of_pause_the_answer_and_only_sure_ones_interrupt_it() {
+    // Two words, not a backchannel: the vendor's confidence decides (barge_in.min_confidence,
+    // 0.6 by default).
+    let (sure, fin) = words_over_an_answer(0.95).await;
+    assert_eq!(sure[0], "tts.paused", "{sure:?}");
+    assert!(sure.contains(&"tts.interrupt".to_owned()), "{sure:?}");
+    assert_eq!(fin["text"], "hello world");
+    assert_eq!(fin["confidence"], 0.95, "{fin}");
+    assert!(fin.get("backchannel").is_none(), "{fin}");
+
+    let (unsure, fin) = words_over_an_answer(0.3).await;
+    assert_eq!(
+        unsure,
+        ["tts.paused", "tts.resumed", "tts.ended"],
+        "the answer plays to its end"
+    );
+    assert_eq!(fin["text"], "hello world");
+    assert_eq!(fin["confidence"], 0.3, "{fin}");
+    assert_eq!(fin["backchannel"], true, "{fin}");
 }

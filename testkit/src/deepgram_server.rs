@@ -35,6 +35,8 @@ pub struct Behaviour {
     pub drop_after_bytes: Option<usize>,
     /// Ignore `CloseStream` (send nothing more, keep the socket open).
     pub ignore_close_stream: bool,
+    /// The `confidence` of every result with words (`None`: the field is left out).
+    pub confidence: Option<f32>,
 }
 
 impl Behaviour {
@@ -46,6 +48,7 @@ impl Behaviour {
             first_result_delay: Duration::ZERO,
             drop_after_bytes: None,
             ignore_close_stream: false,
+            confidence: Some(0.99),
         }
     }
 }
@@ -175,7 +178,7 @@ impl DeepgramStandIn {
                             tokio::time::sleep(behaviour.first_result_delay).await;
                         }
                         let text = words[..revealed].join(" ");
-                        let r = results(&text, start, audio, false, false);
+                        let r = results(&text, behaviour.confidence, start, audio, false, false);
                         if ws.send(Message::text(r)).await.is_err() {
                             return;
                         }
@@ -198,7 +201,7 @@ impl DeepgramStandIn {
                     } else {
                         String::new()
                     };
-                    let fin = results(&text, start, audio, true, true);
+                    let fin = results(&text, behaviour.confidence, start, audio, true, true);
                     start = audio as f64 / 32_000.0;
                     let meta = json!({
                         "type": "Metadata", "transaction_key": "deprecated",
@@ -222,8 +225,20 @@ impl DeepgramStandIn {
     }
 }
 
-/// A `Results` message as Deepgram sends it (without word timings).
-fn results(text: &str, start: f64, audio: usize, is_final: bool, speech_final: bool) -> String {
+/// A `Results` message as Deepgram sends it (without word timings; a stretch without words has
+/// confidence 0).
+fn results(
+    text: &str,
+    confidence: Option<f32>,
+    start: f64,
+    audio: usize,
+    is_final: bool,
+    speech_final: bool,
+) -> String {
+    let mut alternative = json!({"transcript": text, "words": []});
+    if let Some(c) = confidence {
+        alternative["confidence"] = json!(if text.is_empty() { 0.0 } else { c });
+    }
     json!({
         "type": "Results",
         "channel_index": [0, 1],
@@ -232,7 +247,7 @@ fn results(text: &str, start: f64, audio: usize, is_final: bool, speech_final: b
         "is_final": is_final,
         "speech_final": speech_final,
         "from_finalize": is_final,
-        "channel": {"alternatives": [{"transcript": text, "confidence": 0.99, "words": []}]},
+        "channel": {"alternatives": [alternative]},
         "metadata": {
             "request_id": "00000000-0000-0000-0000-000000000000",
             "model_info": {"name": "stand-in", "version": "1", "arch": "stand-in"},

@@ -273,14 +273,16 @@ impl Session {
     async fn run(mut self) {
         let updates = self.updates.clone();
         let last = match self.recognize().await {
-            Ok(text) => AsrUpdate::Final(Some(text).filter(|t| !t.is_empty()), None),
+            Ok((text, confidence)) => {
+                AsrUpdate::Final(Some(text).filter(|t| !t.is_empty()), confidence)
+            }
             Err(e) => AsrUpdate::Error(e.into()),
         };
         let _ = updates.send(last).await;
     }
 
-    /// Streams the utterance and returns its text.
-    async fn recognize(&mut self) -> Result<String, DeepgramError> {
+    /// Streams the utterance and returns its text and the server's confidence in it.
+    async fn recognize(&mut self) -> Result<(String, Option<f32>), DeepgramError> {
         let s = self.settings.clone();
         let url = wire::listen_url(
             &s.base_url,
@@ -365,12 +367,12 @@ impl Session {
                 frame = input.next() => {
                     idle_deadline = Instant::now() + s.stream_idle;
                     match frame {
-                        None if ended => return Ok(transcript.text(false)),
+                        None if ended => return Ok(settled(&transcript)),
                         None => return Err(DeepgramError::Closed(None)),
                         Some(Err(e)) => return Err(DeepgramError::Protocol(e)),
                         Some(Ok(Frame::Close(reason))) => {
                             if ended {
-                                return Ok(transcript.text(false));
+                                return Ok(settled(&transcript));
                             }
                             return Err(DeepgramError::Closed(reason.map(|r| {
                                 let code: u16 = r.code.into();
@@ -386,19 +388,20 @@ impl Session {
                         Some(Ok(Frame::Text(text))) => {
                             let text = std::str::from_utf8(&text).unwrap_or("");
                             match wire::parse(text)? {
-                                ServerMessage::Results { transcript: t, is_final, speech_final } => {
-                                    let so_far = transcript.update(&t, is_final);
+                                ServerMessage::Results { transcript: t, confidence, is_final, speech_final } => {
+                                    let so_far = transcript.update(&t, confidence, is_final);
                                     if ended && is_final && speech_final {
                                         let _ = out.send(Message::Close(None)).await;
-                                        return Ok(transcript.text(false));
+                                        return Ok(settled(&transcript));
                                     }
                                     if !so_far.is_empty() {
-                                        let _ = self.updates.send(AsrUpdate::Partial(so_far, None)).await;
+                                        let c = transcript.confidence(true);
+                                        let _ = self.updates.send(AsrUpdate::Partial(so_far, c)).await;
                                     }
                                 }
                                 ServerMessage::Metadata if ended => {
                                     let _ = out.send(Message::Close(None)).await;
-                                    return Ok(transcript.text(false));
+                                    return Ok(settled(&transcript));
                                 }
                                 ServerMessage::Error(e) => return Err(DeepgramError::Server(e)),
                                 ServerMessage::Metadata | ServerMessage::Other => {}
@@ -411,6 +414,11 @@ impl Session {
             }
         }
     }
+}
+
+/// The utterance's settled text and its confidence.
+fn settled(t: &Transcript) -> (String, Option<f32>) {
+    (t.text(false), t.confidence(false))
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //!
 //! The server speaks JSON text messages, each with a `type`:
 //! - `Results`: a transcript of the audio so far, for a stretch of it
-//!   (`channel.alternatives[0].transcript`). `is_final: false` is an interim hypothesis that a
+//!   (`channel.alternatives[0].transcript`, with the model's `confidence` in it, 0 to 1). `is_final: false` is an interim hypothesis that a
 //!   later message replaces; `is_final: true` settles that stretch (later stretches follow);
 //!   `speech_final: true` (on a final) means Deepgram's own endpointing heard the speaker stop.
 //! - `Metadata`: a summary, sent last after a `CloseStream`; the server then closes.
@@ -79,12 +79,14 @@ fn percent_encode(value: &str, out: &mut String) {
 }
 
 /// A message from the server, as far as voicegate needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ServerMessage {
     /// A transcript (empty when the stretch held no words).
     Results {
         /// The first alternative's text, trimmed.
         transcript: String,
+        /// The first alternative's confidence (0 to 1), when it has words and gives one.
+        confidence: Option<f32>,
         /// The stretch is settled.
         is_final: bool,
         /// Deepgram's endpointing heard the speaker stop.
@@ -131,23 +133,36 @@ struct Channel {
 struct Alternative {
     #[serde(default)]
     transcript: String,
+    #[serde(default)]
+    confidence: Option<f64>,
 }
 
 /// Parses one text message from the server.
 pub fn parse(text: &str) -> Result<ServerMessage, BadMessage> {
     let raw: Raw = serde_json::from_str(text).map_err(BadMessage)?;
     Ok(match raw.kind.as_str() {
-        "Results" => ServerMessage::Results {
-            transcript: serde_json::from_value::<Channel>(raw.channel)
+        "Results" => {
+            let first = serde_json::from_value::<Channel>(raw.channel)
                 .map_err(BadMessage)?
                 .alternatives
                 .into_iter()
-                .next()
+                .next();
+            let transcript = first
+                .as_ref()
                 .map(|a| a.transcript.trim().to_owned())
-                .unwrap_or_default(),
-            is_final: raw.is_final,
-            speech_final: raw.speech_final,
-        },
+                .unwrap_or_default();
+            // A stretch without words has nothing to be sure of (Deepgram sends 0 there).
+            let confidence = first
+                .and_then(|a| a.confidence)
+                .filter(|_| !transcript.is_empty())
+                .map(|c| c.clamp(0.0, 1.0) as f32);
+            ServerMessage::Results {
+                transcript,
+                confidence,
+                is_final: raw.is_final,
+                speech_final: raw.speech_final,
+            }
+        }
         "Metadata" => ServerMessage::Metadata,
         "Error" => ServerMessage::Error(
             [raw.description, raw.message]
@@ -162,37 +177,68 @@ pub fn parse(text: &str) -> Result<ServerMessage, BadMessage> {
 }
 
 /// One utterance's transcript as the results arrive: the settled stretches and the current
-/// interim hypothesis.
+/// interim hypothesis, each with its confidence.
 #[derive(Debug, Default)]
 pub struct Transcript {
     /// Settled stretches, in order.
-    finals: Vec<String>,
-    /// The hypothesis for the stretch after them.
-    interim: String,
+    finals: Vec<Stretch>,
+    /// The hypothesis for the stretch after them (empty text: none).
+    interim: Stretch,
+}
+
+#[derive(Debug, Default)]
+struct Stretch {
+    text: String,
+    confidence: Option<f32>,
 }
 
 impl Transcript {
-    /// Takes a `Results` message's text; returns the whole text so far (settled stretches and
-    /// the interim one, space-separated).
-    pub fn update(&mut self, transcript: &str, is_final: bool) -> String {
+    /// Takes a `Results` message's text and confidence; returns the whole text so far (settled
+    /// stretches and the interim one, space-separated).
+    pub fn update(&mut self, transcript: &str, confidence: Option<f32>, is_final: bool) -> String {
         if is_final {
             if !transcript.is_empty() {
-                self.finals.push(transcript.to_owned());
+                self.finals.push(Stretch {
+                    text: transcript.to_owned(),
+                    confidence,
+                });
             }
-            self.interim.clear();
+            self.interim.text.clear();
+            self.interim.confidence = None;
         } else {
-            transcript.clone_into(&mut self.interim);
+            transcript.clone_into(&mut self.interim.text);
+            self.interim.confidence = confidence;
         }
         self.text(true)
     }
 
+    /// The stretches with words: the settled ones, and the interim one if asked for.
+    fn stretches(&self, with_interim: bool) -> impl Iterator<Item = &Stretch> {
+        self.finals
+            .iter()
+            .chain(Some(&self.interim).filter(|i| with_interim && !i.text.is_empty()))
+    }
+
     /// The settled text (`with_interim: false`), or everything heard so far.
     pub fn text(&self, with_interim: bool) -> String {
-        let mut parts: Vec<&str> = self.finals.iter().map(String::as_str).collect();
-        if with_interim && !self.interim.is_empty() {
-            parts.push(&self.interim);
-        }
+        let parts: Vec<&str> = self
+            .stretches(with_interim)
+            .map(|s| s.text.as_str())
+            .collect();
         parts.join(" ")
+    }
+
+    /// How sure the server is of [`Transcript::text`]: its stretches' confidences averaged by
+    /// their words (one stretch: its own). `None` without words, or when a stretch came without
+    /// one.
+    pub fn confidence(&self, with_interim: bool) -> Option<f32> {
+        let (mut sum, mut words) = (0.0f32, 0usize);
+        for s in self.stretches(with_interim) {
+            let n = s.text.split_whitespace().count();
+            sum += s.confidence? * n as f32;
+            words += n;
+        }
+        (words > 0).then(|| sum / words as f32)
     }
 }
 
@@ -214,6 +260,7 @@ mod tests {
             parse(RESULTS).unwrap(),
             ServerMessage::Results {
                 transcript: "Another big problem".into(),
+                confidence: Some(0.99),
                 is_final: true,
                 speech_final: true
             }
@@ -223,10 +270,26 @@ mod tests {
             parse(r#"{"type":"Results","channel":{"alternatives":[]}}"#).unwrap(),
             ServerMessage::Results {
                 transcript: String::new(),
+                confidence: None,
                 is_final: false,
                 speech_final: false
             }
         );
+        // No words, no confidence (the server's 0 there means nothing); no field, none; a value
+        // out of range is held to it.
+        for (alternative, confidence) in [
+            (r#"{"transcript":"","confidence":0.0}"#, None),
+            (r#"{"transcript":"yes"}"#, None),
+            (r#"{"transcript":"yes","confidence":1.5}"#, Some(1.0)),
+            (r#"{"transcript":"yes","confidence":-1}"#, Some(0.0)),
+        ] {
+            let text =
+                format!(r#"{{"type":"Results","channel":{{"alternatives":[{alternative}]}}}}"#);
+            let ServerMessage::Results { confidence: c, .. } = parse(&text).unwrap() else {
+                panic!("{text}");
+            };
+            assert_eq!(c, confidence, "{text}");
+        }
         assert_eq!(
             parse(r#"{"type":"Metadata","request_id":"r","duration":0.0,"channels":0}"#).unwrap(),
             ServerMessage::Metadata
@@ -257,19 +320,38 @@ mod tests {
     #[test]
     fn the_transcript_joins_settled_stretches_and_replaces_the_interim_one() {
         let mut t = Transcript::default();
-        assert_eq!(t.update("hello", false), "hello");
-        assert_eq!(t.update("hello there", false), "hello there");
-        assert_eq!(t.update("hello there", true), "hello there");
-        assert_eq!(t.update("how", false), "hello there how");
+        assert_eq!(t.confidence(true), None, "no words yet");
+        assert_eq!(t.update("hello", Some(0.5), false), "hello");
+        assert_eq!(t.confidence(true), Some(0.5));
+        assert_eq!(t.update("hello there", Some(0.6), false), "hello there");
+        assert_eq!(t.confidence(false), None, "nothing settled");
+        assert_eq!(t.update("hello there", Some(0.8), true), "hello there");
+        assert_eq!(t.confidence(false), Some(0.8));
+        assert_eq!(t.update("how", Some(0.2), false), "hello there how");
+        // Two words at 0.8 and one at 0.2.
+        assert!((t.confidence(true).unwrap() - 0.6).abs() < 1e-6);
         assert_eq!(
-            t.update("", true),
+            t.update("", None, true),
             "hello there",
             "an empty final settles nothing"
         );
-        assert_eq!(t.update("how are you", false), "hello there how are you");
+        assert_eq!(t.confidence(true), Some(0.8), "the interim one is gone");
+        assert_eq!(
+            t.update("how are you", Some(0.4), false),
+            "hello there how are you"
+        );
         assert_eq!(t.text(false), "hello there");
-        assert_eq!(t.update("how are you", true), "hello there how are you");
+        assert_eq!(
+            t.update("how are you", Some(0.3), true),
+            "hello there how are you"
+        );
         assert_eq!(t.text(false), "hello there how are you");
+        // Two words at 0.8, three at 0.3.
+        assert!((t.confidence(false).unwrap() - 0.5).abs() < 1e-6);
+        // A stretch without a confidence leaves the whole without one.
+        t.update("fine", None, false);
+        assert_eq!(t.confidence(true), None);
+        assert!(t.confidence(false).is_some());
     }
 
     #[test]
