@@ -46,6 +46,8 @@ pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 /// The shortest idle timeout accepted for a streamed engine reply: below it, ordinary network
 /// jitter between two chunks would fail a healthy stream.
 const MIN_STREAM_IDLE_MS: u64 = 100;
+/// Longest `tts.preconnect_ms`: below ElevenLabs' 20 s idle limit, with room for the connect.
+const MAX_PRECONNECT_MS: u64 = 15_000;
 /// The shortest result deadline accepted for an utterance: below it, even an idle pocketsphinx
 /// decoder cannot finish a long utterance's search in time.
 const MIN_UTTERANCE_DEADLINE_MS: u64 = 1000;
@@ -196,6 +198,8 @@ pub struct Tts {
     pub prefetch_segments: usize,
     /// Longest quiet time within a streamed synthesis.
     pub stream_idle_timeout_ms: u64,
+    /// Longest a WebSocket engine's connection opened ahead waits for an utterance (0: off).
+    pub preconnect_ms: u64,
     /// Most bytes of text per utterance.
     pub max_text_bytes: usize,
     /// Most utterances queued per call.
@@ -1121,6 +1125,7 @@ impl Settings {
                     timeout: Duration::from_millis(e.timeout_ms.max(1)),
                     stream_idle: Duration::from_millis(self.tts.stream_idle_timeout_ms),
                     max_message_bytes: e.max_message_bytes,
+                    preconnect: Duration::from_millis(self.tts.preconnect_ms),
                 })
             }
             "cartesia" => {
@@ -1146,6 +1151,7 @@ impl Settings {
                     timeout: Duration::from_millis(c.timeout_ms.max(1)),
                     stream_idle: Duration::from_millis(self.tts.stream_idle_timeout_ms),
                     max_message_bytes: c.max_message_bytes,
+                    preconnect: Duration::from_millis(self.tts.preconnect_ms),
                 })
             }
             other => {
@@ -1551,6 +1557,12 @@ impl Settings {
                 format!("must be at least {MIN_STREAM_IDLE_MS}"),
             ));
         }
+        if self.tts.preconnect_ms > MAX_PRECONNECT_MS {
+            return Err(invalid(
+                "tts.preconnect_ms",
+                format!("must be 0 to {MAX_PRECONNECT_MS}"),
+            ));
+        }
         if self.asr.stream_idle_timeout_ms < MIN_STREAM_IDLE_MS {
             return Err(invalid(
                 "asr.stream_idle_timeout_ms",
@@ -1942,6 +1954,7 @@ mod tests {
         assert!(v.media.workers >= 1);
         // Engine deadlines: none is off, so a stalled engine always costs a bounded time.
         assert_eq!(s.tts.stream_idle_timeout_ms, 5000);
+        assert_eq!(s.tts.preconnect_ms, 10_000);
         assert_eq!(s.asr.stream_idle_timeout_ms, 10_000);
         assert_eq!(
             v.calls.recognizer.utterance_deadline,
@@ -2300,6 +2313,7 @@ mod tests {
         assert_eq!((e.sample_rate, e.max_message_bytes), (16000, 1 << 20));
         assert_eq!(e.api_key.expose_secret(), "xi-key-secret");
         assert_eq!(e.stream_idle, Duration::from_millis(5000));
+        assert_eq!(e.preconnect, Duration::from_secs(10));
         assert!(!format!("{v:?}").contains("xi-key-secret"));
         let [(name, TtsChoice::Cartesia(c))] = &v.tts_profiles[..] else {
             panic!("{:?}", v.tts_profiles);
@@ -2309,6 +2323,7 @@ mod tests {
             ("fast", "abc-123", 24000)
         );
         assert_eq!(c.model_id, "sonic-2", "the rest from [tts.cartesia]");
+        assert_eq!(c.preconnect, Duration::from_secs(10));
 
         for (pairs, key) in [
             (
@@ -2642,6 +2657,11 @@ mod tests {
                 "VOICEGATE__TTS__STREAM_IDLE_TIMEOUT_MS",
                 "0",
                 "tts.stream_idle_timeout_ms",
+            ),
+            (
+                "VOICEGATE__TTS__PRECONNECT_MS",
+                "15001",
+                "tts.preconnect_ms",
             ),
             (
                 "VOICEGATE__ASR__STREAM_IDLE_TIMEOUT_MS",

@@ -87,6 +87,9 @@ async fn series_are_exposed_and_move_with_real_calls() {
         "voicegate_actor_restarts_total{child=\"codec\"}",
         "voicegate_actor_restarts_total{child=\"dialog\"}",
         "voicegate_asr_decoders_loaded",
+        "voicegate_tts_preconnects_total{outcome=\"used\"}",
+        "voicegate_tts_preconnects_total{outcome=\"unused\"}",
+        "voicegate_tts_preconnects_total{outcome=\"failed\"}",
     ] {
         get(&before, series);
     }

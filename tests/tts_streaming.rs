@@ -29,6 +29,15 @@ fn engine(vendor: Vendor) -> &'static str {
 
 /// A server whose speech engine is `vendor`'s stand-in.
 async fn setup(vendor: Vendor, behaviour: Behaviour) -> (TtsWsServer, TestDialogApp, TestServer) {
+    setup_with(vendor, behaviour, &[]).await
+}
+
+/// The same, with more settings.
+async fn setup_with(
+    vendor: Vendor,
+    behaviour: Behaviour,
+    more: &[(&str, &str)],
+) -> (TtsWsServer, TestDialogApp, TestServer) {
     let tts = TtsWsServer::start(vendor, behaviour).await;
     let app = TestDialogApp::start().await;
     let name = engine(vendor);
@@ -37,12 +46,14 @@ async fn setup(vendor: Vendor, behaviour: Behaviour) -> (TtsWsServer, TestDialog
         format!("tts.{name}.base_url"),
         format!("tts.{name}.api_key"),
     );
-    let server = TestServer::start(&[
-        ("dialog.url", &url),
+    let mut settings = vec![
+        ("dialog.url", url.as_str()),
         ("tts.engine", name),
         (&base_key, &base),
         (&key_key, "test-key-123"),
-    ]);
+    ];
+    settings.extend_from_slice(more);
+    let server = TestServer::start(&settings);
     (tts, app, server)
 }
 
@@ -52,6 +63,15 @@ fn real_time() -> Behaviour {
         chunk_gap: Duration::from_millis(100),
         ..Behaviour::default()
     }
+}
+
+/// The streams that were given text. A call also holds one connection opened ahead for its
+/// next utterance ([`the_answer_takes_the_connection_opened_ahead`]), which has none.
+fn spoke(tts: &TtsWsServer) -> Vec<voicegate_testkit::tts_ws_server::Stream> {
+    tts.streams()
+        .into_iter()
+        .filter(|s| !s.messages.is_empty())
+        .collect()
 }
 
 /// `tts.*` events of the call as "type id [ok]".
@@ -107,7 +127,7 @@ async fn stream_plays_before_its_last_chunk(vendor: Vendor) {
 
     // The vendor got the whole text on one connection, segment by segment, each flushed as it
     // came, and the stream ended normally.
-    let streams = tts.streams();
+    let streams = spoke(&tts);
     assert_eq!(
         streams.len(),
         1,
@@ -224,8 +244,8 @@ async fn interrupt_stops_audio_and_the_vendor_stream(vendor: Vendor) {
         tts.streams()
     );
     assert!(
-        tts.streams().iter().all(|s| s.ending != Ending::Open),
-        "nothing is left open: {:?}",
+        spoke(&tts).iter().all(|s| s.ending != Ending::Open),
+        "nothing that spoke is left open: {:?}",
         tts.streams()
     );
     println!(
@@ -323,9 +343,11 @@ async fn barge_in_reports_each_segment_of_one_stream(vendor: Vendor) {
         segments[1]["played_ms"].as_i64().unwrap() > 0,
         "{interrupt}"
     );
-    // One vendor stream spoke both, and it was stopped.
+    // One vendor stream spoke both, and it was stopped. (The caller's words were a turn, so
+    // another connection may have been opened ahead for the answer; it has no text.)
     let streams = tts.streams();
-    assert_eq!(streams.len(), 1, "{streams:?}");
+    assert_eq!(spoke(&tts).len(), 1, "{streams:?}");
+    assert!(!streams[0].messages.is_empty(), "{streams:?}");
     assert!(
         eventually(2 * SECOND, || tts.streams()[0].ending != Ending::Open).await,
         "{:?}",
@@ -366,7 +388,7 @@ async fn cartesia_a_long_pause_in_a_stream_starts_a_new_context() {
         .await
         .expect("ended");
     assert_eq!(ended["ok"], true, "{ended}");
-    let streams = tts.streams();
+    let streams = spoke(&tts);
     assert_eq!(streams.len(), 1, "{streams:?}");
     let m = &streams[0].messages;
     let contexts: Vec<&str> = m.iter().filter_map(|m| m["context_id"].as_str()).collect();
@@ -405,7 +427,7 @@ async fn an_unmarked_last_segment_ends_with_the_stream(vendor: Vendor) {
         .await
         .expect("ended");
     assert_eq!(ended["ok"], true, "{ended}");
-    let streams = tts.streams();
+    let streams = spoke(&tts);
     assert_eq!(streams.len(), 1, "{streams:?}");
     assert_eq!(streams[0].ending, Ending::Done);
     peer.close().await;
@@ -419,4 +441,239 @@ async fn elevenlabs_an_unmarked_last_segment_ends_with_the_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cartesia_an_unmarked_last_segment_ends_with_the_stream() {
     an_unmarked_last_segment_ends_with_the_stream(Vendor::Cartesia).await;
+}
+
+/// A series' value in the server's `/metrics` (process-wide: other tests' calls move it too).
+async fn metric(server: &TestServer, series: &str) -> f64 {
+    let res = voicegate_testkit::http::request(server.http, "GET", "/metrics", &[], b"")
+        .await
+        .unwrap();
+    let text = voicegate_testkit::without_node_label(&res.text());
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{series} is not exposed"))
+}
+
+const PRECONNECTS_USED: &str = r#"voicegate_tts_preconnects_total{outcome="used"}"#;
+const PRECONNECTS_UNUSED: &str = r#"voicegate_tts_preconnects_total{outcome="unused"}"#;
+const PRECONNECTS_FAILED: &str = r#"voicegate_tts_preconnects_total{outcome="failed"}"#;
+
+/// The call opens its vendor connection when it starts, so the greeting does not wait for the
+/// vendor's handshake (300 ms here); the caller finishing a turn opens the next one for the
+/// answer.
+async fn the_answer_takes_the_connection_opened_ahead(vendor: Vendor) {
+    let handshake = Duration::from_millis(300);
+    let (tts, app, server) = setup(
+        vendor,
+        Behaviour {
+            handshake_delay: handshake,
+            ..Behaviour::default()
+        },
+    )
+    .await;
+    let used = metric(&server, PRECONNECTS_USED).await;
+    let peer = started_dialog_call(&server, &app).await.0;
+    assert!(
+        eventually(3 * SECOND, || tts.streams().len() == 1).await,
+        "a connection opened with the call: {:?}",
+        tts.streams()
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let sent = Instant::now();
+    assert!(app.send(
+        json!({"type": "tts.speak", "utterance_id": "hi", "text": "Hello, how can I help?"})
+    ));
+    let ended = app
+        .wait_type(10 * SECOND, "tts.ended", Some("hi"))
+        .await
+        .expect("the greeting ends");
+    assert_eq!(ended["ok"], true, "{ended}");
+    // It spoke the greeting; the greeting's stream opened the next one ahead.
+    let streams = tts.streams();
+    assert_eq!(spoke(&tts).len(), 1, "{streams:?}");
+    let s = &streams[0];
+    assert!(s.opened < sent, "opened before the greeting was asked for");
+    let first = s.first_message.expect("the greeting's text");
+    assert!(first >= sent, "its first text came with the greeting");
+    // Once the speech starts the greeting needs no handshake: its text leaves at once.
+    assert!(
+        first.duration_since(sent) < handshake,
+        "the text waited {:?} for a connection",
+        first.duration_since(sent)
+    );
+    assert_eq!(s.ending, Ending::Done, "{s:?}");
+    assert!(metric(&server, PRECONNECTS_USED).await - used >= 1.0);
+
+    assert!(
+        eventually(3 * SECOND, || tts.streams().len() == 2).await,
+        "one opened for the next utterance: {:?}",
+        tts.streams()
+    );
+
+    // The caller takes a turn; the answer takes the connection waiting, without a handshake.
+    peer.send_paced(&common::spoken("hello there", Duration::from_millis(800)).await)
+        .await
+        .unwrap();
+    app.wait_type(5 * SECOND, "asr.final", None)
+        .await
+        .expect("asr.final");
+    let sent = Instant::now();
+    assert!(app.send(json!({"type": "tts.speak", "utterance_id": "a", "text": "Sure."})));
+    let ended = app
+        .wait_type(10 * SECOND, "tts.ended", Some("a"))
+        .await
+        .expect("the answer ends");
+    assert_eq!(ended["ok"], true, "{ended}");
+    let streams = tts.streams();
+    assert_eq!(spoke(&tts).len(), 2, "{streams:?}");
+    let s = &streams[1];
+    assert!(s.opened < sent && s.first_message.expect("the answer") >= sent);
+    assert!(s.first_message.unwrap().duration_since(sent) < handshake);
+    assert_eq!(s.ending, Ending::Done, "{streams:?}");
+    assert!(metric(&server, PRECONNECTS_USED).await - used >= 2.0);
+    // At most one waits for the next utterance; it closes with the call.
+    assert!(
+        eventually(3 * SECOND, || tts
+            .streams()
+            .iter()
+            .filter(|s| s.ending == Ending::Open)
+            .count()
+            == 1)
+        .await,
+        "{:?}",
+        tts.streams()
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        tts.streams()
+            .iter()
+            .filter(|s| s.ending == Ending::Open)
+            .count(),
+        1
+    );
+    peer.close().await;
+    assert!(
+        eventually(5 * SECOND, || tts
+            .streams()
+            .iter()
+            .all(|s| s.ending != Ending::Open))
+        .await,
+        "closed with the call: {:?}",
+        tts.streams()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elevenlabs_the_answer_takes_the_connection_opened_ahead() {
+    the_answer_takes_the_connection_opened_ahead(Vendor::ElevenLabs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cartesia_the_answer_takes_the_connection_opened_ahead() {
+    the_answer_takes_the_connection_opened_ahead(Vendor::Cartesia).await;
+}
+
+/// A connection opened ahead that no utterance takes within `tts.preconnect_ms` is closed, and
+/// the next utterance connects as usual; with 0 none is opened.
+async fn an_unused_connection_is_closed(vendor: Vendor) {
+    let (tts, app, server) = setup_with(
+        vendor,
+        Behaviour::default(),
+        &[("tts.preconnect_ms", "300")],
+    )
+    .await;
+    let unused = metric(&server, PRECONNECTS_UNUSED).await;
+    let peer = started_dialog_call(&server, &app).await.0;
+    assert!(
+        eventually(3 * SECOND, || tts
+            .streams()
+            .first()
+            .is_some_and(|s| s.ending == Ending::ClosedEarly))
+        .await,
+        "closed unused: {:?}",
+        tts.streams()
+    );
+    assert!(tts.streams()[0].messages.is_empty());
+    assert!(metric(&server, PRECONNECTS_UNUSED).await - unused >= 1.0);
+    assert!(app.send(json!({"type": "tts.speak", "utterance_id": "u", "text": "Still here."})));
+    let ended = app
+        .wait_type(10 * SECOND, "tts.ended", Some("u"))
+        .await
+        .expect("ended");
+    assert_eq!(ended["ok"], true, "{ended}");
+    assert_eq!(spoke(&tts).len(), 1, "{:?}", tts.streams());
+    peer.close().await;
+
+    let (tts, app, server) =
+        setup_with(vendor, Behaviour::default(), &[("tts.preconnect_ms", "0")]).await;
+    let peer = started_dialog_call(&server, &app).await.0;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        tts.streams().is_empty(),
+        "none opened ahead: {:?}",
+        tts.streams()
+    );
+    assert!(app.send(json!({"type": "tts.speak", "utterance_id": "u", "text": "Still here."})));
+    let ended = app
+        .wait_type(10 * SECOND, "tts.ended", Some("u"))
+        .await
+        .expect("ended");
+    assert_eq!(ended["ok"], true, "{ended}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        tts.streams().len(),
+        1,
+        "none opened ahead: {:?}",
+        tts.streams()
+    );
+    peer.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elevenlabs_an_unused_connection_opened_ahead_is_closed() {
+    an_unused_connection_is_closed(Vendor::ElevenLabs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cartesia_an_unused_connection_opened_ahead_is_closed() {
+    an_unused_connection_is_closed(Vendor::Cartesia).await;
+}
+
+/// A vendor that cannot be reached: the connection opened ahead fails (counted), the utterance
+/// tries on its own and fails, and the call goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_opened_ahead_that_fails_costs_nothing_more() {
+    // A port nothing listens on: bound, then released.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let app = TestDialogApp::start().await;
+    let (url, base) = (app.url(), format!("ws://{closed}"));
+    let server = TestServer::start(&[
+        ("dialog.url", url.as_str()),
+        ("tts.engine", "cartesia"),
+        ("tts.cartesia.base_url", base.as_str()),
+    ]);
+    let failed = metric(&server, PRECONNECTS_FAILED).await;
+    let peer = started_dialog_call(&server, &app).await.0;
+    let mut counted = false;
+    for _ in 0..100 {
+        if metric(&server, PRECONNECTS_FAILED).await - failed >= 1.0 {
+            counted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(counted, "the failed connection is counted");
+    assert!(
+        app.send(json!({"type": "tts.speak", "utterance_id": "u", "text": "Nobody hears this."}))
+    );
+    let ended = app
+        .wait_type(10 * SECOND, "tts.ended", Some("u"))
+        .await
+        .expect("ended");
+    assert_eq!(ended["ok"], false, "{ended}");
+    assert_eq!(server.snapshot().await.calls.len(), 1, "the call goes on");
+    peer.close().await;
 }

@@ -995,6 +995,17 @@ impl Metrics {
             "# HELP voicegate_asr_decoders_loaded pocketsphinx decoders loaded (built on first need, unloaded after asr.pocketsphinx.unload_idle_ms idle).\n# TYPE voicegate_asr_decoders_loaded gauge\nvoicegate_asr_decoders_loaded {}",
             voicegate_engines::asr::pocketsphinx::decoders_loaded()
         );
+        let p = voicegate_engines::tts::ws::preconnects();
+        let _ = writeln!(
+            o,
+            "# HELP voicegate_tts_preconnects_total Speech vendor connections opened ahead of an utterance (tts.preconnect_ms), by how they ended: used by an utterance, closed unused, or failed to connect.\n# TYPE voicegate_tts_preconnects_total counter"
+        );
+        for (outcome, n) in [("used", p.used), ("unused", p.unused), ("failed", p.failed)] {
+            let _ = writeln!(
+                o,
+                "voicegate_tts_preconnects_total{{outcome=\"{outcome}\"}} {n}"
+            );
+        }
         o
     }
 }

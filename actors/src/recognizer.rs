@@ -73,6 +73,10 @@ pub enum RecognizerEvent {
     /// The engine's hypothesis changed (every change, not rate-limited), with its confidence:
     /// what endpointing and barge-in confirmation listen to.
     Hypothesis(String, Option<f32>),
+    /// The caller started speaking (the endpointer started an utterance).
+    SpeechStarted,
+    /// The caller stopped speaking (the endpointer ended an utterance); its result follows.
+    SpeechEnded,
     /// An utterance ended with nothing recognized (noise, a cough).
     Unheard,
     /// A finished utterance.
@@ -292,6 +296,7 @@ impl Handler<Heard> for Recognizer {
         match msg {
             Heard::Start(audio) => {
                 trace_msg!(self.call_id, "codec" => "recognizer", "Heard::Start", "{} samples", audio.len());
+                self.parent.do_send(RecognizerEvent::SpeechStarted);
                 self.start(&audio, ctx);
             }
             Heard::Audio(audio) => {
@@ -306,6 +311,7 @@ impl Handler<Heard> for Recognizer {
                 trailing,
             } => {
                 trace_msg!(self.call_id, "codec" => "recognizer", "Heard::End", "{} ms", duration.as_millis());
+                self.parent.do_send(RecognizerEvent::SpeechEnded);
                 let report = NetReport {
                     lost_ms: lost_frames as u32 * 20,
                     recovered_ms: net.recovered * 20,
@@ -473,7 +479,10 @@ mod tests {
                 RecognizerEvent::Partial(t, _) => format!("partial {t}"),
                 RecognizerEvent::Final { text, .. } => format!("final {text}"),
                 // What endpointing listens to; these tests look at what the app gets.
-                RecognizerEvent::Hypothesis(..) | RecognizerEvent::Unheard => return,
+                RecognizerEvent::Hypothesis(..)
+                | RecognizerEvent::SpeechStarted
+                | RecognizerEvent::SpeechEnded
+                | RecognizerEvent::Unheard => return,
                 RecognizerEvent::Error { message, fatal } => format!("error {fatal} {message}"),
             });
         }

@@ -102,6 +102,12 @@ pub struct Interrupt;
 #[rtype(result = "()")]
 pub struct AsrFinal;
 
+/// An utterance is likely soon (the caller stopped speaking): the engine readies what it can
+/// ([`voicegate_engines::tts::TtsEngine::prepare`]).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Prepare;
+
 /// Where audio goes (the codec starts after the speaker, and may be replaced).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
@@ -384,6 +390,11 @@ impl Speaker {
 
 impl Actor for Speaker {
     type Context = Context<Self>;
+
+    fn started(&mut self, _: &mut Self::Context) {
+        // A greeting is likely the first thing the dialog app says.
+        self.engine.prepare();
+    }
 }
 
 impl StreamHandler<SynthItem> for Speaker {
@@ -522,6 +533,15 @@ impl Handler<AsrFinal> for Speaker {
     }
 }
 
+impl Handler<Prepare> for Speaker {
+    type Result = ();
+
+    fn handle(&mut self, _: Prepare, _: &mut Self::Context) {
+        trace_msg!(self.call_id, "call" => "speaker", "Prepare");
+        self.engine.prepare();
+    }
+}
+
 impl Handler<SetCodec> for Speaker {
     type Result = ();
 
@@ -551,6 +571,9 @@ impl Handler<SetEngine> for Speaker {
         self.engine = factory
             .with_options(&options)
             .unwrap_or_else(|_| factory.for_call());
+        // The old engine's connection opened ahead (another voice, another vendor) closed with
+        // it.
+        self.engine.prepare();
     }
 }
 

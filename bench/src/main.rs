@@ -58,9 +58,10 @@ const USAGE: &str = "usage:
   voicegate-bench stand-ins [--delay-ms 100] [--deepgram-listen ip:port] [--openai-listen ip:port]
                             [--openai-tts-listen ip:port] [--elevenlabs-listen ip:port] [--cartesia-listen ip:port]
                             [--connection-setup-ms 0] [--no-keep-alive]
-                        (speech vendors on this machine for `speech` runs, until stopped; the
-                        OpenAI-compatible ones hold each new connection --connection-setup-ms, the
-                        handshakes' round trips over a network, and keep connections unless told not to)
+                        (speech vendors on this machine for `speech` runs, until stopped; each
+                        holds a new connection --connection-setup-ms, the handshakes' round trips
+                        over a network (the WebSocket ones before the upgrade); the OpenAI-compatible
+                        ones keep connections unless told not to)
   (`voicegate-bench echo ...` is `load --profile echo ...`)";
 
 /// Calls per step (and floor calls) when `--calls` is not given.

@@ -18,7 +18,8 @@ pub struct Args {
     /// First-result delay.
     pub delay: Duration,
     /// How the OpenAI-compatible stand-ins treat connections: what a new one costs (the
-    /// handshakes' round trips over a network) and whether they keep them.
+    /// handshakes' round trips over a network) and whether they keep them. The ElevenLabs and
+    /// Cartesia stand-ins hold each upgrade as long.
     pub connections: speech_server::Options,
     /// The Deepgram stand-in (`asr.deepgram.base_url = ws://<this>`).
     pub deepgram: SocketAddr,
@@ -78,6 +79,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     .await;
     let ws = tts_ws_server::Behaviour {
         first_delay: a.delay,
+        handshake_delay: a.connections.setup,
         ..Default::default()
     };
     let el = TtsWsServer::start_on(a.elevenlabs, tts_ws_server::Vendor::ElevenLabs, ws).await;

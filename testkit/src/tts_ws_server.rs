@@ -16,7 +16,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
@@ -48,6 +48,9 @@ pub struct Behaviour {
     pub chunk_gap: Duration,
     /// Mark no segment's end: no `flush_done` (Cartesia), no alignment (ElevenLabs).
     pub no_segment_marks: bool,
+    /// Held before answering each connection's upgrade: a far vendor's TCP, TLS and upgrade
+    /// round trips.
+    pub handshake_delay: Duration,
 }
 
 impl Default for Behaviour {
@@ -57,6 +60,7 @@ impl Default for Behaviour {
             drop_first_after: None,
             chunk_gap: CHUNK_GAP,
             no_segment_marks: false,
+            handshake_delay: Duration::ZERO,
         }
     }
 }
@@ -91,6 +95,10 @@ pub struct Stream {
     pub chunks_sent: usize,
     /// How it ended.
     pub ending: Ending,
+    /// When its TCP connection was accepted.
+    pub opened: Instant,
+    /// When its first text message came.
+    pub first_message: Option<Instant>,
 }
 
 /// A running stand-in.
@@ -116,7 +124,7 @@ impl TtsWsServer {
         let s = streams.clone();
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                tokio::spawn(serve(tcp, vendor, behaviour, s.clone()));
+                tokio::spawn(serve(tcp, Instant::now(), vendor, behaviour, s.clone()));
             }
         });
         TtsWsServer { addr, streams }
@@ -165,10 +173,12 @@ fn tone(rate: u32, ms: usize, offset: usize) -> Vec<u8> {
 #[allow(clippy::result_large_err)] // the handshake callback's error type is tungstenite's
 async fn serve(
     tcp: tokio::net::TcpStream,
+    opened: Instant,
     vendor: Vendor,
     behaviour: Behaviour,
     streams: Arc<Mutex<Vec<Stream>>>,
 ) {
+    tokio::time::sleep(behaviour.handshake_delay).await;
     let head = Arc::new(Mutex::new((String::new(), Vec::new())));
     let h = head.clone();
     let Ok(ws) = tokio_tungstenite::accept_hdr_async(tcp, move |req: &Request, res: Response| {
@@ -199,6 +209,8 @@ async fn serve(
             text: String::new(),
             chunks_sent: 0,
             ending: Ending::Open,
+            opened,
+            first_message: None,
         });
         s.len() - 1
     };
@@ -298,6 +310,7 @@ impl Conn {
             .to_owned();
         let cancel = v["cancel"] == true;
         self.update(|s| {
+            s.first_message.get_or_insert_with(Instant::now);
             s.messages.push(v.clone());
             s.text.push_str(&text);
             if cancel {

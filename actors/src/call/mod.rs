@@ -546,6 +546,15 @@ impl Handler<RecognizerEvent> for CallActor {
             RecognizerEvent::Hypothesis(text, confidence) => {
                 self.tell_codec_heard(text, confidence, false)
             }
+            RecognizerEvent::SpeechStarted | RecognizerEvent::SpeechEnded => {
+                trace_msg!(self.call_id, "recognizer" => "call", "RecognizerEvent", "{msg:?}");
+                // An answer may follow: the speaker readies its engine while the caller speaks,
+                // the utterance is recognized and the app thinks (again at the end: a long
+                // utterance may outlast what was readied at its start).
+                if let Some(s) = &self.speaker {
+                    s.do_send(speaker::Prepare);
+                }
+            }
             RecognizerEvent::Unheard => {
                 self.tell_codec_heard(String::new(), None, true);
                 self.paused_this_turn = false;

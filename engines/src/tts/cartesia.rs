@@ -13,7 +13,7 @@
 //! no segment waiting for [`CONTEXT_LINGER`] is ended by us and the next segment starts a new
 //! one on the same connection. [`ws`](super::ws) holds the stream, the deadlines and bounds.
 
-use super::ws::{ContextUtterance, Limits, Reply, Request, Wire, json};
+use super::ws::{ContextUtterance, Limits, Preconnect, Reply, Request, Wire, json};
 use super::{SynthStream, TtsEngine, TtsError, TtsFactory, UtteranceSynth};
 use secrecy::{ExposeSecret, SecretString};
 use std::cell::Cell;
@@ -54,6 +54,9 @@ pub struct CartesiaSettings {
     pub stream_idle: Duration,
     /// Largest message from the vendor, bytes.
     pub max_message_bytes: usize,
+    /// Longest a connection opened ahead waits for an utterance (`tts.preconnect_ms`; zero:
+    /// none are opened).
+    pub preconnect: Duration,
 }
 
 /// The factory.
@@ -74,6 +77,7 @@ impl TtsFactory for CartesiaTts {
             settings: self.settings.clone(),
             speed: None,
             contexts: Rc::default(),
+            ahead: Rc::default(),
         })
     }
 
@@ -102,6 +106,7 @@ impl TtsFactory for CartesiaTts {
             settings: s,
             speed: o.speed,
             contexts: Rc::default(),
+            ahead: Rc::default(),
         }))
     }
 }
@@ -112,6 +117,8 @@ struct CartesiaEngine {
     speed: Option<f32>,
     /// Context ids handed out (`vg-<n>`), for the call.
     contexts: Rc<Cell<u64>>,
+    /// The connection opened ahead for the next utterance.
+    ahead: Rc<Preconnect>,
 }
 
 /// A generation request.
@@ -166,27 +173,42 @@ impl TtsEngine for CartesiaEngine {
     fn utterance(self: Rc<Self>) -> Box<dyn UtteranceSynth> {
         Box::new(self.context())
     }
+
+    fn prepare(&self) {
+        self.ahead
+            .prepare(|| Self::request(&self.settings), self.limits());
+    }
 }
 
 impl CartesiaEngine {
-    /// An utterance's stream.
-    fn context(&self) -> ContextUtterance {
-        let s = self.settings.clone();
-        let limits = Limits {
+    fn limits(&self) -> Limits {
+        let s = &self.settings;
+        Limits {
             connect: s.timeout,
             idle: s.stream_idle,
             max_message: s.max_message_bytes,
             sample_rate: s.sample_rate,
-        };
+            preconnect: s.preconnect,
+        }
+    }
+
+    /// Where an utterance's stream connects.
+    fn request(s: &CartesiaSettings) -> Request {
+        let url = format!("{}/tts/websocket", s.base_url.trim_end_matches('/'));
+        let mut headers = vec![("Cartesia-Version", s.version.clone())];
+        let key = s.api_key.expose_secret();
+        if !key.is_empty() {
+            headers.push(("X-API-Key", key.to_owned()));
+        }
+        Request { url, headers }
+    }
+
+    /// An utterance's stream.
+    fn context(&self) -> ContextUtterance {
+        let s = self.settings.clone();
         let (speed, contexts) = (self.speed, self.contexts.clone());
         ContextUtterance::new(
             Box::new(move || {
-                let url = format!("{}/tts/websocket", s.base_url.trim_end_matches('/'));
-                let mut headers = vec![("Cartesia-Version", s.version.clone())];
-                let key = s.api_key.expose_secret();
-                if !key.is_empty() {
-                    headers.push(("X-API-Key", key.to_owned()));
-                }
                 let mut wire = CartesiaWire {
                     settings: s.clone(),
                     speed,
@@ -194,10 +216,11 @@ impl CartesiaEngine {
                     context_id: String::new(),
                 };
                 wire.renew();
-                (Request { url, headers }, Box::new(wire))
+                (Self::request(&s), Box::new(wire))
             }),
-            limits,
+            self.limits(),
             TtsError::Cartesia,
+            self.ahead.clone(),
         )
     }
 }
@@ -339,6 +362,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             stream_idle: Duration::from_secs(1),
             max_message_bytes: 1 << 20,
+            preconnect: Duration::ZERO,
         }
     }
 

@@ -17,7 +17,7 @@
 //! closes the socket (the vendor stops generating). [`ws`](super::ws) holds the stream, the
 //! deadlines and bounds.
 
-use super::ws::{ContextUtterance, END_OF_CHUNK, Limits, Reply, Request, Wire, json};
+use super::ws::{ContextUtterance, END_OF_CHUNK, Limits, Preconnect, Reply, Request, Wire, json};
 use super::{SynthStream, TtsEngine, TtsError, TtsFactory, UtteranceSynth};
 use secrecy::{ExposeSecret, SecretString};
 use std::collections::VecDeque;
@@ -53,6 +53,9 @@ pub struct ElevenLabsSettings {
     pub stream_idle: Duration,
     /// Largest message from the vendor, bytes.
     pub max_message_bytes: usize,
+    /// Longest a connection opened ahead waits for an utterance (`tts.preconnect_ms`; zero:
+    /// none are opened).
+    pub preconnect: Duration,
 }
 
 /// The factory.
@@ -72,6 +75,7 @@ impl TtsFactory for ElevenLabsTts {
         Rc::new(ElevenLabsEngine {
             settings: self.settings.clone(),
             speed: None,
+            ahead: Rc::default(),
         })
     }
 
@@ -99,6 +103,7 @@ impl TtsFactory for ElevenLabsTts {
         Ok(Rc::new(ElevenLabsEngine {
             settings: s,
             speed: o.speed,
+            ahead: Rc::default(),
         }))
     }
 }
@@ -107,6 +112,8 @@ struct ElevenLabsEngine {
     settings: ElevenLabsSettings,
     /// A session's speed, if it chose one.
     speed: Option<f32>,
+    /// The connection opened ahead for the next utterance.
+    ahead: Rc<Preconnect>,
 }
 
 /// The opening message: a single space, and the voice settings.
@@ -147,41 +154,57 @@ impl TtsEngine for ElevenLabsEngine {
     fn utterance(self: Rc<Self>) -> Box<dyn UtteranceSynth> {
         Box::new(self.stream())
     }
+
+    fn prepare(&self) {
+        self.ahead
+            .prepare(|| Self::request(&self.settings), self.limits());
+    }
 }
 
 impl ElevenLabsEngine {
-    /// An utterance's stream.
-    fn stream(&self) -> ContextUtterance {
-        let s = self.settings.clone();
-        let limits = Limits {
+    fn limits(&self) -> Limits {
+        let s = &self.settings;
+        Limits {
             connect: s.timeout,
             idle: s.stream_idle,
             max_message: s.max_message_bytes,
             sample_rate: s.sample_rate,
-        };
+            preconnect: s.preconnect,
+        }
+    }
+
+    /// Where an utterance's stream connects.
+    fn request(s: &ElevenLabsSettings) -> Request {
+        let url = format!(
+            "{}/v1/text-to-speech/{}/stream-input?model_id={}&output_format=pcm_{}&sync_alignment=true",
+            s.base_url.trim_end_matches('/'),
+            s.voice_id,
+            s.model_id,
+            s.sample_rate
+        );
+        let mut headers = Vec::new();
+        let key = s.api_key.expose_secret();
+        if !key.is_empty() {
+            headers.push(("xi-api-key", key.to_owned()));
+        }
+        Request { url, headers }
+    }
+
+    /// An utterance's stream.
+    fn stream(&self) -> ContextUtterance {
+        let s = self.settings.clone();
         let speed = self.speed;
         ContextUtterance::new(
             Box::new(move || {
-                let url = format!(
-                    "{}/v1/text-to-speech/{}/stream-input?model_id={}&output_format=pcm_{}&sync_alignment=true",
-                    s.base_url.trim_end_matches('/'),
-                    s.voice_id,
-                    s.model_id,
-                    s.sample_rate
-                );
-                let mut headers = Vec::new();
-                let key = s.api_key.expose_secret();
-                if !key.is_empty() {
-                    headers.push(("xi-api-key", key.to_owned()));
-                }
                 let wire = ElevenLabsWire {
                     speed,
                     owed: VecDeque::new(),
                 };
-                (Request { url, headers }, Box::new(wire))
+                (Self::request(&s), Box::new(wire))
             }),
-            limits,
+            self.limits(),
             TtsError::ElevenLabs,
+            self.ahead.clone(),
         )
     }
 }
@@ -342,6 +365,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             stream_idle: Duration::from_secs(1),
             max_message_bytes: 1 << 20,
+            preconnect: Duration::ZERO,
         }
     }
 

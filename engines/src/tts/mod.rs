@@ -91,6 +91,10 @@ pub trait TtsEngine {
     /// returned handle, and dropping it says no segment follows. The streaming engines speak
     /// them in one vendor context ([`ws`]); the others synthesize each alone ([`EachSegment`]).
     fn utterance(self: Rc<Self>) -> Box<dyn UtteranceSynth>;
+    /// An utterance is likely soon (the call started, the caller finished a turn): the
+    /// streaming engines open their vendor connection ahead ([`ws::Preconnect`]), so the
+    /// utterance does not wait for it; the others have nothing to prepare. Never blocks.
+    fn prepare(&self) {}
 }
 
 /// One utterance's segments, synthesized in order.

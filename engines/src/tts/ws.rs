@@ -21,6 +21,16 @@
 //! their last audio) gets the context ended after that quiet time, and the next segment opens a
 //! new context on the same connection.
 //!
+//! **Connections opened ahead.** A new stream waits for its connection (TCP, TLS, the upgrade:
+//! two to four round trips to the vendor) before its first text goes out. The call's engine can
+//! open one ahead of need ([`Preconnect::prepare`]: when the call starts, for a greeting; when
+//! the caller starts and stops speaking, so it overlaps the turn, its recognition and the dialog
+//! app's thinking; and when a stream starts, for the utterance after it); the next stream takes
+//! it, or waits for it if it is still connecting. One waits at most [`Limits::preconnect`] for a stream
+//! (`tts.preconnect_ms`, below the vendors' own idle limits), then is closed, as it is when the
+//! vendor closes it first or the engine is replaced or dropped; a call holds at most one.
+//! Process-wide counts of how they ended are in [`preconnects`].
+//!
 //! Deadlines and bounds: the connection (TCP, TLS, upgrade) must be up within `connect`; while a
 //! segment waits for audio (or the end marker), a quiet socket (no message for `idle`,
 //! `tts.stream_idle_timeout_ms`) fails it as [`WsTtsError::Stalled`]; a message is refused by
@@ -39,9 +49,12 @@ use awc::ws::{CloseCode, CloseReason, Frame, Message};
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
+use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use voicegate_core::ws_frame::TooBig;
 
@@ -134,6 +147,7 @@ pub trait Wire: 'static {
 }
 
 /// Where to connect.
+#[derive(Clone)]
 pub struct Request {
     /// `ws://` or `wss://` URL, query included.
     pub url: String,
@@ -152,6 +166,8 @@ pub struct Limits {
     pub max_message: usize,
     /// The PCM rate (to place [`Reply::Audio::ends`]).
     pub sample_rate: u32,
+    /// Longest a connection opened ahead waits for a stream ([`Preconnect`]); zero: none are.
+    pub preconnect: Duration,
 }
 
 /// Opens a vendor stream: where to connect and the wire for it.
@@ -163,17 +179,26 @@ pub struct ContextUtterance {
     open: Opener,
     limits: Limits,
     wrap: fn(WsTtsError) -> TtsError,
+    /// The engine's connection opened ahead, taken by the stream this utterance starts.
+    ahead: Rc<Preconnect>,
     /// The running stream's segment queue; `None` before the first segment.
     segments: Option<mpsc::UnboundedSender<Segment>>,
 }
 
 impl ContextUtterance {
-    /// An utterance whose stream `open` describes; `wrap` names the engine in errors.
-    pub fn new(open: Opener, limits: Limits, wrap: fn(WsTtsError) -> TtsError) -> Self {
+    /// An utterance whose stream `open` describes; `wrap` names the engine in errors; its
+    /// stream takes the connection `ahead` holds, if one is there.
+    pub fn new(
+        open: Opener,
+        limits: Limits,
+        wrap: fn(WsTtsError) -> TtsError,
+        ahead: Rc<Preconnect>,
+    ) -> Self {
         ContextUtterance {
             open,
             limits,
             wrap,
+            ahead,
             segments: None,
         }
     }
@@ -206,6 +231,9 @@ impl UtteranceSynth for ContextUtterance {
         self.segments = Some(queue);
         let (request, wire) = (self.open)();
         let (limits, wrap) = (self.limits, self.wrap);
+        let ahead = self.ahead.take();
+        // The next utterance's connection opens while this one speaks.
+        self.ahead.prepare(|| request.clone(), limits);
         // Runs on the call's worker (a `LocalSet`), like every engine.
         tokio::task::spawn_local(async move {
             let mut stream = Stream {
@@ -215,7 +243,7 @@ impl UtteranceSynth for ContextUtterance {
                 waiting: VecDeque::new(),
                 pcm: PcmDecoder::default(),
             };
-            match stream.run(request).await {
+            match stream.run(request, ahead).await {
                 Err(e) => stream.fail(e, wrap).await,
                 // The vendor closed an idle connection: a segment sent to this stream meanwhile
                 // fails (the next one opens a new stream).
@@ -278,31 +306,15 @@ enum Phase {
 }
 
 impl Stream {
-    async fn run(&mut self, request: Request) -> Result<(), WsTtsError> {
+    async fn run(&mut self, request: Request, ahead: Option<Ahead>) -> Result<(), WsTtsError> {
         let limits = self.limits;
-        let url = shown_url(&request.url);
-        let client = awc::Client::builder().timeout(limits.connect).finish();
-        let mut ws = client
-            .ws(request.url.as_str())
-            .max_frame_size(limits.max_message);
-        for (name, value) in &request.headers {
-            ws = ws.header(*name, value.as_str());
-        }
-        let connect = tokio::time::timeout(limits.connect, ws.connect()).await;
-        let mut framed = match connect {
-            Err(_) => {
-                return Err(WsTtsError::ConnectTimeout {
-                    url,
-                    limit: limits.connect,
-                });
-            }
-            Ok(Err(e)) => {
-                return Err(WsTtsError::Connect {
-                    url,
-                    detail: e.to_string(),
-                });
-            }
-            Ok(Ok((_, framed))) => framed.replace_codec(LimitedCodec::new(limits.max_message)),
+        let taken = match ahead {
+            Some(a) => a.claim().await,
+            None => None,
+        };
+        let mut framed = match taken {
+            Some(framed) => framed,
+            None => connect(&request, limits).await?,
         };
         for m in self.wire.open() {
             framed
@@ -524,6 +536,175 @@ impl Stream {
             let _ = tx.send(Err(wrap(e))).await;
         }
     }
+}
+
+/// One stream's connection, upgraded, with the message limit.
+type Conn = actix_codec::Framed<awc::BoxedSocket, LimitedCodec>;
+
+/// Connects and upgrades within `limits.connect`.
+async fn connect(request: &Request, limits: Limits) -> Result<Conn, WsTtsError> {
+    let url = shown_url(&request.url);
+    let client = awc::Client::builder().timeout(limits.connect).finish();
+    let mut ws = client
+        .ws(request.url.as_str())
+        .max_frame_size(limits.max_message);
+    for (name, value) in &request.headers {
+        ws = ws.header(*name, value.as_str());
+    }
+    match tokio::time::timeout(limits.connect, ws.connect()).await {
+        Err(_) => Err(WsTtsError::ConnectTimeout {
+            url,
+            limit: limits.connect,
+        }),
+        Ok(Err(e)) => Err(WsTtsError::Connect {
+            url,
+            detail: e.to_string(),
+        }),
+        Ok(Ok((_, framed))) => Ok(framed.replace_codec(LimitedCodec::new(limits.max_message))),
+    }
+}
+
+/// How connections opened ahead ended, in this process (for the metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Preconnects {
+    /// Taken by a stream.
+    pub used: u64,
+    /// Closed unused: waited [`Limits::preconnect`], or the engine was replaced or dropped
+    /// (another voice, the call's end), or the vendor closed it first.
+    pub unused: u64,
+    /// Failed to connect.
+    pub failed: u64,
+}
+
+static PRECONNECTS_USED: AtomicU64 = AtomicU64::new(0);
+static PRECONNECTS_UNUSED: AtomicU64 = AtomicU64::new(0);
+static PRECONNECTS_FAILED: AtomicU64 = AtomicU64::new(0);
+
+/// How connections opened ahead ended so far, in this process.
+pub fn preconnects() -> Preconnects {
+    Preconnects {
+        used: PRECONNECTS_USED.load(Ordering::Relaxed),
+        unused: PRECONNECTS_UNUSED.load(Ordering::Relaxed),
+        failed: PRECONNECTS_FAILED.load(Ordering::Relaxed),
+    }
+}
+
+/// A call engine's connection opened ahead of the stream that will use it (see the module
+/// doc). Lives on the call's worker; dropping it closes the connection it holds.
+#[derive(Default)]
+pub struct Preconnect {
+    slot: RefCell<Option<Ahead>>,
+}
+
+/// A connection opened ahead: its task holds it until a stream claims it.
+struct Ahead {
+    /// When connecting began.
+    since: Instant,
+    /// The task's end of the claim: a stream sends where the connection should go.
+    claim: oneshot::Sender<oneshot::Sender<Conn>>,
+}
+
+impl Preconnect {
+    /// Opens a connection for the next stream, unless one is held that will last (younger than
+    /// half of `limits.preconnect`); with `limits.preconnect` zero, nothing. Runs on the call's
+    /// worker and never blocks: the connection is made by a task there.
+    pub fn prepare(&self, request: impl FnOnce() -> Request, limits: Limits) {
+        if limits.preconnect.is_zero() {
+            return;
+        }
+        let mut slot = self.slot.borrow_mut();
+        if slot
+            .as_ref()
+            .is_some_and(|a| !a.claim.is_closed() && a.since.elapsed() < limits.preconnect / 2)
+        {
+            return;
+        }
+        let (claim, claims) = oneshot::channel();
+        tokio::task::spawn_local(hold_ahead(request(), limits, claims));
+        // The one it replaces, if any, sees its claim dropped and closes.
+        *slot = Some(Ahead {
+            since: Instant::now(),
+            claim,
+        });
+    }
+
+    /// The connection held, if its task still holds or makes it.
+    fn take(&self) -> Option<Ahead> {
+        self.slot
+            .borrow_mut()
+            .take()
+            .filter(|a| !a.claim.is_closed())
+    }
+}
+
+impl Ahead {
+    /// The connection, once made (waiting for it if it is still connecting); `None` if it
+    /// failed, expired or was closed meanwhile: the stream then connects itself.
+    async fn claim(self) -> Option<Conn> {
+        let (to, conn) = oneshot::channel();
+        self.claim.send(to).ok()?;
+        conn.await.ok()
+    }
+}
+
+/// The task of a connection opened ahead: connects, then holds the connection until a stream
+/// claims it, it has waited `limits.preconnect`, the vendor closes it, or nobody can claim it.
+async fn hold_ahead(
+    request: Request,
+    limits: Limits,
+    mut claims: oneshot::Receiver<oneshot::Sender<Conn>>,
+) {
+    let deadline = Instant::now() + limits.preconnect;
+    let connecting = connect(&request, limits);
+    tokio::pin!(connecting);
+    // A stream that claimed it while it was connecting.
+    let mut claimed = None;
+    let made = loop {
+        tokio::select! {
+            made = &mut connecting => break made,
+            to = &mut claims, if claimed.is_none() => match to {
+                Ok(to) => claimed = Some(to),
+                // Replaced or dropped before it connected: the connection attempt is dropped.
+                Err(_) => {
+                    PRECONNECTS_UNUSED.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            },
+        }
+    };
+    let mut framed = match made {
+        Ok(framed) => framed,
+        Err(e) => {
+            // A stream waiting for it connects itself.
+            tracing::debug!(error = %e, "a connection opened ahead failed");
+            PRECONNECTS_FAILED.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    };
+    if claimed.is_none() {
+        tokio::select! {
+            to = &mut claims => claimed = to.ok(),
+            () = tokio::time::sleep_until(deadline) => {}
+            // The vendor sent something before any text (it closed, or went away): not usable.
+            _ = framed.next() => {
+                PRECONNECTS_UNUSED.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
+    let mut unused = match claimed {
+        Some(to) => match to.send(framed) {
+            Ok(()) => {
+                PRECONNECTS_USED.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            // The stream that claimed it is gone (its utterance was dropped).
+            Err(framed) => framed,
+        },
+        None => framed,
+    };
+    PRECONNECTS_UNUSED.fetch_add(1, Ordering::Relaxed);
+    close(&mut unused, "unused").await;
 }
 
 /// A connection error while writing: the vendor is gone.
