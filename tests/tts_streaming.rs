@@ -284,7 +284,7 @@ async fn a_dropped_connection_fails_one_utterance(vendor: Vendor) {
         .await
         .expect("ended");
     assert_eq!(ended["ok"], false, "{ended}");
-    assert_eq!(tts.streams()[0].ending, Ending::Dropped);
+    assert_eq!(spoke(&tts)[0].ending, Ending::Dropped);
     assert!(app.send(json!({"type": "tts.speak", "utterance_id": "b", "text": "This one plays."})));
     let ended = app
         .wait_type(5 * SECOND, "tts.ended", Some("b"))
@@ -458,15 +458,17 @@ const PRECONNECTS_USED: &str = r#"voicegate_tts_preconnects_total{outcome="used"
 const PRECONNECTS_UNUSED: &str = r#"voicegate_tts_preconnects_total{outcome="unused"}"#;
 const PRECONNECTS_FAILED: &str = r#"voicegate_tts_preconnects_total{outcome="failed"}"#;
 
-/// The call opens its vendor connection when it starts, so the greeting does not wait for the
-/// vendor's handshake (300 ms here); the caller finishing a turn opens the next one for the
-/// answer.
+/// The call opens its vendor connection when its media connects, so the greeting does not wait
+/// for the vendor's handshake (300 ms here); the greeting's stream opens the next one, which the
+/// answer after the caller's turn takes.
 async fn the_answer_takes_the_connection_opened_ahead(vendor: Vendor) {
     let handshake = Duration::from_millis(300);
+    // The vendor pings each connection first: a keep-alive leaves it usable.
     let (tts, app, server) = setup(
         vendor,
         Behaviour {
             handshake_delay: handshake,
+            ping_first: true,
             ..Behaviour::default()
         },
     )
@@ -475,7 +477,7 @@ async fn the_answer_takes_the_connection_opened_ahead(vendor: Vendor) {
     let peer = started_dialog_call(&server, &app).await.0;
     assert!(
         eventually(3 * SECOND, || tts.streams().len() == 1).await,
-        "a connection opened with the call: {:?}",
+        "a connection opened once media connected: {:?}",
         tts.streams()
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -639,26 +641,25 @@ async fn cartesia_an_unused_connection_opened_ahead_is_closed() {
     an_unused_connection_is_closed(Vendor::Cartesia).await;
 }
 
-/// A vendor that cannot be reached: the connection opened ahead fails (counted), the utterance
-/// tries on its own and fails, and the call goes on.
+/// A vendor that never answers: the connection opened ahead fails at its deadline (counted), the
+/// utterance tries on its own and fails, and the call goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_opened_ahead_that_fails_costs_nothing_more() {
-    // A port nothing listens on: bound, then released.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // A vendor that takes the TCP connection and never answers the upgrade (the listener is
+    // held, never accepted from): every connection times out.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let app = TestDialogApp::start().await;
-    let (url, base) = (app.url(), format!("ws://{closed}"));
+    let (url, base) = (app.url(), format!("ws://{}", silent.local_addr().unwrap()));
     let server = TestServer::start(&[
         ("dialog.url", url.as_str()),
         ("tts.engine", "cartesia"),
         ("tts.cartesia.base_url", base.as_str()),
+        ("tts.cartesia.timeout_ms", "300"),
     ]);
     let failed = metric(&server, PRECONNECTS_FAILED).await;
     let peer = started_dialog_call(&server, &app).await.0;
     let mut counted = false;
-    for _ in 0..100 {
+    for _ in 0..250 {
         if metric(&server, PRECONNECTS_FAILED).await - failed >= 1.0 {
             counted = true;
             break;
@@ -676,4 +677,5 @@ async fn a_connection_opened_ahead_that_fails_costs_nothing_more() {
     assert_eq!(ended["ok"], false, "{ended}");
     assert_eq!(server.snapshot().await.calls.len(), 1, "the call goes on");
     peer.close().await;
+    drop(silent);
 }

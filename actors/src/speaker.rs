@@ -390,11 +390,6 @@ impl Speaker {
 
 impl Actor for Speaker {
     type Context = Context<Self>;
-
-    fn started(&mut self, _: &mut Self::Context) {
-        // A greeting is likely the first thing the dialog app says.
-        self.engine.prepare();
-    }
 }
 
 impl StreamHandler<SynthItem> for Speaker {
@@ -549,6 +544,9 @@ impl Handler<SetCodec> for Speaker {
         trace_msg!(self.call_id, "call" => "speaker", "SetCodec", "{}", codec.is_some());
         self.codec = codec;
         if self.codec.is_some() {
+            // Media is up: a greeting is likely the first thing the dialog app says. (Not
+            // before: a caller that never connects opens no vendor connection.)
+            self.engine.prepare();
             for o in std::mem::take(&mut self.waiting) {
                 self.send_to_codec(o);
             }

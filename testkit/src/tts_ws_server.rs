@@ -42,7 +42,8 @@ pub enum Vendor {
 pub struct Behaviour {
     /// Wait before the first audio of each generation (a flush, or the end of the input).
     pub first_delay: Duration,
-    /// Drop the first stream's TCP connection (no close frame) after this many audio messages.
+    /// Drop the TCP connection of the first stream given text (no close frame) after this many
+    /// audio messages.
     pub drop_first_after: Option<usize>,
     /// Time between audio messages.
     pub chunk_gap: Duration,
@@ -51,6 +52,8 @@ pub struct Behaviour {
     /// Held before answering each connection's upgrade: a far vendor's TCP, TLS and upgrade
     /// round trips.
     pub handshake_delay: Duration,
+    /// Send a ping right after the upgrade (a vendor's keep-alive).
+    pub ping_first: bool,
 }
 
 impl Default for Behaviour {
@@ -61,6 +64,7 @@ impl Default for Behaviour {
             chunk_gap: CHUNK_GAP,
             no_segment_marks: false,
             handshake_delay: Duration::ZERO,
+            ping_first: false,
         }
     }
 }
@@ -228,6 +232,10 @@ async fn serve(
         sent: 0,
     };
     let (mut tx, mut rx) = ws.split();
+    if behaviour.ping_first && tx.send(Message::Ping(b"alive"[..].into())).await.is_err() {
+        conn.closed();
+        return;
+    }
     loop {
         let Some(job) = conn.jobs.pop_front() else {
             match rx.next().await {
@@ -288,6 +296,13 @@ type WsRx =
 impl Conn {
     fn update(&self, f: impl FnOnce(&mut Stream)) {
         f(&mut self.streams.lock().expect("no panics while holding")[self.index]);
+    }
+
+    /// Whether this is the first stream that was given text (connections opened ahead of an
+    /// utterance may come before it, without any).
+    fn first_given_text(&self) -> bool {
+        let streams = self.streams.lock().expect("no panics while holding");
+        streams.iter().position(|s| !s.messages.is_empty()) == Some(self.index)
     }
 
     /// The client closed the connection, or it broke: early unless its last context was done.
@@ -387,7 +402,7 @@ impl Conn {
         }
         let mut sent_ms = 0;
         while sent_ms < total_ms {
-            if self.index == 0
+            if self.first_given_text()
                 && self
                     .behaviour
                     .drop_first_after

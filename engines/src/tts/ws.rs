@@ -23,7 +23,7 @@
 //!
 //! **Connections opened ahead.** A new stream waits for its connection (TCP, TLS, the upgrade:
 //! two to four round trips to the vendor) before its first text goes out. The call's engine can
-//! open one ahead of need ([`Preconnect::prepare`]: when the call starts, for a greeting; when
+//! open one ahead of need ([`Preconnect::prepare`]: when the call's media connects, for a greeting; when
 //! the caller starts and stops speaking, so it overlaps the turn, its recognition and the dialog
 //! app's thinking; and when a stream starts, for the utterance after it); the next stream takes
 //! it, or waits for it if it is still connecting. One waits at most [`Limits::preconnect`] for a stream
@@ -682,15 +682,27 @@ async fn hold_ahead(
         }
     };
     if claimed.is_none() {
-        tokio::select! {
-            to = &mut claims => claimed = to.ok(),
-            () = tokio::time::sleep_until(deadline) => {}
-            // The vendor sent something before any text (it closed, or went away): not usable.
-            _ = framed.next() => {
-                PRECONNECTS_UNUSED.fetch_add(1, Ordering::Relaxed);
-                return;
+        claimed = loop {
+            tokio::select! {
+                to = &mut claims => break to.ok(),
+                () = tokio::time::sleep_until(deadline) => break None,
+                frame = framed.next() => match frame {
+                    // The vendor's keep-alive: answered, and the connection stays usable.
+                    Some(Ok(Frame::Ping(p))) => {
+                        if framed.send(Message::Pong(p)).await.is_err() {
+                            PRECONNECTS_UNUSED.fetch_add(1, Ordering::Relaxed);
+                            return;
+                        }
+                    }
+                    Some(Ok(Frame::Pong(_))) => {}
+                    // It closed, went away, or spoke before any text: not usable.
+                    _ => {
+                        PRECONNECTS_UNUSED.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                },
             }
-        }
+        };
     }
     let mut unused = match claimed {
         Some(to) => match to.send(framed) {
