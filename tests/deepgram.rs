@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{TestServer, eventually, spoken};
+use common::{TestServer, eventually, metric, spoken};
 use futures_util::StreamExt;
 use serde_json::Value;
 use std::time::Duration;
@@ -230,17 +230,6 @@ fn server(app: &TestDialogApp, dg: &DeepgramStandIn) -> TestServer {
 async fn started(server: &TestServer, app: &TestDialogApp) -> ClientPeer {
     let (peer, _) = common::started_dialog_call(server, app).await;
     peer
-}
-
-/// A series' value in the server's `/metrics` (process-wide: other tests' calls move it too).
-async fn metric(server: &TestServer, series: &str) -> f64 {
-    let res = voicegate_testkit::http::request(server.http, "GET", "/metrics", &[], b"")
-        .await
-        .unwrap();
-    let text = voicegate_testkit::without_node_label(&res.text());
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{series} is not exposed"))
 }
 
 const OK: &str = r#"voicegate_engine_requests_total{engine="deepgram",outcome="ok"}"#;

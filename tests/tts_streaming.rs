@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{TestServer, eventually, started_dialog_call};
+use common::{TestServer, eventually, metric, started_dialog_call};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use voicegate_core::frame::SPEECH_FRAME_SAMPLES;
@@ -441,17 +441,6 @@ async fn elevenlabs_an_unmarked_last_segment_ends_with_the_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cartesia_an_unmarked_last_segment_ends_with_the_stream() {
     an_unmarked_last_segment_ends_with_the_stream(Vendor::Cartesia).await;
-}
-
-/// A series' value in the server's `/metrics` (process-wide: other tests' calls move it too).
-async fn metric(server: &TestServer, series: &str) -> f64 {
-    let res = voicegate_testkit::http::request(server.http, "GET", "/metrics", &[], b"")
-        .await
-        .unwrap();
-    let text = voicegate_testkit::without_node_label(&res.text());
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{series} is not exposed"))
 }
 
 const PRECONNECTS_USED: &str = r#"voicegate_tts_preconnects_total{outcome="used"}"#;

@@ -173,6 +173,17 @@ fn init_logs() {
     });
 }
 
+/// A series' value in the server's `/metrics` (process-wide: other tests' calls move it too).
+pub async fn metric(server: &TestServer, series: &str) -> f64 {
+    let res = voicegate_testkit::http::request(server.http, "GET", "/metrics", &[], b"")
+        .await
+        .unwrap();
+    let text = voicegate_testkit::without_node_label(&res.text());
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{series} is not exposed"))
+}
+
 /// Polls `f` until it returns true or `within` passes.
 pub async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
     let t0 = Instant::now();
