@@ -542,6 +542,9 @@ async fn the_answer_takes_the_connection_opened_ahead(vendor: Vendor) {
             .count(),
         1
     );
+    // The caller's speech started and ended while the greeting's spare was young: it was kept,
+    // not replaced, so three connections in all (greeting, answer, the next spare).
+    assert_eq!(tts.streams().len(), 3, "{:?}", tts.streams());
     peer.close().await;
     assert!(
         eventually(5 * SECOND, || tts

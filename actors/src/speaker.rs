@@ -102,8 +102,8 @@ pub struct Interrupt;
 #[rtype(result = "()")]
 pub struct AsrFinal;
 
-/// An utterance is likely soon (the caller stopped speaking): the engine readies what it can
-/// ([`voicegate_engines::tts::TtsEngine::prepare`]).
+/// An utterance is likely soon (the caller started or stopped speaking): the engine readies what
+/// it can ([`voicegate_engines::tts::TtsEngine::prepare`]).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct Prepare;

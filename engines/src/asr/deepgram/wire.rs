@@ -3,8 +3,9 @@
 //!
 //! The server speaks JSON text messages, each with a `type`:
 //! - `Results`: a transcript of the audio so far, for a stretch of it
-//!   (`channel.alternatives[0].transcript`, with the model's `confidence` in it, 0 to 1). `is_final: false` is an interim hypothesis that a
-//!   later message replaces; `is_final: true` settles that stretch (later stretches follow);
+//!   (`channel.alternatives[0].transcript`, with the model's `confidence` in it, 0 to 1).
+//!   `is_final: false` is an interim hypothesis that a later message replaces; `is_final: true`
+//!   settles that stretch (later stretches follow);
 //!   `speech_final: true` (on a final) means Deepgram's own endpointing heard the speaker stop.
 //! - `Metadata`: a summary, sent last after a `CloseStream`; the server then closes.
 //! - `SpeechStarted`, `UtteranceEnd`: voice activity events (only when asked for; ignored).
