@@ -671,3 +671,60 @@ async fn a_connection_opened_ahead_that_fails_costs_nothing_more() {
     peer.close().await;
     drop(silent);
 }
+
+/// An utterance that waits for a connection still being opened ahead, which then fails, waits at
+/// most the engine's `timeout_ms` in all: its own attempt gets only the time left, not a second
+/// full timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_a_failing_connection_opened_ahead_stays_within_the_timeout() {
+    const TIMEOUT: Duration = Duration::from_millis(1500);
+    // A vendor that accepts the TCP connection and never answers the upgrade; it notes when
+    // each connection came.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("ws://{}", silent.local_addr().unwrap());
+    let accepted = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let vendor = tokio::spawn({
+        let accepted = accepted.clone();
+        async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = silent.accept().await {
+                accepted.lock().unwrap().push(Instant::now());
+                held.push(socket);
+            }
+        }
+    });
+    let app = TestDialogApp::start().await;
+    let url = app.url();
+    let timeout_ms = TIMEOUT.as_millis().to_string();
+    let server = TestServer::start(&[
+        ("dialog.url", url.as_str()),
+        ("tts.engine", "elevenlabs"),
+        ("tts.elevenlabs.base_url", base.as_str()),
+        ("tts.elevenlabs.timeout_ms", timeout_ms.as_str()),
+    ]);
+    let peer = started_dialog_call(&server, &app).await.0;
+    // The connection opened when the media connected is in its handshake (it never ends).
+    assert!(
+        eventually(5 * SECOND, || !accepted.lock().unwrap().is_empty()).await,
+        "a connection was opened ahead"
+    );
+    let opened = accepted.lock().unwrap()[0];
+    assert!(opened.elapsed() < TIMEOUT / 2, "still connecting");
+    assert!(
+        app.send(json!({"type": "tts.speak", "utterance_id": "u", "text": "Nobody hears this."}))
+    );
+    let ended = app
+        .wait_type(10 * SECOND, "tts.ended", Some("u"))
+        .await
+        .expect("ended");
+    let waited = opened.elapsed();
+    assert_eq!(ended["ok"], false, "{ended}");
+    // At the connection's own deadline, plus scheduling: well under a second full timeout.
+    assert!(
+        waited < TIMEOUT * 3 / 2,
+        "the utterance ended {waited:?} after its connection was opened, timeout {TIMEOUT:?}"
+    );
+    assert_eq!(server.snapshot().await.calls.len(), 1, "the call goes on");
+    peer.close().await;
+    vendor.abort();
+}

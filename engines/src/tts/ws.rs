@@ -31,7 +31,9 @@
 //! vendor closes it first or the engine is replaced or dropped; a call holds at most one.
 //! Process-wide counts of how they ended are in [`preconnects`].
 //!
-//! Deadlines and bounds: the connection (TCP, TLS, upgrade) must be up within `connect`; while a
+//! Deadlines and bounds: the connection (TCP, TLS, upgrade) must be up within `connect`, counted
+//! from when the stream began waiting (so waiting for one opened ahead that then fails comes out
+//! of its own attempt's time, and an utterance waits for a connection at most `connect`); while a
 //! segment waits for audio (or the end marker), a quiet socket (no message for `idle`,
 //! `tts.stream_idle_timeout_ms`) fails it as [`WsTtsError::Stalled`]; a message is refused by
 //! its declared length before its payload is read (`max_message`), so a vendor cannot make the
@@ -308,13 +310,23 @@ enum Phase {
 impl Stream {
     async fn run(&mut self, request: Request, ahead: Option<Ahead>) -> Result<(), WsTtsError> {
         let limits = self.limits;
+        // `limits.connect` bounds the whole wait for a connection: one opened ahead that fails
+        // after this stream began waiting for it leaves its own attempt only the rest.
+        let began = Instant::now();
         let taken = match ahead {
             Some(a) => a.claim().await,
             None => None,
         };
         let mut framed = match taken {
             Some(framed) => framed,
-            None => connect(&request, limits).await?,
+            None => {
+                connect(
+                    &request,
+                    limits,
+                    limits.connect.saturating_sub(began.elapsed()),
+                )
+                .await?
+            }
         };
         for m in self.wire.open() {
             framed
@@ -541,17 +553,23 @@ impl Stream {
 /// One stream's connection, upgraded, with the message limit.
 type Conn = actix_codec::Framed<awc::BoxedSocket, LimitedCodec>;
 
-/// Connects and upgrades within `limits.connect`.
-async fn connect(request: &Request, limits: Limits) -> Result<Conn, WsTtsError> {
+/// Connects and upgrades within `budget` (at most `limits.connect`, which the error names).
+async fn connect(request: &Request, limits: Limits, budget: Duration) -> Result<Conn, WsTtsError> {
     let url = shown_url(&request.url);
-    let client = awc::Client::builder().timeout(limits.connect).finish();
+    if budget.is_zero() {
+        return Err(WsTtsError::ConnectTimeout {
+            url,
+            limit: limits.connect,
+        });
+    }
+    let client = awc::Client::builder().timeout(budget).finish();
     let mut ws = client
         .ws(request.url.as_str())
         .max_frame_size(limits.max_message);
     for (name, value) in &request.headers {
         ws = ws.header(*name, value.as_str());
     }
-    match tokio::time::timeout(limits.connect, ws.connect()).await {
+    match tokio::time::timeout(budget, ws.connect()).await {
         Err(_) => Err(WsTtsError::ConnectTimeout {
             url,
             limit: limits.connect,
@@ -655,7 +673,7 @@ async fn hold_ahead(
     mut claims: oneshot::Receiver<oneshot::Sender<Conn>>,
 ) {
     let deadline = Instant::now() + limits.preconnect;
-    let connecting = connect(&request, limits);
+    let connecting = connect(&request, limits, limits.connect);
     tokio::pin!(connecting);
     // A stream that claimed it while it was connecting.
     let mut claimed = None;
