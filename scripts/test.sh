@@ -31,7 +31,10 @@ export PROPTEST_CASES="${PROPTEST_CASES:-2000}"
 cargo test --workspace --locked
 
 echo "== browser end-to-end"
-cargo build --locked -p voicegate -p voicegate-bench
+# With the test targets in the same invocation, the binaries get the features the tests' build
+# unified (dev-dependencies turn some on), so this reuses that build and only adds the bench's
+# binary; `-p voicegate -p voicegate-bench` alone would rebuild tokio and everything above it.
+cargo build --locked --workspace --bins --tests
 scripts/e2e.sh target/debug/voicegate
 
 if [ "${VOICEGATE_SKIP_CONTAINER:-0}" != "1" ]; then
