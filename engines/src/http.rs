@@ -43,7 +43,7 @@ thread_local! {
     static CLIENT: awc::Client = awc::Client::builder()
         .connector(
             awc::Connector::new()
-                .max_http_version(awc::http::Version::HTTP_11)
+                .rustls_0_23(crate::tls::config())
                 .limit(0)
                 .conn_keep_alive(KEEP_ALIVE)
                 .conn_lifetime(LIFETIME),

@@ -16,5 +16,6 @@
 pub mod asr;
 pub mod http;
 pub mod idle;
+pub mod tls;
 pub mod tts;
 pub mod ws_codec;

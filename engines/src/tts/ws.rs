@@ -562,7 +562,10 @@ async fn connect(request: &Request, limits: Limits, budget: Duration) -> Result<
             limit: limits.connect,
         });
     }
-    let client = awc::Client::builder().timeout(budget).finish();
+    let client = awc::Client::builder()
+        .connector(awc::Connector::new().rustls_0_23(crate::tls::config()))
+        .timeout(budget)
+        .finish();
     let mut ws = client
         .ws(request.url.as_str())
         .max_frame_size(limits.max_message);

@@ -295,7 +295,7 @@ impl Session {
         );
         let shown_url = s.base_url.trim_end_matches('/').to_owned() + "/v1/listen";
         let client = awc::Client::builder()
-            .connector(awc::Connector::new().max_http_version(awc::http::Version::HTTP_11))
+            .connector(awc::Connector::new().rustls_0_23(crate::tls::config()))
             .timeout(s.connect_timeout)
             .finish();
         let mut request = client.ws(url).max_frame_size(MAX_MESSAGE_BYTES);
