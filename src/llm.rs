@@ -45,6 +45,8 @@ pub struct LlmSettings {
     pub max_response_bytes: usize,
     /// Most user and assistant messages kept in the history (oldest dropped first).
     pub max_history_messages: usize,
+    /// What the connection to the server trusts (`vendor_tls`).
+    pub tls: voicegate_engines::tls::ClientTls,
 }
 
 /// Who said a message.
@@ -283,7 +285,7 @@ pub async fn stream_answer(
         let url = settings.endpoint.to_string();
         // The worker's pool, shared with the speech engines: a turn after the first skips the
         // handshakes.
-        let mut req = voicegate_engines::http::client()
+        let mut req = voicegate_engines::http::client(&settings.tls)
             .post(url.as_str())
             .timeout(CONNECT_TIMEOUT)
             .insert_header(("Accept", "text/event-stream"));

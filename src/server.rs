@@ -239,6 +239,7 @@ pub fn start(cfg: &Validated) -> Result<Running, StartError> {
         dialog = %dialog_shown,
         dialog_headers = %cfg.dialog.headers,
         dialog_tls = %cfg.dialog.tls,
+        vendor_tls = %cfg.vendor_tls,
         "listening on {http_addr}"
     );
     Ok(Running {

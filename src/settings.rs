@@ -15,7 +15,7 @@ use std::time::Duration;
 use voicegate_actors::call::{CallSettings, EndReasonStyle, HoldPrompts};
 use voicegate_actors::codec::ListenSettings;
 use voicegate_actors::dialog::DialogSettings;
-use voicegate_actors::dialog_conn::{DialHeaders, DialTls, TlsError, header_name};
+use voicegate_actors::dialog_conn::{DialHeaders, header_name};
 use voicegate_actors::recognizer::RecognizerSettings;
 use voicegate_actors::recorder::{RecordingMode, RecordingSettings};
 use voicegate_core::admission::IpNet;
@@ -33,6 +33,7 @@ use voicegate_core::wav::{MAX_DATA_BYTES, WavFormat};
 use voicegate_engines::asr::deepgram::{DeepgramSettings, MAX_KEYWORDS};
 use voicegate_engines::asr::openai::OpenAiAsrSettings;
 use voicegate_engines::asr::pocketsphinx::PocketsphinxSettings;
+use voicegate_engines::tls::{ClientTls, TlsError};
 use voicegate_engines::tts::cartesia::CartesiaSettings;
 use voicegate_engines::tts::elevenlabs::{self, ElevenLabsSettings};
 use voicegate_engines::tts::espeak::EspeakSettings;
@@ -92,6 +93,8 @@ pub struct Settings {
     pub dialog: Dialog,
     /// `[demo]`
     pub demo: Demo,
+    /// `[vendor_tls]`
+    pub vendor_tls: VendorTls,
     /// `[tts]`
     pub tts: Tts,
     /// `[asr]`
@@ -157,6 +160,34 @@ pub struct Dialog {
     pub ca_file: String,
     /// Trust the public web roots for `wss://` (besides `ca_file`).
     pub public_roots: bool,
+}
+
+/// `[vendor_tls]`: what the connections to the speech vendors and the demo agent's model trust.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VendorTls {
+    /// PEM file of certificate authorities trusted for `https://` and `wss://`; empty: none.
+    pub ca_file: String,
+    /// Trust the public web roots (besides `ca_file`).
+    pub public_roots: bool,
+}
+
+/// The TLS client configuration a section's `ca_file` and `public_roots` describe, read and
+/// checked now; an error names the key at fault (`<section>.ca_file` or `.public_roots`).
+fn client_tls(
+    section: &str,
+    ca_file: &str,
+    public_roots: bool,
+) -> Result<ClientTls, SettingsError> {
+    let ca_key = format!("{section}.ca_file");
+    let ca_pem = match ca_file.trim() {
+        "" => None,
+        path => Some(std::fs::read(path).map_err(|e| invalid(&ca_key, format!("{path}: {e}")))?),
+    };
+    ClientTls::new(public_roots, ca_pem.as_deref(), &ca_key).map_err(|e| match e {
+        TlsError::NoRoots => invalid(format!("{section}.public_roots"), e),
+        e => invalid(&ca_key, format!("{}: {e}", ca_file.trim())),
+    })
 }
 
 /// `[demo]`: the embedded demo dialog app.
@@ -1048,6 +1079,8 @@ pub struct Validated {
     pub dialog: DialogSettings,
     /// The embedded demo's model (`None`: the demo repeats what it heard).
     pub demo_llm: Option<LlmSettings>,
+    /// What the vendor engines and the demo's model trust (their settings carry it; for the log).
+    pub vendor_tls: ClientTls,
     /// Log settings.
     pub log: Log,
     /// Log every actor message.
@@ -1069,6 +1102,7 @@ impl Settings {
     /// The speech engine `engine` with these settings; `at` names its keys in errors.
     fn tts_choice(
         &self,
+        vendor_tls: &ClientTls,
         at: &str,
         engine: &str,
         (espeak, openai, elevenlabs, cartesia): (
@@ -1095,6 +1129,7 @@ impl Settings {
                 }
                 TtsChoice::OpenAi(OpenAiTtsSettings {
                     base_url: o.base_url.clone(),
+                    tls: vendor_tls.clone(),
                     api_key: o.api_key.clone(),
                     model: o.model.clone(),
                     voice: o.voice.clone(),
@@ -1118,6 +1153,7 @@ impl Settings {
                 max_message(&at, e.max_message_bytes)?;
                 TtsChoice::ElevenLabs(ElevenLabsSettings {
                     base_url: e.base_url.clone(),
+                    tls: vendor_tls.clone(),
                     api_key: e.api_key.clone(),
                     voice_id: e.voice_id.clone(),
                     model_id: e.model_id.clone(),
@@ -1142,6 +1178,7 @@ impl Settings {
                 max_message(&at, c.max_message_bytes)?;
                 TtsChoice::Cartesia(CartesiaSettings {
                     base_url: c.base_url.clone(),
+                    tls: vendor_tls.clone(),
                     api_key: c.api_key.clone(),
                     version: c.version.clone(),
                     model_id: c.model_id.clone(),
@@ -1168,6 +1205,7 @@ impl Settings {
     /// The recognizer `engine` with these settings; `at` names its keys in errors.
     fn asr_choice(
         &self,
+        vendor_tls: &ClientTls,
         at: &str,
         engine: &str,
         pocketsphinx: &AsrPocketsphinx,
@@ -1208,6 +1246,7 @@ impl Settings {
                     .map_err(|e| invalid(format!("{at}.openai.base_url"), e))?;
                 AsrChoice::OpenAi(OpenAiAsrSettings {
                     base_url: o.base_url.clone(),
+                    tls: vendor_tls.clone(),
                     api_key: o.api_key.clone(),
                     model: o.model.clone(),
                     language: o.language.clone(),
@@ -1246,6 +1285,7 @@ impl Settings {
                 }
                 AsrChoice::Deepgram(DeepgramSettings {
                     base_url: d.base_url.clone(),
+                    tls: vendor_tls.clone(),
                     api_key: d.api_key.clone(),
                     model: d.model.clone(),
                     language: d.language.clone(),
@@ -1523,17 +1563,12 @@ impl Settings {
                 .map(|(name, value)| (name.clone(), value.clone())),
         )
         .map_err(|e| invalid("dialog.headers", e))?;
-        let ca_pem = match d.ca_file.trim() {
-            "" => None,
-            path => Some(
-                std::fs::read(path)
-                    .map_err(|e| invalid("dialog.ca_file", format!("{path}: {e}")))?,
-            ),
-        };
-        let tls = DialTls::new(d.public_roots, ca_pem.as_deref()).map_err(|e| match e {
-            TlsError::NoRoots => invalid("dialog.public_roots", e),
-            e => invalid("dialog.ca_file", format!("{}: {e}", d.ca_file.trim())),
-        })?;
+        let tls = client_tls("dialog", &d.ca_file, d.public_roots)?;
+        let vendor_tls = client_tls(
+            "vendor_tls",
+            &self.vendor_tls.ca_file,
+            self.vendor_tls.public_roots,
+        )?;
         let dialog = DialogSettings {
             url: url::Url::parse("ws://127.0.0.1/").expect("a constant URL parses"),
             connect_timeout: Duration::from_millis(d.connect_timeout_ms),
@@ -1550,7 +1585,7 @@ impl Settings {
             headers,
             tls,
         };
-        let demo_llm = self.demo.llm.validate()?;
+        let demo_llm = self.demo.llm.validate(&vendor_tls)?;
         if self.tts.stream_idle_timeout_ms < MIN_STREAM_IDLE_MS {
             return Err(invalid(
                 "tts.stream_idle_timeout_ms",
@@ -1583,11 +1618,13 @@ impl Settings {
         }
         let t = &self.tts;
         let tts = self.tts_choice(
+            &vendor_tls,
             "tts",
             &t.engine,
             (&t.espeak, &t.openai, &t.elevenlabs, &t.cartesia),
         )?;
         let asr = self.asr_choice(
+            &vendor_tls,
             "asr",
             &self.asr.engine,
             &self.asr.pocketsphinx,
@@ -1605,7 +1642,12 @@ impl Settings {
             let cartesia = overlay(&at, keys, &engine, "cartesia", &self.tts.cartesia)?;
             tts_profiles.push((
                 name.clone(),
-                self.tts_choice(&at, &engine, (&espeak, &openai, &elevenlabs, &cartesia))?,
+                self.tts_choice(
+                    &vendor_tls,
+                    &at,
+                    &engine,
+                    (&espeak, &openai, &elevenlabs, &cartesia),
+                )?,
             ));
         }
         let mut asr_profiles = Vec::new();
@@ -1618,7 +1660,7 @@ impl Settings {
             let deepgram = overlay(&at, keys, &engine, "deepgram", &self.asr.deepgram)?;
             asr_profiles.push((
                 name.clone(),
-                self.asr_choice(&at, &engine, &pocketsphinx, &openai, &deepgram)?,
+                self.asr_choice(&vendor_tls, &at, &engine, &pocketsphinx, &openai, &deepgram)?,
             ));
         }
         let l = &self.listen;
@@ -1810,6 +1852,7 @@ impl Settings {
             dialog_target,
             dialog,
             demo_llm,
+            vendor_tls,
             log: self.log.clone(),
             trace_messages: self.tracing.messages,
             max_calls: self.calls.max,
@@ -1831,7 +1874,7 @@ const DEMO_LLM_HISTORY: std::ops::RangeInclusive<usize> = 2..=1000;
 
 impl DemoLlm {
     /// `None` when `base_url` is empty (the demo repeats); the settings otherwise.
-    fn validate(&self) -> Result<Option<LlmSettings>, SettingsError> {
+    fn validate(&self, tls: &ClientTls) -> Result<Option<LlmSettings>, SettingsError> {
         let base = self.base_url.trim();
         if base.is_empty() {
             return Ok(None);
@@ -1913,6 +1956,7 @@ impl DemoLlm {
             timeout: Duration::from_millis(self.timeout_ms),
             max_response_bytes: self.max_response_bytes,
             max_history_messages: self.max_history_messages,
+            tls: tls.clone(),
         }))
     }
 }
@@ -2975,5 +3019,38 @@ mod tests {
             err.contains("dialog.public_roots") && err.contains("ca_file"),
             "{err}"
         );
+
+        // The vendors' own, checked the same way and named by its own keys.
+        assert_eq!(v.vendor_tls.to_string(), "public roots");
+        let err = refused(&[("VOICEGATE__VENDOR_TLS__CA_FILE", "/nonexistent/vendor.pem")]);
+        assert!(
+            err.contains("vendor_tls.ca_file") && err.contains("/nonexistent/vendor.pem"),
+            "{err}"
+        );
+        let err = refused(&[("VOICEGATE__VENDOR_TLS__PUBLIC_ROOTS", "false")]);
+        assert!(
+            err.contains("vendor_tls.public_roots") && err.contains("ca_file"),
+            "{err}"
+        );
+        let ca = dir.join("ca.pem");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(&ca, voicegate_testkit::tls::TestCa::new().ca_pem).unwrap();
+        let v = Settings::load_with_env(
+            None,
+            env(&[
+                ("VOICEGATE__VENDOR_TLS__CA_FILE", ca.to_str().unwrap()),
+                ("VOICEGATE__VENDOR_TLS__PUBLIC_ROOTS", "false"),
+            ]),
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        assert_eq!(v.vendor_tls.to_string(), "1 from vendor_tls.ca_file");
+        assert_eq!(
+            v.dialog.tls.to_string(),
+            "public roots",
+            "the dialog's is apart"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

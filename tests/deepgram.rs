@@ -30,6 +30,7 @@ fn settings(base_url: String) -> DeepgramSettings {
         stream_idle: Duration::from_millis(500),
         keepalive: Duration::from_secs(5),
         max_buffered_ms: 5000,
+        tls: voicegate_engines::tls::ClientTls::public(),
     }
 }
 

@@ -284,7 +284,11 @@ async fn a_dropped_connection_fails_one_utterance(vendor: Vendor) {
         .await
         .expect("ended");
     assert_eq!(ended["ok"], false, "{ended}");
-    assert_eq!(spoke(&tts)[0].ending, Ending::Dropped);
+    let a = spoke(&tts)
+        .into_iter()
+        .find(|s| s.text.contains("drops this one"))
+        .expect("the stream that spoke it");
+    assert_eq!(a.ending, Ending::Dropped, "{a:?}");
     assert!(app.send(json!({"type": "tts.speak", "utterance_id": "b", "text": "This one plays."})));
     let ended = app
         .wait_type(5 * SECOND, "tts.ended", Some("b"))
@@ -345,11 +349,16 @@ async fn barge_in_reports_each_segment_of_one_stream(vendor: Vendor) {
     );
     // One vendor stream spoke both, and it was stopped. (The caller's words were a turn, so
     // another connection may have been opened ahead for the answer; it has no text.)
+    // (The stand-in lists streams as their upgrades complete, so the one opened ahead may come
+    // first.)
     let streams = tts.streams();
     assert_eq!(spoke(&tts).len(), 1, "{streams:?}");
-    assert!(!streams[0].messages.is_empty(), "{streams:?}");
+    let i = streams
+        .iter()
+        .position(|s| !s.messages.is_empty())
+        .expect("the stream that spoke");
     assert!(
-        eventually(2 * SECOND, || tts.streams()[0].ending != Ending::Open).await,
+        eventually(2 * SECOND, || tts.streams()[i].ending != Ending::Open).await,
         "{:?}",
         tts.streams()
     );
@@ -633,6 +642,18 @@ async fn cartesia_an_unused_connection_opened_ahead_is_closed() {
     an_unused_connection_is_closed(Vendor::Cartesia).await;
 }
 
+/// Asks for an utterance that cannot be spoken and waits for its `tts.ended`, `ok: false`.
+async fn speak_and_fail(app: &TestDialogApp) {
+    assert!(
+        app.send(json!({"type": "tts.speak", "utterance_id": "u", "text": "Nobody hears this."}))
+    );
+    let ended = app
+        .wait_type(10 * SECOND, "tts.ended", Some("u"))
+        .await
+        .expect("ended");
+    assert_eq!(ended["ok"], false, "{ended}");
+}
+
 /// A vendor that never answers: the connection opened ahead fails at its deadline (counted), the
 /// utterance tries on its own and fails, and the call goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -659,14 +680,7 @@ async fn a_connection_opened_ahead_that_fails_costs_nothing_more() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(counted, "the failed connection is counted");
-    assert!(
-        app.send(json!({"type": "tts.speak", "utterance_id": "u", "text": "Nobody hears this."}))
-    );
-    let ended = app
-        .wait_type(10 * SECOND, "tts.ended", Some("u"))
-        .await
-        .expect("ended");
-    assert_eq!(ended["ok"], false, "{ended}");
+    speak_and_fail(&app).await;
     assert_eq!(server.snapshot().await.calls.len(), 1, "the call goes on");
     peer.close().await;
     drop(silent);
@@ -710,15 +724,8 @@ async fn waiting_for_a_failing_connection_opened_ahead_stays_within_the_timeout(
     );
     let opened = accepted.lock().unwrap()[0];
     assert!(opened.elapsed() < TIMEOUT / 2, "still connecting");
-    assert!(
-        app.send(json!({"type": "tts.speak", "utterance_id": "u", "text": "Nobody hears this."}))
-    );
-    let ended = app
-        .wait_type(10 * SECOND, "tts.ended", Some("u"))
-        .await
-        .expect("ended");
+    speak_and_fail(&app).await;
     let waited = opened.elapsed();
-    assert_eq!(ended["ok"], false, "{ended}");
     // At the connection's own deadline, plus scheduling: well under a second full timeout.
     assert!(
         waited < TIMEOUT * 3 / 2,
@@ -727,4 +734,103 @@ async fn waiting_for_a_failing_connection_opened_ahead_stays_within_the_timeout(
     assert_eq!(server.snapshot().await.calls.len(), 1, "the call goes on");
     peer.close().await;
     vendor.abort();
+}
+
+/// A stand-in over TLS whose certificate a test CA issued, the CA's PEM file, and the directory
+/// that holds it (removed by the caller).
+async fn tls_stand_in(vendor: Vendor) -> (TtsWsServer, std::path::PathBuf, std::path::PathBuf) {
+    let ca = voicegate_testkit::tls::TestCa::new();
+    // A directory of its own: tests run side by side, each with its own CA.
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!(
+        "vg-vendor-ca-{}-{}-{n}",
+        std::process::id(),
+        engine(vendor)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pem = dir.join("ca.pem");
+    std::fs::write(&pem, &ca.ca_pem).unwrap();
+    let tts = TtsWsServer::start_tls(vendor, Behaviour::default(), ca.server.clone()).await;
+    (tts, pem, dir)
+}
+
+/// Over TLS, against a server that offers HTTP/2 as the vendors' servers do: the engine upgrades
+/// over HTTP/1.1, trusts the private CA in `vendor_tls.ca_file` (and only it, with
+/// `public_roots = false`), and a later connection resumes the TLS session of an earlier one.
+async fn speaks_over_tls_with_a_private_ca(vendor: Vendor) {
+    let (tts, pem, dir) = tls_stand_in(vendor).await;
+    let app = TestDialogApp::start().await;
+    let name = engine(vendor);
+    let (url, base, ca) = (app.url(), tts.base_url(), pem.to_str().unwrap().to_owned());
+    assert!(base.starts_with("wss://"), "{base}");
+    let base_key = format!("tts.{name}.base_url");
+    let server = TestServer::start(&[
+        ("dialog.url", url.as_str()),
+        ("tts.engine", name),
+        (&base_key, &base),
+        ("vendor_tls.ca_file", &ca),
+        ("vendor_tls.public_roots", "false"),
+    ]);
+    let peer = started_dialog_call(&server, &app).await.0;
+    for id in ["one", "two"] {
+        assert!(
+            app.send(json!({"type": "tts.speak", "utterance_id": id, "text": "Hello over TLS."}))
+        );
+        let ended = app
+            .wait_type(10 * SECOND, "tts.ended", Some(id))
+            .await
+            .expect("the utterance ends");
+        assert_eq!(ended["ok"], true, "{id}: {ended}");
+    }
+    let streams = tts.streams();
+    assert_eq!(spoke(&tts).len(), 2, "{streams:?}");
+    assert!(
+        spoke(&tts).iter().all(|s| s.ending == Ending::Done),
+        "{streams:?}"
+    );
+    // In the order they were opened (the list has them as their upgrades completed).
+    let mut by_opening = streams.clone();
+    by_opening.sort_by_key(|s| s.opened);
+    let resumed: Vec<_> = by_opening.iter().map(|s| s.tls_resumed).collect();
+    assert_eq!(resumed[0], Some(false), "the first is a full handshake");
+    // One opened while the first was still in its handshake cannot resume (no ticket yet); the
+    // one the second utterance opened ahead came long after.
+    assert_eq!(
+        resumed.last().copied().flatten(),
+        Some(true),
+        "a later connection resumes: {resumed:?}"
+    );
+    peer.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elevenlabs_speaks_over_tls_with_a_private_ca() {
+    speaks_over_tls_with_a_private_ca(Vendor::ElevenLabs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cartesia_speaks_over_tls_with_a_private_ca() {
+    speaks_over_tls_with_a_private_ca(Vendor::Cartesia).await;
+}
+
+/// The vendor's certificate is checked: one from a CA that is not trusted (the default, public
+/// roots only) fails the utterance, and the call goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vendor_certificate_from_an_untrusted_ca_fails_the_utterance() {
+    let (tts, _pem, dir) = tls_stand_in(Vendor::Cartesia).await;
+    let app = TestDialogApp::start().await;
+    let (url, base) = (app.url(), tts.base_url());
+    let server = TestServer::start(&[
+        ("dialog.url", url.as_str()),
+        ("tts.engine", "cartesia"),
+        ("tts.cartesia.base_url", base.as_str()),
+    ]);
+    let peer = started_dialog_call(&server, &app).await.0;
+    speak_and_fail(&app).await;
+    assert!(tts.streams().is_empty(), "no handshake completed");
+    assert_eq!(server.snapshot().await.calls.len(), 1, "the call goes on");
+    peer.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -29,7 +29,7 @@
 //! Failure: if the actor dies (a panic), its drop guard reports [`DialogEvent::Crashed`] and the
 //! call restarts it, which then redials like a reconnect (no second `call.started`).
 
-use crate::dialog_conn::{DialHeaders, DialTls};
+use crate::dialog_conn::DialHeaders;
 use crate::dialog_wire::{FlushThenClose, LimitedCodec, ReadError, dialog_codec};
 use crate::error::{DialogFailure, Exit};
 use crate::trace_msg;
@@ -49,6 +49,7 @@ use voicegate_core::dialog::{
 };
 use voicegate_core::restart::RedialBudget;
 use voicegate_core::untrusted::shown;
+use voicegate_engines::tls::ClientTls;
 
 /// How long a closing connection may take to flush its close frame.
 const CLOSE_GRACE: Duration = Duration::from_millis(500);
@@ -79,7 +80,7 @@ pub struct DialogSettings {
     /// Headers sent on every dial (values never shown).
     pub headers: DialHeaders,
     /// The TLS configuration of `wss://` dials, shared by every call.
-    pub tls: DialTls,
+    pub tls: ClientTls,
 }
 
 /// Reports to the call.

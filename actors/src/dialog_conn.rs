@@ -1,9 +1,10 @@
-//! How the dialog app is reached: the extra headers sent on every dial (`dialog.headers`) and the
-//! TLS client configuration for `wss://` (`dialog.ca_file`, `dialog.public_roots`).
+//! How the dialog app is reached: the extra headers sent on every dial (`dialog.headers`); the
+//! TLS client configuration for `wss://` (`dialog.ca_file`, `dialog.public_roots`) is a
+//! [`ClientTls`](voicegate_engines::tls::ClientTls).
 //!
 //! Both are checked and built once, at startup, so a header that cannot be sent or a CA file
 //! that cannot be read is a startup error naming the key, not a failed dial in every call.
-//! Every call shares the one [`DialTls`]; [`DialogClient`](crate::dialog::DialogClient) only
+//! Every call shares the one `ClientTls`; [`DialogClient`](crate::dialog::DialogClient) only
 //! clones its `Arc`.
 //!
 //! Header values are secrets (typically `Authorization: Bearer ...`): they are kept as
@@ -11,12 +12,8 @@
 //! gives their names with `***` for every value.
 
 use awc::http::header::{HeaderName, HeaderValue};
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
-use rustls::{ClientConfig, RootCertStore};
 use secrecy::{ExposeSecret, SecretString};
 use std::fmt;
-use std::sync::Arc;
 
 /// Why a configured header is refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -147,105 +144,6 @@ impl fmt::Display for DialHeaders {
     }
 }
 
-/// Why the TLS configuration cannot be built.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    /// The CA file is not PEM.
-    #[error("not a PEM file: {0}")]
-    Pem(String),
-    /// The CA file holds no `CERTIFICATE` block.
-    #[error("holds no PEM CERTIFICATE block")]
-    NoCertificates,
-    /// A certificate in the CA file cannot be a trust anchor.
-    #[error("certificate {index} cannot be trusted: {reason}")]
-    BadCertificate {
-        /// 1-based, in the file's order.
-        index: usize,
-        /// rustls's reason.
-        reason: String,
-    },
-    /// Nothing would be trusted: no public roots and no CA file.
-    #[error("no certificate authority is trusted (public_roots = false needs a ca_file)")]
-    NoRoots,
-    /// The crypto provider refused the protocol versions (a build without TLS 1.3/1.2 suites).
-    #[error("TLS setup: {0}")]
-    Setup(String),
-}
-
-/// The TLS client configuration of every `wss://` dial, built once and shared.
-#[derive(Clone)]
-pub struct DialTls {
-    /// The rustls configuration awc's connector uses.
-    config: Arc<ClientConfig>,
-    /// What is trusted, for the startup log: "public roots + 1 from dialog.ca_file".
-    summary: String,
-}
-
-impl DialTls {
-    /// The public web roots (webpki-roots, compiled in) when `public_roots`, plus every
-    /// certificate in `ca_pem` (the contents of `dialog.ca_file`). The crypto provider is ring,
-    /// the one the WebRTC stack already links, named here so no second one is pulled in.
-    pub fn new(public_roots: bool, ca_pem: Option<&[u8]>) -> Result<DialTls, TlsError> {
-        let mut roots = RootCertStore::empty();
-        let mut parts = Vec::new();
-        if public_roots {
-            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-            parts.push("public roots".to_owned());
-        }
-        if let Some(pem) = ca_pem {
-            let certs = CertificateDer::pem_slice_iter(pem)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| TlsError::Pem(e.to_string()))?;
-            if certs.is_empty() {
-                return Err(TlsError::NoCertificates);
-            }
-            for (i, cert) in certs.iter().enumerate() {
-                roots
-                    .add(cert.clone())
-                    .map_err(|e| TlsError::BadCertificate {
-                        index: i + 1,
-                        reason: e.to_string(),
-                    })?;
-            }
-            parts.push(format!("{} from dialog.ca_file", certs.len()));
-        }
-        if roots.is_empty() {
-            return Err(TlsError::NoRoots);
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError::Setup(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        // HTTP/1.1 only: a WebSocket is an HTTP/1.1 upgrade, and awc cannot open one over an
-        // HTTP/2 connection (RFC 8441 is not supported), which a server would pick if offered.
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(DialTls {
-            config: Arc::new(config),
-            summary: parts.join(" + "),
-        })
-    }
-
-    /// The shared rustls configuration.
-    pub fn config(&self) -> Arc<ClientConfig> {
-        self.config.clone()
-    }
-}
-
-impl fmt::Debug for DialTls {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "DialTls({})", self.summary)
-    }
-}
-
-/// What is trusted, as the startup log shows it.
-impl fmt::Display for DialTls {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.summary)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,50 +239,5 @@ mod tests {
         );
         assert!(value.is_sensitive());
         assert_eq!(DialHeaders::default().to_string(), "");
-    }
-
-    #[test]
-    fn tls_needs_something_to_trust_and_a_ca_file_with_certificates() {
-        let public = DialTls::new(true, None).unwrap();
-        assert_eq!(public.to_string(), "public roots");
-        assert_eq!(public.config().alpn_protocols, vec![b"http/1.1".to_vec()]);
-        assert!(matches!(DialTls::new(false, None), Err(TlsError::NoRoots)));
-        assert!(matches!(
-            DialTls::new(true, Some(b"just text\n")),
-            Err(TlsError::NoCertificates)
-        ));
-        let key =
-            b"-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIE\n-----END PRIVATE KEY-----\n";
-        assert!(matches!(
-            DialTls::new(true, Some(key)),
-            Err(TlsError::NoCertificates)
-        ));
-        let broken = b"-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n";
-        assert!(matches!(
-            DialTls::new(true, Some(broken)),
-            Err(TlsError::Pem(_))
-        ));
-        let garbage = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
-        assert!(matches!(
-            DialTls::new(false, Some(garbage)),
-            Err(TlsError::BadCertificate { index: 1, .. })
-        ));
-    }
-
-    #[test]
-    fn a_ca_file_alone_or_with_the_public_roots() {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca = params.self_signed(&key).unwrap().pem();
-        let two = format!("{ca}{ca}");
-        let only = DialTls::new(false, Some(two.as_bytes())).unwrap();
-        assert_eq!(only.to_string(), "2 from dialog.ca_file");
-        let both = DialTls::new(true, Some(ca.as_bytes())).unwrap();
-        assert_eq!(both.to_string(), "public roots + 1 from dialog.ca_file");
-        assert_eq!(
-            format!("{both:?}"),
-            "DialTls(public roots + 1 from dialog.ca_file)"
-        );
     }
 }

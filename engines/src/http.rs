@@ -1,4 +1,5 @@
-//! The HTTP client the request-per-utterance engines share: one connection pool per worker.
+//! The HTTP client the request-per-utterance engines share: one connection pool per worker (and
+//! TLS configuration).
 //!
 //! A vendor's speech API is a few round trips away, and a new connection to it costs a TCP and
 //! a TLS handshake (two to three round trips) before the first byte of the request moves. The
@@ -19,7 +20,7 @@
 //! - A server can close an idle connection just as a request goes out on it (the request and
 //!   the server's close cross on the wire). [`send`] sends such a request once more, on a new
 //!   connection, when its connection closed before any answer came.
-//! - HTTP/1.1 only, so concurrent requests each have a connection of their own. Over HTTP/2 awc
+//! - HTTP/1.1 only (the TLS configuration, [`crate::tls`], offers no other), so concurrent requests each have a connection of their own. Over HTTP/2 awc
 //!   would multiplex every call's requests on the worker onto one connection: past the server's
 //!   limit of concurrent streams they would queue behind other calls' syntheses (which last
 //!   seconds), and they would share one flow-control window. What is saved is the handshakes,
@@ -28,9 +29,13 @@
 //!   has few requests in flight (one transcription, at most `tts.prefetch_segments` syntheses).
 //!   awc's default of 100 per worker would queue the requests past it behind the others.
 
+use crate::tls::ClientTls;
 use awc::error::{ConnectError, SendRequestError};
 use awc::{ClientRequest, ClientResponse};
 use bytes::Bytes;
+use rustls::ClientConfig;
+use std::cell::RefCell;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long an idle connection is kept for the next request.
@@ -40,22 +45,31 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 pub const LIFETIME: Duration = Duration::from_secs(75);
 
 thread_local! {
-    static CLIENT: awc::Client = awc::Client::builder()
-        .connector(
-            awc::Connector::new()
-                .rustls_0_23(crate::tls::config())
-                .limit(0)
-                .conn_keep_alive(KEEP_ALIVE)
-                .conn_lifetime(LIFETIME),
-        )
-        .disable_timeout()
-        .finish();
+    /// The worker's clients, one per TLS configuration (a process has one: `vendor_tls`).
+    static CLIENTS: RefCell<Vec<(Arc<ClientConfig>, awc::Client)>> = const { RefCell::new(Vec::new()) };
 }
 
-/// This worker's client (a handle: clones share the pool). Must be called on an actix runtime's
-/// thread; each request must set its own `timeout`.
-pub fn client() -> awc::Client {
-    CLIENT.with(Clone::clone)
+/// This worker's client for connections that trust `tls` (a handle: clones share the pool).
+/// Must be called on an actix runtime's thread; each request must set its own `timeout`.
+pub fn client(tls: &ClientTls) -> awc::Client {
+    let config = tls.config();
+    CLIENTS.with_borrow_mut(|clients| {
+        if let Some((_, client)) = clients.iter().find(|(c, _)| Arc::ptr_eq(c, &config)) {
+            return client.clone();
+        }
+        let client = awc::Client::builder()
+            .connector(
+                awc::Connector::new()
+                    .rustls_0_23(config.clone())
+                    .limit(0)
+                    .conn_keep_alive(KEEP_ALIVE)
+                    .conn_lifetime(LIFETIME),
+            )
+            .disable_timeout()
+            .finish();
+        clients.push((config, client.clone()));
+        client
+    })
 }
 
 /// Sends `request` with `body`; if its connection closed before any answer came (a pooled

@@ -10,25 +10,32 @@ use std::rc::Rc;
 use std::time::Duration;
 use voicegate_engines::asr::openai::{OpenAiAsr, OpenAiAsrSettings};
 use voicegate_engines::asr::{AsrEngine, AsrFactory, AsrUpdate};
+use voicegate_engines::tls::ClientTls;
 use voicegate_engines::tts::openai::{OpenAiTts, OpenAiTtsSettings};
 use voicegate_engines::tts::{TtsEngine, TtsFactory};
 use voicegate_testkit::speech_server::{Behaviour, SpeechServer};
 
 fn tts(server: &SpeechServer) -> OpenAiTts {
-    OpenAiTts::new(OpenAiTtsSettings {
+    OpenAiTts::new(tts_settings(server))
+}
+
+fn tts_settings(server: &SpeechServer) -> OpenAiTtsSettings {
+    OpenAiTtsSettings {
         base_url: server.base_url(),
+        tls: ClientTls::public(),
         api_key: SecretString::from("test-key"),
         model: "tts-test".into(),
         voice: "alloy".into(),
         sample_rate: 24_000,
         timeout: Duration::from_secs(2),
         stream_idle: Duration::from_secs(2),
-    })
+    }
 }
 
 fn asr(server: &SpeechServer) -> OpenAiAsr {
     OpenAiAsr::new(OpenAiAsrSettings {
         base_url: server.base_url(),
+        tls: ClientTls::public(),
         api_key: SecretString::from(""),
         model: "whisper-test".into(),
         language: String::new(),
@@ -231,6 +238,7 @@ async fn the_pool_offers_a_tls_server_http_1_1_only() {
     });
     let tts = OpenAiTts::new(OpenAiTtsSettings {
         base_url: format!("https://127.0.0.1:{port}"),
+        tls: ClientTls::public(),
         api_key: SecretString::from(""),
         model: "tts-test".into(),
         voice: "alloy".into(),
@@ -246,4 +254,40 @@ async fn the_pool_offers_a_tls_server_http_1_1_only() {
     let has = |needle: &[u8]| hello.windows(needle.len()).any(|w| w == needle);
     assert!(has(b"\x08http/1.1"), "HTTP/1.1 offered");
     assert!(!has(b"\x02h2"), "HTTP/2 not offered");
+}
+
+#[actix_rt::test]
+async fn over_tls_the_pool_trusts_what_it_is_given_and_keeps_each_trust_apart() {
+    // A self-hosted speech server behind a private CA (`vendor_tls.ca_file`).
+    let ca = voicegate_testkit::tls::TestCa::new();
+    let server = SpeechServer::start_tls(speech(), ca.server.clone()).await;
+    assert!(server.base_url().starts_with("https://"));
+    let trusting = ClientTls::new(false, Some(ca.ca_pem.as_bytes()), "vendor_tls.ca_file").unwrap();
+    let engine = |tls: &ClientTls| {
+        OpenAiTts::new(OpenAiTtsSettings {
+            tls: tls.clone(),
+            ..tts_settings(&server)
+        })
+        .for_call()
+    };
+    let private = engine(&trusting);
+    assert_eq!(synthesize(&private, "one").await, Ok(2400));
+    assert_eq!(synthesize(&private, "two").await, Ok(2400));
+    assert_eq!(
+        server.connections(),
+        1,
+        "both sentences on one TLS connection"
+    );
+    // The public roots alone do not trust it, and that pool does not borrow the other's
+    // connection.
+    let public = engine(&ClientTls::public());
+    let refused = synthesize(&public, "three").await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert_eq!(server.connections(), 2);
+    assert_eq!(synthesize(&private, "four").await, Ok(2400));
+    assert_eq!(
+        server.connections(),
+        2,
+        "the trusted pool kept its connection"
+    );
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use voicegate_engines::asr::deepgram::{Deepgram, DeepgramSettings};
 use voicegate_engines::asr::{AsrFactory, AsrUpdate};
+use voicegate_engines::tls::ClientTls;
 use voicegate_engines::tts::TtsFactory;
 use voicegate_engines::tts::cartesia::{CartesiaSettings, CartesiaTts};
 use voicegate_engines::tts::elevenlabs::{ElevenLabsSettings, ElevenLabsTts};
@@ -65,6 +66,7 @@ async fn elevenlabs_offers_http_1_1_only() {
     let (port, hello) = hello_catcher().await;
     let factory = ElevenLabsTts::new(ElevenLabsSettings {
         base_url: format!("wss://127.0.0.1:{port}"),
+        tls: ClientTls::public(),
         api_key: SecretString::from(""),
         voice_id: "voice".into(),
         model_id: "model".into(),
@@ -86,6 +88,7 @@ async fn cartesia_offers_http_1_1_only() {
     let (port, hello) = hello_catcher().await;
     let factory = CartesiaTts::new(CartesiaSettings {
         base_url: format!("wss://127.0.0.1:{port}"),
+        tls: ClientTls::public(),
         api_key: SecretString::from(""),
         version: "2025-04-16".into(),
         model_id: "model".into(),
@@ -109,6 +112,7 @@ async fn deepgram_offers_http_1_1_only() {
     let (port, hello) = hello_catcher().await;
     let engine = Deepgram::new(DeepgramSettings {
         base_url: format!("wss://127.0.0.1:{port}"),
+        tls: ClientTls::public(),
         api_key: SecretString::from(""),
         model: String::new(),
         language: String::new(),

@@ -49,6 +49,10 @@ pub fn without_node_label(text: &str) -> String {
     out
 }
 
+/// A stand-in's connection, plain TCP or TLS over it.
+pub(crate) trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
 #[cfg(test)]
 mod tests {
     use super::without_node_label;

@@ -8,13 +8,14 @@
 //! counts the connections it accepted, so tests can see a client reuse them. It can close
 //! connections that sat idle for a while, as many servers do after a few seconds.
 
+use crate::Io;
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 /// One request as received.
 #[derive(Debug, Clone)]
@@ -125,6 +126,8 @@ pub enum Behaviour {
 #[derive(Clone)]
 pub struct SpeechServer {
     addr: SocketAddr,
+    /// Serving `https://`.
+    tls: bool,
     requests: Arc<Mutex<Vec<Recorded>>>,
     /// Stalled or trickled replies whose client gave up (closed the connection).
     abandoned: Arc<AtomicUsize>,
@@ -198,6 +201,23 @@ impl SpeechServer {
         behaviour: Behaviour,
         options: Options,
     ) -> SpeechServer {
+        Self::start_inner(addr, behaviour, options, None).await
+    }
+
+    /// Starts on 127.0.0.1, port 0, serving `https://` with `tls` (e.g. a
+    /// [`TestCa`](crate::tls::TestCa)'s server configuration). A connection whose TLS handshake
+    /// fails is dropped (it still counts as accepted).
+    pub async fn start_tls(behaviour: Behaviour, tls: Arc<rustls::ServerConfig>) -> SpeechServer {
+        let addr = "127.0.0.1:0".parse().expect("a constant address");
+        Self::start_inner(addr, behaviour, Options::default(), Some(tls)).await
+    }
+
+    async fn start_inner(
+        addr: SocketAddr,
+        behaviour: Behaviour,
+        options: Options,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> SpeechServer {
         let listener = TcpListener::bind(addr)
             .await
             .expect("bind the speech server");
@@ -211,14 +231,26 @@ impl SpeechServer {
         let connections = Arc::new(AtomicUsize::new(0));
         let server = SpeechServer {
             addr,
+            tls: tls.is_some(),
             requests: shared.requests.clone(),
             abandoned: shared.abandoned.clone(),
             connections: connections.clone(),
         };
         tokio::spawn(async move {
+            let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
             while let Ok((tcp, _)) = listener.accept().await {
                 connections.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(serve(tcp, shared.clone()));
+                let (acceptor, shared) = (acceptor.clone(), shared.clone());
+                tokio::spawn(async move {
+                    let conn: Box<dyn Io> = match acceptor {
+                        None => Box::new(tcp),
+                        Some(acceptor) => match acceptor.accept(tcp).await {
+                            Ok(stream) => Box::new(stream),
+                            Err(_) => return,
+                        },
+                    };
+                    serve(conn, shared).await;
+                });
             }
         });
         server
@@ -226,7 +258,8 @@ impl SpeechServer {
 
     /// The base URL for `tts.openai.base_url`.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Requests so far.
@@ -249,7 +282,7 @@ impl SpeechServer {
 }
 
 /// Serves requests on one connection until either side closes it.
-async fn serve(mut tcp: TcpStream, shared: Shared) {
+async fn serve(mut tcp: Box<dyn Io>, shared: Shared) {
     tokio::time::sleep(shared.options.setup).await;
     let mut buf = Vec::new();
     let mut first = true;
@@ -279,7 +312,7 @@ async fn serve(mut tcp: TcpStream, shared: Shared) {
 
 /// Reads one request (head and `Content-Length` body) from `buf` and then the connection;
 /// leaves what follows it in `buf`. `None` when the connection ends first.
-async fn read_request(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Request> {
+async fn read_request(tcp: &mut Box<dyn Io>, buf: &mut Vec<u8>) -> Option<Request> {
     let mut tmp = [0u8; 4096];
     let header_end = loop {
         if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -332,7 +365,7 @@ struct Request {
 }
 
 /// Answers one request; whether the connection stays open for the next.
-async fn answer(tcp: &mut TcpStream, request: Request, shared: &Shared) -> bool {
+async fn answer(tcp: &mut Box<dyn Io>, request: Request, shared: &Shared) -> bool {
     let Request {
         path,
         headers,

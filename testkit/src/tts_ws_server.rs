@@ -11,6 +11,7 @@
 //! relative to the chunk). It records what it received and how each connection ended, so a
 //! test sees a cancel or a close. It can also drop the connection mid-answer.
 
+use crate::Io;
 use base64::Engine as _;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -103,12 +104,15 @@ pub struct Stream {
     pub opened: Instant,
     /// When its first text message came.
     pub first_message: Option<Instant>,
+    /// Over TLS ([`TtsWsServer::start_tls`]): whether the client resumed an earlier session.
+    pub tls_resumed: Option<bool>,
 }
 
 /// A running stand-in.
 #[derive(Clone)]
 pub struct TtsWsServer {
     addr: SocketAddr,
+    tls: bool,
     streams: Arc<Mutex<Vec<Stream>>>,
 }
 
@@ -128,15 +132,65 @@ impl TtsWsServer {
         let s = streams.clone();
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                tokio::spawn(serve(tcp, Instant::now(), vendor, behaviour, s.clone()));
+                let tcp: Box<dyn Io> = Box::new(tcp);
+                tokio::spawn(serve(
+                    tcp,
+                    Instant::now(),
+                    None,
+                    vendor,
+                    behaviour,
+                    s.clone(),
+                ));
             }
         });
-        TtsWsServer { addr, streams }
+        TtsWsServer {
+            addr,
+            tls: false,
+            streams,
+        }
     }
 
-    /// The `base_url` for `tts.elevenlabs` / `tts.cartesia`.
+    /// Starts on 127.0.0.1, port 0, serving `wss://` with `tls` (e.g. a
+    /// [`TestCa`](crate::tls::TestCa)'s server configuration, which offers ALPN `h2` like the
+    /// vendors' servers). Each stream records whether its TLS session was resumed; a connection
+    /// whose TLS handshake fails is dropped and not recorded.
+    pub async fn start_tls(
+        vendor: Vendor,
+        behaviour: Behaviour,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> TtsWsServer {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the speech stand-in");
+        let addr = listener.local_addr().expect("bound");
+        let streams = Arc::new(Mutex::new(Vec::new()));
+        let s = streams.clone();
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, s, opened) = (acceptor.clone(), s.clone(), Instant::now());
+                tokio::spawn(async move {
+                    if let Ok(stream) = acceptor.accept(tcp).await {
+                        let resumed = stream.get_ref().1.handshake_kind()
+                            == Some(rustls::HandshakeKind::Resumed);
+                        let stream: Box<dyn Io> = Box::new(stream);
+                        serve(stream, opened, Some(resumed), vendor, behaviour, s).await;
+                    }
+                });
+            }
+        });
+        TtsWsServer {
+            addr,
+            tls: true,
+            streams,
+        }
+    }
+
+    /// The `base_url` for `tts.elevenlabs` / `tts.cartesia` (`wss://127.0.0.1:<port>` over TLS:
+    /// the test CA's certificate names 127.0.0.1).
     pub fn base_url(&self) -> String {
-        format!("ws://{}", self.addr)
+        let scheme = if self.tls { "wss" } else { "ws" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// The streams so far, in the order they connected.
@@ -176,8 +230,9 @@ fn tone(rate: u32, ms: usize, offset: usize) -> Vec<u8> {
 
 #[allow(clippy::result_large_err)] // the handshake callback's error type is tungstenite's
 async fn serve(
-    tcp: tokio::net::TcpStream,
+    tcp: Box<dyn Io>,
     opened: Instant,
+    tls_resumed: Option<bool>,
     vendor: Vendor,
     behaviour: Behaviour,
     streams: Arc<Mutex<Vec<Stream>>>,
@@ -215,6 +270,7 @@ async fn serve(
             ending: Ending::Open,
             opened,
             first_message: None,
+            tls_resumed,
         });
         s.len() - 1
     };
@@ -286,12 +342,9 @@ struct Conn {
     sent: usize,
 }
 
-type WsTx = futures_util::stream::SplitSink<
-    tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
-    Message,
->;
-type WsRx =
-    futures_util::stream::SplitStream<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>>;
+type WsTx =
+    futures_util::stream::SplitSink<tokio_tungstenite::WebSocketStream<Box<dyn Io>>, Message>;
+type WsRx = futures_util::stream::SplitStream<tokio_tungstenite::WebSocketStream<Box<dyn Io>>>;
 
 impl Conn {
     fn update(&self, f: impl FnOnce(&mut Stream)) {
@@ -302,7 +355,14 @@ impl Conn {
     /// utterance may come before it, without any).
     fn first_given_text(&self) -> bool {
         let streams = self.streams.lock().expect("no panics while holding");
-        streams.iter().position(|s| !s.messages.is_empty()) == Some(self.index)
+        // By when the text came, not by place in the list: streams are listed as their upgrades
+        // complete, and one opened ahead may complete before one opened earlier.
+        let first = streams
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.first_message.map(|t| (t, i)))
+            .min();
+        first.map(|(_, i)| i) == Some(self.index)
     }
 
     /// The client closed the connection, or it broke: early unless its last context was done.

@@ -47,6 +47,8 @@ pub struct OpenAiAsrSettings {
     /// as OpenAI's gpt-4o transcription models answer); a server that refuses it (`400`, as
     /// for whisper-1) is asked again without, and not asked again by this process.
     pub stream: bool,
+    /// What the connection to the server trusts (`vendor_tls`).
+    pub tls: crate::tls::ClientTls,
 }
 
 /// Why a transcription failed.
@@ -365,7 +367,7 @@ async fn request(
     body.extend_from_slice(&wav(pcm, voicegate_core::frame::SPEECH_RATE));
     body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     // The worker's pool: after the first utterance, the next ones skip the handshakes.
-    let mut req = crate::http::client()
+    let mut req = crate::http::client(&s.tls)
         .post(url.clone())
         .timeout(s.timeout)
         .insert_header((
@@ -426,6 +428,7 @@ mod tests {
     fn debug_hides_the_key() {
         let s = OpenAiAsrSettings {
             base_url: "http://x".into(),
+            tls: crate::tls::ClientTls::public(),
             api_key: "sk-secret".into(),
             model: "whisper-1".into(),
             language: String::new(),

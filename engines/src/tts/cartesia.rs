@@ -57,6 +57,8 @@ pub struct CartesiaSettings {
     /// Longest a connection opened ahead waits for an utterance (`tts.preconnect_ms`; zero:
     /// none are opened).
     pub preconnect: Duration,
+    /// What the connection to the server trusts (`vendor_tls`).
+    pub tls: crate::tls::ClientTls,
 }
 
 /// The factory.
@@ -200,7 +202,11 @@ impl CartesiaEngine {
         if !key.is_empty() {
             headers.push(("X-API-Key", key.to_owned()));
         }
-        Request { url, headers }
+        Request {
+            url,
+            headers,
+            tls: s.tls.clone(),
+        }
     }
 
     /// An utterance's stream.
@@ -353,6 +359,7 @@ mod tests {
     fn settings() -> CartesiaSettings {
         CartesiaSettings {
             base_url: "ws://x".into(),
+            tls: crate::tls::ClientTls::public(),
             api_key: "sk_car_secret".into(),
             version: "2025-04-16".into(),
             model_id: "sonic-2".into(),

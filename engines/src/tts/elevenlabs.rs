@@ -56,6 +56,8 @@ pub struct ElevenLabsSettings {
     /// Longest a connection opened ahead waits for an utterance (`tts.preconnect_ms`; zero:
     /// none are opened).
     pub preconnect: Duration,
+    /// What the connection to the server trusts (`vendor_tls`).
+    pub tls: crate::tls::ClientTls,
 }
 
 /// The factory.
@@ -187,7 +189,11 @@ impl ElevenLabsEngine {
         if !key.is_empty() {
             headers.push(("xi-api-key", key.to_owned()));
         }
-        Request { url, headers }
+        Request {
+            url,
+            headers,
+            tls: s.tls.clone(),
+        }
     }
 
     /// An utterance's stream.
@@ -358,6 +364,7 @@ mod tests {
     fn settings() -> ElevenLabsSettings {
         ElevenLabsSettings {
             base_url: "ws://x".into(),
+            tls: crate::tls::ClientTls::public(),
             api_key: "xi-secret".into(),
             voice_id: "v".into(),
             model_id: "m".into(),

@@ -41,6 +41,8 @@ pub struct OpenAiTtsSettings {
     pub timeout: Duration,
     /// Longest wait for the next bytes of the audio once it started (`tts.stream_idle_timeout_ms`).
     pub stream_idle: Duration,
+    /// What the connection to the server trusts (`vendor_tls`).
+    pub tls: crate::tls::ClientTls,
 }
 
 /// Why a synthesis over HTTP failed.
@@ -154,7 +156,7 @@ impl TtsEngine for OpenAiEngine {
         let s = &self.settings;
         let url = format!("{}/v1/audio/speech", s.base_url.trim_end_matches('/'));
         // The worker's pool (`crate::http`): a sentence after the first skips the handshakes.
-        let mut req = crate::http::client()
+        let mut req = crate::http::client(&s.tls)
             .post(url.clone())
             .timeout(s.timeout)
             .insert_header(("Accept", "audio/pcm"));
@@ -261,6 +263,7 @@ mod tests {
     fn debug_hides_the_key() {
         let s = OpenAiTtsSettings {
             base_url: "http://x".into(),
+            tls: crate::tls::ClientTls::public(),
             api_key: "sk-secret".into(),
             model: "m".into(),
             voice: "v".into(),

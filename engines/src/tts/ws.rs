@@ -155,6 +155,8 @@ pub struct Request {
     pub url: String,
     /// Extra headers (the API key among them).
     pub headers: Vec<(&'static str, String)>,
+    /// What the connection trusts (`vendor_tls`).
+    pub tls: crate::tls::ClientTls,
 }
 
 /// Deadlines and bounds of one stream.
@@ -563,7 +565,7 @@ async fn connect(request: &Request, limits: Limits, budget: Duration) -> Result<
         });
     }
     let client = awc::Client::builder()
-        .connector(awc::Connector::new().rustls_0_23(crate::tls::config()))
+        .connector(awc::Connector::new().rustls_0_23(request.tls.config()))
         .timeout(budget)
         .finish();
     let mut ws = client

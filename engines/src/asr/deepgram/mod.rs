@@ -71,6 +71,8 @@ pub struct DeepgramSettings {
     pub keepalive: Duration,
     /// Most audio held while the connection opens or the server reads slowly, in ms.
     pub max_buffered_ms: u32,
+    /// What the connection to the server trusts (`vendor_tls`).
+    pub tls: crate::tls::ClientTls,
 }
 
 /// Why an utterance was not recognized.
@@ -295,7 +297,7 @@ impl Session {
         );
         let shown_url = s.base_url.trim_end_matches('/').to_owned() + "/v1/listen";
         let client = awc::Client::builder()
-            .connector(awc::Connector::new().rustls_0_23(crate::tls::config()))
+            .connector(awc::Connector::new().rustls_0_23(s.tls.config()))
             .timeout(s.connect_timeout)
             .finish();
         let mut request = client.ws(url).max_frame_size(MAX_MESSAGE_BYTES);
@@ -428,6 +430,7 @@ mod tests {
     fn settings() -> DeepgramSettings {
         DeepgramSettings {
             base_url: "ws://127.0.0.1:9".into(),
+            tls: crate::tls::ClientTls::public(),
             api_key: "dg-secret".into(),
             model: "nova-3".into(),
             language: "en-US".into(),
