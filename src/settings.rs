@@ -400,6 +400,8 @@ pub struct AsrOpenAi {
     pub timeout_ms: u64,
     /// Ask for streamed transcriptions.
     pub stream: bool,
+    /// Ask for the tokens' log probabilities (a result's confidence).
+    pub logprobs: bool,
 }
 
 /// `[asr.deepgram]`
@@ -1253,6 +1255,7 @@ impl Settings {
                     timeout: Duration::from_millis(o.timeout_ms.max(1)),
                     stream_idle: Duration::from_millis(self.asr.stream_idle_timeout_ms),
                     stream: o.stream,
+                    logprobs: o.logprobs,
                 })
             }
             "deepgram" => {

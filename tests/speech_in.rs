@@ -372,6 +372,95 @@ async fn openai_asr_streams_partials_when_the_server_can_and_falls_back_once_whe
     peer.close().await;
 }
 
+/// With `asr.openai.logprobs`, a server that answers the tokens' log probabilities (gpt-4o
+/// models) gives every partial and the final their geometric mean as the confidence; one that
+/// refuses them (whisper-1) is asked again without them, then without `stream`, and neither is
+/// asked again; its results carry no confidence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_asr_confidence_comes_from_the_tokens_log_probabilities_when_asked() {
+    let want = voicegate_testkit::speech_server::TOKEN_LOGPROB.exp();
+    let stt = SpeechServer::start(Behaviour::TranscribeStream {
+        text: "one two three four five".into(),
+        gap: Duration::from_millis(120),
+    })
+    .await;
+    let app = TestDialogApp::start().await;
+    let base = stt.base_url();
+    let first = server(
+        &app,
+        &[
+            ("asr.engine", "openai"),
+            ("asr.openai.base_url", &base),
+            ("asr.openai.logprobs", "true"),
+            ("asr.partial_interval_ms", "100"),
+        ],
+    );
+    let peer = started(&first, &app).await;
+    let form = hello_to_the_recognizer(&peer, &app, &stt, "one two three four five").await;
+    assert_eq!(
+        form.fields.get("include[]").map(String::as_str),
+        Some("logprobs")
+    );
+    let close = |e: &Value| {
+        e["confidence"]
+            .as_f64()
+            .is_some_and(|c| (c - want).abs() < 0.01)
+    };
+    let partials = of_type(&app, "asr.partial");
+    assert!(
+        !partials.is_empty() && partials.iter().all(close),
+        "{partials:?}"
+    );
+    let finals = of_type(&app, "asr.final");
+    assert!(finals.len() == 1 && close(&finals[0]), "{finals:?}");
+    peer.close().await;
+
+    drop(first);
+    let stt = SpeechServer::start(Behaviour::RefuseStream("not streamed".into())).await;
+    let app = TestDialogApp::start().await;
+    let base = stt.base_url();
+    let second = server(
+        &app,
+        &[
+            ("asr.engine", "openai"),
+            ("asr.openai.base_url", &base),
+            ("asr.openai.logprobs", "true"),
+        ],
+    );
+    let peer = started(&second, &app).await;
+    let speech = spoken("hello world", Duration::from_millis(1000)).await;
+    for n in 1..=2 {
+        peer.send_paced(&speech).await.unwrap();
+        assert!(
+            eventually(5 * SECOND, || of_type(&app, "asr.final").len() == n).await,
+            "{:?}",
+            app.types()
+        );
+    }
+    let finals = of_type(&app, "asr.final");
+    assert!(
+        finals
+            .iter()
+            .all(|f| f["text"] == "not streamed" && f.get("confidence").is_none_or(Value::is_null)),
+        "{finals:?}"
+    );
+    let asked: Vec<(bool, bool)> = stt
+        .requests()
+        .iter()
+        .map(|r| {
+            let f = &r.form.as_ref().unwrap().fields;
+            (f.contains_key("include[]"), f.contains_key("stream"))
+        })
+        .collect();
+    assert_eq!(
+        asked,
+        [(true, true), (false, true), (false, false), (false, false)],
+        "log probabilities dropped first, then streaming, each once"
+    );
+    assert!(of_type(&app, "asr.error").is_empty());
+    peer.close().await;
+}
+
 /// At another `media.pcm_rate` the speech path still hears 16 kHz: the utterance is found, cut
 /// at the right length and sent to the recognizer as 16 kHz audio.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -42,6 +42,7 @@ fn asr(server: &SpeechServer) -> OpenAiAsr {
         timeout: Duration::from_secs(2),
         stream_idle: Duration::from_secs(2),
         stream: false,
+        logprobs: false,
     })
 }
 

@@ -17,6 +17,10 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+/// The log probability of every token of a transcription asked for with `include[]=logprobs`:
+/// ln 0.8, so the text's confidence is 0.8.
+pub const TOKEN_LOGPROB: f64 = -0.223_143_551_314_209_7;
+
 /// One request as received.
 #[derive(Debug, Clone)]
 pub struct Recorded {
@@ -88,7 +92,8 @@ pub enum Behaviour {
     },
     /// This status with a short JSON error body.
     Fail(u16),
-    /// 200 with `{"text": ...}` (a transcription).
+    /// 200 with `{"text": ...}` (a transcription; with `include[]=logprobs` in the form, each
+    /// word's `logprobs` too, [`TOKEN_LOGPROB`] each, as every transcription answer has).
     Transcribe(String),
     /// A streaming transcription server (OpenAI's gpt-4o models): with `stream=true` in the
     /// form, server-sent events, a `transcript.text.delta` per word `gap` apart, then
@@ -99,8 +104,8 @@ pub enum Behaviour {
         /// Time between deltas.
         gap: Duration,
     },
-    /// A server that does not stream (whisper-1): `400` when the form asks for `stream`,
-    /// `{"text": ...}` otherwise.
+    /// A server that does not stream (whisper-1): `400` when the form asks for `stream` or
+    /// `include[]=logprobs`, `{"text": ...}` otherwise.
     RefuseStream(String),
     /// As `Transcribe`, answered after a fixed delay (a vendor's processing time).
     TranscribeAfter(String, Duration),
@@ -384,6 +389,17 @@ async fn answer(tcp: &mut Box<dyn Io>, request: Request, shared: &Shared) -> boo
     let stream_asked = form
         .as_ref()
         .is_some_and(|f| f.fields.get("stream").is_some_and(|v| v == "true"));
+    let logprobs_asked = form
+        .as_ref()
+        .is_some_and(|f| f.fields.get("include[]").is_some_and(|v| v == "logprobs"));
+    // Like OpenAI's gpt-4o models: with `include[]=logprobs`, each token's (a word here).
+    let logprobs = |text: &str| -> Option<Value> {
+        logprobs_asked.then(|| {
+            text.split_whitespace()
+                .map(|t| serde_json::json!({"token": t, "logprob": TOKEN_LOGPROB, "bytes": []}))
+                .collect()
+        })
+    };
     let n = {
         let mut requests = shared.requests.lock().expect("no panics while holding");
         requests.push(Recorded {
@@ -402,7 +418,7 @@ async fn answer(tcp: &mut Box<dyn Io>, request: Request, shared: &Shared) -> boo
         other => other,
     };
     let behaviour = match behaviour {
-        Behaviour::RefuseStream(_) if stream_asked => Behaviour::Fail(400),
+        Behaviour::RefuseStream(_) if stream_asked || logprobs_asked => Behaviour::Fail(400),
         Behaviour::RefuseStream(text) => Behaviour::Transcribe(text),
         Behaviour::TranscribeStream { text, .. } if !stream_asked => Behaviour::Transcribe(text),
         other => other,
@@ -438,7 +454,10 @@ async fn answer(tcp: &mut Box<dyn Io>, request: Request, shared: &Shared) -> boo
                 } else {
                     format!(" {word}")
                 };
-                let data = serde_json::json!({"type": "transcript.text.delta", "delta": delta});
+                let mut data = serde_json::json!({"type": "transcript.text.delta", "delta": delta});
+                if let Some(l) = logprobs(&delta) {
+                    data["logprobs"] = l;
+                }
                 if tcp
                     .write_all(chunk(data.to_string()).as_bytes())
                     .await
@@ -448,14 +467,21 @@ async fn answer(tcp: &mut Box<dyn Io>, request: Request, shared: &Shared) -> boo
                 }
                 tokio::time::sleep(gap).await;
             }
-            let done = serde_json::json!({"type": "transcript.text.done", "text": text});
+            let mut done = serde_json::json!({"type": "transcript.text.done", "text": text});
+            if let Some(l) = logprobs(&text) {
+                done["logprobs"] = l;
+            }
             let mut end = chunk(done.to_string()).into_bytes();
             end.extend_from_slice(b"0\r\n\r\n");
             tcp.write_all(&end).await.is_ok()
         }
         Behaviour::RefuseStream(_) => unreachable!("mapped above"),
         Behaviour::Transcribe(text) | Behaviour::TranscribeAfter(text, _) => {
-            let body = serde_json::json!({ "text": text }).to_string();
+            let mut body = serde_json::json!({ "text": text });
+            if let Some(l) = logprobs(&text) {
+                body["logprobs"] = l;
+            }
+            let body = body.to_string();
             let head = complete(&format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
                 body.len()

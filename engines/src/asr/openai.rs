@@ -2,8 +2,10 @@
 //! utterance (multipart: the utterance as a 16 kHz WAV, the model, optionally the language),
 //! answered with `{"text": "..."}`, or, when streaming is on and the server supports it, with
 //! server-sent events (`transcript.text.delta`, then `transcript.text.done`) that become partial
-//! results as the server decodes. A server that refuses `stream` is asked once more without it,
-//! and the factory remembers not to ask again.
+//! results as the server decodes. With `logprobs`, it asks for the tokens' log probabilities
+//! (`include[]=logprobs`) and gives each result their geometric mean as its confidence. A server
+//! that refuses either (`400`) is asked once more without it, and the factory remembers not to
+//! ask again.
 //!
 //! Deadlines: `timeout` bounds the wait for the reply's head; its body must keep moving (no bytes
 //! for `stream_idle` fails the utterance: [`OpenAiAsrError::Stalled`], which the recognizer counts
@@ -47,6 +49,11 @@ pub struct OpenAiAsrSettings {
     /// as OpenAI's gpt-4o transcription models answer); a server that refuses it (`400`, as
     /// for whisper-1) is asked again without, and not asked again by this process.
     pub stream: bool,
+    /// Ask for the tokens' log probabilities (`include[]=logprobs`, which OpenAI's gpt-4o
+    /// transcription models answer; whisper-1 refuses it): a result's confidence is then the
+    /// geometric mean of its tokens' probabilities. Without them (off, or a server that sends
+    /// none), results carry no confidence.
+    pub logprobs: bool,
     /// What the connection to the server trusts (`vendor_tls`).
     pub tls: crate::tls::ClientTls,
 }
@@ -93,15 +100,28 @@ pub enum OpenAiAsrError {
 /// The factory.
 pub struct OpenAiAsr {
     settings: OpenAiAsrSettings,
-    /// Streaming is asked for (until a server refused it).
-    stream: Arc<AtomicBool>,
+    /// What is asked for (until a server refused it).
+    asks: Arc<Asks>,
+}
+
+/// The optional parts of a request, each asked for until a server refuses it (`400`); a process
+/// talks to one server, so it then stops asking.
+#[derive(Debug)]
+struct Asks {
+    /// `stream=true`.
+    stream: AtomicBool,
+    /// `include[]=logprobs`.
+    logprobs: AtomicBool,
 }
 
 impl OpenAiAsr {
     /// A factory for `settings`.
     pub fn new(settings: OpenAiAsrSettings) -> Self {
-        let stream = Arc::new(AtomicBool::new(settings.stream));
-        OpenAiAsr { settings, stream }
+        let asks = Arc::new(Asks {
+            stream: AtomicBool::new(settings.stream),
+            logprobs: AtomicBool::new(settings.logprobs),
+        });
+        OpenAiAsr { settings, asks }
     }
 }
 
@@ -110,7 +130,7 @@ impl AsrFactory for OpenAiAsr {
         Rc::new(OpenAiEngine {
             settings: self.settings.clone(),
             prompt: String::new(),
-            stream: self.stream.clone(),
+            asks: self.asks.clone(),
         })
     }
 
@@ -137,7 +157,7 @@ impl AsrFactory for OpenAiAsr {
         Ok(Rc::new(OpenAiEngine {
             settings,
             prompt: o.prompt.clone().unwrap_or_default(),
-            stream: self.stream.clone(),
+            asks: self.asks.clone(),
         }))
     }
 }
@@ -147,8 +167,8 @@ struct OpenAiEngine {
     /// A session's prompt: words to expect (no control characters, so it cannot break out of
     /// its multipart field).
     prompt: String,
-    /// Streaming is asked for (shared with the factory).
-    stream: Arc<AtomicBool>,
+    /// What is asked for (shared with the factory).
+    asks: Arc<Asks>,
 }
 
 struct Sink {
@@ -177,7 +197,7 @@ impl AsrEngine for OpenAiEngine {
             pcm: rx,
             settings: self.settings.clone(),
             prompt: self.prompt.clone(),
-            stream: self.stream.clone(),
+            asks: self.asks.clone(),
         };
         let stream = futures_util::stream::unfold(start, next_update);
         (
@@ -197,13 +217,15 @@ enum State {
         pcm: oneshot::Receiver<Vec<i16>>,
         settings: OpenAiAsrSettings,
         prompt: String,
-        stream: Arc<AtomicBool>,
+        asks: Arc<Asks>,
     },
-    /// Reading server-sent events: the body, bytes not parsed yet, the text so far.
+    /// Reading server-sent events: the body, bytes not parsed yet, the text so far and its
+    /// tokens' log probabilities.
     Events {
         body: IdleTimeout<awc::ClientResponse>,
         pending: Vec<u8>,
         text: String,
+        logprobs: Logprobs,
     },
     /// The final result went out.
     Done,
@@ -218,32 +240,30 @@ async fn next_update(state: State) -> Option<(AsrUpdate, State)> {
             pcm,
             settings,
             prompt,
-            stream,
+            asks,
         } => {
             let Ok(pcm) = pcm.await else {
                 return Some((AsrUpdate::Final(None, None), State::Done));
             };
-            let asked = stream.load(Ordering::Relaxed);
-            let mut reply = request(&settings, &prompt, &pcm, asked).await;
-            if asked
-                && matches!(&reply, Err(OpenAiAsrError::Status { status, .. }) if *status == StatusCode::BAD_REQUEST)
-            {
-                // The server does not stream (whisper-1 refuses `stream`): ask again without,
-                // and never ask this process's server again.
-                stream.store(false, Ordering::Relaxed);
-                reply = request(&settings, &prompt, &pcm, false).await;
+            let refused = |r: &Result<Reply, OpenAiAsrError>| matches!(r, Err(OpenAiAsrError::Status { status, .. }) if *status == StatusCode::BAD_REQUEST);
+            let mut reply = request(&settings, &prompt, &pcm, &asks).await;
+            // A server that refuses an optional part (whisper-1 refuses both `include[]` and
+            // `stream`) is asked again without it, log probabilities first, and this process
+            // never asks its server for that part again.
+            for part in [&asks.logprobs, &asks.stream] {
+                if refused(&reply) && part.swap(false, Ordering::Relaxed) {
+                    reply = request(&settings, &prompt, &pcm, &asks).await;
+                }
             }
             match reply {
                 Err(e) => Some((AsrUpdate::Error(e.into()), State::Done)),
-                Ok(Reply::Text(text)) => Some((
-                    AsrUpdate::Final(Some(text).filter(|t| !t.is_empty()), None),
-                    State::Done,
-                )),
+                Ok(Reply::Text(text, logprobs)) => Some((final_of(text, &logprobs), State::Done)),
                 Ok(Reply::Events(body)) => {
                     Box::pin(next_update(State::Events {
                         body,
                         pending: Vec::new(),
                         text: String::new(),
+                        logprobs: Logprobs::default(),
                     }))
                     .await
                 }
@@ -253,6 +273,7 @@ async fn next_update(state: State) -> Option<(AsrUpdate, State)> {
             mut body,
             mut pending,
             mut text,
+            mut logprobs,
         } => loop {
             // One event per blank-line-separated block; its `data:` line is the JSON.
             if let Some(end) = pending.windows(2).position(|w| w == b"\n\n") {
@@ -263,7 +284,7 @@ async fn next_update(state: State) -> Option<(AsrUpdate, State)> {
                         continue;
                     };
                     if data == "[DONE]" {
-                        return Some((final_of(text), State::Done));
+                        return Some((final_of(text, &logprobs), State::Done));
                     }
                     let Ok(v) = serde_json::from_str::<serde_json::Value>(data) else {
                         continue;
@@ -271,17 +292,24 @@ async fn next_update(state: State) -> Option<(AsrUpdate, State)> {
                     match v["type"].as_str() {
                         Some("transcript.text.delta") => {
                             text.push_str(v["delta"].as_str().unwrap_or(""));
+                            logprobs.add(&v["logprobs"]);
                             let partial = text.trim().to_owned();
+                            let confidence = logprobs.confidence();
                             let next = State::Events {
                                 body,
                                 pending,
                                 text,
+                                logprobs,
                             };
-                            return Some((AsrUpdate::Partial(partial, None), next));
+                            return Some((AsrUpdate::Partial(partial, confidence), next));
                         }
                         Some("transcript.text.done") => {
                             let done = v["text"].as_str().map_or(text, str::to_owned);
-                            return Some((final_of(done), State::Done));
+                            // The whole text's, when the server sends them again.
+                            let mut whole = Logprobs::default();
+                            whole.add(&v["logprobs"]);
+                            let all = if whole.n > 0 { whole } else { logprobs };
+                            return Some((final_of(done, &all), State::Done));
                         }
                         _ => {}
                     }
@@ -289,7 +317,7 @@ async fn next_update(state: State) -> Option<(AsrUpdate, State)> {
                 continue;
             }
             match body.next().await {
-                None => return Some((final_of(text), State::Done)),
+                None => return Some((final_of(text, &logprobs), State::Done)),
                 Some(Err(stalled)) => {
                     let e = OpenAiAsrError::Stalled(stalled);
                     return Some((AsrUpdate::Error(e.into()), State::Done));
@@ -315,14 +343,40 @@ async fn next_update(state: State) -> Option<(AsrUpdate, State)> {
     }
 }
 
-fn final_of(text: String) -> AsrUpdate {
-    AsrUpdate::Final(Some(text.trim().to_owned()).filter(|t| !t.is_empty()), None)
+fn final_of(text: String, logprobs: &Logprobs) -> AsrUpdate {
+    let text = Some(text.trim().to_owned()).filter(|t| !t.is_empty());
+    let confidence = text.as_ref().and(logprobs.confidence());
+    AsrUpdate::Final(text, confidence)
+}
+
+/// The log probabilities of a transcription's tokens, as the server sent them.
+#[derive(Debug, Default, Clone, Copy)]
+struct Logprobs {
+    sum: f64,
+    n: usize,
+}
+
+impl Logprobs {
+    /// Adds `v`'s tokens: an array of `{"logprob": ...}`; anything else adds none.
+    fn add(&mut self, v: &serde_json::Value) {
+        for p in v.as_array().into_iter().flatten() {
+            if let Some(l) = p["logprob"].as_f64().filter(|l| l.is_finite()) {
+                self.sum += l.min(0.0);
+                self.n += 1;
+            }
+        }
+    }
+
+    /// The geometric mean of the tokens' probabilities (0 to 1); none without tokens.
+    fn confidence(&self) -> Option<f32> {
+        (self.n > 0).then(|| ((self.sum / self.n as f64).exp() as f32).clamp(0.0, 1.0))
+    }
 }
 
 /// What the server answered.
 enum Reply {
-    /// The whole transcription.
-    Text(String),
+    /// The whole transcription, and its tokens' log probabilities.
+    Text(String, Logprobs),
     /// Server-sent events, to be read as they come.
     Events(IdleTimeout<awc::ClientResponse>),
 }
@@ -331,8 +385,9 @@ async fn request(
     s: &OpenAiAsrSettings,
     prompt: &str,
     pcm: &[i16],
-    stream: bool,
+    asks: &Asks,
 ) -> Result<Reply, OpenAiAsrError> {
+    let stream = asks.stream.load(Ordering::Relaxed);
     let url = format!(
         "{}/v1/audio/transcriptions",
         s.base_url.trim_end_matches('/')
@@ -352,6 +407,9 @@ async fn request(
     };
     field("model", &s.model);
     field("response_format", "json");
+    if asks.logprobs.load(Ordering::Relaxed) {
+        field("include[]", "logprobs");
+    }
     if !s.language.is_empty() {
         field("language", &s.language);
     }
@@ -414,15 +472,41 @@ async fn request(
         });
     }
     let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(OpenAiAsrError::NotJson)?;
+    let mut logprobs = Logprobs::default();
+    logprobs.add(&v["logprobs"]);
     v["text"]
         .as_str()
-        .map(|t| Reply::Text(t.trim().to_owned()))
+        .map(|t| Reply::Text(t.trim().to_owned(), logprobs))
         .ok_or(OpenAiAsrError::NoText)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_confidence_is_the_geometric_mean_of_the_tokens_probabilities() {
+        let of = |v: serde_json::Value| {
+            let mut l = Logprobs::default();
+            l.add(&v);
+            l.confidence()
+        };
+        assert_eq!(of(serde_json::Value::Null), None);
+        assert_eq!(of(serde_json::json!([])), None);
+        assert_eq!(of(serde_json::json!([{"token": "a"}])), None, "no logprob");
+        let half = of(serde_json::json!([
+            {"token": "a", "logprob": 0.0},
+            {"token": "b", "logprob": (0.25f64).ln()},
+        ]))
+        .unwrap();
+        assert!((half - 0.5).abs() < 1e-6, "{half}");
+        // A positive log probability is a server's error: it counts as certain, never above 1.
+        assert_eq!(of(serde_json::json!([{"logprob": 3.0}])), Some(1.0));
+        let mut split = Logprobs::default();
+        split.add(&serde_json::json!([{"logprob": -1.0}]));
+        split.add(&serde_json::json!([{"logprob": -3.0}]));
+        assert!((split.confidence().unwrap() - (-2.0f32).exp()).abs() < 1e-6);
+    }
 
     #[test]
     fn debug_hides_the_key() {
@@ -435,6 +519,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             stream_idle: Duration::from_secs(1),
             stream: false,
+            logprobs: false,
         };
         let shown = format!("{s:?}");
         assert!(!shown.contains("sk-secret"), "{shown}");
