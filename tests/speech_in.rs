@@ -302,6 +302,38 @@ async fn openai_asr_gets_a_wav_of_the_utterance_and_its_text_is_the_final() {
     peer.close().await;
 }
 
+/// A server like whisper-1 (it refuses `stream` and `include[]`), a call whose recognizer is
+/// it (with `extra` settings), and two utterances spoken: both finals are its text.
+async fn two_utterances_to_a_whisper_server(
+    extra: &[(&str, &str)],
+) -> (SpeechServer, TestDialogApp, TestServer, ClientPeer) {
+    let stt = SpeechServer::start(Behaviour::RefuseStream("not streamed".into())).await;
+    let app = TestDialogApp::start().await;
+    let base = stt.base_url();
+    let mut settings = vec![
+        ("asr.engine", "openai"),
+        ("asr.openai.base_url", base.as_str()),
+    ];
+    settings.extend_from_slice(extra);
+    let server = server(&app, &settings);
+    let peer = started(&server, &app).await;
+    let speech = spoken("hello world", Duration::from_millis(1000)).await;
+    for n in 1..=2 {
+        peer.send_paced(&speech).await.unwrap();
+        assert!(
+            eventually(5 * SECOND, || of_type(&app, "asr.final").len() == n).await,
+            "{:?}",
+            app.types()
+        );
+    }
+    let finals = of_type(&app, "asr.final");
+    assert!(
+        finals.iter().all(|f| f["text"] == "not streamed"),
+        "{finals:?}"
+    );
+    (stt, app, server, peer)
+}
+
 /// A server that streams its transcription gives partials before the final; one that refuses
 /// `stream` (whisper-1) is asked again without it, and not asked again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -338,28 +370,7 @@ async fn openai_asr_streams_partials_when_the_server_can_and_falls_back_once_whe
     peer.close().await;
 
     drop(first);
-    let stt = SpeechServer::start(Behaviour::RefuseStream("not streamed".into())).await;
-    let app = TestDialogApp::start().await;
-    let base = stt.base_url();
-    let second = server(
-        &app,
-        &[("asr.engine", "openai"), ("asr.openai.base_url", &base)],
-    );
-    let peer = started(&second, &app).await;
-    let speech = spoken("hello world", Duration::from_millis(1000)).await;
-    for n in 1..=2 {
-        peer.send_paced(&speech).await.unwrap();
-        assert!(
-            eventually(5 * SECOND, || of_type(&app, "asr.final").len() == n).await,
-            "{:?}",
-            app.types()
-        );
-    }
-    assert!(
-        of_type(&app, "asr.final")
-            .iter()
-            .all(|f| f["text"] == "not streamed")
-    );
+    let (stt, app, _second, peer) = two_utterances_to_a_whisper_server(&[]).await;
     let asked: Vec<bool> = stt
         .requests()
         .iter()
@@ -416,32 +427,13 @@ async fn openai_asr_confidence_comes_from_the_tokens_log_probabilities_when_aske
     peer.close().await;
 
     drop(first);
-    let stt = SpeechServer::start(Behaviour::RefuseStream("not streamed".into())).await;
-    let app = TestDialogApp::start().await;
-    let base = stt.base_url();
-    let second = server(
-        &app,
-        &[
-            ("asr.engine", "openai"),
-            ("asr.openai.base_url", &base),
-            ("asr.openai.logprobs", "true"),
-        ],
-    );
-    let peer = started(&second, &app).await;
-    let speech = spoken("hello world", Duration::from_millis(1000)).await;
-    for n in 1..=2 {
-        peer.send_paced(&speech).await.unwrap();
-        assert!(
-            eventually(5 * SECOND, || of_type(&app, "asr.final").len() == n).await,
-            "{:?}",
-            app.types()
-        );
-    }
+    let (stt, app, _second, peer) =
+        two_utterances_to_a_whisper_server(&[("asr.openai.logprobs", "true")]).await;
     let finals = of_type(&app, "asr.final");
     assert!(
         finals
             .iter()
-            .all(|f| f["text"] == "not streamed" && f.get("confidence").is_none_or(Value::is_null)),
+            .all(|f| f.get("confidence").is_none_or(Value::is_null)),
         "{finals:?}"
     );
     let asked: Vec<(bool, bool)> = stt

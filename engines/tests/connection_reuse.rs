@@ -216,48 +216,6 @@ async fn a_request_whose_connection_closes_unanswered_is_sent_once_more_on_a_new
 }
 
 #[actix_rt::test]
-async fn the_pool_offers_a_tls_server_http_1_1_only() {
-    // A listener that reads the client's TLS hello and closes: the hello's ALPN extension lists
-    // the protocols the client would speak. Over HTTP/2 every call's requests on a worker would
-    // share one connection (and queue past the server's stream limit), so only HTTP/1.1 may be
-    // offered.
-    use tokio::io::AsyncReadExt;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let hello = tokio::spawn(async move {
-        let (mut tcp, _) = listener.accept().await.unwrap();
-        let mut buf = vec![0u8; 4096];
-        let mut n = 0;
-        // The record header says how long the hello is.
-        while n < 5 || n < 5 + u16::from_be_bytes([buf[3], buf[4]]) as usize {
-            let got = tcp.read(&mut buf[n..]).await.unwrap();
-            assert!(got > 0, "the client closed before its hello");
-            n += got;
-        }
-        buf.truncate(n);
-        buf
-    });
-    let tts = OpenAiTts::new(OpenAiTtsSettings {
-        base_url: format!("https://127.0.0.1:{port}"),
-        tls: ClientTls::public(),
-        api_key: SecretString::from(""),
-        model: "tts-test".into(),
-        voice: "alloy".into(),
-        sample_rate: 24_000,
-        timeout: Duration::from_secs(2),
-        stream_idle: Duration::from_secs(2),
-    })
-    .for_call();
-    let failed = synthesize(&tts, "hello").await;
-    assert!(failed.is_err(), "no TLS server answered");
-    let hello = hello.await.unwrap();
-    assert_eq!(hello[0], 22, "a TLS handshake record");
-    let has = |needle: &[u8]| hello.windows(needle.len()).any(|w| w == needle);
-    assert!(has(b"\x08http/1.1"), "HTTP/1.1 offered");
-    assert!(!has(b"\x02h2"), "HTTP/2 not offered");
-}
-
-#[actix_rt::test]
 async fn over_tls_the_pool_trusts_what_it_is_given_and_keeps_each_trust_apart() {
     // A self-hosted speech server behind a private CA (`vendor_tls.ca_file`).
     let ca = voicegate_testkit::tls::TestCa::new();

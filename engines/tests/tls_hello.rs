@@ -3,7 +3,8 @@
 //! The WebSocket engines (ElevenLabs, Cartesia, Deepgram) upgrade an HTTP/1.1 connection; awc
 //! cannot open a WebSocket over HTTP/2 (RFC 8441 is not supported), and a public server offered
 //! `h2` picks it, so every utterance would fail. The OpenAI-compatible pool is HTTP/1.1 only too
-//! (`engines::http`; checked in `connection_reuse.rs`).
+//! (`engines::http`): over HTTP/2 every call's requests on a worker would share one connection
+//! and queue past the server's stream limit.
 //!
 //! A local listener reads the client's hello and closes: the engine's attempt fails, and the
 //! hello says what it offered.
@@ -18,6 +19,7 @@ use voicegate_engines::tls::ClientTls;
 use voicegate_engines::tts::TtsFactory;
 use voicegate_engines::tts::cartesia::{CartesiaSettings, CartesiaTts};
 use voicegate_engines::tts::elevenlabs::{ElevenLabsSettings, ElevenLabsTts};
+use voicegate_engines::tts::openai::{OpenAiTts, OpenAiTtsSettings};
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -136,4 +138,24 @@ async fn deepgram_offers_http_1_1_only() {
     }
     assert!(failed, "no TLS server answered");
     assert_http_1_1_only(&hello.await.unwrap(), "deepgram");
+}
+
+#[actix_rt::test]
+async fn the_openai_compatible_pool_offers_http_1_1_only() {
+    let (port, hello) = hello_catcher().await;
+    let factory = OpenAiTts::new(OpenAiTtsSettings {
+        base_url: format!("https://127.0.0.1:{port}"),
+        tls: ClientTls::public(),
+        api_key: SecretString::from(""),
+        model: "tts-test".into(),
+        voice: "alloy".into(),
+        sample_rate: 24_000,
+        timeout: TIMEOUT,
+        stream_idle: TIMEOUT,
+    });
+    assert!(
+        first_audio(&factory).await.is_err(),
+        "no TLS server answered"
+    );
+    assert_http_1_1_only(&hello.await.unwrap(), "openai");
 }
