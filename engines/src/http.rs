@@ -20,11 +20,11 @@
 //! - A server can close an idle connection just as a request goes out on it (the request and
 //!   the server's close cross on the wire). [`send`] sends such a request once more, on a new
 //!   connection, when its connection closed before any answer came.
-//! - HTTP/1.1 only (the TLS configuration, [`crate::tls`], offers no other), so concurrent requests each have a connection of their own. Over HTTP/2 awc
-//!   would multiplex every call's requests on the worker onto one connection: past the server's
-//!   limit of concurrent streams they would queue behind other calls' syntheses (which last
-//!   seconds), and they would share one flow-control window. What is saved is the handshakes,
-//!   which keeping HTTP/1.1 connections saves as well.
+//! - HTTP/1.1 only (the TLS configuration, [`crate::tls`], offers no other), so concurrent requests
+//!   each have a connection of their own. Over HTTP/2 awc would multiplex every call's requests on
+//!   the worker onto one connection: past the server's limit of concurrent streams they would queue
+//!   behind other calls' syntheses (which last seconds), and they would share one flow-control
+//!   window. What is saved is the handshakes, which keeping HTTP/1.1 connections saves as well.
 //! - There is no bound on connections in the pool: `calls.max` bounds the calls, and each call
 //!   has few requests in flight (one transcription, at most `tts.prefetch_segments` syntheses).
 //!   awc's default of 100 per worker would queue the requests past it behind the others.

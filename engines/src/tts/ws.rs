@@ -21,12 +21,12 @@
 //! their last audio) gets the context ended after that quiet time, and the next segment opens a
 //! new context on the same connection.
 //!
-//! **Connections opened ahead.** A new stream waits for its connection (TCP, TLS, the upgrade:
-//! two to four round trips to the vendor) before its first text goes out. The call's engine can
-//! open one ahead of need ([`Preconnect::prepare`]: when the call's media connects, for a greeting; when
+//! **Connections opened ahead.** A new stream waits for its connection (TCP, TLS, the upgrade: two
+//! to four round trips to the vendor) before its first text goes out. The call's engine can open
+//! one ahead of need ([`Preconnect::prepare`]: when the call's media connects, for a greeting; when
 //! the caller starts and stops speaking, so it overlaps the turn, its recognition and the dialog
-//! app's thinking; and when a stream starts, for the utterance after it); the next stream takes
-//! it, or waits for it if it is still connecting. One waits at most [`Limits::preconnect`] for a stream
+//! app's thinking; and when a stream starts, for the utterance after it); the next stream takes it,
+//! or waits for it if it is still connecting. One waits at most [`Limits::preconnect`] for a stream
 //! (`tts.preconnect_ms`, below the vendors' own idle limits), then is closed, as it is when the
 //! vendor closes it first or the engine is replaced or dropped; a call holds at most one.
 //! Process-wide counts of how they ended are in [`preconnects`].
