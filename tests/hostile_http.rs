@@ -164,6 +164,27 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
     // The client cannot pick its address by prepending one: the proxy appended the real one.
     let res = post("203.0.113.77, 198.51.100.1").await;
     assert_eq!(res.status, 429, "{}", res.text());
+    // Nor by sending a header line of its own, which a proxy keeps and follows with its own
+    // line (HAProxy's `option forwardfor` appends a header rather than extending the list).
+    let res = http::request(
+        proxied.http,
+        "POST",
+        ECHO,
+        &[
+            ("Content-Type", "application/json"),
+            ("X-Forwarded-For", "203.0.113.78"),
+            ("X-Forwarded-For", "198.51.100.2"),
+        ],
+        &body(&sdp),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        res.status,
+        429,
+        "the client's own header line chose its source: {}",
+        res.text()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

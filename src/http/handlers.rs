@@ -560,12 +560,18 @@ fn validate_offer(
 /// trusted proxy, the client it names in `X-Forwarded-For` ([`admission::client_ip`]); plus
 /// the user agent (capped: it is the caller's text).
 fn client_info(req: &HttpRequest, trusted: &[IpNet]) -> ClientInfo {
-    let forwarded = req
+    // Every line of the header, in order, as one list: a proxy appends its line after the
+    // client's (HAProxy's `option forwardfor` does), so the first line alone is the client's
+    // own text. A line that is not text stays in as an entry no address parses from, where
+    // trust stops.
+    let lines: Vec<&str> = req
         .headers()
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok());
+        .get_all("x-forwarded-for")
+        .map(|v| v.to_str().unwrap_or("?"))
+        .collect();
+    let forwarded = (!lines.is_empty()).then(|| lines.join(","));
     let peer = req.peer_addr();
-    let ip = peer.map(|peer| admission::client_ip(peer.ip(), forwarded, trusted));
+    let ip = peer.map(|peer| admission::client_ip(peer.ip(), forwarded.as_deref(), trusted));
     let user_agent = req
         .headers()
         .get(header::USER_AGENT)
