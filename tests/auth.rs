@@ -220,3 +220,70 @@ async fn a_call_ends_at_the_tokens_max_duration() {
     );
     peer.close().await;
 }
+
+/// A single-use token spent on an offer that could not become a call (here: the server is full)
+/// is given back: the caller told to retry after `Retry-After` can retry with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_use_token_refused_for_a_full_server_can_be_used_again() {
+    let app = TestDialogApp::start().await;
+    let secrets = format!("{SECRET},{OLD_SECRET}");
+    let server = TestServer::start(&[
+        ("auth.mode", "token"),
+        ("auth.secrets", &secrets),
+        ("dialog.url", &app.url()),
+        ("calls.max", "1"),
+    ]);
+    let echo = |jti: &str| {
+        token(
+            SECRET,
+            fresh(Claims {
+                mode: Some("echo".into()),
+                jti: Some(jti.into()),
+                ..Claims::default()
+            }),
+        )
+    };
+    let holder = format!("Bearer {}", echo("the-first-call"));
+    let first = ClientPeer::call_with_headers(
+        server.http,
+        "/webrtc/v1/offer",
+        &[("Authorization", &holder)],
+    )
+    .await
+    .expect("the first call is placed");
+    first.wait_connected(5 * SECOND).await.expect("media");
+
+    let retried = echo("the-retried-call");
+    let sdp = offer_sdp().await;
+    let res = post(&server, "/webrtc/v1/offer", Some(&retried), &sdp).await;
+    assert_eq!(res.status, 503, "{}", res.text());
+    assert!(res.header("retry-after").is_some());
+
+    first.close().await;
+    server
+        .wait_released(5 * SECOND)
+        .await
+        .expect("the first call ended");
+    let res = post(
+        &server,
+        "/webrtc/v1/offer",
+        Some(&retried),
+        &offer_sdp().await,
+    )
+    .await;
+    assert_eq!(
+        res.status,
+        200,
+        "the token the full server refused was burnt: {}",
+        res.text()
+    );
+    // Used now: a second time is refused.
+    let res = post(
+        &server,
+        "/webrtc/v1/offer",
+        Some(&retried),
+        &offer_sdp().await,
+    )
+    .await;
+    assert_eq!(res.status, 401, "{}", res.text());
+}

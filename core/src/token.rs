@@ -293,6 +293,13 @@ impl UsedTokens {
         Ok(())
     }
 
+    /// Forgets a use of `jti` recorded by [`claim`](Self::claim): the offer it was spent on did
+    /// not become a call (the server was full, the caller's address had its calls, the stack
+    /// could not negotiate it), so the token is the caller's to use again.
+    pub fn release(&mut self, jti: &str) {
+        self.seen.remove(jti);
+    }
+
     /// How many are held.
     pub fn len(&self) -> usize {
         self.seen.len()

@@ -3,7 +3,8 @@
 //!
 //! The token is checked before a byte of the offer's body is read, so a caller without one costs
 //! a header parse. A single-use token (`jti`) is spent only once the offer is otherwise valid and
-//! about to become a call, so a malformed body does not burn the caller's token.
+//! about to become a call, so a malformed body does not burn the caller's token, and it is given
+//! back when the call could not be placed after all (the server full, say).
 
 use super::error::ApiError;
 use crate::settings::AuthSettings;
@@ -67,6 +68,20 @@ impl Auth {
                 })
             }
             Err(e) => Err(unauthorized(e)),
+        }
+    }
+}
+
+impl Auth {
+    /// Gives back a single-use token [`redeem`](Self::redeem) spent on an offer that did not
+    /// become a call (`503` full, `429` calls per address, `400` from the stack), so a caller
+    /// told to retry can retry with it.
+    pub fn refund(&self, grant: &Grant) {
+        if let Some((jti, _)) = &grant.jti {
+            self.used
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .release(jti);
         }
     }
 }

@@ -122,6 +122,7 @@ pub async fn offer(
         client,
         state.max_remote_candidates,
     )?;
+    let mut spent = None;
     if let (Some(auth), Some(grant)) = (&state.auth, grant) {
         apply_grant(
             &mut offer,
@@ -131,19 +132,32 @@ pub async fn offer(
         )?;
         // Spent last: a token is not burnt by an offer refused for its body.
         auth.redeem(&grant)?;
+        spent = Some((auth, grant));
     }
 
-    let answer = state
+    let placed = state
         .supervisor
         .send(PlaceCall { offer })
         .await
-        .map_err(|e| ApiError::Internal(format!("supervisor unreachable: {e}")))?
-        .map_err(|e| match e {
-            voicegate_actors::supervisor::PlaceCallError::Full => {
-                ApiError::Full(state.retry_after_s)
+        .map_err(|e| ApiError::Internal(format!("supervisor unreachable: {e}")))
+        .and_then(|placed| {
+            placed.map_err(|e| match e {
+                voicegate_actors::supervisor::PlaceCallError::Full => {
+                    ApiError::Full(state.retry_after_s)
+                }
+                e => e.into(),
+            })
+        });
+    let answer = match placed {
+        Ok(answer) => answer,
+        Err(e) => {
+            // No call: the token was not used up.
+            if let Some((auth, grant)) = spent {
+                auth.refund(&grant);
             }
-            e => e.into(),
-        })?;
+            return Err(e);
+        }
+    };
     let location = (header::LOCATION, super::call_location(&answer.call_id));
     // The ICE session's tag, for `If-Match` on a later PATCH (RFC 9725 §4.3.1).
     let etag = (header::ETAG, ice_etag(&answer.sdp));
