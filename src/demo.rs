@@ -50,11 +50,14 @@ pub const APOLOGY: &str = "Sorry, I cannot answer right now. Please try again.";
 pub struct DemoConfig {
     /// The model (`None`: repeat what was heard).
     pub llm: Option<Arc<LlmSettings>>,
-    /// The `demo_key` voicegate's dials carry; required when `llm` is set.
+    /// The `demo_key` voicegate's dials carry; a dial without it gets `403`.
     pub key: Arc<str>,
 }
 
-/// `GET /dialog/demo?call_id=...[&demo_key=...]`: the WebSocket upgrade.
+/// `GET /dialog/demo?call_id=...&demo_key=...`: the WebSocket upgrade, for voicegate's own dials
+/// only. The key keeps everyone else off: the agent spends a model's budget, and the socket's
+/// frame parser (actix's) holds a frame's whole declared length in memory before it checks it,
+/// which only voicegate's own dialog client, writing small events, may be trusted with.
 pub async fn connect(
     req: HttpRequest,
     stream: web::Payload,
@@ -64,20 +67,18 @@ pub async fn connect(
         web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
             .map(|q| q.into_inner())
             .unwrap_or_default();
+    let given = query.get("demo_key").map(String::as_str).unwrap_or("");
+    if !same_key(given.as_bytes(), config.key.as_bytes()) {
+        return Ok(HttpResponse::Forbidden().finish());
+    }
     let agent = match &config.llm {
         None => None,
-        Some(settings) => {
-            let given = query.get("demo_key").map(String::as_str).unwrap_or("");
-            if !same_key(given.as_bytes(), config.key.as_bytes()) {
-                return Ok(HttpResponse::Forbidden().finish());
-            }
-            Some(Agent {
-                history: History::new(&settings.system_prompt, settings.max_history_messages),
-                settings: settings.clone(),
-                pending: None,
-                last_spoken: None,
-            })
-        }
+        Some(settings) => Some(Agent {
+            history: History::new(&settings.system_prompt, settings.max_history_messages),
+            settings: settings.clone(),
+            pending: None,
+            last_spoken: None,
+        }),
     };
     ws::start(
         DemoDialog {

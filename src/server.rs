@@ -142,7 +142,8 @@ pub fn start(cfg: &Validated) -> Result<Running, StartError> {
     for (name, choice) in &cfg.asr_profiles {
         profiles.asr.insert(name.clone(), asr_engine(choice)?);
     }
-    // The demo agent spends a model's budget: its socket takes only dials that carry this key.
+    // The demo's socket takes only dials that carry this key: the agent spends a model's budget,
+    // and a WebSocket on the public port that anyone may open is memory anyone may hold.
     let demo_key = CallId::generate("demo", None)
         .map_err(|e| StartError::Random(e.to_string()))?
         .as_str()
@@ -151,7 +152,7 @@ pub fn start(cfg: &Validated) -> Result<Running, StartError> {
         llm: cfg.demo_llm.clone().map(Arc::new),
         key: demo_key.as_str().into(),
     });
-    let demo_url = demo_url(http_addr, cfg.demo_llm.as_ref().map(|_| demo_key.as_str()));
+    let demo_url = demo_url(http_addr, &demo_key);
     let mut dialog = cfg.dialog.clone();
     dialog.url = match &cfg.dialog_target {
         DialogTarget::Demo => demo_url.clone(),
@@ -280,8 +281,8 @@ fn with_query(url: &url::Url, name: &str, value: &str) -> url::Url {
 }
 
 /// The embedded demo app's URL on this server (loopback when bound to every interface), with
-/// `key` as its `demo_key` when the demo needs one.
-fn demo_url(http: SocketAddr, key: Option<&str>) -> url::Url {
+/// `key` as its `demo_key`.
+fn demo_url(http: SocketAddr, key: &str) -> url::Url {
     let ip = if http.ip().is_unspecified() {
         if http.is_ipv4() {
             std::net::IpAddr::from([127, 0, 0, 1])
@@ -294,8 +295,6 @@ fn demo_url(http: SocketAddr, key: Option<&str>) -> url::Url {
     let host = SocketAddr::new(ip, http.port());
     let mut url = url::Url::parse(&format!("ws://{host}/dialog/demo"))
         .expect("a socket address makes a valid URL");
-    if let Some(key) = key {
-        url.query_pairs_mut().append_pair("demo_key", key);
-    }
+    url.query_pairs_mut().append_pair("demo_key", key);
     url
 }

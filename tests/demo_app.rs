@@ -31,12 +31,10 @@ async fn send(ws: &mut Ws, v: Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_greets_repeats_what_it_heard_and_hangs_up_on_goodbye() {
     let server = TestServer::start(&[]);
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!(
-        "ws://{}/dialog/demo?call_id=wrtc-x",
-        server.http
-    ))
-    .await
-    .unwrap();
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("{}&call_id=wrtc-x", server.demo_url))
+            .await
+            .unwrap();
 
     send(
         &mut ws,
@@ -99,4 +97,23 @@ async fn a_plain_call_hears_the_demo_greeting() {
         .count();
     assert!(loud >= 50, "only {loud} loud frames");
     peer.close().await;
+}
+
+/// The demo's socket is on the public HTTP port but answers only voicegate's own dials, which
+/// carry the per-process `demo_key`, with or without a model behind it: a WebSocket anyone may
+/// open is memory and a mailbox anyone may fill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_voicegate_may_dial_the_demo() {
+    let server = TestServer::start(&[]);
+    for url in [
+        format!("ws://{}/dialog/demo?call_id=wrtc-x", server.http),
+        format!(
+            "ws://{}/dialog/demo?call_id=wrtc-x&demo_key=demo-0000",
+            server.http
+        ),
+    ] {
+        let err = tokio_tungstenite::connect_async(url).await.unwrap_err();
+        assert!(err.to_string().contains("403"), "{err}");
+    }
+    assert!(server.demo_url.contains("demo_key=demo-"));
 }
