@@ -168,7 +168,19 @@ async fn sdp_offers_pass_the_same_checks() {
     let server = TestServer::start(&[("http.max_body_bytes", "16384")]);
     let offer = offer_sdp().await;
 
-    let res = post_sdp(&server, ECHO, "text/plain", offer.as_bytes()).await;
+    // From a web page (it sends `Origin`): another type is refused.
+    let res = http::request(
+        server.http,
+        "POST",
+        ECHO,
+        &[
+            ("Content-Type", "text/plain"),
+            ("Origin", "https://app.example"),
+        ],
+        offer.as_bytes(),
+    )
+    .await
+    .expect("request");
     assert_eq!(res.status, 415);
     let msg = error_of(&res);
     assert!(

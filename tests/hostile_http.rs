@@ -62,6 +62,15 @@ async fn a_simple_cross_site_post_cannot_create_a_call() {
         server.snapshot().await.calls.is_empty(),
         "no call was set up"
     );
+    // Without `Origin` it is no web page's request: read as JSON whatever its type, as the
+    // original read every offer (`curl -d`, a script that sets no type).
+    for ct in [Some("application/x-www-form-urlencoded"), None] {
+        let headers: Vec<(&str, &str)> = ct.map(|ct| ("Content-Type", ct)).into_iter().collect();
+        let res = http::request(server.http, "POST", ECHO, &headers, &body(&sdp))
+            .await
+            .unwrap();
+        assert_eq!(res.status, 200, "{ct:?}: {}", res.text());
+    }
     // JSON with parameters is JSON.
     let res = http::request(
         server.http,

@@ -402,10 +402,13 @@ enum OfferFormat {
     Sdp,
 }
 
-/// `Content-Type: application/json` or `application/sdp` (any parameters), else `415`.
-/// Requiring one of them is what keeps a page on another origin from creating calls through its
-/// visitors' browsers with a "simple" `text/plain` POST, which needs no CORS preflight; neither
-/// type is CORS-safelisted, so a POST of either from another origin is preflighted.
+/// `Content-Type: application/json` or `application/sdp` (any parameters), else `415` when the
+/// request comes from a web page (it carries `Origin`). Requiring one of them is what keeps a
+/// page on another origin from creating calls through its visitors' browsers with a "simple"
+/// `text/plain` POST, which needs no CORS preflight; neither type is CORS-safelisted, so a POST
+/// of either from another origin is preflighted. Browsers send `Origin` with every POST, so a
+/// request without one is not a page's: it is read as JSON whatever its type, as the original
+/// read every offer (`curl -d`, a script that sets no type).
 fn offer_format(req: &HttpRequest) -> Result<OfferFormat, ApiError> {
     let ct = req
         .headers()
@@ -417,6 +420,8 @@ fn offer_format(req: &HttpRequest) -> Result<OfferFormat, ApiError> {
         Ok(OfferFormat::Json)
     } else if essence.eq_ignore_ascii_case(SDP) {
         Ok(OfferFormat::Sdp)
+    } else if !req.headers().contains_key(header::ORIGIN) {
+        Ok(OfferFormat::Json)
     } else {
         Err(ApiError::UnsupportedMediaType(format!(
             "Content-Type must be application/json or application/sdp, got {}",
