@@ -1100,6 +1100,38 @@ pub struct Validated {
     pub recording: Option<Recording>,
 }
 
+/// An `http.allowed_origins` entry as browsers send `Origin`: `scheme://host[:port]`, the scheme
+/// and host in lower case, no default port (`https://App.example:443/` is
+/// `https://app.example`); `*` and `null` as they are. CORS compares origins byte for byte, so an
+/// entry written any other way would never match and every cross-origin call would fail with no
+/// word why; one that is not an origin at all (a path, a query) is refused.
+fn origin(entry: &str) -> Result<String, String> {
+    if entry == "*" || entry == "null" {
+        return Ok(entry.to_owned());
+    }
+    let url = url::Url::parse(entry).map_err(|e| format!("{e} (want scheme://host[:port])"))?;
+    let Some(host) = url.host_str().filter(|h| !h.is_empty()) else {
+        return Err("no host (want scheme://host[:port])".to_owned());
+    };
+    if !matches!(url.path(), "" | "/")
+        || url.query().is_some()
+        || url.fragment().is_some()
+        || !url.username().is_empty()
+        || url.password().is_some()
+    {
+        return Err("not an origin (want scheme://host[:port], no path)".to_owned());
+    }
+    Ok(match url.origin() {
+        url::Origin::Tuple(..) => url.origin().ascii_serialization(),
+        // A scheme the URL standard gives no tuple origin (`chrome-extension://<id>`): browsers
+        // still send it as scheme, host and port.
+        url::Origin::Opaque(_) => match url.port() {
+            Some(port) => format!("{}://{host}:{port}", url.scheme()),
+            None => format!("{}://{host}", url.scheme()),
+        },
+    })
+}
+
 impl Settings {
     /// The speech engine `engine` with these settings; `at` names its keys in errors.
     fn tts_choice(
@@ -1373,13 +1405,16 @@ impl Settings {
                 format!("{:?}: {e} (want ip:port)", self.http.bind),
             )
         })?;
-        let allowed_origins: Vec<String> = self
+        let allowed_origins = self
             .http
             .allowed_origins
             .iter()
-            .map(|o| o.trim().trim_end_matches('/').to_owned())
+            .map(|o| o.trim())
             .filter(|o| !o.is_empty())
-            .collect();
+            .map(|o| {
+                origin(o).map_err(|why| invalid("http.allowed_origins", format!("{o:?}: {why}")))
+            })
+            .collect::<Result<Vec<String>, _>>()?;
         if self.http.max_body_bytes < 1024 {
             return Err(invalid("http.max_body_bytes", "must be at least 1024"));
         }
@@ -3055,5 +3090,40 @@ mod tests {
             "the dialog's is apart"
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn allowed_origins_are_written_as_browsers_send_them() {
+        let mut s = Settings::load_with_env(None, env(&[])).unwrap();
+        s.http.allowed_origins = vec![
+            "https://App.Example.com:443/".into(),
+            "http://localhost:8080".into(),
+            "https://b.example:8443".into(),
+            "chrome-extension://abcdefgh".into(),
+            "*".into(),
+            "null".into(),
+            " ".into(),
+        ];
+        assert_eq!(
+            s.validate().unwrap().allowed_origins,
+            vec![
+                "https://app.example.com",
+                "http://localhost:8080",
+                "https://b.example:8443",
+                "chrome-extension://abcdefgh",
+                "*",
+                "null",
+            ]
+        );
+        for bad in [
+            "https://app.example/voice",
+            "app.example",
+            "https://app.example?x=1",
+            "https://user@app.example",
+        ] {
+            s.http.allowed_origins = vec![bad.into()];
+            let e = s.validate().unwrap_err().to_string();
+            assert!(e.contains("http.allowed_origins"), "{bad}: {e}");
+        }
     }
 }

@@ -517,6 +517,8 @@ async fn a_page_on_an_allowed_origin_may_patch_with_if_match_and_read_the_etag()
     assert!(methods.split(", ").any(|m| m == "PATCH"), "{methods}");
     let headers = res.header("access-control-allow-headers").unwrap_or("");
     assert!(headers.split(", ").any(|h| h == "If-Match"), "{headers}");
+    // Kept for a while, so the restart PATCH of a changing network needs no preflight first.
+    assert_eq!(res.header("access-control-max-age"), Some("600"));
     let exposed = res.header("access-control-expose-headers").unwrap_or("");
     assert!(exposed.split(", ").any(|h| h == "ETag"), "{exposed}");
     server.wait_released(2 * SECOND).await.unwrap();

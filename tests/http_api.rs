@@ -129,6 +129,15 @@ async fn bad_offers_get_400_with_a_reason_and_leak_nothing() {
     .await;
     assert_eq!(res.status, 400);
     assert!(error_of(&res).contains("unknown mode"));
+    // A query string that does not parse gets the same JSON error body as every refusal.
+    let res = post(
+        &server,
+        "/webrtc/v1/offer?mode=echo&mode=echo",
+        &json(serde_json::json!({"type": "offer", "sdp": offer})),
+    )
+    .await;
+    assert_eq!(res.status, 400, "{}", res.text());
+    assert!(error_of(&res).contains("duplicate field"), "{}", res.text());
 
     // Other methods: 405 with Allow.
     for method in ["GET", "PUT", "DELETE"] {

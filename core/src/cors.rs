@@ -34,6 +34,12 @@ pub const ALLOW_HEADERS: &str = "Content-Type, Authorization, If-Match";
 /// (where its call's resource is, its ICE session's tag, why it was refused, and when to retry).
 pub const EXPOSE_HEADERS: &str = "Location, ETag, WWW-Authenticate, Retry-After";
 
+/// `Access-Control-Max-Age`: how long a browser may keep a preflight's answer, seconds. Without
+/// it Chromium keeps one 5 s, so the ICE-restart `PATCH` (sent while the caller's network is
+/// changing) and the hangup `DELETE` would each wait for a preflight round trip first. Browsers
+/// cap it (Chromium at 7200).
+pub const MAX_AGE: &str = "600";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -69,39 +69,45 @@ pub struct HttpState {
 /// The route table.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     use actix_web::http::Method;
-    cfg.service(web::resource("/health").route(web::get().to(handlers::health)))
-        .service(web::resource("/ready").route(web::get().to(handlers::ready)))
-        .service(web::resource("/metrics").route(web::get().to(handlers::metrics)))
-        .service(
-            web::scope(API)
-                .wrap(from_fn(cors_headers))
-                .service(
-                    web::resource("/offer")
-                        .route(web::post().to(handlers::offer))
-                        .route(web::method(Method::OPTIONS).to(handlers::preflight))
-                        .default_service(web::to(handlers::method_not_allowed)),
-                )
-                .service(
-                    web::resource("/hangup")
-                        .route(web::post().to(handlers::hangup))
-                        .route(web::method(Method::OPTIONS).to(handlers::preflight))
-                        .default_service(web::to(handlers::method_not_allowed)),
-                )
-                // The call as a resource. A method added here goes into
-                // `handlers::CALL_ALLOW` and `cors::ALLOW_METHODS` too.
-                .service(
-                    web::resource("/calls/{call_id}")
-                        .route(web::patch().to(handlers::patch_call))
-                        .route(web::delete().to(handlers::end_call))
-                        .route(web::method(Method::OPTIONS).to(handlers::preflight))
-                        .default_service(web::to(handlers::call_method_not_allowed)),
-                )
-                .default_service(web::to(handlers::not_found)),
-        )
-        .service(web::resource("/dialog/demo").route(web::get().to(crate::demo::connect)))
-        .service(web::resource("/").route(web::get().to(web_page::index)))
-        .service(web::resource("/voicegate.js").route(web::get().to(web_page::client_js)))
-        .default_service(web::to(handlers::not_found));
+    // A query string that does not parse (`?mode=echo&mode=echo`) is a `400` with the JSON
+    // error body like every other refusal, not actix's plain text.
+    cfg.app_data(
+        web::QueryConfig::default()
+            .error_handler(|e, _| error::ApiError::BadRequest(format!("query string: {e}")).into()),
+    )
+    .service(web::resource("/health").route(web::get().to(handlers::health)))
+    .service(web::resource("/ready").route(web::get().to(handlers::ready)))
+    .service(web::resource("/metrics").route(web::get().to(handlers::metrics)))
+    .service(
+        web::scope(API)
+            .wrap(from_fn(cors_headers))
+            .service(
+                web::resource("/offer")
+                    .route(web::post().to(handlers::offer))
+                    .route(web::method(Method::OPTIONS).to(handlers::preflight))
+                    .default_service(web::to(handlers::method_not_allowed)),
+            )
+            .service(
+                web::resource("/hangup")
+                    .route(web::post().to(handlers::hangup))
+                    .route(web::method(Method::OPTIONS).to(handlers::preflight))
+                    .default_service(web::to(handlers::method_not_allowed)),
+            )
+            // The call as a resource. A method added here goes into
+            // `handlers::CALL_ALLOW` and `cors::ALLOW_METHODS` too.
+            .service(
+                web::resource("/calls/{call_id}")
+                    .route(web::patch().to(handlers::patch_call))
+                    .route(web::delete().to(handlers::end_call))
+                    .route(web::method(Method::OPTIONS).to(handlers::preflight))
+                    .default_service(web::to(handlers::call_method_not_allowed)),
+            )
+            .default_service(web::to(handlers::not_found)),
+    )
+    .service(web::resource("/dialog/demo").route(web::get().to(crate::demo::connect)))
+    .service(web::resource("/").route(web::get().to(web_page::index)))
+    .service(web::resource("/voicegate.js").route(web::get().to(web_page::client_js)))
+    .default_service(web::to(handlers::not_found));
 }
 
 /// Adds the CORS headers the original sends, when the request's origin is allowed
@@ -134,6 +140,10 @@ async fn cors_headers(
         h.insert(
             header::ACCESS_CONTROL_EXPOSE_HEADERS,
             HeaderValue::from_static(cors::EXPOSE_HEADERS),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static(cors::MAX_AGE),
         );
         h.append(header::VARY, HeaderValue::from_static("Origin"));
     }
