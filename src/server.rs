@@ -192,6 +192,7 @@ pub fn start(cfg: &Validated) -> Result<Running, StartError> {
         offer_rate,
         max_remote_candidates: cfg.max_remote_candidates,
         max_payload_bytes: cfg.max_payload_bytes,
+        max_call_duration: cfg.max_call_duration,
         auth: cfg
             .auth
             .as_ref()

@@ -626,6 +626,8 @@ pub struct Calls {
     pub retry_after_s: u32,
     /// Drain grace period.
     pub shutdown_grace_ms: u64,
+    /// Longest a call may last from its answer, seconds (0: no limit).
+    pub max_duration_s: u64,
 }
 
 /// `[admission]`
@@ -1055,6 +1057,9 @@ pub struct Validated {
     pub max_remote_candidates: usize,
     /// Longest dial `payload`, bytes.
     pub max_payload_bytes: usize,
+    /// Longest a call may last from its answer (`None`: no limit); a call token's
+    /// `max_duration_s` may only shorten it.
+    pub max_call_duration: Option<Duration>,
     /// Offers per second per source (0: no limit) and the burst.
     pub offers_per_source: (f64, u32),
     /// Calls in progress per source (0: no limit).
@@ -1877,6 +1882,8 @@ impl Settings {
             trusted_proxies,
             max_remote_candidates: self.media.max_remote_candidates,
             max_payload_bytes: self.dialog.max_payload_bytes,
+            max_call_duration: (self.calls.max_duration_s > 0)
+                .then(|| Duration::from_secs(self.calls.max_duration_s)),
             offers_per_source: (a.offers_per_ip_per_s, a.offer_burst),
             calls_per_source: a.calls_per_ip,
             auth,

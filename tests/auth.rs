@@ -221,6 +221,59 @@ async fn a_call_ends_at_the_tokens_max_duration() {
     peer.close().await;
 }
 
+/// `calls.max_duration_s` bounds every call, with or without a token (a tab left open keeps
+/// sending audio, so nothing else would end it); a token's `max_duration_s` may shorten it, never
+/// lengthen it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_servers_max_duration_ends_calls_and_a_token_cannot_lengthen_it() {
+    let open = TestServer::start(&[("calls.max_duration_s", "1")]);
+    let peer = ClientPeer::call(open.http, "/webrtc/v1/offer?mode=echo")
+        .await
+        .expect("call placed");
+    peer.wait_connected(5 * SECOND).await.expect("media");
+    let t0 = std::time::Instant::now();
+    assert_eq!(
+        open.end_reason(&peer.call_id, 5 * SECOND).await.as_deref(),
+        Some("max-duration")
+    );
+    assert!(t0.elapsed() < 3 * SECOND, "{:?}", t0.elapsed());
+    peer.close().await;
+
+    let app = TestDialogApp::start().await;
+    let secrets = format!("{SECRET},{OLD_SECRET}");
+    let server = TestServer::start(&[
+        ("auth.mode", "token"),
+        ("auth.secrets", &secrets),
+        ("dialog.url", &app.url()),
+        ("calls.max_duration_s", "1"),
+    ]);
+    let longer = token(
+        SECRET,
+        fresh(Claims {
+            max_duration_s: Some(60),
+            ..Claims::default()
+        }),
+    );
+    let bearer = format!("Bearer {longer}");
+    let peer = ClientPeer::call_with_headers(
+        server.http,
+        "/webrtc/v1/offer?mode=echo",
+        &[("Authorization", &bearer)],
+    )
+    .await
+    .expect("call placed");
+    peer.wait_connected(5 * SECOND).await.expect("media");
+    assert_eq!(
+        server
+            .end_reason(&peer.call_id, 5 * SECOND)
+            .await
+            .as_deref(),
+        Some("max-duration"),
+        "the token's 60 s outlasted the server's 1 s"
+    );
+    peer.close().await;
+}
+
 /// A single-use token spent on an offer that could not become a call (here: the server is full)
 /// is given back: the caller told to retry after `Retry-After` can retry with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -134,6 +134,11 @@ pub async fn offer(
         auth.redeem(&grant)?;
         spent = Some((auth, grant));
     }
+    // The server's own bound on a call's length; a token's may only shorten it.
+    offer.max_duration = match (offer.max_duration, state.max_call_duration) {
+        (Some(token), Some(server)) => Some(token.min(server)),
+        (token, server) => token.or(server),
+    };
 
     let placed = state
         .supervisor

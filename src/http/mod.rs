@@ -57,6 +57,8 @@ pub struct HttpState {
     pub max_remote_candidates: usize,
     /// Longest dial `payload` (`dialog.max_payload_bytes`), from the offer or a call token.
     pub max_payload_bytes: usize,
+    /// Longest a call may last (`calls.max_duration_s`; `None`: no limit).
+    pub max_call_duration: Option<std::time::Duration>,
     /// Call tokens (`None`: `auth.mode = "none"`).
     pub auth: Option<Arc<auth::Auth>>,
     /// This node's id, and the fleet's call id prefix: a request for a call id naming another
