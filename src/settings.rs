@@ -1818,6 +1818,7 @@ impl Settings {
             limits: MuxLimits {
                 unconfirmed_checks: self.media.unconfirmed_check_budget,
             },
+            max_trickled_candidates: self.media.max_remote_candidates,
         };
         let calls = CallSettings {
             node_id: node_id.clone(),

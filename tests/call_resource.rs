@@ -437,6 +437,75 @@ async fn a_trickled_candidate_is_checked() {
     server.wait_released(2 * SECOND).await.unwrap();
 }
 
+/// The candidates a caller trickles into one ICE session are bounded together, not only per
+/// `PATCH` (the stack keeps, pairs and checks every one): past `media.max_remote_candidates` a
+/// fragment gets `400` naming the key, counted as a limit hit; an ICE restart starts a new
+/// session with a new allowance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickled_candidates_are_bounded_per_ice_session() {
+    let server = TestServer::start(&[("media.max_remote_candidates", "2")]);
+    let (location, _) = trickling_call(&server).await;
+    let candidate = |port: u16| {
+        format!("a=mid:0\r\na=candidate:{port} 1 udp 2130706431 127.0.0.1 {port} typ host\r\n")
+    };
+    for port in [9, 10] {
+        let res = patch(
+            &server,
+            &location,
+            &[("Content-Type", SDPFRAG)],
+            &candidate(port),
+        )
+        .await;
+        assert_eq!(res.status, 204, "{port}: {}", res.text());
+    }
+    let hits = |text: String| {
+        text.lines()
+            .find(|l| {
+                l.starts_with("voicegate_limit_hits_total{")
+                    && l.contains("limit=\"remote_candidates\"")
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let metrics = || async {
+        http::request(server.http, "GET", "/metrics", &[], b"")
+            .await
+            .unwrap()
+            .text()
+    };
+    let before = hits(metrics().await);
+    let res = patch(
+        &server,
+        &location,
+        &[("Content-Type", SDPFRAG)],
+        &candidate(11),
+    )
+    .await;
+    assert_eq!(res.status, 400, "{}", res.text());
+    assert!(
+        error_of(&res).contains("media.max_remote_candidates"),
+        "{}",
+        res.text()
+    );
+    assert!(hits(metrics().await) > before, "counted as a limit hit");
+
+    // A restart is a new session: it may be trickled again.
+    let restart = "a=mid:0\r\na=ice-ufrag:newU\r\na=ice-pwd:aNewPasswordOfEnoughLength\r\n";
+    let res = patch(&server, &location, &[("Content-Type", SDPFRAG)], restart).await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let res = patch(
+        &server,
+        &location,
+        &[("Content-Type", SDPFRAG)],
+        &candidate(12),
+    )
+    .await;
+    assert_eq!(res.status, 204, "{}", res.text());
+
+    let _ = delete(&server, &location, &[]).await;
+    server.wait_released(2 * SECOND).await.unwrap();
+}
+
 /// What a PATCH cannot do gets a status and a reason: a wrong media type (415), a fragment that
 /// is not one (400, and too many candidates is counted as a limit hit), an If-Match naming
 /// another ICE session (412, with the current ETag), an unknown call (404).

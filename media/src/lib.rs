@@ -39,4 +39,7 @@ pub struct MediaSettings {
     pub ice_timers: IceTimers,
     /// Limits of the shared port.
     pub limits: mux::MuxLimits,
+    /// Candidates a caller may trickle into one ICE session (`PATCH`es between restarts,
+    /// together): `media.max_remote_candidates`, as for an offer.
+    pub max_trickled_candidates: usize,
 }

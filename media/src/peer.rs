@@ -158,6 +158,8 @@ pub struct MediaPlane {
     gather_timeout: Duration,
     /// When a silent caller counts as disconnected and as gone (see [`IceTimers`]).
     ice_timers: IceTimers,
+    /// Candidates one ICE session may be trickled.
+    max_trickled: usize,
 }
 
 impl MediaPlane {
@@ -184,6 +186,7 @@ impl MediaPlane {
             ice_servers,
             gather_timeout: settings.gather_timeout,
             ice_timers: settings.ice_timers,
+            max_trickled: settings.max_trickled_candidates,
         }))
     }
 
@@ -245,7 +248,9 @@ pub struct Peer {
     /// What the browser reports of our audio's loss.
     loss: ReportedLoss,
     /// Held while a `PATCH` (trickle or ICE restart) changes the descriptions: one at a time.
-    renegotiation: tokio::sync::Mutex<()>,
+    /// It holds the candidates trickled into the current ICE session: the stack keeps every one
+    /// (and pairs and checks each), so a caller may not add them without end.
+    renegotiation: tokio::sync::Mutex<usize>,
     /// Keeps the connection's mux route alive with the connection.
     _runtime: Arc<MuxRuntime>,
 }
@@ -271,6 +276,18 @@ pub enum PatchError {
     /// The fragment restarts ICE, and the call may not restart again.
     #[error("the call may not restart ICE again")]
     RestartRefused,
+    /// The fragment's candidates would take the ICE session past its limit.
+    #[error(
+        "{given} more candidates would make {total} in this ICE session, over {limit} (media.max_remote_candidates); restart ICE for a new session"
+    )]
+    TooManyCandidates {
+        /// Candidates in the fragment.
+        given: usize,
+        /// What the session would hold with them.
+        total: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// The stack refused the change.
     #[error(transparent)]
     Peer(#[from] PeerError),
@@ -416,7 +433,7 @@ impl Peer {
                     track,
                     ssrc,
                     loss,
-                    renegotiation: tokio::sync::Mutex::new(()),
+                    renegotiation: tokio::sync::Mutex::new(0),
                     _runtime: runtime,
                 },
                 answer,
@@ -445,7 +462,7 @@ impl Peer {
         if_match: Option<&str>,
         may_restart: bool,
     ) -> Result<IcePatch, PatchError> {
-        let _one_at_a_time = self.renegotiation.lock().await;
+        let mut trickled = self.renegotiation.lock().await;
         let local = self
             .pc
             .local_description()
@@ -468,6 +485,14 @@ impl Peer {
             theirs.pwd.as_deref().unwrap_or(""),
         );
         if !restart {
+            let total = *trickled + frag.candidates.len();
+            if total > engine.max_trickled {
+                return Err(PatchError::TooManyCandidates {
+                    given: frag.candidates.len(),
+                    total,
+                    limit: engine.max_trickled,
+                });
+            }
             let mid = frag.mid.clone().or(theirs.mid);
             for c in &frag.candidates {
                 let candidate = RTCIceCandidateInit {
@@ -480,6 +505,7 @@ impl Peer {
                     .add_ice_candidate(candidate)
                     .await
                     .map_err(PeerError::Offer)?;
+                *trickled += 1;
             }
             return Ok(IcePatch::Trickled);
         }
@@ -503,6 +529,8 @@ impl Peer {
             .await
             .map_err(PeerError::SetLocalDescription)?;
         let answer = local_answer(engine, self.pc.as_ref(), &self._runtime).await?;
+        // A new session: its trickle starts from nothing.
+        *trickled = 0;
         Ok(IcePatch::Restarted(IceFragment::from_sdp(&answer)))
     }
 
@@ -621,7 +649,8 @@ impl RtpWriter {
     }
 }
 
-fn opus_codec() -> RTCRtpCodec {
+/// Opus as we register and send it.
+pub fn opus_codec() -> RTCRtpCodec {
     RTCRtpCodec {
         mime_type: MIME_TYPE_OPUS.to_owned(),
         clock_rate: voicegate_core::frame::RTP_CLOCK,
@@ -641,7 +670,9 @@ fn opus_codec() -> RTCRtpCodec {
     }
 }
 
-fn media_engine() -> webrtc::error::Result<(MediaEngine, Registry)> {
+/// The codecs and interceptors every call's connection is built with (`voicegate-bench sansio`
+/// builds its sans-IO peers from the same).
+pub fn media_engine() -> webrtc::error::Result<(MediaEngine, Registry)> {
     let mut media = MediaEngine::default();
     media.register_codec(
         RTCRtpCodecParameters {

@@ -308,6 +308,10 @@ pub async fn patch_call(
         .ok_or(ApiError::NoSuchCall)?
         .map_err(|e| match e {
             PatchError::PreconditionFailed { current } => ApiError::PreconditionFailed(current),
+            e @ PatchError::TooManyCandidates { .. } => {
+                counters().limit_hit(Limit::RemoteCandidates);
+                ApiError::BadRequest(e.to_string())
+            }
             PatchError::RestartRefused => ApiError::Forbidden(
                 "this call may not restart ICE again (calls.max_ice_restarts)".into(),
             ),
