@@ -71,15 +71,12 @@ pub async fn connect(
     if !same_key(given.as_bytes(), config.key.as_bytes()) {
         return Ok(HttpResponse::Forbidden().finish());
     }
-    let agent = match &config.llm {
-        None => None,
-        Some(settings) => Some(Agent {
-            history: History::new(&settings.system_prompt, settings.max_history_messages),
-            settings: settings.clone(),
-            pending: None,
-            last_spoken: None,
-        }),
-    };
+    let agent = config.llm.as_ref().map(|settings| Agent {
+        history: History::new(&settings.system_prompt, settings.max_history_messages),
+        settings: settings.clone(),
+        pending: None,
+        last_spoken: None,
+    });
     ws::start(
         DemoDialog {
             call_id: query.get("call_id").cloned().unwrap_or_default(),

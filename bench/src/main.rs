@@ -12,6 +12,9 @@
 //!   from one address and a misbehaving dialog app run against the same server (with its
 //!   default limits); fails unless every call connected, got its echo back and lost no uplink.
 //! - `floor`: the Opus decode + encode work of N calls alone, no WebRTC.
+//! - `sansio`: the per-packet work of N echo calls' WebRTC transport in webrtc-rs's sans-IO
+//!   core (`rtc`) driven directly on one thread, no async wrapper: what a call would cost with
+//!   media bypassing the `webrtc` crate's driver (issue 15's evidence).
 //! - `speech`: speech latencies (TTS first audio, interrupt, turns) against a running server.
 //! - `recognize`: pocketsphinx on a WAV file.
 //! - `stand-ins`: local speech vendors (recognition: Deepgram streaming, OpenAI-compatible;
@@ -34,6 +37,7 @@ mod floor;
 mod hostile;
 mod load;
 mod recognize;
+mod sansio;
 mod sequential;
 mod speech;
 mod stand_ins;
@@ -52,6 +56,7 @@ const USAGE: &str = "usage:
                         [--sample-every 1000] [--rss-slack-pct 5] [--json]
   voicegate-bench floor [--calls N] [--seconds S] [--complexity C] [--fec on|off]
                         [--phase spread|lockstep] [--json]
+  voicegate-bench sansio [--calls N] [--seconds S] [--udp] [--json]
   voicegate-bench speech --server http://ip:port --dialog-listen ip:port [--runs N]
   voicegate-bench recognize <file.wav> [--grammar <file.gram>]
   voicegate-bench denoise [--grammar <file.gram>] [--verbose]   (default tests/fixtures/test.gram)
@@ -73,6 +78,7 @@ enum Mode {
     Soak,
     Hostile,
     Floor,
+    SansIo,
     Speech,
     Sequential,
 }
@@ -94,6 +100,7 @@ struct Args {
     complexity: i32,
     fec: bool,
     lockstep: bool,
+    udp: bool,
     dialog_listen: SocketAddr,
     runs: usize,
     attacks: hostile::Attacks,
@@ -121,6 +128,7 @@ fn parse_args(argv: &[String]) -> anyhow::Result<Args> {
         complexity: 5,
         fec: true,
         lockstep: false,
+        udp: false,
         dialog_listen: "127.0.0.1:18100".parse()?,
         runs: 20,
         attacks: hostile::Attacks::ALL,
@@ -143,6 +151,7 @@ fn parse_args(argv: &[String]) -> anyhow::Result<Args> {
             "soak" if first => a.mode = Mode::Soak,
             "hostile" if first => a.mode = Mode::Hostile,
             "floor" if first => a.mode = Mode::Floor,
+            "sansio" if first => a.mode = Mode::SansIo,
             "speech" if first => a.mode = Mode::Speech,
             "sequential" if first => a.mode = Mode::Sequential,
             "--profile" => {
@@ -204,6 +213,7 @@ fn parse_args(argv: &[String]) -> anyhow::Result<Args> {
                     v => bail!("--phase {v}: want spread or lockstep"),
                 }
             }
+            "--udp" => a.udp = true,
             "--dialog-listen" => a.dialog_listen = val()?.parse()?,
             "--runs" => a.runs = val()?.parse()?,
             "--attacks" => a.attacks = hostile::Attacks::parse(&val()?)?,
@@ -220,7 +230,10 @@ fn parse_args(argv: &[String]) -> anyhow::Result<Args> {
         }
         first = false;
     }
-    if a.profile == Profile::Dialog && a.spawn.is_none() && a.mode != Mode::Floor {
+    if a.profile == Profile::Dialog
+        && a.spawn.is_none()
+        && !matches!(a.mode, Mode::Floor | Mode::SansIo)
+    {
         bail!(
             "--profile dialog needs --spawn: the bench points the server at its own dialog app and engines"
         );
@@ -302,6 +315,14 @@ fn main() -> anyhow::Result<()> {
             lockstep: args.lockstep,
         };
         return runtime()?.block_on(floor::run(plan, args.json));
+    }
+    if args.mode == Mode::SansIo {
+        let plan = sansio::SansIoPlan {
+            calls: args.calls.unwrap_or(DEFAULT_CALLS),
+            seconds: args.seconds,
+            udp: args.udp,
+        };
+        return sansio::run(plan, args.json);
     }
     // Pin before the runtime exists, so its worker threads inherit the mask.
     if let Some((_, bench_cpus)) = &args.pin {
