@@ -23,6 +23,11 @@
 //! - Late chunks of a stream that was cut off (interrupted, replaced, failed, refused or cut by
 //!   a limit) are dropped until its last chunk, so an LLM stream still in flight can neither
 //!   start speaking again nor replace the stream that followed it.
+//! - Ids need not be unique: text for the id of a stream that has completed (its last chunk
+//!   came) starts a new utterance, queued behind the earlier one even while that one is still
+//!   queued or playing, and a `tts.speak` may repeat any id. Since utterances play and end in
+//!   queue order, one id's events never interleave: the earlier utterance's `tts.ended` comes
+//!   before the later one's `tts.started` (only a refusal ends at once, with its `reason`).
 //! - At most `prefetch` segments synthesize ahead of the audio already handed to the codec, so
 //!   a long answer plays without gaps, and no more than `2 * prefetch` segments are handed
 //!   over (waiting to play) and synthesizing together, so the audio a call holds is bounded by
@@ -582,10 +587,10 @@ impl Player {
                     // A new stream replaces the open one: everything stops, as on interrupt.
                     self.interrupt(out);
                 }
-                if self.utterances.iter().any(|u| u.id == id) {
-                    // More text for a stream that ended or failed and is still queued.
-                    return false;
-                }
+                // Not the open stream and not a cut one: a new utterance, even if an earlier
+                // one with this id has completed and is still queued or playing (an app that
+                // streams every answer as "reply" may be faster than playback). It queues
+                // behind that one, so their events do not interleave.
                 let refused = if text.len() > self.settings.max_text_bytes {
                     Some(TtsLimit::TextTooLong)
                 } else if self.utterances.len() >= self.settings.max_queued {
@@ -1325,6 +1330,43 @@ mod tests {
                 "ended turn true"
             ]
         );
+    }
+
+    #[test]
+    fn a_completed_stream_id_used_again_while_it_still_plays_is_queued_behind_it() {
+        // The app streams every answer as "turn", faster than they play: the second answer
+        // comes while the first is still queued (nothing synthesized yet) ...
+        let mut r = Rig::new();
+        r.stream("turn", "First answer.", true);
+        r.stream("turn", "Second answer.", true);
+        r.run();
+        let both = [
+            "started turn",
+            "ended turn true",
+            "started turn",
+            "ended turn true",
+        ];
+        assert_eq!(r.events, both);
+        assert_eq!(r.heard, ["turn: First answer.", "turn: Second answer."]);
+        assert!(r.p.is_idle());
+        // ... or while the first is playing; in chunks, the second is still one utterance.
+        let mut r = Rig::new();
+        r.stream("turn", "First answer.", true);
+        let first = r.synth_one(SPEECH_FRAME_SAMPLES);
+        r.input(Input::PlaybackStarted { segment: first });
+        r.stream("turn", "Second ", false);
+        r.stream("turn", "answer.", false);
+        r.stream("turn", "", true);
+        assert_eq!(r.events, ["started turn"], "the first is still playing");
+        r.codec.retain(|c| c.0 != first);
+        r.input(Input::PlaybackFinished {
+            segment: first,
+            frames: 1,
+        });
+        r.run();
+        assert_eq!(r.events, both);
+        assert_eq!(r.heard, ["turn: First answer.", "turn: Second answer."]);
+        assert!(r.p.is_idle());
     }
 
     #[test]

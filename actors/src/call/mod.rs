@@ -3,7 +3,8 @@
 //! Spawned by the supervisor on a media worker. It answers the offer (building the peer
 //! connection on the shared port); for a dialog call it dials the dialog app at once (in parallel
 //! with ICE) and starts the call's [`Speaker`]; when media connects it starts the
-//! [`AudioCodec`]. Once both media and the dialog socket are up it sends `call.started`. It routes
+//! [`AudioCodec`]. Once both media and the dialog socket are up it sends `call.started`; events
+//! for the app from before then (a key press, the caller's words) wait for it. It routes
 //! between its children: dialog commands to the speaker (or `hangup` to itself), speaker and
 //! recognizer events to the dialog app and the page, key presses from the codec likewise. The
 //! codec reports playback and barge-ins to the speaker itself. It watches the call (connect
@@ -41,6 +42,7 @@ use crate::trace_msg;
 use actix::prelude::*;
 use page::{Page, PageSaid};
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
@@ -162,9 +164,15 @@ pub struct CallActor {
     dialog_up: bool,
     /// `call.started` went out.
     started_sent: bool,
-    /// What the page sent before `call.started` went out (the app hears of the call first), at
-    /// most `page.message_burst`.
-    early_client_messages: Vec<serde_json::Value>,
+    /// Events for the dialog app from before `call.started` went out, in order: the app hears
+    /// of the call first, then of these (key presses and words of a caller whose media came up
+    /// before the dialog socket, what the page sent meanwhile). At most `dialog.event_buffer`,
+    /// oldest dropped first, as the dialog client keeps events while it reconnects.
+    early_events: VecDeque<Event>,
+    /// The page's messages among `early_events`: at most `page.message_burst`.
+    early_client_messages: u32,
+    /// Events dropped from `early_events` because it was full.
+    early_dropped: u64,
     /// Media stopped arriving at this instant (ICE disconnected) and has not come back.
     interrupted: Option<Instant>,
     /// ICE restarts the caller made.
@@ -249,7 +257,9 @@ impl CallActor {
             recording,
             dialog_up: false,
             started_sent: false,
-            early_client_messages: Vec::new(),
+            early_events: VecDeque::new(),
+            early_client_messages: 0,
+            early_dropped: 0,
             interrupted: None,
             ice_restarts: 0,
             hold_expiry: None,
@@ -722,21 +732,53 @@ impl CallActor {
             pcm_hz: self.settings.pcm_rate,
             sub: self.offer.caller.clone(),
         });
-        for data in std::mem::take(&mut self.early_client_messages) {
-            self.send_event(Event::ClientMessage { data });
+        // The page already had its copies, when they happened.
+        for event in std::mem::take(&mut self.early_events) {
+            self.to_dialog(event);
         }
+        self.early_client_messages = 0;
     }
 
     /// An event for the dialog app; the page gets its copy of the kinds it shows
-    /// (`voicegate_core::page`).
+    /// (`voicegate_core::page`). Before `call.started` the app's copy waits for it.
     fn send_event(&mut self, event: Event) {
         if let Some(message) = PageMessage::mirror(&event, self.call_id.as_str()) {
             self.page.send(message, &self.span);
         }
+        if self.started_sent {
+            self.to_dialog(event);
+        } else if self.offer.mode == CallMode::Dialog {
+            self.hold_until_started(event);
+        }
+    }
+
+    /// Sends `event` to the dialog client now (it buffers while it reconnects).
+    fn to_dialog(&self, event: Event) {
         if let Some(d) = &self.dialog {
             trace_msg!(self.call_id, "call" => "dialog", "Send", "{}", event.kind());
             d.do_send(SendEvent(event));
         }
+    }
+
+    /// Keeps `event` for right after `call.started`. The dialog client must not buffer it: on
+    /// its first connect it writes its buffer before it reports the connection, which is what
+    /// sends `call.started`.
+    fn hold_until_started(&mut self, event: Event) {
+        if self.early_events.len() >= self.services.dialog.event_buffer.max(1) {
+            if let Some(Event::ClientMessage { .. }) = self.early_events.pop_front() {
+                self.early_client_messages = self.early_client_messages.saturating_sub(1);
+            }
+            self.early_dropped += 1;
+            if self.early_dropped.is_power_of_two() {
+                let _e = self.span.enter();
+                tracing::warn!(
+                    dropped = self.early_dropped,
+                    max = self.services.dialog.event_buffer,
+                    "events before call.started over dialog.event_buffer; oldest dropped"
+                );
+            }
+        }
+        self.early_events.push_back(event);
     }
 
     fn command(&mut self, cmd: Command, ctx: &mut Context<Self>) {
@@ -794,8 +836,9 @@ impl Handler<PageSaid> for CallActor {
             return;
         }
         if !self.started_sent {
-            if self.early_client_messages.len() < self.settings.page.burst as usize {
-                self.early_client_messages.push(msg.0);
+            if self.early_client_messages < self.settings.page.burst {
+                self.early_client_messages += 1;
+                self.hold_until_started(Event::ClientMessage { data: msg.0 });
             } else {
                 metrics().limit_hit(Limit::ClientMessageRate);
                 let _e = self.span.enter();
