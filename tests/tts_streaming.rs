@@ -16,7 +16,7 @@ use voicegate_core::frame::SPEECH_FRAME_SAMPLES;
 use voicegate_core::listen::rms;
 use voicegate_testkit::dialog_app::TestDialogApp;
 use voicegate_testkit::peer::decode;
-use voicegate_testkit::tts_ws_server::{Behaviour, Ending, TtsWsServer, Vendor};
+use voicegate_testkit::tts_ws_server::{Behaviour, Ending, MS_PER_CHAR, TtsWsServer, Vendor};
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -450,6 +450,90 @@ async fn elevenlabs_an_unmarked_last_segment_ends_with_the_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cartesia_an_unmarked_last_segment_ends_with_the_stream() {
     an_unmarked_last_segment_ends_with_the_stream(Vendor::Cartesia).await;
+}
+
+/// The end of an utterance's last word is heard. ElevenLabs places each character where it
+/// starts, so the chunks after the one in which a segment's last letter starts (the rest of that
+/// sound, the trailing punctuation) still belong to that segment, even when no segment follows:
+/// the stand-in speaks "abcd." as 150 ms of tone, a 100 ms chunk ("a b c d") and a 50 ms one
+/// ("."), and all 150 ms are played.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elevenlabs_the_audio_after_the_last_letter_is_played() {
+    let (tts, app, server) = setup(Vendor::ElevenLabs, Behaviour::default()).await;
+    let peer = started_dialog_call(&server, &app).await.0;
+    let text = "abcd.";
+    let before = peer.received_count();
+    assert!(app.send(json!({"type": "tts.speak", "utterance_id": "u", "text": text})));
+    let ended = app
+        .wait_type(5 * SECOND, "tts.ended", Some("u"))
+        .await
+        .expect("ended");
+    assert_eq!(ended["ok"], true, "{ended}");
+    let streams = spoke(&tts);
+    assert_eq!(streams.len(), 1, "{streams:?}");
+    assert_eq!(streams[0].chunks_sent, 2, "{streams:?}");
+    // Silence is not sent: one packet per 20 ms frame of the utterance, the last one padded.
+    let ms = text.chars().count() * MS_PER_CHAR;
+    let want = ms.div_ceil(20);
+    let played = || peer.received_count() - before;
+    assert!(
+        eventually(2 * SECOND, || played() >= want).await,
+        "{} packets for {ms} ms of audio ({want} frames)",
+        played()
+    );
+    assert_eq!(played(), want, "{ms} ms of audio");
+    peer.close().await;
+}
+
+/// A streamed segment whose text was all spoken ends when ElevenLabs goes quiet, though no later
+/// segment's audio has come to mark its end: with one segment of prefetch, the next segment is
+/// only sent once it has ended, so waiting for that would stall the utterance until the idle
+/// limit failed it. Every segment's audio is played, the end of each last word included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elevenlabs_a_streamed_segment_ends_without_the_next_one() {
+    let (tts, app, server) = setup_with(
+        Vendor::ElevenLabs,
+        Behaviour::default(),
+        &[
+            ("tts.prefetch_segments", "1"),
+            ("tts.stream_idle_timeout_ms", "3000"),
+        ],
+    )
+    .await;
+    let peer = started_dialog_call(&server, &app).await.0;
+    let before = peer.received_count();
+    let sent = Instant::now();
+    let chunks = ["First one here.", " And the second."];
+    for text in chunks {
+        assert!(app.send(json!({"type": "tts.stream", "utterance_id": "s", "text": text})));
+    }
+    assert!(app.send(json!({"type": "tts.stream.end", "utterance_id": "s"})));
+    let ended = app
+        .wait_type(5 * SECOND, "tts.ended", Some("s"))
+        .await
+        .expect("ended");
+    assert_eq!(ended["ok"], true, "{ended}");
+    assert!(
+        sent.elapsed() < 3 * SECOND,
+        "ended {} ms after the text: it waited for the idle limit",
+        sent.elapsed().as_millis()
+    );
+    let streams = spoke(&tts);
+    assert_eq!(streams.len(), 1, "{streams:?}");
+    assert_eq!(streams[0].ending, Ending::Done, "{streams:?}");
+    // Each segment's audio, its last frame padded.
+    let want: usize = chunks
+        .iter()
+        .map(|t| (t.trim().chars().count() * MS_PER_CHAR).div_ceil(20))
+        .sum();
+    let played = || peer.received_count() - before;
+    assert!(
+        eventually(2 * SECOND, || played() >= want).await,
+        "{} packets for {want} frames",
+        played()
+    );
+    assert_eq!(played(), want);
+    peer.close().await;
 }
 
 const PRECONNECTS_USED: &str = r#"voicegate_tts_preconnects_total{outcome="used"}"#;

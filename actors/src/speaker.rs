@@ -171,7 +171,10 @@ struct SynthItem {
 /// A synthesis in flight.
 struct Synthesis {
     handle: SpawnHandle,
+    /// From the rate of the engine that speaks it (its utterance's [`Voice`]) to the call's.
     resampler: StreamResampler,
+    /// That engine's rate.
+    rate: u32,
     failed: bool,
     /// Its engine, for the per-engine metrics.
     engine: EngineLabel,
@@ -185,6 +188,19 @@ impl Synthesis {
         ctx.cancel_future(self.handle);
         metrics().engine_request(self.engine, Outcome::Cancelled);
     }
+}
+
+/// An utterance at the engine that spoke its first segment: the rest of it is spoken there too,
+/// even after a [`SetEngine`] (a streaming engine speaks an utterance in one vendor context), so
+/// its audio is resampled from that engine's rate, not the new engine's (which would play it at
+/// the wrong speed and pitch).
+struct Voice {
+    /// The engine's handle for the utterance.
+    synth: Box<dyn UtteranceSynth>,
+    /// The rate of the PCM it produces.
+    rate: u32,
+    /// Its engine, for the per-engine metrics.
+    engine: EngineLabel,
 }
 
 /// The actor.
@@ -209,7 +225,7 @@ pub struct Speaker {
     synths: HashMap<SegmentId, Synthesis>,
     /// The engine's handle for each utterance with segments synthesized, by serial: a
     /// streaming engine speaks an utterance in one vendor context.
-    voices: HashMap<u64, Box<dyn UtteranceSynth>>,
+    voices: HashMap<u64, Voice>,
     /// Counted in `voicegate_actors_live` while it exists.
     _live: crate::metrics::Live,
 }
@@ -349,7 +365,14 @@ impl Speaker {
         text: &str,
         ctx: &mut Context<Self>,
     ) {
-        let resampler = match StreamResampler::new(self.engine.sample_rate(), self.pcm_rate) {
+        let engine = &self.engine;
+        let voice = self.voices.entry(utterance).or_insert_with(|| Voice {
+            synth: engine.clone().utterance(),
+            rate: engine.sample_rate(),
+            engine: EngineLabel::tts(engine.name()),
+        });
+        let (rate, label) = (voice.rate, voice.engine);
+        let resampler = match StreamResampler::new(rate, self.pcm_rate) {
             Ok(r) => r,
             Err(e) => {
                 self.span
@@ -358,11 +381,8 @@ impl Speaker {
             }
         };
         trace_msg!(self.call_id, "speaker" => "engine", "Synthesize", "segment {segment}, {} chars", text.chars().count());
-        let engine = &self.engine;
-        let stream = self
-            .voices
-            .entry(utterance)
-            .or_insert_with(|| engine.clone().utterance())
+        let stream = voice
+            .synth
             .segment(text)
             .map(move |r| SynthItem {
                 segment,
@@ -380,8 +400,9 @@ impl Speaker {
             Synthesis {
                 handle,
                 resampler,
+                rate,
                 failed: false,
-                engine: EngineLabel::tts(self.engine.name()),
+                engine: label,
                 started: Some(Instant::now()),
             },
         );
@@ -408,8 +429,7 @@ impl StreamHandler<SynthItem> for Speaker {
                     metrics().engine_first_result(s.engine, started.elapsed());
                 }
                 let mut out = Vec::with_capacity(
-                    pcm.len() * self.pcm_rate as usize / self.engine.sample_rate().max(1) as usize
-                        + 16,
+                    pcm.len() * self.pcm_rate as usize / s.rate.max(1) as usize + 16,
                 );
                 s.resampler.push(&pcm, &mut out);
                 if !out.is_empty() {
@@ -554,9 +574,10 @@ impl Handler<SetCodec> for Speaker {
     }
 }
 
-/// A session chose another speech engine or its options (`session.update`): what is
-/// synthesized from now on uses it; syntheses already running finish on the old one. The call
-/// checked the options with the same factory, so they hold.
+/// A session chose another speech engine or its options (`session.update`): the utterances
+/// begun from now on use it; syntheses already running, and the rest of an utterance already
+/// under way, finish on the old one (at its rate: [`Voice`]). The call checked the options with
+/// the same factory, so they hold.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct SetEngine(pub Arc<dyn TtsFactory>, pub TtsOptions);
@@ -638,5 +659,196 @@ impl Handler<Finish> for Speaker {
         }
         ctx.stop();
         MessageResult(events)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use voicegate_core::session::InvalidOption;
+    use voicegate_core::text::SegmentLimits;
+    use voicegate_engines::tts::{EachSegment, SynthStream};
+
+    /// An engine that speaks every segment as the same `samples` at `rate`.
+    struct Fixed {
+        rate: u32,
+        samples: usize,
+    }
+
+    impl TtsEngine for Fixed {
+        fn name(&self) -> &'static str {
+            "fixed"
+        }
+
+        fn sample_rate(&self) -> u32 {
+            self.rate
+        }
+
+        fn synthesize(&self, _text: &str) -> SynthStream {
+            Box::pin(futures_util::stream::iter([Ok(vec![1000; self.samples])]))
+        }
+
+        fn utterance(self: Rc<Self>) -> Box<dyn UtteranceSynth> {
+            Box::new(EachSegment(self))
+        }
+    }
+
+    /// Makes [`Fixed`] engines, for `SetEngine`.
+    struct FixedFactory {
+        rate: u32,
+        samples: usize,
+    }
+
+    impl TtsFactory for FixedFactory {
+        fn for_call(&self) -> Rc<dyn TtsEngine> {
+            Rc::new(Fixed {
+                rate: self.rate,
+                samples: self.samples,
+            })
+        }
+
+        fn with_options(&self, _: &TtsOptions) -> Result<Rc<dyn TtsEngine>, InvalidOption> {
+            Ok(self.for_call())
+        }
+    }
+
+    /// The call: takes the reports and drops them.
+    struct Ignore;
+
+    impl Actor for Ignore {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<SpeakerEvent> for Ignore {
+        type Result = ();
+
+        fn handle(&mut self, _: SpeakerEvent, _: &mut Self::Context) {}
+    }
+
+    /// What the speaker holds for the codec (none runs here): each segment's samples, and
+    /// whether its end was handed over too, in order.
+    #[derive(Message)]
+    #[rtype(result = "Vec<(SegmentId, usize, bool)>")]
+    struct Held;
+
+    impl Handler<Held> for Speaker {
+        type Result = MessageResult<Held>;
+
+        fn handle(&mut self, _: Held, _: &mut Self::Context) -> Self::Result {
+            let mut held: Vec<(SegmentId, usize, bool)> = Vec::new();
+            for o in &self.waiting {
+                let (segment, samples, end) = match o {
+                    Output::Play { segment, pcm } => (*segment, pcm.len(), false),
+                    Output::EndOfSegment { segment } => (*segment, 0, true),
+                    _ => continue,
+                };
+                match held.iter_mut().find(|h| h.0 == segment) {
+                    Some(h) => {
+                        h.1 += samples;
+                        h.2 |= end;
+                    }
+                    None => held.push((segment, samples, end)),
+                }
+            }
+            MessageResult(held)
+        }
+    }
+
+    /// Asks `speaker` what it holds until `done` says so (within a few seconds).
+    async fn held_until(
+        speaker: &Addr<Speaker>,
+        done: impl Fn(&[(SegmentId, usize, bool)]) -> bool,
+    ) -> Vec<(SegmentId, usize, bool)> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let held = speaker.send(Held).await.expect("the speaker runs");
+            if done(&held) || Instant::now() > deadline {
+                return held;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// A profile switch in the middle of an utterance: the rest of the utterance is still
+    /// spoken by the engine that began it, so its audio is resampled from that engine's rate,
+    /// not the new engine's (which would play it fast and high); the next utterance is the new
+    /// engine's, at its rate.
+    #[actix_rt::test]
+    async fn an_utterance_under_way_keeps_its_engine_rate_after_a_switch() {
+        const CALL_RATE: u32 = 16000;
+        // 100 ms of each engine's audio per segment.
+        let (old, new) = (
+            Fixed {
+                rate: 22050,
+                samples: 2205,
+            },
+            FixedFactory {
+                rate: 24000,
+                samples: 2400,
+            },
+        );
+        let settings = PlayerSettings {
+            limits: SegmentLimits::default(),
+            prefetch: 1,
+            max_text_bytes: 10_000,
+            max_queued: 10,
+        };
+        let call_id = CallId::parse("test-00000000000000000000000000000001").expect("valid");
+        let parent = Ignore.start().recipient();
+        let speaker = Speaker::new(
+            call_id,
+            tracing::Span::none(),
+            settings,
+            Rc::new(old),
+            CALL_RATE,
+            parent,
+        )
+        .start();
+        speaker.do_send(Speak {
+            id: "u".into(),
+            text: "This is the first sentence. This is the second one. And this is the third."
+                .into(),
+            report: true,
+        });
+        speaker
+            .send(SetEngine(Arc::new(new), TtsOptions::default()))
+            .await
+            .expect("the speaker runs");
+        // With one segment of prefetch, two segments are handed over before any plays.
+        let held = held_until(&speaker, |h| h.len() == 2 && h.iter().all(|s| s.2)).await;
+        assert_eq!(held.len(), 2, "{held:?}");
+        // The first plays: the third is asked for, after the switch.
+        speaker.do_send(PlaybackEvent::Played {
+            segment: held[0].0,
+            first: true,
+            last: true,
+            frames: 5,
+        });
+        let held = held_until(&speaker, |h| h.len() == 3 && h.iter().all(|s| s.2)).await;
+        assert_eq!(held.len(), 3, "{held:?}");
+        // 100 ms at the call's rate, each.
+        for (segment, samples, _) in &held {
+            assert!(
+                samples.abs_diff(1600) <= 2,
+                "segment {segment}: {samples} samples for 100 ms at {CALL_RATE} Hz: {held:?}"
+            );
+        }
+        // The next utterance is the new engine's: still 100 ms.
+        for s in &held[1..] {
+            speaker.do_send(PlaybackEvent::Played {
+                segment: s.0,
+                first: true,
+                last: true,
+                frames: 5,
+            });
+        }
+        speaker.do_send(Speak {
+            id: "v".into(),
+            text: "A new utterance.".into(),
+            report: true,
+        });
+        let held = held_until(&speaker, |h| h.len() == 4 && h.iter().all(|s| s.2)).await;
+        assert_eq!(held.len(), 4, "{held:?}");
+        assert!(held[3].1.abs_diff(1600) <= 2, "{held:?}");
     }
 }

@@ -10,12 +10,15 @@
 //!
 //! The stream marks no boundary between two flushed texts, so the audio is cut into segments by
 //! its alignment (`sync_alignment=true` puts each chunk's characters in it): a segment ends where
-//! the first letter or digit of the next one starts, or with the chunk that holds its last one
-//! (letters and digits are counted, so spacing and punctuation the vendor adds or drops do not
-//! matter). A chunk without alignment belongs to the segment in progress; the last segment also
-//! ends with the stream's `isFinal`, since the input is ended as soon as it was sent. Dropping the utterance
-//! closes the socket (the vendor stops generating). [`ws`](super::ws) holds the stream, the
-//! deadlines and bounds.
+//! the first letter or digit of the next one starts (letters and digits are counted, so spacing
+//! and punctuation the vendor adds or drops do not matter). The alignment gives where each
+//! character starts, so the audio after the start of a segment's last letter (the rest of that
+//! sound, its punctuation) is the segment's too, even in later chunks: when no later segment's
+//! letter comes, the segment ends once the vendor goes quiet ([`Wire::quiet`]: it has generated
+//! what the flush asked for, and a streamed segment does not wait for the next text), or with the
+//! stream's `isFinal` (the input is ended as soon as the last segment was sent). A chunk without
+//! alignment belongs to the segment in progress. Dropping the utterance closes the socket (the
+//! vendor stops generating). [`ws`](super::ws) holds the stream, the deadlines and bounds.
 
 use super::ws::{ContextUtterance, END_OF_CHUNK, Limits, Preconnect, Reply, Request, Wire, json};
 use super::{SynthStream, TtsEngine, TtsError, TtsFactory, UtteranceSynth};
@@ -205,6 +208,7 @@ impl ElevenLabsEngine {
                 let wire = ElevenLabsWire {
                     speed,
                     owed: VecDeque::new(),
+                    spoken: 0,
                 };
                 (Self::request(&s), Box::new(wire))
             }),
@@ -218,9 +222,13 @@ impl ElevenLabsEngine {
 /// The vendor's messages for one stream.
 struct ElevenLabsWire {
     speed: Option<f32>,
-    /// For each segment sent whose audio has not all come, the letters and digits its audio
-    /// has still to speak.
+    /// For each segment sent whose letters and digits have not all been spoken, how many are
+    /// still to come.
     owed: VecDeque<usize>,
+    /// Segments before those, still waiting, whose letters and digits were all spoken: their
+    /// audio goes on (the rest of the last sound, punctuation) until a later segment's first
+    /// letter or digit starts, the vendor goes quiet, or `isFinal`.
+    spoken: usize,
 }
 
 /// What the alignment counts: letters and digits.
@@ -252,31 +260,28 @@ struct Alignment {
 }
 
 impl ElevenLabsWire {
-    /// Where segments end within a chunk that speaks `alignment`.
+    /// Where segments end within a chunk that speaks `alignment`: where a letter or digit of a
+    /// later segment starts, for the segments spoken before it.
     fn ends(&mut self, alignment: Option<Alignment>) -> Vec<u32> {
         let mut ends = Vec::new();
-        // Segments with nothing to count end where the chunk starts.
-        while self.owed.front() == Some(&0) {
-            self.owed.pop_front();
-            ends.push(0);
-        }
+        self.settle();
         let Some(a) = alignment else {
             return ends;
         };
-        // Segments completed in this chunk, waiting for the start of the next counted character.
-        let mut completed = 0;
         for (i, ch) in a.chars.iter().enumerate() {
             let n = ch.chars().filter(|&c| counted(c)).count();
             if n == 0 {
                 continue;
             }
-            if completed > 0 {
+            // With no segment owing letters, the vendor spoke more than the text had (a number
+            // read out): it is the last spoken segment's.
+            if self.spoken > 0 && !self.owed.is_empty() {
                 let at = a
                     .starts
                     .get(i)
                     .map_or(END_OF_CHUNK, |&ms| ms.max(0.0) as u32);
-                ends.extend(std::iter::repeat_n(at, completed));
-                completed = 0;
+                ends.extend(std::iter::repeat_n(at, self.spoken));
+                self.spoken = 0;
             }
             for _ in 0..n {
                 let Some(front) = self.owed.front_mut() else {
@@ -285,16 +290,20 @@ impl ElevenLabsWire {
                 *front = front.saturating_sub(1);
                 if *front == 0 {
                     self.owed.pop_front();
-                    completed += 1;
-                    while self.owed.front() == Some(&0) {
-                        self.owed.pop_front();
-                        completed += 1;
-                    }
+                    self.spoken += 1;
+                    self.settle();
                 }
             }
         }
-        ends.extend(std::iter::repeat_n(END_OF_CHUNK, completed));
         ends
+    }
+
+    /// Segments with nothing to count, next in line, are spoken as soon as those before them.
+    fn settle(&mut self) {
+        while self.owed.front() == Some(&0) {
+            self.owed.pop_front();
+            self.spoken += 1;
+        }
     }
 }
 
@@ -332,6 +341,13 @@ impl Wire for ElevenLabsWire {
 
     fn renew(&mut self) {}
 
+    /// The segments whose letters and digits were all spoken: what the vendor generates for a
+    /// flush comes at once, so nothing more of them is coming.
+    fn quiet(&mut self) -> usize {
+        self.settle();
+        std::mem::take(&mut self.spoken)
+    }
+
     /// Closing the socket is the cancel.
     fn cancel(&self) -> Option<String> {
         None
@@ -350,6 +366,7 @@ impl Wire for ElevenLabsWire {
             }),
             (None, Some(true)) => {
                 self.owed.clear();
+                self.spoken = 0;
                 Ok(Reply::Done)
             }
             (None, _) => Ok(Reply::Other),
@@ -386,6 +403,7 @@ mod tests {
         let mut w = ElevenLabsWire {
             speed: None,
             owed: VecDeque::new(),
+            spoken: 0,
         };
         assert_eq!(
             w.parse(br#"{"audio":"AAA=","isFinal":null,"alignment":null}"#),
@@ -424,6 +442,7 @@ mod tests {
         let mut w = ElevenLabsWire {
             speed: None,
             owed: VecDeque::new(),
+            spoken: 0,
         };
         w.segment("Hi, Bo.");
         w.segment("OK then!");
@@ -435,14 +454,34 @@ mod tests {
         };
         // "Hi" and half of "Bo": no end yet.
         assert_eq!(ends(&mut w, "Hi, B"), Vec::<u32>::new());
-        // "o" ends the first segment where "OK" starts (30 ms); "then" ends the second with
-        // the chunk, and the punctuation-only segment after it too (nothing of it to count).
-        assert_eq!(ends(&mut w, "o. OK then"), [30, END_OF_CHUNK, END_OF_CHUNK]);
-        // The third's letters are spread over two chunks.
-        assert_eq!(ends(&mut w, "!Next"), Vec::<u32>::new());
-        // The last ends with the chunk that holds its last letter.
-        assert_eq!(ends(&mut w, " one."), [END_OF_CHUNK]);
+        // "o" completes the first segment, which ends where "OK" starts (30 ms); "then"
+        // completes the second, and the punctuation-only segment after it too (nothing of it
+        // to count), but their audio may go on: no end yet.
+        assert_eq!(ends(&mut w, "o. OK then"), [30]);
+        // They end where "Next" starts: the "!" is the second's.
+        assert_eq!(ends(&mut w, "!Next"), [10, 10]);
+        // The last is complete with " one.", but what follows the start of its "e" is still its
+        // own: a later chunk of it (the rest of the sound, the "."), then more than its text had.
+        assert_eq!(ends(&mut w, " one"), Vec::<u32>::new());
+        assert_eq!(ends(&mut w, "."), Vec::<u32>::new());
+        assert_eq!(ends(&mut w, "s"), Vec::<u32>::new());
+        // It ends when the vendor goes quiet.
+        assert_eq!(w.quiet(), 1);
+        assert_eq!(w.quiet(), 0);
         assert!(w.owed.is_empty());
+    }
+
+    #[test]
+    fn the_end_marker_ends_the_segments_spoken() {
+        let mut w = ElevenLabsWire {
+            speed: None,
+            owed: VecDeque::new(),
+            spoken: 0,
+        };
+        w.segment("Done.");
+        assert!(matches!(w.parse(&chunk("Done")), Ok(Reply::Audio { .. })));
+        assert_eq!(w.parse(br#"{"isFinal":true}"#), Ok(Reply::Done));
+        assert_eq!(w.quiet(), 0, "nothing left waiting");
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! one context (prosody carries from one segment to the next) and starts each segment's audio at
 //! once. The vendor's audio is cut back into segments where the vendor says a segment ends
 //! ([`Reply::Audio::ends`] from ElevenLabs' character alignment, [`Reply::SegmentDone`] from
-//! Cartesia's `flush_done`), so the player still knows which text every sample speaks
+//! Cartesia's `flush_done`), or where the vendor goes quiet after speaking a segment's text
+//! ([`Wire::quiet`], [`TAIL_QUIET`]), so the player still knows which text every sample speaks
 //! (`tts.interrupt`'s `played_text`). Each segment's audio goes to its own [`SynthStream`]
 //! through a bounded channel ([`CHANNEL_CHUNKS`]); the socket is not read while the oldest
 //! segment's channel is full.
@@ -66,6 +67,12 @@ pub const CHANNEL_CHUNKS: usize = 8;
 
 /// Longest wait for the cancel message and the close frame when a synthesis is dropped.
 pub const CLOSE_GRACE: Duration = Duration::from_millis(500);
+
+/// How long the vendor must send nothing after audio, while the utterance takes text, before
+/// the segments whose text it has spoken end ([`Wire::quiet`]). A vendor sends what a flush asks
+/// for at once, faster than real time, so this is longer than the gaps between its chunks, and
+/// short beside the audio already handed on; at most half the idle limit.
+pub const TAIL_QUIET: Duration = Duration::from_millis(250);
 
 /// Why a WebSocket synthesis failed. The text may quote the vendor (its error message), so it is
 /// logged through `untrusted::shown`; it never holds the API key (that goes in a header).
@@ -144,6 +151,14 @@ pub trait Wire: 'static {
     fn renew(&mut self);
     /// What to send when the context is dropped before its end (before the close frame).
     fn cancel(&self) -> Option<String>;
+    /// The vendor sent nothing for [`TAIL_QUIET`] after audio, while the utterance takes text:
+    /// how many of the oldest waiting segments end now. A vendor that places segment ends only
+    /// where the next segment's audio starts (ElevenLabs) keeps a segment whose text it has
+    /// spoken waiting for the rest of its audio; this ends it when no later segment's audio
+    /// comes, so a streamed segment does not wait for the next text. None by default.
+    fn quiet(&mut self) -> usize {
+        0
+    }
     /// Reads one message; `Err` is the vendor's error, quoted.
     fn parse(&mut self, text: &[u8]) -> Result<Reply, String>;
 }
@@ -342,6 +357,9 @@ impl Stream {
         // was ended or while a segment waits).
         let mut last_message = Instant::now();
         let mut quiet_since = None;
+        // Audio came, and the vendor has not been quiet for `TAIL_QUIET` since.
+        let mut tail = false;
+        let tail_quiet = TAIL_QUIET.min(limits.idle / 2);
         let mut sent_any = false;
         let linger = self.wire.linger();
         // A fragmented message in progress (bounded by the codec's message limit).
@@ -418,6 +436,17 @@ impl Stream {
                     self.wire.renew();
                     quiet_since = None;
                 }
+                _ = tokio::time::sleep_until(last_message + tail_quiet),
+                    if tail && phase == Phase::Open && !self.waiting.is_empty() => {
+                    // The vendor has generated what it was asked for: the segments whose text it
+                    // spoke are complete. (Once the input is ended, its end marker ends them.)
+                    tail = false;
+                    let n = self.wire.quiet().min(self.waiting.len());
+                    self.waiting.drain(..n);
+                    if self.waiting.is_empty() && quiet_since.is_none() {
+                        quiet_since = Some(Instant::now());
+                    }
+                }
                 _ = tokio::time::sleep(DROP_CHECK), if phase == Phase::Finishing && !self.waiting.is_empty() => {}
                 next = framed.next() => {
                     last_message = Instant::now();
@@ -468,7 +497,10 @@ impl Stream {
                         }
                     };
                     match self.wire.parse(&text).map_err(WsTtsError::Vendor)? {
-                        Reply::Audio { b64, ends } => self.audio(&b64, &ends).await?,
+                        Reply::Audio { b64, ends } => {
+                            self.audio(&b64, &ends).await?;
+                            tail = true;
+                        }
                         Reply::SegmentDone => {
                             self.waiting.pop_front();
                         }
