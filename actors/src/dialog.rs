@@ -12,9 +12,19 @@
 //!
 //! Losing the connection (an error, an abnormal close, a silent peer) starts reconnecting with
 //! exponential backoff; events produced meanwhile are kept (bounded, oldest dropped first) and
-//! delivered after the reconnect. The app closing normally (1000/1001) is reported as
-//! [`DialogEvent::Closed`] and ends the call. A failed first dial is [`DialogEvent::Unreachable`];
-//! running out of reconnect attempts is [`DialogEvent::Lost`].
+//! delivered after the reconnect. The app closing normally (1000/1001) is answered with a close
+//! frame echoing its code (RFC 6455 §5.5.1), reported as [`DialogEvent::Closed`] and ends the
+//! call. A failed first dial is [`DialogEvent::Unreachable`]; running out of reconnect attempts is
+//! [`DialogEvent::Lost`].
+//!
+//! Closing ([`Close`], the call's end): when connected, what was sent is flushed, then a normal
+//! close (1000) carries the end reason, cut to fit a close frame ([`close_reason`]). When the call
+//! ends while the client is reconnecting, the events it holds (the last `tts.ended`s and
+//! `call.ended`) would be lost with it, so it makes one last dial at once (or lets the dial in
+//! flight finish), delivers them and closes normally. That dial is bounded by `connect_timeout`,
+//! and the actor stops `connect_timeout + CLOSE_GRACE` after the `Close` whatever happened; the
+//! call's teardown does not wait for it. No last dial follows a first dial that failed or a
+//! reconnect budget that ran out: the app is gone, and the call ended for that reason.
 //!
 //! Reconnect attempts are counted in a row (`RedialBudget`): a connection that drops within
 //! `stable_after` of coming up is one more failed attempt, and only a connection that stayed up
@@ -45,7 +55,7 @@ use std::time::{Duration, Instant};
 use url::Url;
 use voicegate_core::call_id::CallId;
 use voicegate_core::dialog::{
-    Command, CommandError, DialParams, Event, dial_url, parse_command, redact,
+    Command, CommandError, DialParams, Event, close_reason, dial_url, parse_command, redact,
 };
 use voicegate_core::restart::RedialBudget;
 use voicegate_core::untrusted::shown;
@@ -117,7 +127,8 @@ pub enum DialogEvent {
 #[rtype(result = "()")]
 pub struct Send(pub Event);
 
-/// Close the connection (normal closure, `reason` in the close frame) and stop.
+/// Close the connection (normal closure, `reason` in the close frame, cut to fit) and stop. While
+/// reconnecting, one last bounded dial delivers the events held back first (see the module doc).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct Close {
@@ -136,6 +147,8 @@ enum State {
     Dialing,
     /// Connected.
     Open,
+    /// The call ended while reconnecting: one last dial is to deliver the pending events.
+    LastDial,
     /// Closing for good.
     Closing,
 }
@@ -162,6 +175,12 @@ pub struct DialogClient {
     /// The write half of a lost connection, flushing its close frame until the grace period
     /// ends or the next dial starts.
     retiring: Option<SpawnHandle>,
+    /// The dial in flight, if any.
+    dialing: Option<SpawnHandle>,
+    /// The app is gone for good: `Unreachable` or `Lost` was reported, so no last dial.
+    given_up: bool,
+    /// The close frame's reason after the last dial (the call's end reason).
+    last_reason: String,
     /// Reconnect attempts left in a row.
     redials: RedialBudget,
     /// Events waiting for a connection.
@@ -203,6 +222,9 @@ impl DialogClient {
             reader: None,
             writer: None,
             retiring: None,
+            dialing: None,
+            given_up: false,
+            last_reason: String::new(),
             redials,
             pending: VecDeque::new(),
             dropped: 0,
@@ -216,10 +238,16 @@ impl DialogClient {
     }
 
     fn dial(&mut self, attempt: u32, ctx: &mut Context<Self>) {
-        if self.state == State::Closing {
+        if matches!(self.state, State::Closing | State::LastDial) {
             return;
         }
         self.state = State::Dialing;
+        self.connect(attempt, ctx);
+    }
+
+    /// Dials the app; the outcome is handled by the state the client is in when it comes.
+    /// `attempt` only names the dial in logs (0: the last dial).
+    fn connect(&mut self, attempt: u32, ctx: &mut Context<Self>) {
         if let Some(old) = self.retiring.take() {
             ctx.cancel_future(old);
         }
@@ -238,20 +266,22 @@ impl DialogClient {
             request = request.header(name, value);
         }
         let fut = request.connect();
-        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
-            if act.state == State::Closing {
-                return;
-            }
+        let handle = ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+            act.dialing = None;
             let _e = act.span.clone().entered();
-            match res {
-                Ok((_, framed)) => {
-                    // awc's own codec would buffer a whole declared frame before checking it.
-                    let framed = framed.replace_codec(dialog_codec(max_message));
-                    let (sink, stream) = framed.split();
-                    act.reader = Some(ctx.add_stream(stream));
-                    let sink = SinkWrite::new(FlushThenClose(sink), ctx);
-                    act.writer = Some(sink.handle());
-                    act.sink = Some(sink);
+            match (act.state, res) {
+                (State::Closing | State::Open, _) => {}
+                (State::LastDial, Ok((_, framed))) => {
+                    act.attach(framed, ctx);
+                    act.deliver_and_close();
+                }
+                (State::LastDial, Err(e)) => {
+                    let dropped = act.pending.len();
+                    tracing::warn!(url = %shown, error = %e, dropped, "dialog app unreachable for the call's last events; they are dropped");
+                    ctx.stop();
+                }
+                (State::Dialing, Ok((_, framed))) => {
+                    act.attach(framed, ctx);
                     act.state = State::Open;
                     act.last_heard = Instant::now();
                     act.redials.connected(act.last_heard);
@@ -263,7 +293,7 @@ impl DialogClient {
                     }
                     act.parent.do_send(DialogEvent::Connected { reconnect });
                 }
-                Err(e) => {
+                (State::Dialing, Err(e)) => {
                     let status = match &e {
                         awc::error::WsClientError::InvalidResponseStatus(s) => s.as_u16(),
                         _ => 0,
@@ -278,20 +308,82 @@ impl DialogClient {
                     if act.ever_connected {
                         act.reconnect(detail, ctx);
                     } else {
+                        act.given_up = true;
                         act.parent.do_send(DialogEvent::Unreachable(detail));
                     }
                 }
             }
         }));
+        self.dialing = Some(handle);
+    }
+
+    /// Takes a new connection: its read half feeds the actor, its write half is `sink`.
+    fn attach(
+        &mut self,
+        framed: actix_codec::Framed<BoxedSocket, awc::ws::Codec>,
+        ctx: &mut Context<Self>,
+    ) {
+        // awc's own codec would buffer a whole declared frame before checking it.
+        let framed = framed.replace_codec(dialog_codec(self.settings.max_message_bytes));
+        let (sink, stream) = framed.split();
+        self.reader = Some(ctx.add_stream(stream));
+        let sink = SinkWrite::new(FlushThenClose(sink), ctx);
+        self.writer = Some(sink.handle());
+        self.sink = Some(sink);
+    }
+
+    /// The call ended while reconnecting: dials once more, at once (or lets the dial in flight
+    /// finish), to deliver the pending events and close with `reason`. Bounded: the actor stops
+    /// `connect_timeout + CLOSE_GRACE` from now whatever happened (a dial that hangs past its
+    /// timeout, a close frame that never flushes).
+    fn last_dial(&mut self, reason: String, ctx: &mut Context<Self>) {
+        self.state = State::LastDial;
+        self.last_reason = reason;
+        self.span.in_scope(|| {
+            tracing::info!(
+                events = self.pending.len(),
+                "call ended while reconnecting; dialling once more for its last events"
+            )
+        });
+        if self.dialing.is_none() {
+            self.connect(0, ctx);
+        }
+        ctx.run_later(self.settings.connect_timeout + CLOSE_GRACE, |act, ctx| {
+            if act.state == State::LastDial {
+                act.span.in_scope(|| {
+                    tracing::warn!(
+                        dropped = act.pending.len(),
+                        "dialog app not reached for the call's last events; they are dropped"
+                    )
+                });
+            }
+            ctx.stop();
+        });
+    }
+
+    /// The last dial connected: the pending events go out in order, then a normal close. The
+    /// actor stops once that is flushed (`WriteHandler::finished`) or at the last dial's bound.
+    fn deliver_and_close(&mut self) {
+        self.state = State::Closing;
+        let events = self.pending.len();
+        tracing::info!(events, "dialog app reached for the call's last events");
+        let reason = std::mem::take(&mut self.last_reason);
+        if let Some(sink) = self.sink.as_mut() {
+            for text in self.pending.drain(..) {
+                let _ = sink.write(WsMessage::Text(text.into()));
+            }
+            close_normally(sink, &reason);
+        }
     }
 
     /// Schedules the next reconnect attempt, or gives up when the budget is spent.
     fn reconnect(&mut self, detail: DialogFailure, ctx: &mut Context<Self>) {
-        if self.state == State::Closing {
+        if matches!(self.state, State::Closing | State::LastDial) {
             return;
         }
         self.state = State::Dialing;
         let Some(attempt) = self.redials.next_attempt(Instant::now()) else {
+            self.given_up = true;
             self.span
                 .in_scope(|| tracing::warn!(%detail, "dialog app lost; giving up"));
             self.parent.do_send(DialogEvent::Lost(detail));
@@ -380,6 +472,10 @@ impl DialogClient {
     }
 
     fn on_text(&mut self, text: &str) {
+        // Once closing, the call has ended (or is ending): a command has nothing to act on.
+        if self.state != State::Open {
+            return;
+        }
         match parse_command(text, self.call_id.as_str()) {
             Ok(cmd) => {
                 trace_msg!(self.call_id, "dialog" => "call", "DialogEvent::Command", "{}", cmd.kind());
@@ -488,13 +584,24 @@ impl StreamHandler<Result<Frame, ReadError>> for DialogClient {
             Ok(Frame::Pong(_)) => {}
             Ok(Frame::Close(reason)) => {
                 let code: u16 = reason.as_ref().map_or(1005, |r| r.code.into());
-                if self.state == State::Closing {
+                if self.state != State::Open {
                     return;
                 }
                 if matches!(code, 1000 | 1001) {
                     self.span
                         .in_scope(|| tracing::info!(code, "dialog app closed the connection"));
                     self.state = State::Closing;
+                    // RFC 6455 §5.5.1: a close frame is answered with one, echoing its code;
+                    // then the socket is closed. Nothing more is sent: the events of the call's
+                    // end stay unsent, the app having left. The actor stops once the answer is
+                    // flushed (`WriteHandler::finished`), or when the call's `Close` comes.
+                    if let Some(sink) = self.sink.as_mut() {
+                        let _ = sink.write(WsMessage::Close(Some(CloseReason {
+                            code: CloseCode::from(code),
+                            description: None,
+                        })));
+                        sink.close();
+                    }
                     self.parent.do_send(DialogEvent::Closed { code });
                 } else {
                     self.lost(DialogFailure::Closed(code), None, ctx);
@@ -551,22 +658,37 @@ impl Handler<Close> for DialogClient {
 
     fn handle(&mut self, msg: Close, ctx: &mut Self::Context) {
         trace_msg!(self.call_id, "call" => "dialog", "Close", "{}", shown(&msg.reason));
-        let was_open = self.state == State::Open;
-        self.state = State::Closing;
         self.stopped_cleanly = true;
-        match self.sink.as_mut() {
-            Some(sink) if was_open => {
-                let _ = sink.write(WsMessage::Close(Some(CloseReason {
-                    code: CloseCode::Normal,
-                    description: Some(msg.reason),
-                })));
-                sink.close();
+        match (self.state, self.sink.as_mut()) {
+            (State::Open, Some(sink)) => {
+                self.state = State::Closing;
+                close_normally(sink, &msg.reason);
                 // Stop once flushed (WriteHandler::finished), or after a grace period.
                 ctx.run_later(CLOSE_GRACE, |_, ctx| ctx.stop());
             }
-            _ => ctx.stop(),
+            (State::Dialing, _) if !self.given_up && !self.pending.is_empty() => {
+                self.last_dial(msg.reason, ctx);
+            }
+            // The app closed first and our answering close frame is still flushing.
+            (State::Closing, Some(_)) => {
+                ctx.run_later(CLOSE_GRACE, |_, ctx| ctx.stop());
+            }
+            _ => {
+                self.state = State::Closing;
+                ctx.stop();
+            }
         }
     }
+}
+
+/// Writes a normal close (1000) with `reason`, cut to fit a close frame (RFC 6455 §5.5), and
+/// closes the write half once what is buffered, the close frame last, has been flushed.
+fn close_normally(sink: &mut WsSink, reason: &str) {
+    let _ = sink.write(WsMessage::Close(Some(CloseReason {
+        code: CloseCode::Normal,
+        description: Some(close_reason(reason).to_owned()),
+    })));
+    sink.close();
 }
 
 /// Test-only fault injection: the client panics in a handler, as a bug would.

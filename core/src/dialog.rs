@@ -365,7 +365,7 @@ pub enum Command {
     Interrupt,
     /// `hangup`: end the call.
     Hangup {
-        /// The reason given, or `dialog-hangup`.
+        /// The reason given (trimmed, at most [`MAX_HANGUP_REASON_BYTES`]), or `dialog-hangup`.
         reason: String,
     },
     /// `client.send`: a message for the browser page (a `message` event of `web/voicegate.js`).
@@ -391,7 +391,8 @@ pub enum Command {
 impl Command {
     /// The command as the dialog app sends it, for call `call_id`: the app's side of the
     /// protocol (the embedded demo app, tests). [`parse_command`] reads it back unchanged, except
-    /// that an empty `hangup` reason is read as `dialog-hangup`.
+    /// that an empty `hangup` reason is read as `dialog-hangup` and a longer one than
+    /// [`MAX_HANGUP_REASON_BYTES`] is cut.
     pub fn to_json(&self, call_id: &str) -> String {
         let mut v = match self {
             Command::Speak {
@@ -547,6 +548,39 @@ fn parse_meta(raw: Option<&serde_json::value::RawValue>) -> Result<Option<Meta>,
     }
 }
 
+/// Longest `hangup` reason kept, in bytes of UTF-8; a longer one is cut (on a character
+/// boundary). The reason is the call's end reason: it goes back to the app in `call.ended`, and
+/// the supervisor keeps it for every recently ended call, so it must not be as long as a dialog
+/// message may be (`dialog.max_message_bytes`, 1 MiB by default). Reasons are short words such
+/// as `resolved`; 256 bytes leaves room for a sentence.
+pub const MAX_HANGUP_REASON_BYTES: usize = 256;
+
+/// Longest reason in a WebSocket close frame, in bytes of UTF-8: a control frame's payload is
+/// at most 125 bytes (RFC 6455 §5.5), and a close frame's starts with the 2-byte status code
+/// (§5.5.1). A longer payload is a protocol error the app's library refuses (Node's `ws` fails
+/// the connection), so the close frame would not be a clean close.
+pub const MAX_CLOSE_REASON_BYTES: usize = 123;
+
+/// `reason` as a close frame can carry it: its first [`MAX_CLOSE_REASON_BYTES`] bytes, cut on a
+/// character boundary (the reason must be UTF-8, RFC 6455 §5.5.1). `call.ended` carries the whole
+/// reason; the close frame's copy is only a courtesy.
+pub fn close_reason(reason: &str) -> &str {
+    cut_at_char(reason, MAX_CLOSE_REASON_BYTES)
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+fn cut_at_char(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    // A character is at most 4 bytes, so this looks at no more than 3 positions.
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// Parses one text frame from the dialog app, for call `call_id`.
 pub fn parse_command(frame: &str, call_id: &str) -> Result<Command, CommandError> {
     let malformed = |e: serde_json::Error| CommandError::Malformed(e.to_string());
@@ -584,9 +618,15 @@ pub fn parse_command(frame: &str, call_id: &str) -> Result<Command, CommandError
         }
         "tts.interrupt" => Ok(Command::Interrupt),
         "hangup" => Ok(Command::Hangup {
+            // Cut after trimming, and trimmed again: a cut may end on white space. What is left
+            // is never empty: the trimmed reason starts with a character that is not white space.
             reason: raw
                 .reason
-                .map(|r| r.trim().to_owned())
+                .map(|r| {
+                    cut_at_char(r.trim(), MAX_HANGUP_REASON_BYTES)
+                        .trim_end()
+                        .to_owned()
+                })
                 .filter(|r| !r.is_empty())
                 .unwrap_or_else(|| "dialog-hangup".to_owned()),
         }),
@@ -1001,6 +1041,50 @@ mod tests {
             Err(CommandError::Unknown("RECORDING.START".into())),
             "values are matched as they are"
         );
+    }
+
+    #[test]
+    fn a_long_hangup_reason_is_cut_on_a_character_boundary() {
+        let hangup = |reason: &str| {
+            let frame = json!({"type": "hangup", "reason": reason}).to_string();
+            match parse_command(&frame, "wrtc-1") {
+                Ok(Command::Hangup { reason }) => reason,
+                other => panic!("{other:?}"),
+            }
+        };
+        let x300 = "x".repeat(300);
+        // '€' is 3 bytes: 256 bytes end inside the 86th (bytes 255..258).
+        let euros = "€".repeat(100);
+        let spaced = format!("{} tail", "y".repeat(255));
+        for (reason, want) in [
+            ("bye", "bye".to_owned()),
+            (x300.as_str(), "x".repeat(MAX_HANGUP_REASON_BYTES)),
+            (euros.as_str(), "€".repeat(85)),
+            // The cut falls just after a space, which is trimmed too.
+            (spaced.as_str(), "y".repeat(255)),
+            ("  \t ", "dialog-hangup".to_owned()),
+        ] {
+            let got = hangup(reason);
+            assert!(got.len() <= MAX_HANGUP_REASON_BYTES, "{}", got.len());
+            assert_eq!(got, want, "{reason:?}");
+        }
+    }
+
+    #[test]
+    fn a_close_reason_fits_a_control_frame() {
+        let x300 = "x".repeat(300);
+        let e200 = "é".repeat(200);
+        for (reason, want) in [
+            ("", ""),
+            ("client-hangup", "client-hangup"),
+            (x300.as_str(), &x300[..123]),
+            // 123 bytes end inside the 62nd 'é' (bytes 122..124): 61 of them fit.
+            (e200.as_str(), &e200[..122]),
+        ] {
+            let got = close_reason(reason);
+            assert_eq!(got, want, "{reason:?}");
+            assert!(2 + got.len() <= 125, "RFC 6455 §5.5: {} bytes", got.len());
+        }
     }
 
     #[test]
@@ -1476,6 +1560,18 @@ mod properties {
                 prop_assert!(!utterance_id.is_empty());
                 prop_assert_eq!(utterance_id.trim(), utterance_id.as_str());
             }
+        }
+
+        #[test]
+        fn a_hangup_reason_is_kept_to_its_cap(reason in prop_oneof![any::<String>(), "[ a-zé€😀]{200,400}"]) {
+            let frame = json!({"type": "hangup", "reason": reason}).to_string();
+            let Ok(Command::Hangup { reason: got }) = parse_command(&frame, CALL) else {
+                panic!("a hangup is a hangup");
+            };
+            prop_assert!(got.len() <= MAX_HANGUP_REASON_BYTES);
+            prop_assert!(got == "dialog-hangup" || reason.trim().starts_with(got.as_str()));
+            prop_assert!(close_reason(&got).len() <= MAX_CLOSE_REASON_BYTES);
+            prop_assert!(got.starts_with(close_reason(&got)));
         }
 
         #[test]

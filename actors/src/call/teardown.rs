@@ -5,6 +5,10 @@
 //! closed (its driver task ends, its routes on the shared port go), the supervisor hears
 //! [`CallEvent::Ended`] and the actor stops. The mailbox is paused meanwhile, so nothing else
 //! happens to a call that is ending.
+//!
+//! A dialog socket that is reconnecting when the call ends still gets its events: on `Close` the
+//! dialog client dials once more to deliver them (bounded by `dialog.connect_timeout_ms`, see
+//! [`crate::dialog`]). `Close` is answered at once, so the teardown does not wait for that dial.
 
 use super::{CallActor, CallEvent, EndReason, Phase, page::Page};
 use crate::codec::Stop;
