@@ -151,3 +151,62 @@ async fn a_stream_id_used_again_while_its_first_answer_plays_speaks_both() {
     );
     peer.close().await;
 }
+
+/// A call that ends before `call.started` (its media never connected) still gives the app what
+/// it caused meanwhile: a `tts.speak` refused while the call waited for media ends with its
+/// `tts.ended`, before `call.ended`, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_call_that_never_started_caused_reaches_the_app_before_call_ended() {
+    let app = TestDialogApp::start().await;
+    let server = TestServer::start(&[
+        ("dialog.url", &app.url()),
+        ("calls.auth_timeout_ms", "1500"),
+        ("tts.max_text_bytes", "64"),
+    ]);
+    // An offer from a peer that is gone at once: no connectivity check will ever come.
+    let (pc, _, _, _, _, sdp) = ClientPeer::offer().await.expect("offer");
+    pc.close().await.expect("close");
+    let res = voicegate_testkit::http::post_json(
+        server.http,
+        "/webrtc/v1/offer",
+        &json!({"type": "offer", "sdp": sdp}),
+    )
+    .await
+    .expect("offer");
+    assert_eq!(res.status, 200, "{}", res.text());
+    let call_id = res.json()["call_id"].as_str().unwrap().to_owned();
+    let deadline = tokio::time::Instant::now() + 5 * SECOND;
+    while !app.connected() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the app was dialled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    app.send(json!({
+        "type": "tts.speak",
+        "call_id": call_id,
+        "utterance_id": "too-long",
+        "text": "x".repeat(100),
+    }));
+    let ended = app
+        .wait_type(5 * SECOND, "call.ended", None)
+        .await
+        .expect("call.ended");
+    assert_eq!(ended["reason"], "connect-timeout");
+    let types = app.types();
+    assert!(!types.iter().any(|t| t == "call.started"), "{types:?}");
+    let tts_ended: Vec<Value> = app
+        .events()
+        .into_iter()
+        .filter(|e| e["type"] == "tts.ended")
+        .collect();
+    assert_eq!(tts_ended.len(), 1, "{types:?}");
+    assert_eq!(tts_ended[0]["utterance_id"], "too-long");
+    assert_eq!(tts_ended[0]["reason"], "text-too-long");
+    assert_eq!(
+        types.last().map(String::as_str),
+        Some("call.ended"),
+        "the tts.ended came first: {types:?}"
+    );
+}

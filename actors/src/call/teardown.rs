@@ -54,6 +54,10 @@ impl CallActor {
         let dialog = self.dialog.take();
         let peer = self.peer.take();
         let call_id = self.call_id.clone();
+        // Events held for `call.started` when it never went out (media never connected): the
+        // app still hears them, before what the end adds (a refused `tts.speak`'s `tts.ended`
+        // keeps its exactly-once).
+        let early = std::mem::take(&mut self.early_events);
         let ended = reason.wire(self.settings.end_reasons).into_owned();
         let fut = async move {
             // Utterances still queued end before the call does, in order.
@@ -63,7 +67,7 @@ impl CallActor {
             };
             if let Some(d) = dialog {
                 // Only the dialog app's utterances: the player reports nothing for our prompts.
-                for e in leftovers {
+                for e in early.into_iter().chain(leftovers) {
                     let _ = d.send(SendEvent(e)).await;
                 }
                 trace_msg!(call_id, "call" => "dialog", "Send", "call.ended");
