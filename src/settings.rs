@@ -447,6 +447,8 @@ pub struct Listen {
     pub end_silence_min_ms: u32,
     /// How long a hypothesis must stay unchanged to count as stable.
     pub stable_ms: u32,
+    /// Key presses reported per second, at most (0: no limit).
+    pub max_key_presses_per_s: u32,
 }
 
 /// `[barge_in]`
@@ -1786,6 +1788,7 @@ impl Settings {
             )),
             confirm: Duration::from_millis(u64::from(self.barge_in.confirm_ms)),
             confirm_stable: Duration::from_millis(u64::from(self.barge_in.confirm_stable_ms)),
+            max_key_presses_per_s: l.max_key_presses_per_s,
         };
         let seg = &self.tts.segment;
         if seg.first_min_chars == 0

@@ -361,6 +361,9 @@ pub enum Limit {
     ClientMessageBytes,
     /// The page sent messages faster than `page.messages_per_s` (and `page.message_burst`).
     ClientMessageRate,
+    /// The caller pressed keys (DTMF) faster than `listen.max_key_presses_per_s`: a press was
+    /// not reported.
+    KeyPresses,
     /// The page sent a message that was binary, not JSON, or not `{"type": "message", "data"}`.
     ClientMessageNotJson,
     /// `auth.max_single_use_tokens` unexpired single-use tokens were held: a new one was refused.
@@ -396,6 +399,7 @@ impl LabelSet for Limit {
         Limit::PageQueue,
         Limit::ClientMessageBytes,
         Limit::ClientMessageRate,
+        Limit::KeyPresses,
         Limit::ClientMessageNotJson,
         Limit::SingleUseTokens,
         Limit::IceRestarts,
@@ -423,6 +427,7 @@ impl LabelSet for Limit {
             Limit::PageQueue => "page_queue",
             Limit::ClientMessageBytes => "client_message_bytes",
             Limit::ClientMessageRate => "client_message_rate",
+            Limit::KeyPresses => "key_presses",
             Limit::ClientMessageNotJson => "client_message_not_json",
             Limit::SingleUseTokens => "single_use_tokens",
             Limit::IceRestarts => "ice_restarts",

@@ -5,6 +5,12 @@
 //! times (RFC 4733 §2.5.1.4). [`DtmfReceiver`] reports each key press exactly once, when its first
 //! end packet arrives; a press whose end packets were all lost is reported (with `end: false`)
 //! when the next press begins. Malformed packets are counted and dropped.
+//!
+//! [`PressRate`] bounds how many presses a call reports per second: the packets are the
+//! caller's to craft, and each press is an event for the dialog app (the demo agent starts a
+//! model request on each).
+
+use std::time::Instant;
 
 /// A key press.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +30,45 @@ pub struct DtmfReceiver {
     current: Option<(u32, char, u16, bool)>,
     /// Malformed packets dropped.
     malformed: u64,
+}
+
+/// At most `per_second` key presses per second on average and `per_second` at once, as a token
+/// bucket; `0` lets every press through. A person presses a few keys a second at most, and a
+/// sender that keeps to RFC 4733's shortest tones and gaps (40 ms each) about 12.
+#[derive(Debug)]
+pub struct PressRate {
+    per_second: f64,
+    tokens: f64,
+    at: Option<Instant>,
+}
+
+impl PressRate {
+    /// The bucket, full.
+    pub fn new(per_second: u32) -> Self {
+        PressRate {
+            per_second: f64::from(per_second),
+            tokens: f64::from(per_second),
+            at: None,
+        }
+    }
+
+    /// Whether a press at `now` may be reported (it takes a token if so).
+    pub fn allow(&mut self, now: Instant) -> bool {
+        if self.per_second <= 0.0 {
+            return true;
+        }
+        if let Some(at) = self.at {
+            let refill = now.saturating_duration_since(at).as_secs_f64() * self.per_second;
+            self.tokens = (self.tokens + refill).min(self.per_second);
+        }
+        self.at = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// The digit of an RFC 4733 event code (§3.2), if it is one.
@@ -103,6 +148,25 @@ impl DtmfReceiver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn press_rate_lets_a_burst_through_then_refills() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + std::time::Duration::from_millis(n);
+        let mut r = PressRate::new(2);
+        assert!(r.allow(ms(0)));
+        assert!(r.allow(ms(10)));
+        assert!(!r.allow(ms(20)), "the burst is spent");
+        assert!(!r.allow(ms(400)), "0.78 of a token");
+        assert!(r.allow(ms(520)), "a token refilled in half a second");
+        assert!(!r.allow(ms(530)));
+        // A long pause refills no more than the burst.
+        assert!(r.allow(ms(60_000)));
+        assert!(r.allow(ms(60_000)));
+        assert!(!r.allow(ms(60_000)));
+        let mut off = PressRate::new(0);
+        assert!((0..1000).all(|_| off.allow(t0)));
+    }
 
     fn pkt(code: u8, end: bool, volume: u8, duration: u16) -> Vec<u8> {
         let d = duration.to_be_bytes();

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use voicegate_core::codec::Origin;
 use voicegate_core::denoise::Denoise;
-use voicegate_core::dtmf::DtmfReceiver;
+use voicegate_core::dtmf::{DtmfReceiver, PressRate};
 use voicegate_core::frame::{SPEECH_FRAME_SAMPLES, SpeechFrames};
 use voicegate_core::listen::{
     BargeIn, BargeInSettings, Endpoint, EndpointSettings, Endpointer, Vad, rms,
@@ -59,6 +59,8 @@ pub struct ListenSettings {
     pub confirm: Duration,
     /// Confirmed barge-in: how long a confirming partial result must stand.
     pub confirm_stable: Duration,
+    /// Key presses reported per second, at most (`listen.max_key_presses_per_s`; 0: no limit).
+    pub max_key_presses_per_s: u32,
 }
 
 /// Per-call listening state.
@@ -69,6 +71,8 @@ pub struct Listening {
     /// A confirmed barge-in's second stage.
     confirm: BargeConfirm,
     dtmf: DtmfReceiver,
+    /// Bounds the key presses reported.
+    presses: PressRate,
     /// Where utterances go.
     recognizer: Recipient<Heard>,
     /// Decoded audio, as speech frames.
@@ -91,6 +95,7 @@ impl Listening {
             barge_in: BargeIn::new(s.barge_in),
             confirm: BargeConfirm::new((*s.backchannels).clone(), s.confirm, s.confirm_stable),
             dtmf: DtmfReceiver::new(),
+            presses: PressRate::new(s.max_key_presses_per_s),
             recognizer,
             frames,
             batch: Vec::with_capacity(SPEECH_FRAME_SAMPLES * BATCH_FRAMES),
@@ -232,7 +237,11 @@ impl Listening {
     /// A telephone-event packet.
     pub fn dtmf(&mut self, timestamp: u32, payload: &[u8], parent: &Recipient<CodecEvent>) {
         for d in self.dtmf.push(timestamp, payload) {
-            parent.do_send(CodecEvent::Dtmf(d));
+            if self.presses.allow(Instant::now()) {
+                parent.do_send(CodecEvent::Dtmf(d));
+            } else {
+                crate::metrics::metrics().limit_hit(crate::metrics::Limit::KeyPresses);
+            }
         }
     }
 }
