@@ -1304,6 +1304,7 @@ voicegate_limit_hits_total{limit="asr_deadline"} 0
 voicegate_limit_hits_total{limit="page_queue"} 1
 voicegate_limit_hits_total{limit="client_message_bytes"} 0
 voicegate_limit_hits_total{limit="client_message_rate"} 0
+voicegate_limit_hits_total{limit="key_presses"} 0
 voicegate_limit_hits_total{limit="client_message_not_json"} 0
 voicegate_limit_hits_total{limit="single_use_tokens"} 0
 voicegate_limit_hits_total{limit="ice_restarts"} 0
