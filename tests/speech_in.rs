@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{TestServer, eventually, speech_pcm, spoken};
+use common::{TestServer, eventually, speech_pcm, spoken, started_dialog_call};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use voicegate_testkit::ClientPeer;
@@ -277,6 +277,37 @@ async fn dtmf_key_presses_arrive_once_each_in_order() {
     peer.close().await;
 }
 
+/// Key presses beyond `listen.max_key_presses_per_s` are not reported (each is an event for the
+/// app, and the packets are the caller's to craft): six presses in 0.84 s with 2 per second let
+/// the burst of 2 and what refilled meanwhile through, and the rest are counted as a limit hit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_presses_beyond_the_rate_are_dropped_and_counted() {
+    let app = TestDialogApp::start().await;
+    let server = server(&app, &[("listen.max_key_presses_per_s", "2")]);
+    let peer = started(&server, &app).await;
+    let pt = voicegate_core::sdp::check_offer(&peer.offer)
+        .unwrap()
+        .telephone_event_pt
+        .expect("the client offers DTMF");
+    let hits = || voicegate_actors::metrics::metrics().limit_hits(voicegate_actors::metrics::Limit::KeyPresses);
+    let before = hits();
+    for digit in ['1', '2', '3', '4', '5', '6'] {
+        peer.send_dtmf(pt, digit).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let digits: Vec<String> = of_type(&app, "dtmf")
+        .iter()
+        .map(|e| e["digit"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        (2..=4).contains(&digits.len()),
+        "2 at once and about 2 per second after: {digits:?}"
+    );
+    assert_eq!(digits[..2], ["1", "2"]);
+    assert!(hits() - before >= 2, "the dropped presses were counted");
+    peer.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_asr_gets_a_wav_of_the_utterance_and_its_text_is_the_final() {
     let stt = SpeechServer::start(Behaviour::Transcribe("the text from the server".into())).await;
@@ -535,4 +566,170 @@ async fn a_failing_recognizer_reports_asr_error_and_the_call_and_its_speech_go_o
     assert_eq!(ended["ok"], true);
     assert_eq!(server.snapshot().await.calls.len(), 1);
     peer.close().await;
+}
+
+/// The `asr.final` / `asr.error` events of `call`, as "final <text>" / "error <message>".
+fn results_of(app: &TestDialogApp, call: &str) -> Vec<String> {
+    app.events()
+        .into_iter()
+        .filter(|e| e["call_id"] == call)
+        .filter_map(|e| match e["type"].as_str()? {
+            "asr.final" => Some(format!("final {}", e["text"].as_str()?)),
+            "asr.error" => Some(format!("error {}", e["message"].as_str()?)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A caller whose network drops while they speak (their packets stop mid-utterance, so the
+/// endpointer never ends it; their call is still up) holds the only decoder for seconds, not
+/// until their call times out: another caller's utterance, waiting for that decoder, is still
+/// recognized within its deadline, and the first caller's utterance gets one `asr.error`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_who_drops_mid_utterance_does_not_hold_up_another_calls_recognition() {
+    let app = TestDialogApp::start().await;
+    // One decoder (the tests' default), and the default deadline (`asr.utterance_deadline_ms`,
+    // 15 s): a result later than that is an `asr.error` ("recognition timed out").
+    let server = server(&app, &[]);
+    let (dropped, _) = started_dialog_call(&server, &app).await;
+    let (other, _) = started_dialog_call(&server, &app).await;
+    let sentence = spoken("what is the weather like today", Duration::ZERO).await;
+    dropped
+        .send_paced(&sentence[..sentence.len() / 2])
+        .await
+        .unwrap();
+    // Nothing more from the first caller. The other speaks right after.
+    other
+        .send_paced(&spoken("turn on the kitchen lights", Duration::from_millis(1000)).await)
+        .await
+        .unwrap();
+    let ended = Instant::now();
+    assert!(
+        eventually(20 * SECOND, || !results_of(&app, &other.call_id).is_empty()).await,
+        "the other caller hears back"
+    );
+    println!(
+        "the other caller's result came {:?} after its audio",
+        ended.elapsed()
+    );
+    assert_eq!(
+        results_of(&app, &other.call_id),
+        ["final turn on the kitchen lights"],
+        "recognized within its deadline"
+    );
+    // The first caller's utterance failed, once, saying why.
+    assert!(
+        eventually(5 * SECOND, || !results_of(&app, &dropped.call_id)
+            .is_empty())
+        .await,
+        "the dropped caller's utterance ends"
+    );
+    // And nothing after it: a final would have followed at once.
+    tokio::time::sleep(SECOND).await;
+    assert_eq!(
+        results_of(&app, &dropped.call_id),
+        ["error pocketsphinx: no audio for 3000 ms mid-utterance (the caller's audio stopped)"]
+    );
+    dropped.close().await;
+    other.close().await;
+}
+
+/// A `400` about something other than the optional parts (a language the server does not know,
+/// set by the dialog app's `session.update`) fails that utterance only: the server is still
+/// asked for streamed transcriptions and their log probabilities for every other utterance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_asr_a_request_the_server_refuses_for_its_language_fails_that_utterance_only() {
+    let want = voicegate_testkit::speech_server::TOKEN_LOGPROB.exp();
+    let stt = SpeechServer::start(Behaviour::RefuseLanguage(
+        "xx".into(),
+        Box::new(Behaviour::TranscribeStream {
+            text: "one two three four five".into(),
+            gap: Duration::from_millis(120),
+        }),
+    ))
+    .await;
+    let app = TestDialogApp::start().await;
+    let base = stt.base_url();
+    let server = server(
+        &app,
+        &[
+            ("asr.engine", "openai"),
+            ("asr.openai.base_url", &base),
+            ("asr.openai.logprobs", "true"),
+            ("asr.partial_interval_ms", "100"),
+        ],
+    );
+    let (bad, _) = started_dialog_call(&server, &app).await;
+    assert!(app.send(json!({"type": "session.update", "session": {"asr": {"language": "xx"}}})));
+    app.wait_type(5 * SECOND, "session.updated", None)
+        .await
+        .expect("session.updated");
+    let speech = spoken("hello world", Duration::from_millis(1000)).await;
+    bad.send_paced(&speech).await.unwrap();
+    assert!(
+        eventually(5 * SECOND, || !results_of(&app, &bad.call_id).is_empty()).await,
+        "{:?}",
+        app.types()
+    );
+    let failed = results_of(&app, &bad.call_id);
+    assert!(
+        failed.len() == 1 && failed[0].starts_with("error ") && failed[0].contains("HTTP 400"),
+        "{failed:?}"
+    );
+    // Asked again without each optional part, and refused all the same.
+    let asked = |r: &voicegate_testkit::speech_server::Recorded| {
+        let f = &r.form.as_ref().expect("a multipart form").fields;
+        (
+            f.contains_key("include[]"),
+            f.contains_key("stream"),
+            f.get("language").cloned().unwrap_or_default(),
+        )
+    };
+    let xx = || "xx".to_owned();
+    assert_eq!(
+        stt.requests().iter().map(asked).collect::<Vec<_>>(),
+        [
+            (true, true, xx()),
+            (false, true, xx()),
+            (false, false, xx())
+        ]
+    );
+
+    // Another call, in the configured language: still streamed, with the tokens' confidence.
+    let (good, _) = started_dialog_call(&server, &app).await;
+    good.send_paced(&speech).await.unwrap();
+    assert!(
+        eventually(5 * SECOND, || !results_of(&app, &good.call_id).is_empty()).await,
+        "{:?}",
+        app.types()
+    );
+    assert_eq!(
+        results_of(&app, &good.call_id),
+        ["final one two three four five"]
+    );
+    let last = stt.requests().last().map(asked);
+    assert!(
+        matches!(&last, Some((true, true, l)) if l != "xx"),
+        "{last:?}"
+    );
+    let of_call = |kind: &str| -> Vec<Value> {
+        of_type(&app, kind)
+            .into_iter()
+            .filter(|e| e["call_id"] == good.call_id)
+            .collect()
+    };
+    let close = |e: &Value| {
+        e["confidence"]
+            .as_f64()
+            .is_some_and(|c| (c - want).abs() < 0.01)
+    };
+    let partials = of_call("asr.partial");
+    assert!(
+        !partials.is_empty() && partials.iter().all(close),
+        "{partials:?}"
+    );
+    let finals = of_call("asr.final");
+    assert!(finals.len() == 1 && close(&finals[0]), "{finals:?}");
+    bad.close().await;
+    good.close().await;
 }

@@ -9,7 +9,9 @@
 //! any audio), then `Metadata`, then closes. It records each connection's request (path and
 //! query, headers), audio bytes and control messages. It can misbehave: delay its first result
 //! (a vendor's processing time, for the benchmark), drop the connection without a close frame
-//! after some audio, or never answer `CloseStream`.
+//! after some audio, or never answer `CloseStream`. It can also send the final `Results` as
+//! several fragments (RFC 6455 §5.4), as a server may for any message, and pad it past a
+//! client's message limit.
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
@@ -37,6 +39,11 @@ pub struct Behaviour {
     pub ignore_close_stream: bool,
     /// The `confidence` of every result with words (`None`: the field is left out).
     pub confidence: Option<f32>,
+    /// Send the final `Results` as this many fragments (a text frame without FIN, continuation
+    /// frames, the last with FIN); 0 or 1: one frame.
+    pub final_fragments: usize,
+    /// Spaces after the final `Results`' JSON (still valid JSON), to make it this much larger.
+    pub final_padding: usize,
 }
 
 impl Behaviour {
@@ -49,6 +56,8 @@ impl Behaviour {
             drop_after_bytes: None,
             ignore_close_stream: false,
             confidence: Some(0.99),
+            final_fragments: 1,
+            final_padding: 0,
         }
     }
 }
@@ -209,7 +218,8 @@ impl DeepgramStandIn {
                         "sha256": "", "created": "2026-01-01T00:00:00.000Z",
                         "duration": start, "channels": 1
                     });
-                    let _ = ws.send(Message::text(fin)).await;
+                    let fin = fin + &" ".repeat(behaviour.final_padding);
+                    let _ = send_fragmented(&mut ws, fin, behaviour.final_fragments).await;
                     let _ = ws.send(Message::text(meta.to_string())).await;
                     let _ = ws
                         .send(Message::Close(Some(CloseFrame {
@@ -223,6 +233,30 @@ impl DeepgramStandIn {
             }
         }
     }
+}
+
+/// Sends `text` as one text message in `pieces` frames (RFC 6455 §5.4: the first a text frame
+/// without FIN, then continuation frames, the last with FIN); 0 or 1 piece: one frame.
+async fn send_fragmented(
+    ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    text: String,
+    pieces: usize,
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    if pieces <= 1 {
+        return ws.send(Message::text(text)).await;
+    }
+    let bytes = text.into_bytes();
+    let size = bytes.len().div_ceil(pieces).max(1);
+    let chunks: Vec<&[u8]> = bytes.chunks(size).collect();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let op = if i == 0 { Data::Text } else { Data::Continue };
+        let last = i + 1 == chunks.len();
+        let frame = Frame::message(chunk.to_vec(), OpCode::Data(op), last);
+        ws.send(Message::Frame(frame)).await?;
+    }
+    Ok(())
 }
 
 /// A `Results` message as Deepgram sends it (without word timings; a stretch without words has

@@ -107,6 +107,9 @@ pub enum Behaviour {
     /// A server that does not stream (whisper-1): `400` when the form asks for `stream` or
     /// `include[]=logprobs`, `{"text": ...}` otherwise.
     RefuseStream(String),
+    /// A server that does not know one language: `400` when the form's `language` is this one
+    /// (whatever else it asks for), the other behaviour otherwise.
+    RefuseLanguage(String, Box<Behaviour>),
     /// As `Transcribe`, answered after a fixed delay (a vendor's processing time).
     TranscribeAfter(String, Duration),
     /// 200 with the head and `pcm` (s16le) as one chunk, then nothing more, without closing
@@ -392,6 +395,9 @@ async fn answer(tcp: &mut Box<dyn Io>, request: Request, shared: &Shared) -> boo
     let logprobs_asked = form
         .as_ref()
         .is_some_and(|f| f.fields.get("include[]").is_some_and(|v| v == "logprobs"));
+    let language = form
+        .as_ref()
+        .and_then(|f| f.fields.get("language").cloned());
     // Like OpenAI's gpt-4o models: with `include[]=logprobs`, each token's (a word here).
     let logprobs = |text: &str| -> Option<Value> {
         logprobs_asked.then(|| {
@@ -415,6 +421,13 @@ async fn answer(tcp: &mut Box<dyn Io>, request: Request, shared: &Shared) -> boo
             let last = steps.len() - 1;
             steps.swap_remove(n.min(last))
         }
+        other => other,
+    };
+    let behaviour = match behaviour {
+        Behaviour::RefuseLanguage(refused, _) if language.as_ref() == Some(&refused) => {
+            Behaviour::Fail(400)
+        }
+        Behaviour::RefuseLanguage(_, otherwise) => *otherwise,
         other => other,
     };
     let behaviour = match behaviour {
@@ -475,7 +488,7 @@ async fn answer(tcp: &mut Box<dyn Io>, request: Request, shared: &Shared) -> boo
             end.extend_from_slice(b"0\r\n\r\n");
             tcp.write_all(&end).await.is_ok()
         }
-        Behaviour::RefuseStream(_) => unreachable!("mapped above"),
+        Behaviour::RefuseStream(_) | Behaviour::RefuseLanguage(..) => unreachable!("mapped above"),
         Behaviour::Transcribe(text) | Behaviour::TranscribeAfter(text, _) => {
             let mut body = serde_json::json!({ "text": text });
             if let Some(l) = logprobs(&text) {

@@ -4,8 +4,11 @@
 //! server-sent events (`transcript.text.delta`, then `transcript.text.done`) that become partial
 //! results as the server decodes. With `logprobs`, it asks for the tokens' log probabilities
 //! (`include[]=logprobs`) and gives each result their geometric mean as its confidence. A server
-//! that refuses either (`400`) is asked once more without it, and the factory remembers not to
-//! ask again.
+//! that refuses a request asking for either (`400`) is asked once more without it (log
+//! probabilities first, then streaming); only if a request without them is answered does the
+//! factory remember not to ask for them again. A `400` that stays without them is the request's
+//! own (a language the server does not know, from a session's `session.update`): that
+//! utterance gets `asr.error`, and the next ones ask as before.
 //!
 //! Deadlines: `timeout` bounds the wait for the reply's head; its body must keep moving (no bytes
 //! for `stream_idle` fails the utterance: [`OpenAiAsrError::Stalled`], which the recognizer counts
@@ -47,7 +50,8 @@ pub struct OpenAiAsrSettings {
     pub stream_idle: Duration,
     /// Ask for a streamed transcription (`stream=true`: partial text as server-sent events,
     /// as OpenAI's gpt-4o transcription models answer); a server that refuses it (`400`, as
-    /// for whisper-1) is asked again without, and not asked again by this process.
+    /// for whisper-1) is asked again without, and, if that is answered, not asked again by
+    /// this process.
     pub stream: bool,
     /// Ask for the tokens' log probabilities (`include[]=logprobs`, which OpenAI's gpt-4o
     /// transcription models answer; whisper-1 refuses it): a result's confidence is then the
@@ -104,14 +108,45 @@ pub struct OpenAiAsr {
     asks: Arc<Asks>,
 }
 
-/// The optional parts of a request, each asked for until a server refuses it (`400`); a process
-/// talks to one server, so it then stops asking.
+/// The optional parts of a request, each asked for until a server refuses it (`400` with it,
+/// an answer without it); a process talks to one server, so it then stops asking.
 #[derive(Debug)]
 struct Asks {
     /// `stream=true`.
     stream: AtomicBool,
     /// `include[]=logprobs`.
     logprobs: AtomicBool,
+}
+
+impl Asks {
+    /// What a request asks for now.
+    fn now(&self) -> Parts {
+        Parts {
+            stream: self.stream.load(Ordering::Relaxed),
+            logprobs: self.logprobs.load(Ordering::Relaxed),
+        }
+    }
+
+    /// A request that asked for `asked` was refused, and answered once it asked only for
+    /// `answered`: the parts it went without were what the server refused, and are not asked
+    /// for again.
+    fn refused(&self, asked: Parts, answered: Parts) {
+        if asked.stream && !answered.stream {
+            self.stream.store(false, Ordering::Relaxed);
+        }
+        if asked.logprobs && !answered.logprobs {
+            self.logprobs.store(false, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The optional parts one request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Parts {
+    /// `stream=true`.
+    stream: bool,
+    /// `include[]=logprobs`.
+    logprobs: bool,
 }
 
 impl OpenAiAsr {
@@ -246,14 +281,25 @@ async fn next_update(state: State) -> Option<(AsrUpdate, State)> {
                 return Some((AsrUpdate::Final(None, None), State::Done));
             };
             let refused = |r: &Result<Reply, OpenAiAsrError>| matches!(r, Err(OpenAiAsrError::Status { status, .. }) if *status == StatusCode::BAD_REQUEST);
-            let mut reply = request(&settings, &prompt, &pcm, &asks).await;
-            // A server that refuses an optional part (whisper-1 refuses both `include[]` and
-            // `stream`) is asked again without it, log probabilities first, and this process
-            // never asks its server for that part again.
-            for part in [&asks.logprobs, &asks.stream] {
-                if refused(&reply) && part.swap(false, Ordering::Relaxed) {
-                    reply = request(&settings, &prompt, &pcm, &asks).await;
-                }
+            let asked = asks.now();
+            let mut parts = asked;
+            let mut reply = request(&settings, &prompt, &pcm, parts).await;
+            // A server may refuse an optional part (whisper-1 refuses both `include[]` and
+            // `stream`): a refused request is asked again without it, log probabilities first.
+            // Only an answer without them shows they were the cause; then this process never
+            // asks its server for them again. A `400` that stays is about something else in
+            // this request (a session's language the server does not know): it fails this
+            // utterance and leaves what the next ones ask for as it was.
+            if refused(&reply) && parts.logprobs {
+                parts.logprobs = false;
+                reply = request(&settings, &prompt, &pcm, parts).await;
+            }
+            if refused(&reply) && parts.stream {
+                parts.stream = false;
+                reply = request(&settings, &prompt, &pcm, parts).await;
+            }
+            if reply.is_ok() {
+                asks.refused(asked, parts);
             }
             match reply {
                 Err(e) => Some((AsrUpdate::Error(e.into()), State::Done)),
@@ -385,9 +431,8 @@ async fn request(
     s: &OpenAiAsrSettings,
     prompt: &str,
     pcm: &[i16],
-    asks: &Asks,
+    parts: Parts,
 ) -> Result<Reply, OpenAiAsrError> {
-    let stream = asks.stream.load(Ordering::Relaxed);
     let url = format!(
         "{}/v1/audio/transcriptions",
         s.base_url.trim_end_matches('/')
@@ -407,7 +452,7 @@ async fn request(
     };
     field("model", &s.model);
     field("response_format", "json");
-    if asks.logprobs.load(Ordering::Relaxed) {
+    if parts.logprobs {
         field("include[]", "logprobs");
     }
     if !s.language.is_empty() {
@@ -416,7 +461,7 @@ async fn request(
     if !prompt.is_empty() {
         field("prompt", prompt);
     }
-    if stream {
+    if parts.stream {
         field("stream", "true");
     }
     body.extend_from_slice(

@@ -18,16 +18,20 @@
 //! ended, the server must keep sending (`stream_idle`, [`DeepgramError::Stalled`], counted as
 //! `Limit::AsrStreamIdle`); the recognizer's `asr.utterance_deadline_ms` bounds the rest and
 //! drops the session (which drops the socket). Messages larger than [`MAX_MESSAGE_BYTES`] and
-//! audio beyond `max_buffered_ms` fail the utterance. A failure becomes `asr.error`; the call
+//! audio beyond `max_buffered_ms` fail the utterance; a message is refused by the length its
+//! frames declare, whole or in fragments, before any of it is kept ([`LimitedCodec`]), and a
+//! fragmented one is read once its last fragment came. A failure becomes `asr.error`; the call
 //! goes on and the next utterance opens a new connection.
 
 pub mod wire;
 
 use super::{AsrEngine, AsrFactory, AsrStream, AsrUpdate, UtteranceSink};
 use crate::idle::Stalled;
+use crate::ws_codec::{LimitedCodec, ReadError};
+use actix_http::ws::Item;
 use awc::error::{SendRequestError, WsClientError, WsProtocolError as ProtocolError};
 use awc::ws::{Frame, Message};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use secrecy::{ExposeSecret, SecretString};
 use std::cell::Cell;
@@ -36,6 +40,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use voicegate_core::session::{AsrOptions, InvalidOption};
+use voicegate_core::ws_frame::TooBig;
 use wire::{CLOSE_STREAM, KEEP_ALIVE, ListenParams, ServerMessage, Transcript};
 
 /// The largest message read from the server: a `Results` message of a long utterance, with
@@ -97,9 +102,13 @@ pub enum DeepgramError {
     /// The connection did not open within `connect_timeout`.
     #[error("no connection within {} ms", .0.as_millis())]
     ConnectTimeout(Duration),
-    /// The WebSocket broke (a frame too large, a bad frame, the socket closed under us).
+    /// The WebSocket broke (a bad frame, the socket closed under us).
     #[error("websocket: {0}")]
     Protocol(#[source] ProtocolError),
+    /// The server announced a message larger than [`MAX_MESSAGE_BYTES`], in one frame or in
+    /// fragments; none of it was kept.
+    #[error("{0}")]
+    TooBig(#[source] TooBig),
     /// The server ended the stream before the utterance ended.
     #[error("the server closed the stream mid-utterance{}", .0.as_deref().map(|r| format!(": {r}")).unwrap_or_default())]
     Closed(Option<String>),
@@ -323,7 +332,9 @@ impl Session {
                     reason: e.to_string(),
                 });
             }
-            Ok(Ok((_, framed))) => framed,
+            // The codec that refuses a message by its declared length, before keeping any of
+            // it (awc's own buffers a frame whole before it checks its size).
+            Ok(Ok((_, framed))) => framed.replace_codec(LimitedCodec::new(MAX_MESSAGE_BYTES)),
         };
         // The setup a connection per utterance costs (BENCHMARKS.md quotes it).
         tracing::debug!(
@@ -341,6 +352,10 @@ impl Session {
         // Once ended: the server must send something by then.
         let mut idle_deadline = Instant::now() + s.stream_idle;
         let mut keepalive_at = Instant::now() + s.keepalive;
+        // A fragmented text message in progress (RFC 6455 §5.4: awc hands the fragments over
+        // one by one); bounded by the codec, which counts a message's fragments together.
+        // `None` between messages and during a fragmented binary one (which is not read).
+        let mut fragments: Option<BytesMut> = None;
         loop {
             tokio::select! {
                 chunk = self.audio.recv(), if !ended => match chunk {
@@ -368,11 +383,39 @@ impl Session {
                 }
                 frame = input.next() => {
                     idle_deadline = Instant::now() + s.stream_idle;
-                    match frame {
+                    let frame = match frame {
                         None if ended => return Ok(settled(&transcript)),
                         None => return Err(DeepgramError::Closed(None)),
-                        Some(Err(e)) => return Err(DeepgramError::Protocol(e)),
-                        Some(Ok(Frame::Close(reason))) => {
+                        Some(Err(ReadError::TooBig(t))) => return Err(DeepgramError::TooBig(t)),
+                        Some(Err(ReadError::Protocol(e))) => return Err(DeepgramError::Protocol(e)),
+                        Some(Ok(frame)) => frame,
+                    };
+                    let text: Bytes = match frame {
+                        Frame::Text(text) => text,
+                        // The codec keeps the fragments in order: a first, then continuations,
+                        // the last with FIN (it refuses anything else).
+                        Frame::Continuation(Item::FirstText(b)) => {
+                            fragments = Some(BytesMut::from(&b[..]));
+                            continue;
+                        }
+                        Frame::Continuation(Item::FirstBinary(_)) => {
+                            fragments = None;
+                            continue;
+                        }
+                        Frame::Continuation(Item::Continue(b)) => {
+                            if let Some(f) = &mut fragments {
+                                f.extend_from_slice(&b);
+                            }
+                            continue;
+                        }
+                        Frame::Continuation(Item::Last(b)) => {
+                            let Some(mut f) = fragments.take() else {
+                                continue; // the end of a binary message
+                            };
+                            f.extend_from_slice(&b);
+                            f.freeze()
+                        }
+                        Frame::Close(reason) => {
                             if ended {
                                 return Ok(settled(&transcript));
                             }
@@ -384,33 +427,32 @@ impl Session {
                                 }
                             })));
                         }
-                        Some(Ok(Frame::Ping(p))) => {
+                        Frame::Ping(p) => {
                             out.send(Message::Pong(p)).await.map_err(DeepgramError::Protocol)?;
+                            continue;
                         }
-                        Some(Ok(Frame::Text(text))) => {
-                            let text = std::str::from_utf8(&text).unwrap_or("");
-                            match wire::parse(text)? {
-                                ServerMessage::Results { transcript: t, confidence, is_final, speech_final } => {
-                                    let so_far = transcript.update(&t, confidence, is_final);
-                                    if ended && is_final && speech_final {
-                                        let _ = out.send(Message::Close(None)).await;
-                                        return Ok(settled(&transcript));
-                                    }
-                                    if !so_far.is_empty() {
-                                        let c = transcript.confidence(true);
-                                        let _ = self.updates.send(AsrUpdate::Partial(so_far, c)).await;
-                                    }
-                                }
-                                ServerMessage::Metadata if ended => {
-                                    let _ = out.send(Message::Close(None)).await;
-                                    return Ok(settled(&transcript));
-                                }
-                                ServerMessage::Error(e) => return Err(DeepgramError::Server(e)),
-                                ServerMessage::Metadata | ServerMessage::Other => {}
+                        // Binary messages and pongs carry nothing voicegate reads.
+                        Frame::Binary(_) | Frame::Pong(_) => continue,
+                    };
+                    let text = std::str::from_utf8(&text).unwrap_or("");
+                    match wire::parse(text)? {
+                        ServerMessage::Results { transcript: t, confidence, is_final, speech_final } => {
+                            let so_far = transcript.update(&t, confidence, is_final);
+                            if ended && is_final && speech_final {
+                                let _ = out.send(Message::Close(None)).await;
+                                return Ok(settled(&transcript));
+                            }
+                            if !so_far.is_empty() {
+                                let c = transcript.confidence(true);
+                                let _ = self.updates.send(AsrUpdate::Partial(so_far, c)).await;
                             }
                         }
-                        // Binary, pongs and fragments carry nothing voicegate reads.
-                        Some(Ok(_)) => {}
+                        ServerMessage::Metadata if ended => {
+                            let _ = out.send(Message::Close(None)).await;
+                            return Ok(settled(&transcript));
+                        }
+                        ServerMessage::Error(e) => return Err(DeepgramError::Server(e)),
+                        ServerMessage::Metadata | ServerMessage::Other => {}
                     }
                 }
             }
@@ -426,6 +468,7 @@ fn settled(t: &Transcript) -> (String, Option<f32>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use voicegate_testkit::deepgram_server::{Behaviour, DeepgramStandIn};
 
     fn settings() -> DeepgramSettings {
         DeepgramSettings {
@@ -460,6 +503,62 @@ mod tests {
         assert_eq!(
             closed.to_string(),
             "deepgram: the server closed the stream mid-utterance: 1011 NET-0001"
+        );
+    }
+
+    /// The updates of one utterance of `ms` of audio to `dg`.
+    async fn utterance(dg: &DeepgramStandIn, ms: u32) -> Vec<AsrUpdate> {
+        use futures_util::StreamExt;
+        let engine = Deepgram::new(DeepgramSettings {
+            base_url: dg.base_url(),
+            connect_timeout: Duration::from_secs(2),
+            stream_idle: Duration::from_secs(2),
+            max_buffered_ms: 5000,
+            ..settings()
+        })
+        .for_call();
+        let (mut sink, results) = engine.utterance();
+        for _ in 0..ms / 20 {
+            sink.push(&[100; 320]);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        sink.finish();
+        tokio::time::timeout(Duration::from_secs(10), results.collect())
+            .await
+            .expect("the utterance's results end")
+    }
+
+    #[actix_rt::test]
+    async fn a_final_result_sent_in_fragments_is_read_whole() {
+        let dg = DeepgramStandIn::start(Behaviour {
+            final_fragments: 3,
+            ..Behaviour::hears("turn on the kitchen lights")
+        })
+        .await;
+        let updates = utterance(&dg, 1000).await;
+        assert!(
+            matches!(updates.last(), Some(AsrUpdate::Final(Some(t), Some(_))) if t == "turn on the kitchen lights"),
+            "{updates:?}"
+        );
+    }
+
+    #[actix_rt::test]
+    async fn a_message_over_the_limit_fails_the_utterance_even_in_small_fragments() {
+        // Each fragment is well under the limit; the message they make is over it.
+        let dg = DeepgramStandIn::start(Behaviour {
+            final_fragments: 8,
+            final_padding: MAX_MESSAGE_BYTES,
+            ..Behaviour::hears("turn on the kitchen lights")
+        })
+        .await;
+        let updates = utterance(&dg, 1000).await;
+        let Some(AsrUpdate::Error(e)) = updates.last() else {
+            panic!("{updates:?}");
+        };
+        assert!(
+            e.to_string()
+                .contains(&format!("(limit {MAX_MESSAGE_BYTES})")),
+            "{e}"
         );
     }
 

@@ -36,8 +36,12 @@
 //! the stream) leaves the queue, or, if it already holds a decoder, is abandoned at its next
 //! chunk of audio: the decoder ends it and takes the next job.
 //!
-//! Failure: a decoder error fails that utterance (`asr.error`, not fatal). If the decoder
-//! threads are gone (the engine was dropped), every utterance fails fatally.
+//! Failure: a decoder error fails that utterance (`asr.error`, not fatal), and only that: no
+//! final follows it. An utterance whose audio stops coming mid-utterance for [`AUDIO_GAP_MAX`]
+//! (the caller's network dropped, so the endpointer, which hears no packets, never ends it)
+//! fails the same way ([`PocketsphinxError::AudioStopped`]) and frees its decoder: a caller who
+//! drops while speaking holds a decoder for seconds, not until their call times out. If the
+//! decoder threads are gone (the engine was dropped), every utterance fails fatally.
 
 mod decoder;
 mod queue;
@@ -59,6 +63,14 @@ use voicegate_core::session::{AsrOptions, InvalidOption};
 
 /// Audio between partial hypotheses (samples at 16 kHz): 200 ms.
 const PARTIAL_EVERY: usize = 3200;
+
+/// Longest wait for an utterance's next audio on its decoder. While the endpointer hears a
+/// caller, audio comes every 100 ms (the codec's batches); when the caller's packets stop
+/// (their network dropped), the endpointer stops too and the utterance would never end. Past
+/// this the utterance fails (`asr.error`: [`PocketsphinxError::AudioStopped`]) and its decoder
+/// takes the next job, so one caller's drop holds a decoder for at most this long, not until
+/// their call ends.
+const AUDIO_GAP_MAX: Duration = Duration::from_secs(3);
 
 /// Settings of the engine.
 #[derive(Debug, Clone)]
@@ -112,6 +124,10 @@ pub enum PocketsphinxError {
     /// The utterance was refused at once: the queue for a decoder is full.
     #[error("{0}")]
     Refused(#[from] Refused),
+    /// The utterance's audio stopped coming mid-utterance (the caller's network dropped) for
+    /// this long ([`AUDIO_GAP_MAX`]): it is dropped, and its decoder takes the next one.
+    #[error("no audio for {} ms mid-utterance (the caller's audio stopped)", .0.as_millis())]
+    AudioStopped(Duration),
     /// The decoder threads are gone (the engine was dropped): fatal for the call.
     #[error("the decoder threads are gone")]
     Gone,
@@ -128,6 +144,8 @@ enum Decoded {
     Final(Option<String>, Option<f32>),
     /// The decoder failed on this utterance.
     Failed(DecoderError),
+    /// The utterance's audio stopped coming for [`AUDIO_GAP_MAX`].
+    Stopped,
 }
 
 impl From<Decoded> for AsrUpdate {
@@ -136,6 +154,9 @@ impl From<Decoded> for AsrUpdate {
             Decoded::Partial(h, c) => AsrUpdate::Partial(h, c),
             Decoded::Final(text, c) => AsrUpdate::Final(text, c),
             Decoded::Failed(e) => AsrUpdate::Error(PocketsphinxError::Decoder(e).into()),
+            Decoded::Stopped => {
+                AsrUpdate::Error(PocketsphinxError::AudioStopped(AUDIO_GAP_MAX).into())
+            }
         }
     }
 }
@@ -509,25 +530,78 @@ fn confidence(hypothesis: &[Segment], phones: &[Segment]) -> Option<f32> {
     Some(per_frame.exp() as f32)
 }
 
+/// What [`decode`] asks of a decoder: [`Decoder`]'s utterance operations, behind a trait so
+/// the tests can drive [`decode`] with a decoder that fails on cue (a real one cannot be made
+/// to fail mid-utterance).
+trait Decodes {
+    fn use_search(&mut self, grammar: Option<&str>) -> Result<(), DecoderError>;
+    fn reset_cmn(&mut self) -> Result<(), DecoderError>;
+    fn start(&mut self) -> Result<(), DecoderError>;
+    fn process(&mut self, pcm: &[i16]) -> Result<(), DecoderError>;
+    fn partial(&mut self) -> Option<String>;
+    fn finish(&mut self) -> Result<Option<String>, DecoderError>;
+    fn grammar_active(&self) -> bool;
+    fn segments(&mut self) -> Vec<Segment>;
+}
+
+impl Decodes for Decoder {
+    fn use_search(&mut self, grammar: Option<&str>) -> Result<(), DecoderError> {
+        Decoder::use_search(self, grammar)
+    }
+    fn reset_cmn(&mut self) -> Result<(), DecoderError> {
+        Decoder::reset_cmn(self)
+    }
+    fn start(&mut self) -> Result<(), DecoderError> {
+        Decoder::start(self)
+    }
+    fn process(&mut self, pcm: &[i16]) -> Result<(), DecoderError> {
+        Decoder::process(self, pcm)
+    }
+    fn partial(&mut self) -> Option<String> {
+        Decoder::partial(self)
+    }
+    fn finish(&mut self) -> Result<Option<String>, DecoderError> {
+        Decoder::finish(self)
+    }
+    fn grammar_active(&self) -> bool {
+        Decoder::grammar_active(self)
+    }
+    fn segments(&mut self) -> Vec<Segment> {
+        Decoder::segments(self)
+    }
+}
+
 /// The confidence of `d`'s current hypothesis, if it comes from a grammar and the phone loop
 /// followed the same audio.
-fn confidence_of(d: &mut Decoder, phones: Option<&mut Decoder>) -> Option<f32> {
+fn confidence_of<D: Decodes>(d: &mut D, phones: Option<&mut D>) -> Option<f32> {
     if !d.grammar_active() {
         return None;
     }
     confidence(&d.segments(), &phones?.segments())
 }
 
+/// How an utterance's audio stopped coming to its decoder.
+enum Ended {
+    /// Its end came, or its call went away mid-utterance (the channel closed).
+    Heard,
+    /// Nobody awaits its result any more.
+    Abandoned,
+    /// The decoder failed on it.
+    Failed(DecoderError),
+    /// No audio came for [`AUDIO_GAP_MAX`].
+    Stopped,
+}
+
 /// Recognizes one utterance, sending its partial results; returns the last thing to send (the
-/// final text or the failure), `None` when nobody awaits it. `phones`, if any, follows a
-/// grammar utterance's audio as a free phone loop, for the results' confidence.
-fn decode(d: &mut Decoder, phones: Option<&mut Decoder>, job: &Job) -> Option<Decoded> {
+/// final text or the failure: one of them, once), `None` when nobody awaits it. `phones`, if
+/// any, follows a grammar utterance's audio as a free phone loop, for the results' confidence.
+fn decode<D: Decodes>(d: &mut D, phones: Option<&mut D>, job: &Job) -> Option<Decoded> {
     let ready = d.use_search(job.grammar.as_deref());
     if let Err(e) = ready.and_then(|()| d.reset_cmn()).and_then(|()| d.start()) {
         return Some(Decoded::Failed(e));
     }
     // The phone loop runs only beside a grammar; if it fails, results have no confidence.
-    let mut loop_: Option<&mut Decoder> = phones.filter(|_| d.grammar_active());
+    let mut loop_: Option<&mut D> = phones.filter(|_| d.grammar_active());
     if let Some(p) = loop_.as_deref_mut()
         && p.reset_cmn().and_then(|()| p.start()).is_err()
     {
@@ -536,16 +610,19 @@ fn decode(d: &mut Decoder, phones: Option<&mut Decoder>, job: &Job) -> Option<De
     let mut since_partial = 0;
     let mut last = String::new();
     // Until the end, or the call went away mid-utterance (the channel closed), or nobody
-    // awaits the result any more: finish either way, so the decoder is ready for the next
-    // job. (The audio channel cannot stay open and silent for long: the endpointer ends
-    // every utterance within `listen.max_utterance_ms` of audio.)
-    while let Ok(Audio::Chunk(pcm)) = job.audio.recv() {
+    // awaits the result any more, or the decoder failed, or the caller's audio stopped: the
+    // decoder's utterance ends whichever it was, so the decoder is ready for the next job.
+    let ended = loop {
+        let pcm = match job.audio.recv_timeout(AUDIO_GAP_MAX) {
+            Ok(Audio::Chunk(pcm)) => pcm,
+            Ok(Audio::End) | Err(std_mpsc::RecvTimeoutError::Disconnected) => break Ended::Heard,
+            Err(std_mpsc::RecvTimeoutError::Timeout) => break Ended::Stopped,
+        };
         if job.abandoned() {
-            break;
+            break Ended::Abandoned;
         }
         if let Err(e) = d.process(&pcm) {
-            let _ = job.results.send(Decoded::Failed(e));
-            break;
+            break Ended::Failed(e);
         }
         if let Some(p) = loop_.as_deref_mut()
             && p.process(&pcm).is_err()
@@ -564,23 +641,30 @@ fn decode(d: &mut Decoder, phones: Option<&mut Decoder>, job: &Job) -> Option<De
                 let _ = job.results.send(Decoded::Partial(h, c));
             }
         }
-    }
+    };
     let loop_done = loop_.as_deref_mut().map(|p| p.finish().is_ok());
     if loop_done == Some(false) {
         loop_ = None;
     }
+    // Ends the decoder's utterance (and, when it was heard to its end, searches for the result).
+    let finished = d.finish();
     if job.abandoned() {
-        // Ends the utterance without searching for a result nobody will read.
-        let _ = d.finish();
+        // Nobody will read a result.
         return None;
     }
-    Some(match d.finish() {
-        Ok(text) => {
-            let c = text.as_ref().and_then(|_| confidence_of(d, loop_));
-            Decoded::Final(text, c)
-        }
-        Err(e) => Decoded::Failed(e),
-    })
+    match ended {
+        // A job once abandoned stays so: returned above.
+        Ended::Abandoned => None,
+        Ended::Failed(e) => Some(Decoded::Failed(e)),
+        Ended::Stopped => Some(Decoded::Stopped),
+        Ended::Heard => Some(match finished {
+            Ok(text) => {
+                let c = text.as_ref().and_then(|_| confidence_of(d, loop_));
+                Decoded::Final(text, c)
+            }
+            Err(e) => Decoded::Failed(e),
+        }),
+    }
 }
 
 impl AsrFactory for Pocketsphinx {
@@ -895,6 +979,151 @@ mod tests {
         assert_eq!(recognize(&engine, &green).await.as_deref(), Some("green"));
         tokio::time::sleep(2 * idle).await;
         assert_eq!(kept.decoders(), 1);
+    }
+
+    const COLORS: &str = "#JSGF V1.0; grammar c; public <c> = red | green | blue ;";
+
+    #[actix_rt::test]
+    async fn a_caller_whose_audio_stops_mid_utterance_holds_the_decoder_only_briefly() {
+        // One decoder, as the tests' servers have.
+        let ps = Pocketsphinx::start(&settings(Some(COLORS)))
+            .expect("pocketsphinx is installed by scripts/setup.sh");
+        let green = spoken("green").await;
+        let a = ps.for_call();
+        decoders(&ps, 1).await;
+        // A caller starts an utterance, then their network drops: no more audio, and no end
+        // (the endpointer hears nothing either). Their call is still up: the sink lives.
+        let (mut a_sink, a_results) = a.utterance();
+        a_sink.push(&green[..green.len() / 2]);
+        waiting(&ps, 0).await;
+        // Another call's utterance waits for the one decoder, and is recognized well within the
+        // recognizer's deadline (`asr.utterance_deadline_ms`, 15 s by default).
+        let b = ps.for_call();
+        let t0 = std::time::Instant::now();
+        let heard = tokio::time::timeout(
+            AUDIO_GAP_MAX + std::time::Duration::from_secs(5),
+            recognize(&b, &green),
+        )
+        .await
+        .expect("the other call is recognized while the first caller's call is still up");
+        assert_eq!(heard.as_deref(), Some("green"));
+        println!("recognized after {:?}", t0.elapsed());
+        // The first caller's utterance gets one result, its failure, which says why.
+        let a_updates: Vec<AsrUpdate> =
+            tokio::time::timeout(std::time::Duration::from_secs(5), a_results.collect())
+                .await
+                .expect("the first utterance's results end");
+        let ends: Vec<&AsrUpdate> = a_updates
+            .iter()
+            .filter(|u| !matches!(u, AsrUpdate::Partial(..)))
+            .collect();
+        let [AsrUpdate::Error(e)] = ends.as_slice() else {
+            panic!("one failure: {a_updates:?}");
+        };
+        assert!(!e.is_fatal(), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "pocketsphinx: no audio for 3000 ms mid-utterance (the caller's audio stopped)"
+        );
+        drop(a_sink);
+    }
+
+    /// A decoder that hears "hello" once it has had audio, and fails on its `fail_at`-th chunk
+    /// (from 1; 0: never).
+    #[derive(Default)]
+    struct Stub {
+        fail_at: usize,
+        chunks: usize,
+        in_utt: bool,
+    }
+
+    impl Decodes for Stub {
+        fn use_search(&mut self, _: Option<&str>) -> Result<(), DecoderError> {
+            Ok(())
+        }
+        fn reset_cmn(&mut self) -> Result<(), DecoderError> {
+            Ok(())
+        }
+        fn start(&mut self) -> Result<(), DecoderError> {
+            self.in_utt = true;
+            Ok(())
+        }
+        fn process(&mut self, _: &[i16]) -> Result<(), DecoderError> {
+            self.chunks += 1;
+            if self.chunks == self.fail_at {
+                return Err(DecoderError::ProcessRaw(-1));
+            }
+            Ok(())
+        }
+        fn partial(&mut self) -> Option<String> {
+            (self.chunks > 0).then(|| "hello".to_owned())
+        }
+        fn finish(&mut self) -> Result<Option<String>, DecoderError> {
+            self.in_utt = false;
+            Ok(self.partial())
+        }
+        fn grammar_active(&self) -> bool {
+            false
+        }
+        fn segments(&mut self) -> Vec<Segment> {
+            Vec::new()
+        }
+    }
+
+    /// What a decoder thread reports for `audio` decoded by `d`: what [`decode`] sent on the
+    /// way, then what it returned (which [`run`] sends).
+    fn reported<D: Decodes>(d: &mut D, audio: Vec<Audio>) -> Vec<Decoded> {
+        let (tx, rx) = std_mpsc::channel();
+        let (results, mut reports) = mpsc::unbounded_channel();
+        let job = Job {
+            audio: rx,
+            results,
+            grammar: None,
+        };
+        for a in audio {
+            tx.send(a).expect("the job holds the receiver");
+        }
+        let last = decode(d, None, &job);
+        let mut out = Vec::new();
+        while let Ok(r) = reports.try_recv() {
+            out.push(r);
+        }
+        out.extend(last);
+        out
+    }
+
+    #[test]
+    fn a_decoder_failure_mid_utterance_is_its_only_result_and_ends_the_utterance() {
+        // `ps_process_raw` cannot be made to fail on demand: a stand-in decoder fails instead.
+        let chunks = || vec![Audio::Chunk(vec![0; 1600]), Audio::Chunk(vec![0; 1600])];
+        let mut fails = Stub {
+            fail_at: 2,
+            ..Stub::default()
+        };
+        let mut audio = chunks();
+        audio.push(Audio::End);
+        let r = reported(&mut fails, audio);
+        assert!(
+            matches!(
+                r.as_slice(),
+                [Decoded::Failed(DecoderError::ProcessRaw(-1))]
+            ),
+            "{r:?}"
+        );
+        assert!(
+            !fails.in_utt,
+            "the utterance ended: the decoder can start the next one"
+        );
+        // Without the failure: a partial, then the final.
+        let mut works = Stub::default();
+        let mut audio = chunks();
+        audio.push(Audio::End);
+        let r = reported(&mut works, audio);
+        assert!(
+            matches!(r.as_slice(), [Decoded::Partial(p, None), Decoded::Final(Some(f), None)] if p == "hello" && f == "hello"),
+            "{r:?}"
+        );
+        assert!(!works.in_utt);
     }
 
     /// Waits until `n` utterances wait in the queue.
