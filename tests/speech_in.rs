@@ -289,7 +289,10 @@ async fn key_presses_beyond_the_rate_are_dropped_and_counted() {
         .unwrap()
         .telephone_event_pt
         .expect("the client offers DTMF");
-    let hits = || voicegate_actors::metrics::metrics().limit_hits(voicegate_actors::metrics::Limit::KeyPresses);
+    let hits = || {
+        voicegate_actors::metrics::metrics()
+            .limit_hits(voicegate_actors::metrics::Limit::KeyPresses)
+    };
     let before = hits();
     for digit in ['1', '2', '3', '4', '5', '6'] {
         peer.send_dtmf(pt, digit).await.unwrap();
