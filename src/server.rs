@@ -234,8 +234,18 @@ pub fn start(cfg: &Validated) -> Result<Running, StartError> {
             "dialog.headers go to a ws:// URL beyond this machine: they cross the network in clear text; use wss://"
         );
     }
+    let (udp_rx, udp_tx, capped) = plane.mux().socket_buffers();
+    if capped {
+        tracing::warn!(
+            udp_receive_buffer_bytes = udp_rx,
+            udp_send_buffer_bytes = udp_tx,
+            "the kernel gave the shared media port smaller buffers than the 4 MiB asked for: with many calls a burst can overflow them and drop audio unseen; raise net.core.rmem_max and net.core.wmem_max (sysctl) to at least 4194304"
+        );
+    }
     tracing::info!(
         media = %media_addr,
+        udp_receive_buffer_bytes = udp_rx,
+        udp_send_buffer_bytes = udp_tx,
         advertised = ?plane.candidate_addresses(),
         media_workers = cfg.media.workers,
         dialog = %dialog_shown,

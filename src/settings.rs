@@ -915,6 +915,9 @@ const MIN_DIALOG_MESSAGE_BYTES: usize = 1024;
 /// Largest `dialog.max_message_bytes`: each call may hold about twice the limit while a message
 /// arrives, so a larger value would let one dialog app take hundreds of megabytes per call.
 const MAX_DIALOG_MESSAGE_BYTES: usize = 64 << 20;
+/// Smallest `calls.connect_timeout_ms`.
+const MIN_CONNECT_TIMEOUT_MS: u64 = 500;
+
 /// Largest `dialog.max_payload_bytes`: URL-encoded, such a payload is up to 3 MiB, past what
 /// any common WebSocket server takes in a request line (Go's net/http takes 1 MiB of headers).
 const MAX_DIALOG_PAYLOAD_BYTES: usize = 1 << 20;
@@ -1458,6 +1461,15 @@ impl Settings {
         }
         if self.calls.auth_timeout_ms == 0 {
             return Err(invalid("calls.auth_timeout_ms", "must be above 0"));
+        }
+        if self.calls.connect_timeout_ms < MIN_CONNECT_TIMEOUT_MS {
+            // 0 would end every call "connect-timeout" at the first check, 200 ms in.
+            return Err(invalid(
+                "calls.connect_timeout_ms",
+                format!(
+                    "must be at least {MIN_CONNECT_TIMEOUT_MS} (a caller's ICE checks and DTLS handshake take round trips)"
+                ),
+            ));
         }
 
         let bind_ip: IpAddr = self
@@ -3135,6 +3147,21 @@ mod tests {
             s.http.allowed_origins = vec![bad.into()];
             let e = s.validate().unwrap_err().to_string();
             assert!(e.contains("http.allowed_origins"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_connect_timeout_too_short_for_a_handshake_stops_startup() {
+        for (ms, ok) in [(0, false), (499, false), (500, true), (15_000, true)] {
+            let mut s = Settings::load_with_env(None, env(&[])).unwrap();
+            s.calls.connect_timeout_ms = ms;
+            match s.validate() {
+                Ok(_) => assert!(ok, "{ms} was accepted"),
+                Err(e) => {
+                    assert!(!ok, "{ms}: {e}");
+                    assert!(e.to_string().contains("calls.connect_timeout_ms"), "{e}");
+                }
+            }
         }
     }
 }

@@ -356,3 +356,50 @@ fn dialog_url(listener: &TcpListener) -> String {
     let addr: SocketAddr = listener.local_addr().unwrap();
     format!("ws://{addr}/dialog")
 }
+
+/// While the socket reconnects, events wait in `dialog.event_buffer`; past it the oldest are
+/// dropped, and each drop is counted as a limit hit (it was only a log line).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_past_the_buffer_while_reconnecting_are_dropped_oldest_first_and_counted() {
+    let _serial = SERIAL.lock().await;
+    let app = TestDialogApp::start().await;
+    let server = server_for(
+        &app.url(),
+        &[
+            ("dialog.event_buffer", "2"),
+            ("dialog.reconnect_initial_ms", "1500"),
+        ],
+    );
+    let (peer, _) = common::started_dialog_call(&server, &app).await;
+    let pt = voicegate_core::sdp::check_offer(&peer.offer)
+        .unwrap()
+        .telephone_event_pt
+        .expect("the client offers DTMF");
+    const DROPS: &str = "voicegate_limit_hits_total{limit=\"dialog_event_buffer\"}";
+    let drops_before = metric(&server, DROPS).await;
+    let reconnects = metric(&server, RECONNECTS).await;
+    assert!(app.drop_connection());
+    wait_reconnecting(&server, reconnects).await;
+    for digit in ['1', '2', '3', '4'] {
+        peer.send_dtmf(pt, digit).await.unwrap();
+    }
+    let delivered = app
+        .wait_for(5 * SECOND, |e| e["type"] == "dtmf" && e["digit"] == "4")
+        .await;
+    assert!(
+        delivered.is_some(),
+        "the newest press came after the redial"
+    );
+    let digits: Vec<String> = app
+        .events()
+        .iter()
+        .filter(|e| e["type"] == "dtmf")
+        .map(|e| e["digit"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(digits, ["3", "4"], "the two newest were kept");
+    assert!(
+        metric(&server, DROPS).await - drops_before >= 2.0,
+        "the two dropped were counted"
+    );
+    peer.close().await;
+}

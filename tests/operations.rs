@@ -287,6 +287,25 @@ fn the_open_files_limit_is_raised_to_the_hard_one_at_startup() {
         )],
     );
     assert!(log.contains(&format!("open_files={hard} was=256")), "{log}");
+    // The shared port's kernel buffers are in the same log, and a kernel that capped them below
+    // what the server asked for (4 MiB) is named with the setting that does it.
+    let buffer = |key: &str| {
+        log.split(&format!("{key}="))
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {key} in the startup log: {log}"))
+    };
+    let (rx, tx) = (
+        buffer("udp_receive_buffer_bytes"),
+        buffer("udp_send_buffer_bytes"),
+    );
+    assert!(rx > 0 && tx > 0, "{log}");
+    assert_eq!(
+        log.contains("net.core.rmem_max"),
+        rx / 2 < 4 << 20 || tx / 2 < 4 << 20,
+        "{log}"
+    );
 }
 
 #[test]

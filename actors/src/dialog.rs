@@ -459,6 +459,7 @@ impl DialogClient {
         if self.pending.len() >= self.settings.event_buffer.max(1) {
             self.pending.pop_front();
             self.dropped += 1;
+            crate::metrics::metrics().limit_hit(crate::metrics::Limit::DialogEventBuffer);
             if self.dropped == 1 || self.dropped.is_power_of_two() {
                 self.span.in_scope(|| {
                     tracing::warn!(

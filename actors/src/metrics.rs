@@ -342,6 +342,9 @@ pub enum Limit {
     HttpBodyDeadline,
     /// A dialog message declared more than `dialog.max_message_bytes`.
     DialogMessageBytes,
+    /// Events for the dialog app waiting for its socket (reconnecting, or not yet `call.started`)
+    /// were over `dialog.event_buffer`: the oldest was dropped.
+    DialogEventBuffer,
     /// A speech command's text exceeded `tts.max_text_bytes`.
     TtsTextBytes,
     /// More than `tts.max_queued_utterances` utterances were waiting.
@@ -390,6 +393,7 @@ impl LabelSet for Limit {
         Limit::CallsPerIp,
         Limit::HttpBodyDeadline,
         Limit::DialogMessageBytes,
+        Limit::DialogEventBuffer,
         Limit::TtsTextBytes,
         Limit::TtsQueuedUtterances,
         Limit::TtsStreamIdle,
@@ -418,6 +422,7 @@ impl LabelSet for Limit {
             Limit::CallsPerIp => "calls_per_ip",
             Limit::HttpBodyDeadline => "http_body_deadline",
             Limit::DialogMessageBytes => "dialog_message_bytes",
+            Limit::DialogEventBuffer => "dialog_event_buffer",
             Limit::TtsTextBytes => "tts_text_bytes",
             Limit::TtsQueuedUtterances => "tts_queued_utterances",
             Limit::TtsStreamIdle => "tts_stream_idle",
@@ -1295,6 +1300,7 @@ voicegate_limit_hits_total{limit="offers_per_ip"} 0
 voicegate_limit_hits_total{limit="calls_per_ip"} 0
 voicegate_limit_hits_total{limit="http_body_deadline"} 0
 voicegate_limit_hits_total{limit="dialog_message_bytes"} 0
+voicegate_limit_hits_total{limit="dialog_event_buffer"} 0
 voicegate_limit_hits_total{limit="tts_text_bytes"} 0
 voicegate_limit_hits_total{limit="tts_queued_utterances"} 0
 voicegate_limit_hits_total{limit="tts_stream_idle"} 0

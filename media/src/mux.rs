@@ -248,6 +248,9 @@ pub struct UdpMux {
     /// Sending side (non-blocking).
     socket: UdpSocket,
     local_addr: SocketAddr,
+    /// The kernel's receive and send buffers for the socket as it reports them (Linux doubles
+    /// what it grants, up to `net.core.rmem_max` / `wmem_max`).
+    buffers: (usize, usize),
     table: Mutex<Table>,
     limits: MuxLimits,
     next_id: AtomicU64,
@@ -289,6 +292,10 @@ impl UdpMux {
         // Best effort: the kernel caps these at its configured maximum.
         let _ = sock.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
         let _ = sock.set_send_buffer_size(SOCKET_BUFFER_BYTES);
+        let buffers = (
+            sock.recv_buffer_size().unwrap_or(0),
+            sock.send_buffer_size().unwrap_or(0),
+        );
         sock.bind(&addr.into()).map_err(at("bind"))?;
         sock.set_nonblocking(true).map_err(at("nonblocking"))?;
         let socket: UdpSocket = sock.into();
@@ -297,6 +304,7 @@ impl UdpMux {
         let mux = Arc::new(UdpMux {
             socket,
             local_addr,
+            buffers,
             table: Mutex::new(Table::default()),
             limits,
             next_id: AtomicU64::new(1),
@@ -320,6 +328,20 @@ impl UdpMux {
     /// The address the shared socket is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The socket's receive and send buffers as the kernel reports them, and whether the kernel
+    /// granted less than asked for ([`SOCKET_BUFFER_BYTES`] each): its `net.core.rmem_max` /
+    /// `wmem_max` cap them, and a burst across hundreds of calls then overflows a small one,
+    /// dropping datagrams before any counter of ours sees them.
+    pub fn socket_buffers(&self) -> (usize, usize, bool) {
+        let (rx, tx) = self.buffers;
+        // Linux reports twice what it granted (the rest is its bookkeeping).
+        (
+            rx,
+            tx,
+            rx / 2 < SOCKET_BUFFER_BYTES || tx / 2 < SOCKET_BUFFER_BYTES,
+        )
     }
 
     /// Counters so far.

@@ -769,6 +769,7 @@ impl CallActor {
                 self.early_client_messages = self.early_client_messages.saturating_sub(1);
             }
             self.early_dropped += 1;
+            metrics().limit_hit(Limit::DialogEventBuffer);
             if self.early_dropped.is_power_of_two() {
                 let _e = self.span.enter();
                 tracing::warn!(
