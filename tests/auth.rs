@@ -32,12 +32,44 @@ fn fresh(claims: Claims) -> Claims {
 }
 
 fn server(app: &TestDialogApp) -> TestServer {
+    server_with(app, &[])
+}
+
+/// [`server`], plus `extra` settings.
+fn server_with(app: &TestDialogApp, extra: &[(&str, &str)]) -> TestServer {
     let secrets = format!("{SECRET},{OLD_SECRET}");
-    TestServer::start(&[
+    let url = app.url();
+    let mut settings = vec![
         ("auth.mode", "token"),
-        ("auth.secrets", &secrets),
-        ("dialog.url", &app.url()),
-    ])
+        ("auth.secrets", secrets.as_str()),
+        ("dialog.url", url.as_str()),
+    ];
+    settings.extend_from_slice(extra);
+    TestServer::start(&settings)
+}
+
+/// Places an echo call (with `token`, when given) and waits for it to end `max-duration`;
+/// how long that took from connected media.
+async fn ends_at_max_duration(server: &TestServer, token: Option<&str>) -> Duration {
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = bearer
+        .as_deref()
+        .map(|b| vec![("Authorization", b)])
+        .unwrap_or_default();
+    let peer = ClientPeer::call_with_headers(server.http, "/webrtc/v1/offer?mode=echo", &headers)
+        .await
+        .expect("call placed");
+    peer.wait_connected(5 * SECOND).await.expect("media");
+    let t0 = std::time::Instant::now();
+    assert_eq!(
+        server
+            .end_reason(&peer.call_id, 5 * SECOND)
+            .await
+            .as_deref(),
+        Some("max-duration")
+    );
+    peer.close().await;
+    t0.elapsed()
 }
 
 async fn offer_sdp() -> String {
@@ -202,23 +234,7 @@ async fn a_call_ends_at_the_tokens_max_duration() {
             ..Claims::default()
         }),
     );
-    let bearer = format!("Bearer {t}");
-    let peer = ClientPeer::call_with_headers(
-        server.http,
-        "/webrtc/v1/offer?mode=echo",
-        &[("Authorization", &bearer)],
-    )
-    .await
-    .expect("call placed");
-    peer.wait_connected(5 * SECOND).await.expect("media");
-    assert_eq!(
-        server
-            .end_reason(&peer.call_id, 5 * SECOND)
-            .await
-            .as_deref(),
-        Some("max-duration")
-    );
-    peer.close().await;
+    ends_at_max_duration(&server, Some(&t)).await;
 }
 
 /// `calls.max_duration_s` bounds every call, with or without a token (a tab left open keeps
@@ -227,26 +243,11 @@ async fn a_call_ends_at_the_tokens_max_duration() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_servers_max_duration_ends_calls_and_a_token_cannot_lengthen_it() {
     let open = TestServer::start(&[("calls.max_duration_s", "1")]);
-    let peer = ClientPeer::call(open.http, "/webrtc/v1/offer?mode=echo")
-        .await
-        .expect("call placed");
-    peer.wait_connected(5 * SECOND).await.expect("media");
-    let t0 = std::time::Instant::now();
-    assert_eq!(
-        open.end_reason(&peer.call_id, 5 * SECOND).await.as_deref(),
-        Some("max-duration")
-    );
-    assert!(t0.elapsed() < 3 * SECOND, "{:?}", t0.elapsed());
-    peer.close().await;
+    let took = ends_at_max_duration(&open, None).await;
+    assert!(took < 3 * SECOND, "{took:?}");
 
     let app = TestDialogApp::start().await;
-    let secrets = format!("{SECRET},{OLD_SECRET}");
-    let server = TestServer::start(&[
-        ("auth.mode", "token"),
-        ("auth.secrets", &secrets),
-        ("dialog.url", &app.url()),
-        ("calls.max_duration_s", "1"),
-    ]);
+    let server = server_with(&app, &[("calls.max_duration_s", "1")]);
     let longer = token(
         SECRET,
         fresh(Claims {
@@ -254,24 +255,11 @@ async fn the_servers_max_duration_ends_calls_and_a_token_cannot_lengthen_it() {
             ..Claims::default()
         }),
     );
-    let bearer = format!("Bearer {longer}");
-    let peer = ClientPeer::call_with_headers(
-        server.http,
-        "/webrtc/v1/offer?mode=echo",
-        &[("Authorization", &bearer)],
-    )
-    .await
-    .expect("call placed");
-    peer.wait_connected(5 * SECOND).await.expect("media");
-    assert_eq!(
-        server
-            .end_reason(&peer.call_id, 5 * SECOND)
-            .await
-            .as_deref(),
-        Some("max-duration"),
-        "the token's 60 s outlasted the server's 1 s"
+    let took = ends_at_max_duration(&server, Some(&longer)).await;
+    assert!(
+        took < 3 * SECOND,
+        "the token's 60 s outlasted the server's 1 s: {took:?}"
     );
-    peer.close().await;
 }
 
 /// A single-use token spent on an offer that could not become a call (here: the server is full)
@@ -279,13 +267,7 @@ async fn the_servers_max_duration_ends_calls_and_a_token_cannot_lengthen_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_use_token_refused_for_a_full_server_can_be_used_again() {
     let app = TestDialogApp::start().await;
-    let secrets = format!("{SECRET},{OLD_SECRET}");
-    let server = TestServer::start(&[
-        ("auth.mode", "token"),
-        ("auth.secrets", &secrets),
-        ("dialog.url", &app.url()),
-        ("calls.max", "1"),
-    ]);
+    let server = server_with(&app, &[("calls.max", "1")]);
     let echo = |jti: &str| {
         token(
             SECRET,

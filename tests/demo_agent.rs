@@ -349,17 +349,7 @@ async fn the_history_is_bounded() {
 async fn only_voicegate_may_dial_the_agent() {
     let chat = ChatServer::start(stand_in(&["x"], 1, 1)).await;
     let server = server(&chat, &[]);
-    for url in [
-        format!("ws://{}/dialog/demo?call_id=wrtc-x", server.http),
-        format!(
-            "ws://{}/dialog/demo?call_id=wrtc-x&demo_key=demo-0000",
-            server.http
-        ),
-    ] {
-        let err = tokio_tungstenite::connect_async(url).await.unwrap_err();
-        assert!(err.to_string().contains("403"), "{err}");
-    }
-    assert!(server.demo_url.contains("demo_key=demo-"));
+    common::assert_demo_refuses_strangers(&server).await;
     // The key is redacted wherever the dial URL is logged.
     let key = server.demo_url.split("demo_key=").nth(1).unwrap();
     let shown = voicegate_core::dialog::redact(&server.demo_url.parse().unwrap());

@@ -105,15 +105,5 @@ async fn a_plain_call_hears_the_demo_greeting() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_voicegate_may_dial_the_demo() {
     let server = TestServer::start(&[]);
-    for url in [
-        format!("ws://{}/dialog/demo?call_id=wrtc-x", server.http),
-        format!(
-            "ws://{}/dialog/demo?call_id=wrtc-x&demo_key=demo-0000",
-            server.http
-        ),
-    ] {
-        let err = tokio_tungstenite::connect_async(url).await.unwrap_err();
-        assert!(err.to_string().contains("403"), "{err}");
-    }
-    assert!(server.demo_url.contains("demo_key=demo-"));
+    common::assert_demo_refuses_strangers(&server).await;
 }

@@ -368,37 +368,47 @@ async fn two_utterances_to_a_whisper_server(
     (stt, app, server, peer)
 }
 
+/// The streaming stand-in's transcription: five words, 120 ms apart.
+const FIVE_WORDS: &str = "one two three four five";
+
+/// A streaming OpenAI-compatible recognizer (`behaviour` around it, `None`: as it is) saying
+/// [`FIVE_WORDS`], a dialog app, and a server whose recognizer it is, with partials every 100 ms
+/// and `extra` settings.
+async fn streaming_recognizer(
+    around: impl FnOnce(Behaviour) -> Behaviour,
+    extra: &[(&str, &str)],
+) -> (SpeechServer, TestDialogApp, TestServer) {
+    let stt = SpeechServer::start(around(Behaviour::TranscribeStream {
+        text: FIVE_WORDS.into(),
+        gap: Duration::from_millis(120),
+    }))
+    .await;
+    let app = TestDialogApp::start().await;
+    let base = stt.base_url();
+    let mut settings = vec![
+        ("asr.engine", "openai"),
+        ("asr.openai.base_url", base.as_str()),
+        ("asr.partial_interval_ms", "100"),
+    ];
+    settings.extend_from_slice(extra);
+    let server = server(&app, &settings);
+    (stt, app, server)
+}
+
 /// A server that streams its transcription gives partials before the final; one that refuses
 /// `stream` (whisper-1) is asked again without it, and not asked again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_asr_streams_partials_when_the_server_can_and_falls_back_once_when_not() {
-    let stt = SpeechServer::start(Behaviour::TranscribeStream {
-        text: "one two three four five".into(),
-        gap: Duration::from_millis(120),
-    })
-    .await;
-    let app = TestDialogApp::start().await;
-    let base = stt.base_url();
-    let first = server(
-        &app,
-        &[
-            ("asr.engine", "openai"),
-            ("asr.openai.base_url", &base),
-            ("asr.partial_interval_ms", "100"),
-        ],
-    );
+    let (stt, app, first) = streaming_recognizer(|b| b, &[]).await;
     let peer = started(&first, &app).await;
-    let form = hello_to_the_recognizer(&peer, &app, &stt, "one two three four five").await;
+    let form = hello_to_the_recognizer(&peer, &app, &stt, FIVE_WORDS).await;
     assert_eq!(form.fields.get("stream").map(String::as_str), Some("true"));
     let partials: Vec<String> = of_type(&app, "asr.partial")
         .iter()
         .map(|e| e["text"].as_str().unwrap().to_owned())
         .collect();
     assert!(
-        partials.len() >= 2
-            && partials
-                .iter()
-                .all(|p| "one two three four five".starts_with(p.as_str())),
+        partials.len() >= 2 && partials.iter().all(|p| FIVE_WORDS.starts_with(p.as_str())),
         "{partials:?}"
     );
     peer.close().await;
@@ -424,24 +434,9 @@ async fn openai_asr_streams_partials_when_the_server_can_and_falls_back_once_whe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_asr_confidence_comes_from_the_tokens_log_probabilities_when_asked() {
     let want = voicegate_testkit::speech_server::TOKEN_LOGPROB.exp();
-    let stt = SpeechServer::start(Behaviour::TranscribeStream {
-        text: "one two three four five".into(),
-        gap: Duration::from_millis(120),
-    })
-    .await;
-    let app = TestDialogApp::start().await;
-    let base = stt.base_url();
-    let first = server(
-        &app,
-        &[
-            ("asr.engine", "openai"),
-            ("asr.openai.base_url", &base),
-            ("asr.openai.logprobs", "true"),
-            ("asr.partial_interval_ms", "100"),
-        ],
-    );
+    let (stt, app, first) = streaming_recognizer(|b| b, &[("asr.openai.logprobs", "true")]).await;
     let peer = started(&first, &app).await;
-    let form = hello_to_the_recognizer(&peer, &app, &stt, "one two three four five").await;
+    let form = hello_to_the_recognizer(&peer, &app, &stt, FIVE_WORDS).await;
     assert_eq!(
         form.fields.get("include[]").map(String::as_str),
         Some("logprobs")
@@ -643,25 +638,11 @@ async fn a_caller_who_drops_mid_utterance_does_not_hold_up_another_calls_recogni
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_asr_a_request_the_server_refuses_for_its_language_fails_that_utterance_only() {
     let want = voicegate_testkit::speech_server::TOKEN_LOGPROB.exp();
-    let stt = SpeechServer::start(Behaviour::RefuseLanguage(
-        "xx".into(),
-        Box::new(Behaviour::TranscribeStream {
-            text: "one two three four five".into(),
-            gap: Duration::from_millis(120),
-        }),
-    ))
+    let (stt, app, server) = streaming_recognizer(
+        |b| Behaviour::RefuseLanguage("xx".into(), Box::new(b)),
+        &[("asr.openai.logprobs", "true")],
+    )
     .await;
-    let app = TestDialogApp::start().await;
-    let base = stt.base_url();
-    let server = server(
-        &app,
-        &[
-            ("asr.engine", "openai"),
-            ("asr.openai.base_url", &base),
-            ("asr.openai.logprobs", "true"),
-            ("asr.partial_interval_ms", "100"),
-        ],
-    );
     let (bad, _) = started_dialog_call(&server, &app).await;
     assert!(app.send(json!({"type": "session.update", "session": {"asr": {"language": "xx"}}})));
     app.wait_type(5 * SECOND, "session.updated", None)

@@ -114,15 +114,7 @@ async fn stream_plays_before_its_last_chunk(vendor: Vendor) {
     let rx = peer.received();
     let first_loud = before + loud(&rx[before..]).expect("found above");
     let first_audio = rx[first_loud].at.saturating_duration_since(sent);
-    for chunk in rest {
-        assert!(app.send(json!({"type": "tts.stream", "utterance_id": "s", "text": chunk})));
-    }
-    assert!(app.send(json!({"type": "tts.stream.end", "utterance_id": "s"})));
-    let ended = app
-        .wait_type(10 * SECOND, "tts.ended", Some("s"))
-        .await
-        .expect("the stream ends");
-    assert_eq!(ended["ok"], true, "{ended}");
+    finish_stream(&app, &rest, 10 * SECOND).await;
     assert_eq!(tts_log(&app), ["tts.started s", "tts.ended s true"]);
 
     // The vendor got the whole text on one connection, segment by segment, each flushed as it
@@ -201,6 +193,21 @@ async fn elevenlabs_stream_plays_before_its_last_chunk() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cartesia_stream_plays_before_its_last_chunk() {
     stream_plays_before_its_last_chunk(Vendor::Cartesia).await;
+}
+
+/// Sends the rest of stream `s` (`chunks`, then its end) and waits `within` for its
+/// `tts.ended`, which must be `ok`.
+async fn finish_stream(app: &TestDialogApp, chunks: &[&str], within: Duration) -> Value {
+    for text in chunks {
+        assert!(app.send(json!({"type": "tts.stream", "utterance_id": "s", "text": text})));
+    }
+    assert!(app.send(json!({"type": "tts.stream.end", "utterance_id": "s"})));
+    let ended = app
+        .wait_type(within, "tts.ended", Some("s"))
+        .await
+        .expect("the stream ends");
+    assert_eq!(ended["ok"], true, "{ended}");
+    ended
 }
 
 async fn interrupt_stops_audio_and_the_vendor_stream(vendor: Vendor) {
@@ -390,13 +397,7 @@ async fn cartesia_a_long_pause_in_a_stream_starts_a_new_context() {
         .await
         .expect("started");
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(app.send(json!({"type": "tts.stream", "utterance_id": "s", "text": "Here it is."})));
-    assert!(app.send(json!({"type": "tts.stream.end", "utterance_id": "s"})));
-    let ended = app
-        .wait_type(5 * SECOND, "tts.ended", Some("s"))
-        .await
-        .expect("ended");
-    assert_eq!(ended["ok"], true, "{ended}");
+    finish_stream(&app, &["Here it is."], 5 * SECOND).await;
     let streams = spoke(&tts);
     assert_eq!(streams.len(), 1, "{streams:?}");
     let m = &streams[0].messages;
@@ -504,15 +505,7 @@ async fn elevenlabs_a_streamed_segment_ends_without_the_next_one() {
     let before = peer.received_count();
     let sent = Instant::now();
     let chunks = ["First one here.", " And the second."];
-    for text in chunks {
-        assert!(app.send(json!({"type": "tts.stream", "utterance_id": "s", "text": text})));
-    }
-    assert!(app.send(json!({"type": "tts.stream.end", "utterance_id": "s"})));
-    let ended = app
-        .wait_type(5 * SECOND, "tts.ended", Some("s"))
-        .await
-        .expect("ended");
-    assert_eq!(ended["ok"], true, "{ended}");
+    finish_stream(&app, &chunks, 5 * SECOND).await;
     assert!(
         sent.elapsed() < 3 * SECOND,
         "ended {} ms after the text: it waited for the idle limit",

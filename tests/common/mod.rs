@@ -242,3 +242,19 @@ pub async fn speech_pcm(text: &str) -> (Vec<i16>, u32) {
         .concat();
     (pcm, engine.sample_rate())
 }
+
+/// The embedded demo's socket refuses a dial without the server's `demo_key`, or with another
+/// key, and the server's own dial URL carries one.
+pub async fn assert_demo_refuses_strangers(server: &TestServer) {
+    for url in [
+        format!("ws://{}/dialog/demo?call_id=wrtc-x", server.http),
+        format!(
+            "ws://{}/dialog/demo?call_id=wrtc-x&demo_key=demo-0000",
+            server.http
+        ),
+    ] {
+        let err = tokio_tungstenite::connect_async(url).await.unwrap_err();
+        assert!(err.to_string().contains("403"), "{err}");
+    }
+    assert!(server.demo_url.contains("demo_key=demo-"));
+}
