@@ -1157,10 +1157,19 @@ impl Settings {
         ),
     ) -> Result<TtsChoice, SettingsError> {
         Ok(match engine.trim() {
-            "espeak" => TtsChoice::Espeak(EspeakSettings {
-                voice: espeak.voice.clone(),
-                rate_wpm: espeak.rate_wpm,
-            }),
+            "espeak" => {
+                // espeak-ng's own range; a value outside it was clamped without a word.
+                if !(80..=450).contains(&espeak.rate_wpm) {
+                    return Err(invalid(
+                        format!("{at}.espeak.rate_wpm"),
+                        "must be 80 to 450 (words per minute)",
+                    ));
+                }
+                TtsChoice::Espeak(EspeakSettings {
+                    voice: espeak.voice.clone(),
+                    rate_wpm: espeak.rate_wpm,
+                })
+            }
             "openai" => {
                 let o = openai;
                 url::Url::parse(&o.base_url)
@@ -1272,13 +1281,19 @@ impl Settings {
                     profile_name(&key, name)?;
                     grammars.push((name.clone(), read(key, path.trim())?));
                 }
+                if !(1..=64).contains(&p.decoders) {
+                    return Err(invalid(
+                        format!("{at}.pocketsphinx.decoders"),
+                        "must be 1 to 64 (decoder threads; each holds its models in memory)",
+                    ));
+                }
                 AsrChoice::Pocketsphinx(PocketsphinxSettings {
                     hmm: p.hmm.clone().into(),
                     dict: p.dict.clone().into(),
                     lm: (!p.lm.trim().is_empty()).then(|| p.lm.clone().into()),
                     grammar,
                     grammars,
-                    decoders: p.decoders.clamp(1, 64),
+                    decoders: p.decoders,
                     queue_max: p.queue_max,
                     unload_idle: (p.unload_idle_ms > 0)
                         .then(|| Duration::from_millis(p.unload_idle_ms)),
@@ -1529,6 +1544,14 @@ impl Settings {
         }
         if !(6000..=510_000).contains(&self.media.opus.bitrate) {
             return Err(invalid("media.opus.bitrate", "must be 6000 to 510000"));
+        }
+        if !(0..=25).contains(&self.media.opus.expected_loss_percent) {
+            // The FEC is sized for at most 25 % loss (above it Opus spends the bitrate on
+            // redundancy, not speech); a larger value was cut to 25 without a word.
+            return Err(invalid(
+                "media.opus.expected_loss_percent",
+                "must be 0 to 25",
+            ));
         }
         call_id::validate_prefix(&self.calls.id_prefix)
             .map_err(|e| invalid("calls.id_prefix", e))?;
@@ -2757,6 +2780,21 @@ mod tests {
                 "VOICEGATE__MEDIA__OPUS__COMPLEXITY",
                 "11",
                 "media.opus.complexity",
+            ),
+            (
+                "VOICEGATE__MEDIA__OPUS__EXPECTED_LOSS_PERCENT",
+                "26",
+                "media.opus.expected_loss_percent",
+            ),
+            (
+                "VOICEGATE__ASR__POCKETSPHINX__DECODERS",
+                "0",
+                "asr.pocketsphinx.decoders",
+            ),
+            (
+                "VOICEGATE__TTS__ESPEAK__RATE_WPM",
+                "500",
+                "tts.espeak.rate_wpm",
             ),
             (
                 "VOICEGATE__TTS__STREAM_IDLE_TIMEOUT_MS",
