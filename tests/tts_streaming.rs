@@ -911,3 +911,44 @@ async fn a_vendor_certificate_from_an_untrusted_ca_fails_the_utterance() {
     peer.close().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A vendor whose generation is stuck while its connection keeps pinging: the pings are not
+/// its answer, so the utterance still ends at `tts.stream_idle_timeout_ms` (they kept it alive
+/// for ever).
+async fn pings_do_not_keep_a_stalled_synthesis_alive(vendor: Vendor) {
+    let (_tts, app, server) = setup_with(
+        vendor,
+        Behaviour {
+            stall_with_pings: Some(Duration::from_millis(200)),
+            ..Behaviour::default()
+        },
+        &[("tts.stream_idle_timeout_ms", "1000")],
+    )
+    .await;
+    let peer = started_dialog_call(&server, &app).await.0;
+    let sent = Instant::now();
+    assert!(
+        app.send(json!({"type": "tts.speak", "utterance_id": "stuck", "text": "Hello there."}))
+    );
+    let ended = app
+        .wait_type(5 * SECOND, "tts.ended", Some("stuck"))
+        .await
+        .expect("the stalled utterance ends");
+    assert_eq!(ended["ok"], false, "{ended}");
+    assert!(
+        sent.elapsed() < 3 * SECOND,
+        "ended {} ms after the text",
+        sent.elapsed().as_millis()
+    );
+    peer.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elevenlabs_pings_do_not_keep_a_stalled_synthesis_alive() {
+    pings_do_not_keep_a_stalled_synthesis_alive(Vendor::ElevenLabs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cartesia_pings_do_not_keep_a_stalled_synthesis_alive() {
+    pings_do_not_keep_a_stalled_synthesis_alive(Vendor::Cartesia).await;
+}

@@ -55,6 +55,9 @@ pub struct Behaviour {
     pub handshake_delay: Duration,
     /// Send a ping right after the upgrade (a vendor's keep-alive).
     pub ping_first: bool,
+    /// Generate nothing, ever, and send a ping this often instead (a vendor whose generation
+    /// is stuck while its connection keeps itself alive).
+    pub stall_with_pings: Option<Duration>,
 }
 
 impl Default for Behaviour {
@@ -66,6 +69,7 @@ impl Default for Behaviour {
             no_segment_marks: false,
             handshake_delay: Duration::ZERO,
             ping_first: false,
+            stall_with_pings: None,
         }
     }
 }
@@ -457,6 +461,15 @@ impl Conn {
         let total_ms = chars.len() * MS_PER_CHAR;
         let b64 = base64::engine::general_purpose::STANDARD;
         let rate = self.rate;
+        if let Some(every) = self.behaviour.stall_with_pings {
+            loop {
+                if !self.wait(every, rx).await
+                    || tx.send(Message::Ping(b"alive"[..].into())).await.is_err()
+                {
+                    return false;
+                }
+            }
+        }
         if total_ms > 0 && !self.wait(self.behaviour.first_delay, rx).await {
             return false;
         }

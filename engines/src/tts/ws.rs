@@ -449,7 +449,6 @@ impl Stream {
                 }
                 _ = tokio::time::sleep(DROP_CHECK), if phase == Phase::Finishing && !self.waiting.is_empty() => {}
                 next = framed.next() => {
-                    last_message = Instant::now();
                     let frame = match next {
                         None => return self.ended("connection lost".into(), phase),
                         Some(Err(ReadError::TooBig(t))) => return Err(t.into()),
@@ -458,6 +457,9 @@ impl Stream {
                         }
                         Some(Ok(frame)) => frame,
                     };
+                    if !matches!(frame, Frame::Ping(_) | Frame::Pong(_)) {
+                        last_message = Instant::now();
+                    }
                     let text: Bytes = match frame {
                         Frame::Text(b) | Frame::Binary(b) => b,
                         Frame::Continuation(item) => {
@@ -478,6 +480,8 @@ impl Stream {
                                 }
                             }
                         }
+                        // Keep-alives are not the vendor's answer: a stalled generation
+                        // whose connection pings must still hit the idle limit.
                         Frame::Ping(p) => {
                             let _ = framed.send(Message::Pong(p)).await;
                             continue;

@@ -382,7 +382,11 @@ impl Session {
                     return Err(DeepgramError::Stalled(Stalled(s.stream_idle)));
                 }
                 frame = input.next() => {
-                    idle_deadline = Instant::now() + s.stream_idle;
+                    // Keep-alives are not the server's answer: a stream that only pings after
+                    // the utterance ended still stalls.
+                    if !matches!(frame, Some(Ok(Frame::Ping(_) | Frame::Pong(_)))) {
+                        idle_deadline = Instant::now() + s.stream_idle;
+                    }
                     let frame = match frame {
                         None if ended => return Ok(settled(&transcript)),
                         None => return Err(DeepgramError::Closed(None)),
