@@ -403,3 +403,48 @@ async fn events_past_the_buffer_while_reconnecting_are_dropped_oldest_first_and_
     );
     peer.close().await;
 }
+
+/// An app that stops answering (its process hangs, its socket stays open) is lost after
+/// `ping_interval + pong_timeout` of silence, as documented; the check ran only on the next
+/// ping's tick, up to a whole interval later (2 s here instead of 1.2 s), while events went
+/// into the dead socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_app_is_lost_after_ping_interval_and_pong_timeout() {
+    let _serial = SERIAL.lock().await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/dialog", listener.local_addr().unwrap());
+    let server = server_for(
+        &url,
+        &[
+            ("dialog.ping_interval_ms", "1000"),
+            ("dialog.pong_timeout_ms", "200"),
+            ("dialog.reconnect_initial_ms", "60000"),
+        ],
+    );
+    let (peer, mut ws) = started_raw_call(&server, &listener).await;
+    // Answer one ping, then nothing more: the last sign of life is that pong.
+    let ping = tokio::time::timeout(3 * SECOND, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Ping(_))) => break,
+                Some(Ok(_)) => continue,
+                other => panic!("the socket ended before a ping: {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert!(ping.is_ok(), "no ping in 3 s");
+    ws.flush().await.expect("the pong goes out");
+    let silent_since = Instant::now();
+    let reconnects = metric(&server, RECONNECTS).await;
+    wait_reconnecting(&server, reconnects).await;
+    let noticed = silent_since.elapsed();
+    assert!(
+        noticed < Duration::from_millis(1600),
+        "a silent app was noticed {} ms after its last pong (the limit is 1200)",
+        noticed.as_millis()
+    );
+    assert!(noticed >= Duration::from_millis(1100), "{noticed:?}");
+    drop(ws);
+    peer.close().await;
+}

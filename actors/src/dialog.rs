@@ -8,7 +8,10 @@
 //!
 //! Keep-alive: a WebSocket ping every `ping_interval`; any frame from the app counts as a sign of
 //! life, so an app that is silent for hours keeps its call (the original hung up after five
-//! minutes). No sign of life for `ping_interval + pong_timeout` means the connection is lost.
+//! minutes). No sign of life for `ping_interval + pong_timeout` means the connection is lost:
+//! each ping is followed by a check when that much silence would be reached, so a silent peer is
+//! noticed then, not at a later ping's tick (up to a whole interval later, with events written
+//! into a dead socket meanwhile).
 //!
 //! Losing the connection (an error, an abnormal close, a silent peer) starts reconnecting with
 //! exponential backoff; events produced meanwhile are kept (bounded, oldest dropped first) and
@@ -509,6 +512,17 @@ impl Actor for DialogClient {
             }
             if let Some(sink) = act.sink.as_mut() {
                 let _ = sink.write(WsMessage::Ping(bytes::Bytes::new()));
+                // When the silence would reach the limit if this ping is not answered either.
+                let limit = act.settings.ping_interval + act.settings.pong_timeout;
+                let due = (act.last_heard + limit)
+                    .saturating_duration_since(Instant::now())
+                    .max(act.settings.pong_timeout);
+                ctx.run_later(due, move |act, ctx| {
+                    // Anything heard meanwhile (a reconnect included) moved `last_heard` on.
+                    if act.state == State::Open && act.last_heard.elapsed() >= limit {
+                        act.lost(DialogFailure::Silent, None, ctx);
+                    }
+                });
             }
         });
     }
