@@ -361,6 +361,81 @@ async fn an_answer_held_past_the_bound_is_dropped_with_ok_false() {
     peer.close().await;
 }
 
+/// Media that drops before the dialog app knows of the call (its socket is slow to open) is
+/// told right after `call.started`: the app hears `interrupted` before the `restored` that
+/// follows, never a `restored` alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_lost_before_call_started_is_told_after_it() {
+    let app = voicegate_testkit::dialog_app::TestDialogApp::start().await;
+    // The app's socket opens 3 s after the dial: a TCP relay that waits before it connects.
+    let relay = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let relay_addr = relay.local_addr().expect("bound");
+    let app_addr: SocketAddr = app.url()["ws://".len()..]
+        .split('/')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .expect("the app's address");
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = relay.accept().await {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(app_addr).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    let url = app
+        .url()
+        .replace(&app_addr.to_string(), &relay_addr.to_string());
+    let mut settings: Vec<(&str, &str)> = SHORT_ICE.to_vec();
+    settings.push(("dialog.url", &url));
+    settings.push(("dialog.connect_timeout_ms", "10000"));
+    let server = TestServer::start(&settings);
+    let peer = ClientPeer::call(server.http, "/webrtc/v1/offer")
+        .await
+        .expect("call placed");
+    peer.wait_connected(Duration::from_secs(5))
+        .await
+        .expect("media connected");
+    peer.cut_network();
+    let id = peer.call_id.clone();
+    app.wait_for(Duration::from_secs(8), |e| {
+        e["type"] == "call.started" && e["call_id"] == id
+    })
+    .await
+    .expect("call.started once the app's socket opens");
+    app.wait_for(Duration::from_secs(2), |e| {
+        e["type"] == "call.media" && e["state"] == "interrupted"
+    })
+    .await
+    .expect("the interruption that began before call.started is told after it");
+    peer.restore_network();
+    app.wait_for(Duration::from_secs(5), |e| {
+        e["type"] == "call.media" && e["state"] == "restored"
+    })
+    .await
+    .expect("call.media restored");
+    let order: Vec<String> = app
+        .events()
+        .iter()
+        .filter(|e| e["type"] == "call.started" || e["type"] == "call.media")
+        .map(|e| format!("{} {}", e["type"], e["state"]))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "\"call.started\" null",
+            "\"call.media\" \"interrupted\"",
+            "\"call.media\" \"restored\""
+        ],
+        "in order, each once"
+    );
+    peer.close().await;
+}
+
 /// A caller whose network changed restarts ICE from a new address (`PATCH` with a new
 /// fragment, as the browser client does): the call keeps its id and its dialog connection (no
 /// second `call.started`), the app hears `interrupted` then `restored`, the server answers with

@@ -737,6 +737,13 @@ impl CallActor {
             self.to_dialog(event);
         }
         self.early_client_messages = 0;
+        // Media that dropped before the app knew of the call: it hears of the interruption now,
+        // so the `restored` that may follow has its `interrupted` before it.
+        if self.interrupted.is_some() {
+            self.send_event(Event::CallMedia {
+                state: MediaState::Interrupted,
+            });
+        }
     }
 
     /// An event for the dialog app; the page gets its copy of the kinds it shows
