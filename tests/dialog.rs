@@ -773,6 +773,34 @@ mod supervision {
         );
         peer.close().await;
     }
+
+    /// A `tts.ended` the speaker sends just as the call ends (here a refusal, racing a hangup)
+    /// still reaches the app, before `call.ended`: exactly once per utterance holds at the end.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_report_on_its_way_when_the_call_ends_reaches_the_app_before_call_ended() {
+        let app = TestDialogApp::start().await;
+        let server = server_for(&app, &[]);
+        let (peer, _) = started_dialog_call(&server, &app).await;
+        inject(&server, &peer.call_id, Fault::EndWhileSpeakerReports).await;
+        app.wait_type(5 * SECOND, "call.ended", None)
+            .await
+            .expect("call.ended");
+        let last: Vec<String> = app
+            .events()
+            .iter()
+            .filter(|e| e["type"] == "tts.ended" || e["type"] == "call.ended")
+            .map(|e| format!("{} {} {}", e["type"], e["utterance_id"], e["reason"]))
+            .collect();
+        assert_eq!(
+            last,
+            [
+                "\"tts.ended\" \"refused\" \"text-too-long\"",
+                "\"call.ended\" null \"client-hangup\""
+            ],
+            "the refusal, once, then the end"
+        );
+        peer.close().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,10 @@
 //! `call.ended` and a normal close, the codec and the recognizer stop, the peer connection is
 //! closed (its driver task ends, its routes on the shared port go), the supervisor hears
 //! [`CallEvent::Ended`] and the actor stops. The mailbox is paused meanwhile, so nothing else
-//! happens to a call that is ending.
+//! happens to a call that is ending, with one gap: the speaker's answer to `Finish` comes back
+//! through the mailbox ([`Teardown`]), so reports it sent just before (a `tts.ended` racing the
+//! end) are handled first and reach the app before `call.ended`; the other handlers ignore a
+//! call that is ending (`Negotiate` is always a call's first message).
 //!
 //! A dialog socket that is reconnecting when the call ends still gets its events: on `Close` the
 //! dialog client dials once more to deliver them (bounded by `dialog.connect_timeout_ms`, see
@@ -50,7 +53,38 @@ impl CallActor {
             r.do_send(crate::recognizer::Stop);
         }
         self.page = Page::Off;
-        let speaker = self.speaker.take();
+        let teardown = Teardown {
+            reason,
+            recording,
+            leftovers: Vec::new(),
+        };
+        // Utterances still queued end before the call does, in order. The speaker's reports
+        // sent before it took `Finish` are already in this mailbox: its answer comes back
+        // through the mailbox too (as `Teardown`), behind them, so they reach the app first.
+        match self.speaker.take() {
+            Some(s) => {
+                let me = ctx.address();
+                ctx.wait(s.send(speaker::Finish).into_actor(self).map(
+                    move |leftovers, _act, _ctx| {
+                        me.do_send(Teardown {
+                            leftovers: leftovers.unwrap_or_default(),
+                            ..teardown
+                        });
+                    },
+                ));
+            }
+            None => self.close_all(teardown, ctx),
+        }
+    }
+
+    /// The rest of the end, once the speaker's reports are in: the dialog app hears what was
+    /// held for it, the leftovers and `call.ended`, the connection closes, the supervisor is told.
+    fn close_all(&mut self, teardown: Teardown, ctx: &mut Context<Self>) {
+        let Teardown {
+            reason,
+            recording,
+            leftovers,
+        } = teardown;
         let dialog = self.dialog.take();
         let peer = self.peer.take();
         let call_id = self.call_id.clone();
@@ -60,11 +94,6 @@ impl CallActor {
         let early = std::mem::take(&mut self.early_events);
         let ended = reason.wire(self.settings.end_reasons).into_owned();
         let fut = async move {
-            // Utterances still queued end before the call does, in order.
-            let leftovers = match speaker {
-                Some(s) => s.send(speaker::Finish).await.unwrap_or_default(),
-                None => Vec::new(),
-            };
             if let Some(d) = dialog {
                 // Only the dialog app's utterances: the player reports nothing for our prompts.
                 for e in early.into_iter().chain(leftovers) {
@@ -93,5 +122,23 @@ impl CallActor {
             });
             ctx.stop();
         }));
+    }
+}
+
+/// The end, continued once the speaker has answered `Finish` (see [`CallActor::end`]).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(super) struct Teardown {
+    reason: EndReason,
+    recording: Option<String>,
+    /// The `tts.ended` of what was still queued.
+    leftovers: Vec<Event>,
+}
+
+impl Handler<Teardown> for CallActor {
+    type Result = ();
+
+    fn handle(&mut self, teardown: Teardown, ctx: &mut Self::Context) {
+        self.close_all(teardown, ctx);
     }
 }
