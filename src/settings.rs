@@ -235,6 +235,8 @@ pub struct Tts {
     pub max_text_bytes: usize,
     /// Most utterances queued per call.
     pub max_queued_utterances: usize,
+    /// Most synthesized audio of one segment, in ms.
+    pub max_segment_audio_ms: u64,
     /// `[tts.segment]`
     pub segment: TtsSegment,
     /// `[tts.espeak]`
@@ -381,6 +383,8 @@ pub struct AsrPocketsphinx {
     pub queue_max: usize,
     /// A decoder with no utterance for this long is unloaded; 0 keeps decoders loaded.
     pub unload_idle_ms: u64,
+    /// An utterance whose audio stops this long mid-utterance fails and frees its decoder.
+    pub audio_gap_max_ms: u64,
 }
 
 /// `[asr.openai]`
@@ -402,6 +406,8 @@ pub struct AsrOpenAi {
     pub stream: bool,
     /// Ask for the tokens' log probabilities (a result's confidence).
     pub logprobs: bool,
+    /// Largest transcription reply.
+    pub max_reply_bytes: usize,
 }
 
 /// `[asr.deepgram]`
@@ -427,6 +433,8 @@ pub struct AsrDeepgram {
     pub keepalive_ms: u64,
     /// Most audio held for the connection.
     pub max_buffered_ms: u32,
+    /// Largest message from the server.
+    pub max_message_bytes: usize,
 }
 
 /// `[listen]`
@@ -1287,6 +1295,15 @@ impl Settings {
                         "must be 1 to 64 (decoder threads; each holds its models in memory)",
                     ));
                 }
+                // Audio comes every 100 ms while a caller speaks: below half a second a short
+                // network hiccup would fail a live utterance; above a minute a dropped caller
+                // holds a decoder for longer than any utterance lasts.
+                if !(500..=60_000).contains(&p.audio_gap_max_ms) {
+                    return Err(invalid(
+                        format!("{at}.pocketsphinx.audio_gap_max_ms"),
+                        "must be 500 to 60000",
+                    ));
+                }
                 AsrChoice::Pocketsphinx(PocketsphinxSettings {
                     hmm: p.hmm.clone().into(),
                     dict: p.dict.clone().into(),
@@ -1297,12 +1314,21 @@ impl Settings {
                     queue_max: p.queue_max,
                     unload_idle: (p.unload_idle_ms > 0)
                         .then(|| Duration::from_millis(p.unload_idle_ms)),
+                    audio_gap_max: Duration::from_millis(p.audio_gap_max_ms),
                 })
             }
             "openai" => {
                 let o = openai;
                 url::Url::parse(&o.base_url)
                     .map_err(|e| invalid(format!("{at}.openai.base_url"), e))?;
+                // The bounds of a streaming engine's message (`max_message`): a reply holds one
+                // utterance's transcription, a few kilobytes, and a call reads one at a time.
+                if !(4096..=16_777_216).contains(&o.max_reply_bytes) {
+                    return Err(invalid(
+                        format!("{at}.openai.max_reply_bytes"),
+                        "must be 4096 to 16777216",
+                    ));
+                }
                 AsrChoice::OpenAi(OpenAiAsrSettings {
                     base_url: o.base_url.clone(),
                     tls: vendor_tls.clone(),
@@ -1311,6 +1337,7 @@ impl Settings {
                     language: o.language.clone(),
                     timeout: Duration::from_millis(o.timeout_ms.max(1)),
                     stream_idle: Duration::from_millis(self.asr.stream_idle_timeout_ms),
+                    max_reply_bytes: o.max_reply_bytes,
                     stream: o.stream,
                     logprobs: o.logprobs,
                 })
@@ -1343,6 +1370,7 @@ impl Settings {
                 if d.endpointing_ms > 10_000 {
                     return Err(invalid(key("endpointing_ms"), "at most 10000 (0: off)"));
                 }
+                max_message(&format!("{at}.deepgram"), d.max_message_bytes)?;
                 AsrChoice::Deepgram(DeepgramSettings {
                     base_url: d.base_url.clone(),
                     tls: vendor_tls.clone(),
@@ -1355,6 +1383,7 @@ impl Settings {
                     stream_idle: Duration::from_millis(self.asr.stream_idle_timeout_ms),
                     keepalive: Duration::from_millis(d.keepalive_ms),
                     max_buffered_ms: d.max_buffered_ms,
+                    max_message_bytes: d.max_message_bytes,
                 })
             }
             other => {
@@ -1843,6 +1872,15 @@ impl Settings {
         if !(1..=1024).contains(&self.tts.max_queued_utterances) {
             return Err(invalid("tts.max_queued_utterances", "must be 1 to 1024"));
         }
+        // A segment is at most `tts.segment.max_chars` of text, under a minute of speech at the
+        // slowest voices; below a second even a short one would be cut, and above ten minutes
+        // the bound no longer bounds a call's memory (it holds `2 * prefetch_segments` of them).
+        if !(1000..=600_000).contains(&self.tts.max_segment_audio_ms) {
+            return Err(invalid(
+                "tts.max_segment_audio_ms",
+                "must be 1000 to 600000",
+            ));
+        }
 
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let workers = |n: usize| if n == 0 { cores } else { n };
@@ -1889,6 +1927,10 @@ impl Settings {
                 prefetch: self.tts.prefetch_segments.max(1),
                 max_text_bytes: self.tts.max_text_bytes,
                 max_queued: self.tts.max_queued_utterances,
+                // Counted at the call's rate, after resampling (600 s at 48 kHz fits easily).
+                max_segment_samples: (self.tts.max_segment_audio_ms
+                    * u64::from(self.media.pcm_rate)
+                    / 1000) as usize,
             },
             max_restarts: self.supervision.max_restarts,
             restart_window: Duration::from_millis(self.supervision.window_ms),
@@ -2078,6 +2120,8 @@ mod tests {
         assert!(matches!(v.tts, TtsChoice::Espeak(_)));
         assert_eq!(v.calls.player.max_text_bytes, 16384);
         assert_eq!(v.calls.player.max_queued, 64);
+        // A minute at media.pcm_rate's 16 kHz.
+        assert_eq!(v.calls.player.max_segment_samples, 960_000);
         assert_eq!(v.media.bind.port(), 50000);
         assert!(v.media.workers >= 1);
         // Engine deadlines: none is off, so a stalled engine always costs a bounded time.
@@ -2649,6 +2693,101 @@ mod tests {
         }
     }
 
+    /// The recognizers' own limits: each has a default, reaches its engine as configured
+    /// (also through a profile), and a value out of its range stops startup naming the key.
+    #[test]
+    fn the_recognizers_limits_have_defaults_reach_their_engines_and_name_their_keys() {
+        let asr = |pairs: &[(&str, &str)]| {
+            let v = Settings::load_with_env(None, env(pairs))
+                .unwrap()
+                .validate()
+                .unwrap();
+            (v.asr, v.asr_profiles)
+        };
+        let (AsrChoice::Pocketsphinx(p), _) = asr(&[]) else {
+            panic!("pocketsphinx is the default recognizer");
+        };
+        assert_eq!(p.audio_gap_max, Duration::from_secs(3));
+        let (AsrChoice::OpenAi(o), _) = asr(&[("VOICEGATE__ASR__ENGINE", "openai")]) else {
+            panic!("openai");
+        };
+        assert_eq!(o.max_reply_bytes, 1 << 20);
+        let (AsrChoice::Deepgram(d), _) = asr(&[("VOICEGATE__ASR__ENGINE", "deepgram")]) else {
+            panic!("deepgram");
+        };
+        assert_eq!(d.max_message_bytes, 256 * 1024);
+
+        let (AsrChoice::Pocketsphinx(p), profiles) = asr(&[
+            ("VOICEGATE__ASR__POCKETSPHINX__AUDIO_GAP_MAX_MS", "500"),
+            ("VOICEGATE__ASR__PROFILES__DG__ENGINE", "deepgram"),
+            ("VOICEGATE__ASR__PROFILES__DG__MAX_MESSAGE_BYTES", "4096"),
+            ("VOICEGATE__ASR__PROFILES__OA__ENGINE", "openai"),
+            ("VOICEGATE__ASR__PROFILES__OA__MAX_REPLY_BYTES", "16777216"),
+        ]) else {
+            panic!("pocketsphinx");
+        };
+        assert_eq!(p.audio_gap_max, Duration::from_millis(500));
+        let [(_, AsrChoice::Deepgram(d)), (_, AsrChoice::OpenAi(o))] = &profiles[..] else {
+            panic!("{profiles:?}");
+        };
+        assert_eq!((d.max_message_bytes, o.max_reply_bytes), (4096, 16_777_216));
+
+        let cases: &[(&str, &str, &str, &str)] = &[
+            (
+                "pocketsphinx",
+                "VOICEGATE__ASR__POCKETSPHINX__AUDIO_GAP_MAX_MS",
+                "499",
+                "asr.pocketsphinx.audio_gap_max_ms",
+            ),
+            (
+                "pocketsphinx",
+                "VOICEGATE__ASR__POCKETSPHINX__AUDIO_GAP_MAX_MS",
+                "60001",
+                "asr.pocketsphinx.audio_gap_max_ms",
+            ),
+            (
+                "openai",
+                "VOICEGATE__ASR__OPENAI__MAX_REPLY_BYTES",
+                "4095",
+                "asr.openai.max_reply_bytes",
+            ),
+            (
+                "openai",
+                "VOICEGATE__ASR__OPENAI__MAX_REPLY_BYTES",
+                "16777217",
+                "asr.openai.max_reply_bytes",
+            ),
+            (
+                "deepgram",
+                "VOICEGATE__ASR__DEEPGRAM__MAX_MESSAGE_BYTES",
+                "4095",
+                "asr.deepgram.max_message_bytes",
+            ),
+            (
+                "deepgram",
+                "VOICEGATE__ASR__DEEPGRAM__MAX_MESSAGE_BYTES",
+                "16777217",
+                "asr.deepgram.max_message_bytes",
+            ),
+            (
+                "pocketsphinx",
+                "VOICEGATE__ASR__PROFILES__X__MAX_MESSAGE_BYTES",
+                "0",
+                "asr.profiles.x.deepgram.max_message_bytes",
+            ),
+        ];
+        for (engine, var, value, key) in cases {
+            let mut pairs = vec![("VOICEGATE__ASR__ENGINE", *engine), (*var, *value)];
+            if var.contains("PROFILES") {
+                pairs.push(("VOICEGATE__ASR__PROFILES__X__ENGINE", "deepgram"));
+            }
+            let err = Settings::load_with_env(None, env(&pairs))
+                .and_then(|s| s.validate().map(|_| ()))
+                .unwrap_err();
+            assert!(err.to_string().contains(key), "{var}={value}: {err}");
+        }
+    }
+
     #[test]
     fn recording_is_off_by_default_and_its_keys_are_checked() {
         let v = Settings::load_with_env(None, env(&[]))
@@ -2836,6 +2975,16 @@ mod tests {
                 "VOICEGATE__TTS__MAX_QUEUED_UTTERANCES",
                 "5000",
                 "tts.max_queued_utterances",
+            ),
+            (
+                "VOICEGATE__TTS__MAX_SEGMENT_AUDIO_MS",
+                "999",
+                "tts.max_segment_audio_ms",
+            ),
+            (
+                "VOICEGATE__TTS__MAX_SEGMENT_AUDIO_MS",
+                "600001",
+                "tts.max_segment_audio_ms",
             ),
             (
                 "VOICEGATE__BARGE_IN__MIN_CONFIDENCE",

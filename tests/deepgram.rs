@@ -9,7 +9,7 @@ mod common;
 use common::{TestServer, eventually, metric, spoken};
 use futures_util::StreamExt;
 use serde_json::Value;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use voicegate_engines::asr::deepgram::{Deepgram, DeepgramSettings};
 use voicegate_engines::asr::{AsrFactory, AsrStream, AsrUpdate, UtteranceSink};
 use voicegate_testkit::ClientPeer;
@@ -30,6 +30,7 @@ fn settings(base_url: String) -> DeepgramSettings {
         stream_idle: Duration::from_millis(500),
         keepalive: Duration::from_secs(5),
         max_buffered_ms: 5000,
+        max_message_bytes: 256 * 1024,
         tls: voicegate_engines::tls::ClientTls::public(),
     }
 }
@@ -218,14 +219,21 @@ async fn no_connection_in_time_or_too_much_audio_waiting_fails_the_utterance() {
 }
 
 fn server(app: &TestDialogApp, dg: &DeepgramStandIn) -> TestServer {
+    server_with(app, dg, &[])
+}
+
+/// [`server`] with `extra` settings.
+fn server_with(app: &TestDialogApp, dg: &DeepgramStandIn, extra: &[(&str, &str)]) -> TestServer {
     let url = app.url();
     let base = dg.base_url();
-    TestServer::start(&[
+    let mut s = vec![
         ("dialog.url", url.as_str()),
         ("asr.engine", "deepgram"),
         ("asr.deepgram.base_url", base.as_str()),
         ("asr.deepgram.api_key", "call-key"),
-    ])
+    ];
+    s.extend_from_slice(extra);
+    TestServer::start(&s)
 }
 
 async fn started(server: &TestServer, app: &TestDialogApp) -> ClientPeer {
@@ -234,6 +242,8 @@ async fn started(server: &TestServer, app: &TestDialogApp) -> ClientPeer {
 }
 
 const OK: &str = r#"voicegate_engine_requests_total{engine="deepgram",outcome="ok"}"#;
+const STALLS: &str = r#"voicegate_limit_hits_total{limit="asr_stream_idle"}"#;
+const TOO_BIG: &str = r#"voicegate_limit_hits_total{limit="asr_message_bytes"}"#;
 const ERRORS: &str = r#"voicegate_engine_requests_total{engine="deepgram",outcome="error"}"#;
 const FIRSTS: &str = r#"voicegate_engine_first_result_seconds_count{engine="deepgram"}"#;
 
@@ -363,6 +373,86 @@ async fn a_vendor_dropping_mid_utterance_gives_asr_error_and_the_call_goes_on() 
         .expect("the call goes on");
     assert_eq!(f["text"], "hello world");
     assert_eq!(server.snapshot().await.calls.len(), 1);
+    peer.close().await;
+}
+
+/// A vendor whose recognition is stuck once the utterance ended while its connection keeps
+/// pinging: pings are not its answer, so the utterance still fails at
+/// `asr.stream_idle_timeout_ms`, counted as a stall (when they reset the idle timer, only
+/// `asr.utterance_deadline_ms`, 15 s, ended it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_do_not_keep_a_stream_stalled_after_the_utterance_alive() {
+    let dg = DeepgramStandIn::start(Behaviour {
+        stall_with_pings: Some(Duration::from_millis(200)),
+        ..Behaviour::hears("hello world")
+    })
+    .await;
+    let app = TestDialogApp::start().await;
+    let server = server_with(&app, &dg, &[("asr.stream_idle_timeout_ms", "1000")]);
+    let peer = started(&server, &app).await;
+    let stalls = metric(&server, STALLS).await;
+    peer.send_paced(&spoken("hello world", SECOND).await)
+        .await
+        .unwrap();
+    // The utterance ended 600 ms (listen.end_silence_ms) into the 1 s tail.
+    let sent = Instant::now();
+    let e = app
+        .wait_type(5 * SECOND, "asr.error", None)
+        .await
+        .expect("asr.error");
+    let took = sent.elapsed();
+    assert_eq!(
+        e["message"],
+        "deepgram: the stream stalled: nothing received for 1000 ms"
+    );
+    assert_eq!(e["fatal"], false);
+    assert!(took < 2 * SECOND, "asr.error {took:?} after the audio");
+    assert!(of_type(&app, "asr.final").is_empty());
+    assert!(metric(&server, STALLS).await - stalls >= 1.0);
+    println!("a pinging, stalled stream failed {took:?} after the audio");
+    peer.close().await;
+}
+
+/// `asr.deepgram.max_message_bytes` is the bound enforced: a final result padded past a small
+/// configured limit (far under the default) fails its utterance with one `asr.error`, counted
+/// as `asr_message_bytes`; the call goes on and a result within the limit is heard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_the_configured_limit_fails_its_utterance_and_is_counted() {
+    let dg = DeepgramStandIn::start(Behaviour {
+        final_padding: 8192,
+        ..Behaviour::hears("hello world")
+    })
+    .await;
+    let app = TestDialogApp::start().await;
+    let server = server_with(&app, &dg, &[("asr.deepgram.max_message_bytes", "4096")]);
+    let peer = started(&server, &app).await;
+    let too_big = metric(&server, TOO_BIG).await;
+    peer.send_paced(&spoken("hello world", SECOND).await)
+        .await
+        .unwrap();
+    let e = app
+        .wait_type(5 * SECOND, "asr.error", None)
+        .await
+        .expect("asr.error");
+    let message = e["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("deepgram: message of at least") && message.ends_with("(limit 4096)"),
+        "{message}"
+    );
+    assert_eq!(e["fatal"], false);
+    assert!(of_type(&app, "asr.final").is_empty());
+    assert!(metric(&server, TOO_BIG).await - too_big >= 1.0);
+    // The partials, each well under the limit, came through; so does an unpadded final.
+    assert!(!of_type(&app, "asr.partial").is_empty());
+    dg.set_behaviour(Behaviour::hears("hello world"));
+    peer.send_paced(&spoken("hello world", SECOND).await)
+        .await
+        .unwrap();
+    let f = app
+        .wait_type(5 * SECOND, "asr.final", None)
+        .await
+        .expect("the call goes on");
+    assert_eq!(f["text"], "hello world");
     peer.close().await;
 }
 

@@ -1,8 +1,8 @@
-//! Speech engines that stall, never finish, or are overloaded cost one utterance, not the call:
-//! the real server, real WebRTC client peers, a test dialog app, and a local OpenAI-compatible
-//! speech server that misbehaves on purpose (it sends a reply's head and a little audio, then
-//! nothing, without closing; or trickles a reply forever), or pocketsphinx with one decoder and a
-//! tiny queue.
+//! Speech engines that stall, never finish, answer too much or are overloaded cost one
+//! utterance, not the call: the real server, real WebRTC client peers, a test dialog app, and a
+//! local OpenAI-compatible speech server that misbehaves on purpose (it sends a reply's head and
+//! a little audio, then nothing, without closing; or trickles a reply forever; or transcribes
+//! past `asr.openai.max_reply_bytes`), or pocketsphinx with one decoder and a tiny queue.
 //!
 //! The limit counters are process-wide and these tests run in parallel, so each checks only
 //! that the counters it moves went up.
@@ -135,6 +135,101 @@ async fn a_stalled_synthesis_ends_its_utterance_not_ok_and_the_next_one_plays() 
     peer.close().await;
 }
 
+/// `tts.max_segment_audio_ms` bounds what a synthesis may send for one segment: a server that
+/// sends audio forever (never quiet, so the idle timeout never ends it) is cut at the bound, its
+/// request aborted, its utterance ended `ok: false` with `reason: "audio-too-long"`, counted as
+/// `tts_segment_audio`; the next utterance plays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_synthesis_is_cut_at_the_segment_audio_bound_and_the_next_one_plays() {
+    const CUT: &str = r#"voicegate_limit_hits_total{limit="tts_segment_audio"}"#;
+    // The first request's audio never ends: 100 ms of tone every 10 ms, ten times real time.
+    // Later ones stream half a second.
+    let tts = SpeechServer::start(Behaviour::Script(vec![
+        Behaviour::Flood {
+            pcm: tone_24k(100),
+            every: Duration::from_millis(10),
+        },
+        Behaviour::Stream {
+            pcm: tone_24k(500),
+            chunk: 4800,
+            gap: Duration::from_millis(20),
+        },
+    ]))
+    .await;
+    let app = TestDialogApp::start().await;
+    let (url, base) = (app.url(), tts.base_url());
+    let server = TestServer::start(&[
+        ("dialog.url", &url),
+        ("tts.engine", "openai"),
+        ("tts.openai.base_url", &base),
+        ("tts.max_segment_audio_ms", "1000"),
+    ]);
+    let peer = started_dialog_call(&server, &app).await.0;
+    let cut_before = common::metric(&server, CUT).await;
+
+    let before = peer.received_count();
+    let spoke = Instant::now();
+    assert!(
+        app.send(
+            json!({"type": "tts.speak", "utterance_id": "endless", "text": "This never ends."})
+        )
+    );
+    // The bound's second plays, then the utterance ends; without the bound it would play for as
+    // long as the server sends.
+    let ended = app
+        .wait_type(8 * SECOND, "tts.ended", Some("endless"))
+        .await
+        .expect("the endless utterance ends");
+    let took = spoke.elapsed();
+    assert_eq!(ended["ok"], false, "{ended}");
+    assert_eq!(ended["reason"], "audio-too-long", "{ended}");
+    assert!(
+        took < Duration::from_millis(3000),
+        "the endless utterance took {took:?} to end"
+    );
+    let loud = decode(&peer.received()[before..])
+        .chunks(SPEECH_FRAME_SAMPLES)
+        .filter(|f| rms(f) > 200.0)
+        .count();
+    assert!(
+        (45..=52).contains(&loud),
+        "{loud} loud frames for the bound's 1 s of audio"
+    );
+    assert!(common::metric(&server, CUT).await > cut_before);
+    // The synthesis was stopped at the engine: its request was aborted, not read forever.
+    assert!(eventually(2 * SECOND, || tts.abandoned() == 1).await);
+
+    // The call goes on: the next utterance plays whole.
+    assert!(app.send(json!({"type": "tts.speak", "utterance_id": "next", "text": "Next."})));
+    let next = app
+        .wait_type(5 * SECOND, "tts.ended", Some("next"))
+        .await
+        .expect("the next utterance ends");
+    assert_eq!(next["ok"], true, "{next}");
+    assert!(next.get("reason").is_none(), "{next}");
+    let types: Vec<String> = events_of(&app, &peer.call_id)
+        .iter()
+        .filter(|e| e["type"].as_str().is_some_and(|t| t.starts_with("tts.")))
+        .map(|e| format!("{} {}", e["type"].as_str().unwrap(), e["utterance_id"]))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "tts.started \"endless\"",
+            "tts.ended \"endless\"",
+            "tts.started \"next\"",
+            "tts.ended \"next\""
+        ]
+    );
+    assert_eq!(tts.requests().len(), 2, "one request per utterance");
+    assert_eq!(server.snapshot().await.calls.len(), 1, "the call goes on");
+    println!(
+        "endless synthesis cut at 1000 ms of audio; its utterance ended after {} ms",
+        took.as_millis()
+    );
+    peer.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_or_endless_transcription_is_one_asr_error_and_the_call_is_heard_again() {
     // First reply: a head and nothing more. Second: a byte every 300 ms forever (never idle for
@@ -208,6 +303,56 @@ async fn a_stalled_or_endless_transcription_is_one_asr_error_and_the_call_is_hea
         took[1].as_millis(),
         took[2].as_millis()
     );
+    peer.close().await;
+}
+
+/// `asr.openai.max_reply_bytes` is the bound enforced on a transcription reply, a JSON one
+/// whole and a streamed one's events together: replies over a small configured limit (far
+/// under the default) fail their utterances with one `asr.error` each, counted as
+/// `asr_reply_bytes`, even when each event is small; a reply within it is heard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transcription_reply_over_the_configured_size_is_one_asr_error() {
+    const TOO_BIG: &str = r#"voicegate_limit_hits_total{limit="asr_reply_bytes"}"#;
+    // About 5 KB of JSON; then about 1.5 KB of text in 300 events of 60 bytes, 18 KB in all.
+    let stt = SpeechServer::start(Behaviour::Script(vec![
+        Behaviour::Transcribe("word ".repeat(1000)),
+        Behaviour::TranscribeStream {
+            text: vec!["word"; 300].join(" "),
+            gap: Duration::ZERO,
+        },
+        Behaviour::Transcribe("third time lucky".into()),
+    ]))
+    .await;
+    let app = TestDialogApp::start().await;
+    let (url, base) = (app.url(), stt.base_url());
+    let server = TestServer::start(&[
+        ("dialog.url", &url),
+        ("asr.engine", "openai"),
+        ("asr.openai.base_url", &base),
+        ("asr.openai.max_reply_bytes", "4096"),
+    ]);
+    let peer = started_dialog_call(&server, &app).await.0;
+    let too_big = common::metric(&server, TOO_BIG).await;
+    let speech = spoken("hello world", Duration::from_millis(1000)).await;
+    for n in 1..=3 {
+        peer.send_paced(&speech).await.unwrap();
+        assert!(
+            eventually(5 * SECOND, || asr_of(&app, &peer.call_id).len() == n).await,
+            "utterance {n}: {:?}",
+            asr_of(&app, &peer.call_id)
+        );
+    }
+    assert_eq!(
+        asr_of(&app, &peer.call_id),
+        [
+            "error openai asr: the reply is larger than 4096 bytes",
+            "error openai asr: the reply is larger than 4096 bytes",
+            "final third time lucky"
+        ]
+    );
+    assert_eq!(stt.requests().len(), 3, "each asked once, as a stream");
+    assert!(common::metric(&server, TOO_BIG).await - too_big >= 2.0);
+    assert_eq!(server.snapshot().await.calls.len(), 1, "the call goes on");
     peer.close().await;
 }
 

@@ -632,6 +632,61 @@ async fn a_caller_who_drops_mid_utterance_does_not_hold_up_another_calls_recogni
     other.close().await;
 }
 
+/// `asr.pocketsphinx.audio_gap_max_ms` is the gap enforced: set to 1 s, a caller whose packets
+/// stop mid-utterance gets its one `asr.error` about a second after their last audio, not after
+/// the default 3 s, counted as `asr_audio_gap`; the decoder (the only one) is free at once for
+/// another call's utterance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configured_audio_gap_ends_a_dropped_callers_utterance_and_frees_the_decoder() {
+    const GAPS: &str = r#"voicegate_limit_hits_total{limit="asr_audio_gap"}"#;
+    let app = TestDialogApp::start().await;
+    let server = server(&app, &[("asr.pocketsphinx.audio_gap_max_ms", "1000")]);
+    let (dropped, _) = started_dialog_call(&server, &app).await;
+    let gaps = common::metric(&server, GAPS).await;
+    let sentence = spoken("what is the weather like today", Duration::ZERO).await;
+    dropped
+        .send_paced(&sentence[..sentence.len() / 2])
+        .await
+        .unwrap();
+    // Nothing more from this caller, whose call is still up.
+    let stopped = Instant::now();
+    assert!(
+        eventually(5 * SECOND, || !results_of(&app, &dropped.call_id)
+            .is_empty())
+        .await,
+        "the dropped caller's utterance ends"
+    );
+    let took = stopped.elapsed();
+    assert_eq!(
+        results_of(&app, &dropped.call_id),
+        ["error pocketsphinx: no audio for 1000 ms mid-utterance (the caller's audio stopped)"]
+    );
+    // The codec hands audio over in 100 ms batches, so the decoder's last may be a little
+    // older than the last packet.
+    assert!(
+        took >= Duration::from_millis(700) && took < Duration::from_millis(2500),
+        "asr.error {took:?} after the last audio"
+    );
+    assert!(common::metric(&server, GAPS).await - gaps >= 1.0);
+    // The decoder is free: another call's utterance is recognized.
+    let (other, _) = started_dialog_call(&server, &app).await;
+    other
+        .send_paced(&spoken("turn on the kitchen lights", Duration::from_millis(1000)).await)
+        .await
+        .unwrap();
+    assert!(
+        eventually(5 * SECOND, || !results_of(&app, &other.call_id).is_empty()).await,
+        "the other caller hears back"
+    );
+    assert_eq!(
+        results_of(&app, &other.call_id),
+        ["final turn on the kitchen lights"]
+    );
+    println!("the dropped caller's utterance failed {took:?} after their last audio");
+    dropped.close().await;
+    other.close().await;
+}
+
 /// A `400` about something other than the optional parts (a language the server does not know,
 /// set by the dialog app's `session.update`) fails that utterance only: the server is still
 /// asked for streamed transcriptions and their log probabilities for every other utterance.

@@ -351,12 +351,22 @@ pub enum Limit {
     TtsQueuedUtterances,
     /// A synthesis stream stalled longer than its idle timeout.
     TtsStreamIdle,
+    /// A synthesis sent more than `tts.max_segment_audio_ms` of audio for one segment: it was
+    /// stopped there.
+    TtsSegmentAudio,
     /// A transcription stream stalled longer than its idle timeout.
     AsrStreamIdle,
     /// The recognizer's queue was full and an utterance was refused.
     AsrQueueFull,
     /// An utterance waited or ran past its recognition deadline.
     AsrDeadline,
+    /// An utterance's audio stopped coming mid-utterance for `asr.pocketsphinx.audio_gap_max_ms`
+    /// (the caller's network dropped): it failed and its decoder was freed.
+    AsrAudioGap,
+    /// A transcription reply was larger than `asr.openai.max_reply_bytes`.
+    AsrReplyBytes,
+    /// A Deepgram message declared more than `asr.deepgram.max_message_bytes`.
+    AsrMessageBytes,
     /// A message for the page's data channel was dropped because its queue was full.
     PageQueue,
     /// A message between the page and the dialog app (`call.send`, `client.send`) was longer
@@ -397,9 +407,13 @@ impl LabelSet for Limit {
         Limit::TtsTextBytes,
         Limit::TtsQueuedUtterances,
         Limit::TtsStreamIdle,
+        Limit::TtsSegmentAudio,
         Limit::AsrStreamIdle,
         Limit::AsrQueueFull,
         Limit::AsrDeadline,
+        Limit::AsrAudioGap,
+        Limit::AsrReplyBytes,
+        Limit::AsrMessageBytes,
         Limit::PageQueue,
         Limit::ClientMessageBytes,
         Limit::ClientMessageRate,
@@ -426,9 +440,13 @@ impl LabelSet for Limit {
             Limit::TtsTextBytes => "tts_text_bytes",
             Limit::TtsQueuedUtterances => "tts_queued_utterances",
             Limit::TtsStreamIdle => "tts_stream_idle",
+            Limit::TtsSegmentAudio => "tts_segment_audio",
             Limit::AsrStreamIdle => "asr_stream_idle",
             Limit::AsrQueueFull => "asr_queue_full",
             Limit::AsrDeadline => "asr_deadline",
+            Limit::AsrAudioGap => "asr_audio_gap",
+            Limit::AsrReplyBytes => "asr_reply_bytes",
+            Limit::AsrMessageBytes => "asr_message_bytes",
             Limit::PageQueue => "page_queue",
             Limit::ClientMessageBytes => "client_message_bytes",
             Limit::ClientMessageRate => "client_message_rate",
@@ -1304,9 +1322,13 @@ voicegate_limit_hits_total{limit="dialog_event_buffer"} 0
 voicegate_limit_hits_total{limit="tts_text_bytes"} 0
 voicegate_limit_hits_total{limit="tts_queued_utterances"} 0
 voicegate_limit_hits_total{limit="tts_stream_idle"} 0
+voicegate_limit_hits_total{limit="tts_segment_audio"} 0
 voicegate_limit_hits_total{limit="asr_stream_idle"} 0
 voicegate_limit_hits_total{limit="asr_queue_full"} 0
 voicegate_limit_hits_total{limit="asr_deadline"} 0
+voicegate_limit_hits_total{limit="asr_audio_gap"} 0
+voicegate_limit_hits_total{limit="asr_reply_bytes"} 0
+voicegate_limit_hits_total{limit="asr_message_bytes"} 0
 voicegate_limit_hits_total{limit="page_queue"} 1
 voicegate_limit_hits_total{limit="client_message_bytes"} 0
 voicegate_limit_hits_total{limit="client_message_rate"} 0

@@ -9,7 +9,8 @@
 //!
 //! Failure: an engine error becomes `asr.error`; a fatal one turns recognition off for the call,
 //! which goes on (speech out, DTMF and hangup still work). The limits an engine enforces itself
-//! (a stalled reply, a full decoder queue) are counted here, since the engines keep no metrics.
+//! (a stalled reply, a full decoder queue, a caller's audio that stopped mid-utterance, a reply
+//! or message too large: `AsrError::limit`) are counted here, since the engines keep no metrics.
 //!
 //! Deadline: every engine must give an utterance's result within `asr.utterance_deadline_ms` of
 //! the utterance's end. Past it the recognizer drops the engine session (which aborts an HTTP
@@ -30,7 +31,7 @@ use voicegate_core::dialog::NetReport;
 use voicegate_core::listen::UtteranceNetStats;
 use voicegate_core::session::AsrOptions;
 use voicegate_core::untrusted::shown;
-use voicegate_engines::asr::{AsrEngine, AsrFactory, AsrUpdate, UtteranceSink};
+use voicegate_engines::asr::{AsrEngine, AsrFactory, AsrLimit, AsrUpdate, UtteranceSink};
 
 /// How a call's recognizer behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -385,11 +386,14 @@ impl StreamHandler<Update> for Recognizer {
                 };
                 self.settle(n, outcome, ctx);
                 // The engines' own limits are counted here: the engines keep no metrics.
-                if error.stalled() {
-                    metrics().limit_hit(Limit::AsrStreamIdle);
-                }
-                if error.refused() {
-                    metrics().limit_hit(Limit::AsrQueueFull);
+                if let Some(limit) = error.limit() {
+                    metrics().limit_hit(match limit {
+                        AsrLimit::StreamIdle => Limit::AsrStreamIdle,
+                        AsrLimit::QueueFull => Limit::AsrQueueFull,
+                        AsrLimit::AudioGap => Limit::AsrAudioGap,
+                        AsrLimit::ReplyBytes => Limit::AsrReplyBytes,
+                        AsrLimit::MessageBytes => Limit::AsrMessageBytes,
+                    });
                 }
                 let (message, fatal) = (error.to_string(), error.is_fatal());
                 self.span.in_scope(

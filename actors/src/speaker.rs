@@ -12,8 +12,10 @@
 //! told ([`SpeakerEvent::PromptEnded`]).
 //!
 //! Limits: the player refuses or cuts short what is beyond `tts.max_text_bytes` and
-//! `tts.max_queued_utterances`; each hit is counted in `voicegate_limit_hits_total` here, and the
-//! utterance's `tts.ended` carries the reason.
+//! `tts.max_queued_utterances`, and cuts a segment whose synthesized audio, resampled to the
+//! call's rate, reaches `tts.max_segment_audio_ms` (its `Cancel` stops the synthesis here); each
+//! hit is counted in `voicegate_limit_hits_total` here, and the utterance's `tts.ended` carries
+//! the reason.
 //!
 //! Failure: a synthesis error ends that utterance with `ok: false` (the player decides); a stalled
 //! audio stream is also counted here (`Limit::TtsStreamIdle`: the engines keep no metrics); the
@@ -291,15 +293,29 @@ impl Speaker {
                 metrics().limit_hit(match limit {
                     TtsLimit::TextTooLong => Limit::TtsTextBytes,
                     TtsLimit::QueueFull => Limit::TtsQueuedUtterances,
+                    TtsLimit::AudioTooLong => Limit::TtsSegmentAudio,
                 });
-                // Debug only: a burst of refusals must not flood the log (the metric counts them).
-                self.span.in_scope(|| {
-                    tracing::debug!(
-                        utterance_id = %shown(&id),
-                        reason = limit.label(),
-                        "utterance refused or cut short by a limit"
-                    )
-                });
+                if limit == TtsLimit::AudioTooLong {
+                    // The engine misbehaved, not the app: worth a warning, and there is at most
+                    // one per segment asked for (the player's `Cancel` for it follows).
+                    self.span.in_scope(|| {
+                        tracing::warn!(
+                            utterance_id = %shown(&id),
+                            reason = limit.label(),
+                            "synthesis cut: a segment's audio reached tts.max_segment_audio_ms"
+                        )
+                    });
+                } else {
+                    // Debug only: a burst of refusals must not flood the log (the metric counts
+                    // them).
+                    self.span.in_scope(|| {
+                        tracing::debug!(
+                            utterance_id = %shown(&id),
+                            reason = limit.label(),
+                            "utterance refused or cut short by a limit"
+                        )
+                    });
+                }
             }
             Output::Interrupted {
                 id,
@@ -792,6 +808,7 @@ mod tests {
             prefetch: 1,
             max_text_bytes: 10_000,
             max_queued: 10,
+            max_segment_samples: 16_000,
         };
         let call_id = CallId::parse("test-00000000000000000000000000000001").expect("valid");
         let parent = Ignore.start().recipient();

@@ -112,6 +112,8 @@ pub async fn run(grammar: &str, verbose: bool) -> anyhow::Result<()> {
         decoders: 1,
         queue_max: 4,
         unload_idle: None,
+        // The audio is pushed at once: no gap to wait out.
+        audio_gap_max: std::time::Duration::from_secs(3),
     })?;
     let mut phrases = Vec::new();
     for p in PHRASES {

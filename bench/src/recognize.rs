@@ -68,6 +68,8 @@ pub async fn run(wav: &str, grammar: Option<&str>) -> anyhow::Result<()> {
         // One utterance, recognized alone.
         queue_max: 1,
         unload_idle: None,
+        // The audio is pushed at once: no gap to wait out.
+        audio_gap_max: std::time::Duration::from_secs(3),
     })?;
     use voicegate_engines::asr::AsrFactory;
     let engine = ps.for_call();

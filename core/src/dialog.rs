@@ -1278,6 +1278,14 @@ mod tests {
             "text-too-long"
         );
         assert_eq!(
+            j(Event::TtsEnded {
+                utterance_id: "u".into(),
+                ok: false,
+                reason: Some(TtsLimit::AudioTooLong)
+            })["reason"],
+            "audio-too-long"
+        );
+        assert_eq!(
             j(Event::CallEnded {
                 reason: "client-hangup".into(),
                 recording: None,

@@ -10,9 +10,11 @@
 //! The queue starts a talkspurt only once `prebuffer` frames are waiting (or the front tag has
 //! ended), which absorbs the jitter of a real-time producer such as the echo path. `max_frames`
 //! bounds latency for such producers: the oldest audio of an open tag is dropped and counted
-//! rather than letting delay grow. Ended tags are never dropped (their end must be reported);
-//! speech is bounded upstream: the player keeps at most `2 * prefetch` segments handed over
-//! and synthesizing ahead of playback (`core::speech`).
+//! rather than letting delay grow. Ended tags are never dropped (their end must be reported):
+//! when the front has ended, what comes beyond the bound is dropped and counted instead, so
+//! the bound holds whatever the producer does. Speech is bounded upstream, and this is only its
+//! safety net: the player keeps at most `2 * prefetch` segments handed over and synthesizing
+//! ahead of playback, each at most `max_segment_samples` long (`core::speech`).
 
 use crate::speech::SegmentId;
 use std::collections::VecDeque;
@@ -78,7 +80,8 @@ pub struct Playout {
     frame: usize,
     prebuffer: usize,
     max_frames: usize,
-    /// Frames dropped because the queue was full.
+    /// Samples dropped because the queue was full (whole frames from an open front, or the
+    /// newest audio beyond the bound).
     dropped: u64,
 }
 
@@ -98,7 +101,9 @@ impl Playout {
     }
 
     /// Appends PCM for `tag`. When over capacity the oldest whole frames of an open front tag
-    /// are dropped.
+    /// are dropped; when the front cannot lose any (it has ended, or holds less than a frame),
+    /// what this push brings beyond the bound is dropped instead, so the bound always holds
+    /// (give or take the padding of ended tags' last frames).
     pub fn push(&mut self, tag: Tag, pcm: &[i16]) {
         if pcm.is_empty() {
             return;
@@ -123,7 +128,20 @@ impl Playout {
             }
             front.len -= self.frame;
             self.samples.drain(..self.frame);
-            self.dropped += 1;
+            self.dropped += self.frame as u64;
+        }
+        if self.samples.len() > cap {
+            // The front's end must be reported, so it keeps its audio: the newest goes. It is
+            // all at the back, in the span this push grew (which is not the front: an open
+            // front that could not lose a frame holds less than one, so less than the bound).
+            let back = self
+                .spans
+                .back_mut()
+                .expect("this push left a span at the back");
+            let excess = (self.samples.len() - cap).min(pcm.len()).min(back.len);
+            back.len -= excess;
+            self.samples.truncate(self.samples.len() - excess);
+            self.dropped += excess as u64;
         }
     }
 
@@ -208,9 +226,9 @@ impl Playout {
         self.samples.len() / self.frame
     }
 
-    /// Frames dropped for capacity so far.
+    /// Frames dropped for capacity so far (whole frames' worth of the samples dropped).
     pub fn dropped(&self) -> u64 {
-        self.dropped
+        self.dropped / self.frame as u64
     }
 }
 
@@ -361,12 +379,12 @@ mod tests {
         q.push(Tag::Echo, &[1, 1, 2, 2, 3, 3]);
         assert_eq!(q.dropped(), 1);
         assert_eq!(pop(&mut q, 2).unwrap().0, [2, 2]);
-        // Ended audio is never dropped, even over capacity.
+        // Ended audio is never dropped, even over capacity: the newest is.
         let mut q = Playout::new(2, 1, 1);
         q.push(seg(5), &[1, 1]);
         q.end(seg(5));
         q.push(seg(6), &[2, 2, 3, 3]);
-        assert_eq!(q.dropped(), 0);
+        assert_eq!(q.dropped(), 2);
         assert_eq!(
             pop(&mut q, 2).unwrap().1,
             Frame {
@@ -375,6 +393,54 @@ mod tests {
                 last: true
             }
         );
+        assert!(pop(&mut q, 2).is_none());
+    }
+
+    #[test]
+    fn the_bound_holds_when_the_front_cannot_lose_frames() {
+        // The front has ended: it is kept whole, and what comes beyond the bound is dropped
+        // instead, however long the producer goes on (a vendor that never ends a segment).
+        let mut q = Playout::new(2, 1, 3);
+        q.push(seg(1), &[1, 1, 2, 2]);
+        q.end(seg(1));
+        q.push(seg(2), &[3, 3, 4, 4, 5]);
+        for _ in 0..1000 {
+            q.push(seg(2), &[9; 7]);
+        }
+        assert_eq!(
+            q.frames(),
+            3,
+            "two frames of the ended front, one of the next"
+        );
+        // 5 + 7000 samples came for segment 2, 2 were kept: 7003 dropped, whole frames counted.
+        assert_eq!(q.dropped(), 7003 / 2);
+        assert_eq!(q.end(seg(2)), None);
+        let frames: Vec<_> = std::iter::from_fn(|| pop(&mut q, 2)).collect();
+        assert_eq!(
+            frames.iter().map(|(f, _)| f.clone()).collect::<Vec<_>>(),
+            [vec![1, 1], vec![2, 2], vec![3, 3]],
+            "the ended front, then the first of what came after it"
+        );
+        assert_eq!(
+            frames
+                .iter()
+                .map(|(_, fr)| (fr.tag, fr.last))
+                .collect::<Vec<_>>(),
+            [(seg(1), false), (seg(1), true), (seg(2), true)],
+            "both segments' ends are still reported"
+        );
+        // The front holds less than a frame and is still open: the same.
+        let mut q = Playout::new(2, 1, 2);
+        q.push(seg(3), &[1]);
+        q.push(seg(4), &[2, 2, 3, 3, 4, 4, 5, 5]);
+        assert_eq!(q.frames(), 2);
+        assert_eq!(q.dropped(), 5 / 2);
+        q.end(seg(3));
+        q.end(seg(4));
+        assert_eq!(pop(&mut q, 2).unwrap().0, [1, 0]);
+        assert_eq!(pop(&mut q, 2).unwrap().0, [2, 2]);
+        assert_eq!(pop(&mut q, 2).unwrap().0, [3, 0]);
+        assert!(pop(&mut q, 2).is_none());
     }
 
     #[test]

@@ -18,6 +18,10 @@
 //!   refused at once, before any of its text is looked at; a stream that grows too long stops
 //!   taking text, plays what it had, then ends. The dialog app's utterances are limited, the
 //!   service's own prompts are not.
+//! - A segment's audio is at most `max_segment_samples`, whoever's utterance it is: that bounds
+//!   the engine, not the app. A synthesis that sends more (a broken vendor that never ends a
+//!   segment) is cancelled at the bound; the audio up to it plays, the segments before it play,
+//!   and the utterance ends there like a stream that grew too long ([`TtsLimit::AudioTooLong`]).
 //! - An interrupt stops playback (the codec flushes its queue), cancels every synthesis in
 //!   flight (so nothing can block behind it, unlike the original), and drops the queue.
 //! - Late chunks of a stream that was cut off (interrupted, replaced, failed, refused or cut by
@@ -31,7 +35,8 @@
 //! - At most `prefetch` segments synthesize ahead of the audio already handed to the codec, so
 //!   a long answer plays without gaps, and no more than `2 * prefetch` segments are handed
 //!   over (waiting to play) and synthesizing together, so the audio a call holds is bounded by
-//!   a few segments, whatever the engine's speed and however much is queued.
+//!   `2 * prefetch * max_segment_samples`, whatever the engine's speed and however much is
+//!   queued.
 //!
 //! Audio is tagged by segment id; late audio or progress for a segment that was dropped is
 //! ignored, so cancellation races are harmless.
@@ -63,6 +68,9 @@ pub struct PlayerSettings {
     /// Most utterances queued at once, the one playing included; a new utterance of the dialog
     /// app beyond is refused ([`TtsLimit::QueueFull`]).
     pub max_queued: usize,
+    /// Most audio of one segment, in samples at the call's rate (`tts.max_segment_audio_ms`);
+    /// a synthesis that sends more is cut there ([`TtsLimit::AudioTooLong`]).
+    pub max_segment_samples: usize,
 }
 
 /// A limit that refused an utterance or cut it short: the `reason` of its `tts.ended`.
@@ -72,6 +80,9 @@ pub enum TtsLimit {
     TextTooLong,
     /// `max_queued` utterances were already queued.
     QueueFull,
+    /// A segment's synthesis sent more than `max_segment_samples` of audio: it was cut there,
+    /// and the utterance ended after it.
+    AudioTooLong,
 }
 
 impl TtsLimit {
@@ -80,6 +91,7 @@ impl TtsLimit {
         match self {
             TtsLimit::TextTooLong => "text-too-long",
             TtsLimit::QueueFull => "queue-full",
+            TtsLimit::AudioTooLong => "audio-too-long",
         }
     }
 }
@@ -243,7 +255,9 @@ pub enum Output {
         reason: Option<TtsLimit>,
     },
     /// A limit refused an utterance or cut it short (counted and logged; its `Ended` follows,
-    /// at once for a refusal, after what it had has played for a stream that grew too long).
+    /// at once for a refusal, after what it had has played for a stream that grew too long or a
+    /// segment whose audio did). Once per refusal or cut: an utterance whose segments are cut
+    /// twice by the audio bound gives two, and its `Ended` names the first limit.
     LimitHit {
         /// Utterance id.
         id: String,
@@ -446,11 +460,23 @@ impl Player {
                 }
                 return out;
             }
-            Input::Audio { segment, pcm } => {
+            Input::Audio { segment, mut pcm } => {
+                // Nothing comes after a synthesis finished; what does (it was cut at the bound,
+                // and the engine's stream was not stopped yet) is dropped.
                 if let Some(s) = self.segments.get_mut(&segment)
                     && !s.ended
+                    && !s.synthesized
                 {
+                    let room = self
+                        .settings
+                        .max_segment_samples
+                        .saturating_sub(s.fed + s.pending.len());
+                    let over = pcm.len() > room;
+                    pcm.truncate(room);
                     s.pending.extend_from_slice(&pcm);
+                    if over {
+                        self.cut_at_audio_limit(segment, &mut out);
+                    }
                 }
             }
             Input::Synthesized { segment, ok } => {
@@ -887,6 +913,50 @@ impl Player {
         }
     }
 
+    /// A segment's synthesis sent more audio than `max_segment_samples` (it holds that much
+    /// now): it is cancelled and ends with what it has. Its utterance keeps the segments before
+    /// it, drops those after it (cancelling their syntheses), takes no more text, and ends
+    /// `ok: false` with [`TtsLimit::AudioTooLong`] (unless a limit already cut it) once what it
+    /// kept has played. The utterance ends rather than going on with its next segment because
+    /// the streaming engines speak a whole utterance in one vendor context and cut its audio
+    /// into segments only where the vendor marks them: a vendor that never ends one segment's
+    /// audio would never deliver the next one's either.
+    fn cut_at_audio_limit(&mut self, segment: SegmentId, out: &mut Vec<Output>) {
+        let Some(s) = self.segments.get_mut(&segment) else {
+            return;
+        };
+        s.synthesized = true;
+        let serial = s.utterance;
+        let Some(ui) = self.index_of(serial) else {
+            return;
+        };
+        let u = &mut self.utterances[ui];
+        out.push(Output::LimitHit {
+            id: u.id.clone(),
+            limit: TtsLimit::AudioTooLong,
+        });
+        out.push(Output::Cancel { segment });
+        u.limit.get_or_insert(TtsLimit::AudioTooLong);
+        u.closed = true;
+        let was_open = u.segmenter.take().is_some();
+        // `queued` is in id order, and holds `segment` (it has not ended).
+        let keep = u.queued.partition_point(|&id| id <= segment);
+        let rest: Vec<SegmentId> = u.queued.drain(keep..).collect();
+        let id = u.id.clone();
+        self.queued -= rest.len();
+        for later in rest {
+            if let Some(s) = self.segments.remove(&later)
+                && s.synthesizing
+                && !s.synthesized
+            {
+                out.push(Output::Cancel { segment: later });
+            }
+        }
+        if was_open {
+            self.cut(&id);
+        }
+    }
+
     /// The index of the utterance with serial number `serial`, if it is still queued.
     fn index_of(&self, serial: u64) -> Option<usize> {
         let i = usize::try_from(serial.checked_sub(self.front_serial)?).ok()?;
@@ -980,6 +1050,9 @@ mod tests {
         done: Vec<u64>,
     }
 
+    /// The rig's bound on a segment's audio: a second at 16 kHz.
+    const MAX_SEGMENT: usize = 50 * SPEECH_FRAME_SAMPLES;
+
     fn settings() -> PlayerSettings {
         PlayerSettings {
             limits: SegmentLimits {
@@ -990,6 +1063,7 @@ mod tests {
             prefetch: 2,
             max_text_bytes: 1000,
             max_queued: 8,
+            max_segment_samples: MAX_SEGMENT,
         }
     }
 
@@ -1689,6 +1763,103 @@ mod tests {
     }
 
     #[test]
+    fn a_segment_over_the_audio_bound_is_cut_there_and_its_utterance_ends_with_the_reason() {
+        let mut r = Rig::new();
+        r.speak("u1", "One sentence here. Another sentence. A third one.");
+        r.speak("u2", "Next.");
+        let (first, second) = (r.synthesizing[0], r.synthesizing[1]);
+        // The engine sends just under the bound, then goes on past it.
+        r.input(Input::Audio {
+            segment: first,
+            pcm: vec![1; MAX_SEGMENT - 100],
+        });
+        assert!(r.limits.is_empty() && r.cancelled.is_empty());
+        r.input(Input::Audio {
+            segment: first,
+            pcm: vec![1; 500],
+        });
+        assert_eq!(r.limits, ["u1 audio-too-long"]);
+        // Its synthesis stops, and so does the one of the segment after it; the third was not
+        // asked for and never is.
+        assert_eq!(r.cancelled, [first, second]);
+        assert_eq!(r.codec, [(first, MAX_SEGMENT, true)], "exactly the bound");
+        // The next utterance's segment synthesizes now.
+        assert_eq!(r.synthesizing.len(), 1);
+        assert_eq!(r.utterance_of.last().map(|&(_, u)| u), Some(1));
+        // More from the stopped stream changes nothing.
+        r.input(Input::Audio {
+            segment: first,
+            pcm: vec![1; 500],
+        });
+        r.input(Input::Synthesized {
+            segment: first,
+            ok: true,
+        });
+        assert_eq!(r.codec, [(first, MAX_SEGMENT, true)]);
+        r.run();
+        assert_eq!(
+            r.events,
+            [
+                "started u1",
+                "ended u1 false audio-too-long",
+                "started u2",
+                "ended u2 true"
+            ]
+        );
+        assert_eq!(r.heard, ["u1: One sentence here.", "u2: Next."]);
+        assert_eq!(r.limits.len(), 1, "one cut, one hit");
+        assert!(r.p.is_idle());
+        // Exactly the bound, then the end: not over it.
+        let mut r = Rig::new();
+        r.speak("edge", "Just long enough.");
+        r.synth_one(MAX_SEGMENT);
+        r.run();
+        assert_eq!(r.events, ["started edge", "ended edge true"]);
+        assert!(r.limits.is_empty());
+    }
+
+    #[test]
+    fn a_cut_segment_keeps_the_ones_before_it_and_stops_its_stream() {
+        let mut r = Rig::new();
+        r.stream(
+            "s",
+            "The first sentence here. The second sentence here. ",
+            false,
+        );
+        let (first, second) = (r.synthesizing[0], r.synthesizing[1]);
+        // The second segment's engine runs away while the first is still synthesizing.
+        r.input(Input::Audio {
+            segment: second,
+            pcm: vec![1; 3 * MAX_SEGMENT],
+        });
+        assert_eq!(r.limits, ["s audio-too-long"]);
+        assert_eq!(r.cancelled, [second], "the first one goes on");
+        // The stream takes no more text, until its last chunk.
+        r.stream("s", "A third sentence. ", false);
+        assert_eq!(r.synthesizing, [first]);
+        r.synth_one(SPEECH_FRAME_SAMPLES);
+        assert_eq!(
+            r.codec,
+            [
+                (first, SPEECH_FRAME_SAMPLES, true),
+                (second, MAX_SEGMENT, true)
+            ]
+        );
+        r.run();
+        assert_eq!(r.events, ["started s", "ended s false audio-too-long"]);
+        assert_eq!(r.heard.len(), 2, "{:?}", r.heard);
+        r.stream("s", "Late text. ", true);
+        r.stream("s", "A new answer.", true);
+        r.run();
+        assert_eq!(
+            r.events[2..],
+            ["started s", "ended s true"],
+            "{:?}",
+            r.events
+        );
+    }
+
+    #[test]
     fn a_stream_refused_for_a_full_queue_drops_its_chunks_until_its_end() {
         let mut r = Rig::new();
         for n in 0..8 {
@@ -1756,6 +1927,7 @@ mod barge_in_tests {
             prefetch: 3,
             max_text_bytes: 1000,
             max_queued: 8,
+            max_segment_samples: 16_000,
         }
     }
 
@@ -2074,8 +2246,15 @@ mod properties {
         codec: VecDeque<(SegmentId, usize, bool, bool)>,
         /// `(id, event)` with event `started` or `ended <ok> [reason]`, in order.
         events: Vec<(String, String)>,
+        /// `LimitHit`s of the text and queue limits (one per utterance they refuse or cut).
         limit_hits: usize,
+        /// `Ended`s with those limits as their reason.
         ended_with_reason: usize,
+        /// `LimitHit`s of the audio bound (one per segment cut), and `Ended`s with it.
+        audio_hits: usize,
+        ended_audio_too_long: usize,
+        /// Syntheses cancelled: the engine sends them nothing more.
+        cancelled: std::collections::HashSet<SegmentId>,
         /// Utterances done.
         done: std::collections::HashSet<u64>,
     }
@@ -2090,6 +2269,9 @@ mod properties {
                 events: Vec::new(),
                 limit_hits: 0,
                 ended_with_reason: 0,
+                audio_hits: 0,
+                ended_audio_too_long: 0,
+                cancelled: std::collections::HashSet::new(),
                 done: std::collections::HashSet::new(),
             }
         }
@@ -2113,7 +2295,10 @@ mod properties {
                         );
                         self.synthesizing.push_back(segment);
                     }
-                    Output::Cancel { segment } => self.synthesizing.retain(|s| *s != segment),
+                    Output::Cancel { segment } => {
+                        self.synthesizing.retain(|s| *s != segment);
+                        self.cancelled.insert(segment);
+                    }
                     Output::UtteranceDone { utterance } => {
                         assert!(self.done.insert(utterance), "an utterance done twice");
                     }
@@ -2129,10 +2314,18 @@ mod properties {
                     Output::FlushPlayback => self.codec.clear(),
                     Output::Started { id } => self.events.push((id, "started".into())),
                     Output::Ended { id, ok, reason } => {
-                        self.ended_with_reason += usize::from(reason.is_some());
+                        match reason {
+                            Some(TtsLimit::AudioTooLong) => self.ended_audio_too_long += 1,
+                            Some(_) => self.ended_with_reason += 1,
+                            None => {}
+                        }
                         let reason = reason.map_or("", TtsLimit::label);
                         self.events.push((id, format!("ended {ok} {reason}")));
                     }
+                    Output::LimitHit {
+                        limit: TtsLimit::AudioTooLong,
+                        ..
+                    } => self.audio_hits += 1,
                     Output::LimitHit { .. } => self.limit_hits += 1,
                     Output::SegmentStarted { .. }
                     | Output::Interrupted { .. }
@@ -2152,7 +2345,8 @@ mod properties {
             });
         }
 
-        /// The oldest synthesis delivers 40 ms of audio and finishes (or fails).
+        /// The oldest synthesis delivers 40 ms of audio and finishes (or fails), unless the
+        /// audio was over the bound and the player stopped it.
         fn synth_one(&mut self, ok: bool) -> bool {
             let Some(segment) = self.synthesizing.pop_front() else {
                 return false;
@@ -2161,7 +2355,9 @@ mod properties {
                 segment,
                 pcm: vec![1; 640],
             });
-            self.input(Input::Synthesized { segment, ok });
+            if !self.cancelled.contains(&segment) {
+                self.input(Input::Synthesized { segment, ok });
+            }
             true
         }
 
@@ -2207,6 +2403,7 @@ mod properties {
             prefetch: 2,
             max_text_bytes,
             max_queued,
+            max_segment_samples: 16_000,
         }
     }
 
@@ -2291,18 +2488,30 @@ mod properties {
     }
 
     fn any_settings() -> impl Strategy<Value = PlayerSettings> {
-        (1usize..4, 0usize..150, 0usize..6, 1usize..8, 1usize..80).prop_map(
-            |(prefetch, max_text_bytes, max_queued, first_max, max)| PlayerSettings {
-                limits: SegmentLimits {
-                    first_min_chars: 3,
-                    first_max_chars: first_max,
-                    max_chars: max,
-                },
-                prefetch,
-                max_text_bytes,
-                max_queued,
-            },
+        (
+            1usize..4,
+            0usize..150,
+            0usize..6,
+            1usize..8,
+            1usize..80,
+            // Below and above the 640 samples a synthesis sends.
+            prop_oneof![400usize..640, 640usize..2000],
         )
+            .prop_map(
+                |(prefetch, max_text_bytes, max_queued, first_max, max, max_segment_samples)| {
+                    PlayerSettings {
+                        limits: SegmentLimits {
+                            first_min_chars: 3,
+                            first_max_chars: first_max,
+                            max_chars: max,
+                        },
+                        prefetch,
+                        max_text_bytes,
+                        max_queued,
+                        max_segment_samples,
+                    }
+                },
+            )
     }
 
     proptest! {
@@ -2366,8 +2575,11 @@ mod properties {
                 }
                 prop_assert!(!open, "{} never ended: {:?}", id, sim.events);
             }
-            // Each limit hit is reported in exactly one `tts.ended`.
+            // Each hit of the text and queue limits is reported in exactly one `tts.ended`; an
+            // utterance cut by the audio bound may have had more than one segment cut (or a
+            // text limit first, whose reason it keeps).
             prop_assert_eq!(sim.limit_hits, sim.ended_with_reason);
+            prop_assert!(sim.ended_audio_too_long <= sim.audio_hits);
             // The call's end ended everything; nothing more comes.
             let n = sim.events.len();
             sim.input(Input::CallEnding);

@@ -41,6 +41,7 @@ fn asr(server: &SpeechServer) -> OpenAiAsr {
         language: String::new(),
         timeout: Duration::from_secs(2),
         stream_idle: Duration::from_secs(2),
+        max_reply_bytes: 1 << 20,
         stream: false,
         logprobs: false,
     })

@@ -124,6 +124,7 @@ async fn deepgram_offers_http_1_1_only() {
         stream_idle: TIMEOUT,
         keepalive: Duration::from_secs(5),
         max_buffered_ms: 5000,
+        max_message_bytes: 256 * 1024,
     })
     .for_call();
     let (mut sink, mut updates) = engine.utterance();

@@ -9,9 +9,9 @@
 //! any audio), then `Metadata`, then closes. It records each connection's request (path and
 //! query, headers), audio bytes and control messages. It can misbehave: delay its first result
 //! (a vendor's processing time, for the benchmark), drop the connection without a close frame
-//! after some audio, or never answer `CloseStream`. It can also send the final `Results` as
-//! several fragments (RFC 6455 §5.4), as a server may for any message, and pad it past a
-//! client's message limit.
+//! after some audio, or never answer `CloseStream` (silent, or pinging while its recognition is
+//! stuck). It can also send the final `Results` as several fragments (RFC 6455 §5.4), as a server
+//! may for any message, and pad it past a client's message limit.
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
@@ -44,6 +44,9 @@ pub struct Behaviour {
     pub final_fragments: usize,
     /// Spaces after the final `Results`' JSON (still valid JSON), to make it this much larger.
     pub final_padding: usize,
+    /// Answer `CloseStream` with nothing but a ping this often, never the final result (a
+    /// vendor whose recognition is stuck while its connection keeps itself alive).
+    pub stall_with_pings: Option<Duration>,
 }
 
 impl Behaviour {
@@ -58,6 +61,7 @@ impl Behaviour {
             confidence: Some(0.99),
             final_fragments: 1,
             final_padding: 0,
+            stall_with_pings: None,
         }
     }
 }
@@ -202,6 +206,10 @@ impl DeepgramStandIn {
                     if kind.as_deref() != Some("CloseStream") || behaviour.ignore_close_stream {
                         continue;
                     }
+                    if let Some(every) = behaviour.stall_with_pings {
+                        ping_until_closed(&mut ws, every).await;
+                        return;
+                    }
                     if std::mem::take(&mut first) {
                         tokio::time::sleep(behaviour.first_result_delay).await;
                     }
@@ -231,6 +239,29 @@ impl DeepgramStandIn {
                 Message::Close(_) => return,
                 _ => {}
             }
+        }
+    }
+}
+
+/// Sends a ping every `every` and nothing else, reading (and dropping) what the client sends,
+/// until it closes the connection.
+async fn ping_until_closed(
+    ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    every: Duration,
+) {
+    let mut next = tokio::time::Instant::now() + every;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(next) => {
+                next += every;
+                if ws.send(Message::Ping(b"alive"[..].into())).await.is_err() {
+                    return;
+                }
+            }
+            msg = ws.next() => match msg {
+                None | Some(Err(_) | Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            },
         }
     }
 }

@@ -1,7 +1,8 @@
 //! A local stand-in for an OpenAI-compatible speech API: `POST /v1/audio/speech` answered with
 //! PCM streamed in chunked transfer encoding, or with an error status. It records each request
 //! (path, headers, JSON body) so tests can check what the engine sent. It can also misbehave the
-//! way a broken server does: start a reply and then stall, or trickle it forever.
+//! way a broken server does: start a reply and then stall, trickle it forever, or send audio
+//! forever.
 //!
 //! Like a vendor's server it keeps connections alive: a complete answer leaves the connection
 //! open for the client's next request (unless the request said `Connection: close`), and it
@@ -124,6 +125,15 @@ pub enum Behaviour {
         /// Time between bytes.
         every: Duration,
     },
+    /// 200 with the head, then `pcm` (s16le) as one chunk every `every`, forever: a server
+    /// that never ends a segment's audio, and is never quiet long enough for an idle timeout.
+    /// Holds the connection until the client closes it.
+    Flood {
+        /// What each chunk holds (not empty: an empty chunk would end the body).
+        pcm: Vec<i16>,
+        /// Time between chunks.
+        every: Duration,
+    },
     /// The behaviour, after a fixed delay (a vendor's time to its first byte).
     After(Duration, Box<Behaviour>),
     /// Request `n` gets the `n`-th behaviour; requests past the end get the last one.
@@ -137,7 +147,7 @@ pub struct SpeechServer {
     /// Serving `https://`.
     tls: bool,
     requests: Arc<Mutex<Vec<Recorded>>>,
-    /// Stalled or trickled replies whose client gave up (closed the connection).
+    /// Stalled, trickled or flooded replies whose client gave up (closed the connection).
     abandoned: Arc<AtomicUsize>,
     /// Connections accepted.
     connections: Arc<AtomicUsize>,
@@ -278,7 +288,7 @@ impl SpeechServer {
             .clone()
     }
 
-    /// Stalled or trickled replies the client gave up on (it closed the connection).
+    /// Stalled, trickled or flooded replies the client gave up on (it closed the connection).
     pub fn abandoned(&self) -> usize {
         self.abandoned.load(Ordering::SeqCst)
     }
@@ -558,6 +568,22 @@ async fn answer(tcp: &mut Box<dyn Io>, request: Request, shared: &Shared) -> boo
             }
             // One space at a time (JSON allows leading whitespace), until the client gives up.
             while tcp.write_all(b"1\r\n \r\n").await.is_ok() {
+                tokio::time::sleep(every).await;
+            }
+            shared.abandoned.fetch_add(1, Ordering::SeqCst);
+            false
+        }
+        Behaviour::Flood { pcm, every } => {
+            let head = "HTTP/1.1 200 OK\r\nContent-Type: audio/pcm\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+            if tcp.write_all(head.as_bytes()).await.is_err() {
+                return false;
+            }
+            let bytes: Vec<u8> = pcm.iter().flat_map(|s| s.to_le_bytes()).collect();
+            let mut frame = format!("{:x}\r\n", bytes.len()).into_bytes();
+            frame.extend_from_slice(&bytes);
+            frame.extend_from_slice(b"\r\n");
+            // Never the empty chunk that would end the body: until the client gives up.
+            while !bytes.is_empty() && tcp.write_all(&frame).await.is_ok() {
                 tokio::time::sleep(every).await;
             }
             shared.abandoned.fetch_add(1, Ordering::SeqCst);

@@ -47,7 +47,8 @@ impl CodecSettings {
             },
             encoder: s.encoder,
             max_catch_up: s.max_catch_up,
-            // Speech is bounded by synthesis prefetch; the bound is only a safety net there.
+            // Speech is bounded by the player (`2 * tts.prefetch_segments` segments, each at most
+            // `tts.max_segment_audio_ms`); this bound (10 minutes) is only a safety net there.
             max_queue_frames: match mode {
                 CallMode::Echo => s.max_queue_frames,
                 CallMode::Dialog => 30_000,

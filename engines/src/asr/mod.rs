@@ -61,24 +61,51 @@ impl AsrError {
         )
     }
 
-    /// The reply went quiet past its idle limit (`asr.stream_idle_timeout_ms`): a protective
-    /// limit the engine enforced, which the caller counts (the engines keep no metrics).
-    pub fn stalled(&self) -> bool {
-        matches!(
-            self,
-            AsrError::OpenAi(openai::OpenAiAsrError::Stalled(_))
-                | AsrError::Deepgram(deepgram::DeepgramError::Stalled(_))
-        )
+    /// The protective limit the engine enforced to fail this utterance, if it was one; the
+    /// caller counts it (the engines keep no metrics).
+    pub fn limit(&self) -> Option<AsrLimit> {
+        use deepgram::DeepgramError as D;
+        use openai::OpenAiAsrError as O;
+        use pocketsphinx::PocketsphinxError as P;
+        match self {
+            AsrError::OpenAi(O::Stalled(_)) | AsrError::Deepgram(D::Stalled(_)) => {
+                Some(AsrLimit::StreamIdle)
+            }
+            AsrError::Pocketsphinx(P::Refused(_)) => Some(AsrLimit::QueueFull),
+            AsrError::Pocketsphinx(P::AudioStopped(_)) => Some(AsrLimit::AudioGap),
+            AsrError::OpenAi(O::TooLarge(_)) => Some(AsrLimit::ReplyBytes),
+            AsrError::Deepgram(D::TooBig(_)) => Some(AsrLimit::MessageBytes),
+            _ => None,
+        }
     }
 
-    /// The decoder queue's bound refused the utterance (`asr.pocketsphinx.queue_max`): a
-    /// protective limit the engine enforced, which the caller counts.
-    pub fn refused(&self) -> bool {
-        matches!(
-            self,
-            AsrError::Pocketsphinx(pocketsphinx::PocketsphinxError::Refused(_))
-        )
+    /// The reply went quiet past its idle limit ([`AsrLimit::StreamIdle`]).
+    pub fn stalled(&self) -> bool {
+        self.limit() == Some(AsrLimit::StreamIdle)
     }
+
+    /// The decoder queue's bound refused the utterance ([`AsrLimit::QueueFull`]).
+    pub fn refused(&self) -> bool {
+        self.limit() == Some(AsrLimit::QueueFull)
+    }
+}
+
+/// A protective limit an engine enforces on an utterance (failing it with `asr.error`), by the
+/// key that sets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AsrLimit {
+    /// The reply went quiet past `asr.stream_idle_timeout_ms` (the HTTP engine's body, the
+    /// Deepgram stream once the utterance ended).
+    StreamIdle,
+    /// The decoder queue was full (`asr.pocketsphinx.queue_max`): refused at once.
+    QueueFull,
+    /// The utterance's audio stopped coming for `asr.pocketsphinx.audio_gap_max_ms` (the
+    /// caller's network dropped mid-utterance): its decoder was freed.
+    AudioGap,
+    /// The transcription reply was larger than `asr.openai.max_reply_bytes`.
+    ReplyBytes,
+    /// A Deepgram message declared more than `asr.deepgram.max_message_bytes`.
+    MessageBytes,
 }
 
 /// Results of one utterance.

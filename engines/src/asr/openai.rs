@@ -15,6 +15,10 @@
 //! as `Limit::AsrStreamIdle`); the whole request
 //! is bounded by the recognizer's `asr.utterance_deadline_ms`, which drops (aborts) it. Either
 //! way the dialog app gets `asr.error` and the call goes on.
+//!
+//! Size: a reply is read up to `max_reply_bytes` (`asr.openai.max_reply_bytes`), a JSON one
+//! whole, a streamed one's events together (so the text its deltas build is bounded too); one
+//! larger fails the utterance ([`OpenAiAsrError::TooLarge`], counted as `Limit::AsrReplyBytes`).
 
 use super::{AsrEngine, AsrFactory, AsrStream, AsrUpdate, UtteranceSink, wav};
 use crate::idle::{IdleTimeout, Stalled, idle_timeout};
@@ -28,9 +32,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use voicegate_core::session::{AsrOptions, InvalidOption};
-
-/// The largest reply read: a transcription of the longest utterance is a few kilobytes.
-const MAX_REPLY_BYTES: usize = 1 << 20;
 
 /// Settings of the HTTP engine. `Debug` shows everything but the key.
 #[derive(Debug, Clone)]
@@ -48,6 +49,9 @@ pub struct OpenAiAsrSettings {
     /// Longest wait for the next bytes of the reply once it started
     /// (`asr.stream_idle_timeout_ms`).
     pub stream_idle: Duration,
+    /// The largest reply read, a streamed one's events together (`asr.openai.max_reply_bytes`):
+    /// a transcription of the longest utterance is a few kilobytes.
+    pub max_reply_bytes: usize,
     /// Ask for a streamed transcription (`stream=true`: partial text as server-sent events,
     /// as OpenAI's gpt-4o transcription models answer); a server that refuses it (`400`, as
     /// for whisper-1) is asked again without, and, if that is answered, not asked again by
@@ -80,9 +84,9 @@ pub enum OpenAiAsrError {
     /// The reply sent nothing for `stream_idle`.
     #[error("the reply stalled: {0}")]
     Stalled(#[source] Stalled),
-    /// The reply is larger than any transcription can be.
-    #[error("the reply is larger than {MAX_REPLY_BYTES} bytes")]
-    TooLarge,
+    /// The reply is larger than `max_reply_bytes` (this many), which no transcription needs.
+    #[error("the reply is larger than {0} bytes")]
+    TooLarge(usize),
     /// The server answered with an error status.
     #[error("{url}: HTTP {status}: {body}")]
     Status {
@@ -254,10 +258,12 @@ enum State {
         prompt: String,
         asks: Arc<Asks>,
     },
-    /// Reading server-sent events: the body, bytes not parsed yet, the text so far and its
-    /// tokens' log probabilities.
+    /// Reading server-sent events: the body, the bytes read of it and the most it may have,
+    /// bytes not parsed yet, the text so far and its tokens' log probabilities.
     Events {
         body: IdleTimeout<awc::ClientResponse>,
+        read: usize,
+        max: usize,
         pending: Vec<u8>,
         text: String,
         logprobs: Logprobs,
@@ -307,6 +313,8 @@ async fn next_update(state: State) -> Option<(AsrUpdate, State)> {
                 Ok(Reply::Events(body)) => {
                     Box::pin(next_update(State::Events {
                         body,
+                        read: 0,
+                        max: settings.max_reply_bytes,
                         pending: Vec::new(),
                         text: String::new(),
                         logprobs: Logprobs::default(),
@@ -317,6 +325,8 @@ async fn next_update(state: State) -> Option<(AsrUpdate, State)> {
         }
         State::Events {
             mut body,
+            mut read,
+            max,
             mut pending,
             mut text,
             mut logprobs,
@@ -343,6 +353,8 @@ async fn next_update(state: State) -> Option<(AsrUpdate, State)> {
                             let confidence = logprobs.confidence();
                             let next = State::Events {
                                 body,
+                                read,
+                                max,
                                 pending,
                                 text,
                                 logprobs,
@@ -375,9 +387,12 @@ async fn next_update(state: State) -> Option<(AsrUpdate, State)> {
                     ));
                 }
                 Some(Ok(Ok(chunk))) => {
-                    if pending.len() + chunk.len() > MAX_REPLY_BYTES {
+                    // The whole reply counts, not only what waits to be parsed: the text the
+                    // deltas build grows with it.
+                    read += chunk.len();
+                    if read > max {
                         return Some((
-                            AsrUpdate::Error(OpenAiAsrError::TooLarge.into()),
+                            AsrUpdate::Error(OpenAiAsrError::TooLarge(max).into()),
                             State::Done,
                         ));
                     }
@@ -502,8 +517,8 @@ async fn request(
             Ok(Err(e)) => return Err(OpenAiAsrError::Read(e)),
             Err(stalled) => return Err(OpenAiAsrError::Stalled(stalled)),
         };
-        if bytes.len() + chunk.len() > MAX_REPLY_BYTES {
-            return Err(OpenAiAsrError::TooLarge);
+        if bytes.len() + chunk.len() > s.max_reply_bytes {
+            return Err(OpenAiAsrError::TooLarge(s.max_reply_bytes));
         }
         bytes.extend_from_slice(&chunk);
     }
@@ -563,6 +578,7 @@ mod tests {
             language: String::new(),
             timeout: Duration::from_secs(1),
             stream_idle: Duration::from_secs(1),
+            max_reply_bytes: 1 << 20,
             stream: false,
             logprobs: false,
         };
@@ -583,5 +599,12 @@ mod tests {
         let no_text: super::super::AsrError = OpenAiAsrError::NoText.into();
         assert_eq!(no_text.to_string(), "openai asr: reply has no \"text\"");
         assert!(!no_text.stalled());
+        assert_eq!(no_text.limit(), None);
+        let too_large: super::super::AsrError = OpenAiAsrError::TooLarge(4096).into();
+        assert_eq!(
+            too_large.to_string(),
+            "openai asr: the reply is larger than 4096 bytes"
+        );
+        assert_eq!(too_large.limit(), Some(super::super::AsrLimit::ReplyBytes));
     }
 }

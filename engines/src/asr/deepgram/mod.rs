@@ -17,11 +17,12 @@
 //! Deadlines and bounds: the connection must open within `connect_timeout`; once the utterance
 //! ended, the server must keep sending (`stream_idle`, [`DeepgramError::Stalled`], counted as
 //! `Limit::AsrStreamIdle`); the recognizer's `asr.utterance_deadline_ms` bounds the rest and
-//! drops the session (which drops the socket). Messages larger than [`MAX_MESSAGE_BYTES`] and
+//! drops the session (which drops the socket). Messages larger than `max_message_bytes` and
 //! audio beyond `max_buffered_ms` fail the utterance; a message is refused by the length its
-//! frames declare, whole or in fragments, before any of it is kept ([`LimitedCodec`]), and a
-//! fragmented one is read once its last fragment came. A failure becomes `asr.error`; the call
-//! goes on and the next utterance opens a new connection.
+//! frames declare, whole or in fragments, before any of it is kept ([`LimitedCodec`];
+//! [`DeepgramError::TooBig`], counted as `Limit::AsrMessageBytes`), and a fragmented one is read
+//! once its last fragment came. A failure becomes `asr.error`; the call goes on and the next
+//! utterance opens a new connection.
 
 pub mod wire;
 
@@ -42,10 +43,6 @@ use tokio::time::Instant;
 use voicegate_core::session::{AsrOptions, InvalidOption};
 use voicegate_core::ws_frame::TooBig;
 use wire::{CLOSE_STREAM, KEEP_ALIVE, ListenParams, ServerMessage, Transcript};
-
-/// The largest message read from the server: a `Results` message of a long utterance, with
-/// word timings, is a few kilobytes.
-pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 
 /// The most keywords one session sends (configured ones and a session's prompt words).
 pub const MAX_KEYWORDS: usize = 100;
@@ -76,6 +73,10 @@ pub struct DeepgramSettings {
     pub keepalive: Duration,
     /// Most audio held while the connection opens or the server reads slowly, in ms.
     pub max_buffered_ms: u32,
+    /// The largest message read from the server, by its declared length, a fragmented one
+    /// counted whole (`asr.deepgram.max_message_bytes`): a `Results` message of a long
+    /// utterance, with word timings, is a few kilobytes.
+    pub max_message_bytes: usize,
     /// What the connection to the server trusts (`vendor_tls`).
     pub tls: crate::tls::ClientTls,
 }
@@ -105,7 +106,7 @@ pub enum DeepgramError {
     /// The WebSocket broke (a bad frame, the socket closed under us).
     #[error("websocket: {0}")]
     Protocol(#[source] ProtocolError),
-    /// The server announced a message larger than [`MAX_MESSAGE_BYTES`], in one frame or in
+    /// The server announced a message larger than `max_message_bytes`, in one frame or in
     /// fragments; none of it was kept.
     #[error("{0}")]
     TooBig(#[source] TooBig),
@@ -309,7 +310,7 @@ impl Session {
             .connector(awc::Connector::new().rustls_0_23(s.tls.config()))
             .timeout(s.connect_timeout)
             .finish();
-        let mut request = client.ws(url).max_frame_size(MAX_MESSAGE_BYTES);
+        let mut request = client.ws(url).max_frame_size(s.max_message_bytes);
         let key = s.api_key.expose_secret();
         if !key.is_empty() {
             request = request.header("Authorization", format!("Token {key}"));
@@ -334,7 +335,7 @@ impl Session {
             }
             // The codec that refuses a message by its declared length, before keeping any of
             // it (awc's own buffers a frame whole before it checks its size).
-            Ok(Ok((_, framed))) => framed.replace_codec(LimitedCodec::new(MAX_MESSAGE_BYTES)),
+            Ok(Ok((_, framed))) => framed.replace_codec(LimitedCodec::new(s.max_message_bytes)),
         };
         // The setup a connection per utterance costs (BENCHMARKS.md quotes it).
         tracing::debug!(
@@ -487,6 +488,7 @@ mod tests {
             stream_idle: Duration::from_millis(500),
             keepalive: Duration::from_secs(5),
             max_buffered_ms: 100,
+            max_message_bytes: 256 * 1024,
         }
     }
 
@@ -510,14 +512,16 @@ mod tests {
         );
     }
 
-    /// The updates of one utterance of `ms` of audio to `dg`.
-    async fn utterance(dg: &DeepgramStandIn, ms: u32) -> Vec<AsrUpdate> {
+    /// The updates of one utterance of `ms` of audio to `dg`, reading messages of at most
+    /// `max_message_bytes`.
+    async fn utterance(dg: &DeepgramStandIn, ms: u32, max_message_bytes: usize) -> Vec<AsrUpdate> {
         use futures_util::StreamExt;
         let engine = Deepgram::new(DeepgramSettings {
             base_url: dg.base_url(),
             connect_timeout: Duration::from_secs(2),
             stream_idle: Duration::from_secs(2),
             max_buffered_ms: 5000,
+            max_message_bytes,
             ..settings()
         })
         .for_call();
@@ -539,7 +543,7 @@ mod tests {
             ..Behaviour::hears("turn on the kitchen lights")
         })
         .await;
-        let updates = utterance(&dg, 1000).await;
+        let updates = utterance(&dg, 1000, 4096).await;
         assert!(
             matches!(updates.last(), Some(AsrUpdate::Final(Some(t), Some(_))) if t == "turn on the kitchen lights"),
             "{updates:?}"
@@ -548,21 +552,24 @@ mod tests {
 
     #[actix_rt::test]
     async fn a_message_over_the_limit_fails_the_utterance_even_in_small_fragments() {
-        // Each fragment is well under the limit; the message they make is over it.
+        // Each fragment is well under the configured limit; the message they make is over it.
         let dg = DeepgramStandIn::start(Behaviour {
             final_fragments: 8,
-            final_padding: MAX_MESSAGE_BYTES,
+            final_padding: 4096,
             ..Behaviour::hears("turn on the kitchen lights")
         })
         .await;
-        let updates = utterance(&dg, 1000).await;
+        let updates = utterance(&dg, 1000, 4096).await;
         let Some(AsrUpdate::Error(e)) = updates.last() else {
             panic!("{updates:?}");
         };
+        assert!(e.to_string().ends_with("(limit 4096)"), "{e}");
+        assert_eq!(e.limit(), Some(crate::asr::AsrLimit::MessageBytes));
+        // The same message within a larger limit is read.
+        let updates = utterance(&dg, 1000, 16 * 1024).await;
         assert!(
-            e.to_string()
-                .contains(&format!("(limit {MAX_MESSAGE_BYTES})")),
-            "{e}"
+            matches!(updates.last(), Some(AsrUpdate::Final(Some(t), _)) if t == "turn on the kitchen lights"),
+            "{updates:?}"
         );
     }
 

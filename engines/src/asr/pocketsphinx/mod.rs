@@ -37,9 +37,10 @@
 //! chunk of audio: the decoder ends it and takes the next job.
 //!
 //! Failure: a decoder error fails that utterance (`asr.error`, not fatal), and only that: no
-//! final follows it. An utterance whose audio stops coming mid-utterance for [`AUDIO_GAP_MAX`]
-//! (the caller's network dropped, so the endpointer, which hears no packets, never ends it)
-//! fails the same way ([`PocketsphinxError::AudioStopped`]) and frees its decoder: a caller who
+//! final follows it. An utterance whose audio stops coming mid-utterance for `audio_gap_max`
+//! (`asr.pocketsphinx.audio_gap_max_ms`; the caller's network dropped, so the endpointer, which
+//! hears no packets, never ends it) fails the same way ([`PocketsphinxError::AudioStopped`],
+//! which the recognizer counts as `Limit::AsrAudioGap`) and frees its decoder: a caller who
 //! drops while speaking holds a decoder for seconds, not until their call times out. If the
 //! decoder threads are gone (the engine was dropped), every utterance fails fatally.
 
@@ -64,14 +65,6 @@ use voicegate_core::session::{AsrOptions, InvalidOption};
 /// Audio between partial hypotheses (samples at 16 kHz): 200 ms.
 const PARTIAL_EVERY: usize = 3200;
 
-/// Longest wait for an utterance's next audio on its decoder. While the endpointer hears a
-/// caller, audio comes every 100 ms (the codec's batches); when the caller's packets stop
-/// (their network dropped), the endpointer stops too and the utterance would never end. Past
-/// this the utterance fails (`asr.error`: [`PocketsphinxError::AudioStopped`]) and its decoder
-/// takes the next job, so one caller's drop holds a decoder for at most this long, not until
-/// their call ends.
-const AUDIO_GAP_MAX: Duration = Duration::from_secs(3);
-
 /// Settings of the engine.
 #[derive(Debug, Clone)]
 pub struct PocketsphinxSettings {
@@ -92,6 +85,14 @@ pub struct PocketsphinxSettings {
     pub queue_max: usize,
     /// A decoder idle this long is unloaded (`None`: decoders stay loaded).
     pub unload_idle: Option<Duration>,
+    /// Longest wait for an utterance's next audio on its decoder
+    /// (`asr.pocketsphinx.audio_gap_max_ms`). While the endpointer hears a caller, audio comes
+    /// every 100 ms (the codec's batches); when the caller's packets stop (their network
+    /// dropped), the endpointer stops too and the utterance would never end. Past this the
+    /// utterance fails (`asr.error`: [`PocketsphinxError::AudioStopped`]) and its decoder takes
+    /// the next job, so one caller's drop holds a decoder for at most this long, not until
+    /// their call ends.
+    pub audio_gap_max: Duration,
 }
 
 /// Decoders loaded in this process, by every engine (a gauge for the metrics).
@@ -125,7 +126,7 @@ pub enum PocketsphinxError {
     #[error("{0}")]
     Refused(#[from] Refused),
     /// The utterance's audio stopped coming mid-utterance (the caller's network dropped) for
-    /// this long ([`AUDIO_GAP_MAX`]): it is dropped, and its decoder takes the next one.
+    /// this long (`audio_gap_max`): it is dropped, and its decoder takes the next one.
     #[error("no audio for {} ms mid-utterance (the caller's audio stopped)", .0.as_millis())]
     AudioStopped(Duration),
     /// The decoder threads are gone (the engine was dropped): fatal for the call.
@@ -144,8 +145,8 @@ enum Decoded {
     Final(Option<String>, Option<f32>),
     /// The decoder failed on this utterance.
     Failed(DecoderError),
-    /// The utterance's audio stopped coming for [`AUDIO_GAP_MAX`].
-    Stopped,
+    /// The utterance's audio stopped coming for this long (`audio_gap_max`).
+    Stopped(Duration),
 }
 
 impl From<Decoded> for AsrUpdate {
@@ -154,9 +155,7 @@ impl From<Decoded> for AsrUpdate {
             Decoded::Partial(h, c) => AsrUpdate::Partial(h, c),
             Decoded::Final(text, c) => AsrUpdate::Final(text, c),
             Decoded::Failed(e) => AsrUpdate::Error(PocketsphinxError::Decoder(e).into()),
-            Decoded::Stopped => {
-                AsrUpdate::Error(PocketsphinxError::AudioStopped(AUDIO_GAP_MAX).into())
-            }
+            Decoded::Stopped(gap) => AsrUpdate::Error(PocketsphinxError::AudioStopped(gap).into()),
         }
     }
 }
@@ -403,12 +402,12 @@ impl Pocketsphinx {
             grammars: Arc::new(s.grammars.iter().map(|(n, _)| n.clone()).collect()),
             next_call: AtomicU64::new(0),
         };
-        let unload_idle = s.unload_idle;
+        let (unload_idle, audio_gap_max) = (s.unload_idle, s.audio_gap_max);
         for i in 0..s.decoders.max(1) {
             let (model, shared) = (model.clone(), shared.clone());
             std::thread::Builder::new()
                 .name(format!("vg-asr-{i}"))
-                .spawn(move || run(&model, &shared, unload_idle))
+                .spawn(move || run(&model, &shared, unload_idle, audio_gap_max))
                 .map_err(StartError::Spawn)?;
         }
         Ok(engine)
@@ -427,9 +426,9 @@ impl Drop for Pocketsphinx {
     }
 }
 
-/// A decoder thread: builds its decoder on first need, then one utterance at a time; drops it
-/// after `unload_idle` without work.
-fn run(model: &Model, shared: &Shared, unload_idle: Option<Duration>) {
+/// A decoder thread: builds its decoder on first need, then one utterance at a time (each
+/// failed once its audio stops for `audio_gap_max`); drops it after `unload_idle` without work.
+fn run(model: &Model, shared: &Shared, unload_idle: Option<Duration>, audio_gap_max: Duration) {
     let mut decoder: Option<Loaded> = None;
     while let Some(work) = shared.next_work(decoder.is_some(), unload_idle) {
         let job = match work {
@@ -458,7 +457,7 @@ fn run(model: &Model, shared: &Shared, unload_idle: Option<Duration>) {
                 }
             },
         };
-        let last = decode(&mut d.d, d.phones.as_mut(), &job);
+        let last = decode(&mut d.d, d.phones.as_mut(), &job, audio_gap_max);
         // Free for the next job before the result goes out, so the next utterance (which its
         // call may send as soon as it has this one's result) finds this decoder spare.
         shared.done();
@@ -588,14 +587,20 @@ enum Ended {
     Abandoned,
     /// The decoder failed on it.
     Failed(DecoderError),
-    /// No audio came for [`AUDIO_GAP_MAX`].
+    /// No audio came for `audio_gap_max`.
     Stopped,
 }
 
 /// Recognizes one utterance, sending its partial results; returns the last thing to send (the
 /// final text or the failure: one of them, once), `None` when nobody awaits it. `phones`, if
 /// any, follows a grammar utterance's audio as a free phone loop, for the results' confidence.
-fn decode<D: Decodes>(d: &mut D, phones: Option<&mut D>, job: &Job) -> Option<Decoded> {
+/// No audio for `audio_gap_max` mid-utterance fails it.
+fn decode<D: Decodes>(
+    d: &mut D,
+    phones: Option<&mut D>,
+    job: &Job,
+    audio_gap_max: Duration,
+) -> Option<Decoded> {
     let ready = d.use_search(job.grammar.as_deref());
     if let Err(e) = ready.and_then(|()| d.reset_cmn()).and_then(|()| d.start()) {
         return Some(Decoded::Failed(e));
@@ -613,7 +618,7 @@ fn decode<D: Decodes>(d: &mut D, phones: Option<&mut D>, job: &Job) -> Option<De
     // awaits the result any more, or the decoder failed, or the caller's audio stopped: the
     // decoder's utterance ends whichever it was, so the decoder is ready for the next job.
     let ended = loop {
-        let pcm = match job.audio.recv_timeout(AUDIO_GAP_MAX) {
+        let pcm = match job.audio.recv_timeout(audio_gap_max) {
             Ok(Audio::Chunk(pcm)) => pcm,
             Ok(Audio::End) | Err(std_mpsc::RecvTimeoutError::Disconnected) => break Ended::Heard,
             Err(std_mpsc::RecvTimeoutError::Timeout) => break Ended::Stopped,
@@ -656,7 +661,7 @@ fn decode<D: Decodes>(d: &mut D, phones: Option<&mut D>, job: &Job) -> Option<De
         // A job once abandoned stays so: returned above.
         Ended::Abandoned => None,
         Ended::Failed(e) => Some(Decoded::Failed(e)),
-        Ended::Stopped => Some(Decoded::Stopped),
+        Ended::Stopped => Some(Decoded::Stopped(audio_gap_max)),
         Ended::Heard => Some(match finished {
             Ok(text) => {
                 let c = text.as_ref().and_then(|_| confidence_of(d, loop_));
@@ -793,6 +798,7 @@ mod tests {
             decoders: 1,
             queue_max: 8,
             unload_idle: None,
+            audio_gap_max: Duration::from_secs(3),
         }
     }
 
@@ -985,9 +991,13 @@ mod tests {
 
     #[actix_rt::test]
     async fn a_caller_whose_audio_stops_mid_utterance_holds_the_decoder_only_briefly() {
-        // One decoder, as the tests' servers have.
-        let ps = Pocketsphinx::start(&settings(Some(COLORS)))
-            .expect("pocketsphinx is installed by scripts/setup.sh");
+        // One decoder, as the tests' servers have, freed after a configured second (3 s by
+        // default) without audio.
+        let ps = Pocketsphinx::start(&PocketsphinxSettings {
+            audio_gap_max: Duration::from_secs(1),
+            ..settings(Some(COLORS))
+        })
+        .expect("pocketsphinx is installed by scripts/setup.sh");
         let green = spoken("green").await;
         let a = ps.for_call();
         decoders(&ps, 1).await;
@@ -996,18 +1006,18 @@ mod tests {
         let (mut a_sink, a_results) = a.utterance();
         a_sink.push(&green[..green.len() / 2]);
         waiting(&ps, 0).await;
-        // Another call's utterance waits for the one decoder, and is recognized well within the
-        // recognizer's deadline (`asr.utterance_deadline_ms`, 15 s by default).
+        // Another call's utterance waits for the one decoder, and is recognized once the
+        // configured gap freed it, well within the recognizer's deadline
+        // (`asr.utterance_deadline_ms`, 15 s by default).
         let b = ps.for_call();
         let t0 = std::time::Instant::now();
-        let heard = tokio::time::timeout(
-            AUDIO_GAP_MAX + std::time::Duration::from_secs(5),
-            recognize(&b, &green),
-        )
-        .await
-        .expect("the other call is recognized while the first caller's call is still up");
+        let heard = tokio::time::timeout(Duration::from_secs(6), recognize(&b, &green))
+            .await
+            .expect("the other call is recognized while the first caller's call is still up");
         assert_eq!(heard.as_deref(), Some("green"));
-        println!("recognized after {:?}", t0.elapsed());
+        let took = t0.elapsed();
+        println!("recognized after {took:?}");
+        assert!(took < Duration::from_millis(2500), "{took:?}");
         // The first caller's utterance gets one result, its failure, which says why.
         let a_updates: Vec<AsrUpdate> =
             tokio::time::timeout(std::time::Duration::from_secs(5), a_results.collect())
@@ -1021,9 +1031,10 @@ mod tests {
             panic!("one failure: {a_updates:?}");
         };
         assert!(!e.is_fatal(), "{e:?}");
+        assert_eq!(e.limit(), Some(super::super::AsrLimit::AudioGap));
         assert_eq!(
             e.to_string(),
-            "pocketsphinx: no audio for 3000 ms mid-utterance (the caller's audio stopped)"
+            "pocketsphinx: no audio for 1000 ms mid-utterance (the caller's audio stopped)"
         );
         drop(a_sink);
     }
@@ -1083,7 +1094,7 @@ mod tests {
         for a in audio {
             tx.send(a).expect("the job holds the receiver");
         }
-        let last = decode(d, None, &job);
+        let last = decode(d, None, &job, Duration::from_secs(3));
         let mut out = Vec::new();
         while let Ok(r) = reports.try_recv() {
             out.push(r);
