@@ -172,9 +172,16 @@ pub fn start(cfg: &Validated) -> Result<Running, StartError> {
     };
     let supervisor = Supervisor::new(cfg.calls.clone(), services, workers, cfg.max_calls)
         .with_calls_per_source(cfg.calls_per_source)
+        .with_calls_per_prefix(cfg.calls_per_prefix)
         .start();
     let (per_second, burst) = cfg.offers_per_source;
     let offer_rate = Arc::new(std::sync::Mutex::new(RateLimiter::new(
+        per_second,
+        burst,
+        RATE_LIMIT_SOURCES,
+    )));
+    let (per_second, burst) = cfg.offers_per_prefix;
+    let prefix_offer_rate = Arc::new(std::sync::Mutex::new(RateLimiter::new(
         per_second,
         burst,
         RATE_LIMIT_SOURCES,
@@ -190,6 +197,7 @@ pub fn start(cfg: &Validated) -> Result<Running, StartError> {
         body_timeout: cfg.body_timeout,
         trusted_proxies: Arc::new(cfg.trusted_proxies.clone()),
         offer_rate,
+        prefix_offer_rate,
         max_remote_candidates: cfg.max_remote_candidates,
         max_payload_bytes: cfg.max_payload_bytes,
         max_call_duration: cfg.max_call_duration,

@@ -650,6 +650,12 @@ pub struct Admission {
     pub offer_burst: u32,
     /// Calls in progress per source (0: no limit).
     pub calls_per_ip: usize,
+    /// Offers per second from one IPv6 /48, all its sources together (0: no limit).
+    pub offers_per_prefix_per_s: f64,
+    /// Offers one IPv6 /48 may send at once.
+    pub prefix_offer_burst: u32,
+    /// Calls in progress from one IPv6 /48 (0: no limit).
+    pub calls_per_prefix: usize,
 }
 
 /// `[auth]`
@@ -1077,6 +1083,10 @@ pub struct Validated {
     pub offers_per_source: (f64, u32),
     /// Calls in progress per source (0: no limit).
     pub calls_per_source: usize,
+    /// Offers per second per IPv6 /48 (0: no limit) and the burst.
+    pub offers_per_prefix: (f64, u32),
+    /// Calls in progress per IPv6 /48 (0: no limit).
+    pub calls_per_prefix: usize,
     /// Call tokens (`None`: `auth.mode = "none"`, anyone may call).
     pub auth: Option<AuthSettings>,
     /// HTTP workers (resolved, at least 1).
@@ -1495,6 +1505,18 @@ impl Settings {
         }
         if a.offer_burst == 0 {
             return Err(invalid("admission.offer_burst", "must be at least 1"));
+        }
+        if !(a.offers_per_prefix_per_s >= 0.0 && a.offers_per_prefix_per_s.is_finite()) {
+            return Err(invalid(
+                "admission.offers_per_prefix_per_s",
+                "must be 0 or more",
+            ));
+        }
+        if a.prefix_offer_burst == 0 {
+            return Err(invalid(
+                "admission.prefix_offer_burst",
+                "must be at least 1",
+            ));
         }
         let auth = self.auth.validate()?;
         if self.media.max_remote_candidates == 0 {
@@ -1967,6 +1989,8 @@ impl Settings {
                 .then(|| Duration::from_secs(self.calls.max_duration_s)),
             offers_per_source: (a.offers_per_ip_per_s, a.offer_burst),
             calls_per_source: a.calls_per_ip,
+            offers_per_prefix: (a.offers_per_prefix_per_s, a.prefix_offer_burst),
+            calls_per_prefix: a.calls_per_prefix,
             auth,
             http_workers: workers(self.http.workers),
             media,
@@ -3349,6 +3373,48 @@ mod tests {
                     assert!(e.to_string().contains("calls.connect_timeout_ms"), "{e}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn the_per_prefix_limits_have_defaults_and_name_their_keys() {
+        let v = Settings::load_with_env(None, env(&[]))
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!((v.offers_per_prefix, v.calls_per_prefix), ((20.0, 40), 200));
+        let v = Settings::load_with_env(
+            None,
+            env(&[
+                ("VOICEGATE__ADMISSION__OFFERS_PER_PREFIX_PER_S", "0"),
+                ("VOICEGATE__ADMISSION__CALLS_PER_PREFIX", "0"),
+            ]),
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        assert_eq!((v.offers_per_prefix.0, v.calls_per_prefix), (0.0, 0));
+        for (var, value, key) in [
+            (
+                "VOICEGATE__ADMISSION__OFFERS_PER_PREFIX_PER_S",
+                "-1",
+                "admission.offers_per_prefix_per_s",
+            ),
+            (
+                "VOICEGATE__ADMISSION__OFFERS_PER_PREFIX_PER_S",
+                "inf",
+                "admission.offers_per_prefix_per_s",
+            ),
+            (
+                "VOICEGATE__ADMISSION__PREFIX_OFFER_BURST",
+                "0",
+                "admission.prefix_offer_burst",
+            ),
+        ] {
+            let err = Settings::load_with_env(None, env(&[(var, value)]))
+                .and_then(|s| s.validate().map(|_| ()))
+                .unwrap_err();
+            assert!(err.to_string().contains(key), "{var}={value}: {err}");
         }
     }
 }

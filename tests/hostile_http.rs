@@ -253,6 +253,97 @@ async fn an_offer_flood_from_one_source_leaves_room_for_others() {
     }
 }
 
+/// An IPv6 /48 holds 65 536 /64s, each a source of its own: offers from many /64s of one /48
+/// fill at most `admission.calls_per_prefix` calls and post at most
+/// `admission.offers_per_prefix_per_s` offers together, while another /48 still gets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_sources_of_one_ipv6_48_cannot_fill_the_server() {
+    let server = TestServer::start(&[
+        ("calls.max", "20"),
+        ("admission.calls_per_ip", "3"),
+        ("admission.calls_per_prefix", "5"),
+        ("admission.offers_per_ip_per_s", "2"),
+        ("admission.offer_burst", "5"),
+        ("admission.offers_per_prefix_per_s", "100"),
+        ("admission.prefix_offer_burst", "100"),
+        ("http.trusted_proxies", "127.0.0.1"),
+        // The flood's calls never authenticate; keep them for the whole test.
+        ("calls.auth_timeout_ms", "60000"),
+        ("calls.connect_timeout_ms", "60000"),
+    ]);
+    let sdp = offer_sdp().await;
+    // 30 offers, each from its own /64 of 2001:db8:7::/48: one call per /64 would be within
+    // every per-source limit, and 20 of them would fill the server.
+    let mut statuses = Vec::new();
+    for n in 1..=30 {
+        let res = post_as(server.http, &sdp, &format!("2001:db8:7:{n:x}::1")).await;
+        if res.status == 429 {
+            assert!(
+                res.text().contains("admission.calls_per_prefix"),
+                "{}",
+                res.text()
+            );
+        }
+        statuses.push(res.status);
+    }
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    assert_eq!(ok, 5, "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
+    // Another /48 still gets a call, as does an IPv4 caller.
+    assert_eq!(
+        post_as(server.http, &sdp, "2001:db8:8:1::1").await.status,
+        200
+    );
+    assert_eq!(post_as(server.http, &sdp, "198.51.100.7").await.status, 200);
+    assert!(
+        common::metric(
+            &server,
+            r#"voicegate_limit_hits_total{limit="calls_per_prefix"}"#
+        )
+        .await
+            >= 25.0
+    );
+
+    // The offer rate, counted by /48 (no calls limit in the way: the offers are refused before
+    // their bodies are read, so whatever else they would meet is not reached).
+    let server = TestServer::start(&[
+        ("admission.offers_per_ip_per_s", "2"),
+        ("admission.offer_burst", "5"),
+        ("admission.offers_per_prefix_per_s", "0.1"),
+        ("admission.prefix_offer_burst", "3"),
+        ("http.trusted_proxies", "127.0.0.1"),
+    ]);
+    let mut refused = Vec::new();
+    for n in 1..=6 {
+        let res = post_as(server.http, "v=0", &format!("2001:db8:9:{n:x}::1")).await;
+        refused.push(res.status == 429);
+        if res.status == 429 {
+            assert!(
+                res.text().contains("admission.offers_per_prefix_per_s"),
+                "{}",
+                res.text()
+            );
+            assert!(res.header("retry-after").is_some(), "Retry-After");
+        }
+    }
+    assert_eq!(refused, [false, false, false, true, true, true]);
+    assert_ne!(
+        post_as(server.http, "v=0", "2001:db8:a:1::1").await.status,
+        429
+    );
+    assert!(
+        common::metric(
+            &server,
+            r#"voicegate_limit_hits_total{limit="offers_per_prefix"}"#
+        )
+        .await
+            >= 3.0
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_that_never_checks_in_frees_its_slot_soon() {
     let server = TestServer::start(&[("calls.auth_timeout_ms", "1000")]);

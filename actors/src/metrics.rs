@@ -338,6 +338,10 @@ pub enum Limit {
     OffersPerIp,
     /// One source address already had `admission.calls_per_ip` calls in progress.
     CallsPerIp,
+    /// Offers from one IPv6 /48 came faster than `admission.offers_per_prefix_per_s`.
+    OffersPerPrefix,
+    /// One IPv6 /48 already had `admission.calls_per_prefix` calls in progress.
+    CallsPerPrefix,
     /// A request body did not arrive within `http.body_timeout_ms`.
     HttpBodyDeadline,
     /// A dialog message declared more than `dialog.max_message_bytes`.
@@ -401,6 +405,8 @@ impl LabelSet for Limit {
         Limit::IceAuthTimeout,
         Limit::OffersPerIp,
         Limit::CallsPerIp,
+        Limit::OffersPerPrefix,
+        Limit::CallsPerPrefix,
         Limit::HttpBodyDeadline,
         Limit::DialogMessageBytes,
         Limit::DialogEventBuffer,
@@ -434,6 +440,8 @@ impl LabelSet for Limit {
             Limit::IceAuthTimeout => "ice_auth_timeout",
             Limit::OffersPerIp => "offers_per_ip",
             Limit::CallsPerIp => "calls_per_ip",
+            Limit::OffersPerPrefix => "offers_per_prefix",
+            Limit::CallsPerPrefix => "calls_per_prefix",
             Limit::HttpBodyDeadline => "http_body_deadline",
             Limit::DialogMessageBytes => "dialog_message_bytes",
             Limit::DialogEventBuffer => "dialog_event_buffer",
@@ -1316,6 +1324,8 @@ voicegate_limit_hits_total{limit="ice_check_budget"} 1
 voicegate_limit_hits_total{limit="ice_auth_timeout"} 0
 voicegate_limit_hits_total{limit="offers_per_ip"} 0
 voicegate_limit_hits_total{limit="calls_per_ip"} 0
+voicegate_limit_hits_total{limit="offers_per_prefix"} 0
+voicegate_limit_hits_total{limit="calls_per_prefix"} 0
 voicegate_limit_hits_total{limit="http_body_deadline"} 0
 voicegate_limit_hits_total{limit="dialog_message_bytes"} 0
 voicegate_limit_hits_total{limit="dialog_event_buffer"} 0

@@ -50,6 +50,8 @@ pub struct Supervisor {
     sources: HashMap<CallId, SourceKey>,
     /// Most calls in progress from one source (0: no limit).
     calls_per_source: usize,
+    /// Most calls in progress from one IPv6 /48 ([`SourceKey::prefix`]; 0: no limit).
+    calls_per_prefix: usize,
     /// The last calls that ended and why, newest last.
     recent_ends: std::collections::VecDeque<(CallId, String)>,
     /// No new calls once set.
@@ -62,6 +64,13 @@ impl Supervisor {
     /// Limits calls in progress from one source (see [`SourceKey`]) to `n` (0: no limit).
     pub fn with_calls_per_source(mut self, n: usize) -> Self {
         self.calls_per_source = n;
+        self
+    }
+
+    /// Limits calls in progress from one IPv6 /48 (see [`SourceKey::prefix`]), all its sources
+    /// together, to `n` (0: no limit).
+    pub fn with_calls_per_prefix(mut self, n: usize) -> Self {
+        self.calls_per_prefix = n;
         self
     }
 
@@ -110,6 +119,7 @@ impl Supervisor {
             calls: HashMap::new(),
             sources: HashMap::new(),
             calls_per_source: 0,
+            calls_per_prefix: 0,
             recent_ends: std::collections::VecDeque::with_capacity(RECENT_ENDS),
             shutting_down: false,
             max_calls,
@@ -141,6 +151,9 @@ pub enum PlaceCallError {
     /// The offer's source already has `admission.calls_per_ip` calls in progress.
     #[error("too many calls from this address")]
     SourceBusy,
+    /// The offer's IPv6 /48 already has `admission.calls_per_prefix` calls in progress.
+    #[error("too many calls from this network")]
+    PrefixBusy,
     /// Our side failed; the detail is for the log, not for the caller.
     #[error("{0}")]
     Internal(#[from] SetupError),
@@ -242,6 +255,18 @@ impl Handler<PlaceCall> for Supervisor {
         {
             crate::metrics::metrics().limit_hit(crate::metrics::Limit::CallsPerIp);
             return Box::pin(fut::ready(Err(PlaceCallError::SourceBusy)));
+        }
+        if let Some(prefix) = source.and_then(SourceKey::prefix)
+            && self.calls_per_prefix > 0
+            && self
+                .sources
+                .values()
+                .filter(|k| k.prefix() == Some(prefix))
+                .count()
+                >= self.calls_per_prefix
+        {
+            crate::metrics::metrics().limit_hit(crate::metrics::Limit::CallsPerPrefix);
+            return Box::pin(fut::ready(Err(PlaceCallError::PrefixBusy)));
         }
         let received = std::time::Instant::now();
         let call_id = match CallId::generate(&self.settings.id_prefix, Some(&self.settings.node_id))

@@ -10,7 +10,12 @@
 //! - [`SourceKey`]: what limits count by: an IPv4 address, or an IPv6 /64 (one subscriber
 //!   usually holds a whole /64, so counting single IPv6 addresses would let one host rotate
 //!   through 2^64 of them).
-//! - [`RateLimiter`]: a token bucket per source for offers per second, in bounded memory.
+//! - [`SourceKey::prefix`]: the wider network an IPv6 source belongs to, its /48. A /48 is
+//!   what a site or a tunnel broker hands out (often for free), and it holds 65 536 /64s: each
+//!   per-source limit alone would let its holder fill `calls.max` from a few dozen of them. So
+//!   the limits also count by /48, with larger allowances. IPv4 sources have no wider tier:
+//!   addresses are scarce, and a /24 is often a carrier's NAT pool shared by many callers.
+//! - [`RateLimiter`]: a token bucket per key for offers per second, in bounded memory.
 //!
 //! Time is passed in; nothing here reads a clock.
 
@@ -128,6 +133,8 @@ pub enum SourceKey {
     V4(u32),
     /// The upper 64 bits of an IPv6 address.
     V6(u64),
+    /// The upper 48 bits of an IPv6 address (a [`SourceKey::prefix`]), in the upper 48 bits.
+    V6Prefix(u64),
 }
 
 impl SourceKey {
@@ -136,6 +143,16 @@ impl SourceKey {
         match canonical(ip) {
             IpAddr::V4(v4) => SourceKey::V4(u32::from(v4)),
             IpAddr::V6(v6) => SourceKey::V6((u128::from(v6) >> 64) as u64),
+        }
+    }
+
+    /// The IPv6 /48 this source belongs to; `None` for IPv4 (see the module doc).
+    pub fn prefix(self) -> Option<SourceKey> {
+        match self {
+            SourceKey::V4(_) => None,
+            SourceKey::V6(net) | SourceKey::V6Prefix(net) => {
+                Some(SourceKey::V6Prefix(net & !0xffff))
+            }
         }
     }
 }
@@ -190,6 +207,25 @@ impl RateLimiter {
             Ok(())
         } else {
             Err(Duration::from_secs_f64((1.0 - b.tokens) / per_second))
+        }
+    }
+
+    /// Whether [`check`](Self::check) would let `source` through at `now`, without taking a
+    /// token or tracking it: an offer refused by a wider limit then leaves no entry behind,
+    /// so a holder of many sources cannot fill the table through it.
+    pub fn would_allow(&self, source: SourceKey, now: Instant) -> Result<(), Duration> {
+        if self.per_second <= 0.0 {
+            return Ok(());
+        }
+        let Some(b) = self.buckets.get(&source) else {
+            return Ok(());
+        };
+        let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
+        let tokens = (b.tokens + elapsed * self.per_second).min(self.burst);
+        if tokens >= 1.0 {
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - tokens) / self.per_second))
         }
     }
 
@@ -321,6 +357,49 @@ mod tests {
         for _ in 0..100 {
             assert!(off.check(a, t0).is_ok());
         }
+    }
+
+    #[test]
+    fn ipv6_sources_also_count_by_48() {
+        let key = |s| SourceKey::of(ip(s));
+        assert_eq!(
+            key("2001:db8:7:1::1").prefix(),
+            key("2001:db8:7:ffff:9::").prefix()
+        );
+        assert_ne!(key("2001:db8:7:1::1"), key("2001:db8:7:2::1"));
+        assert_ne!(
+            key("2001:db8:7:1::1").prefix(),
+            key("2001:db8:8:1::1").prefix()
+        );
+        // A prefix is never a source: the two tiers' keys cannot meet in one table.
+        assert_ne!(key("2001:db8:7::").prefix(), Some(key("2001:db8:7::")));
+        assert_eq!(
+            key("2001:db8:7::").prefix().unwrap().prefix(),
+            key("2001:db8:7::").prefix()
+        );
+        assert_eq!(key("192.0.2.1").prefix(), None);
+        assert_eq!(key("::ffff:192.0.2.1").prefix(), None);
+    }
+
+    #[test]
+    fn asking_takes_nothing_and_tracks_nothing() {
+        let t0 = Instant::now();
+        let mut r = RateLimiter::new(1.0, 2, 10);
+        let a = SourceKey::of(IpAddr::from([192, 0, 2, 1]));
+        assert!(r.would_allow(a, t0).is_ok());
+        assert_eq!(r.tracked(), 0, "an unknown source is not added by asking");
+        assert!(r.check(a, t0).is_ok());
+        assert!(r.check(a, t0).is_ok());
+        assert_eq!(
+            r.would_allow(a, t0),
+            r.check(a, t0).map(|_| ()),
+            "asking agrees with taking"
+        );
+        assert!(r.would_allow(a, t0 + Duration::from_secs(1)).is_ok());
+        assert!(
+            r.would_allow(a, t0 + Duration::from_secs(1)).is_ok(),
+            "nothing taken"
+        );
     }
 
     #[test]

@@ -78,6 +78,10 @@ impl From<PlaceCallError> for ApiError {
                 reason: "too many calls in progress from this address (admission.calls_per_ip)",
                 retry_after_s: 5,
             },
+            PlaceCallError::PrefixBusy => ApiError::TooManyRequests {
+                reason: "too many calls in progress from this network (admission.calls_per_prefix)",
+                retry_after_s: 5,
+            },
             PlaceCallError::Internal(detail) => ApiError::Internal(detail.to_string()),
         }
     }

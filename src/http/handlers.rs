@@ -91,11 +91,31 @@ pub async fn offer(
     let client = client_info(&req, &state.trusted_proxies);
     // Cheap refusals first, before a byte of the body is read.
     if let Some(ip) = client.ip {
-        let verdict = state
-            .offer_rate
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .check(SourceKey::of(ip), Instant::now());
+        let source = SourceKey::of(ip);
+        let per_source = || state.offer_rate.lock().unwrap_or_else(|p| p.into_inner());
+        // The source's own limit first, without taking from it yet: one noisy source cannot
+        // spend its /48's allowance, and a source its /48 refuses is not tracked at all (a
+        // holder of 65 536 /64s cannot fill the per-source table past the /48's limit).
+        let mut verdict = per_source().would_allow(source, Instant::now());
+        if verdict.is_ok()
+            && let Some(prefix) = source.prefix()
+        {
+            let wider = state
+                .prefix_offer_rate
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .check(prefix, Instant::now());
+            if let Err(wait) = wider {
+                counters().limit_hit(Limit::OffersPerPrefix);
+                return Err(ApiError::TooManyRequests {
+                    reason: "too many offers from this network (admission.offers_per_prefix_per_s)",
+                    retry_after_s: wait.as_secs_f64().ceil().max(1.0) as u32,
+                });
+            }
+        }
+        if verdict.is_ok() {
+            verdict = per_source().check(source, Instant::now());
+        }
         if let Err(wait) = verdict {
             counters().limit_hit(Limit::OffersPerIp);
             return Err(ApiError::TooManyRequests {

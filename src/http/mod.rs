@@ -53,6 +53,8 @@ pub struct HttpState {
     pub trusted_proxies: Arc<Vec<voicegate_core::admission::IpNet>>,
     /// Offers per second per source.
     pub offer_rate: Arc<std::sync::Mutex<voicegate_core::admission::RateLimiter>>,
+    /// Offers per second per IPv6 /48, all its sources together.
+    pub prefix_offer_rate: Arc<std::sync::Mutex<voicegate_core::admission::RateLimiter>>,
     /// Most usable remote candidates in an offer.
     pub max_remote_candidates: usize,
     /// Longest dial `payload` (`dialog.max_payload_bytes`), from the offer or a call token.
