@@ -266,7 +266,7 @@ const NETWORK_INPUT: [&str; 14] = [
     "core/src/codec.rs",
     "core/src/admission.rs",
     "media/src/",
-    "actors/src/dialog.rs",
+    "actors/src/dialog/",
     "actors/src/dialog_wire.rs",
     "actors/src/codec/",
     "src/http/",
