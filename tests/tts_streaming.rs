@@ -273,6 +273,56 @@ async fn cartesia_interrupt_stops_audio_and_cancels_the_vendor_context() {
     interrupt_stops_audio_and_the_vendor_stream(Vendor::Cartesia).await;
 }
 
+/// A segment whose vendor audio runs past `tts.max_segment_audio_ms` is cut there: the
+/// vendor's stream stops (Cartesia's context cancelled, ElevenLabs' socket closed), the
+/// utterance ends `ok: false` with `reason: "audio-too-long"`, counted, and the next one plays.
+async fn a_segment_over_the_audio_bound_is_cut_at_the_vendor(vendor: Vendor) {
+    const CUT: &str = r#"voicegate_limit_hits_total{limit="tts_segment_audio"}"#;
+    let (tts, app, server) =
+        setup_with(vendor, real_time(), &[("tts.max_segment_audio_ms", "1000")]).await;
+    let peer = started_dialog_call(&server, &app).await.0;
+    let cut = metric(&server, CUT).await;
+    // One sentence of 120 characters: 3.6 s of the stand-in's audio, in one segment.
+    let long = format!("{} end.", "word ".repeat(23));
+    assert!(app.send(json!({"type": "tts.speak", "utterance_id": "long", "text": long})));
+    let ended = app
+        .wait_type(5 * SECOND, "tts.ended", Some("long"))
+        .await
+        .expect("ended at the bound");
+    assert_eq!(ended["ok"], false, "{ended}");
+    assert_eq!(ended["reason"], "audio-too-long", "{ended}");
+    let want = match vendor {
+        Vendor::ElevenLabs => Ending::ClosedEarly,
+        Vendor::Cartesia => Ending::Cancelled,
+    };
+    assert!(
+        eventually(2 * SECOND, || spoke(&tts)
+            .first()
+            .is_some_and(|s| s.ending == want))
+        .await,
+        "the vendor's stream stopped: {:?}",
+        tts.streams()
+    );
+    assert!(metric(&server, CUT).await - cut >= 1.0);
+    assert!(app.send(json!({"type": "tts.speak", "utterance_id": "next", "text": "Fine."})));
+    let next = app
+        .wait_type(5 * SECOND, "tts.ended", Some("next"))
+        .await
+        .expect("the next one");
+    assert_eq!(next["ok"], true, "{next}");
+    peer.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elevenlabs_a_segment_over_the_audio_bound_is_cut_at_the_vendor() {
+    a_segment_over_the_audio_bound_is_cut_at_the_vendor(Vendor::ElevenLabs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cartesia_a_segment_over_the_audio_bound_is_cut_at_the_vendor() {
+    a_segment_over_the_audio_bound_is_cut_at_the_vendor(Vendor::Cartesia).await;
+}
+
 async fn a_dropped_connection_fails_one_utterance(vendor: Vendor) {
     let (tts, app, server) = setup(
         vendor,
