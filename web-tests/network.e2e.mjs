@@ -209,3 +209,40 @@ test(
     assert.equal(ended && ended.reason, "client-hangup", "the call ended only when the caller hung up");
   },
 );
+
+test("an ICE restart the server answers 404 or 421 ends the call as call-gone at once, not after retries", async (t) => {
+  const dir = tempDir(t);
+  const wav = join(dir, "tone.wav");
+  writeWav(wav, toneBursts(440, 20), 48000);
+  const server = await startVoicegate();
+  t.after(() => server.stop());
+  const browser = await launchBrowser(wav);
+  t.after(() => browser.close());
+  const { page } = browser;
+  await page.goto(`${server.url}/`);
+  for (const status of [404, 421]) {
+    await page.selectOption("#mode", "echo");
+    await page.click("#call");
+    assert.equal(await connected(page), "connected", `call did not connect:\n${server.log}`);
+    // The restart's PATCH gets `status`, as from a server that lost the call (404) or from a
+    // node that is not the call's (421, a call id naming another node).
+    await page.route("**/webrtc/v1/calls/*", (route) =>
+      route.request().method() === "PATCH" ? route.fulfill({ status, body: "" }) : route.continue(),
+    );
+    const ended = await page.evaluate(
+      () =>
+        new Promise((resolve) => {
+          const call = window.voicegatePage.call;
+          const started = Date.now();
+          call.addEventListener("state", (e) => {
+            if (e.detail.state === "ended") resolve({ reason: e.detail.reason, ms: Date.now() - started });
+          });
+          call._restartIce();
+          setTimeout(() => resolve({ reason: "still going", ms: Date.now() - started }), 8000);
+        }),
+    );
+    assert.equal(ended.reason, "call-gone", `${status}: ${JSON.stringify(ended)}`);
+    console.log(`restart answered ${status}: the call ended as ${ended.reason} after ${ended.ms} ms`);
+    await page.unroute("**/webrtc/v1/calls/*");
+  }
+});

@@ -270,7 +270,9 @@ export class VoicegateCall extends EventTarget {
   /**
    * Restarts ICE: a new offer with new credentials, its fragment PATCHed to the call's resource,
    * the server's fragment applied. Tried again (up to maxReconnects in a row) while media does
-   * not come back; a call the server no longer has (404) ends.
+   * not come back; a call the server no longer has (404), or that no longer lives where its
+   * URL leads (421: the node that answered is not the call's, as after the call's node went
+   * away), ends as "call-gone": asking again cannot bring it back.
    */
   async _restartIce() {
     if (this._restarting || !this._canRestart()) return;
@@ -290,7 +292,7 @@ export class VoicegateCall extends EventTarget {
         headers: { "Content-Type": "application/trickle-ice-sdpfrag", "If-Match": this.etag || "*" },
         body: iceFragment(pc.localDescription.sdp),
       });
-      if (res.status === 404) {
+      if (res.status === 404 || res.status === 421) {
         this._end("call-gone");
         return;
       }
