@@ -104,6 +104,58 @@ async fn json_offers_keep_their_body_and_carry_location() {
     server.wait_released(5 * SECOND).await.unwrap();
 }
 
+/// Behind a proxy that mounts voicegate under a path (`X-Forwarded-Prefix: /voice`), the
+/// `Location` leads back through it: `/voice/webrtc/v1/calls/<id>`. Only a trusted proxy is
+/// believed, and only a plain absolute path (never `//host`, which a browser reads as another
+/// host); otherwise the `Location` is the usual one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_proxys_path_prefix_leads_the_location_back_through_it() {
+    let sdp = offer_sdp().await;
+    let location = |server: &TestServer, prefix: &'static str| {
+        let sdp = sdp.clone();
+        let addr = server.http;
+        async move {
+            let res = http::request(
+                addr,
+                "POST",
+                ECHO,
+                &[
+                    ("Content-Type", "application/sdp"),
+                    ("X-Forwarded-Prefix", prefix),
+                ],
+                sdp.as_bytes(),
+            )
+            .await
+            .expect("request");
+            assert_eq!(res.status, 201, "{}", res.text());
+            let location = res.header("location").expect("Location").to_owned();
+            let id = location.rsplit('/').next().unwrap().to_owned();
+            (location, id)
+        }
+    };
+    let proxied = TestServer::start(&[("http.trusted_proxies", "127.0.0.1")]);
+    let (loc, id) = location(&proxied, "/voice/").await;
+    assert_eq!(loc, format!("/voice{}", location_of(&id)));
+    // The proxy strips its prefix: the call's own path is where it lives here.
+    let res = delete(&proxied, &location_of(&id), &[]).await;
+    assert_eq!(res.status, 204, "{}", res.text());
+    for bad in [
+        "//evil.example",
+        "/a/../b",
+        "voice",
+        "https://evil.example/x",
+    ] {
+        let (loc, id) = location(&proxied, bad).await;
+        assert_eq!(loc, location_of(&id), "{bad:?} is not a path prefix");
+        delete(&proxied, &loc, &[]).await;
+    }
+    // From anyone but a trusted proxy the header is the caller's own text: ignored.
+    let direct = TestServer::start(&[]);
+    let (loc, id) = location(&direct, "/voice").await;
+    assert_eq!(loc, location_of(&id));
+    delete(&direct, &loc, &[]).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_ends_the_call_as_a_client_hangup_and_is_idempotent() {
     let server = TestServer::start(&[]);

@@ -16,6 +16,8 @@
 //!   the limits also count by /48, with larger allowances. IPv4 sources have no wider tier:
 //!   addresses are scarce, and a /24 is often a carrier's NAT pool shared by many callers.
 //! - [`RateLimiter`]: a token bucket per key for offers per second, in bounded memory.
+//! - [`forwarded_prefix`]: the path a trusted proxy mounts voicegate under
+//!   (`X-Forwarded-Prefix`), so the call's `Location` leads back through it.
 //!
 //! Time is passed in; nothing here reads a clock.
 
@@ -124,6 +126,25 @@ fn parse_forwarded_entry(entry: &str) -> Option<IpAddr> {
         .and_then(|r| r.split_once(']'))
         .and_then(|(a, _)| a.parse::<Ipv6Addr>().ok())
         .map(|a| canonical(IpAddr::V6(a)))
+}
+
+/// Longest path prefix taken from `X-Forwarded-Prefix`.
+pub const MAX_PREFIX_BYTES: usize = 256;
+
+/// The path prefix in a trusted proxy's `X-Forwarded-Prefix` (the caller must check the
+/// request came from one), without its trailing `/`; `None` when there is none or it is not a
+/// plain absolute path: it must start with one `/` (never `//`, which a browser would read as
+/// another host), hold only unreserved characters and `/`, no `.` or `..` segment, and fit
+/// [`MAX_PREFIX_BYTES`].
+pub fn forwarded_prefix(value: &str) -> Option<&str> {
+    let p = value.trim().trim_end_matches('/');
+    let plain = p.len() <= MAX_PREFIX_BYTES
+        && p.starts_with('/')
+        && !p.starts_with("//")
+        && p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~/".contains(&b))
+        && p.split('/').all(|seg| seg != "." && seg != "..");
+    (plain && !p.is_empty()).then_some(p)
 }
 
 /// What per-source limits count by (see the module doc).
@@ -400,6 +421,36 @@ mod tests {
             r.would_allow(a, t0 + Duration::from_secs(1)).is_ok(),
             "nothing taken"
         );
+    }
+
+    #[test]
+    fn a_forwarded_prefix_is_a_plain_absolute_path_or_nothing() {
+        assert_eq!(forwarded_prefix("/voice"), Some("/voice"));
+        assert_eq!(forwarded_prefix(" /voice/v1/ "), Some("/voice/v1"));
+        assert_eq!(forwarded_prefix("/a.b~c-d_e"), Some("/a.b~c-d_e"));
+        for bad in [
+            "",
+            "/",
+            "voice",
+            "//evil.example",
+            "//evil.example/voice",
+            "/a/../b",
+            "/a/./b",
+            "/..",
+            "https://evil.example",
+            "/a b",
+            "/a?b",
+            "/a#b",
+            "/a%2F..",
+            "/a\\b",
+        ] {
+            assert_eq!(forwarded_prefix(bad), None, "{bad:?}");
+        }
+        assert_eq!(
+            forwarded_prefix(&format!("/{}", "a".repeat(255))).map(str::len),
+            Some(256)
+        );
+        assert_eq!(forwarded_prefix(&format!("/{}", "a".repeat(256))), None);
     }
 
     #[test]

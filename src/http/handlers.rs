@@ -183,7 +183,10 @@ pub async fn offer(
             return Err(e);
         }
     };
-    let location = (header::LOCATION, super::call_location(&answer.call_id));
+    let location = (
+        header::LOCATION,
+        super::offer_location(&req, &state.trusted_proxies, &answer.call_id),
+    );
     // The ICE session's tag, for `If-Match` on a later PATCH (RFC 9725 §4.3.1).
     let etag = (header::ETAG, ice_etag(&answer.sdp));
     Ok(match format {

@@ -20,6 +20,7 @@ use actix_web::middleware::{Next, from_fn};
 use actix_web::{Error, web};
 use std::sync::Arc;
 use voicegate_actors::supervisor::Supervisor;
+use voicegate_core::admission::IpNet;
 use voicegate_core::call_id::CallId;
 use voicegate_core::cors;
 
@@ -31,6 +32,24 @@ const API: &str = "/webrtc/v1";
 /// make the URL the capability to end the call, so it needs no call token.
 pub fn call_location(call_id: &CallId) -> String {
     format!("{API}/calls/{call_id}")
+}
+
+/// The offer reply's `Location`: [`call_location`], under the path a trusted proxy says it
+/// mounts voicegate at (`X-Forwarded-Prefix`, from a peer in `http.trusted_proxies` only), so
+/// the `PATCH`/`DELETE` a client sends to it goes back through that proxy.
+pub fn offer_location(req: &actix_web::HttpRequest, trusted: &[IpNet], call_id: &CallId) -> String {
+    let from_proxy = req
+        .peer_addr()
+        .is_some_and(|p| trusted.iter().any(|n| n.contains(p.ip())));
+    let mut lines = req.headers().get_all("x-forwarded-prefix");
+    let prefix = match (from_proxy, lines.next(), lines.next()) {
+        (true, Some(v), None) => v
+            .to_str()
+            .ok()
+            .and_then(voicegate_core::admission::forwarded_prefix),
+        _ => None,
+    };
+    format!("{}{}", prefix.unwrap_or(""), call_location(call_id))
 }
 
 /// What the handlers share.
