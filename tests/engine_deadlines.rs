@@ -49,6 +49,27 @@ fn tone_24k(ms: usize) -> Vec<i16> {
     pcm
 }
 
+/// A started dialog call on a server whose `side` engine (`"tts"` or `"asr"`) is the
+/// OpenAI-compatible one at `base`, plus `extra` settings: its dialog app, server and caller.
+async fn openai_call(
+    side: &str,
+    base: &str,
+    extra: &[(&str, &str)],
+) -> (TestDialogApp, TestServer, voicegate_testkit::ClientPeer) {
+    let app = TestDialogApp::start().await;
+    let url = app.url();
+    let (engine, base_key) = (format!("{side}.engine"), format!("{side}.openai.base_url"));
+    let mut settings = vec![
+        ("dialog.url", url.as_str()),
+        (engine.as_str(), "openai"),
+        (base_key.as_str(), base),
+    ];
+    settings.extend_from_slice(extra);
+    let server = TestServer::start(&settings);
+    let peer = started_dialog_call(&server, &app).await.0;
+    (app, server, peer)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_synthesis_ends_its_utterance_not_ok_and_the_next_one_plays() {
     // The first request gets its head and 0.2 s of audio, then nothing; later ones stream 1 s.
@@ -61,15 +82,12 @@ async fn a_stalled_synthesis_ends_its_utterance_not_ok_and_the_next_one_plays() 
         },
     ]))
     .await;
-    let app = TestDialogApp::start().await;
-    let (url, base) = (app.url(), tts.base_url());
-    let server = TestServer::start(&[
-        ("dialog.url", &url),
-        ("tts.engine", "openai"),
-        ("tts.openai.base_url", &base),
-        ("tts.stream_idle_timeout_ms", "1000"),
-    ]);
-    let peer = started_dialog_call(&server, &app).await.0;
+    let (app, server, peer) = openai_call(
+        "tts",
+        &tts.base_url(),
+        &[("tts.stream_idle_timeout_ms", "1000")],
+    )
+    .await;
     let stalls_before = metrics().limit_hits(Limit::TtsStreamIdle);
 
     let spoke = Instant::now();
@@ -156,15 +174,12 @@ async fn an_endless_synthesis_is_cut_at_the_segment_audio_bound_and_the_next_one
         },
     ]))
     .await;
-    let app = TestDialogApp::start().await;
-    let (url, base) = (app.url(), tts.base_url());
-    let server = TestServer::start(&[
-        ("dialog.url", &url),
-        ("tts.engine", "openai"),
-        ("tts.openai.base_url", &base),
-        ("tts.max_segment_audio_ms", "1000"),
-    ]);
-    let peer = started_dialog_call(&server, &app).await.0;
+    let (app, server, peer) = openai_call(
+        "tts",
+        &tts.base_url(),
+        &[("tts.max_segment_audio_ms", "1000")],
+    )
+    .await;
     let cut_before = common::metric(&server, CUT).await;
 
     let before = peer.received_count();
@@ -242,16 +257,15 @@ async fn a_stalled_or_endless_transcription_is_one_asr_error_and_the_call_is_hea
         Behaviour::Transcribe("third time lucky".into()),
     ]))
     .await;
-    let app = TestDialogApp::start().await;
-    let (url, base) = (app.url(), stt.base_url());
-    let server = TestServer::start(&[
-        ("dialog.url", &url),
-        ("asr.engine", "openai"),
-        ("asr.openai.base_url", &base),
-        ("asr.stream_idle_timeout_ms", "1000"),
-        ("asr.utterance_deadline_ms", "2000"),
-    ]);
-    let peer = started_dialog_call(&server, &app).await.0;
+    let (app, _server, peer) = openai_call(
+        "asr",
+        &stt.base_url(),
+        &[
+            ("asr.stream_idle_timeout_ms", "1000"),
+            ("asr.utterance_deadline_ms", "2000"),
+        ],
+    )
+    .await;
     let (idle_before, deadline_before) = (
         metrics().limit_hits(Limit::AsrStreamIdle),
         metrics().limit_hits(Limit::AsrDeadline),
@@ -323,15 +337,12 @@ async fn a_transcription_reply_over_the_configured_size_is_one_asr_error() {
         Behaviour::Transcribe("third time lucky".into()),
     ]))
     .await;
-    let app = TestDialogApp::start().await;
-    let (url, base) = (app.url(), stt.base_url());
-    let server = TestServer::start(&[
-        ("dialog.url", &url),
-        ("asr.engine", "openai"),
-        ("asr.openai.base_url", &base),
-        ("asr.openai.max_reply_bytes", "4096"),
-    ]);
-    let peer = started_dialog_call(&server, &app).await.0;
+    let (app, server, peer) = openai_call(
+        "asr",
+        &stt.base_url(),
+        &[("asr.openai.max_reply_bytes", "4096")],
+    )
+    .await;
     let too_big = common::metric(&server, TOO_BIG).await;
     let speech = spoken("hello world", Duration::from_millis(1000)).await;
     for n in 1..=3 {
