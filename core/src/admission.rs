@@ -196,6 +196,27 @@ struct Bucket {
     at: Instant,
 }
 
+impl Bucket {
+    /// Seconds since it was last counted.
+    fn since(&self, now: Instant) -> f64 {
+        now.saturating_duration_since(self.at).as_secs_f64()
+    }
+
+    /// Its tokens at `now`, refilled at `per_second` up to `burst`.
+    fn refilled(&self, now: Instant, per_second: f64, burst: f64) -> f64 {
+        (self.tokens + self.since(now) * per_second).min(burst)
+    }
+}
+
+/// `Ok` when `tokens` hold a whole one; else how long until they do at `per_second`.
+fn due(tokens: f64, per_second: f64) -> Result<(), Duration> {
+    if tokens >= 1.0 {
+        Ok(())
+    } else {
+        Err(Duration::from_secs_f64((1.0 - tokens) / per_second))
+    }
+}
+
 impl RateLimiter {
     /// A limiter; `per_second == 0` disables it.
     pub fn new(per_second: f64, burst: u32, max_sources: usize) -> RateLimiter {
@@ -220,15 +241,13 @@ impl RateLimiter {
             tokens: burst,
             at: now,
         });
-        let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
-        b.tokens = (b.tokens + elapsed * per_second).min(burst);
+        b.tokens = b.refilled(now, per_second, burst);
         b.at = now;
-        if b.tokens >= 1.0 {
+        let verdict = due(b.tokens, per_second);
+        if verdict.is_ok() {
             b.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - b.tokens) / per_second))
         }
+        verdict
     }
 
     /// Whether [`check`](Self::check) would let `source` through at `now`, without taking a
@@ -241,13 +260,10 @@ impl RateLimiter {
         let Some(b) = self.buckets.get(&source) else {
             return Ok(());
         };
-        let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
-        let tokens = (b.tokens + elapsed * self.per_second).min(self.burst);
-        if tokens >= 1.0 {
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - tokens) / self.per_second))
-        }
+        due(
+            b.refilled(now, self.per_second, self.burst),
+            self.per_second,
+        )
     }
 
     /// Sources tracked now.
@@ -257,9 +273,8 @@ impl RateLimiter {
 
     fn evict(&mut self, now: Instant) {
         let (per_second, burst) = (self.per_second, self.burst);
-        self.buckets.retain(|_, b| {
-            b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * per_second < burst
-        });
+        self.buckets
+            .retain(|_, b| b.tokens + b.since(now) * per_second < burst);
         if self.buckets.len() >= self.max_sources {
             self.buckets.clear();
         }
